@@ -1,0 +1,180 @@
+//! nix-meta against real Nix: we must read the narinfo files `nix copy` writes, and Nix must
+//! accept what we sign and reject what was tampered with. Needs `nix-bin` (the README's test
+//! command installs it); a missing `nix` fails these tests rather than skipping them.
+
+use nix_meta::{NarInfo, PublicKey, SecretKey, StorePath};
+use std::path::Path;
+use std::process::Command;
+
+fn run(cmd: &mut Command) -> (bool, String) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?} (is nix-bin installed?): {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+fn nix() -> Command {
+    let mut c = Command::new("nix");
+    c.args(["--extra-experimental-features", "nix-command"]);
+    c
+}
+
+/// Builds a two-derivation closure unique to this test run; returns the top path.
+fn build_closure(dir: &Path, tag: &str) -> String {
+    let expr = dir.join("sys.nix");
+    std::fs::write(
+        &expr,
+        format!(
+            r#"let dep = derivation {{ name = "nix-meta-dep-{tag}"; system = builtins.currentSystem; builder = "/bin/sh"; PATH = "/bin:/usr/bin"; args = ["-c" "echo dep > $out"]; }};
+            in derivation {{ name = "nix-meta-top-{tag}"; system = builtins.currentSystem; builder = "/bin/sh"; PATH = "/bin:/usr/bin"; args = ["-c" "mkdir $out; ln -s ${{dep}} $out/dep"]; }}"#
+        ),
+    )
+    .unwrap();
+    let out = Command::new("nix-build")
+        .arg(&expr)
+        .arg("--no-out-link")
+        .output()
+        .expect("nix-build");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+fn unique_tag() -> String {
+    let mut b = [0u8; 6];
+    getrandom::getrandom(&mut b).unwrap();
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn generate_nix_key(dir: &Path, name: &str) -> (SecretKey, PublicKey) {
+    let (sk, pk) = (
+        dir.join(format!("{name}.sk")),
+        dir.join(format!("{name}.pk")),
+    );
+    let (ok, text) = run(Command::new("nix-store")
+        .arg("--generate-binary-cache-key")
+        .arg(name)
+        .arg(&sk)
+        .arg(&pk));
+    assert!(ok, "{text}");
+    (
+        std::fs::read_to_string(sk).unwrap().parse().unwrap(),
+        std::fs::read_to_string(pk).unwrap().parse().unwrap(),
+    )
+}
+
+fn narinfo_path(cache: &Path, store_path: &str) -> std::path::PathBuf {
+    let sp: StorePath = store_path.parse().unwrap();
+    cache.join(format!("{}.narinfo", sp.hash_part()))
+}
+
+/// `nix copy --from cache` into a fresh chroot store that trusts only `trusted`.
+fn copy_from(cache: &Path, dest: &Path, trusted: &PublicKey, path: &str) -> (bool, String) {
+    run(nix()
+        .arg("copy")
+        .arg("--from")
+        .arg(format!("file://{}", cache.display()))
+        .arg("--to")
+        .arg(dest)
+        .args(["--option", "trusted-public-keys", &trusted.to_string()])
+        .arg(path))
+}
+
+#[test]
+fn we_verify_what_nix_signs() {
+    let dir = tempfile::tempdir().unwrap();
+    let top = build_closure(dir.path(), &unique_tag());
+    let (sk, pk) = generate_nix_key(dir.path(), "fleet-1");
+    let cache = dir.path().join("cache");
+    let sk_file = dir.path().join("fleet-1.sk");
+    let (ok, text) = run(nix()
+        .arg("copy")
+        .arg("--to")
+        .arg(format!(
+            "file://{}?secret-key={}",
+            cache.display(),
+            sk_file.display()
+        ))
+        .arg(&top));
+    assert!(ok, "{text}");
+
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&cache).unwrap() {
+        let p = entry.unwrap().path();
+        if p.extension().is_some_and(|e| e == "narinfo") {
+            let text = std::fs::read_to_string(&p).unwrap();
+            let ni = NarInfo::parse(&text).unwrap();
+            assert_eq!(ni.to_text(), text, "serialisation differs from Nix's");
+            assert_eq!(
+                ni.verify(std::slice::from_ref(&pk)).unwrap().name,
+                "fleet-1"
+            );
+            let stranger = SecretKey::from_seed("stranger-1", &[3; 32]).public();
+            assert!(ni.verify(&[stranger]).is_err());
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, 2, "expected the top path and its dependency");
+    let ni = NarInfo::parse(&std::fs::read_to_string(narinfo_path(&cache, &top)).unwrap()).unwrap();
+    assert_eq!(ni.references.len(), 1);
+    drop(sk);
+}
+
+#[test]
+fn nix_trusts_what_we_sign_and_rejects_tampering() {
+    let dir = tempfile::tempdir().unwrap();
+    let top = build_closure(dir.path(), &unique_tag());
+    let cache = dir.path().join("cache");
+    let (ok, text) = run(nix()
+        .arg("copy")
+        .arg("--to")
+        .arg(format!("file://{}", cache.display()))
+        .arg(&top));
+    assert!(ok, "{text}");
+
+    // Our key, from our own seed: Nix has never seen it.
+    let key = SecretKey::from_seed("ours-1", &[9; 32]);
+    for entry in std::fs::read_dir(&cache).unwrap() {
+        let p = entry.unwrap().path();
+        if p.extension().is_some_and(|e| e == "narinfo") {
+            let mut ni = NarInfo::parse(&std::fs::read_to_string(&p).unwrap()).unwrap();
+            assert!(ni.sigs.is_empty());
+            ni.sign(&key);
+            std::fs::write(&p, ni.to_text()).unwrap();
+        }
+    }
+
+    // Unsigned-by-trusted: a key Nix trusts that did not sign is refused.
+    let other = SecretKey::from_seed("ours-2", &[8; 32]).public();
+    let (ok, text) = copy_from(&cache, &dir.path().join("store-untrusted"), &other, &top);
+    assert!(!ok && text.contains("signature"), "{text}");
+
+    let (ok, text) = copy_from(&cache, &dir.path().join("store-ok"), &key.public(), &top);
+    assert!(ok, "nix refused our signature: {text}");
+
+    // Tamper with the signed fields of the top narinfo: Nix must refuse it.
+    let top_info = narinfo_path(&cache, &top);
+    let original = std::fs::read_to_string(&top_info).unwrap();
+    let mut ni = NarInfo::parse(&original).unwrap();
+    ni.nar_size += 1;
+    std::fs::write(&top_info, ni.to_text()).unwrap();
+    let (ok, text) = copy_from(
+        &cache,
+        &dir.path().join("store-tampered"),
+        &key.public(),
+        &top,
+    );
+    assert!(
+        !ok && text.contains("signature"),
+        "nix accepted a tampered narinfo: {text}"
+    );
+    assert!(ni.verify(&[key.public()]).is_err());
+}
