@@ -51,7 +51,7 @@ pub fn decode(s: &str) -> Result<Vec<u8>, Nix32Error> {
     }
     let mut out = vec![0u8; size];
     for (n, c) in s.bytes().rev().enumerate() {
-        let d = digit(c).ok_or_else(|| Nix32Error::InvalidChar(c as char))?;
+        let d = digit(c).ok_or(Nix32Error::InvalidChar(c as char))?;
         let bit = n * 5;
         let (i, j) = (bit / 8, bit % 8);
         out[i] |= d << j;
