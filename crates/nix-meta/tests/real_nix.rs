@@ -2,6 +2,8 @@
 //! accept what we sign and reject what was tampered with. Needs `nix-bin` (the README's test
 //! command installs it); a missing `nix` fails these tests rather than skipping them.
 
+#![allow(clippy::unwrap_used)]
+
 use nix_meta::{NarInfo, PublicKey, SecretKey, StorePath};
 use std::path::Path;
 use std::process::Command;
