@@ -1,0 +1,259 @@
+//! JSON wire types of the agent API (`/v1/agent/...`) and the admin API (everything else
+//! under `/v1`). Paths are constants here so that server and clients cannot disagree.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+pub mod paths {
+    pub const REGISTER: &str = "/v1/agent/register";
+    pub const CHECKIN: &str = "/v1/agent/checkin";
+    pub const WHOAMI: &str = "/v1/whoami";
+    pub const REGISTRATIONS: &str = "/v1/registrations";
+    pub const APPROVE: &str = "/v1/registrations/approve";
+    pub const REJECT: &str = "/v1/registrations/reject";
+    pub const HOSTS: &str = "/v1/hosts";
+    pub const RELEASES: &str = "/v1/releases";
+
+    /// `/v1/hosts/{name}`
+    pub fn host(name: &str) -> String {
+        format!("{HOSTS}/{name}")
+    }
+
+    /// `/v1/hosts/{name}/rename`
+    pub fn host_rename(name: &str) -> String {
+        format!("{HOSTS}/{name}/rename")
+    }
+}
+
+/// What every error response body looks like: `{"error":{"code":"...","message":"..."}}`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ErrorDetail {
+    pub code: String,
+    pub message: String,
+}
+
+/// Facts a host reports about itself when it registers and checks in.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Facts {
+    pub os: String,
+    pub arch: String,
+    pub agent_version: String,
+}
+
+/// Sent by an agent, signed by the key it registers: proof that it holds the key.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RegisterRequest {
+    /// OpenSSH public key line of the signing key.
+    pub public_key: String,
+    pub hostname_hint: String,
+    pub facts: Facts,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "status", rename_all = "kebab-case")]
+pub enum RegisterResponse {
+    /// Waiting for an admin: show `code` to the person at the host.
+    Pending { code: String, expires_at: i64 },
+    /// The key belongs to an approved host.
+    Approved { host: String },
+}
+
+/// What the agent says it is doing, as it reports it on check-in.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum AgentState {
+    #[default]
+    Standby,
+    Updating,
+    RolledBack,
+    RebootRequired,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct CheckinRequest {
+    pub current_system: Option<String>,
+    pub booted_system: Option<String>,
+    #[serde(default)]
+    pub state: AgentState,
+    pub facts: Facts,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum Action {
+    /// Keep running what you run.
+    None,
+    /// Switch to this system.
+    Switch { store_path: String, release_id: i64 },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CheckinResponse {
+    pub host: String,
+    pub action: Action,
+    /// When to check in next.
+    pub next_checkin_secs: u64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    Viewer,
+    Publisher,
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Publisher => "publisher",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "viewer" => Ok(Role::Viewer),
+            "publisher" => Ok(Role::Publisher),
+            "admin" => Ok(Role::Admin),
+            other => Err(format!(
+                "unknown role {other:?} (expected admin, publisher or viewer)"
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WhoAmI {
+    pub name: String,
+    pub role: Role,
+    pub key_id: String,
+}
+
+/// A registration waiting for approval. Deliberately carries no code: the code proves that
+/// the admin has seen the host.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PendingRegistration {
+    pub key_id: String,
+    pub hostname_hint: String,
+    pub facts: Facts,
+    pub first_seen: i64,
+    pub last_seen: i64,
+    pub code_expired: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ApproveRequest {
+    pub code: String,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RejectRequest {
+    pub key_id: String,
+}
+
+/// How the server sees a host right now.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum HostState {
+    /// Approved, never checked in.
+    New,
+    Standby,
+    Updating,
+    RolledBack,
+    RebootRequired,
+    /// Not seen for longer than the offline threshold.
+    Offline,
+}
+
+impl HostState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HostState::New => "new",
+            HostState::Standby => "standby",
+            HostState::Updating => "updating",
+            HostState::RolledBack => "rolled-back",
+            HostState::RebootRequired => "reboot-required",
+            HostState::Offline => "offline",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HostInfo {
+    pub name: String,
+    pub key_id: String,
+    pub state: HostState,
+    pub current_system: Option<String>,
+    pub desired_system: Option<String>,
+    pub desired_release: Option<i64>,
+    pub last_seen: Option<i64>,
+    pub approved_at: i64,
+    pub facts: Facts,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RenameRequest {
+    pub new_name: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CreateReleaseRequest {
+    /// Host name → store path.
+    pub hosts: BTreeMap<String, String>,
+    #[serde(default)]
+    pub message: String,
+}
+
+/// An immutable release: a set of host → store path with its provenance.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Release {
+    pub id: i64,
+    pub author: String,
+    pub created_at: i64,
+    pub message: String,
+    pub hosts: BTreeMap<String, String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tagged_enums_have_stable_json() {
+        let a = Action::Switch {
+            store_path: "/nix/store/x".into(),
+            release_id: 3,
+        };
+        assert_eq!(
+            serde_json::to_string(&a).unwrap(),
+            r#"{"type":"switch","store_path":"/nix/store/x","release_id":3}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&Action::None).unwrap(),
+            r#"{"type":"none"}"#
+        );
+        let r = RegisterResponse::Pending {
+            code: "ABCD-EFGH".into(),
+            expires_at: 5,
+        };
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            r#"{"status":"pending","code":"ABCD-EFGH","expires_at":5}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&HostState::RolledBack).unwrap(),
+            r#""rolled-back""#
+        );
+    }
+}

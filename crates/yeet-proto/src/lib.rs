@@ -1,0 +1,14 @@
+//! The yeet protocol: the JSON wire types of the agent and admin APIs, the identities that
+//! sign requests (OpenSSH ed25519 keys), and the request-signing scheme. Pure: callers bring
+//! clocks, randomness and files, so both server and clients share exactly one definition.
+
+pub mod api;
+pub mod identity;
+pub mod names;
+pub mod signing;
+
+pub use identity::{Identity, IdentityError, PublicIdentity};
+pub use signing::{AuthError, NonceCache, SignatureHeaders};
+
+/// Every API path starts with this prefix.
+pub const API_PREFIX: &str = "/v1";

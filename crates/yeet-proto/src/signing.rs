@@ -1,0 +1,404 @@
+//! Request signing. Every API request carries four headers:
+//!
+//! | header             | value                                          |
+//! |--------------------|------------------------------------------------|
+//! | `x-yeet-key`       | key id of the signer (`SHA256:...`)            |
+//! | `x-yeet-timestamp` | Unix seconds when the request was signed       |
+//! | `x-yeet-nonce`     | 32 lower-case hex digits, fresh per request    |
+//! | `x-yeet-signature` | base64 ed25519 signature of the canonical form |
+//!
+//! The canonical form is these seven lines joined by `\n` (no trailing newline):
+//!
+//! ```text
+//! yeet-request-v1
+//! <METHOD, upper case>
+//! <path and query exactly as sent, e.g. /v1/hosts?x=1>
+//! <timestamp>
+//! <nonce>
+//! <key id>
+//! <lower-case hex SHA-256 of the body bytes (of the empty string when there is no body)>
+//! ```
+//!
+//! The version line keeps these signatures from ever being valid in another context.
+//! The verifier checks, in this order: headers well-formed, timestamp inside the skew
+//! window, key known, signature valid, nonce unused. The nonce is recorded only after the
+//! signature verified, so forged requests cannot burn nonces.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use thiserror::Error;
+
+use crate::identity::{Identity, PublicIdentity};
+
+pub const HEADER_KEY: &str = "x-yeet-key";
+pub const HEADER_TIMESTAMP: &str = "x-yeet-timestamp";
+pub const HEADER_NONCE: &str = "x-yeet-nonce";
+pub const HEADER_SIGNATURE: &str = "x-yeet-signature";
+/// Default allowed clock difference between signer and verifier.
+pub const DEFAULT_SKEW_SECS: i64 = 300;
+
+#[derive(Debug, Error, PartialEq, Eq, Clone)]
+pub enum AuthError {
+    #[error("request is not signed: header {0} is missing")]
+    Missing(&'static str),
+    #[error("signature header {0} is malformed")]
+    Malformed(&'static str),
+    #[error(
+        "request timestamp is outside the allowed clock skew; check the clock of the signing machine"
+    )]
+    StaleTimestamp,
+    #[error("unknown key")]
+    UnknownKey,
+    #[error("signature does not verify")]
+    BadSignature,
+    #[error("nonce was already used (replayed request)")]
+    ReplayedNonce,
+}
+
+impl AuthError {
+    /// The stable error code sent to clients.
+    pub fn code(&self) -> &'static str {
+        match self {
+            AuthError::Missing(_) => "unsigned",
+            AuthError::Malformed(_) => "malformed_signature",
+            AuthError::StaleTimestamp => "stale_timestamp",
+            AuthError::UnknownKey => "unknown_key",
+            AuthError::BadSignature => "bad_signature",
+            AuthError::ReplayedNonce => "replayed_nonce",
+        }
+    }
+}
+
+/// The parsed signature headers of one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignatureHeaders {
+    pub key_id: String,
+    pub timestamp: i64,
+    pub nonce: String,
+    pub signature: [u8; 64],
+}
+
+/// Builds the canonical form described in the module documentation.
+pub fn canonical_form(
+    method: &str,
+    path_and_query: &str,
+    timestamp: i64,
+    nonce: &str,
+    key_id: &str,
+    body: &[u8],
+) -> String {
+    let digest = hex::encode(Sha256::digest(body));
+    format!(
+        "yeet-request-v1\n{}\n{path_and_query}\n{timestamp}\n{nonce}\n{key_id}\n{digest}",
+        method.to_ascii_uppercase()
+    )
+}
+
+impl SignatureHeaders {
+    /// Signs a request. `nonce_bytes` must be fresh randomness for every request.
+    pub fn sign(
+        identity: &Identity,
+        method: &str,
+        path_and_query: &str,
+        body: &[u8],
+        timestamp: i64,
+        nonce_bytes: [u8; 16],
+    ) -> Self {
+        let nonce = hex::encode(nonce_bytes);
+        let key_id = identity.public().key_id().to_owned();
+        let signature = identity.sign(
+            canonical_form(method, path_and_query, timestamp, &nonce, &key_id, body).as_bytes(),
+        );
+        SignatureHeaders {
+            key_id,
+            timestamp,
+            nonce,
+            signature,
+        }
+    }
+
+    /// The headers as (name, value) pairs.
+    pub fn to_pairs(&self) -> [(&'static str, String); 4] {
+        [
+            (HEADER_KEY, self.key_id.clone()),
+            (HEADER_TIMESTAMP, self.timestamp.to_string()),
+            (HEADER_NONCE, self.nonce.clone()),
+            (HEADER_SIGNATURE, B64.encode(self.signature)),
+        ]
+    }
+
+    /// Parses the headers from a lookup function (case-insensitive names are the caller's job).
+    pub fn parse<'a>(get: impl Fn(&str) -> Option<&'a str>) -> Result<Self, AuthError> {
+        let field = |name: &'static str| get(name).ok_or(AuthError::Missing(name));
+        let key_id = field(HEADER_KEY)?;
+        if !key_id.starts_with("SHA256:") || key_id.len() > 64 {
+            return Err(AuthError::Malformed(HEADER_KEY));
+        }
+        let timestamp = field(HEADER_TIMESTAMP)?
+            .parse::<i64>()
+            .map_err(|_| AuthError::Malformed(HEADER_TIMESTAMP))?;
+        let nonce = field(HEADER_NONCE)?;
+        if nonce.len() != 32
+            || !nonce
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            return Err(AuthError::Malformed(HEADER_NONCE));
+        }
+        let signature = B64
+            .decode(field(HEADER_SIGNATURE)?)
+            .ok()
+            .and_then(|v| <[u8; 64]>::try_from(v).ok())
+            .ok_or(AuthError::Malformed(HEADER_SIGNATURE))?;
+        Ok(SignatureHeaders {
+            key_id: key_id.to_owned(),
+            timestamp,
+            nonce: nonce.to_owned(),
+            signature,
+        })
+    }
+
+    /// Fails when the timestamp is further than `skew_secs` from `now`, in either direction.
+    pub fn check_timestamp(&self, now: i64, skew_secs: i64) -> Result<(), AuthError> {
+        if (self.timestamp - now).abs() > skew_secs {
+            Err(AuthError::StaleTimestamp)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Checks the signature against the claimed signer's public key.
+    pub fn verify(
+        &self,
+        signer: &PublicIdentity,
+        method: &str,
+        path_and_query: &str,
+        body: &[u8],
+    ) -> Result<(), AuthError> {
+        if signer.key_id() != self.key_id {
+            return Err(AuthError::BadSignature);
+        }
+        let form = canonical_form(
+            method,
+            path_and_query,
+            self.timestamp,
+            &self.nonce,
+            &self.key_id,
+            body,
+        );
+        if signer.verifies(form.as_bytes(), &self.signature) {
+            Ok(())
+        } else {
+            Err(AuthError::BadSignature)
+        }
+    }
+}
+
+/// Remembers nonces for as long as their timestamps could pass the skew check, so that a
+/// request can never be accepted twice by this process.
+#[derive(Debug)]
+pub struct NonceCache {
+    skew_secs: i64,
+    max_entries: usize,
+    seen: HashMap<(String, String), i64>,
+    next_prune: i64,
+}
+
+impl NonceCache {
+    pub fn new(skew_secs: i64, max_entries: usize) -> Self {
+        NonceCache {
+            skew_secs,
+            max_entries,
+            seen: HashMap::new(),
+            next_prune: 0,
+        }
+    }
+
+    /// Records the nonce of a verified request; fails if it was seen before. When the cache is
+    /// full of live nonces the request is refused as a replay too: failing closed keeps the
+    /// guarantee, and a client retries with a fresh nonce.
+    pub fn check_and_record(
+        &mut self,
+        headers: &SignatureHeaders,
+        now: i64,
+    ) -> Result<(), AuthError> {
+        if now >= self.next_prune || self.seen.len() >= self.max_entries {
+            self.seen.retain(|_, expiry| *expiry > now);
+            self.next_prune = now + self.skew_secs.max(1);
+        }
+        let key = (headers.key_id.clone(), headers.nonce.clone());
+        if self.seen.contains_key(&key) || self.seen.len() >= self.max_entries {
+            return Err(AuthError::ReplayedNonce);
+        }
+        // The nonce can be replayed until its timestamp leaves the window on the far side.
+        self.seen
+            .insert(key, headers.timestamp + self.skew_secs + 1);
+        Ok(())
+    }
+
+    pub fn len(&self) -> usize {
+        self.seen.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.seen.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn signed(id: &Identity, body: &[u8], ts: i64, nonce: u8) -> SignatureHeaders {
+        SignatureHeaders::sign(id, "post", "/v1/checkin?x=1", body, ts, [nonce; 16])
+    }
+
+    fn reparse(h: &SignatureHeaders) -> SignatureHeaders {
+        let pairs = h.to_pairs();
+        SignatureHeaders::parse(|n| pairs.iter().find(|(k, _)| *k == n).map(|(_, v)| v.as_str()))
+            .unwrap()
+    }
+
+    #[test]
+    fn sign_parse_verify() {
+        let id = Identity::from_seed(&[5; 32]);
+        let h = reparse(&signed(&id, b"{}", 1000, 1));
+        assert!(
+            h.verify(id.public(), "POST", "/v1/checkin?x=1", b"{}")
+                .is_ok()
+        );
+        assert!(h.check_timestamp(1200, 300).is_ok());
+        assert_eq!(h.check_timestamp(1301, 300), Err(AuthError::StaleTimestamp));
+        assert_eq!(h.check_timestamp(699, 300), Err(AuthError::StaleTimestamp));
+    }
+
+    #[test]
+    fn every_covered_field_matters() {
+        let id = Identity::from_seed(&[5; 32]);
+        let h = signed(&id, b"{}", 1000, 1);
+        let other = Identity::from_seed(&[6; 32]);
+        assert_eq!(
+            h.verify(id.public(), "GET", "/v1/checkin?x=1", b"{}"),
+            Err(AuthError::BadSignature)
+        );
+        assert_eq!(
+            h.verify(id.public(), "POST", "/v1/checkin?x=2", b"{}"),
+            Err(AuthError::BadSignature)
+        );
+        assert_eq!(
+            h.verify(id.public(), "POST", "/v1/checkin?x=1", b"{ }"),
+            Err(AuthError::BadSignature)
+        );
+        assert_eq!(
+            h.verify(other.public(), "POST", "/v1/checkin?x=1", b"{}"),
+            Err(AuthError::BadSignature)
+        );
+        for tweak in [
+            SignatureHeaders {
+                timestamp: 1001,
+                ..h.clone()
+            },
+            SignatureHeaders {
+                nonce: "0".repeat(32),
+                ..h.clone()
+            },
+        ] {
+            assert_eq!(
+                tweak.verify(id.public(), "POST", "/v1/checkin?x=1", b"{}"),
+                Err(AuthError::BadSignature)
+            );
+        }
+    }
+
+    #[test]
+    fn malformed_headers_are_named() {
+        let id = Identity::from_seed(&[5; 32]);
+        let pairs = signed(&id, b"", 1, 1).to_pairs();
+        for (drop, _) in &pairs {
+            let r = SignatureHeaders::parse(|n| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == n && k != drop)
+                    .map(|(_, v)| v.as_str())
+            });
+            assert_eq!(r, Err(AuthError::Missing(drop)));
+        }
+        for (bad, value) in [
+            (HEADER_TIMESTAMP, "soon"),
+            (HEADER_NONCE, "xyz"),
+            (HEADER_SIGNATURE, "AAAA"),
+            (HEADER_KEY, "md5:x"),
+        ] {
+            let r = SignatureHeaders::parse(|n| {
+                if n == bad {
+                    Some(value)
+                } else {
+                    pairs.iter().find(|(k, _)| *k == n).map(|(_, v)| v.as_str())
+                }
+            });
+            assert_eq!(r, Err(AuthError::Malformed(bad)));
+        }
+    }
+
+    #[test]
+    fn nonces_are_single_use_and_expire() {
+        let id = Identity::from_seed(&[5; 32]);
+        let mut cache = NonceCache::new(300, 10);
+        let h = signed(&id, b"", 1000, 1);
+        assert!(cache.check_and_record(&h, 1000).is_ok());
+        assert_eq!(
+            cache.check_and_record(&h, 1100),
+            Err(AuthError::ReplayedNonce)
+        );
+        // Another key may use the same nonce bytes.
+        let h2 = signed(&Identity::from_seed(&[6; 32]), b"", 1000, 1);
+        assert!(cache.check_and_record(&h2, 1000).is_ok());
+        // After the window has passed the entries are pruned (the timestamp check rejects replays then).
+        let later = signed(&id, b"", 2000, 2);
+        assert!(cache.check_and_record(&later, 2000).is_ok());
+        assert_eq!(cache.len(), 1);
+    }
+
+    #[test]
+    fn full_cache_fails_closed() {
+        let id = Identity::from_seed(&[5; 32]);
+        let mut cache = NonceCache::new(300, 2);
+        assert!(
+            cache
+                .check_and_record(&signed(&id, b"", 1000, 1), 1000)
+                .is_ok()
+        );
+        assert!(
+            cache
+                .check_and_record(&signed(&id, b"", 1000, 2), 1000)
+                .is_ok()
+        );
+        assert_eq!(
+            cache.check_and_record(&signed(&id, b"", 1000, 3), 1000),
+            Err(AuthError::ReplayedNonce)
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn parse_never_panics(k in "\\PC{0,80}", t in "\\PC{0,20}", n in "\\PC{0,40}", s in "\\PC{0,100}") {
+            let _ = SignatureHeaders::parse(|name| Some(match name { HEADER_KEY => k.as_str(), HEADER_TIMESTAMP => t.as_str(), HEADER_NONCE => n.as_str(), _ => s.as_str() }));
+        }
+
+        #[test]
+        fn any_body_verifies_only_itself(body in proptest::collection::vec(any::<u8>(), 0..256), flip in any::<usize>()) {
+            let id = Identity::from_seed(&[9; 32]);
+            let h = SignatureHeaders::sign(&id, "PUT", "/v1/x", &body, 7, [3; 16]);
+            prop_assert!(h.verify(id.public(), "PUT", "/v1/x", &body).is_ok());
+            if !body.is_empty() {
+                let mut tampered = body.clone();
+                let i = flip % body.len();
+                tampered[i] ^= 0x01;
+                prop_assert!(h.verify(id.public(), "PUT", "/v1/x", &tampered).is_err());
+            }
+        }
+    }
+}
