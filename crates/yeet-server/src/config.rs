@@ -1,0 +1,163 @@
+//! Server configuration: built-in defaults, then a TOML file (`--config`, or
+//! `/etc/yeet/server.toml` when it exists), then `YEET_SERVER_*` environment variables,
+//! then flags. Flags and environment share one definition (clap's `env`), so later sources
+//! simply override earlier ones field by field.
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use thiserror::Error;
+
+use crate::service::ServiceConfig;
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/yeet/server.toml";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/yeet-server";
+/// Loopback by default: exposing the server is a decision (set `listen`, ideally with TLS).
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8470";
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {0}: {1}")]
+    Read(PathBuf, std::io::Error),
+    #[error("config file {0} is invalid: {1}")]
+    Parse(PathBuf, String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The settings a config file may contain. Unknown keys are errors, so typos surface.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<String>,
+    pub state_dir: Option<PathBuf>,
+    pub database: Option<String>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub max_body_bytes: Option<usize>,
+    pub clock_skew_secs: Option<i64>,
+    pub code_ttl_secs: Option<i64>,
+    pub max_pending: Option<i64>,
+    pub registration_burst: Option<u32>,
+    pub registration_refill_ms: Option<u64>,
+    pub checkin_interval_secs: Option<u64>,
+    pub offline_after_secs: Option<i64>,
+    pub last_seen_flush_ms: Option<u64>,
+}
+
+/// Settings that flags and environment variables can override.
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct ServerArgs {
+    /// Config file (TOML). Default: /etc/yeet/server.toml when it exists.
+    #[arg(long, env = "YEET_SERVER_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// Address to listen on, e.g. 0.0.0.0:8470. Default: 127.0.0.1:8470.
+    #[arg(long, env = "YEET_SERVER_LISTEN", global = true)]
+    pub listen: Option<String>,
+    /// Directory for the SQLite database and other state. Default: /var/lib/yeet-server.
+    #[arg(long, env = "YEET_SERVER_STATE_DIR", global = true)]
+    pub state_dir: Option<PathBuf>,
+    /// Database URL: sqlite://PATH or postgres://USER@HOST/DB. Default: SQLite in the state dir.
+    #[arg(long, env = "YEET_SERVER_DATABASE", global = true)]
+    pub database: Option<String>,
+    /// PEM certificate chain; with --tls-key, serve HTTPS.
+    #[arg(long, env = "YEET_SERVER_TLS_CERT", global = true)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "YEET_SERVER_TLS_KEY", global = true)]
+    pub tls_key: Option<PathBuf>,
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: String,
+    pub state_dir: PathBuf,
+    pub database: String,
+    pub tls: Option<(PathBuf, PathBuf)>,
+    pub max_body_bytes: usize,
+    pub last_seen_flush: Duration,
+    pub service: ServiceConfig,
+}
+
+impl Config {
+    pub fn resolve(args: &ServerArgs) -> Result<Config, ConfigError> {
+        let file = match &args.config {
+            Some(path) => load_file(path)?,
+            None if Path::new(DEFAULT_CONFIG_PATH).exists() => load_file(Path::new(DEFAULT_CONFIG_PATH))?,
+            None => FileConfig::default(),
+        };
+        Self::merge(file, args)
+    }
+
+    pub fn merge(file: FileConfig, args: &ServerArgs) -> Result<Config, ConfigError> {
+        let state_dir = args.state_dir.clone().or(file.state_dir).unwrap_or_else(|| DEFAULT_STATE_DIR.into());
+        let database = args
+            .database
+            .clone()
+            .or(file.database)
+            .unwrap_or_else(|| format!("sqlite://{}?mode=rwc", state_dir.join("yeet.db").display()));
+        let tls = match (args.tls_cert.clone().or(file.tls_cert), args.tls_key.clone().or(file.tls_key)) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            _ => return Err(ConfigError::Invalid("TLS needs both a certificate and a key: set tls_cert and tls_key".into())),
+        };
+        let d = ServiceConfig::default();
+        let service = ServiceConfig {
+            skew_secs: file.clock_skew_secs.unwrap_or(d.skew_secs),
+            code_ttl_secs: file.code_ttl_secs.unwrap_or(d.code_ttl_secs),
+            max_pending: file.max_pending.unwrap_or(d.max_pending),
+            registration_burst: file.registration_burst.unwrap_or(d.registration_burst),
+            registration_refill: file.registration_refill_ms.map(Duration::from_millis).unwrap_or(d.registration_refill),
+            checkin_interval_secs: file.checkin_interval_secs.unwrap_or(d.checkin_interval_secs),
+            offline_after_secs: file.offline_after_secs.unwrap_or(d.offline_after_secs),
+        };
+        if service.skew_secs <= 0 || service.code_ttl_secs <= 0 || service.max_pending <= 0 || service.checkin_interval_secs == 0 {
+            return Err(ConfigError::Invalid("clock_skew_secs, code_ttl_secs, max_pending and checkin_interval_secs must be positive".into()));
+        }
+        Ok(Config {
+            listen: args.listen.clone().or(file.listen).unwrap_or_else(|| DEFAULT_LISTEN.into()),
+            state_dir,
+            database,
+            tls,
+            max_body_bytes: file.max_body_bytes.unwrap_or(1 << 20),
+            last_seen_flush: Duration::from_millis(file.last_seen_flush_ms.unwrap_or(2000)),
+            service,
+        })
+    }
+}
+
+fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read(path.to_owned(), e))?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse(path.to_owned(), e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_file_which_overrides_defaults() {
+        let file: FileConfig = toml::from_str("listen = \"0.0.0.0:1\"\nstate_dir = \"/srv/yeet\"\ncode_ttl_secs = 60").unwrap();
+        let args = ServerArgs { listen: Some("127.0.0.1:2".into()), ..Default::default() };
+        let c = Config::merge(file, &args).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:2");
+        assert_eq!(c.database, "sqlite:///srv/yeet/yeet.db?mode=rwc");
+        assert_eq!(c.service.code_ttl_secs, 60);
+        assert_eq!(c.service.skew_secs, 300);
+    }
+
+    #[test]
+    fn corrupt_or_misspelled_config_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("server.toml");
+        std::fs::write(&path, "listen = [").unwrap();
+        let err = Config::resolve(&ServerArgs { config: Some(path.clone()), ..Default::default() }).unwrap_err();
+        assert!(err.to_string().contains("server.toml"), "{err}");
+        std::fs::write(&path, "lisen = \"x\"").unwrap();
+        let err = Config::resolve(&ServerArgs { config: Some(path), ..Default::default() }).unwrap_err();
+        assert!(err.to_string().contains("lisen"), "{err}");
+        let half_tls = ServerArgs { tls_cert: Some("/c".into()), ..Default::default() };
+        assert!(Config::merge(FileConfig::default(), &half_tls).is_err());
+    }
+}

@@ -1,0 +1,101 @@
+//! yeet-server as a library: configuration, storage, the domain service and the HTTP API,
+//! plus `serve`, which the binary and the tests both run.
+
+pub mod config;
+pub mod http;
+pub mod service;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use thiserror::Error;
+
+use config::Config;
+use service::Service;
+use store::{Store, StoreError};
+
+#[derive(Debug, Error)]
+pub enum ServeError {
+    #[error("cannot create state directory {0}: {1}")]
+    StateDir(std::path::PathBuf, std::io::Error),
+    #[error("cannot open the database: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {0}: {1}")]
+    Bind(String, std::io::Error),
+    #[error("cannot load TLS certificate/key: {0}")]
+    Tls(std::io::Error),
+    #[error("server failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Creates the state directory (0700: it holds the database) and opens the store.
+pub async fn open_store(config: &Config) -> Result<Store, ServeError> {
+    if config.database.starts_with("sqlite:") {
+        std::fs::create_dir_all(&config.state_dir).map_err(|e| ServeError::StateDir(config.state_dir.clone(), e))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&config.state_dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| ServeError::StateDir(config.state_dir.clone(), e))?;
+        }
+    }
+    Ok(Store::open(&config.database).await?)
+}
+
+/// Runs the server until `shutdown` resolves, then drains requests and flushes state.
+/// `on_listening` receives the bound address (useful with port 0).
+pub async fn serve(
+    config: Config,
+    on_listening: impl FnOnce(SocketAddr),
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let store = open_store(&config).await?;
+    let service = Arc::new(Service::new(store, config.service.clone()).await?);
+    let app = http::router(http::AppState { service: service.clone(), max_body_bytes: config.max_body_bytes })
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .into_make_service_with_connect_info::<SocketAddr>();
+
+    let flusher = {
+        let service = service.clone();
+        let every = config.last_seen_flush;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                if let Err(e) = service.flush_last_seen().await {
+                    tracing::warn!(error = %e, "could not write last-seen times; will retry");
+                }
+            }
+        })
+    };
+
+    let listener = std::net::TcpListener::bind(&config.listen).map_err(|e| ServeError::Bind(config.listen.clone(), e))?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    on_listening(addr);
+
+    match &config.tls {
+        Some((cert, key)) => {
+            // Only ring is compiled in; ignore "already installed" when serving twice in one process.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key).await.map_err(ServeError::Tls)?;
+            let handle = axum_server::Handle::new();
+            let h = handle.clone();
+            tokio::spawn(async move {
+                shutdown.await;
+                h.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
+            });
+            axum_server::from_tcp_rustls(listener, tls)?.handle(handle).serve(app).await?;
+        }
+        None => {
+            let listener = tokio::net::TcpListener::from_std(listener)?;
+            axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+        }
+    }
+    flusher.abort();
+    if let Err(e) = service.flush_last_seen().await {
+        tracing::warn!(error = %e, "could not write last-seen times at shutdown");
+    }
+    service.store().close().await;
+    Ok(())
+}

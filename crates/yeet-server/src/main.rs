@@ -1,0 +1,131 @@
+//! The `yeet-server` binary: runs the control plane, and manages operators offline on the
+//! server host (there is deliberately no way to create the first admin over the network).
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use comfy_table::Table;
+use std::path::Path;
+use yeet_proto::api::Role;
+use yeet_server::config::{Config, ServerArgs};
+
+#[derive(Parser)]
+#[command(name = "yeet-server", version, about = "The yeet control plane: enrollment, releases and desired state for NixOS fleets.")]
+struct Cli {
+    #[command(flatten)]
+    server: ServerArgs,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (the default when no command is given).
+    Serve,
+    /// Manage operators directly in the database, on the server host.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Add an operator with an OpenSSH ed25519 public key.
+    Add {
+        /// User name (lower case).
+        name: String,
+        /// Public key line (`ssh-ed25519 AAAA...`) or a file containing one.
+        #[arg(long)]
+        key: String,
+        /// admin, publisher (CI: may publish) or viewer (read only).
+        #[arg(long, default_value = "admin")]
+        role: Role,
+    },
+    /// List operators.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove an operator; running servers stop accepting the key within 30 seconds.
+    Rm { name: String },
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("YEET_LOG").unwrap_or_else(|_| "info,sqlx=warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let config = Config::resolve(&cli.server)?;
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => {
+            let tls = config.tls.is_some();
+            yeet_server::serve(
+                config,
+                |addr| {
+                    let scheme = if tls { "https" } else { "http" };
+                    println!("yeet-server listening on {scheme}://{addr}");
+                },
+                shutdown_signal(),
+            )
+            .await?;
+        }
+        Command::Admin(cmd) => admin(config, cmd).await?,
+    }
+    Ok(())
+}
+
+async fn admin(config: Config, cmd: AdminCommand) -> Result<()> {
+    let store = yeet_server::open_store(&config).await?;
+    match cmd {
+        AdminCommand::Add { name, key, role } => {
+            let line = if Path::new(&key).is_file() {
+                std::fs::read_to_string(&key).with_context(|| format!("cannot read key file {key}"))?
+            } else {
+                key
+            };
+            let user = yeet_server::service::users::add_user(&store, &name, &line, role).await?;
+            println!("added {} {} ({})", user.role, user.name, user.key_id);
+        }
+        AdminCommand::List { json } => {
+            let users = store.list_users().await?;
+            if json {
+                let v: Vec<_> = users
+                    .iter()
+                    .map(|u| serde_json::json!({"name": u.name, "role": u.role, "key_id": u.key_id, "created_at": u.created_at}))
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                let mut t = Table::new();
+                t.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED).set_header(["NAME", "ROLE", "KEY"]);
+                for u in &users {
+                    t.add_row([&u.name, &u.role, &u.key_id]);
+                }
+                println!("{t}");
+            }
+        }
+        AdminCommand::Rm { name } => match store.delete_user(&name).await? {
+            Some(_) => println!("removed {name}"),
+            None => anyhow::bail!("no user named {name}; see `yeet-server admin list`"),
+        },
+    }
+    store.close().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return ctrl_c.await.unwrap_or(()),
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    ctrl_c.await.unwrap_or(());
+    tracing::info!("shutting down");
+}

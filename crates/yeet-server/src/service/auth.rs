@@ -1,0 +1,111 @@
+//! Authentication (who signed this request) and authorization (may they do this).
+
+use yeet_proto::api::{RegisterRequest, Role};
+use yeet_proto::{AuthError, PublicIdentity, SignatureHeaders};
+
+use super::{Result, Service, ServiceError, lock, now};
+
+/// Cached keys are re-read after this long, so that a user removed with the offline
+/// `yeet-server admin rm` (another process) or a change made through another replica
+/// takes effect without a restart. Local changes evict at once.
+const KEY_CACHE_SECS: i64 = 30;
+
+/// Who sent a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    User { name: String, role: Role, key_id: String },
+    Host { id: i64, name: String, key_id: String },
+    /// An unknown key registering itself; it proved it holds the key and nothing more.
+    Registrant { public: PublicIdentity },
+}
+
+impl Principal {
+    /// The name recorded as author of changes.
+    pub fn display_name(&self) -> String {
+        match self {
+            Principal::User { name, .. } => name.clone(),
+            Principal::Host { name, .. } => format!("host:{name}"),
+            Principal::Registrant { public } => format!("key:{}", public.key_id()),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct KnownKey {
+    principal: Principal,
+    public: PublicIdentity,
+    loaded_at: i64,
+}
+
+impl Service {
+    async fn known_key(&self, key_id: &str) -> Result<Option<KnownKey>> {
+        let t = now();
+        if let Some(k) = self.keys.read().await.get(key_id) {
+            if t - k.loaded_at < KEY_CACHE_SECS {
+                return Ok(Some(k.clone()));
+            }
+        }
+        let parse = |line: &str| PublicIdentity::from_openssh(line).ok();
+        let known = if let Some(h) = self.store.host_by_key(key_id).await? {
+            parse(&h.public_key).map(|public| KnownKey { principal: Principal::Host { id: h.id, name: h.name, key_id: h.key_id }, public, loaded_at: t })
+        } else if let Some(u) = self.store.user_by_key(key_id).await? {
+            let role = u.role.parse::<Role>().ok();
+            role.zip(parse(&u.public_key))
+                .map(|(role, public)| KnownKey { principal: Principal::User { name: u.name, role, key_id: u.key_id }, public, loaded_at: t })
+        } else {
+            None
+        };
+        let mut keys = self.keys.write().await;
+        match &known {
+            Some(k) => keys.insert(key_id.to_owned(), k.clone()),
+            None => keys.remove(key_id),
+        };
+        Ok(known)
+    }
+
+    /// Drops a key from the cache after its host or user changed.
+    pub(crate) async fn forget_key(&self, key_id: &str) {
+        self.keys.write().await.remove(key_id);
+    }
+
+    /// Authenticates a signed request. `registering` allows an unknown key whose public
+    /// half is in the body (the registration request) to prove possession of it.
+    pub async fn authenticate(&self, method: &str, path_and_query: &str, headers: &SignatureHeaders, body: &[u8], registering: bool) -> Result<Principal> {
+        let t = now();
+        headers.check_timestamp(t, self.config.skew_secs)?;
+        let (principal, public) = match self.known_key(&headers.key_id).await? {
+            Some(k) => (k.principal, k.public),
+            None if registering => {
+                let req: RegisterRequest = serde_json::from_slice(body).map_err(|_| AuthError::UnknownKey)?;
+                let public = PublicIdentity::from_openssh(&req.public_key).map_err(|_| AuthError::UnknownKey)?;
+                (Principal::Registrant { public: public.clone() }, public)
+            }
+            None => return Err(AuthError::UnknownKey.into()),
+        };
+        headers.verify(&public, method, path_and_query, body)?;
+        lock(&self.nonces).check_and_record(headers, t)?;
+        Ok(principal)
+    }
+}
+
+/// Allows users whose role is at least `min`; hosts and registrants are refused.
+pub(crate) fn require_role(principal: &Principal, min: Role) -> Result<&str> {
+    match principal {
+        Principal::User { name, role, .. } if *role >= min => Ok(name),
+        Principal::User { role, .. } => Err(ServiceError::Forbidden(format!(
+            "this needs the {} role; your role is {}",
+            min.as_str(),
+            role.as_str()
+        ))),
+        _ => Err(ServiceError::Forbidden("this endpoint is for operators; host keys cannot use it".into())),
+    }
+}
+
+/// Allows approved hosts only; returns (host id, host name).
+pub(crate) fn require_host(principal: &Principal) -> Result<(i64, &str)> {
+    match principal {
+        Principal::Host { id, name, .. } => Ok((*id, name)),
+        Principal::Registrant { .. } => Err(ServiceError::Forbidden("this host is not approved yet; ask an admin to run `yeet approve NAME CODE`".into())),
+        Principal::User { .. } => Err(ServiceError::Forbidden("only hosts check in; operator keys cannot".into())),
+    }
+}

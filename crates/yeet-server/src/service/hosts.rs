@@ -1,0 +1,131 @@
+//! Hosts: listing, renaming, removal, and the check-in that every host makes on every poll.
+
+use yeet_proto::api::{Action, AgentState, CheckinRequest, CheckinResponse, Facts, HostInfo, HostState, Role};
+use yeet_proto::names::validate_host_name;
+
+use super::auth::{require_host, require_role};
+use super::{Principal, Result, Service, ServiceError, lock, now};
+use crate::store::{HostReport, HostRow, StoreError};
+
+fn agent_state_str(s: AgentState) -> &'static str {
+    match s {
+        AgentState::Standby => "standby",
+        AgentState::Updating => "updating",
+        AgentState::RolledBack => "rolled-back",
+        AgentState::RebootRequired => "reboot-required",
+    }
+}
+
+fn host_state(row: &HostRow, last_seen: Option<i64>, offline_after: i64, now: i64) -> HostState {
+    match last_seen {
+        None => HostState::New,
+        Some(t) if now - t > offline_after => HostState::Offline,
+        Some(_) => match row.state.as_str() {
+            "updating" => HostState::Updating,
+            "rolled-back" => HostState::RolledBack,
+            "reboot-required" => HostState::RebootRequired,
+            _ => HostState::Standby,
+        },
+    }
+}
+
+impl Service {
+    /// The API view of a host, with unflushed check-ins and cached desired state applied.
+    pub(crate) async fn host_info(&self, row: HostRow) -> HostInfo {
+        let pending_seen = lock(&self.seen).get(&row.id).copied();
+        let last_seen = row.last_seen.max(pending_seen);
+        let desired = self.desired.read().await.get(&row.id).cloned();
+        HostInfo {
+            state: host_state(&row, last_seen, self.config.offline_after_secs, now()),
+            name: row.name,
+            key_id: row.key_id,
+            current_system: row.current_system,
+            desired_system: desired.as_ref().map(|d| d.store_path.clone()),
+            desired_release: desired.map(|d| d.release_id),
+            last_seen,
+            approved_at: row.approved_at,
+            facts: Facts { os: row.os, arch: row.arch, agent_version: row.agent_version },
+        }
+    }
+
+    async fn host_named(&self, name: &str) -> Result<HostRow> {
+        self.store
+            .host_by_name(name)
+            .await?
+            .ok_or_else(|| ServiceError::not_found("unknown_host", format!("no host named {name}; see `yeet status` for the fleet")))
+    }
+
+    pub async fn list_hosts(&self, principal: &Principal) -> Result<Vec<HostInfo>> {
+        require_role(principal, Role::Viewer)?;
+        let mut out = Vec::new();
+        for row in self.store.list_hosts().await? {
+            out.push(self.host_info(row).await);
+        }
+        Ok(out)
+    }
+
+    pub async fn show_host(&self, principal: &Principal, name: &str) -> Result<HostInfo> {
+        require_role(principal, Role::Viewer)?;
+        let row = self.host_named(name).await?;
+        Ok(self.host_info(row).await)
+    }
+
+    pub async fn rename_host(&self, principal: &Principal, old: &str, new: &str) -> Result<HostInfo> {
+        let admin = require_role(principal, Role::Admin)?;
+        validate_host_name(new).map_err(|e| ServiceError::invalid("invalid_name", e.to_string()))?;
+        let row = match self.store.rename_host(old, new).await {
+            Ok(Some(row)) => row,
+            Ok(None) => return Err(self.host_named(old).await.err().unwrap_or_else(|| ServiceError::not_found("unknown_host", old.to_owned()))),
+            Err(StoreError::Conflict(_)) => return Err(ServiceError::conflict("name_taken", format!("a host named {new} already exists"))),
+            Err(e) => return Err(e.into()),
+        };
+        self.forget_key(&row.key_id).await;
+        tracing::info!(old, new, by = admin, "host renamed");
+        Ok(self.host_info(row).await)
+    }
+
+    /// Removes a host. Its key stops working at once; its releases stay as history.
+    pub async fn remove_host(&self, principal: &Principal, name: &str) -> Result<()> {
+        let admin = require_role(principal, Role::Admin)?;
+        let row = self.store.delete_host(name).await?.ok_or_else(|| ServiceError::not_found("unknown_host", format!("no host named {name}")))?;
+        self.forget_key(&row.key_id).await;
+        self.desired.write().await.remove(&row.id);
+        lock(&self.reports).remove(&row.id);
+        lock(&self.seen).remove(&row.id);
+        tracing::info!(host = name, by = admin, "host removed");
+        Ok(())
+    }
+
+    /// A host's check-in: record what it runs, answer what it should run. Costs no database
+    /// write unless the report changed; last-seen is batched.
+    pub async fn checkin(&self, principal: &Principal, req: CheckinRequest) -> Result<CheckinResponse> {
+        let (host_id, host_name) = require_host(principal)?;
+        for path in [&req.current_system, &req.booted_system].into_iter().flatten() {
+            path.parse::<nix_meta::StorePath>().map_err(|e| ServiceError::invalid("invalid_store_path", e.to_string()))?;
+        }
+        let report = HostReport {
+            current_system: req.current_system.clone(),
+            booted_system: req.booted_system,
+            state: agent_state_str(req.state).to_owned(),
+            os: req.facts.os,
+            arch: req.facts.arch,
+            agent_version: req.facts.agent_version,
+        };
+        let t = now();
+        let changed = lock(&self.reports).get(&host_id) != Some(&report);
+        if changed {
+            self.store.update_host_report(host_id, &report, t).await?;
+            lock(&self.reports).insert(host_id, report);
+            lock(&self.seen).remove(&host_id);
+        } else {
+            lock(&self.seen).insert(host_id, t);
+        }
+        let action = match self.desired.read().await.get(&host_id) {
+            Some(d) if req.current_system.as_deref() != Some(d.store_path.as_str()) => {
+                Action::Switch { store_path: d.store_path.clone(), release_id: d.release_id }
+            }
+            _ => Action::None,
+        };
+        Ok(CheckinResponse { host: host_name.to_owned(), action, next_checkin_secs: self.config.checkin_interval_secs })
+    }
+}

@@ -1,0 +1,175 @@
+//! The domain: who may do what, enrollment, hosts, releases and check-ins. Knows nothing of
+//! HTTP; handlers call exactly one function here and map its result.
+//!
+//! The check-in path runs for every host on every poll, so it touches no database table
+//! unless something changed: keys and desired state are cached in memory, and last-seen
+//! times are batched and flushed by a background task.
+
+mod auth;
+mod enrollment;
+mod hosts;
+mod releases;
+pub mod users;
+
+pub use auth::Principal;
+pub use enrollment::normalize_code;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::Duration;
+use thiserror::Error;
+use tokio::sync::RwLock;
+use yeet_proto::AuthError;
+
+use crate::store::{HostReport, Store, StoreError};
+
+/// Settings the domain needs; the rest of the server config stays in `config`.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    pub skew_secs: i64,
+    pub code_ttl_secs: i64,
+    pub max_pending: i64,
+    /// Registrations of new keys allowed per client address: burst size, then one per `refill`.
+    pub registration_burst: u32,
+    pub registration_refill: Duration,
+    pub checkin_interval_secs: u64,
+    pub offline_after_secs: i64,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig {
+            skew_secs: yeet_proto::signing::DEFAULT_SKEW_SECS,
+            code_ttl_secs: 15 * 60,
+            max_pending: 1000,
+            registration_burst: 30,
+            registration_refill: Duration::from_secs(2),
+            checkin_interval_secs: 30,
+            offline_after_secs: 10 * 60,
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum ServiceError {
+    #[error("{0}")]
+    Unauthorized(#[from] AuthError),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{message}")]
+    NotFound { code: &'static str, message: String },
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String },
+    #[error("{message}")]
+    Invalid { code: &'static str, message: String },
+    #[error("{0}")]
+    Expired(String),
+    #[error("{0}")]
+    RateLimited(String),
+    #[error("internal error")]
+    Internal(#[from] StoreError),
+    /// A failure of this machine (randomness, clock), logged and reported as internal.
+    #[error("internal error: {0}")]
+    System(String),
+}
+
+impl ServiceError {
+    pub(crate) fn invalid(code: &'static str, message: impl Into<String>) -> Self {
+        ServiceError::Invalid { code, message: message.into() }
+    }
+    pub(crate) fn not_found(code: &'static str, message: impl Into<String>) -> Self {
+        ServiceError::NotFound { code, message: message.into() }
+    }
+    pub(crate) fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+        ServiceError::Conflict { code, message: message.into() }
+    }
+}
+
+pub type Result<T, E = ServiceError> = std::result::Result<T, E>;
+
+/// A host's newest desired system.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Desired {
+    release_id: i64,
+    store_path: String,
+}
+
+/// In-memory state shared by all requests of this process.
+pub struct Service {
+    store: Store,
+    config: ServiceConfig,
+    /// key id → who it is. Filled on first use; entries are dropped when a host or user
+    /// changes, so a removed key stops working at once.
+    keys: RwLock<HashMap<String, auth::KnownKey>>,
+    /// host id → newest desired system.
+    desired: RwLock<HashMap<i64, Desired>>,
+    /// host id → the report last written, so unchanged reports cost no write.
+    reports: Mutex<HashMap<i64, HostReport>>,
+    /// host id → last check-in time not yet written.
+    seen: Mutex<HashMap<i64, i64>>,
+    nonces: Mutex<yeet_proto::NonceCache>,
+    registration_buckets: Mutex<HashMap<IpAddr, enrollment::Bucket>>,
+}
+
+/// Seconds since the Unix epoch.
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+impl Service {
+    /// Builds the service and loads the fleet's desired state into memory.
+    pub async fn new(store: Store, config: ServiceConfig) -> Result<Service, StoreError> {
+        let desired = store
+            .desired_systems()
+            .await?
+            .into_iter()
+            .map(|d| (d.host_id, Desired { release_id: d.release_id, store_path: d.store_path }))
+            .collect();
+        Ok(Service {
+            nonces: Mutex::new(yeet_proto::NonceCache::new(config.skew_secs, 1_000_000)),
+            store,
+            config,
+            keys: RwLock::new(HashMap::new()),
+            desired: RwLock::new(desired),
+            reports: Mutex::new(HashMap::new()),
+            seen: Mutex::new(HashMap::new()),
+            registration_buckets: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn config(&self) -> &ServiceConfig {
+        &self.config
+    }
+
+    /// Writes batched last-seen times. Called periodically and at shutdown.
+    pub async fn flush_last_seen(&self) -> Result<(), StoreError> {
+        let batch: Vec<(i64, i64)> = lock(&self.seen).drain().collect();
+        if batch.is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = self.store.touch_hosts(&batch).await {
+            // Put them back so the next flush retries; newer times win.
+            let mut seen = lock(&self.seen);
+            for (id, at) in batch {
+                let slot = seen.entry(id).or_insert(at);
+                *slot = (*slot).max(at);
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+}
+
+/// Locks a std mutex, recovering the data if a panicking thread poisoned it: every map
+/// guarded this way stays consistent after any single insert or remove.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

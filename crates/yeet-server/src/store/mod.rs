@@ -1,0 +1,490 @@
+//! Storage: one set of SQL queries, run through sqlx's `Any` driver on SQLite (the embedded
+//! default) or PostgreSQL (replicas). Each backend has its own migration set; the queries use
+//! only the SQL both understand (`$n` parameters, `RETURNING`, BIGINT timestamps in seconds).
+
+use sqlx::any::{AnyPoolOptions, AnyRow};
+// Dynamic SQL here only splices the constant column lists below, never input.
+use sqlx::{AnyPool, AssertSqlSafe, Row};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("unsupported database URL {0:?}: use sqlite://PATH or postgres://...")]
+    UnsupportedUrl(String),
+    #[error("{0} already exists")]
+    Conflict(&'static str),
+}
+
+impl StoreError {
+    /// True when a UNIQUE or PRIMARY KEY constraint rejected a write.
+    fn is_unique_violation(e: &sqlx::Error) -> bool {
+        matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+    }
+}
+
+/// Maps a unique violation to `Conflict(what)`, everything else to `Db`.
+fn conflict(what: &'static str) -> impl Fn(sqlx::Error) -> StoreError {
+    move |e| if StoreError::is_unique_violation(&e) { StoreError::Conflict(what) } else { StoreError::Db(e) }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRow {
+    pub id: i64,
+    pub name: String,
+    pub key_id: String,
+    pub public_key: String,
+    pub role: String,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostRow {
+    pub id: i64,
+    pub name: String,
+    pub key_id: String,
+    pub public_key: String,
+    pub approved_at: i64,
+    pub approved_by: String,
+    pub last_seen: Option<i64>,
+    pub current_system: Option<String>,
+    pub booted_system: Option<String>,
+    pub state: String,
+    pub os: String,
+    pub arch: String,
+    pub agent_version: String,
+}
+
+/// What a host last reported; written only when it changes.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HostReport {
+    pub current_system: Option<String>,
+    pub booted_system: Option<String>,
+    pub state: String,
+    pub os: String,
+    pub arch: String,
+    pub agent_version: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistrationRow {
+    pub key_id: String,
+    pub public_key: String,
+    pub hostname_hint: String,
+    pub os: String,
+    pub arch: String,
+    pub agent_version: String,
+    pub code: String,
+    pub code_expires_at: i64,
+    pub first_seen: i64,
+    pub last_seen: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReleaseRow {
+    pub id: i64,
+    pub author: String,
+    pub message: String,
+    pub created_at: i64,
+    /// (host name at release time, store path), sorted by host name.
+    pub entries: Vec<(String, String)>,
+}
+
+/// The newest release entry for one host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredRow {
+    pub host_id: i64,
+    pub release_id: i64,
+    pub store_path: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+const HOST_COLUMNS: &str = "id, name, key_id, public_key, approved_at, approved_by, last_seen, current_system, booted_system, state, os, arch, agent_version";
+const REGISTRATION_COLUMNS: &str = "key_id, public_key, hostname_hint, os, arch, agent_version, code, code_expires_at, first_seen, last_seen";
+
+fn host_from(row: &AnyRow) -> Result<HostRow, sqlx::Error> {
+    Ok(HostRow {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        key_id: row.try_get("key_id")?,
+        public_key: row.try_get("public_key")?,
+        approved_at: row.try_get("approved_at")?,
+        approved_by: row.try_get("approved_by")?,
+        last_seen: row.try_get("last_seen")?,
+        current_system: row.try_get("current_system")?,
+        booted_system: row.try_get("booted_system")?,
+        state: row.try_get("state")?,
+        os: row.try_get("os")?,
+        arch: row.try_get("arch")?,
+        agent_version: row.try_get("agent_version")?,
+    })
+}
+
+fn registration_from(row: &AnyRow) -> Result<RegistrationRow, sqlx::Error> {
+    Ok(RegistrationRow {
+        key_id: row.try_get("key_id")?,
+        public_key: row.try_get("public_key")?,
+        hostname_hint: row.try_get("hostname_hint")?,
+        os: row.try_get("os")?,
+        arch: row.try_get("arch")?,
+        agent_version: row.try_get("agent_version")?,
+        code: row.try_get("code")?,
+        code_expires_at: row.try_get("code_expires_at")?,
+        first_seen: row.try_get("first_seen")?,
+        last_seen: row.try_get("last_seen")?,
+    })
+}
+
+fn user_from(row: &AnyRow) -> Result<UserRow, sqlx::Error> {
+    Ok(UserRow {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        key_id: row.try_get("key_id")?,
+        public_key: row.try_get("public_key")?,
+        role: row.try_get("role")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+impl Store {
+    /// Connects and brings the schema up to date.
+    pub async fn open(url: &str) -> Result<Store, StoreError> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres
+        } else {
+            return Err(StoreError::UnsupportedUrl(url.to_owned()));
+        };
+        let max = match backend {
+            Backend::Sqlite => 4,
+            Backend::Postgres => 16,
+        };
+        let pool = AnyPoolOptions::new().max_connections(max).connect(url).await?;
+        let store = Store { pool, backend };
+        match backend {
+            Backend::Sqlite => {
+                // WAL lets readers proceed while a writer commits; it persists in the file.
+                sqlx::query("PRAGMA journal_mode=WAL").execute(&store.pool).await?;
+                sqlx::migrate!("./migrations/sqlite").run(&store.pool).await?;
+            }
+            Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(&store.pool).await?,
+        }
+        Ok(store)
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    // --- users ---
+
+    pub async fn insert_user(&self, name: &str, key_id: &str, public_key: &str, role: &str, now: i64) -> Result<UserRow, StoreError> {
+        let row = sqlx::query("INSERT INTO users (name, key_id, public_key, role, created_at) VALUES ($1, $2, $3, $4, $5) RETURNING id, name, key_id, public_key, role, created_at")
+            .bind(name)
+            .bind(key_id)
+            .bind(public_key)
+            .bind(role)
+            .bind(now)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(conflict("a user with this name or key"))?;
+        Ok(user_from(&row)?)
+    }
+
+    pub async fn user_by_key(&self, key_id: &str) -> Result<Option<UserRow>, StoreError> {
+        let row = sqlx::query("SELECT id, name, key_id, public_key, role, created_at FROM users WHERE key_id = $1")
+            .bind(key_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(user_from).transpose()?)
+    }
+
+    pub async fn list_users(&self) -> Result<Vec<UserRow>, StoreError> {
+        let rows = sqlx::query("SELECT id, name, key_id, public_key, role, created_at FROM users ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(user_from).collect::<Result<_, _>>()?)
+    }
+
+    /// Deletes a user; returns its key id if it existed.
+    pub async fn delete_user(&self, name: &str) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query("DELETE FROM users WHERE name = $1 RETURNING key_id").bind(name).fetch_optional(&self.pool).await?;
+        Ok(row.map(|r| r.try_get("key_id")).transpose()?)
+    }
+
+    // --- hosts ---
+
+    pub async fn host_by_key(&self, key_id: &str) -> Result<Option<HostRow>, StoreError> {
+        let row = sqlx::query(AssertSqlSafe(format!("SELECT {HOST_COLUMNS} FROM hosts WHERE key_id = $1")))
+            .bind(key_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(host_from).transpose()?)
+    }
+
+    pub async fn host_by_name(&self, name: &str) -> Result<Option<HostRow>, StoreError> {
+        let row = sqlx::query(AssertSqlSafe(format!("SELECT {HOST_COLUMNS} FROM hosts WHERE name = $1")))
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(host_from).transpose()?)
+    }
+
+    pub async fn list_hosts(&self) -> Result<Vec<HostRow>, StoreError> {
+        let rows = sqlx::query(AssertSqlSafe(format!("SELECT {HOST_COLUMNS} FROM hosts ORDER BY name"))).fetch_all(&self.pool).await?;
+        Ok(rows.iter().map(host_from).collect::<Result<_, _>>()?)
+    }
+
+    /// Turns a registration into a host, in one transaction: the registration must still
+    /// exist, so two admins approving the same code cannot create two hosts.
+    pub async fn approve_registration(&self, key_id: &str, name: &str, approved_by: &str, now: i64) -> Result<Option<HostRow>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let Some(reg) = sqlx::query(AssertSqlSafe(format!("DELETE FROM registrations WHERE key_id = $1 RETURNING {REGISTRATION_COLUMNS}")))
+            .bind(key_id)
+            .fetch_optional(&mut *tx)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let reg = registration_from(&reg)?;
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO hosts (name, key_id, public_key, approved_at, approved_by, os, arch, agent_version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {HOST_COLUMNS}"
+        )))
+        .bind(name)
+        .bind(&reg.key_id)
+        .bind(&reg.public_key)
+        .bind(now)
+        .bind(approved_by)
+        .bind(&reg.os)
+        .bind(&reg.arch)
+        .bind(&reg.agent_version)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(conflict("a host with this name"))?;
+        let host = host_from(&row)?;
+        tx.commit().await?;
+        Ok(Some(host))
+    }
+
+    pub async fn rename_host(&self, old: &str, new: &str) -> Result<Option<HostRow>, StoreError> {
+        let row = sqlx::query(AssertSqlSafe(format!("UPDATE hosts SET name = $1 WHERE name = $2 RETURNING {HOST_COLUMNS}")))
+            .bind(new)
+            .bind(old)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(conflict("a host with this name"))?;
+        Ok(row.as_ref().map(host_from).transpose()?)
+    }
+
+    pub async fn delete_host(&self, name: &str) -> Result<Option<HostRow>, StoreError> {
+        let row = sqlx::query(AssertSqlSafe(format!("DELETE FROM hosts WHERE name = $1 RETURNING {HOST_COLUMNS}")))
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(host_from).transpose()?)
+    }
+
+    pub async fn update_host_report(&self, host_id: i64, report: &HostReport, now: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE hosts SET current_system = $1, booted_system = $2, state = $3, os = $4, arch = $5, agent_version = $6, last_seen = $7 WHERE id = $8")
+            .bind(&report.current_system)
+            .bind(&report.booted_system)
+            .bind(&report.state)
+            .bind(&report.os)
+            .bind(&report.arch)
+            .bind(&report.agent_version)
+            .bind(now)
+            .bind(host_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Writes a batch of last-seen times in one transaction.
+    pub async fn touch_hosts(&self, seen: &[(i64, i64)]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for (host_id, at) in seen {
+            sqlx::query("UPDATE hosts SET last_seen = $1 WHERE id = $2 AND (last_seen IS NULL OR last_seen < $1)")
+                .bind(*at)
+                .bind(*host_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    // --- registrations ---
+
+    pub async fn registration_by_key(&self, key_id: &str) -> Result<Option<RegistrationRow>, StoreError> {
+        let row = sqlx::query(AssertSqlSafe(format!("SELECT {REGISTRATION_COLUMNS} FROM registrations WHERE key_id = $1")))
+            .bind(key_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(registration_from).transpose()?)
+    }
+
+    pub async fn registration_by_code(&self, code: &str) -> Result<Option<RegistrationRow>, StoreError> {
+        let row = sqlx::query(AssertSqlSafe(format!("SELECT {REGISTRATION_COLUMNS} FROM registrations WHERE code = $1 ORDER BY code_expires_at DESC")))
+            .bind(code)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(registration_from).transpose()?)
+    }
+
+    pub async fn list_registrations(&self) -> Result<Vec<RegistrationRow>, StoreError> {
+        let rows = sqlx::query(AssertSqlSafe(format!("SELECT {REGISTRATION_COLUMNS} FROM registrations ORDER BY first_seen")))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(registration_from).collect::<Result<_, _>>()?)
+    }
+
+    /// Inserts or refreshes a registration (one row per key).
+    pub async fn upsert_registration(&self, r: &RegistrationRow) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO registrations (key_id, public_key, hostname_hint, os, arch, agent_version, code, code_expires_at, first_seen, last_seen)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+             ON CONFLICT (key_id) DO UPDATE SET hostname_hint = $3, os = $4, arch = $5, agent_version = $6, code = $7, code_expires_at = $8, last_seen = $10",
+        )
+        .bind(&r.key_id)
+        .bind(&r.public_key)
+        .bind(&r.hostname_hint)
+        .bind(&r.os)
+        .bind(&r.arch)
+        .bind(&r.agent_version)
+        .bind(&r.code)
+        .bind(r.code_expires_at)
+        .bind(r.first_seen)
+        .bind(r.last_seen)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn count_registrations(&self) -> Result<i64, StoreError> {
+        Ok(sqlx::query("SELECT COUNT(*) AS n FROM registrations").fetch_one(&self.pool).await?.try_get("n")?)
+    }
+
+    /// Removes the `n` registrations seen least recently: hosts that are still trying come
+    /// back on their next poll, so a flood of one-shot keys is what gets evicted.
+    pub async fn evict_stalest_registrations(&self, n: i64) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM registrations WHERE key_id IN (SELECT key_id FROM registrations ORDER BY last_seen LIMIT $1)")
+            .bind(n)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    pub async fn delete_registration(&self, key_id: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM registrations WHERE key_id = $1").bind(key_id).execute(&self.pool).await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Rejects a pending registration for good: the key may not register again.
+    pub async fn reject_registration(&self, key_id: &str, by: &str, now: i64) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query("DELETE FROM registrations WHERE key_id = $1").bind(key_id).execute(&mut *tx).await?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        sqlx::query("INSERT INTO rejected_keys (key_id, rejected_at, rejected_by) VALUES ($1, $2, $3) ON CONFLICT (key_id) DO NOTHING")
+            .bind(key_id)
+            .bind(now)
+            .bind(by)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    pub async fn is_rejected(&self, key_id: &str) -> Result<bool, StoreError> {
+        Ok(sqlx::query("SELECT key_id FROM rejected_keys WHERE key_id = $1").bind(key_id).fetch_optional(&self.pool).await?.is_some())
+    }
+
+    // --- releases ---
+
+    /// Inserts a release with its (host id, host name, store path) entries atomically.
+    pub async fn insert_release(&self, author: &str, message: &str, now: i64, entries: &[(i64, String, String)]) -> Result<i64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let id: i64 = sqlx::query("INSERT INTO releases (author, message, created_at) VALUES ($1, $2, $3) RETURNING id")
+            .bind(author)
+            .bind(message)
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("id")?;
+        for (host_id, host_name, path) in entries {
+            sqlx::query("INSERT INTO release_hosts (release_id, host_id, host_name, store_path) VALUES ($1, $2, $3, $4)")
+                .bind(id)
+                .bind(*host_id)
+                .bind(host_name)
+                .bind(path)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    /// The newest `limit` releases, newest first; only those naming `host_id` if given.
+    pub async fn list_releases(&self, host_id: Option<i64>, limit: i64) -> Result<Vec<ReleaseRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT r.id, r.author, r.message, r.created_at, rh.host_name, rh.store_path
+             FROM releases r JOIN release_hosts rh ON rh.release_id = r.id
+             WHERE r.id IN (SELECT id FROM releases WHERE $1 < 0 OR id IN (SELECT release_id FROM release_hosts WHERE host_id = $1) ORDER BY id DESC LIMIT $2)
+             ORDER BY r.id DESC, rh.host_name",
+        )
+        .bind(host_id.unwrap_or(-1))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out: Vec<ReleaseRow> = Vec::new();
+        for row in rows {
+            let id: i64 = row.try_get("id")?;
+            let entry = (row.try_get("host_name")?, row.try_get("store_path")?);
+            match out.last_mut() {
+                Some(last) if last.id == id => last.entries.push(entry),
+                _ => out.push(ReleaseRow {
+                    id,
+                    author: row.try_get("author")?,
+                    message: row.try_get("message")?,
+                    created_at: row.try_get("created_at")?,
+                    entries: vec![entry],
+                }),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every host's newest release entry: the desired state of the whole fleet.
+    pub async fn desired_systems(&self) -> Result<Vec<DesiredRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT rh.host_id, rh.release_id, rh.store_path FROM release_hosts rh
+             WHERE rh.release_id = (SELECT MAX(r2.release_id) FROM release_hosts r2 WHERE r2.host_id = rh.host_id)",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok(DesiredRow { host_id: r.try_get("host_id")?, release_id: r.try_get("release_id")?, store_path: r.try_get("store_path")? }))
+            .collect()
+    }
+}
