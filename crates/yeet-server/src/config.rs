@@ -84,23 +84,34 @@ impl Config {
     pub fn resolve(args: &ServerArgs) -> Result<Config, ConfigError> {
         let file = match &args.config {
             Some(path) => load_file(path)?,
-            None if Path::new(DEFAULT_CONFIG_PATH).exists() => load_file(Path::new(DEFAULT_CONFIG_PATH))?,
+            None if Path::new(DEFAULT_CONFIG_PATH).exists() => {
+                load_file(Path::new(DEFAULT_CONFIG_PATH))?
+            }
             None => FileConfig::default(),
         };
         Self::merge(file, args)
     }
 
     pub fn merge(file: FileConfig, args: &ServerArgs) -> Result<Config, ConfigError> {
-        let state_dir = args.state_dir.clone().or(file.state_dir).unwrap_or_else(|| DEFAULT_STATE_DIR.into());
-        let database = args
-            .database
+        let state_dir = args
+            .state_dir
             .clone()
-            .or(file.database)
-            .unwrap_or_else(|| format!("sqlite://{}?mode=rwc", state_dir.join("yeet.db").display()));
-        let tls = match (args.tls_cert.clone().or(file.tls_cert), args.tls_key.clone().or(file.tls_key)) {
+            .or(file.state_dir)
+            .unwrap_or_else(|| DEFAULT_STATE_DIR.into());
+        let database = args.database.clone().or(file.database).unwrap_or_else(|| {
+            format!("sqlite://{}?mode=rwc", state_dir.join("yeet.db").display())
+        });
+        let tls = match (
+            args.tls_cert.clone().or(file.tls_cert),
+            args.tls_key.clone().or(file.tls_key),
+        ) {
             (Some(c), Some(k)) => Some((c, k)),
             (None, None) => None,
-            _ => return Err(ConfigError::Invalid("TLS needs both a certificate and a key: set tls_cert and tls_key".into())),
+            _ => {
+                return Err(ConfigError::Invalid(
+                    "TLS needs both a certificate and a key: set tls_cert and tls_key".into(),
+                ));
+            }
         };
         let d = ServiceConfig::default();
         let service = ServiceConfig {
@@ -108,15 +119,28 @@ impl Config {
             code_ttl_secs: file.code_ttl_secs.unwrap_or(d.code_ttl_secs),
             max_pending: file.max_pending.unwrap_or(d.max_pending),
             registration_burst: file.registration_burst.unwrap_or(d.registration_burst),
-            registration_refill: file.registration_refill_ms.map(Duration::from_millis).unwrap_or(d.registration_refill),
-            checkin_interval_secs: file.checkin_interval_secs.unwrap_or(d.checkin_interval_secs),
+            registration_refill: file
+                .registration_refill_ms
+                .map(Duration::from_millis)
+                .unwrap_or(d.registration_refill),
+            checkin_interval_secs: file
+                .checkin_interval_secs
+                .unwrap_or(d.checkin_interval_secs),
             offline_after_secs: file.offline_after_secs.unwrap_or(d.offline_after_secs),
         };
-        if service.skew_secs <= 0 || service.code_ttl_secs <= 0 || service.max_pending <= 0 || service.checkin_interval_secs == 0 {
+        if service.skew_secs <= 0
+            || service.code_ttl_secs <= 0
+            || service.max_pending <= 0
+            || service.checkin_interval_secs == 0
+        {
             return Err(ConfigError::Invalid("clock_skew_secs, code_ttl_secs, max_pending and checkin_interval_secs must be positive".into()));
         }
         Ok(Config {
-            listen: args.listen.clone().or(file.listen).unwrap_or_else(|| DEFAULT_LISTEN.into()),
+            listen: args
+                .listen
+                .clone()
+                .or(file.listen)
+                .unwrap_or_else(|| DEFAULT_LISTEN.into()),
             state_dir,
             database,
             tls,
@@ -138,8 +162,13 @@ mod tests {
 
     #[test]
     fn flags_override_file_which_overrides_defaults() {
-        let file: FileConfig = toml::from_str("listen = \"0.0.0.0:1\"\nstate_dir = \"/srv/yeet\"\ncode_ttl_secs = 60").unwrap();
-        let args = ServerArgs { listen: Some("127.0.0.1:2".into()), ..Default::default() };
+        let file: FileConfig =
+            toml::from_str("listen = \"0.0.0.0:1\"\nstate_dir = \"/srv/yeet\"\ncode_ttl_secs = 60")
+                .unwrap();
+        let args = ServerArgs {
+            listen: Some("127.0.0.1:2".into()),
+            ..Default::default()
+        };
         let c = Config::merge(file, &args).unwrap();
         assert_eq!(c.listen, "127.0.0.1:2");
         assert_eq!(c.database, "sqlite:///srv/yeet/yeet.db?mode=rwc");
@@ -152,12 +181,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("server.toml");
         std::fs::write(&path, "listen = [").unwrap();
-        let err = Config::resolve(&ServerArgs { config: Some(path.clone()), ..Default::default() }).unwrap_err();
+        let err = Config::resolve(&ServerArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        })
+        .unwrap_err();
         assert!(err.to_string().contains("server.toml"), "{err}");
         std::fs::write(&path, "lisen = \"x\"").unwrap();
-        let err = Config::resolve(&ServerArgs { config: Some(path), ..Default::default() }).unwrap_err();
+        let err = Config::resolve(&ServerArgs {
+            config: Some(path),
+            ..Default::default()
+        })
+        .unwrap_err();
         assert!(err.to_string().contains("lisen"), "{err}");
-        let half_tls = ServerArgs { tls_cert: Some("/c".into()), ..Default::default() };
+        let half_tls = ServerArgs {
+            tls_cert: Some("/c".into()),
+            ..Default::default()
+        };
         assert!(Config::merge(FileConfig::default(), &half_tls).is_err());
     }
 }

@@ -31,7 +31,8 @@ pub enum ServeError {
 /// Creates the state directory (0700: it holds the database) and opens the store.
 pub async fn open_store(config: &Config) -> Result<Store, ServeError> {
     if config.database.starts_with("sqlite:") {
-        std::fs::create_dir_all(&config.state_dir).map_err(|e| ServeError::StateDir(config.state_dir.clone(), e))?;
+        std::fs::create_dir_all(&config.state_dir)
+            .map_err(|e| ServeError::StateDir(config.state_dir.clone(), e))?;
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -51,9 +52,12 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let store = open_store(&config).await?;
     let service = Arc::new(Service::new(store, config.service.clone()).await?);
-    let app = http::router(http::AppState { service: service.clone(), max_body_bytes: config.max_body_bytes })
-        .layer(tower_http::trace::TraceLayer::new_for_http())
-        .into_make_service_with_connect_info::<SocketAddr>();
+    let app = http::router(http::AppState {
+        service: service.clone(),
+        max_body_bytes: config.max_body_bytes,
+    })
+    .layer(tower_http::trace::TraceLayer::new_for_http())
+    .into_make_service_with_connect_info::<SocketAddr>();
 
     let flusher = {
         let service = service.clone();
@@ -69,7 +73,8 @@ pub async fn serve(
         })
     };
 
-    let listener = std::net::TcpListener::bind(&config.listen).map_err(|e| ServeError::Bind(config.listen.clone(), e))?;
+    let listener = std::net::TcpListener::bind(&config.listen)
+        .map_err(|e| ServeError::Bind(config.listen.clone(), e))?;
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
     on_listening(addr);
@@ -78,18 +83,25 @@ pub async fn serve(
         Some((cert, key)) => {
             // Only ring is compiled in; ignore "already installed" when serving twice in one process.
             let _ = rustls::crypto::ring::default_provider().install_default();
-            let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key).await.map_err(ServeError::Tls)?;
+            let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+                .await
+                .map_err(ServeError::Tls)?;
             let handle = axum_server::Handle::new();
             let h = handle.clone();
             tokio::spawn(async move {
                 shutdown.await;
                 h.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
             });
-            axum_server::from_tcp_rustls(listener, tls)?.handle(handle).serve(app).await?;
+            axum_server::from_tcp_rustls(listener, tls)?
+                .handle(handle)
+                .serve(app)
+                .await?;
         }
         None => {
             let listener = tokio::net::TcpListener::from_std(listener)?;
-            axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await?;
         }
     }
     flusher.abort();

@@ -9,7 +9,11 @@ use yeet_proto::api::Role;
 use yeet_server::config::{Config, ServerArgs};
 
 #[derive(Parser)]
-#[command(name = "yeet-server", version, about = "The yeet control plane: enrollment, releases and desired state for NixOS fleets.")]
+#[command(
+    name = "yeet-server",
+    version,
+    about = "The yeet control plane: enrollment, releases and desired state for NixOS fleets."
+)]
 struct Cli {
     #[command(flatten)]
     server: ServerArgs,
@@ -51,7 +55,10 @@ enum AdminCommand {
 #[tokio::main]
 async fn main() -> Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("YEET_LOG").unwrap_or_else(|_| "info,sqlx=warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("YEET_LOG")
+                .unwrap_or_else(|_| "info,sqlx=warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
@@ -79,7 +86,8 @@ async fn admin(config: Config, cmd: AdminCommand) -> Result<()> {
     match cmd {
         AdminCommand::Add { name, key, role } => {
             let line = if Path::new(&key).is_file() {
-                std::fs::read_to_string(&key).with_context(|| format!("cannot read key file {key}"))?
+                std::fs::read_to_string(&key)
+                    .with_context(|| format!("cannot read key file {key}"))?
             } else {
                 key
             };
@@ -96,7 +104,8 @@ async fn admin(config: Config, cmd: AdminCommand) -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 let mut t = Table::new();
-                t.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED).set_header(["NAME", "ROLE", "KEY"]);
+                t.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED)
+                    .set_header(["NAME", "ROLE", "KEY"]);
                 for u in &users {
                     t.add_row([&u.name, &u.role, &u.key_id]);
                 }
@@ -116,10 +125,11 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => return ctrl_c.await.unwrap_or(()),
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return ctrl_c.await.unwrap_or(()),
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

@@ -18,19 +18,36 @@ pub struct ClientIp(pub Option<std::net::IpAddr>);
 
 impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientIp {
     type Rejection = std::convert::Infallible;
-    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(ClientIp(parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip())))
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(ClientIp(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip()),
+        ))
     }
 }
 
 /// Reads a body of at most `limit` bytes; distinguishes "too large" from "broken off".
 pub async fn read_body(body: Body, limit: usize) -> Result<axum::body::Bytes, ApiError> {
     to_bytes(body, limit).await.map_err(|e| {
-        let too_large = std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+        let too_large = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
         if too_large {
-            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", format!("request body exceeds {limit} bytes"))
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("request body exceeds {limit} bytes"),
+            )
         } else {
-            ApiError::new(StatusCode::BAD_REQUEST, "body_unreadable", "the request body could not be read (connection broken off?)")
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "body_unreadable",
+                "the request body could not be read (connection broken off?)",
+            )
         }
     })
 }
@@ -45,10 +62,24 @@ pub async fn authenticate(State(app): State<AppState>, req: Request, next: Next)
 async fn authenticated(app: &AppState, req: Request) -> Result<Request, ApiError> {
     let (parts, body) = req.into_parts();
     let bytes = read_body(body, app.max_body_bytes).await?;
-    let headers = SignatureHeaders::parse(|name| parts.headers.get(name).and_then(|v| v.to_str().ok()))?;
-    let path_and_query = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let headers =
+        SignatureHeaders::parse(|name| parts.headers.get(name).and_then(|v| v.to_str().ok()))?;
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
     let registering = parts.method == Method::POST && parts.uri.path() == paths::REGISTER;
-    let principal = app.service.authenticate(parts.method.as_str(), path_and_query, &headers, &bytes, registering).await?;
+    let principal = app
+        .service
+        .authenticate(
+            parts.method.as_str(),
+            path_and_query,
+            &headers,
+            &bytes,
+            registering,
+        )
+        .await?;
     let mut req = Request::from_parts(parts, Body::from(bytes));
     req.extensions_mut().insert(principal);
     Ok(req)

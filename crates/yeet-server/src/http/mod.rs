@@ -12,8 +12,9 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use std::sync::Arc;
 use yeet_proto::api::{
-    ApproveRequest, CheckinRequest, CheckinResponse, CreateReleaseRequest, HostInfo, PendingRegistration, RegisterRequest,
-    RegisterResponse, RejectRequest, Release, RenameRequest, WhoAmI, paths,
+    ApproveRequest, CheckinRequest, CheckinResponse, CreateReleaseRequest, HostInfo,
+    PendingRegistration, RegisterRequest, RegisterResponse, RejectRequest, Release, RenameRequest,
+    WhoAmI, paths,
 };
 
 use crate::service::{Principal, Service};
@@ -33,10 +34,16 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         match Json::<T>::from_request(req, state).await {
             Ok(Json(v)) => Ok(ApiJson(v)),
-            Err(JsonRejection::MissingJsonContentType(_)) => {
-                Err(ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "not_json", "send the body as Content-Type: application/json"))
-            }
-            Err(e) => Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", e.body_text())),
+            Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "not_json",
+                "send the body as Content-Type: application/json",
+            )),
+            Err(e) => Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_json",
+                e.body_text(),
+            )),
         }
     }
 }
@@ -56,13 +63,26 @@ pub fn router(state: AppState) -> Router {
         .route(&paths::host("{name}"), delete(remove_host))
         .route(&paths::host_rename("{name}"), post(rename_host))
         .route(paths::RELEASES, get(list_releases).post(create_release))
-        .route_layer(middleware::from_fn_with_state(state.clone(), auth::authenticate));
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .merge(api)
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no_such_endpoint", "no such endpoint") })
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "no_such_endpoint",
+                "no such endpoint",
+            )
+        })
         .method_not_allowed_fallback(|| async {
-            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this endpoint does not accept that method")
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this endpoint does not accept that method",
+            )
         })
         .with_state(state)
 }
@@ -76,32 +96,57 @@ async fn register(
     Ok(Json(app.service.register(&p, req, client).await?))
 }
 
-async fn checkin(State(app): State<AppState>, Extension(p): Extension<Principal>, ApiJson(req): ApiJson<CheckinRequest>) -> ApiResult<CheckinResponse> {
+async fn checkin(
+    State(app): State<AppState>,
+    Extension(p): Extension<Principal>,
+    ApiJson(req): ApiJson<CheckinRequest>,
+) -> ApiResult<CheckinResponse> {
     Ok(Json(app.service.checkin(&p, req).await?))
 }
 
-async fn whoami(State(app): State<AppState>, Extension(p): Extension<Principal>) -> ApiResult<WhoAmI> {
+async fn whoami(
+    State(app): State<AppState>,
+    Extension(p): Extension<Principal>,
+) -> ApiResult<WhoAmI> {
     Ok(Json(app.service.whoami(&p)?))
 }
 
-async fn list_pending(State(app): State<AppState>, Extension(p): Extension<Principal>) -> ApiResult<Vec<PendingRegistration>> {
+async fn list_pending(
+    State(app): State<AppState>,
+    Extension(p): Extension<Principal>,
+) -> ApiResult<Vec<PendingRegistration>> {
     Ok(Json(app.service.list_pending(&p).await?))
 }
 
-async fn approve(State(app): State<AppState>, Extension(p): Extension<Principal>, ApiJson(req): ApiJson<ApproveRequest>) -> ApiResult<HostInfo> {
+async fn approve(
+    State(app): State<AppState>,
+    Extension(p): Extension<Principal>,
+    ApiJson(req): ApiJson<ApproveRequest>,
+) -> ApiResult<HostInfo> {
     Ok(Json(app.service.approve(&p, req).await?))
 }
 
-async fn reject(State(app): State<AppState>, Extension(p): Extension<Principal>, ApiJson(req): ApiJson<RejectRequest>) -> ApiResult<serde_json::Value> {
+async fn reject(
+    State(app): State<AppState>,
+    Extension(p): Extension<Principal>,
+    ApiJson(req): ApiJson<RejectRequest>,
+) -> ApiResult<serde_json::Value> {
     app.service.reject(&p, &req.key_id).await?;
     Ok(Json(serde_json::json!({})))
 }
 
-async fn list_hosts(State(app): State<AppState>, Extension(p): Extension<Principal>) -> ApiResult<Vec<HostInfo>> {
+async fn list_hosts(
+    State(app): State<AppState>,
+    Extension(p): Extension<Principal>,
+) -> ApiResult<Vec<HostInfo>> {
     Ok(Json(app.service.list_hosts(&p).await?))
 }
 
-async fn show_host(State(app): State<AppState>, Extension(p): Extension<Principal>, Path(name): Path<String>) -> ApiResult<HostInfo> {
+async fn show_host(
+    State(app): State<AppState>,
+    Extension(p): Extension<Principal>,
+    Path(name): Path<String>,
+) -> ApiResult<HostInfo> {
     Ok(Json(app.service.show_host(&p, &name).await?))
 }
 
@@ -111,10 +156,16 @@ async fn rename_host(
     Path(name): Path<String>,
     ApiJson(req): ApiJson<RenameRequest>,
 ) -> ApiResult<HostInfo> {
-    Ok(Json(app.service.rename_host(&p, &name, &req.new_name).await?))
+    Ok(Json(
+        app.service.rename_host(&p, &name, &req.new_name).await?,
+    ))
 }
 
-async fn remove_host(State(app): State<AppState>, Extension(p): Extension<Principal>, Path(name): Path<String>) -> ApiResult<serde_json::Value> {
+async fn remove_host(
+    State(app): State<AppState>,
+    Extension(p): Extension<Principal>,
+    Path(name): Path<String>,
+) -> ApiResult<serde_json::Value> {
     app.service.remove_host(&p, &name).await?;
     Ok(Json(serde_json::json!({})))
 }
@@ -130,7 +181,11 @@ async fn list_releases(
     Extension(p): Extension<Principal>,
     Query(q): Query<ReleaseQuery>,
 ) -> ApiResult<Vec<Release>> {
-    Ok(Json(app.service.list_releases(&p, q.host.as_deref(), q.limit).await?))
+    Ok(Json(
+        app.service
+            .list_releases(&p, q.host.as_deref(), q.limit)
+            .await?,
+    ))
 }
 
 async fn create_release(

@@ -13,8 +13,16 @@ const KEY_CACHE_SECS: i64 = 30;
 /// Who sent a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Principal {
-    User { name: String, role: Role, key_id: String },
-    Host { id: i64, name: String, key_id: String },
+    User {
+        name: String,
+        role: Role,
+        key_id: String,
+    },
+    Host {
+        id: i64,
+        name: String,
+        key_id: String,
+    },
     /// An unknown key registering itself; it proved it holds the key and nothing more.
     Registrant { public: PublicIdentity },
 }
@@ -47,11 +55,27 @@ impl Service {
         }
         let parse = |line: &str| PublicIdentity::from_openssh(line).ok();
         let known = if let Some(h) = self.store.host_by_key(key_id).await? {
-            parse(&h.public_key).map(|public| KnownKey { principal: Principal::Host { id: h.id, name: h.name, key_id: h.key_id }, public, loaded_at: t })
+            parse(&h.public_key).map(|public| KnownKey {
+                principal: Principal::Host {
+                    id: h.id,
+                    name: h.name,
+                    key_id: h.key_id,
+                },
+                public,
+                loaded_at: t,
+            })
         } else if let Some(u) = self.store.user_by_key(key_id).await? {
             let role = u.role.parse::<Role>().ok();
             role.zip(parse(&u.public_key))
-                .map(|(role, public)| KnownKey { principal: Principal::User { name: u.name, role, key_id: u.key_id }, public, loaded_at: t })
+                .map(|(role, public)| KnownKey {
+                    principal: Principal::User {
+                        name: u.name,
+                        role,
+                        key_id: u.key_id,
+                    },
+                    public,
+                    loaded_at: t,
+                })
         } else {
             None
         };
@@ -70,15 +94,29 @@ impl Service {
 
     /// Authenticates a signed request. `registering` allows an unknown key whose public
     /// half is in the body (the registration request) to prove possession of it.
-    pub async fn authenticate(&self, method: &str, path_and_query: &str, headers: &SignatureHeaders, body: &[u8], registering: bool) -> Result<Principal> {
+    pub async fn authenticate(
+        &self,
+        method: &str,
+        path_and_query: &str,
+        headers: &SignatureHeaders,
+        body: &[u8],
+        registering: bool,
+    ) -> Result<Principal> {
         let t = now();
         headers.check_timestamp(t, self.config.skew_secs)?;
         let (principal, public) = match self.known_key(&headers.key_id).await? {
             Some(k) => (k.principal, k.public),
             None if registering => {
-                let req: RegisterRequest = serde_json::from_slice(body).map_err(|_| AuthError::UnknownKey)?;
-                let public = PublicIdentity::from_openssh(&req.public_key).map_err(|_| AuthError::UnknownKey)?;
-                (Principal::Registrant { public: public.clone() }, public)
+                let req: RegisterRequest =
+                    serde_json::from_slice(body).map_err(|_| AuthError::UnknownKey)?;
+                let public = PublicIdentity::from_openssh(&req.public_key)
+                    .map_err(|_| AuthError::UnknownKey)?;
+                (
+                    Principal::Registrant {
+                        public: public.clone(),
+                    },
+                    public,
+                )
             }
             None => return Err(AuthError::UnknownKey.into()),
         };
@@ -97,7 +135,9 @@ pub(crate) fn require_role(principal: &Principal, min: Role) -> Result<&str> {
             min.as_str(),
             role.as_str()
         ))),
-        _ => Err(ServiceError::Forbidden("this endpoint is for operators; host keys cannot use it".into())),
+        _ => Err(ServiceError::Forbidden(
+            "this endpoint is for operators; host keys cannot use it".into(),
+        )),
     }
 }
 
@@ -105,7 +145,11 @@ pub(crate) fn require_role(principal: &Principal, min: Role) -> Result<&str> {
 pub(crate) fn require_host(principal: &Principal) -> Result<(i64, &str)> {
     match principal {
         Principal::Host { id, name, .. } => Ok((*id, name)),
-        Principal::Registrant { .. } => Err(ServiceError::Forbidden("this host is not approved yet; ask an admin to run `yeet approve NAME CODE`".into())),
-        Principal::User { .. } => Err(ServiceError::Forbidden("only hosts check in; operator keys cannot".into())),
+        Principal::Registrant { .. } => Err(ServiceError::Forbidden(
+            "this host is not approved yet; ask an admin to run `yeet approve NAME CODE`".into(),
+        )),
+        Principal::User { .. } => Err(ServiceError::Forbidden(
+            "only hosts check in; operator keys cannot".into(),
+        )),
     }
 }

@@ -7,7 +7,9 @@
 
 use std::net::IpAddr;
 use std::time::Instant;
-use yeet_proto::api::{ApproveRequest, HostInfo, PendingRegistration, RegisterRequest, RegisterResponse, Role};
+use yeet_proto::api::{
+    ApproveRequest, HostInfo, PendingRegistration, RegisterRequest, RegisterResponse, Role,
+};
 use yeet_proto::names::validate_host_name;
 
 use super::auth::require_role;
@@ -26,14 +28,21 @@ pub(crate) struct Bucket {
 
 fn fresh_code() -> Result<String> {
     let mut raw = [0u8; CODE_LEN];
-    getrandom::getrandom(&mut raw).map_err(|e| ServiceError::System(format!("no randomness for a code: {e}")))?;
+    getrandom::getrandom(&mut raw)
+        .map_err(|e| ServiceError::System(format!("no randomness for a code: {e}")))?;
     // Modulo bias over 29 letters is below 1%, irrelevant for a code an admin types.
-    Ok(raw.iter().map(|b| CODE_ALPHABET[*b as usize % CODE_ALPHABET.len()] as char).collect())
+    Ok(raw
+        .iter()
+        .map(|b| CODE_ALPHABET[*b as usize % CODE_ALPHABET.len()] as char)
+        .collect())
 }
 
 /// Upper-cases and drops separators, so `abcd-efgh`, `ABCD EFGH` and `ABCDEFGH` match.
 pub fn normalize_code(code: &str) -> String {
-    code.chars().filter(|c| c.is_ascii_alphanumeric()).map(|c| c.to_ascii_uppercase()).collect()
+    code.chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .map(|c| c.to_ascii_uppercase())
+        .collect()
 }
 
 /// Shows a code as `ABCD-EFGH`.
@@ -47,13 +56,19 @@ fn display_code(code: &str) -> String {
 impl Service {
     fn take_registration_token(&self, client: Option<IpAddr>) -> bool {
         let Some(ip) = client else { return true };
-        let (burst, refill) = (self.config.registration_burst as f64, self.config.registration_refill.as_secs_f64().max(1e-3));
+        let (burst, refill) = (
+            self.config.registration_burst as f64,
+            self.config.registration_refill.as_secs_f64().max(1e-3),
+        );
         let mut buckets = lock(&self.registration_buckets);
         if buckets.len() > 100_000 {
             // Forget full buckets: they would allow a full burst anyway.
             buckets.retain(|_, b| b.tokens + b.updated.elapsed().as_secs_f64() / refill < burst);
         }
-        let b = buckets.entry(ip).or_insert(Bucket { tokens: burst, updated: Instant::now() });
+        let b = buckets.entry(ip).or_insert(Bucket {
+            tokens: burst,
+            updated: Instant::now(),
+        });
         b.tokens = (b.tokens + b.updated.elapsed().as_secs_f64() / refill).min(burst);
         b.updated = Instant::now();
         if b.tokens >= 1.0 {
@@ -66,30 +81,61 @@ impl Service {
 
     /// Handles a registration. An approved key learns its host name; a pending one gets its
     /// current code, or a fresh one when the old code expired.
-    pub async fn register(&self, principal: &Principal, req: RegisterRequest, client: Option<IpAddr>) -> Result<RegisterResponse> {
+    pub async fn register(
+        &self,
+        principal: &Principal,
+        req: RegisterRequest,
+        client: Option<IpAddr>,
+    ) -> Result<RegisterResponse> {
         let public = match principal {
-            Principal::Host { name, .. } => return Ok(RegisterResponse::Approved { host: name.clone() }),
-            Principal::User { .. } => return Err(ServiceError::conflict("operator_key", "this key belongs to an operator; a host must register with its own key")),
+            Principal::Host { name, .. } => {
+                return Ok(RegisterResponse::Approved { host: name.clone() });
+            }
+            Principal::User { .. } => {
+                return Err(ServiceError::conflict(
+                    "operator_key",
+                    "this key belongs to an operator; a host must register with its own key",
+                ));
+            }
             Principal::Registrant { public } => public,
         };
-        if public.key_id() != yeet_proto::PublicIdentity::from_openssh(&req.public_key).map(|p| p.key_id().to_owned()).unwrap_or_default() {
-            return Err(ServiceError::invalid("key_mismatch", "public_key in the body is not the key that signed the request"));
+        if public.key_id()
+            != yeet_proto::PublicIdentity::from_openssh(&req.public_key)
+                .map(|p| p.key_id().to_owned())
+                .unwrap_or_default()
+        {
+            return Err(ServiceError::invalid(
+                "key_mismatch",
+                "public_key in the body is not the key that signed the request",
+            ));
         }
         // Free text from an unapproved host: keep it short and printable.
-        let clip = |s: &str| s.chars().filter(|c| !c.is_control()).take(64).collect::<String>();
+        let clip = |s: &str| {
+            s.chars()
+                .filter(|c| !c.is_control())
+                .take(64)
+                .collect::<String>()
+        };
         if self.store.is_rejected(public.key_id()).await? {
-            return Err(ServiceError::Forbidden("an admin rejected this host's key; it cannot register again".into()));
+            return Err(ServiceError::Forbidden(
+                "an admin rejected this host's key; it cannot register again".into(),
+            ));
         }
         let t = now();
         let existing = self.store.registration_by_key(public.key_id()).await?;
         if existing.is_none() {
             if !self.take_registration_token(client) {
-                return Err(ServiceError::RateLimited("too many new registrations from this address; retry in a minute".into()));
+                return Err(ServiceError::RateLimited(
+                    "too many new registrations from this address; retry in a minute".into(),
+                ));
             }
             let over = self.store.count_registrations().await? - self.config.max_pending + 1;
             if over > 0 {
                 let evicted = self.store.evict_stalest_registrations(over).await?;
-                tracing::warn!(evicted, "pending registrations at capacity; evicted the stalest");
+                tracing::warn!(
+                    evicted,
+                    "pending registrations at capacity; evicted the stalest"
+                );
             }
         }
         let (code, expires, first_seen) = match &existing {
@@ -110,7 +156,10 @@ impl Service {
             last_seen: t,
         };
         self.store.upsert_registration(&row).await?;
-        Ok(RegisterResponse::Pending { code: display_code(&code), expires_at: expires })
+        Ok(RegisterResponse::Pending {
+            code: display_code(&code),
+            expires_at: expires,
+        })
     }
 
     pub async fn list_pending(&self, principal: &Principal) -> Result<Vec<PendingRegistration>> {
@@ -124,7 +173,11 @@ impl Service {
             .map(|r| PendingRegistration {
                 key_id: r.key_id,
                 hostname_hint: r.hostname_hint,
-                facts: yeet_proto::api::Facts { os: r.os, arch: r.arch, agent_version: r.agent_version },
+                facts: yeet_proto::api::Facts {
+                    os: r.os,
+                    arch: r.arch,
+                    agent_version: r.agent_version,
+                },
                 first_seen: r.first_seen,
                 last_seen: r.last_seen,
                 code_expired: r.code_expires_at <= t,
@@ -134,7 +187,8 @@ impl Service {
 
     pub async fn approve(&self, principal: &Principal, req: ApproveRequest) -> Result<HostInfo> {
         let admin = require_role(principal, Role::Admin)?;
-        validate_host_name(&req.name).map_err(|e| ServiceError::invalid("invalid_name", e.to_string()))?;
+        validate_host_name(&req.name)
+            .map_err(|e| ServiceError::invalid("invalid_name", e.to_string()))?;
         let code = normalize_code(&req.code);
         let reg = self.store.registration_by_code(&code).await?.ok_or_else(|| {
             ServiceError::not_found("unknown_code", format!("no pending registration has code {}; check the code that `yeet-agent status` shows on the host", req.code))
@@ -146,12 +200,32 @@ impl Service {
             )));
         }
         if self.store.host_by_name(&req.name).await?.is_some() {
-            return Err(ServiceError::conflict("name_taken", format!("a host named {} already exists; choose another name or remove it first", req.name)));
+            return Err(ServiceError::conflict(
+                "name_taken",
+                format!(
+                    "a host named {} already exists; choose another name or remove it first",
+                    req.name
+                ),
+            ));
         }
-        let host = match self.store.approve_registration(&reg.key_id, &req.name, admin, now()).await {
+        let host = match self
+            .store
+            .approve_registration(&reg.key_id, &req.name, admin, now())
+            .await
+        {
             Ok(Some(h)) => h,
-            Ok(None) => return Err(ServiceError::not_found("unknown_code", "the registration was approved or rejected meanwhile")),
-            Err(StoreError::Conflict(_)) => return Err(ServiceError::conflict("name_taken", format!("a host named {} already exists", req.name))),
+            Ok(None) => {
+                return Err(ServiceError::not_found(
+                    "unknown_code",
+                    "the registration was approved or rejected meanwhile",
+                ));
+            }
+            Err(StoreError::Conflict(_)) => {
+                return Err(ServiceError::conflict(
+                    "name_taken",
+                    format!("a host named {} already exists", req.name),
+                ));
+            }
             Err(e) => return Err(e.into()),
         };
         self.forget_key(&host.key_id).await;
@@ -162,7 +236,10 @@ impl Service {
     pub async fn reject(&self, principal: &Principal, key_id: &str) -> Result<()> {
         let admin = require_role(principal, Role::Admin)?;
         if !self.store.reject_registration(key_id, admin, now()).await? {
-            return Err(ServiceError::not_found("unknown_registration", format!("no pending registration for key {key_id}; see `yeet pending`")));
+            return Err(ServiceError::not_found(
+                "unknown_registration",
+                format!("no pending registration for key {key_id}; see `yeet pending`"),
+            ));
         }
         tracing::info!(key = key_id, by = admin, "registration rejected");
         Ok(())

@@ -1,6 +1,8 @@
 //! Hosts: listing, renaming, removal, and the check-in that every host makes on every poll.
 
-use yeet_proto::api::{Action, AgentState, CheckinRequest, CheckinResponse, Facts, HostInfo, HostState, Role};
+use yeet_proto::api::{
+    Action, AgentState, CheckinRequest, CheckinResponse, Facts, HostInfo, HostState, Role,
+};
 use yeet_proto::names::validate_host_name;
 
 use super::auth::{require_host, require_role};
@@ -44,15 +46,21 @@ impl Service {
             desired_release: desired.map(|d| d.release_id),
             last_seen,
             approved_at: row.approved_at,
-            facts: Facts { os: row.os, arch: row.arch, agent_version: row.agent_version },
+            facts: Facts {
+                os: row.os,
+                arch: row.arch,
+                agent_version: row.agent_version,
+            },
         }
     }
 
     async fn host_named(&self, name: &str) -> Result<HostRow> {
-        self.store
-            .host_by_name(name)
-            .await?
-            .ok_or_else(|| ServiceError::not_found("unknown_host", format!("no host named {name}; see `yeet status` for the fleet")))
+        self.store.host_by_name(name).await?.ok_or_else(|| {
+            ServiceError::not_found(
+                "unknown_host",
+                format!("no host named {name}; see `yeet status` for the fleet"),
+            )
+        })
     }
 
     pub async fn list_hosts(&self, principal: &Principal) -> Result<Vec<HostInfo>> {
@@ -70,15 +78,31 @@ impl Service {
         Ok(self.host_info(row).await)
     }
 
-    pub async fn rename_host(&self, principal: &Principal, old: &str, new: &str) -> Result<HostInfo> {
+    pub async fn rename_host(
+        &self,
+        principal: &Principal,
+        old: &str,
+        new: &str,
+    ) -> Result<HostInfo> {
         let admin = require_role(principal, Role::Admin)?;
-        validate_host_name(new).map_err(|e| ServiceError::invalid("invalid_name", e.to_string()))?;
-        let row = match self.store.rename_host(old, new).await {
-            Ok(Some(row)) => row,
-            Ok(None) => return Err(self.host_named(old).await.err().unwrap_or_else(|| ServiceError::not_found("unknown_host", old.to_owned()))),
-            Err(StoreError::Conflict(_)) => return Err(ServiceError::conflict("name_taken", format!("a host named {new} already exists"))),
-            Err(e) => return Err(e.into()),
-        };
+        validate_host_name(new)
+            .map_err(|e| ServiceError::invalid("invalid_name", e.to_string()))?;
+        let row =
+            match self.store.rename_host(old, new).await {
+                Ok(Some(row)) => row,
+                Ok(None) => {
+                    return Err(self.host_named(old).await.err().unwrap_or_else(|| {
+                        ServiceError::not_found("unknown_host", old.to_owned())
+                    }));
+                }
+                Err(StoreError::Conflict(_)) => {
+                    return Err(ServiceError::conflict(
+                        "name_taken",
+                        format!("a host named {new} already exists"),
+                    ));
+                }
+                Err(e) => return Err(e.into()),
+            };
         self.forget_key(&row.key_id).await;
         tracing::info!(old, new, by = admin, "host renamed");
         Ok(self.host_info(row).await)
@@ -87,7 +111,9 @@ impl Service {
     /// Removes a host. Its key stops working at once; its releases stay as history.
     pub async fn remove_host(&self, principal: &Principal, name: &str) -> Result<()> {
         let admin = require_role(principal, Role::Admin)?;
-        let row = self.store.delete_host(name).await?.ok_or_else(|| ServiceError::not_found("unknown_host", format!("no host named {name}")))?;
+        let row = self.store.delete_host(name).await?.ok_or_else(|| {
+            ServiceError::not_found("unknown_host", format!("no host named {name}"))
+        })?;
         self.forget_key(&row.key_id).await;
         self.desired.write().await.remove(&row.id);
         lock(&self.reports).remove(&row.id);
@@ -98,10 +124,18 @@ impl Service {
 
     /// A host's check-in: record what it runs, answer what it should run. Costs no database
     /// write unless the report changed; last-seen is batched.
-    pub async fn checkin(&self, principal: &Principal, req: CheckinRequest) -> Result<CheckinResponse> {
+    pub async fn checkin(
+        &self,
+        principal: &Principal,
+        req: CheckinRequest,
+    ) -> Result<CheckinResponse> {
         let (host_id, host_name) = require_host(principal)?;
-        for path in [&req.current_system, &req.booted_system].into_iter().flatten() {
-            path.parse::<nix_meta::StorePath>().map_err(|e| ServiceError::invalid("invalid_store_path", e.to_string()))?;
+        for path in [&req.current_system, &req.booted_system]
+            .into_iter()
+            .flatten()
+        {
+            path.parse::<nix_meta::StorePath>()
+                .map_err(|e| ServiceError::invalid("invalid_store_path", e.to_string()))?;
         }
         let report = HostReport {
             current_system: req.current_system.clone(),
@@ -122,10 +156,17 @@ impl Service {
         }
         let action = match self.desired.read().await.get(&host_id) {
             Some(d) if req.current_system.as_deref() != Some(d.store_path.as_str()) => {
-                Action::Switch { store_path: d.store_path.clone(), release_id: d.release_id }
+                Action::Switch {
+                    store_path: d.store_path.clone(),
+                    release_id: d.release_id,
+                }
             }
             _ => Action::None,
         };
-        Ok(CheckinResponse { host: host_name.to_owned(), action, next_checkin_secs: self.config.checkin_interval_secs })
+        Ok(CheckinResponse {
+            host: host_name.to_owned(),
+            action,
+            next_checkin_secs: self.config.checkin_interval_secs,
+        })
     }
 }

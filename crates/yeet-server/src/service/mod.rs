@@ -76,13 +76,22 @@ pub enum ServiceError {
 
 impl ServiceError {
     pub(crate) fn invalid(code: &'static str, message: impl Into<String>) -> Self {
-        ServiceError::Invalid { code, message: message.into() }
+        ServiceError::Invalid {
+            code,
+            message: message.into(),
+        }
     }
     pub(crate) fn not_found(code: &'static str, message: impl Into<String>) -> Self {
-        ServiceError::NotFound { code, message: message.into() }
+        ServiceError::NotFound {
+            code,
+            message: message.into(),
+        }
     }
     pub(crate) fn conflict(code: &'static str, message: impl Into<String>) -> Self {
-        ServiceError::Conflict { code, message: message.into() }
+        ServiceError::Conflict {
+            code,
+            message: message.into(),
+        }
     }
 }
 
@@ -127,7 +136,15 @@ impl Service {
             .desired_systems()
             .await?
             .into_iter()
-            .map(|d| (d.host_id, Desired { release_id: d.release_id, store_path: d.store_path }))
+            .map(|d| {
+                (
+                    d.host_id,
+                    Desired {
+                        release_id: d.release_id,
+                        store_path: d.store_path,
+                    },
+                )
+            })
             .collect();
         Ok(Service {
             nonces: Mutex::new(yeet_proto::NonceCache::new(config.skew_secs, 1_000_000)),

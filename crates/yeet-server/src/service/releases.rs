@@ -13,57 +13,130 @@ pub const DEFAULT_RELEASE_LIMIT: i64 = 50;
 const MAX_MESSAGE_CHARS: usize = 4096;
 
 fn to_api(r: ReleaseRow) -> Release {
-    Release { id: r.id, author: r.author, created_at: r.created_at, message: r.message, hosts: r.entries.into_iter().collect() }
+    Release {
+        id: r.id,
+        author: r.author,
+        created_at: r.created_at,
+        message: r.message,
+        hosts: r.entries.into_iter().collect(),
+    }
 }
 
 impl Service {
-    pub async fn create_release(&self, principal: &Principal, req: CreateReleaseRequest) -> Result<Release> {
+    pub async fn create_release(
+        &self,
+        principal: &Principal,
+        req: CreateReleaseRequest,
+    ) -> Result<Release> {
         let author = require_role(principal, Role::Publisher)?;
         if req.hosts.is_empty() {
-            return Err(ServiceError::invalid("empty_release", "a release must name at least one host"));
+            return Err(ServiceError::invalid(
+                "empty_release",
+                "a release must name at least one host",
+            ));
         }
         if req.message.chars().count() > MAX_MESSAGE_CHARS {
-            return Err(ServiceError::invalid("message_too_long", format!("the message is longer than {MAX_MESSAGE_CHARS} characters")));
+            return Err(ServiceError::invalid(
+                "message_too_long",
+                format!("the message is longer than {MAX_MESSAGE_CHARS} characters"),
+            ));
         }
         for (host, path) in &req.hosts {
-            path.parse::<nix_meta::StorePath>()
-                .map_err(|e| ServiceError::invalid("invalid_store_path", format!("host {host}: {e}")))?;
+            path.parse::<nix_meta::StorePath>().map_err(|e| {
+                ServiceError::invalid("invalid_store_path", format!("host {host}: {e}"))
+            })?;
         }
-        let known: BTreeMap<String, i64> = self.store.list_hosts().await?.into_iter().map(|h| (h.name, h.id)).collect();
-        let unknown: Vec<&str> = req.hosts.keys().filter(|h| !known.contains_key(*h)).map(String::as_str).collect();
+        let known: BTreeMap<String, i64> = self
+            .store
+            .list_hosts()
+            .await?
+            .into_iter()
+            .map(|h| (h.name, h.id))
+            .collect();
+        let unknown: Vec<&str> = req
+            .hosts
+            .keys()
+            .filter(|h| !known.contains_key(*h))
+            .map(String::as_str)
+            .collect();
         if !unknown.is_empty() {
             let names: Vec<&str> = known.keys().map(String::as_str).collect();
             return Err(ServiceError::invalid(
                 "unknown_host",
-                format!("unknown host(s): {}; approved hosts are: {}", unknown.join(", "), if names.is_empty() { "(none)".into() } else { names.join(", ") }),
+                format!(
+                    "unknown host(s): {}; approved hosts are: {}",
+                    unknown.join(", "),
+                    if names.is_empty() {
+                        "(none)".into()
+                    } else {
+                        names.join(", ")
+                    }
+                ),
             ));
         }
-        let entries: Vec<(i64, String, String)> = req.hosts.iter().map(|(h, p)| (known[h], h.clone(), p.clone())).collect();
+        let entries: Vec<(i64, String, String)> = req
+            .hosts
+            .iter()
+            .map(|(h, p)| (known[h], h.clone(), p.clone()))
+            .collect();
         let created_at = super::now();
-        let id = self.store.insert_release(author, &req.message, created_at, &entries).await?;
+        let id = self
+            .store
+            .insert_release(author, &req.message, created_at, &entries)
+            .await?;
         {
             let mut desired = self.desired.write().await;
             for (host_id, _, path) in &entries {
-                desired.insert(*host_id, Desired { release_id: id, store_path: path.clone() });
+                desired.insert(
+                    *host_id,
+                    Desired {
+                        release_id: id,
+                        store_path: path.clone(),
+                    },
+                );
             }
         }
-        tracing::info!(release = id, hosts = entries.len(), by = author, "release created");
-        Ok(Release { id, author: author.to_owned(), created_at, message: req.message, hosts: req.hosts })
+        tracing::info!(
+            release = id,
+            hosts = entries.len(),
+            by = author,
+            "release created"
+        );
+        Ok(Release {
+            id,
+            author: author.to_owned(),
+            created_at,
+            message: req.message,
+            hosts: req.hosts,
+        })
     }
 
-    pub async fn list_releases(&self, principal: &Principal, host: Option<&str>, limit: Option<i64>) -> Result<Vec<Release>> {
+    pub async fn list_releases(
+        &self,
+        principal: &Principal,
+        host: Option<&str>,
+        limit: Option<i64>,
+    ) -> Result<Vec<Release>> {
         require_role(principal, Role::Viewer)?;
         let host_id = match host {
             Some(name) => Some(
                 self.store
                     .host_by_name(name)
                     .await?
-                    .ok_or_else(|| ServiceError::not_found("unknown_host", format!("no host named {name}")))?
+                    .ok_or_else(|| {
+                        ServiceError::not_found("unknown_host", format!("no host named {name}"))
+                    })?
                     .id,
             ),
             None => None,
         };
         let limit = limit.unwrap_or(DEFAULT_RELEASE_LIMIT).clamp(1, 1000);
-        Ok(self.store.list_releases(host_id, limit).await?.into_iter().map(to_api).collect())
+        Ok(self
+            .store
+            .list_releases(host_id, limit)
+            .await?
+            .into_iter()
+            .map(to_api)
+            .collect())
     }
 }

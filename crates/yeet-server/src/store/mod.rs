@@ -28,7 +28,13 @@ impl StoreError {
 
 /// Maps a unique violation to `Conflict(what)`, everything else to `Db`.
 fn conflict(what: &'static str) -> impl Fn(sqlx::Error) -> StoreError {
-    move |e| if StoreError::is_unique_violation(&e) { StoreError::Conflict(what) } else { StoreError::Db(e) }
+    move |e| {
+        if StoreError::is_unique_violation(&e) {
+            StoreError::Conflict(what)
+        } else {
+            StoreError::Db(e)
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -175,15 +181,26 @@ impl Store {
             Backend::Sqlite => 4,
             Backend::Postgres => 16,
         };
-        let pool = AnyPoolOptions::new().max_connections(max).connect(url).await?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(max)
+            .connect(url)
+            .await?;
         let store = Store { pool, backend };
         match backend {
             Backend::Sqlite => {
                 // WAL lets readers proceed while a writer commits; it persists in the file.
-                sqlx::query("PRAGMA journal_mode=WAL").execute(&store.pool).await?;
-                sqlx::migrate!("./migrations/sqlite").run(&store.pool).await?;
+                sqlx::query("PRAGMA journal_mode=WAL")
+                    .execute(&store.pool)
+                    .await?;
+                sqlx::migrate!("./migrations/sqlite")
+                    .run(&store.pool)
+                    .await?;
             }
-            Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(&store.pool).await?,
+            Backend::Postgres => {
+                sqlx::migrate!("./migrations/postgres")
+                    .run(&store.pool)
+                    .await?
+            }
         }
         Ok(store)
     }
@@ -198,7 +215,14 @@ impl Store {
 
     // --- users ---
 
-    pub async fn insert_user(&self, name: &str, key_id: &str, public_key: &str, role: &str, now: i64) -> Result<UserRow, StoreError> {
+    pub async fn insert_user(
+        &self,
+        name: &str,
+        key_id: &str,
+        public_key: &str,
+        role: &str,
+        now: i64,
+    ) -> Result<UserRow, StoreError> {
         let row = sqlx::query("INSERT INTO users (name, key_id, public_key, role, created_at) VALUES ($1, $2, $3, $4, $5) RETURNING id, name, key_id, public_key, role, created_at")
             .bind(name)
             .bind(key_id)
@@ -212,57 +236,80 @@ impl Store {
     }
 
     pub async fn user_by_key(&self, key_id: &str) -> Result<Option<UserRow>, StoreError> {
-        let row = sqlx::query("SELECT id, name, key_id, public_key, role, created_at FROM users WHERE key_id = $1")
-            .bind(key_id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(
+            "SELECT id, name, key_id, public_key, role, created_at FROM users WHERE key_id = $1",
+        )
+        .bind(key_id)
+        .fetch_optional(&self.pool)
+        .await?;
         Ok(row.as_ref().map(user_from).transpose()?)
     }
 
     pub async fn list_users(&self) -> Result<Vec<UserRow>, StoreError> {
-        let rows = sqlx::query("SELECT id, name, key_id, public_key, role, created_at FROM users ORDER BY name")
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT id, name, key_id, public_key, role, created_at FROM users ORDER BY name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
         Ok(rows.iter().map(user_from).collect::<Result<_, _>>()?)
     }
 
     /// Deletes a user; returns its key id if it existed.
     pub async fn delete_user(&self, name: &str) -> Result<Option<String>, StoreError> {
-        let row = sqlx::query("DELETE FROM users WHERE name = $1 RETURNING key_id").bind(name).fetch_optional(&self.pool).await?;
+        let row = sqlx::query("DELETE FROM users WHERE name = $1 RETURNING key_id")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
         Ok(row.map(|r| r.try_get("key_id")).transpose()?)
     }
 
     // --- hosts ---
 
     pub async fn host_by_key(&self, key_id: &str) -> Result<Option<HostRow>, StoreError> {
-        let row = sqlx::query(AssertSqlSafe(format!("SELECT {HOST_COLUMNS} FROM hosts WHERE key_id = $1")))
-            .bind(key_id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {HOST_COLUMNS} FROM hosts WHERE key_id = $1"
+        )))
+        .bind(key_id)
+        .fetch_optional(&self.pool)
+        .await?;
         Ok(row.as_ref().map(host_from).transpose()?)
     }
 
     pub async fn host_by_name(&self, name: &str) -> Result<Option<HostRow>, StoreError> {
-        let row = sqlx::query(AssertSqlSafe(format!("SELECT {HOST_COLUMNS} FROM hosts WHERE name = $1")))
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {HOST_COLUMNS} FROM hosts WHERE name = $1"
+        )))
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
         Ok(row.as_ref().map(host_from).transpose()?)
     }
 
     pub async fn list_hosts(&self) -> Result<Vec<HostRow>, StoreError> {
-        let rows = sqlx::query(AssertSqlSafe(format!("SELECT {HOST_COLUMNS} FROM hosts ORDER BY name"))).fetch_all(&self.pool).await?;
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {HOST_COLUMNS} FROM hosts ORDER BY name"
+        )))
+        .fetch_all(&self.pool)
+        .await?;
         Ok(rows.iter().map(host_from).collect::<Result<_, _>>()?)
     }
 
     /// Turns a registration into a host, in one transaction: the registration must still
     /// exist, so two admins approving the same code cannot create two hosts.
-    pub async fn approve_registration(&self, key_id: &str, name: &str, approved_by: &str, now: i64) -> Result<Option<HostRow>, StoreError> {
+    pub async fn approve_registration(
+        &self,
+        key_id: &str,
+        name: &str,
+        approved_by: &str,
+        now: i64,
+    ) -> Result<Option<HostRow>, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let Some(reg) = sqlx::query(AssertSqlSafe(format!("DELETE FROM registrations WHERE key_id = $1 RETURNING {REGISTRATION_COLUMNS}")))
-            .bind(key_id)
-            .fetch_optional(&mut *tx)
-            .await?
+        let Some(reg) = sqlx::query(AssertSqlSafe(format!(
+            "DELETE FROM registrations WHERE key_id = $1 RETURNING {REGISTRATION_COLUMNS}"
+        )))
+        .bind(key_id)
+        .fetch_optional(&mut *tx)
+        .await?
         else {
             return Ok(None);
         };
@@ -287,24 +334,33 @@ impl Store {
     }
 
     pub async fn rename_host(&self, old: &str, new: &str) -> Result<Option<HostRow>, StoreError> {
-        let row = sqlx::query(AssertSqlSafe(format!("UPDATE hosts SET name = $1 WHERE name = $2 RETURNING {HOST_COLUMNS}")))
-            .bind(new)
-            .bind(old)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(conflict("a host with this name"))?;
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "UPDATE hosts SET name = $1 WHERE name = $2 RETURNING {HOST_COLUMNS}"
+        )))
+        .bind(new)
+        .bind(old)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(conflict("a host with this name"))?;
         Ok(row.as_ref().map(host_from).transpose()?)
     }
 
     pub async fn delete_host(&self, name: &str) -> Result<Option<HostRow>, StoreError> {
-        let row = sqlx::query(AssertSqlSafe(format!("DELETE FROM hosts WHERE name = $1 RETURNING {HOST_COLUMNS}")))
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "DELETE FROM hosts WHERE name = $1 RETURNING {HOST_COLUMNS}"
+        )))
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
         Ok(row.as_ref().map(host_from).transpose()?)
     }
 
-    pub async fn update_host_report(&self, host_id: i64, report: &HostReport, now: i64) -> Result<(), StoreError> {
+    pub async fn update_host_report(
+        &self,
+        host_id: i64,
+        report: &HostReport,
+        now: i64,
+    ) -> Result<(), StoreError> {
         sqlx::query("UPDATE hosts SET current_system = $1, booted_system = $2, state = $3, os = $4, arch = $5, agent_version = $6, last_seen = $7 WHERE id = $8")
             .bind(&report.current_system)
             .bind(&report.booted_system)
@@ -335,15 +391,23 @@ impl Store {
 
     // --- registrations ---
 
-    pub async fn registration_by_key(&self, key_id: &str) -> Result<Option<RegistrationRow>, StoreError> {
-        let row = sqlx::query(AssertSqlSafe(format!("SELECT {REGISTRATION_COLUMNS} FROM registrations WHERE key_id = $1")))
-            .bind(key_id)
-            .fetch_optional(&self.pool)
-            .await?;
+    pub async fn registration_by_key(
+        &self,
+        key_id: &str,
+    ) -> Result<Option<RegistrationRow>, StoreError> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {REGISTRATION_COLUMNS} FROM registrations WHERE key_id = $1"
+        )))
+        .bind(key_id)
+        .fetch_optional(&self.pool)
+        .await?;
         Ok(row.as_ref().map(registration_from).transpose()?)
     }
 
-    pub async fn registration_by_code(&self, code: &str) -> Result<Option<RegistrationRow>, StoreError> {
+    pub async fn registration_by_code(
+        &self,
+        code: &str,
+    ) -> Result<Option<RegistrationRow>, StoreError> {
         let row = sqlx::query(AssertSqlSafe(format!("SELECT {REGISTRATION_COLUMNS} FROM registrations WHERE code = $1 ORDER BY code_expires_at DESC")))
             .bind(code)
             .fetch_optional(&self.pool)
@@ -352,10 +416,15 @@ impl Store {
     }
 
     pub async fn list_registrations(&self) -> Result<Vec<RegistrationRow>, StoreError> {
-        let rows = sqlx::query(AssertSqlSafe(format!("SELECT {REGISTRATION_COLUMNS} FROM registrations ORDER BY first_seen")))
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(rows.iter().map(registration_from).collect::<Result<_, _>>()?)
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {REGISTRATION_COLUMNS} FROM registrations ORDER BY first_seen"
+        )))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(registration_from)
+            .collect::<Result<_, _>>()?)
     }
 
     /// Inserts or refreshes a registration (one row per key).
@@ -381,7 +450,10 @@ impl Store {
     }
 
     pub async fn count_registrations(&self) -> Result<i64, StoreError> {
-        Ok(sqlx::query("SELECT COUNT(*) AS n FROM registrations").fetch_one(&self.pool).await?.try_get("n")?)
+        Ok(sqlx::query("SELECT COUNT(*) AS n FROM registrations")
+            .fetch_one(&self.pool)
+            .await?
+            .try_get("n")?)
     }
 
     /// Removes the `n` registrations seen least recently: hosts that are still trying come
@@ -395,14 +467,25 @@ impl Store {
     }
 
     pub async fn delete_registration(&self, key_id: &str) -> Result<bool, StoreError> {
-        let done = sqlx::query("DELETE FROM registrations WHERE key_id = $1").bind(key_id).execute(&self.pool).await?;
+        let done = sqlx::query("DELETE FROM registrations WHERE key_id = $1")
+            .bind(key_id)
+            .execute(&self.pool)
+            .await?;
         Ok(done.rows_affected() > 0)
     }
 
     /// Rejects a pending registration for good: the key may not register again.
-    pub async fn reject_registration(&self, key_id: &str, by: &str, now: i64) -> Result<bool, StoreError> {
+    pub async fn reject_registration(
+        &self,
+        key_id: &str,
+        by: &str,
+        now: i64,
+    ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let done = sqlx::query("DELETE FROM registrations WHERE key_id = $1").bind(key_id).execute(&mut *tx).await?;
+        let done = sqlx::query("DELETE FROM registrations WHERE key_id = $1")
+            .bind(key_id)
+            .execute(&mut *tx)
+            .await?;
         if done.rows_affected() == 0 {
             return Ok(false);
         }
@@ -417,21 +500,35 @@ impl Store {
     }
 
     pub async fn is_rejected(&self, key_id: &str) -> Result<bool, StoreError> {
-        Ok(sqlx::query("SELECT key_id FROM rejected_keys WHERE key_id = $1").bind(key_id).fetch_optional(&self.pool).await?.is_some())
+        Ok(
+            sqlx::query("SELECT key_id FROM rejected_keys WHERE key_id = $1")
+                .bind(key_id)
+                .fetch_optional(&self.pool)
+                .await?
+                .is_some(),
+        )
     }
 
     // --- releases ---
 
     /// Inserts a release with its (host id, host name, store path) entries atomically.
-    pub async fn insert_release(&self, author: &str, message: &str, now: i64, entries: &[(i64, String, String)]) -> Result<i64, StoreError> {
+    pub async fn insert_release(
+        &self,
+        author: &str,
+        message: &str,
+        now: i64,
+        entries: &[(i64, String, String)],
+    ) -> Result<i64, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let id: i64 = sqlx::query("INSERT INTO releases (author, message, created_at) VALUES ($1, $2, $3) RETURNING id")
-            .bind(author)
-            .bind(message)
-            .bind(now)
-            .fetch_one(&mut *tx)
-            .await?
-            .try_get("id")?;
+        let id: i64 = sqlx::query(
+            "INSERT INTO releases (author, message, created_at) VALUES ($1, $2, $3) RETURNING id",
+        )
+        .bind(author)
+        .bind(message)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get("id")?;
         for (host_id, host_name, path) in entries {
             sqlx::query("INSERT INTO release_hosts (release_id, host_id, host_name, store_path) VALUES ($1, $2, $3, $4)")
                 .bind(id)
@@ -446,7 +543,11 @@ impl Store {
     }
 
     /// The newest `limit` releases, newest first; only those naming `host_id` if given.
-    pub async fn list_releases(&self, host_id: Option<i64>, limit: i64) -> Result<Vec<ReleaseRow>, StoreError> {
+    pub async fn list_releases(
+        &self,
+        host_id: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<ReleaseRow>, StoreError> {
         let rows = sqlx::query(
             "SELECT r.id, r.author, r.message, r.created_at, rh.host_name, rh.store_path
              FROM releases r JOIN release_hosts rh ON rh.release_id = r.id
@@ -484,7 +585,13 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
-            .map(|r| Ok(DesiredRow { host_id: r.try_get("host_id")?, release_id: r.try_get("release_id")?, store_path: r.try_get("store_path")? }))
+            .map(|r| {
+                Ok(DesiredRow {
+                    host_id: r.try_get("host_id")?,
+                    release_id: r.try_get("release_id")?,
+                    store_path: r.try_get("store_path")?,
+                })
+            })
             .collect()
     }
 }

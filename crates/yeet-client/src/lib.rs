@@ -1,0 +1,326 @@
+//! A blocking, signing client for the yeet API, and the key-file handling that goes with it.
+//! Shared by the `yeet` CLI and `yeet-agent` so that both sign requests the same way.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use thiserror::Error;
+use yeet_proto::api::ErrorBody;
+use yeet_proto::{Identity, IdentityError, SignatureHeaders};
+
+#[derive(Debug, Error)]
+pub enum ClientError {
+    #[error(
+        "cannot reach the yeet server at {url}: {reason}; is it running, and is the server URL right?"
+    )]
+    Unreachable { url: String, reason: String },
+    #[error("{message} (HTTP {status}, {code})")]
+    Api {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    #[error(
+        "the server at {url} answered HTTP {status} with an unexpected body; is this a yeet server?"
+    )]
+    BadResponse { url: String, status: u16 },
+    #[error("cannot read key file {path}: {source}")]
+    KeyRead {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("key file {path}: {source}")]
+    KeyParse {
+        path: PathBuf,
+        source: IdentityError,
+    },
+    #[error("cannot write key file {path}: {source}")]
+    KeyWrite {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("no randomness available: {0}")]
+    Random(String),
+    #[error("cannot read CA certificate {path}: {reason}")]
+    CaCert { path: PathBuf, reason: String },
+}
+
+impl ClientError {
+    /// The server's error code, for callers that react to specific refusals.
+    pub fn api_code(&self) -> Option<&str> {
+        match self {
+            ClientError::Api { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+}
+
+/// Reads an OpenSSH ed25519 private key file.
+pub fn load_identity(path: &Path) -> Result<Identity, ClientError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ClientError::KeyRead {
+        path: path.to_owned(),
+        source,
+    })?;
+    Identity::from_openssh(&text).map_err(|source| ClientError::KeyParse {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Fresh random bytes.
+pub fn random<const N: usize>() -> Result<[u8; N], ClientError> {
+    let mut b = [0u8; N];
+    getrandom::getrandom(&mut b).map_err(|e| ClientError::Random(e.to_string()))?;
+    Ok(b)
+}
+
+/// Generates a key and writes it as `path` (0600) and `path.pub`. Refuses to overwrite.
+pub fn generate_identity_file(path: &Path, comment: &str) -> Result<Identity, ClientError> {
+    let identity = Identity::from_seed(&random::<32>()?);
+    let private = identity
+        .to_openssh(comment)
+        .map_err(|source| ClientError::KeyParse {
+            path: path.to_owned(),
+            source,
+        })?;
+    let write_err = |source| ClientError::KeyWrite {
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(write_err)?;
+    }
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts.open(path).map_err(write_err)?;
+    f.write_all(private.as_bytes()).map_err(write_err)?;
+    let pub_path = PathBuf::from(format!("{}.pub", path.display()));
+    std::fs::write(
+        &pub_path,
+        format!("{} {comment}\n", identity.public().to_openssh()),
+    )
+    .map_err(|source| ClientError::KeyWrite {
+        path: pub_path,
+        source,
+    })?;
+    Ok(identity)
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// A client bound to one server and one identity.
+pub struct Client {
+    base: String,
+    identity: Identity,
+    agent: ureq::Agent,
+}
+
+impl Client {
+    /// `ca_cert` adds a PEM CA to trust (for self-signed servers); the system roots are used otherwise.
+    pub fn new(
+        base_url: &str,
+        identity: Identity,
+        ca_cert: Option<&Path>,
+        timeout: Duration,
+    ) -> Result<Client, ClientError> {
+        let mut config = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(timeout));
+        if let Some(path) = ca_cert {
+            let pem = std::fs::read(path).map_err(|e| ClientError::CaCert {
+                path: path.to_owned(),
+                reason: e.to_string(),
+            })?;
+            let certs: Vec<_> = ureq::tls::parse_pem(&pem)
+                .filter_map(|item| match item {
+                    Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+                    _ => None,
+                })
+                .collect();
+            if certs.is_empty() {
+                return Err(ClientError::CaCert {
+                    path: path.to_owned(),
+                    reason: "no certificate in the file".into(),
+                });
+            }
+            config = config.tls_config(
+                ureq::tls::TlsConfig::builder()
+                    .root_certs(ureq::tls::RootCerts::new_with_certs(&certs))
+                    .build(),
+            );
+        }
+        Ok(Client {
+            base: base_url.trim_end_matches('/').to_owned(),
+            identity,
+            agent: config.build().into(),
+        })
+    }
+
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    pub fn get<T: DeserializeOwned>(&self, path_and_query: &str) -> Result<T, ClientError> {
+        self.send("GET", path_and_query, None)
+    }
+
+    pub fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.send("DELETE", path, None)
+    }
+
+    pub fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        // Serialising our own wire types cannot fail; an empty body would be refused by the server.
+        let bytes = serde_json::to_vec(body).unwrap_or_default();
+        self.send("POST", path, Some(bytes))
+    }
+
+    /// Signs and sends raw bytes; the building block for the typed calls above and for tests
+    /// that must send malformed bodies.
+    pub fn send_raw(
+        &self,
+        method: &str,
+        path_and_query: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(u16, Vec<u8>), ClientError> {
+        let url = format!("{}{}", self.base, path_and_query);
+        let payload = body.clone().unwrap_or_default();
+        let headers = SignatureHeaders::sign(
+            &self.identity,
+            method,
+            path_and_query,
+            &payload,
+            unix_now(),
+            random::<16>()?,
+        );
+        let unreachable = |e: ureq::Error| ClientError::Unreachable {
+            url: self.base.clone(),
+            reason: e.to_string(),
+        };
+        let mut req = ureq::http::Request::builder().method(method).uri(&url);
+        for (k, v) in headers.to_pairs() {
+            req = req.header(k, v);
+        }
+        if body.is_some() {
+            req = req.header("content-type", "application/json");
+        }
+        let req = req.body(payload).map_err(|e| ClientError::Unreachable {
+            url: url.clone(),
+            reason: e.to_string(),
+        })?;
+        let mut resp = self.agent.run(req).map_err(unreachable)?;
+        let status = resp.status().as_u16();
+        let bytes = resp
+            .body_mut()
+            .with_config()
+            .limit(64 << 20)
+            .read_to_vec()
+            .map_err(unreachable)?;
+        Ok((status, bytes))
+    }
+
+    fn send<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path_and_query: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<T, ClientError> {
+        let (status, bytes) = self.send_raw(method, path_and_query, body)?;
+        if (200..300).contains(&status) {
+            return serde_json::from_slice(&bytes).map_err(|_| ClientError::BadResponse {
+                url: self.base.clone(),
+                status,
+            });
+        }
+        match serde_json::from_slice::<ErrorBody>(&bytes) {
+            Ok(e) => Err(ClientError::Api {
+                status,
+                code: e.error.code,
+                message: e.error.message,
+            }),
+            Err(_) => Err(ClientError::BadResponse {
+                url: self.base.clone(),
+                status,
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_keys_load_back_and_are_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys/id_yeet");
+        let id = generate_identity_file(&path, "test").unwrap();
+        assert_eq!(load_identity(&path).unwrap().public(), id.public());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(
+                std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
+        }
+        let pub_line = std::fs::read_to_string(format!("{}.pub", path.display())).unwrap();
+        assert_eq!(
+            &yeet_proto::PublicIdentity::from_openssh(&pub_line).unwrap(),
+            id.public()
+        );
+        assert!(matches!(
+            generate_identity_file(&path, "again"),
+            Err(ClientError::KeyWrite { .. })
+        ));
+    }
+
+    #[test]
+    fn key_ids_match_ssh_keygen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("id");
+        let id = generate_identity_file(&path, "test").unwrap();
+        let out = std::process::Command::new("ssh-keygen")
+            .arg("-lf")
+            .arg(&path)
+            .output();
+        // ssh-keygen is part of openssh-client; the README's test command installs it.
+        let out = out.expect("ssh-keygen (openssh-client) must be installed");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains(id.public().key_id()),
+            "{text} vs {}",
+            id.public().key_id()
+        );
+        // And keys written by ssh-keygen load.
+        let theirs = dir.path().join("theirs");
+        let ok = std::process::Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(&theirs)
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        let loaded = load_identity(&theirs).unwrap();
+        let pub_line = std::fs::read_to_string(theirs.with_extension("pub")).unwrap();
+        assert_eq!(
+            &yeet_proto::PublicIdentity::from_openssh(&pub_line).unwrap(),
+            loaded.public()
+        );
+    }
+}

@@ -1,0 +1,248 @@
+//! The storage suite: every test runs on SQLite and on the real PostgreSQL, through the same
+//! queries, so the two backends cannot drift apart.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::TestDb;
+use yeet_server::store::{HostReport, RegistrationRow, Store, StoreError};
+
+fn registration(key: &str, code: &str, seen: i64) -> RegistrationRow {
+    RegistrationRow {
+        key_id: key.into(),
+        public_key: format!("ssh-ed25519 {key}"),
+        hostname_hint: format!("hint-{key}"),
+        os: "linux".into(),
+        arch: "x86_64".into(),
+        agent_version: "0.1.0".into(),
+        code: code.into(),
+        code_expires_at: seen + 900,
+        first_seen: seen,
+        last_seen: seen,
+    }
+}
+
+async fn host(store: &Store, key: &str, name: &str) -> i64 {
+    store
+        .upsert_registration(&registration(key, &format!("C{key}"), 1))
+        .await
+        .unwrap();
+    store
+        .approve_registration(key, name, "alice", 10)
+        .await
+        .unwrap()
+        .unwrap()
+        .id
+}
+
+async fn migrations_are_idempotent(db: &TestDb) {
+    let a = db.open().await;
+    a.close().await;
+    let b = db.open().await;
+    assert!(b.list_hosts().await.unwrap().is_empty());
+    b.close().await;
+}
+
+async fn users_are_unique_by_name_and_key(db: &TestDb) {
+    let s = db.open().await;
+    let u = s
+        .insert_user("alice", "SHA256:a", "ssh-ed25519 A", "admin", 5)
+        .await
+        .unwrap();
+    assert_eq!(s.user_by_key("SHA256:a").await.unwrap(), Some(u));
+    assert!(matches!(
+        s.insert_user("alice", "SHA256:b", "k", "viewer", 5).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        s.insert_user("bob", "SHA256:a", "k", "viewer", 5).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(s.list_users().await.unwrap().len(), 1);
+    assert_eq!(
+        s.delete_user("alice").await.unwrap(),
+        Some("SHA256:a".into())
+    );
+    assert_eq!(s.delete_user("alice").await.unwrap(), None);
+    assert_eq!(s.user_by_key("SHA256:a").await.unwrap(), None);
+    s.close().await;
+}
+
+async fn registrations_upsert_evict_and_reject(db: &TestDb) {
+    let s = db.open().await;
+    for (i, key) in ["k1", "k2", "k3"].iter().enumerate() {
+        s.upsert_registration(&registration(key, &format!("CODE{i}"), 100 + i as i64))
+            .await
+            .unwrap();
+    }
+    // Refreshing keeps first_seen and replaces code and last_seen.
+    let mut again = registration("k1", "NEWCODE", 500);
+    again.first_seen = 999;
+    s.upsert_registration(&again).await.unwrap();
+    let k1 = s.registration_by_key("k1").await.unwrap().unwrap();
+    assert_eq!(
+        (k1.first_seen, k1.last_seen, k1.code.as_str()),
+        (100, 500, "NEWCODE")
+    );
+    assert_eq!(
+        s.registration_by_code("NEWCODE")
+            .await
+            .unwrap()
+            .unwrap()
+            .key_id,
+        "k1"
+    );
+    assert_eq!(s.registration_by_code("CODE0").await.unwrap(), None);
+    assert_eq!(s.count_registrations().await.unwrap(), 3);
+    // The stalest (k2, seen at 101) goes first.
+    assert_eq!(s.evict_stalest_registrations(1).await.unwrap(), 1);
+    assert_eq!(s.registration_by_key("k2").await.unwrap(), None);
+    assert!(s.reject_registration("k3", "alice", 7).await.unwrap());
+    assert!(s.is_rejected("k3").await.unwrap());
+    assert!(!s.reject_registration("k3", "alice", 7).await.unwrap());
+    assert!(!s.is_rejected("k1").await.unwrap());
+    let listed: Vec<String> = s
+        .list_registrations()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.key_id)
+        .collect();
+    assert_eq!(listed, ["k1"]);
+    s.close().await;
+}
+
+async fn approval_moves_a_registration_to_a_host_once(db: &TestDb) {
+    let s = db.open().await;
+    s.upsert_registration(&registration("k1", "AAAA", 1))
+        .await
+        .unwrap();
+    s.upsert_registration(&registration("k2", "BBBB", 1))
+        .await
+        .unwrap();
+    let h = s
+        .approve_registration("k1", "web-1", "alice", 10)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (
+            h.name.as_str(),
+            h.key_id.as_str(),
+            h.approved_by.as_str(),
+            h.last_seen
+        ),
+        ("web-1", "k1", "alice", None)
+    );
+    assert_eq!(s.registration_by_key("k1").await.unwrap(), None);
+    assert_eq!(
+        s.approve_registration("k1", "web-2", "alice", 10)
+            .await
+            .unwrap(),
+        None
+    );
+    // A name clash rolls the whole approval back: the registration survives.
+    assert!(matches!(
+        s.approve_registration("k2", "web-1", "alice", 10).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(s.registration_by_key("k2").await.unwrap().is_some());
+    assert_eq!(s.host_by_key("k1").await.unwrap().unwrap().name, "web-1");
+    s.close().await;
+}
+
+async fn hosts_rename_remove_and_report(db: &TestDb) {
+    let s = db.open().await;
+    let a = host(&s, "ka", "a").await;
+    host(&s, "kb", "b").await;
+    assert!(matches!(
+        s.rename_host("a", "b").await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(s.rename_host("a", "c").await.unwrap().unwrap().id, a);
+    assert_eq!(s.rename_host("zzz", "y").await.unwrap(), None);
+    let report = HostReport {
+        current_system: Some("/nix/store/q322pzff5rm7kwfwfbhcza6wr2b84wlm-sys".into()),
+        booted_system: None,
+        state: "standby".into(),
+        os: "nixos".into(),
+        arch: "aarch64".into(),
+        agent_version: "9".into(),
+    };
+    s.update_host_report(a, &report, 50).await.unwrap();
+    s.touch_hosts(&[(a, 70), (a, 60)]).await.unwrap();
+    let c = s.host_by_name("c").await.unwrap().unwrap();
+    assert_eq!(
+        (c.current_system, c.last_seen, c.arch.as_str()),
+        (report.current_system.clone(), Some(70), "aarch64")
+    );
+    // last_seen never moves backwards.
+    s.touch_hosts(&[(a, 65)]).await.unwrap();
+    assert_eq!(
+        s.host_by_name("c").await.unwrap().unwrap().last_seen,
+        Some(70)
+    );
+    assert_eq!(s.delete_host("c").await.unwrap().unwrap().id, a);
+    assert_eq!(s.delete_host("c").await.unwrap(), None);
+    let names: Vec<String> = s
+        .list_hosts()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|h| h.name)
+        .collect();
+    assert_eq!(names, ["b"]);
+    s.close().await;
+}
+
+async fn releases_and_desired_state(db: &TestDb) {
+    let s = db.open().await;
+    let a = host(&s, "ka", "a").await;
+    let b = host(&s, "kb", "b").await;
+    let p = |n: u8| format!("/nix/store/q322pzff5rm7kwfwfbhcza6wr2b84wlm-sys{n}");
+    let r1 = s
+        .insert_release(
+            "ci",
+            "first",
+            100,
+            &[(a, "a".into(), p(1)), (b, "b".into(), p(1))],
+        )
+        .await
+        .unwrap();
+    let r2 = s
+        .insert_release("ci", "only a", 200, &[(a, "a".into(), p(2))])
+        .await
+        .unwrap();
+    assert!(r2 > r1);
+    let mut desired = s.desired_systems().await.unwrap();
+    desired.sort_by_key(|d| d.host_id);
+    let got: Vec<(i64, i64, String)> = desired
+        .into_iter()
+        .map(|d| (d.host_id, d.release_id, d.store_path))
+        .collect();
+    assert_eq!(got, [(a, r2, p(2)), (b, r1, p(1))]);
+    let all = s.list_releases(None, 10).await.unwrap();
+    assert_eq!(all.iter().map(|r| r.id).collect::<Vec<_>>(), [r2, r1]);
+    assert_eq!(
+        all[1].entries,
+        [("a".to_string(), p(1)), ("b".to_string(), p(1))]
+    );
+    assert_eq!(all[1].message, "first");
+    let for_b = s.list_releases(Some(b), 10).await.unwrap();
+    assert_eq!(for_b.iter().map(|r| r.id).collect::<Vec<_>>(), [r1]);
+    assert_eq!(s.list_releases(None, 1).await.unwrap().len(), 1);
+    // Releases outlive the hosts they name.
+    s.delete_host("b").await.unwrap();
+    assert_eq!(s.list_releases(None, 10).await.unwrap().len(), 2);
+    s.close().await;
+}
+
+on_both_backends!(
+    migrations_are_idempotent,
+    users_are_unique_by_name_and_key,
+    registrations_upsert_evict_and_reject,
+    approval_moves_a_registration_to_a_host_once,
+    hosts_rename_remove_and_report,
+    releases_and_desired_state,
+);
