@@ -18,8 +18,8 @@ fn registration(key: &str, code: &str, seen: i64) -> RegistrationRow {
         agent_version: "0.1.0".into(),
         code: code.into(),
         code_expires_at: seen + 900,
-        first_seen: seen,
-        last_seen: seen,
+        first_seen_ms: seen,
+        last_seen_ms: seen,
     }
 }
 
@@ -78,11 +78,11 @@ async fn registrations_upsert_evict_and_reject(db: &TestDb) {
     }
     // Refreshing keeps first_seen and replaces code and last_seen.
     let mut again = registration("k1", "NEWCODE", 500);
-    again.first_seen = 999;
+    again.first_seen_ms = 999;
     s.upsert_registration(&again).await.unwrap();
     let k1 = s.registration_by_key("k1").await.unwrap().unwrap();
     assert_eq!(
-        (k1.first_seen, k1.last_seen, k1.code.as_str()),
+        (k1.first_seen_ms, k1.last_seen_ms, k1.code.as_str()),
         (100, 500, "NEWCODE")
     );
     assert_eq!(

@@ -33,11 +33,12 @@ CREATE TABLE registrations (
     agent_version TEXT NOT NULL,
     code TEXT NOT NULL,
     code_expires_at BIGINT NOT NULL,
-    first_seen BIGINT NOT NULL,
-    last_seen BIGINT NOT NULL
+    -- Milliseconds: eviction under a flood orders registrations within one second.
+    first_seen_ms BIGINT NOT NULL,
+    last_seen_ms BIGINT NOT NULL
 );
 CREATE INDEX registrations_code ON registrations (code);
-CREATE INDEX registrations_last_seen ON registrations (last_seen);
+CREATE INDEX registrations_last_seen ON registrations (last_seen_ms);
 
 CREATE TABLE rejected_keys (
     key_id TEXT PRIMARY KEY,

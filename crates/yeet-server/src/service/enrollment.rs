@@ -122,6 +122,7 @@ impl Service {
             ));
         }
         let t = now();
+        let t_ms = super::now_ms();
         let existing = self.store.registration_by_key(public.key_id()).await?;
         if existing.is_none() {
             if !self.take_registration_token(client) {
@@ -139,9 +140,15 @@ impl Service {
             }
         }
         let (code, expires, first_seen) = match &existing {
-            Some(r) if r.code_expires_at > t => (r.code.clone(), r.code_expires_at, r.first_seen),
-            Some(r) => (fresh_code()?, t + self.config.code_ttl_secs, r.first_seen),
-            None => (fresh_code()?, t + self.config.code_ttl_secs, t),
+            Some(r) if r.code_expires_at > t => {
+                (r.code.clone(), r.code_expires_at, r.first_seen_ms)
+            }
+            Some(r) => (
+                fresh_code()?,
+                t + self.config.code_ttl_secs,
+                r.first_seen_ms,
+            ),
+            None => (fresh_code()?, t + self.config.code_ttl_secs, t_ms),
         };
         let row = RegistrationRow {
             key_id: public.key_id().to_owned(),
@@ -152,8 +159,8 @@ impl Service {
             agent_version: clip(&req.facts.agent_version),
             code: code.clone(),
             code_expires_at: expires,
-            first_seen,
-            last_seen: t,
+            first_seen_ms: first_seen,
+            last_seen_ms: t_ms,
         };
         self.store.upsert_registration(&row).await?;
         Ok(RegisterResponse::Pending {
@@ -178,8 +185,8 @@ impl Service {
                     arch: r.arch,
                     agent_version: r.agent_version,
                 },
-                first_seen: r.first_seen,
-                last_seen: r.last_seen,
+                first_seen: r.first_seen_ms / 1000,
+                last_seen: r.last_seen_ms / 1000,
                 code_expired: r.code_expires_at <= t,
             })
             .collect())

@@ -91,8 +91,8 @@ pub struct RegistrationRow {
     pub agent_version: String,
     pub code: String,
     pub code_expires_at: i64,
-    pub first_seen: i64,
-    pub last_seen: i64,
+    pub first_seen_ms: i64,
+    pub last_seen_ms: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,7 +120,7 @@ pub struct Store {
 }
 
 const HOST_COLUMNS: &str = "id, name, key_id, public_key, approved_at, approved_by, last_seen, current_system, booted_system, state, os, arch, agent_version";
-const REGISTRATION_COLUMNS: &str = "key_id, public_key, hostname_hint, os, arch, agent_version, code, code_expires_at, first_seen, last_seen";
+const REGISTRATION_COLUMNS: &str = "key_id, public_key, hostname_hint, os, arch, agent_version, code, code_expires_at, first_seen_ms, last_seen_ms";
 
 fn host_from(row: &AnyRow) -> Result<HostRow, sqlx::Error> {
     Ok(HostRow {
@@ -150,8 +150,8 @@ fn registration_from(row: &AnyRow) -> Result<RegistrationRow, sqlx::Error> {
         agent_version: row.try_get("agent_version")?,
         code: row.try_get("code")?,
         code_expires_at: row.try_get("code_expires_at")?,
-        first_seen: row.try_get("first_seen")?,
-        last_seen: row.try_get("last_seen")?,
+        first_seen_ms: row.try_get("first_seen_ms")?,
+        last_seen_ms: row.try_get("last_seen_ms")?,
     })
 }
 
@@ -417,7 +417,7 @@ impl Store {
 
     pub async fn list_registrations(&self) -> Result<Vec<RegistrationRow>, StoreError> {
         let rows = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {REGISTRATION_COLUMNS} FROM registrations ORDER BY first_seen"
+            "SELECT {REGISTRATION_COLUMNS} FROM registrations ORDER BY first_seen_ms"
         )))
         .fetch_all(&self.pool)
         .await?;
@@ -430,9 +430,9 @@ impl Store {
     /// Inserts or refreshes a registration (one row per key).
     pub async fn upsert_registration(&self, r: &RegistrationRow) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO registrations (key_id, public_key, hostname_hint, os, arch, agent_version, code, code_expires_at, first_seen, last_seen)
+            "INSERT INTO registrations (key_id, public_key, hostname_hint, os, arch, agent_version, code, code_expires_at, first_seen_ms, last_seen_ms)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-             ON CONFLICT (key_id) DO UPDATE SET hostname_hint = $3, os = $4, arch = $5, agent_version = $6, code = $7, code_expires_at = $8, last_seen = $10",
+             ON CONFLICT (key_id) DO UPDATE SET hostname_hint = $3, os = $4, arch = $5, agent_version = $6, code = $7, code_expires_at = $8, last_seen_ms = $10",
         )
         .bind(&r.key_id)
         .bind(&r.public_key)
@@ -442,8 +442,8 @@ impl Store {
         .bind(&r.agent_version)
         .bind(&r.code)
         .bind(r.code_expires_at)
-        .bind(r.first_seen)
-        .bind(r.last_seen)
+        .bind(r.first_seen_ms)
+        .bind(r.last_seen_ms)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -457,9 +457,10 @@ impl Store {
     }
 
     /// Removes the `n` registrations seen least recently: hosts that are still trying come
-    /// back on their next poll, so a flood of one-shot keys is what gets evicted.
+    /// back on their next poll, so a flood of one-shot keys is what gets evicted. Among
+    /// equally stale ones the newest arrival goes first, so established hosts keep their place.
     pub async fn evict_stalest_registrations(&self, n: i64) -> Result<u64, StoreError> {
-        let done = sqlx::query("DELETE FROM registrations WHERE key_id IN (SELECT key_id FROM registrations ORDER BY last_seen LIMIT $1)")
+        let done = sqlx::query("DELETE FROM registrations WHERE key_id IN (SELECT key_id FROM registrations ORDER BY last_seen_ms, first_seen_ms DESC LIMIT $1)")
             .bind(n)
             .execute(&self.pool)
             .await?;

@@ -1,0 +1,861 @@
+//! The HTTP API in process, on a real SQLite store: the authorization matrix (every endpoint
+//! against every way a request can be unauthorized) and bad input. Requests are built and
+//! signed here byte by byte, so that broken signatures, stale clocks and replays can be forged.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tower::ServiceExt;
+use yeet_proto::api::{Role, paths};
+use yeet_proto::{Identity, SignatureHeaders};
+use yeet_server::http::{AppState, router};
+use yeet_server::service::users::add_user;
+use yeet_server::service::{Service, ServiceConfig, now};
+
+const PATH_A: &str = "/nix/store/q322pzff5rm7kwfwfbhcza6wr2b84wlm-system-a";
+
+fn identity() -> Identity {
+    let mut seed = [0u8; 32];
+    getrandom::getrandom(&mut seed).unwrap();
+    Identity::from_seed(&seed)
+}
+
+fn nonce() -> [u8; 16] {
+    let mut n = [0u8; 16];
+    getrandom::getrandom(&mut n).unwrap();
+    n
+}
+
+struct Api {
+    router: Router,
+    service: Arc<Service>,
+    admin: Identity,
+    publisher: Identity,
+    viewer: Identity,
+    host_a: Identity,
+    host_b: Identity,
+    removed_host: Identity,
+    _db: common::TestDb,
+}
+
+/// How a test request is signed.
+#[derive(Clone, Copy)]
+enum Sign<'a> {
+    None,
+    By(&'a Identity),
+    /// Signed by the first identity, claiming to be the second.
+    Claiming(&'a Identity, &'a Identity),
+    Stale(&'a Identity),
+    Corrupted(&'a Identity),
+}
+
+fn build(
+    method: &str,
+    path: &str,
+    body: &[u8],
+    sign: Sign,
+    from: Option<SocketAddr>,
+) -> Request<Body> {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("content-type", "application/json");
+    let signed =
+        |id: &Identity, ts: i64| SignatureHeaders::sign(id, method, path, body, ts, nonce());
+    let headers = match sign {
+        Sign::None => None,
+        Sign::By(id) => Some(signed(id, now())),
+        Sign::Stale(id) => Some(signed(id, now() - 3600)),
+        Sign::Corrupted(id) => {
+            let mut h = signed(id, now());
+            h.signature[10] ^= 0x40;
+            Some(h)
+        }
+        Sign::Claiming(signer, claimed) => {
+            let mut h = signed(signer, now());
+            h.key_id = claimed.public().key_id().to_owned();
+            Some(h)
+        }
+    };
+    for (k, v) in headers.iter().flat_map(|h| h.to_pairs()) {
+        req = req.header(k, v);
+    }
+    let mut req = req.body(Body::from(body.to_vec())).unwrap();
+    if let Some(addr) = from {
+        req.extensions_mut().insert(ConnectInfo(addr));
+    }
+    req
+}
+
+impl Api {
+    async fn new(config: ServiceConfig) -> Api {
+        let db = common::TestDb::sqlite().await;
+        let store = db.open().await;
+        let (admin, publisher, viewer) = (identity(), identity(), identity());
+        for (name, id, role) in [
+            ("alice", &admin, Role::Admin),
+            ("ci", &publisher, Role::Publisher),
+            ("val", &viewer, Role::Viewer),
+        ] {
+            add_user(&store, name, &id.public().to_openssh(), role)
+                .await
+                .unwrap();
+        }
+        let service = Arc::new(Service::new(store, config).await.unwrap());
+        let router = router(AppState {
+            service: service.clone(),
+            max_body_bytes: 64 * 1024,
+        });
+        let api = Api {
+            router,
+            service,
+            admin,
+            publisher,
+            viewer,
+            host_a: identity(),
+            host_b: identity(),
+            removed_host: identity(),
+            _db: db,
+        };
+        for (id, name) in [
+            (&api.host_a, "host-a"),
+            (&api.host_b, "host-b"),
+            (&api.removed_host, "gone"),
+        ] {
+            api.enroll(id, name).await;
+        }
+        let (s, _) = api
+            .call("DELETE", &paths::host("gone"), b"", Sign::By(&api.admin))
+            .await;
+        assert_eq!(s, StatusCode::OK);
+        api
+    }
+
+    async fn send(&self, req: Request<Body>) -> (StatusCode, Value) {
+        let resp = self.router.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        let v = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| json!({"raw": String::from_utf8_lossy(&bytes)}));
+        (status, v)
+    }
+
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: &[u8],
+        sign: Sign<'_>,
+    ) -> (StatusCode, Value) {
+        self.send(build(method, path, body, sign, None)).await
+    }
+
+    fn register_body(id: &Identity, hint: &str) -> Vec<u8> {
+        serde_json::to_vec(&json!({"public_key": id.public().to_openssh(), "hostname_hint": hint, "facts": {"os": "linux", "arch": "x86_64", "agent_version": "test"}})).unwrap()
+    }
+
+    /// Registers `id` and returns its code.
+    async fn register(&self, id: &Identity) -> String {
+        let (s, v) = self
+            .call(
+                "POST",
+                paths::REGISTER,
+                &Self::register_body(id, "h"),
+                Sign::By(id),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        v["code"].as_str().unwrap().to_owned()
+    }
+
+    async fn enroll(&self, id: &Identity, name: &str) {
+        let code = self.register(id).await;
+        let body = serde_json::to_vec(&json!({"code": code, "name": name})).unwrap();
+        let (s, v) = self
+            .call("POST", paths::APPROVE, &body, Sign::By(&self.admin))
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+    }
+
+    /// Everything the API can change, as one comparable value.
+    async fn snapshot(&self) -> String {
+        self.service.flush_last_seen().await.unwrap();
+        let st = self.service.store();
+        format!(
+            "{:?}\n{:?}\n{:?}\n{:?}",
+            st.list_users().await.unwrap(),
+            st.list_hosts().await.unwrap(),
+            st.list_registrations().await.unwrap(),
+            st.list_releases(None, 1000).await.unwrap()
+        )
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Need {
+    Viewer,
+    Publisher,
+    Admin,
+    Host,
+}
+
+struct Endpoint {
+    method: &'static str,
+    path: String,
+    body: Vec<u8>,
+    need: Need,
+}
+
+fn endpoints() -> Vec<Endpoint> {
+    let j = |v: Value| serde_json::to_vec(&v).unwrap();
+    let e = |method, path: &str, body: Vec<u8>, need| Endpoint {
+        method,
+        path: path.to_owned(),
+        body,
+        need,
+    };
+    vec![
+        e(
+            "POST",
+            paths::CHECKIN,
+            j(
+                json!({"current_system": null, "booted_system": null, "facts": {"os": "", "arch": "", "agent_version": ""}}),
+            ),
+            Need::Host,
+        ),
+        e("GET", paths::WHOAMI, vec![], Need::Viewer),
+        e("GET", paths::REGISTRATIONS, vec![], Need::Viewer),
+        e(
+            "POST",
+            paths::APPROVE,
+            j(json!({"code": "AAAA-AAAA", "name": "x"})),
+            Need::Admin,
+        ),
+        e(
+            "POST",
+            paths::REJECT,
+            j(json!({"key_id": "SHA256:nope"})),
+            Need::Admin,
+        ),
+        e("GET", paths::HOSTS, vec![], Need::Viewer),
+        e("GET", &paths::host("host-a"), vec![], Need::Viewer),
+        e("GET", paths::RELEASES, vec![], Need::Viewer),
+        e(
+            "POST",
+            paths::RELEASES,
+            j(json!({"hosts": {"host-a": PATH_A}, "message": "m"})),
+            Need::Publisher,
+        ),
+        // Last, so that the success pass below still finds host-a and host-b before these.
+        e(
+            "POST",
+            &paths::host_rename("host-a"),
+            j(json!({"new_name": "host-z"})),
+            Need::Admin,
+        ),
+        e("DELETE", &paths::host("host-b"), vec![], Need::Admin),
+    ]
+}
+
+fn assert_error(status: StatusCode, v: &Value, want: StatusCode, code: &str, ctx: &str) {
+    assert_eq!(status, want, "{ctx}: {v}");
+    assert_eq!(v["error"]["code"], code, "{ctx}: {v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{ctx}: {v}"
+    );
+}
+
+#[tokio::test]
+async fn authorization_matrix() {
+    let api = Api::new(ServiceConfig::default()).await;
+    let before = api.snapshot().await;
+    let stranger = identity();
+    for ep in endpoints() {
+        let ctx = |case: &str| format!("{} {} [{case}]", ep.method, ep.path);
+        let call = |sign| api.call(ep.method, &ep.path, &ep.body, sign);
+        let (s, v) = call(Sign::None).await;
+        assert_error(
+            s,
+            &v,
+            StatusCode::UNAUTHORIZED,
+            "unsigned",
+            &ctx("no signature"),
+        );
+        let (s, v) = call(Sign::Corrupted(&api.admin)).await;
+        assert_error(
+            s,
+            &v,
+            StatusCode::UNAUTHORIZED,
+            "bad_signature",
+            &ctx("bad signature"),
+        );
+        let (s, v) = call(Sign::Stale(&api.admin)).await;
+        assert_error(
+            s,
+            &v,
+            StatusCode::UNAUTHORIZED,
+            "stale_timestamp",
+            &ctx("stale timestamp"),
+        );
+        let (s, v) = call(Sign::By(&stranger)).await;
+        assert_error(
+            s,
+            &v,
+            StatusCode::UNAUTHORIZED,
+            "unknown_key",
+            &ctx("unknown key"),
+        );
+        let (s, v) = call(Sign::By(&api.removed_host)).await;
+        assert_error(
+            s,
+            &v,
+            StatusCode::UNAUTHORIZED,
+            "unknown_key",
+            &ctx("removed host"),
+        );
+        // Host B's identity claimed with host A's signature.
+        let (s, v) = call(Sign::Claiming(&api.host_a, &api.host_b)).await;
+        assert_error(
+            s,
+            &v,
+            StatusCode::UNAUTHORIZED,
+            "bad_signature",
+            &ctx("another host's key"),
+        );
+        let wrong_role = match ep.need {
+            Need::Admin => &api.publisher,
+            Need::Publisher => &api.viewer,
+            Need::Viewer => &api.host_a,
+            Need::Host => &api.admin,
+        };
+        let req = || build(ep.method, &ep.path, &ep.body, Sign::By(wrong_role), None);
+        let first = req();
+        let replay = Request::builder()
+            .method(first.method())
+            .uri(first.uri())
+            .body(Body::from(ep.body.clone()))
+            .map(|mut r| {
+                *r.headers_mut() = first.headers().clone();
+                r
+            });
+        let (s, v) = api.send(first).await;
+        assert_error(
+            s,
+            &v,
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            &ctx("wrong role"),
+        );
+        let (s, v) = api.send(replay.unwrap()).await;
+        assert_error(
+            s,
+            &v,
+            StatusCode::UNAUTHORIZED,
+            "replayed_nonce",
+            &ctx("replayed nonce"),
+        );
+        if ep.need != Need::Host {
+            let (s, v) = call(Sign::By(&api.host_b)).await;
+            assert_error(
+                s,
+                &v,
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                &ctx("host key on operator endpoint"),
+            );
+        }
+    }
+    assert_eq!(
+        api.snapshot().await,
+        before,
+        "a refused request changed state"
+    );
+
+    // The matrix is not vacuous: every endpoint succeeds for the role it needs.
+    for ep in endpoints() {
+        let who = match ep.need {
+            Need::Admin => &api.admin,
+            Need::Publisher => &api.publisher,
+            Need::Viewer => &api.viewer,
+            Need::Host => &api.host_a,
+        };
+        let (s, v) = api.call(ep.method, &ep.path, &ep.body, Sign::By(who)).await;
+        let expected = if ep.path == paths::APPROVE || ep.path == paths::REJECT {
+            StatusCode::NOT_FOUND
+        } else {
+            StatusCode::OK
+        };
+        assert_eq!(s, expected, "{} {}: {v}", ep.method, ep.path);
+    }
+}
+
+#[tokio::test]
+async fn registration_endpoint_refusals() {
+    let api = Api::new(ServiceConfig::default()).await;
+    let fresh = identity();
+    let body = Api::register_body(&fresh, "new");
+    let (s, v) = api.call("POST", paths::REGISTER, &body, Sign::None).await;
+    assert_error(
+        s,
+        &v,
+        StatusCode::UNAUTHORIZED,
+        "unsigned",
+        "register unsigned",
+    );
+    let (s, v) = api
+        .call("POST", paths::REGISTER, &body, Sign::Corrupted(&fresh))
+        .await;
+    assert_error(
+        s,
+        &v,
+        StatusCode::UNAUTHORIZED,
+        "bad_signature",
+        "register corrupted",
+    );
+    let (s, v) = api
+        .call("POST", paths::REGISTER, &body, Sign::Stale(&fresh))
+        .await;
+    assert_error(
+        s,
+        &v,
+        StatusCode::UNAUTHORIZED,
+        "stale_timestamp",
+        "register stale",
+    );
+    // Signed by one key, registering another: no proof of possession.
+    let (s, v) = api
+        .call("POST", paths::REGISTER, &body, Sign::By(&identity()))
+        .await;
+    assert_error(
+        s,
+        &v,
+        StatusCode::UNAUTHORIZED,
+        "bad_signature",
+        "register someone else's key",
+    );
+    let (s, v) = api
+        .call(
+            "POST",
+            paths::REGISTER,
+            &Api::register_body(&api.admin, "x"),
+            Sign::By(&api.admin),
+        )
+        .await;
+    assert_error(
+        s,
+        &v,
+        StatusCode::CONFLICT,
+        "operator_key",
+        "register an operator key",
+    );
+    assert!(
+        api.service
+            .store()
+            .list_registrations()
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // An approved host learns its name.
+    let (s, v) = api
+        .call(
+            "POST",
+            paths::REGISTER,
+            &Api::register_body(&api.host_a, "x"),
+            Sign::By(&api.host_a),
+        )
+        .await;
+    assert_eq!(
+        (s, v["status"].as_str(), v["host"].as_str()),
+        (StatusCode::OK, Some("approved"), Some("host-a"))
+    );
+}
+
+#[tokio::test]
+async fn enrollment_codes_expire_and_rejected_keys_stay_out() {
+    let api = Api::new(ServiceConfig::default()).await;
+    let h = identity();
+    let code = api.register(&h).await;
+    assert_eq!(api.register(&h).await, code, "an unexpired code is stable");
+    // `yeet pending` never shows the code.
+    let (_, pending) = api
+        .call("GET", paths::REGISTRATIONS, b"", Sign::By(&api.viewer))
+        .await;
+    assert!(
+        !pending.to_string().contains(&code.replace('-', ""))
+            && !pending.to_string().contains(&code),
+        "{pending}"
+    );
+    assert_eq!(pending[0]["key_id"], h.public().key_id());
+    // Expire it in the store.
+    let st = api.service.store();
+    let mut row = st
+        .registration_by_key(h.public().key_id())
+        .await
+        .unwrap()
+        .unwrap();
+    row.code_expires_at = now() - 1;
+    st.upsert_registration(&row).await.unwrap();
+    let approve = |code: &str| serde_json::to_vec(&json!({"code": code, "name": "late"})).unwrap();
+    let before = api.snapshot().await;
+    let (s, v) = api
+        .call(
+            "POST",
+            paths::APPROVE,
+            &approve(&code),
+            Sign::By(&api.admin),
+        )
+        .await;
+    assert_error(s, &v, StatusCode::GONE, "code_expired", "expired code");
+    assert_eq!(api.snapshot().await, before);
+    let fresh = api.register(&h).await;
+    assert_ne!(fresh, code);
+    let (s, v) = api
+        .call(
+            "POST",
+            paths::APPROVE,
+            &approve(&fresh.to_lowercase()),
+            Sign::By(&api.admin),
+        )
+        .await;
+    assert_eq!(
+        (s, v["name"].as_str()),
+        (StatusCode::OK, Some("late")),
+        "{v}"
+    );
+
+    let bad = identity();
+    api.register(&bad).await;
+    let reject = serde_json::to_vec(&json!({"key_id": bad.public().key_id()})).unwrap();
+    let (s, _) = api
+        .call("POST", paths::REJECT, &reject, Sign::By(&api.admin))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, v) = api
+        .call(
+            "POST",
+            paths::REGISTER,
+            &Api::register_body(&bad, "again"),
+            Sign::By(&bad),
+        )
+        .await;
+    assert_error(
+        s,
+        &v,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        "rejected key re-registers",
+    );
+}
+
+#[tokio::test]
+async fn registration_floods_are_rate_limited_and_cannot_evict_live_hosts() {
+    let config = ServiceConfig {
+        max_pending: 4,
+        registration_burst: 3,
+        registration_refill: std::time::Duration::from_secs(3600),
+        ..Default::default()
+    };
+    let api = Api::new(config).await;
+    let from = |last: u8| Some(SocketAddr::from(([10, 0, 0, last], 5000)));
+    let register_from = |id: &Identity, ip: u8| {
+        api.send(build(
+            "POST",
+            paths::REGISTER,
+            &Api::register_body(id, "f"),
+            Sign::By(id),
+            from(ip),
+        ))
+    };
+    let real = identity();
+    assert_eq!(register_from(&real, 1).await.0, StatusCode::OK);
+    // One address: the burst, then 429 with a JSON error.
+    for _ in 0..3 {
+        assert_eq!(register_from(&identity(), 2).await.0, StatusCode::OK);
+    }
+    let (s, v) = register_from(&identity(), 2).await;
+    assert_error(
+        s,
+        &v,
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        "flood from one address",
+    );
+    // Many addresses: the table stays capped, and the host that keeps polling survives.
+    for ip in 10..30 {
+        assert_eq!(
+            register_from(&real, 1).await.0,
+            StatusCode::OK,
+            "a waiting host is never rate limited"
+        );
+        assert_eq!(register_from(&identity(), ip).await.0, StatusCode::OK);
+        assert!(api.service.store().count_registrations().await.unwrap() <= 4);
+    }
+    assert!(
+        api.service
+            .store()
+            .registration_by_key(real.public().key_id())
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
+
+#[tokio::test]
+async fn bad_input_gets_json_errors_and_the_server_keeps_serving() {
+    let api = Api::new(ServiceConfig::default()).await;
+    let before = api.snapshot().await;
+    let pubr = |body: &[u8]| {
+        api.send(build(
+            "POST",
+            paths::RELEASES,
+            body,
+            Sign::By(&api.publisher),
+            None,
+        ))
+    };
+    let (s, v) = pubr(b"{not json").await;
+    assert_error(
+        s,
+        &v,
+        StatusCode::BAD_REQUEST,
+        "invalid_json",
+        "garbage JSON",
+    );
+    let (s, v) = pubr(br#"{"hosts": 5}"#).await;
+    assert_error(
+        s,
+        &v,
+        StatusCode::BAD_REQUEST,
+        "invalid_json",
+        "wrong JSON shape",
+    );
+    let (s, v) = pubr(&vec![b' '; 65 * 1024]).await;
+    assert_error(
+        s,
+        &v,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+        "oversized body",
+    );
+    let release =
+        |host: &str, path: &str| serde_json::to_vec(&json!({"hosts": {host: path}})).unwrap();
+    for bad_path in [
+        "/etc/passwd",
+        "/nix/store/short-x",
+        "/nix/store/q322pzff5rm7kwfwfbhcza6wr2b84wlm-a/../../etc",
+    ] {
+        let (s, v) = pubr(&release("host-a", bad_path)).await;
+        assert_error(
+            s,
+            &v,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_store_path",
+            bad_path,
+        );
+    }
+    let (s, v) = pubr(&release("nosuch", PATH_A)).await;
+    assert_error(
+        s,
+        &v,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "unknown_host",
+        "unknown host",
+    );
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("nosuch") && msg.contains("host-a") && msg.contains("host-b"),
+        "{msg}"
+    );
+    let (s, v) = pubr(br#"{"hosts": {}}"#).await;
+    assert_error(
+        s,
+        &v,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "empty_release",
+        "empty release",
+    );
+    let (s, v) = api
+        .call(
+            "POST",
+            &paths::host_rename("host-a"),
+            br#"{"new_name": "Bad Name"}"#,
+            Sign::By(&api.admin),
+        )
+        .await;
+    assert_error(
+        s,
+        &v,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_name",
+        "bad name",
+    );
+    let (s, v) = api
+        .call(
+            "POST",
+            &paths::host_rename("host-a"),
+            br#"{"new_name": "host-b"}"#,
+            Sign::By(&api.admin),
+        )
+        .await;
+    assert_error(
+        s,
+        &v,
+        StatusCode::CONFLICT,
+        "name_taken",
+        "rename onto existing",
+    );
+    let (s, v) = api
+        .call("GET", &paths::host("nosuch"), b"", Sign::By(&api.viewer))
+        .await;
+    assert_error(s, &v, StatusCode::NOT_FOUND, "unknown_host", "unknown host");
+    let (s, v) = api
+        .call(
+            "POST",
+            paths::CHECKIN,
+            br#"{"current_system": "/bin/sh", "facts": {"os":"","arch":"","agent_version":""}}"#,
+            Sign::By(&api.host_a),
+        )
+        .await;
+    assert_error(
+        s,
+        &v,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_store_path",
+        "checkin with bad path",
+    );
+    let (s, v) = api
+        .send(
+            Request::builder()
+                .uri("/v1/nope")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_error(
+        s,
+        &v,
+        StatusCode::NOT_FOUND,
+        "no_such_endpoint",
+        "unknown endpoint",
+    );
+    let (s, v) = api
+        .send(
+            Request::builder()
+                .method("PUT")
+                .uri(paths::HOSTS)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_error(
+        s,
+        &v,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "wrong method",
+    );
+    let mut no_ct = build(
+        "POST",
+        paths::RELEASES,
+        &release("host-a", PATH_A),
+        Sign::By(&api.publisher),
+        None,
+    );
+    no_ct.headers_mut().remove("content-type");
+    let (s, v) = api.send(no_ct).await;
+    assert_error(
+        s,
+        &v,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "not_json",
+        "no content type",
+    );
+    let mut bad_header = build("GET", paths::HOSTS, b"", Sign::By(&api.viewer), None);
+    bad_header
+        .headers_mut()
+        .insert("x-yeet-nonce", "zz".parse().unwrap());
+    let (s, v) = api.send(bad_header).await;
+    assert_error(
+        s,
+        &v,
+        StatusCode::UNAUTHORIZED,
+        "malformed_signature",
+        "malformed nonce",
+    );
+    assert_eq!(api.snapshot().await, before, "bad input changed state");
+
+    // Still serving, and a good release now goes through and sets the desired system.
+    let (s, v) = pubr(&release("host-a", PATH_A)).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, v) = api
+        .call(
+            "POST",
+            paths::CHECKIN,
+            br#"{"current_system": null, "facts": {"os":"","arch":"","agent_version":""}}"#,
+            Sign::By(&api.host_a),
+        )
+        .await;
+    assert_eq!(
+        (s, &v["action"]["store_path"]),
+        (StatusCode::OK, &json!(PATH_A)),
+        "{v}"
+    );
+    let (_, v) = api
+        .call("GET", &paths::host("host-a"), b"", Sign::By(&api.viewer))
+        .await;
+    assert_eq!(
+        (v["desired_system"].as_str(), v["state"].as_str()),
+        (Some(PATH_A), Some("standby")),
+        "{v}"
+    );
+}
+
+#[tokio::test]
+async fn removed_host_key_stops_working_at_once_and_renames_follow() {
+    let api = Api::new(ServiceConfig::default()).await;
+    let checkin = br#"{"current_system": null, "facts": {"os":"","arch":"","agent_version":""}}"#;
+    let (s, v) = api
+        .call("POST", paths::CHECKIN, checkin, Sign::By(&api.host_a))
+        .await;
+    assert_eq!((s, v["host"].as_str()), (StatusCode::OK, Some("host-a")));
+    let (s, _) = api
+        .call(
+            "POST",
+            &paths::host_rename("host-a"),
+            br#"{"new_name": "web"}"#,
+            Sign::By(&api.admin),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, v) = api
+        .call("POST", paths::CHECKIN, checkin, Sign::By(&api.host_a))
+        .await;
+    assert_eq!(v["host"].as_str(), Some("web"), "{v}");
+    let (s, _) = api
+        .call("DELETE", &paths::host("web"), b"", Sign::By(&api.admin))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, v) = api
+        .call("POST", paths::CHECKIN, checkin, Sign::By(&api.host_a))
+        .await;
+    assert_error(
+        s,
+        &v,
+        StatusCode::UNAUTHORIZED,
+        "unknown_key",
+        "removed host checks in",
+    );
+}
