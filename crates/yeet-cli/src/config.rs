@@ -1,0 +1,88 @@
+//! CLI configuration: `~/.config/yeet/config.toml` (or `$XDG_CONFIG_HOME/yeet/config.toml`,
+//! or `--config`), then `YEET_SERVER` / `YEET_KEY` / `YEET_CA_CERT`, then flags.
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub server: Option<String>,
+    pub key: Option<PathBuf>,
+    pub ca_cert: Option<PathBuf>,
+}
+
+/// `$XDG_CONFIG_HOME/yeet`, else `~/.config/yeet`.
+pub fn config_dir() -> Option<PathBuf> {
+    std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+        .map(|d| d.join("yeet"))
+}
+
+/// Where `yeet key generate` writes by default, and the first place a key is looked for.
+pub fn default_key_path() -> Option<PathBuf> {
+    config_dir().map(|d| d.join("key"))
+}
+
+pub fn load(explicit: Option<&Path>) -> Result<FileConfig> {
+    let path = match explicit {
+        Some(p) => p.to_owned(),
+        None => match config_dir().map(|d| d.join("config.toml")) {
+            Some(p) if p.exists() => p,
+            _ => return Ok(FileConfig::default()),
+        },
+    };
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("config file {} is invalid", path.display()))
+}
+
+/// The key to sign with: flag/env, then the config file, then `~/.config/yeet/key`, then
+/// `~/.ssh/id_ed25519`.
+pub fn resolve_key(flag: Option<PathBuf>, file: &FileConfig) -> Result<PathBuf> {
+    if let Some(k) = flag.or_else(|| file.key.clone()) {
+        return Ok(k);
+    }
+    let candidates: Vec<PathBuf> = default_key_path()
+        .into_iter()
+        .chain(std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".ssh/id_ed25519")))
+        .collect();
+    if let Some(found) = candidates.iter().find(|p| p.exists()) {
+        return Ok(found.clone());
+    }
+    bail!(
+        "no key found (looked at {}): run `yeet key generate`, or pass --key / set YEET_KEY",
+        candidates
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn corrupt_config_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("config.toml");
+        std::fs::write(&p, "server = ").unwrap();
+        let err = format!("{:#}", load(Some(&p)).unwrap_err());
+        assert!(err.contains("config.toml"), "{err}");
+        std::fs::write(&p, "sever = \"x\"").unwrap();
+        let err = format!("{:#}", load(Some(&p)).unwrap_err());
+        assert!(err.contains("sever"), "{err}");
+        std::fs::write(&p, "server = \"http://s\"\nkey = \"/k\"").unwrap();
+        let c = load(Some(&p)).unwrap();
+        assert_eq!(resolve_key(None, &c).unwrap(), PathBuf::from("/k"));
+        assert_eq!(
+            resolve_key(Some("/flag".into()), &c).unwrap(),
+            PathBuf::from("/flag")
+        );
+    }
+}

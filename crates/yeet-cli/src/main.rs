@@ -1,0 +1,347 @@
+//! `yeet`: the operator and CI command line. Every command is one signed API call (or a few),
+//! printed as a table for people or as JSON with `--json`.
+
+mod config;
+mod output;
+
+use anyhow::{Context, Result, bail};
+use clap::{CommandFactory, Parser, Subcommand};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+use yeet_client::Client;
+use yeet_proto::api::{
+    ApproveRequest, CreateReleaseRequest, HostInfo, PendingRegistration, RejectRequest, Release,
+    RenameRequest, WhoAmI, paths,
+};
+
+#[derive(Parser)]
+#[command(
+    name = "yeet",
+    version,
+    about = "Operate a yeet fleet: approve hosts, publish systems, watch them converge.",
+    after_help = "Configuration: ~/.config/yeet/config.toml (server, key, ca_cert), then YEET_SERVER / YEET_KEY / YEET_CA_CERT, then flags."
+)]
+struct Cli {
+    /// Server URL, e.g. https://yeet.example.org:8470
+    #[arg(long, env = "YEET_SERVER", global = true)]
+    server: Option<String>,
+    /// Your OpenSSH ed25519 private key. Default: ~/.config/yeet/key, then ~/.ssh/id_ed25519.
+    #[arg(long, env = "YEET_KEY", global = true)]
+    key: Option<PathBuf>,
+    /// Extra CA certificate (PEM) to trust for the server's TLS certificate.
+    #[arg(long, env = "YEET_CA_CERT", global = true)]
+    ca_cert: Option<PathBuf>,
+    /// Config file. Default: ~/.config/yeet/config.toml
+    #[arg(long, env = "YEET_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create or show your signing key.
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Show who the server thinks you are.
+    Whoami {
+        #[arg(long)]
+        json: bool,
+    },
+    /// List hosts waiting for approval (their codes are shown only on the hosts themselves).
+    Pending {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve a waiting host by the code it shows, and name it.
+    Approve {
+        /// Name for the host in the fleet.
+        name: String,
+        /// The code from `yeet-agent status` or the agent's log on the host.
+        code: String,
+    },
+    /// Reject a waiting host for good, by its key fingerprint (see `yeet pending`).
+    Reject { key_id: String },
+    /// Fleet status: every host's state, current and desired system.
+    Status {
+        /// Show one host only.
+        host: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rename or remove hosts.
+    #[command(subcommand)]
+    Host(HostCommand),
+    /// Create a release from already-built store paths.
+    Publish {
+        /// HOST=/nix/store/...-system, repeatable.
+        #[arg(long = "path", value_name = "HOST=STORE_PATH", required = true)]
+        paths: Vec<String>,
+        /// What this release is about.
+        #[arg(short, long, default_value = "")]
+        message: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List releases, newest first.
+    Releases {
+        /// Only releases that name this host.
+        #[arg(long)]
+        host: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print shell completions, e.g. `yeet completions bash > /etc/bash_completion.d/yeet`.
+    Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Generate an ed25519 key (OpenSSH format) for signing yeet requests.
+    Generate {
+        /// Where to write it. Default: ~/.config/yeet/key
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Print the public key and fingerprint of your key.
+    Show,
+}
+
+#[derive(Subcommand)]
+enum HostCommand {
+    /// Rename a host; its history follows it.
+    Rename { old: String, new: String },
+    /// Remove a host; its key stops working at once.
+    Rm { name: String },
+}
+
+fn main() {
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn connect(cli: &Cli) -> Result<Client> {
+    let file = config::load(cli.config.as_deref())?;
+    let server = cli
+        .server
+        .clone()
+        .or(file.server.clone())
+        .context("no server configured: pass --server URL, set YEET_SERVER, or put `server = \"URL\"` in ~/.config/yeet/config.toml")?;
+    let key = config::resolve_key(cli.key.clone(), &file)?;
+    let identity = yeet_client::load_identity(&key)?;
+    let ca = cli.ca_cert.clone().or(file.ca_cert);
+    Ok(Client::new(
+        &server,
+        identity,
+        ca.as_deref(),
+        Duration::from_secs(60),
+    )?)
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match &cli.command {
+        Command::Key(KeyCommand::Generate { out }) => {
+            let path = out
+                .clone()
+                .or_else(config::default_key_path)
+                .context("cannot find a home directory; pass --out FILE")?;
+            let user = std::env::var("USER").unwrap_or_else(|_| "operator".into());
+            let id = yeet_client::generate_identity_file(&path, &format!("{user}@yeet"))
+                .with_context(|| {
+                    format!(
+                        "not overwriting {}; remove it first or pass --out",
+                        path.display()
+                    )
+                })?;
+            println!("wrote {} and {}.pub", path.display(), path.display());
+            println!("fingerprint: {}", id.public().key_id());
+            println!("\nOn the server host, make this key an admin with:");
+            println!(
+                "  yeet-server admin add {user} --key '{}'",
+                id.public().to_openssh()
+            );
+        }
+        Command::Key(KeyCommand::Show) => {
+            let file = config::load(cli.config.as_deref())?;
+            let key = config::resolve_key(cli.key.clone(), &file)?;
+            let id = yeet_client::load_identity(&key)?;
+            println!("{}\n{}", id.public().to_openssh(), id.public().key_id());
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(*shell, &mut Cli::command(), "yeet", &mut std::io::stdout());
+        }
+        Command::Whoami { json } => {
+            let me: WhoAmI = connect(&cli)?.get(paths::WHOAMI)?;
+            if *json {
+                output::json(&me)?;
+            } else {
+                println!("{} ({}) {}", me.name, me.role.as_str(), me.key_id);
+            }
+        }
+        Command::Pending { json } => {
+            let pending: Vec<PendingRegistration> = connect(&cli)?.get(paths::REGISTRATIONS)?;
+            if *json {
+                return output::json(&pending);
+            }
+            if pending.is_empty() {
+                println!("no hosts are waiting for approval");
+                return Ok(());
+            }
+            let mut t = output::table([
+                "HOSTNAME HINT",
+                "KEY",
+                "OS/ARCH",
+                "AGENT",
+                "WAITING SINCE",
+                "CODE",
+            ]);
+            for p in &pending {
+                let code = if p.code_expired {
+                    "expired (host will refresh)"
+                } else {
+                    "valid"
+                };
+                t.add_row([
+                    &p.hostname_hint,
+                    &p.key_id,
+                    &format!("{}/{}", p.facts.os, p.facts.arch),
+                    &p.facts.agent_version,
+                    &output::ago(Some(p.first_seen)),
+                    code,
+                ]);
+            }
+            println!(
+                "{t}\nApprove with: yeet approve NAME CODE   (the code is shown on the host: yeet-agent status)"
+            );
+        }
+        Command::Approve { name, code } => {
+            let host: HostInfo = connect(&cli)?.post(
+                paths::APPROVE,
+                &ApproveRequest {
+                    code: code.clone(),
+                    name: name.clone(),
+                },
+            )?;
+            println!("approved {} ({})", host.name, host.key_id);
+        }
+        Command::Reject { key_id } => {
+            let _: serde_json::Value = connect(&cli)?.post(
+                paths::REJECT,
+                &RejectRequest {
+                    key_id: key_id.clone(),
+                },
+            )?;
+            println!("rejected {key_id}; this key cannot register again");
+        }
+        Command::Status { host, json } => {
+            let client = connect(&cli)?;
+            let hosts: Vec<HostInfo> = match host {
+                Some(h) => vec![client.get(&paths::host(h))?],
+                None => client.get(paths::HOSTS)?,
+            };
+            if *json {
+                return output::json(&hosts);
+            }
+            if hosts.is_empty() {
+                println!(
+                    "no hosts yet: start yeet-agent on a host, then `yeet pending` and `yeet approve`"
+                );
+                return Ok(());
+            }
+            let mut t =
+                output::table(["HOST", "STATE", "CURRENT", "DESIRED", "LAST SEEN", "AGENT"]);
+            for h in &hosts {
+                let desired = match (&h.desired_system, &h.current_system) {
+                    (Some(d), Some(c)) if d == c => "= current".to_owned(),
+                    (d, _) => output::short_path(d.as_deref()),
+                };
+                t.add_row([
+                    &h.name,
+                    h.state.as_str(),
+                    &output::short_path(h.current_system.as_deref()),
+                    &desired,
+                    &output::ago(h.last_seen),
+                    &h.facts.agent_version,
+                ]);
+            }
+            println!("{t}");
+        }
+        Command::Host(HostCommand::Rename { old, new }) => {
+            let h: HostInfo = connect(&cli)?.post(
+                &paths::host_rename(old),
+                &RenameRequest {
+                    new_name: new.clone(),
+                },
+            )?;
+            println!("renamed {old} to {}", h.name);
+        }
+        Command::Host(HostCommand::Rm { name }) => {
+            let _: serde_json::Value = connect(&cli)?.delete(&paths::host(name))?;
+            println!("removed {name}");
+        }
+        Command::Publish {
+            paths: pairs,
+            message,
+            json,
+        } => {
+            let mut hosts = BTreeMap::new();
+            for pair in pairs {
+                let (host, path) = pair
+                    .split_once('=')
+                    .with_context(|| format!("--path {pair:?}: expected HOST=/nix/store/..."))?;
+                path.parse::<nix_meta::StorePath>()
+                    .with_context(|| format!("--path {pair:?}"))?;
+                if hosts.insert(host.to_owned(), path.to_owned()).is_some() {
+                    bail!("host {host} is given twice");
+                }
+            }
+            let release: Release = connect(&cli)?.post(
+                paths::RELEASES,
+                &CreateReleaseRequest {
+                    hosts,
+                    message: message.clone(),
+                },
+            )?;
+            if *json {
+                return output::json(&release);
+            }
+            println!(
+                "release {} created for {} host(s)",
+                release.id,
+                release.hosts.len()
+            );
+        }
+        Command::Releases { host, limit, json } => {
+            let mut q = format!("{}?limit={limit}", paths::RELEASES);
+            if let Some(h) = host {
+                q.push_str(&format!("&host={h}"));
+            }
+            let releases: Vec<Release> = connect(&cli)?.get(&q)?;
+            if *json {
+                return output::json(&releases);
+            }
+            let mut t = output::table(["ID", "WHEN", "AUTHOR", "HOSTS", "MESSAGE"]);
+            for r in &releases {
+                let hosts: Vec<String> = r
+                    .hosts
+                    .iter()
+                    .map(|(h, p)| format!("{h}: {}", output::short_path(Some(p))))
+                    .collect();
+                t.add_row([
+                    &r.id.to_string(),
+                    &output::ago(Some(r.created_at)),
+                    &r.author,
+                    &hosts.join("\n"),
+                    &r.message,
+                ]);
+            }
+            println!("{t}");
+        }
+    }
+    Ok(())
+}

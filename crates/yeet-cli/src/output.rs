@@ -1,0 +1,63 @@
+//! Output for people: tables, short store paths and relative times. `--json` bypasses all of it.
+
+use comfy_table::{ContentArrangement, Table, presets};
+use serde::Serialize;
+
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// "42s ago", "5m ago", "3h ago", "2d ago"; "never" for none.
+pub fn ago(t: Option<i64>) -> String {
+    let Some(t) = t else { return "never".into() };
+    let d = (now() - t).max(0);
+    match d {
+        0..60 => format!("{d}s ago"),
+        60..3600 => format!("{}m ago", d / 60),
+        3600..86400 => format!("{}h ago", d / 3600),
+        _ => format!("{}d ago", d / 86400),
+    }
+}
+
+/// `/nix/store/<hash>-<name>` → `<first 7 of hash>…-<name>`; anything else unchanged.
+pub fn short_path(p: Option<&str>) -> String {
+    match p.map(|p| (p, p.parse::<nix_meta::StorePath>())) {
+        None => "-".into(),
+        Some((_, Ok(sp))) => format!("{}…-{}", &sp.hash_part()[..7], sp.name()),
+        Some((raw, Err(_))) => raw.to_owned(),
+    }
+}
+
+pub fn table<const N: usize>(header: [&str; N]) -> Table {
+    let mut t = Table::new();
+    t.load_preset(presets::UTF8_FULL_CONDENSED)
+        .set_content_arrangement(ContentArrangement::Dynamic)
+        .set_header(header);
+    t
+}
+
+pub fn json<T: Serialize>(v: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shortens_store_paths_and_ages() {
+        assert_eq!(
+            short_path(Some(
+                "/nix/store/q322pzff5rm7kwfwfbhcza6wr2b84wlm-nixos-system-web"
+            )),
+            "q322pzf…-nixos-system-web"
+        );
+        assert_eq!(short_path(None), "-");
+        assert_eq!(ago(None), "never");
+        assert_eq!(ago(Some(now() - 120)), "2m ago");
+    }
+}
