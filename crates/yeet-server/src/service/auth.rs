@@ -48,10 +48,14 @@ pub(crate) struct KnownKey {
 impl Service {
     async fn known_key(&self, key_id: &str) -> Result<Option<KnownKey>> {
         let t = now();
-        if let Some(k) = self.keys.read().await.get(key_id) {
-            if t - k.loaded_at < KEY_CACHE_SECS {
-                return Ok(Some(k.clone()));
-            }
+        if let Some(k) = self
+            .keys
+            .read()
+            .await
+            .get(key_id)
+            .filter(|k| t - k.loaded_at < KEY_CACHE_SECS)
+        {
+            return Ok(Some(k.clone()));
         }
         let parse = |line: &str| PublicIdentity::from_openssh(line).ok();
         let known = if let Some(h) = self.store.host_by_key(key_id).await? {

@@ -65,15 +65,11 @@ impl TestDb {
 
     /// Drops the PostgreSQL database (call after closing every pool on it).
     pub async fn cleanup(self) {
-        if let Some(name) = &self.pg_name {
-            if let Ok(pool) = AnyPool::connect(&pg_admin_url()).await {
-                let _ = pool
-                    .execute(sqlx::AssertSqlSafe(format!(
-                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                    )))
-                    .await;
-                pool.close().await;
-            }
+        let Some(name) = &self.pg_name else { return };
+        if let Ok(pool) = AnyPool::connect(&pg_admin_url()).await {
+            let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+            let _ = pool.execute(sqlx::AssertSqlSafe(drop)).await;
+            pool.close().await;
         }
     }
 }

@@ -1,0 +1,351 @@
+//! Test harness for whole-system tests: starts the real `yeet-server`, `yeet-agent` and
+//! `yeet` binaries as separate processes, on loopback, in throwaway directories.
+//!
+//! The binaries are (re)built once per test process with `cargo build --bins`, so a test
+//! never runs against stale binaries.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use serde::de::DeserializeOwned;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// Directory holding the workspace's binaries, built on first use.
+pub fn bin_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--quiet", "--bins", "--workspace"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("cannot run cargo to build the yeet binaries");
+        assert!(status.success(), "building the yeet binaries failed");
+        // tests run from target/<profile>/deps/<test>
+        let exe = std::env::current_exe().unwrap();
+        exe.parent().and_then(Path::parent).unwrap().to_owned()
+    })
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(p.exists(), "{} is missing", p.display());
+    p
+}
+
+/// Output lines of a child process, collected by a background thread.
+#[derive(Clone, Default)]
+pub struct Lines(Arc<Mutex<Vec<String>>>);
+
+impl Lines {
+    fn follow(&self, stream: impl std::io::Read + Send + 'static, echo: &'static str) {
+        let lines = self.0.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                eprintln!("[{echo}] {line}");
+                lines.lock().unwrap().push(line);
+            }
+        });
+    }
+
+    /// Waits until some line yields `Some`, failing the test after `timeout`.
+    pub fn wait_for<T>(&self, timeout: Duration, what: &str, f: impl Fn(&str) -> Option<T>) -> T {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(v) = self.0.lock().unwrap().iter().find_map(|l| f(l)) {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn all(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+/// A child process that is killed when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub stdout: Lines,
+    pub stderr: Lines,
+}
+
+impl Proc {
+    pub fn spawn(mut cmd: Command, name: &'static str) -> Proc {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let (stdout, stderr) = (Lines::default(), Lines::default());
+        stdout.follow(child.stdout.take().unwrap(), name);
+        stderr.follow(child.stderr.take().unwrap(), name);
+        Proc {
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "process did not stop after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Options for a test server.
+#[derive(Default)]
+pub struct ServerOptions {
+    /// Extra lines for the server's TOML config file.
+    pub config: String,
+    /// Database URL; SQLite in the state directory when `None`.
+    pub database: Option<String>,
+    /// (certificate, key) PEM files for HTTPS.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// The CA that clients must trust for `tls`.
+    pub ca_cert: Option<PathBuf>,
+}
+
+/// A running `yeet-server` with one admin, whose key the `yeet` helper uses.
+pub struct Server {
+    pub proc: Proc,
+    pub url: String,
+    pub dir: tempfile::TempDir,
+    pub admin_key: PathBuf,
+    pub ca_cert: Option<PathBuf>,
+}
+
+impl Server {
+    pub fn start(opts: ServerOptions) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let config = dir.path().join("server.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "checkin_interval_secs = 1\nlast_seen_flush_ms = 200\n{}",
+                opts.config
+            ),
+        )
+        .unwrap();
+        let admin_key = dir.path().join("admin_key");
+        let out = run(Command::new(bin("yeet"))
+            .args(["key", "generate", "--out"])
+            .arg(&admin_key));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let base = |c: &mut Command| {
+            c.arg("--config")
+                .arg(&config)
+                .arg("--state-dir")
+                .arg(&state);
+            if let Some(db) = &opts.database {
+                c.arg("--database").arg(db);
+            }
+        };
+        let mut add = Command::new(bin("yeet-server"));
+        base(&mut add);
+        add.args(["admin", "add", "admin", "--role", "admin", "--key"])
+            .arg(admin_key.with_extension("pub"));
+        let out = run(&mut add);
+        assert!(
+            out.status.success(),
+            "admin add failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut serve = Command::new(bin("yeet-server"));
+        base(&mut serve);
+        serve.args(["--listen", "127.0.0.1:0"]);
+        if let Some((cert, key)) = &opts.tls {
+            serve.arg("--tls-cert").arg(cert).arg("--tls-key").arg(key);
+        }
+        let proc = Proc::spawn(serve, "server");
+        let url = proc
+            .stdout
+            .wait_for(Duration::from_secs(30), "the server to listen", |l| {
+                l.strip_prefix("yeet-server listening on ")
+                    .map(str::to_owned)
+            });
+        Server {
+            proc,
+            url,
+            dir,
+            admin_key,
+            ca_cert: opts.ca_cert,
+        }
+    }
+
+    /// A `yeet` command pointed at this server with the admin key.
+    pub fn yeet_cmd(&self) -> Command {
+        let mut c = Command::new(bin("yeet"));
+        c.env("YEET_SERVER", &self.url)
+            .env("YEET_KEY", &self.admin_key)
+            .env("HOME", self.dir.path())
+            .env_remove("YEET_CONFIG");
+        if let Some(ca) = &self.ca_cert {
+            c.env("YEET_CA_CERT", ca);
+        }
+        c
+    }
+
+    /// Runs `yeet ARGS`, asserting success; returns stdout.
+    pub fn yeet(&self, args: &[&str]) -> String {
+        let out = run(self.yeet_cmd().args(args));
+        assert!(
+            out.status.success(),
+            "yeet {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs `yeet ARGS --json` and parses the output.
+    pub fn yeet_json<T: DeserializeOwned>(&self, args: &[&str]) -> T {
+        let mut all = args.to_vec();
+        all.push("--json");
+        let text = self.yeet(&all);
+        serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("yeet {args:?} printed invalid JSON ({e}): {text}"))
+    }
+
+    /// Starts `yeet-agent run` with `key` against this server.
+    pub fn agent(&self, key: &Path, extra: &[&str]) -> Proc {
+        let mut c = Command::new(bin("yeet-agent"));
+        c.args([
+            "run",
+            "--server",
+            &self.url,
+            "--poll-interval",
+            "1",
+            "--key",
+        ])
+        .arg(key)
+        .args(extra)
+        .env_remove("YEET_AGENT_CONFIG");
+        if let Some(ca) = &self.ca_cert {
+            c.arg("--ca-cert").arg(ca);
+        }
+        Proc::spawn(c, "agent")
+    }
+}
+
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+/// Writes an ed25519 key with `ssh-keygen`, as a host's SSH host key would be.
+pub fn ssh_host_key(dir: &Path, name: &str) -> PathBuf {
+    let path = dir.join(name);
+    let out = run(Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+        .arg(&path));
+    assert!(
+        out.status.success(),
+        "ssh-keygen failed (is openssh-client installed?): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    path
+}
+
+/// Makes a throwaway CA and a certificate for 127.0.0.1 signed by it, with `openssl`.
+/// Returns (CA certificate, server certificate, server key).
+pub fn test_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let p = |n: &str| dir.join(n);
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let steps: [Vec<std::ffi::OsString>; 3] = [
+        ["req", "-x509", "-days", "1", "-subj", "/CN=yeet test CA"]
+            .iter()
+            .chain(&ec)
+            .map(Into::into)
+            .chain([
+                "-keyout".into(),
+                p("ca.key").into(),
+                "-out".into(),
+                p("ca.pem").into(),
+            ])
+            .collect(),
+        ["req", "-subj", "/CN=127.0.0.1"]
+            .iter()
+            .chain(&ec)
+            .map(Into::into)
+            .chain([
+                "-keyout".into(),
+                p("key.pem").into(),
+                "-out".into(),
+                p("cert.csr").into(),
+            ])
+            .collect(),
+        ["x509", "-req", "-days", "1", "-CAcreateserial"]
+            .iter()
+            .map(Into::into)
+            .chain([
+                "-in".into(),
+                p("cert.csr").into(),
+                "-CA".into(),
+                p("ca.pem").into(),
+                "-CAkey".into(),
+                p("ca.key").into(),
+                "-out".into(),
+                p("cert.pem").into(),
+                "-extfile".into(),
+                p("ext.cnf").into(),
+            ])
+            .collect(),
+    ];
+    std::fs::write(
+        p("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    for args in steps {
+        let out = run(Command::new("openssl").args(&args));
+        assert!(
+            out.status.success(),
+            "openssl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    (p("ca.pem"), p("cert.pem"), p("key.pem"))
+}
+
+/// Extracts an `ABCD-EFGH` verification code from an agent output line.
+pub fn code_in(line: &str) -> Option<String> {
+    line.strip_prefix("verification code: ").map(str::to_owned)
+}

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The whole yeet test suite. Works on a fresh Debian 12 machine with only the Rust toolchain:
+# installs the real peers the tests use (Nix, age, OpenSSH's ssh-keygen, openssl, PostgreSQL
+# client) and, when nothing answers on 127.0.0.1:5432, starts a throwaway PostgreSQL cluster
+# so that the PostgreSQL tests never skip.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+need=()
+command -v nix-store >/dev/null || need+=(nix-bin)
+command -v age >/dev/null || need+=(age)
+command -v ssh-keygen >/dev/null || need+=(openssh-client)
+command -v openssl >/dev/null || need+=(openssl)
+pg_up() { (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; }
+pg_up || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+if ((${#need[@]})); then
+  echo "test.sh: installing ${need[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+if ! pg_up; then
+  pgbin=$(dirname "$(ls /usr/lib/postgresql/*/bin/initdb | sort -V | tail -n 1)")
+  pgdir=$(mktemp -d /tmp/yeet-pg.XXXXXX)
+  chown postgres: "$pgdir"
+  echo "test.sh: no PostgreSQL on 127.0.0.1:5432; starting a throwaway cluster in $pgdir"
+  runuser -u postgres -- "$pgbin/initdb" -D "$pgdir/data" -U postgres --auth=trust >/dev/null
+  runuser -u postgres -- "$pgbin/pg_ctl" -D "$pgdir/data" -l "$pgdir/log" -w \
+    -o "-h 127.0.0.1 -p 5432 -k $pgdir" start >/dev/null
+  trap 'runuser -u postgres -- "$pgbin/pg_ctl" -D "$pgdir/data" -m fast stop >/dev/null; rm -rf "$pgdir"' EXIT
+  runuser -u postgres -- "$pgbin/psql" -h 127.0.0.1 -U postgres -qc 'CREATE DATABASE test' >/dev/null
+fi
+
+cargo build --workspace --bins --quiet
+cargo test --workspace
