@@ -32,4 +32,4 @@ if ! pg_up; then
 fi
 
 cargo build --workspace --bins --quiet
-cargo test --workspace
+cargo test --workspace "$@"

@@ -46,7 +46,7 @@ fn enroll_approve_publish_status() {
     let out = run(server.yeet_cmd().args(["approve", "web-1", "ZZZZ-ZZZZ"]));
     assert!(!out.status.success());
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("yeet-agent status"),
+        String::from_utf8_lossy(&out.stderr).contains("yeet-agent prints"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );

@@ -52,6 +52,9 @@ pub struct AgentArgs {
     /// Seconds between polls while waiting for approval or when the server is unreachable.
     #[arg(long, env = "YEET_AGENT_POLL_INTERVAL")]
     pub poll_interval: Option<u64>,
+    /// Host name suggested to the admin at registration. Default: the kernel's host name.
+    #[arg(long, env = "YEET_AGENT_HOSTNAME")]
+    pub hostname: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -87,7 +90,7 @@ impl Config {
                     .unwrap_or(30)
                     .max(1),
             ),
-            hostname: file.hostname,
+            hostname: args.hostname.clone().or(file.hostname),
         })
     }
 }

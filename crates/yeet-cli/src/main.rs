@@ -58,7 +58,7 @@ enum Command {
     Approve {
         /// Name for the host in the fleet.
         name: String,
-        /// The code from `yeet-agent status` or the agent's log on the host.
+        /// The code that yeet-agent prints on the host (stdout and its log).
         code: String,
     },
     /// Reject a waiting host for good, by its key fingerprint (see `yeet pending`).
@@ -216,7 +216,7 @@ fn run(cli: Cli) -> Result<()> {
                 ]);
             }
             println!(
-                "{t}\nApprove with: yeet approve NAME CODE   (the code is shown on the host: yeet-agent status)"
+                "{t}\nApprove with: yeet approve NAME CODE   (yeet-agent prints the code on the host)"
             );
         }
         Command::Approve { name, code } => {
@@ -296,6 +296,7 @@ fn run(cli: Cli) -> Result<()> {
                     .with_context(|| format!("--path {pair:?}: expected HOST=/nix/store/..."))?;
                 path.parse::<nix_meta::StorePath>()
                     .with_context(|| format!("--path {pair:?}"))?;
+                yeet_proto::names::validate_host_name(host)?;
                 if hosts.insert(host.to_owned(), path.to_owned()).is_some() {
                     bail!("host {host} is given twice");
                 }
@@ -319,6 +320,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Releases { host, limit, json } => {
             let mut q = format!("{}?limit={limit}", paths::RELEASES);
             if let Some(h) = host {
+                yeet_proto::names::validate_host_name(h)?;
                 q.push_str(&format!("&host={h}"));
             }
             let releases: Vec<Release> = connect(&cli)?.get(&q)?;

@@ -198,11 +198,11 @@ impl Service {
             .map_err(|e| ServiceError::invalid("invalid_name", e.to_string()))?;
         let code = normalize_code(&req.code);
         let reg = self.store.registration_by_code(&code).await?.ok_or_else(|| {
-            ServiceError::not_found("unknown_code", format!("no pending registration has code {}; check the code that `yeet-agent status` shows on the host", req.code))
+            ServiceError::not_found("unknown_code", format!("no pending registration has code {}; check the code that yeet-agent prints on the host", req.code))
         })?;
         if reg.code_expires_at <= now() {
             return Err(ServiceError::Expired(format!(
-                "code {} has expired; the host shows a fresh code after its next check-in (see `yeet-agent status` on the host)",
+                "code {} has expired; yeet-agent on the host prints a fresh code at its next poll",
                 req.code
             )));
         }
