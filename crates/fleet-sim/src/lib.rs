@@ -135,6 +135,7 @@ pub struct ServerOptions {
 /// A running `yeet-server` with one admin, whose key the `yeet` helper uses.
 pub struct Server {
     pub proc: Proc,
+    pub database: Option<String>,
     pub url: String,
     pub dir: tempfile::TempDir,
     pub admin_key: PathBuf,
@@ -197,6 +198,7 @@ impl Server {
             });
         Server {
             proc,
+            database: opts.database,
             url,
             dir,
             admin_key,
@@ -256,6 +258,30 @@ impl Server {
             c.arg("--ca-cert").arg(ca);
         }
         Proc::spawn(c, "agent")
+    }
+}
+
+impl Drop for Server {
+    /// Stops the server and drops its PostgreSQL database, if it had one.
+    fn drop(&mut self) {
+        let _ = self.proc.child.kill();
+        let _ = self.proc.child.wait();
+        if let Some((base, name)) = self
+            .database
+            .as_deref()
+            .filter(|d| d.starts_with("postgres"))
+            .and_then(|d| d.rsplit_once('/'))
+        {
+            let admin =
+                std::env::var("YEET_TEST_POSTGRES").unwrap_or_else(|_| format!("{base}/test"));
+            let _ = Command::new("psql")
+                .arg(admin)
+                .args([
+                    "-qc",
+                    &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+                ])
+                .output();
+        }
     }
 }
 
@@ -343,6 +369,34 @@ pub fn test_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
         );
     }
     (p("ca.pem"), p("cert.pem"), p("key.pem"))
+}
+
+/// Creates a fresh database on the test PostgreSQL (`YEET_TEST_POSTGRES`, default
+/// `postgres://postgres@127.0.0.1:5432/test`) with `psql`, and returns its URL.
+pub fn fresh_postgres_database() -> String {
+    let admin = std::env::var("YEET_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let mut b = [0u8; 6];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
+        .unwrap();
+    let name = format!(
+        "yeet_e2e_{}",
+        b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+    );
+    let out = run(Command::new("psql")
+        .arg(&admin)
+        .args(["-qc", &format!("CREATE DATABASE {name}")]));
+    assert!(
+        out.status.success(),
+        "PostgreSQL at {admin} is required (./test.sh starts one): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let base = admin
+        .rsplit_once('/')
+        .map(|(b, _)| b.to_owned())
+        .unwrap_or(admin);
+    format!("{base}/{name}")
 }
 
 /// Extracts an `ABCD-EFGH` verification code from an agent output line.

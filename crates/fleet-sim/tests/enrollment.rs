@@ -4,7 +4,9 @@
 
 #![allow(clippy::unwrap_used)]
 
-use fleet_sim::{Server, ServerOptions, code_in, run, ssh_host_key, test_certificates};
+use fleet_sim::{
+    Server, ServerOptions, code_in, fresh_postgres_database, run, ssh_host_key, test_certificates,
+};
 use serde_json::Value;
 use std::time::Duration;
 
@@ -22,8 +24,20 @@ fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
 }
 
 #[test]
-fn enroll_approve_publish_status() {
-    let mut server = Server::start(ServerOptions::default());
+fn enroll_approve_publish_status_on_sqlite() {
+    enroll_approve_publish_status(ServerOptions::default());
+}
+
+#[test]
+fn enroll_approve_publish_status_on_postgres() {
+    enroll_approve_publish_status(ServerOptions {
+        database: Some(fresh_postgres_database()),
+        ..Default::default()
+    });
+}
+
+fn enroll_approve_publish_status(options: ServerOptions) {
+    let mut server = Server::start(options);
     let key = ssh_host_key(server.dir.path(), "host_key");
     let agent = server.agent(&key, &[]);
     let code = agent
