@@ -31,5 +31,7 @@ if ! pg_up; then
   runuser -u postgres -- "$pgbin/psql" -h 127.0.0.1 -U postgres -qc 'CREATE DATABASE test' >/dev/null
 fi
 
-cargo build --workspace --bins --quiet
+# --all-targets builds the binaries with the same features as `cargo test`, so the
+# fleet-sim harness (which runs the same command) finds them up to date.
+cargo build --workspace --all-targets --quiet
 cargo test --workspace "$@"

@@ -1,7 +1,8 @@
 //! Test harness for whole-system tests: starts the real `yeet-server`, `yeet-agent` and
 //! `yeet` binaries as separate processes, on loopback, in throwaway directories.
 //!
-//! The binaries are (re)built once per test process with `cargo build --bins`, so a test
+//! The binaries are (re)built once per test process with `cargo build --all-targets` (the
+//! feature set `cargo test` uses, so nothing is rebuilt back and forth), so a test
 //! never runs against stale binaries.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -19,7 +20,7 @@ pub fn bin_dir() -> &'static Path {
     DIR.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
-            .args(["build", "--quiet", "--bins", "--workspace"])
+            .args(["build", "--quiet", "--workspace", "--all-targets"])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()
             .expect("cannot run cargo to build the yeet binaries");

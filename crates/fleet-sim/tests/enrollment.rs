@@ -104,6 +104,11 @@ fn enroll_approve_publish_status(options: ServerOptions) {
         table.contains("web-1") && table.contains("nixos-system-web-1"),
         "{table}"
     );
+    let detail = server.yeet(&["status", "web-1"]);
+    assert!(
+        detail.contains(SYSTEM) && detail.contains(hosts[0]["key_id"].as_str().unwrap()),
+        "{detail}"
+    );
     let releases: Vec<Value> = server.yeet_json(&["releases"]);
     assert_eq!(
         (

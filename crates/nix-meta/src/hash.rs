@@ -66,6 +66,20 @@ impl fmt::Debug for NarHash {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn parser_never_panics(s in "(sha256[:-])?\\PC{0,80}") {
+            let _ = s.parse::<NarHash>();
+        }
+
+        #[test]
+        fn display_roundtrips(bytes in any::<[u8; 32]>()) {
+            let h = NarHash(bytes);
+            prop_assert_eq!(h.to_string().parse::<NarHash>().unwrap(), h);
+        }
+    }
 
     #[test]
     fn all_forms_agree() {

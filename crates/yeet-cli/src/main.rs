@@ -253,6 +253,10 @@ fn run(cli: Cli) -> Result<()> {
                 );
                 return Ok(());
             }
+            if let (Some(_), [h]) = (host, hosts.as_slice()) {
+                println!("{}", output::host_detail(h));
+                return Ok(());
+            }
             let mut t =
                 output::table(["HOST", "STATE", "CURRENT", "DESIRED", "LAST SEEN", "AGENT"]);
             for h in &hosts {

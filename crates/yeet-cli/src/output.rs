@@ -39,6 +39,31 @@ pub fn table<const N: usize>(header: [&str; N]) -> Table {
     t
 }
 
+/// One host, field by field, with full store paths.
+pub fn host_detail(h: &yeet_proto::api::HostInfo) -> Table {
+    let mut t = Table::new();
+    t.load_preset(presets::UTF8_FULL_CONDENSED);
+    let or_dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+    for (field, value) in [
+        ("host", h.name.clone()),
+        ("state", h.state.as_str().to_owned()),
+        ("key", h.key_id.clone()),
+        ("current system", or_dash(h.current_system.clone())),
+        ("desired system", or_dash(h.desired_system.clone())),
+        (
+            "desired release",
+            or_dash(h.desired_release.map(|r| r.to_string())),
+        ),
+        ("last seen", ago(h.last_seen)),
+        ("approved", ago(Some(h.approved_at))),
+        ("os/arch", format!("{}/{}", h.facts.os, h.facts.arch)),
+        ("agent", h.facts.agent_version.clone()),
+    ] {
+        t.add_row([field.to_owned(), value]);
+    }
+    t
+}
+
 pub fn json<T: Serialize>(v: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())

@@ -138,6 +138,26 @@ impl std::fmt::Debug for PublicIdentity {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn parsers_never_panic(s in "(ssh-ed25519 |-----BEGIN OPENSSH PRIVATE KEY-----\n)?\\PC{0,200}") {
+            let _ = PublicIdentity::from_openssh(&s);
+            let _ = Identity::from_openssh(&s);
+        }
+
+        #[test]
+        fn corrupted_private_keys_are_errors_not_panics(seed in any::<[u8; 32]>(), pos in any::<usize>(), byte in any::<u8>()) {
+            let text = Identity::from_seed(&seed).to_openssh("c").unwrap();
+            let mut bytes = text.into_bytes();
+            let i = pos % bytes.len();
+            bytes[i] = byte;
+            if let Ok(s) = String::from_utf8(bytes) {
+                let _ = Identity::from_openssh(&s);
+            }
+        }
+    }
 
     #[test]
     fn openssh_roundtrip_and_fingerprint() {

@@ -2,9 +2,9 @@
 //! default) or PostgreSQL (replicas). Each backend has its own migration set; the queries use
 //! only the SQL both understand (`$n` parameters, `RETURNING`, BIGINT timestamps in seconds).
 
-use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::any::AnyPoolOptions;
 // Dynamic SQL here only splices the constant column lists below, never input.
-use sqlx::{AnyPool, AssertSqlSafe, Row};
+use sqlx::{AnyPool, AssertSqlSafe, FromRow, Row};
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -43,7 +43,7 @@ pub enum Backend {
     Postgres,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct UserRow {
     pub id: i64,
     pub name: String,
@@ -53,7 +53,7 @@ pub struct UserRow {
     pub created_at: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct HostRow {
     pub id: i64,
     pub name: String,
@@ -81,7 +81,7 @@ pub struct HostReport {
     pub agent_version: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct RegistrationRow {
     pub key_id: String,
     pub public_key: String,
@@ -121,50 +121,6 @@ pub struct Store {
 
 const HOST_COLUMNS: &str = "id, name, key_id, public_key, approved_at, approved_by, last_seen, current_system, booted_system, state, os, arch, agent_version";
 const REGISTRATION_COLUMNS: &str = "key_id, public_key, hostname_hint, os, arch, agent_version, code, code_expires_at, first_seen_ms, last_seen_ms";
-
-fn host_from(row: &AnyRow) -> Result<HostRow, sqlx::Error> {
-    Ok(HostRow {
-        id: row.try_get("id")?,
-        name: row.try_get("name")?,
-        key_id: row.try_get("key_id")?,
-        public_key: row.try_get("public_key")?,
-        approved_at: row.try_get("approved_at")?,
-        approved_by: row.try_get("approved_by")?,
-        last_seen: row.try_get("last_seen")?,
-        current_system: row.try_get("current_system")?,
-        booted_system: row.try_get("booted_system")?,
-        state: row.try_get("state")?,
-        os: row.try_get("os")?,
-        arch: row.try_get("arch")?,
-        agent_version: row.try_get("agent_version")?,
-    })
-}
-
-fn registration_from(row: &AnyRow) -> Result<RegistrationRow, sqlx::Error> {
-    Ok(RegistrationRow {
-        key_id: row.try_get("key_id")?,
-        public_key: row.try_get("public_key")?,
-        hostname_hint: row.try_get("hostname_hint")?,
-        os: row.try_get("os")?,
-        arch: row.try_get("arch")?,
-        agent_version: row.try_get("agent_version")?,
-        code: row.try_get("code")?,
-        code_expires_at: row.try_get("code_expires_at")?,
-        first_seen_ms: row.try_get("first_seen_ms")?,
-        last_seen_ms: row.try_get("last_seen_ms")?,
-    })
-}
-
-fn user_from(row: &AnyRow) -> Result<UserRow, sqlx::Error> {
-    Ok(UserRow {
-        id: row.try_get("id")?,
-        name: row.try_get("name")?,
-        key_id: row.try_get("key_id")?,
-        public_key: row.try_get("public_key")?,
-        role: row.try_get("role")?,
-        created_at: row.try_get("created_at")?,
-    })
-}
 
 impl Store {
     /// Connects and brings the schema up to date.
@@ -232,7 +188,7 @@ impl Store {
             .fetch_one(&self.pool)
             .await
             .map_err(conflict("a user with this name or key"))?;
-        Ok(user_from(&row)?)
+        Ok(UserRow::from_row(&row)?)
     }
 
     pub async fn user_by_key(&self, key_id: &str) -> Result<Option<UserRow>, StoreError> {
@@ -242,7 +198,7 @@ impl Store {
         .bind(key_id)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.as_ref().map(user_from).transpose()?)
+        Ok(row.as_ref().map(UserRow::from_row).transpose()?)
     }
 
     pub async fn list_users(&self) -> Result<Vec<UserRow>, StoreError> {
@@ -251,7 +207,10 @@ impl Store {
         )
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows.iter().map(user_from).collect::<Result<_, _>>()?)
+        Ok(rows
+            .iter()
+            .map(UserRow::from_row)
+            .collect::<Result<_, _>>()?)
     }
 
     /// Deletes a user; returns its key id if it existed.
@@ -272,7 +231,7 @@ impl Store {
         .bind(key_id)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.as_ref().map(host_from).transpose()?)
+        Ok(row.as_ref().map(HostRow::from_row).transpose()?)
     }
 
     pub async fn host_by_name(&self, name: &str) -> Result<Option<HostRow>, StoreError> {
@@ -282,7 +241,7 @@ impl Store {
         .bind(name)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.as_ref().map(host_from).transpose()?)
+        Ok(row.as_ref().map(HostRow::from_row).transpose()?)
     }
 
     pub async fn list_hosts(&self) -> Result<Vec<HostRow>, StoreError> {
@@ -291,7 +250,10 @@ impl Store {
         )))
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows.iter().map(host_from).collect::<Result<_, _>>()?)
+        Ok(rows
+            .iter()
+            .map(HostRow::from_row)
+            .collect::<Result<_, _>>()?)
     }
 
     /// Turns a registration into a host, in one transaction: the registration must still
@@ -313,7 +275,7 @@ impl Store {
         else {
             return Ok(None);
         };
-        let reg = registration_from(&reg)?;
+        let reg = RegistrationRow::from_row(&reg)?;
         let row = sqlx::query(AssertSqlSafe(format!(
             "INSERT INTO hosts (name, key_id, public_key, approved_at, approved_by, os, arch, agent_version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {HOST_COLUMNS}"
         )))
@@ -328,7 +290,7 @@ impl Store {
         .fetch_one(&mut *tx)
         .await
         .map_err(conflict("a host with this name"))?;
-        let host = host_from(&row)?;
+        let host = HostRow::from_row(&row)?;
         tx.commit().await?;
         Ok(Some(host))
     }
@@ -342,7 +304,7 @@ impl Store {
         .fetch_optional(&self.pool)
         .await
         .map_err(conflict("a host with this name"))?;
-        Ok(row.as_ref().map(host_from).transpose()?)
+        Ok(row.as_ref().map(HostRow::from_row).transpose()?)
     }
 
     pub async fn delete_host(&self, name: &str) -> Result<Option<HostRow>, StoreError> {
@@ -352,7 +314,7 @@ impl Store {
         .bind(name)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.as_ref().map(host_from).transpose()?)
+        Ok(row.as_ref().map(HostRow::from_row).transpose()?)
     }
 
     pub async fn update_host_report(
@@ -401,7 +363,7 @@ impl Store {
         .bind(key_id)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.as_ref().map(registration_from).transpose()?)
+        Ok(row.as_ref().map(RegistrationRow::from_row).transpose()?)
     }
 
     pub async fn registration_by_code(
@@ -412,7 +374,7 @@ impl Store {
             .bind(code)
             .fetch_optional(&self.pool)
             .await?;
-        Ok(row.as_ref().map(registration_from).transpose()?)
+        Ok(row.as_ref().map(RegistrationRow::from_row).transpose()?)
     }
 
     pub async fn list_registrations(&self) -> Result<Vec<RegistrationRow>, StoreError> {
@@ -423,7 +385,7 @@ impl Store {
         .await?;
         Ok(rows
             .iter()
-            .map(registration_from)
+            .map(RegistrationRow::from_row)
             .collect::<Result<_, _>>()?)
     }
 
