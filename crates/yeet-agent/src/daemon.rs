@@ -148,6 +148,7 @@ fn checkin(client: &Client, host: &str) -> Result<Duration, ClientError> {
         booted_system: system_link("/run/booted-system"),
         state: Default::default(),
         facts: facts(),
+        wait_secs: 0,
     };
     match client.post::<_, CheckinResponse>(paths::CHECKIN, &req) {
         Ok(resp) => {

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 pub mod paths {
     pub const REGISTER: &str = "/v1/agent/register";
     pub const CHECKIN: &str = "/v1/agent/checkin";
+    pub const REPORT: &str = "/v1/agent/report";
     pub const WHOAMI: &str = "/v1/whoami";
     pub const REGISTRATIONS: &str = "/v1/registrations";
     pub const APPROVE: &str = "/v1/registrations/approve";
@@ -22,6 +23,16 @@ pub mod paths {
     /// `/v1/hosts/{name}/rename`
     pub fn host_rename(name: &str) -> String {
         format!("{HOSTS}/{name}/rename")
+    }
+
+    /// `/v1/hosts/{name}/activations`: past activation attempts, newest first.
+    pub fn host_activations(name: &str) -> String {
+        format!("{HOSTS}/{name}/activations")
+    }
+
+    /// `/v1/hosts/{name}/log`: the latest activation with its log.
+    pub fn host_log(name: &str) -> String {
+        format!("{HOSTS}/{name}/log")
     }
 }
 
@@ -81,6 +92,86 @@ pub struct CheckinRequest {
     #[serde(default)]
     pub state: AgentState,
     pub facts: Facts,
+    /// Long-poll: when there is nothing to do, the server may hold the request this many
+    /// seconds (capped by the server) and answers as soon as the desired system changes.
+    #[serde(default)]
+    pub wait_secs: u64,
+}
+
+/// How an activation attempt ended.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum ActivationResult {
+    /// Switched, and the restarted agent reached the server and passed the health check.
+    Confirmed,
+    /// Failed before anything changed (fetch failed, secrets missing, ...).
+    Failed,
+    /// Switched, then went back to the previous system.
+    RolledBack,
+    /// The closure was not signed by a key the host trusts; nothing was activated.
+    Untrusted,
+}
+
+impl ActivationResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActivationResult::Confirmed => "confirmed",
+            ActivationResult::Failed => "failed",
+            ActivationResult::RolledBack => "rolled-back",
+            ActivationResult::Untrusted => "untrusted",
+        }
+    }
+}
+
+impl std::str::FromStr for ActivationResult {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "confirmed" => Ok(ActivationResult::Confirmed),
+            "failed" => Ok(ActivationResult::Failed),
+            "rolled-back" => Ok(ActivationResult::RolledBack),
+            "untrusted" => Ok(ActivationResult::Untrusted),
+            other => Err(format!("unknown activation result {other:?}")),
+        }
+    }
+}
+
+/// Sent by the agent when an activation attempt has ended.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ActivationReport {
+    pub store_path: String,
+    pub release_id: Option<i64>,
+    pub result: ActivationResult,
+    pub reason: String,
+    pub started_at: i64,
+    pub finished_at: i64,
+    /// The new system changes the kernel or initrd: it is fully active only after a reboot.
+    #[serde(default)]
+    pub reboot_required: bool,
+    /// The activation log, gzip-compressed and base64-encoded; the agent caps its size.
+    #[serde(default)]
+    pub log_gzip_base64: String,
+}
+
+/// One past activation attempt, as the server keeps it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Activation {
+    pub id: i64,
+    pub host: String,
+    pub store_path: String,
+    pub release_id: Option<i64>,
+    pub result: ActivationResult,
+    pub reason: String,
+    pub started_at: i64,
+    pub finished_at: i64,
+    pub reboot_required: bool,
+}
+
+/// An activation with its (decompressed) log.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ActivationLog {
+    pub activation: Activation,
+    pub log: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

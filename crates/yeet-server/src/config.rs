@@ -42,6 +42,7 @@ pub struct FileConfig {
     pub registration_refill_ms: Option<u64>,
     pub checkin_interval_secs: Option<u64>,
     pub offline_after_secs: Option<i64>,
+    pub max_long_poll_secs: Option<u64>,
     pub last_seen_flush_ms: Option<u64>,
 }
 
@@ -127,6 +128,7 @@ impl Config {
                 .checkin_interval_secs
                 .unwrap_or(d.checkin_interval_secs),
             offline_after_secs: file.offline_after_secs.unwrap_or(d.offline_after_secs),
+            max_long_poll_secs: file.max_long_poll_secs.unwrap_or(d.max_long_poll_secs),
         };
         if service.skew_secs <= 0
             || service.code_ttl_secs <= 0

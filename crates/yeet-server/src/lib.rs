@@ -43,6 +43,28 @@ pub async fn open_store(config: &Config) -> Result<Store, ServeError> {
     Ok(Store::open(&config.database).await?)
 }
 
+/// On PostgreSQL, follows other replicas' events (releases, key changes) so that this
+/// process's caches and long-polls stay current. `None` on SQLite.
+pub async fn spawn_event_listener(
+    service: Arc<Service>,
+) -> Result<Option<tokio::task::JoinHandle<()>>, StoreError> {
+    let Some(mut stream) = service.store().subscribe_events().await? else {
+        return Ok(None);
+    };
+    Ok(Some(tokio::spawn(async move {
+        loop {
+            let applied = match stream.next().await {
+                Ok(event) => service.handle_event(event.as_deref()).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = applied {
+                tracing::warn!(error = %e, "replica event handling failed; retrying");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        }
+    })))
+}
+
 /// Runs the server until `shutdown` resolves, then drains requests and flushes state.
 /// `on_listening` receives the bound address (useful with port 0).
 pub async fn serve(
@@ -71,6 +93,16 @@ pub async fn serve(
                 }
             }
         })
+    };
+
+    let events = spawn_event_listener(service.clone()).await?;
+    // Held check-ins must answer before a graceful shutdown can finish.
+    let shutdown = {
+        let service = service.clone();
+        async move {
+            shutdown.await;
+            service.begin_shutdown();
+        }
     };
 
     let listener = std::net::TcpListener::bind(&config.listen)
@@ -105,6 +137,9 @@ pub async fn serve(
         }
     }
     flusher.abort();
+    if let Some(events) = events {
+        events.abort();
+    }
     if let Err(e) = service.flush_last_seen().await {
         tracing::warn!(error = %e, "could not write last-seen times at shutdown");
     }

@@ -215,6 +215,14 @@ struct Endpoint {
     need: Need,
 }
 
+fn gzip_base64(text: &str) -> String {
+    use base64::Engine;
+    use std::io::Write;
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(text.as_bytes()).unwrap();
+    base64::engine::general_purpose::STANDARD.encode(enc.finish().unwrap())
+}
+
 fn endpoints() -> Vec<Endpoint> {
     let j = |v: Value| serde_json::to_vec(&v).unwrap();
     let e = |method, path: &str, body: Vec<u8>, need| Endpoint {
@@ -232,6 +240,22 @@ fn endpoints() -> Vec<Endpoint> {
             ),
             Need::Host,
         ),
+        e(
+            "POST",
+            paths::REPORT,
+            j(
+                json!({"store_path": PATH_A, "release_id": null, "result": "rolled-back", "reason": "switch failed",
+                     "started_at": 1, "finished_at": 2, "log_gzip_base64": gzip_base64("switching...\nfailed\n")}),
+            ),
+            Need::Host,
+        ),
+        e(
+            "GET",
+            &paths::host_activations("host-a"),
+            vec![],
+            Need::Viewer,
+        ),
+        e("GET", &paths::host_log("host-a"), vec![], Need::Viewer),
         e("GET", paths::WHOAMI, vec![], Need::Viewer),
         e("GET", paths::REGISTRATIONS, vec![], Need::Viewer),
         e(
@@ -857,5 +881,215 @@ async fn removed_host_key_stops_working_at_once_and_renames_follow() {
         StatusCode::UNAUTHORIZED,
         "unknown_key",
         "removed host checks in",
+    );
+}
+
+#[tokio::test]
+async fn activation_reports_build_a_history_and_the_latest_log() {
+    let api = Api::new(ServiceConfig::default()).await;
+    let report = |result: &str, log: &str| {
+        serde_json::to_vec(&json!({"store_path": PATH_A, "release_id": 1, "result": result, "reason": format!("r-{result}"),
+                                   "started_at": 10, "finished_at": 20, "reboot_required": result == "confirmed",
+                                   "log_gzip_base64": gzip_base64(log)})).unwrap()
+    };
+    let (s, v) = api
+        .call(
+            "GET",
+            &paths::host_log("host-a"),
+            b"",
+            Sign::By(&api.viewer),
+        )
+        .await;
+    assert_error(
+        s,
+        &v,
+        StatusCode::NOT_FOUND,
+        "no_activation",
+        "log before any activation",
+    );
+    for (result, log) in [("rolled-back", "first log"), ("confirmed", "second log")] {
+        let (s, v) = api
+            .call(
+                "POST",
+                paths::REPORT,
+                &report(result, log),
+                Sign::By(&api.host_a),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+    }
+    let (_, history) = api
+        .call(
+            "GET",
+            &paths::host_activations("host-a"),
+            b"",
+            Sign::By(&api.viewer),
+        )
+        .await;
+    let results: Vec<&str> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["result"].as_str().unwrap())
+        .collect();
+    assert_eq!(results, ["confirmed", "rolled-back"]);
+    assert_eq!(history[0]["reboot_required"], true);
+    let (_, log) = api
+        .call(
+            "GET",
+            &paths::host_log("host-a"),
+            b"",
+            Sign::By(&api.viewer),
+        )
+        .await;
+    assert_eq!(
+        (log["log"].as_str(), log["activation"]["reason"].as_str()),
+        (Some("second log"), Some("r-confirmed"))
+    );
+    // host-b has its own (empty) history.
+    let (_, other) = api
+        .call(
+            "GET",
+            &paths::host_activations("host-b"),
+            b"",
+            Sign::By(&api.viewer),
+        )
+        .await;
+    assert_eq!(other, json!([]));
+
+    let mut bad = serde_json::from_slice::<Value>(&report("failed", "x")).unwrap();
+    bad["log_gzip_base64"] = json!("%%%");
+    let (s, v) = api
+        .call(
+            "POST",
+            paths::REPORT,
+            &serde_json::to_vec(&bad).unwrap(),
+            Sign::By(&api.host_a),
+        )
+        .await;
+    assert_error(
+        s,
+        &v,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_log",
+        "bad base64",
+    );
+    bad["log_gzip_base64"] = json!(gzip_base64(&"a".repeat(2 << 20)));
+    let (s, v) = api
+        .call(
+            "POST",
+            paths::REPORT,
+            &serde_json::to_vec(&bad).unwrap(),
+            Sign::By(&api.host_a),
+        )
+        .await;
+    assert_error(
+        s,
+        &v,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "log_too_large",
+        "gzip bomb",
+    );
+    bad["log_gzip_base64"] = json!("");
+    bad["result"] = json!("exploded");
+    let (s, v) = api
+        .call(
+            "POST",
+            paths::REPORT,
+            &serde_json::to_vec(&bad).unwrap(),
+            Sign::By(&api.host_a),
+        )
+        .await;
+    assert_error(
+        s,
+        &v,
+        StatusCode::BAD_REQUEST,
+        "invalid_json",
+        "unknown result",
+    );
+    let (_, history) = api
+        .call(
+            "GET",
+            &paths::host_activations("host-a"),
+            b"",
+            Sign::By(&api.viewer),
+        )
+        .await;
+    assert_eq!(
+        history.as_array().unwrap().len(),
+        2,
+        "a refused report was stored"
+    );
+}
+
+#[tokio::test]
+async fn long_poll_answers_when_a_release_lands() {
+    let api = Arc::new(Api::new(ServiceConfig::default()).await);
+    let checkin = |wait: u64| {
+        serde_json::to_vec(&json!({"current_system": null, "facts": {"os":"","arch":"","agent_version":""}, "wait_secs": wait})).unwrap()
+    };
+    // Nothing to do: held for the requested time, then `none`.
+    let started = std::time::Instant::now();
+    let (s, v) = api
+        .call("POST", paths::CHECKIN, &checkin(1), Sign::By(&api.host_a))
+        .await;
+    assert_eq!(
+        (s, v["action"]["type"].as_str()),
+        (StatusCode::OK, Some("none"))
+    );
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(900),
+        "the check-in was not held"
+    );
+    // A held check-in wakes with the new system as soon as it is published.
+    let waiter = {
+        let api = api.clone();
+        let body = checkin(30);
+        tokio::spawn(async move {
+            let req = build("POST", paths::CHECKIN, &body, Sign::By(&api.host_a), None);
+            let started = std::time::Instant::now();
+            (api.send(req).await, started.elapsed())
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let release = serde_json::to_vec(&json!({"hosts": {"host-a": PATH_A}})).unwrap();
+    let (s, _) = api
+        .call("POST", paths::RELEASES, &release, Sign::By(&api.publisher))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let ((s, v), waited) = waiter.await.unwrap();
+    assert_eq!(
+        (s, v["action"]["store_path"].as_str()),
+        (StatusCode::OK, Some(PATH_A)),
+        "{v}"
+    );
+    eprintln!("long-poll answered {waited:?} after it started (release published at ~300 ms)");
+    // A host whose current system is the desired one is held again.
+    let (_, v) = api.call("POST", paths::CHECKIN, &serde_json::to_vec(&json!({"current_system": PATH_A, "facts": {"os":"","arch":"","agent_version":""}, "wait_secs": 1})).unwrap(), Sign::By(&api.host_a)).await;
+    assert_eq!(v["action"]["type"], "none");
+    // Shutting down releases held check-ins at once.
+    let held = {
+        let api = api.clone();
+        tokio::spawn(async move {
+            let body = serde_json::to_vec(&json!({"current_system": PATH_A, "facts": {"os":"","arch":"","agent_version":""}, "wait_secs": 30})).unwrap();
+            api.send(build(
+                "POST",
+                paths::CHECKIN,
+                &body,
+                Sign::By(&api.host_a),
+                None,
+            ))
+            .await
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    api.service.begin_shutdown();
+    let (s, v) = tokio::time::timeout(std::time::Duration::from_secs(10), held)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (s, v["action"]["type"].as_str()),
+        (StatusCode::OK, Some("none"))
     );
 }

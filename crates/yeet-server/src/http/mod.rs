@@ -12,9 +12,9 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use std::sync::Arc;
 use yeet_proto::api::{
-    ApproveRequest, CheckinRequest, CheckinResponse, CreateReleaseRequest, HostInfo,
-    PendingRegistration, RegisterRequest, RegisterResponse, RejectRequest, Release, RenameRequest,
-    WhoAmI, paths,
+    Activation, ActivationLog, ActivationReport, ApproveRequest, CheckinRequest, CheckinResponse,
+    CreateReleaseRequest, HostInfo, PendingRegistration, RegisterRequest, RegisterResponse,
+    RejectRequest, Release, RenameRequest, WhoAmI, paths,
 };
 
 use crate::service::{Principal, Service};
@@ -54,6 +54,9 @@ pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route(paths::REGISTER, post(register))
         .route(paths::CHECKIN, post(checkin))
+        .route(paths::REPORT, post(report))
+        .route(&paths::host_activations("{name}"), get(list_activations))
+        .route(&paths::host_log("{name}"), get(latest_log))
         .route(paths::WHOAMI, get(whoami))
         .route(paths::REGISTRATIONS, get(list_pending))
         .route(paths::APPROVE, post(approve))
@@ -168,6 +171,38 @@ async fn remove_host(
 ) -> ApiResult<serde_json::Value> {
     app.service.remove_host(&p, &name).await?;
     Ok(Json(serde_json::json!({})))
+}
+
+async fn report(
+    State(app): State<AppState>,
+    Extension(p): Extension<Principal>,
+    ApiJson(req): ApiJson<ActivationReport>,
+) -> ApiResult<Activation> {
+    Ok(Json(app.service.report_activation(&p, req).await?))
+}
+
+#[derive(Deserialize)]
+struct LimitQuery {
+    limit: Option<i64>,
+}
+
+async fn list_activations(
+    State(app): State<AppState>,
+    Extension(p): Extension<Principal>,
+    Path(name): Path<String>,
+    Query(q): Query<LimitQuery>,
+) -> ApiResult<Vec<Activation>> {
+    Ok(Json(
+        app.service.list_activations(&p, &name, q.limit).await?,
+    ))
+}
+
+async fn latest_log(
+    State(app): State<AppState>,
+    Extension(p): Extension<Principal>,
+    Path(name): Path<String>,
+) -> ApiResult<ActivationLog> {
+    Ok(Json(app.service.latest_log(&p, &name).await?))
 }
 
 #[derive(Deserialize)]

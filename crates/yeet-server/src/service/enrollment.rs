@@ -235,7 +235,7 @@ impl Service {
             }
             Err(e) => return Err(e.into()),
         };
-        self.forget_key(&host.key_id).await;
+        self.announce_key_change(&host.key_id).await;
         tracing::info!(host = %host.name, key = %host.key_id, by = admin, "host approved");
         Ok(self.host_info(host).await)
     }

@@ -1,5 +1,6 @@
 //! Hosts: listing, renaming, removal, and the check-in that every host makes on every poll.
 
+use std::time::Duration;
 use yeet_proto::api::{
     Action, AgentState, CheckinRequest, CheckinResponse, Facts, HostInfo, HostState, Role,
 };
@@ -54,7 +55,7 @@ impl Service {
         }
     }
 
-    async fn host_named(&self, name: &str) -> Result<HostRow> {
+    pub(crate) async fn host_named(&self, name: &str) -> Result<HostRow> {
         self.store.host_by_name(name).await?.ok_or_else(|| {
             ServiceError::not_found(
                 "unknown_host",
@@ -103,7 +104,7 @@ impl Service {
                 }
                 Err(e) => return Err(e.into()),
             };
-        self.forget_key(&row.key_id).await;
+        self.announce_key_change(&row.key_id).await;
         tracing::info!(old, new, by = admin, "host renamed");
         Ok(self.host_info(row).await)
     }
@@ -114,7 +115,7 @@ impl Service {
         let row = self.store.delete_host(name).await?.ok_or_else(|| {
             ServiceError::not_found("unknown_host", format!("no host named {name}"))
         })?;
-        self.forget_key(&row.key_id).await;
+        self.announce_key_change(&row.key_id).await;
         self.desired.write().await.remove(&row.id);
         lock(&self.reports).remove(&row.id);
         lock(&self.seen).remove(&row.id);
@@ -154,19 +155,40 @@ impl Service {
         } else {
             lock(&self.seen).insert(host_id, t);
         }
-        let action = match self.desired.read().await.get(&host_id) {
-            Some(d) if req.current_system.as_deref() != Some(d.store_path.as_str()) => {
-                Action::Switch {
-                    store_path: d.store_path.clone(),
-                    release_id: d.release_id,
+        // Long-poll: subscribe before looking, so that a release landing in between wakes us.
+        let mut changes = self.desired_changed.subscribe();
+        let mut closing = self.closing.subscribe();
+        let hold = Duration::from_secs(req.wait_secs.min(self.config.max_long_poll_secs));
+        let deadline = tokio::time::Instant::now() + hold;
+        loop {
+            let action = match self.desired.read().await.get(&host_id) {
+                Some(d) if req.current_system.as_deref() != Some(d.store_path.as_str()) => {
+                    Action::Switch {
+                        store_path: d.store_path.clone(),
+                        release_id: d.release_id,
+                    }
                 }
+                _ => Action::None,
+            };
+            let done = action != Action::None
+                || tokio::time::Instant::now() >= deadline
+                || *closing.borrow();
+            if done {
+                return Ok(CheckinResponse {
+                    host: host_name.to_owned(),
+                    action,
+                    next_checkin_secs: self.config.checkin_interval_secs,
+                });
             }
-            _ => Action::None,
-        };
-        Ok(CheckinResponse {
-            host: host_name.to_owned(),
-            action,
-            next_checkin_secs: self.config.checkin_interval_secs,
-        })
+            tokio::select! {
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        return Err(ServiceError::System("desired-state channel closed".into()));
+                    }
+                }
+                _ = closing.changed() => {}
+                _ = tokio::time::sleep_until(deadline) => {}
+            }
+        }
     }
 }

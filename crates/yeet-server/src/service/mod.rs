@@ -5,6 +5,7 @@
 //! unless something changed: keys and desired state are cached in memory, and last-seen
 //! times are batched and flushed by a background task.
 
+mod activations;
 mod auth;
 mod enrollment;
 mod hosts;
@@ -35,6 +36,8 @@ pub struct ServiceConfig {
     pub registration_refill: Duration,
     pub checkin_interval_secs: u64,
     pub offline_after_secs: i64,
+    /// Longest a check-in may be held open waiting for a change.
+    pub max_long_poll_secs: u64,
 }
 
 impl Default for ServiceConfig {
@@ -47,6 +50,7 @@ impl Default for ServiceConfig {
             registration_refill: Duration::from_secs(2),
             checkin_interval_secs: 30,
             offline_after_secs: 10 * 60,
+            max_long_poll_secs: 55,
         }
     }
 }
@@ -97,6 +101,10 @@ impl ServiceError {
 
 pub type Result<T, E = ServiceError> = std::result::Result<T, E>;
 
+/// Event payloads on the replica channel.
+const EVENT_RELEASE: &str = "release:";
+const EVENT_KEY: &str = "key:";
+
 /// A host's newest desired system.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Desired {
@@ -119,6 +127,10 @@ pub struct Service {
     seen: Mutex<HashMap<i64, i64>>,
     nonces: Mutex<yeet_proto::NonceCache>,
     registration_buckets: Mutex<HashMap<IpAddr, enrollment::Bucket>>,
+    /// Bumped whenever any host's desired system changes; long-polls wait on it.
+    desired_changed: tokio::sync::watch::Sender<u64>,
+    /// Set when the server shuts down, so that long-polls answer at once.
+    closing: tokio::sync::watch::Sender<bool>,
 }
 
 /// Seconds since the Unix epoch.
@@ -160,7 +172,61 @@ impl Service {
             reports: Mutex::new(HashMap::new()),
             seen: Mutex::new(HashMap::new()),
             registration_buckets: Mutex::new(HashMap::new()),
+            desired_changed: tokio::sync::watch::Sender::new(0),
+            closing: tokio::sync::watch::Sender::new(false),
         })
+    }
+
+    /// Makes held check-ins answer now; called when the server starts shutting down.
+    pub fn begin_shutdown(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// Re-reads the fleet's desired state from the database and wakes long-polls.
+    pub async fn reload_desired(&self) -> Result<(), StoreError> {
+        let fresh: HashMap<i64, Desired> = self
+            .store
+            .desired_systems()
+            .await?
+            .into_iter()
+            .map(|d| {
+                (
+                    d.host_id,
+                    Desired {
+                        release_id: d.release_id,
+                        store_path: d.store_path,
+                    },
+                )
+            })
+            .collect();
+        *self.desired.write().await = fresh;
+        self.desired_changed.send_modify(|v| *v += 1);
+        Ok(())
+    }
+
+    /// Applies an event from another replica (or `None`: events may have been missed).
+    pub async fn handle_event(&self, event: Option<&str>) -> Result<(), StoreError> {
+        match event {
+            Some(e) if e.starts_with(EVENT_RELEASE) => self.reload_desired().await,
+            Some(e) => {
+                if let Some(key) = e.strip_prefix(EVENT_KEY) {
+                    self.keys.write().await.remove(key);
+                }
+                Ok(())
+            }
+            None => {
+                self.keys.write().await.clear();
+                self.reload_desired().await
+            }
+        }
+    }
+
+    /// Tells other replicas that a key changed, so that they drop it from their caches.
+    pub(crate) async fn announce_key_change(&self, key_id: &str) {
+        self.forget_key(key_id).await;
+        if let Err(e) = self.store.notify(&format!("{EVENT_KEY}{key_id}")).await {
+            tracing::warn!(error = %e, "could not notify other replicas of a key change");
+        }
     }
 
     pub fn store(&self) -> &Store {

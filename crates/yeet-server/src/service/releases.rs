@@ -96,6 +96,15 @@ impl Service {
                 );
             }
         }
+        self.desired_changed.send_modify(|v| *v += 1);
+        if let Err(e) = self
+            .store
+            .notify(&format!("{}{id}", super::EVENT_RELEASE))
+            .await
+        {
+            // The release is committed; other replicas catch up at their next event or reconnect.
+            tracing::warn!(error = %e, release = id, "could not notify other replicas of a release");
+        }
         tracing::info!(
             release = id,
             hosts = entries.len(),

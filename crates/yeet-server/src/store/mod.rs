@@ -113,13 +113,50 @@ pub struct DesiredRow {
     pub store_path: String,
 }
 
+/// One activation attempt; `log_gzip` is loaded only when asked for.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct ActivationRow {
+    pub id: i64,
+    pub host_id: i64,
+    pub host_name: String,
+    pub store_path: String,
+    pub release_id: Option<i64>,
+    pub result: String,
+    pub reason: String,
+    pub started_at: i64,
+    pub finished_at: i64,
+    pub reboot_required: i64,
+}
+
+/// The PostgreSQL channel on which replicas tell each other about changes.
+pub const EVENTS_CHANNEL: &str = "yeet_events";
+
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    url: String,
+}
+
+/// Change events from other replicas (PostgreSQL `LISTEN`).
+pub struct EventStream {
+    listener: sqlx::postgres::PgListener,
+}
+
+impl EventStream {
+    /// The next event. `Ok(None)` means the connection was lost and re-established: events
+    /// may have been missed, so the caller should reload what it caches.
+    pub async fn next(&mut self) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .listener
+            .try_recv()
+            .await?
+            .map(|n| n.payload().to_owned()))
+    }
 }
 
 const HOST_COLUMNS: &str = "id, name, key_id, public_key, approved_at, approved_by, last_seen, current_system, booted_system, state, os, arch, agent_version";
+const ACTIVATION_COLUMNS: &str = "id, host_id, host_name, store_path, release_id, result, reason, started_at, finished_at, reboot_required";
 const REGISTRATION_COLUMNS: &str = "key_id, public_key, hostname_hint, os, arch, agent_version, code, code_expires_at, first_seen_ms, last_seen_ms";
 
 impl Store {
@@ -141,7 +178,11 @@ impl Store {
             .max_connections(max)
             .connect(url)
             .await?;
-        let store = Store { pool, backend };
+        let store = Store {
+            pool,
+            backend,
+            url: url.to_owned(),
+        };
         match backend {
             Backend::Sqlite => {
                 // WAL lets readers proceed while a writer commits; it persists in the file.
@@ -537,6 +578,90 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    // --- activations ---
+
+    pub async fn insert_activation(
+        &self,
+        a: &ActivationRow,
+        log_gzip: &[u8],
+    ) -> Result<i64, StoreError> {
+        let id = sqlx::query(
+            "INSERT INTO activations (host_id, host_name, store_path, release_id, result, reason, started_at, finished_at, reboot_required, log_gzip)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
+        )
+        .bind(a.host_id)
+        .bind(&a.host_name)
+        .bind(&a.store_path)
+        .bind(a.release_id)
+        .bind(&a.result)
+        .bind(&a.reason)
+        .bind(a.started_at)
+        .bind(a.finished_at)
+        .bind(a.reboot_required)
+        .bind(log_gzip)
+        .fetch_one(&self.pool)
+        .await?
+        .try_get("id")?;
+        Ok(id)
+    }
+
+    /// A host's activations, newest first.
+    pub async fn list_activations(
+        &self,
+        host_id: i64,
+        limit: i64,
+    ) -> Result<Vec<ActivationRow>, StoreError> {
+        let rows = sqlx::query(AssertSqlSafe(format!("SELECT {ACTIVATION_COLUMNS} FROM activations WHERE host_id = $1 ORDER BY id DESC LIMIT $2")))
+            .bind(host_id)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .iter()
+            .map(ActivationRow::from_row)
+            .collect::<Result<_, _>>()?)
+    }
+
+    /// A host's newest activation with its compressed log.
+    pub async fn latest_activation_log(
+        &self,
+        host_id: i64,
+    ) -> Result<Option<(ActivationRow, Vec<u8>)>, StoreError> {
+        let row = sqlx::query(AssertSqlSafe(format!("SELECT {ACTIVATION_COLUMNS}, log_gzip FROM activations WHERE host_id = $1 ORDER BY id DESC LIMIT 1")))
+            .bind(host_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(r) => Some((ActivationRow::from_row(&r)?, r.try_get("log_gzip")?)),
+            None => None,
+        })
+    }
+
+    // --- events between replicas ---
+
+    /// Tells every replica (PostgreSQL `NOTIFY`) that something changed; a no-op on SQLite,
+    /// where there is only one server process.
+    pub async fn notify(&self, event: &str) -> Result<(), StoreError> {
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(EVENTS_CHANNEL)
+                .bind(event)
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Subscribes to other replicas' events; `None` on SQLite (a single process).
+    pub async fn subscribe_events(&self) -> Result<Option<EventStream>, StoreError> {
+        if self.backend != Backend::Postgres {
+            return Ok(None);
+        }
+        let mut listener = sqlx::postgres::PgListener::connect(&self.url).await?;
+        listener.listen(EVENTS_CHANNEL).await?;
+        Ok(Some(EventStream { listener }))
     }
 
     /// Every host's newest release entry: the desired state of the whole fleet.

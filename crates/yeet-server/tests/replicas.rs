@@ -1,0 +1,148 @@
+//! Two server replicas on one real PostgreSQL database: a release written through one wakes
+//! the long-polls held by the other (LISTEN/NOTIFY), and a host removed through one stops
+//! working on the other at once, not after the key cache expires.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use yeet_proto::api::{
+    Action, ApproveRequest, CheckinRequest, CreateReleaseRequest, RegisterRequest,
+    RegisterResponse, Role,
+};
+use yeet_proto::{AuthError, Identity, SignatureHeaders};
+use yeet_server::service::users::add_user;
+use yeet_server::service::{Principal, Service, ServiceConfig, ServiceError, now};
+
+const PATH: &str = "/nix/store/q322pzff5rm7kwfwfbhcza6wr2b84wlm-system-replicated";
+
+async fn replica(db: &common::TestDb) -> Arc<Service> {
+    let service = Arc::new(
+        Service::new(db.open().await, ServiceConfig::default())
+            .await
+            .unwrap(),
+    );
+    yeet_server::spawn_event_listener(service.clone())
+        .await
+        .unwrap()
+        .expect("PostgreSQL has a listener");
+    service
+}
+
+#[tokio::test]
+async fn replicas_share_releases_and_key_removals() {
+    let db = common::TestDb::postgres().await;
+    let (a, b) = (replica(&db).await, replica(&db).await);
+    let admin = Principal::User {
+        name: "alice".into(),
+        role: Role::Admin,
+        key_id: "SHA256:alice".into(),
+    };
+    let admin_key = Identity::from_seed(&[1; 32]);
+    add_user(
+        a.store(),
+        "alice",
+        &admin_key.public().to_openssh(),
+        Role::Admin,
+    )
+    .await
+    .unwrap();
+
+    // Enroll a host through replica A.
+    let host_key = Identity::from_seed(&[2; 32]);
+    let registrant = Principal::Registrant {
+        public: host_key.public().clone(),
+    };
+    let req = RegisterRequest {
+        public_key: host_key.public().to_openssh(),
+        hostname_hint: "h".into(),
+        facts: Default::default(),
+    };
+    let RegisterResponse::Pending { code, .. } = a.register(&registrant, req, None).await.unwrap()
+    else {
+        panic!("not pending")
+    };
+    a.approve(
+        &admin,
+        ApproveRequest {
+            code,
+            name: "web".into(),
+        },
+    )
+    .await
+    .unwrap();
+
+    // The host authenticates against replica B, and long-polls there.
+    let sign = |nonce: u8| {
+        SignatureHeaders::sign(
+            &host_key,
+            "POST",
+            "/v1/agent/checkin",
+            b"{}",
+            now(),
+            [nonce; 16],
+        )
+    };
+    let host = b
+        .authenticate("POST", "/v1/agent/checkin", &sign(1), b"{}", false)
+        .await
+        .unwrap();
+    let waiter = {
+        let (b, host) = (b.clone(), host.clone());
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let resp = b
+                .checkin(
+                    &host,
+                    CheckinRequest {
+                        wait_secs: 30,
+                        ..Default::default()
+                    },
+                )
+                .await
+                .unwrap();
+            (resp, started.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let release = CreateReleaseRequest {
+        hosts: [("web".to_string(), PATH.to_string())].into(),
+        message: "via A".into(),
+    };
+    a.create_release(&admin, release).await.unwrap();
+    let (resp, waited) = tokio::time::timeout(Duration::from_secs(20), waiter)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(&resp.action, Action::Switch { store_path, .. } if store_path == PATH),
+        "{resp:?}"
+    );
+    eprintln!(
+        "replica B answered its held check-in {waited:?} after it started (release at ~300 ms, through replica A)"
+    );
+
+    // Removing the host through A makes B refuse its key at once.
+    a.remove_host(&admin, "web").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut nonce = 2u8;
+    loop {
+        match b
+            .authenticate("POST", "/v1/agent/checkin", &sign(nonce), b"{}", false)
+            .await
+        {
+            Err(ServiceError::Unauthorized(AuthError::UnknownKey)) => break,
+            other => assert!(
+                Instant::now() < deadline,
+                "replica B still accepts a removed host: {other:?}"
+            ),
+        }
+        nonce += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    a.store().close().await;
+    b.store().close().await;
+    db.cleanup().await;
+}
