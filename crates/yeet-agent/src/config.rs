@@ -1,7 +1,8 @@
 //! Agent configuration: `/etc/yeet/agent.toml`, then `YEET_AGENT_*` environment variables,
-//! then flags.
+//! then flags. On NixOS the file is part of the system, so a new system can carry a new
+//! configuration; that is also how a bad system can cut the agent off (and get rolled back).
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use thiserror::Error;
@@ -11,6 +12,14 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/yeet/agent.toml";
 pub const SSH_HOST_KEY: &str = "/etc/ssh/ssh_host_ed25519_key";
 /// Used when the host has no SSH host key; generated on first start.
 pub const GENERATED_KEY: &str = "/var/lib/yeet/agent_key";
+/// What the agent keeps to finish an interrupted activation, and nothing else.
+pub const STATE_DIR: &str = "/var/lib/yeet";
+/// Runtime files: the status file `yeet-agent status` reads, the agent's pid.
+pub const RUN_DIR: &str = "/run/yeet";
+pub const SYSTEM_PROFILE: &str = "/nix/var/nix/profiles/system";
+pub const CURRENT_SYSTEM: &str = "/run/current-system";
+pub const BOOTED_SYSTEM: &str = "/run/booted-system";
+pub const NIX_CONF: &str = "/etc/nix/nix.conf";
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -22,6 +31,21 @@ pub enum ConfigError {
         "no server configured: pass --server URL, set YEET_AGENT_SERVER, or set `server` in /etc/yeet/agent.toml"
     )]
     NoServer,
+    #[error(
+        "invalid trusted key {0:?}: {1} (expected `name:base64`, as in nix.conf's trusted-public-keys)"
+    )]
+    TrustedKey(String, nix_meta::KeyError),
+}
+
+/// How a new system is applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum ActivationMode {
+    /// Activate now (`switch-to-configuration switch`), then confirm or roll back.
+    #[default]
+    Switch,
+    /// Make it the boot default only (`switch-to-configuration boot`); active after a reboot.
+    Boot,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -31,7 +55,14 @@ pub struct FileConfig {
     pub key: Option<PathBuf>,
     pub ca_cert: Option<PathBuf>,
     pub poll_interval_secs: Option<u64>,
+    pub long_poll_secs: Option<u64>,
     pub hostname: Option<String>,
+    /// Binary-cache public keys this host trusts, besides those in nix.conf.
+    pub trusted_keys: Option<Vec<String>>,
+    pub confirm_timeout_secs: Option<u64>,
+    /// A shell command that must succeed on the new system before it is confirmed.
+    pub health_check: Option<String>,
+    pub activation_mode: Option<ActivationMode>,
 }
 
 #[derive(Debug, Default, Clone, clap::Args)]
@@ -49,12 +80,19 @@ pub struct AgentArgs {
     /// Extra CA certificate (PEM) for the server's TLS certificate.
     #[arg(long, env = "YEET_AGENT_CA_CERT")]
     pub ca_cert: Option<PathBuf>,
-    /// Seconds between polls while waiting for approval or when the server is unreachable.
+    /// Seconds between polls while waiting for approval, and the base of the retry backoff.
     #[arg(long, env = "YEET_AGENT_POLL_INTERVAL")]
     pub poll_interval: Option<u64>,
     /// Host name suggested to the admin at registration. Default: the kernel's host name.
     #[arg(long, env = "YEET_AGENT_HOSTNAME")]
     pub hostname: Option<String>,
+    /// Seconds the new system has to prove itself (agent reaches the server, health check
+    /// passes) before it is rolled back.
+    #[arg(long, env = "YEET_AGENT_CONFIRM_TIMEOUT")]
+    pub confirm_timeout: Option<u64>,
+    /// switch (activate now) or boot (next boot).
+    #[arg(long, env = "YEET_AGENT_ACTIVATION_MODE")]
+    pub activation_mode: Option<ActivationMode>,
 }
 
 #[derive(Debug, Clone)]
@@ -64,7 +102,13 @@ pub struct Config {
     pub key: Option<PathBuf>,
     pub ca_cert: Option<PathBuf>,
     pub poll_interval: Duration,
+    pub long_poll: Duration,
     pub hostname: Option<String>,
+    /// Keys from the config; nix.conf's are added when fetching.
+    pub trusted_keys: Vec<nix_meta::PublicKey>,
+    pub confirm_timeout: Duration,
+    pub health_check: Option<String>,
+    pub activation_mode: ActivationMode,
 }
 
 impl Config {
@@ -76,6 +120,12 @@ impl Config {
             }
             None => FileConfig::default(),
         };
+        let trusted_keys = file
+            .trusted_keys
+            .unwrap_or_default()
+            .iter()
+            .map(|k| k.parse().map_err(|e| ConfigError::TrustedKey(k.clone(), e)))
+            .collect::<Result<_, _>>()?;
         Ok(Config {
             server: args
                 .server
@@ -90,7 +140,20 @@ impl Config {
                     .unwrap_or(30)
                     .max(1),
             ),
+            long_poll: Duration::from_secs(file.long_poll_secs.unwrap_or(55)),
             hostname: args.hostname.clone().or(file.hostname),
+            trusted_keys,
+            confirm_timeout: Duration::from_secs(
+                args.confirm_timeout
+                    .or(file.confirm_timeout_secs)
+                    .unwrap_or(120)
+                    .max(1),
+            ),
+            health_check: file.health_check.filter(|c| !c.trim().is_empty()),
+            activation_mode: args
+                .activation_mode
+                .or(file.activation_mode)
+                .unwrap_or_default(),
         })
     }
 }
@@ -108,7 +171,11 @@ mod tests {
     fn flags_win_and_bad_files_are_named() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("agent.toml");
-        std::fs::write(&p, "server = \"http://file\"\npoll_interval_secs = 5").unwrap();
+        std::fs::write(
+            &p,
+            "server = \"http://file\"\npoll_interval_secs = 5\ntrusted_keys = [\"test-1:wJ5uslHSOR8lFc8aZCAeC1CWl+xYeAzzfmwKSaa7LCg=\"]\nactivation_mode = \"boot\"",
+        )
+        .unwrap();
         let args = AgentArgs {
             config: Some(p.clone()),
             server: Some("http://flag".into()),
@@ -119,16 +186,23 @@ mod tests {
             (c.server.as_str(), c.poll_interval.as_secs()),
             ("http://flag", 5)
         );
+        assert_eq!(
+            (c.trusted_keys[0].name.as_str(), c.activation_mode),
+            ("test-1", ActivationMode::Boot)
+        );
         std::fs::write(&p, "server = 3").unwrap();
+        let err = Config::resolve(&AgentArgs {
+            config: Some(p.clone()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("agent.toml"), "{err}");
+        std::fs::write(&p, "server = \"x\"\ntrusted_keys = [\"nocolon\"]").unwrap();
         let err = Config::resolve(&AgentArgs {
             config: Some(p),
             ..Default::default()
         })
         .unwrap_err();
-        assert!(err.to_string().contains("agent.toml"), "{err}");
-        assert!(matches!(
-            Config::resolve(&AgentArgs::default()),
-            Err(ConfigError::NoServer) | Err(ConfigError::Read(..)) | Err(ConfigError::Parse(..))
-        ));
+        assert!(matches!(err, ConfigError::TrustedKey(..)), "{err}");
     }
 }

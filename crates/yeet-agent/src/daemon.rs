@@ -1,20 +1,56 @@
-//! The agent's main loop: register until approved (showing the verification code), then
-//! check in on the interval the server asks for. Unreachable servers and refusals are
-//! waited out with jittered backoff; the agent never exits because the network is down.
+//! The agent's main loop. Each round: register until approved (showing the verification
+//! code), then either look after the activation in progress (resume it if its process died,
+//! confirm it once the new system checked in and is healthy, report it once done), or hold a
+//! long-poll check-in and start an activation when the server names a new system.
+//! Unreachable servers and refusals are waited out with jittered backoff; the agent never
+//! exits because the network is down.
 
 use anyhow::{Context, Result};
-use std::path::Path;
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use yeet_client::{Client, ClientError};
 use yeet_proto::Identity;
 use yeet_proto::api::{
-    Action, CheckinRequest, CheckinResponse, Facts, RegisterRequest, RegisterResponse, paths,
+    Action, ActivationReport, AgentState, CheckinRequest, CheckinResponse, Facts, RegisterRequest,
+    RegisterResponse, paths,
 };
 
-use crate::config::{Config, GENERATED_KEY, SSH_HOST_KEY};
+use crate::activate::now;
+use crate::config::{
+    BOOTED_SYSTEM, CURRENT_SYSTEM, Config, GENERATED_KEY, RUN_DIR, SSH_HOST_KEY, STATE_DIR,
+};
+use crate::state::{ActivationState, Phase, StateDir};
+use crate::system::{self, system_link};
 
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// The activation log sent to the server is the tail of this many bytes.
+const MAX_REPORTED_LOG: usize = 256 * 1024;
+
+/// What `yeet-agent status` shows; rewritten by the agent every round.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Status {
+    pub server: String,
+    pub key_id: String,
+    /// "registering", "pending-approval" or "approved".
+    pub enrollment: String,
+    pub host: Option<String>,
+    pub verification_code: Option<String>,
+    pub code_expires_at: Option<i64>,
+    pub current_system: Option<String>,
+    pub activation: Option<String>,
+    pub last_contact: Option<i64>,
+    pub last_error: Option<String>,
+}
+
+pub fn status_path() -> PathBuf {
+    Path::new(RUN_DIR).join("status.json")
+}
 
 /// The key to sign with: the configured one, else the SSH host key, else a generated key.
 pub fn load_identity(config: &Config) -> Result<Identity> {
@@ -54,13 +90,6 @@ pub fn facts() -> Facts {
     }
 }
 
-/// The store path a profile symlink such as `/run/current-system` points at.
-pub fn system_link(link: &str) -> Option<String> {
-    let target = std::fs::read_link(link).ok()?;
-    let s = target.to_str()?.to_owned();
-    s.parse::<nix_meta::StorePath>().ok().map(|_| s)
-}
-
 /// Sleeps `d` in small steps so that a stop request is noticed quickly.
 fn sleep(d: Duration, stop: &AtomicBool) {
     let step = Duration::from_millis(100);
@@ -81,94 +110,315 @@ fn backoff(attempt: u32, base: Duration) -> Duration {
     exp.mul_f64(0.75 + jitter * 0.5)
 }
 
+/// Gzips and base64-encodes a log for the report.
+fn pack_log(text: &str) -> String {
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    let _ = enc.write_all(text.as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(enc.finish().unwrap_or_default())
+}
+
+struct Agent<'a> {
+    config: &'a Config,
+    client: Client,
+    state: StateDir,
+    status: Status,
+}
+
 /// Runs until `stop` is set.
 pub fn run(config: &Config, stop: &AtomicBool) -> Result<()> {
     let identity = load_identity(config).context("cannot load the agent's key")?;
     tracing::info!(key = identity.public().key_id(), server = %config.server, "yeet-agent starting");
+    let status = Status {
+        server: config.server.clone(),
+        key_id: identity.public().key_id().to_owned(),
+        enrollment: "registering".into(),
+        ..Default::default()
+    };
+    // Long-polls are held up to `long_poll`; the HTTP timeout must outlast them.
     let client = Client::new(
         &config.server,
         identity,
         config.ca_cert.as_deref(),
-        Duration::from_secs(90),
+        config.long_poll + Duration::from_secs(30),
     )?;
+    let _ = std::fs::create_dir_all(RUN_DIR).and_then(|_| {
+        std::fs::write(
+            Path::new(RUN_DIR).join("agent.pid"),
+            std::process::id().to_string(),
+        )
+    });
+    let mut agent = Agent {
+        config,
+        client,
+        state: StateDir::new(STATE_DIR),
+        status,
+    };
     let mut failures = 0u32;
-    let mut shown_code = String::new();
     while !stop.load(Ordering::Relaxed) {
-        let wait = match step(config, &client, &mut shown_code) {
+        let wait = match agent.step() {
             Ok(next) => {
                 failures = 0;
+                agent.status.last_error = None;
                 next
             }
             Err(e) => {
                 failures += 1;
-                let wait = backoff(failures, config.poll_interval);
+                let wait = backoff(failures, config.poll_interval.min(Duration::from_secs(5)));
                 tracing::warn!(error = %e, retry_in = ?wait, "server request failed");
+                agent.status.last_error = Some(e.to_string());
                 wait
             }
         };
+        agent.write_status();
         sleep(wait, stop);
     }
     Ok(())
 }
 
-/// One round: register if needed, else check in. Returns how long to wait before the next.
-fn step(
-    config: &Config,
-    client: &Client,
-    shown_code: &mut String,
-) -> Result<Duration, ClientError> {
-    let req = RegisterRequest {
-        public_key: client.identity().public().to_openssh(),
-        hostname_hint: hostname(config),
-        facts: facts(),
-    };
-    // Registering is idempotent: an approved key simply learns its name. It keeps one code
-    // path for "not yet approved" and "was removed, must enroll again".
-    let host = match client.post::<_, RegisterResponse>(paths::REGISTER, &req)? {
-        RegisterResponse::Pending { code, expires_at } => {
-            if *shown_code != code {
-                tracing::info!(code = %code, expires_at, "waiting for approval: on an admin machine run `yeet approve NAME {code}`");
-                println!("verification code: {code}");
-                *shown_code = code;
-            }
-            return Ok(config.poll_interval);
+impl Agent<'_> {
+    fn write_status(&mut self) {
+        self.status.current_system = system_link(CURRENT_SYSTEM);
+        if let Ok(bytes) = serde_json::to_vec_pretty(&self.status) {
+            let tmp = status_path().with_extension("tmp");
+            let _ = std::fs::write(&tmp, bytes).and_then(|_| std::fs::rename(&tmp, status_path()));
         }
-        RegisterResponse::Approved { host } => host,
-    };
-    if !shown_code.is_empty() {
-        tracing::info!(host = %host, "approved");
-        shown_code.clear();
     }
-    checkin(client, &host)
-}
 
-fn checkin(client: &Client, host: &str) -> Result<Duration, ClientError> {
-    let req = CheckinRequest {
-        current_system: system_link("/run/current-system"),
-        booted_system: system_link("/run/booted-system"),
-        state: Default::default(),
-        facts: facts(),
-        wait_secs: 0,
-    };
-    match client.post::<_, CheckinResponse>(paths::CHECKIN, &req) {
-        Ok(resp) => {
-            if let Action::Switch {
+    /// One round; returns how long to wait before the next.
+    fn step(&mut self) -> Result<Duration, ClientError> {
+        let Some(host) = self.registered()? else {
+            return Ok(self.config.poll_interval);
+        };
+        match self.state.load() {
+            Ok(Some(st)) => self.tend_activation(&host, st),
+            Ok(None) => self.idle_checkin(),
+            Err(e) => {
+                // A corrupt state file must not wedge the host: drop it and say so.
+                tracing::error!(error = %e, "discarding unreadable activation state");
+                let _ = self.state.clear();
+                Ok(Duration::ZERO)
+            }
+        }
+    }
+
+    /// Registers (idempotent); `Some(host name)` once approved.
+    fn registered(&mut self) -> Result<Option<String>, ClientError> {
+        let req = RegisterRequest {
+            public_key: self.client.identity().public().to_openssh(),
+            hostname_hint: hostname(self.config),
+            facts: facts(),
+        };
+        let resp = self
+            .client
+            .post::<_, RegisterResponse>(paths::REGISTER, &req)?;
+        self.status.last_contact = Some(now());
+        match resp {
+            RegisterResponse::Pending { code, expires_at } => {
+                if self.status.verification_code.as_deref() != Some(code.as_str()) {
+                    tracing::info!(code = %code, expires_at, "waiting for approval: on an admin machine run `yeet approve NAME {code}`");
+                    println!("verification code: {code}");
+                }
+                self.status.enrollment = "pending-approval".into();
+                self.status.verification_code = Some(code);
+                self.status.code_expires_at = Some(expires_at);
+                Ok(None)
+            }
+            RegisterResponse::Approved { host } => {
+                if self.status.host.as_deref() != Some(host.as_str()) {
+                    tracing::info!(host = %host, "approved");
+                }
+                self.status.enrollment = "approved".into();
+                self.status.verification_code = None;
+                self.status.code_expires_at = None;
+                self.status.host = Some(host.clone());
+                Ok(Some(host))
+            }
+        }
+    }
+
+    fn checkin(
+        &mut self,
+        state: AgentState,
+        wait: Duration,
+    ) -> Result<CheckinResponse, ClientError> {
+        let req = CheckinRequest {
+            current_system: system_link(CURRENT_SYSTEM),
+            booted_system: system_link(BOOTED_SYSTEM),
+            state,
+            facts: facts(),
+            wait_secs: wait.as_secs(),
+        };
+        let resp = self
+            .client
+            .post::<_, CheckinResponse>(paths::CHECKIN, &req)?;
+        self.status.last_contact = Some(now());
+        Ok(resp)
+    }
+
+    /// No activation in progress: hold a long-poll and start one when told to.
+    fn idle_checkin(&mut self) -> Result<Duration, ClientError> {
+        self.status.activation = None;
+        let state = match (system_link(BOOTED_SYSTEM), system_link(CURRENT_SYSTEM)) {
+            (Some(booted), Some(current)) if system::kernel_differs(&booted, &current) => {
+                AgentState::RebootRequired
+            }
+            _ => AgentState::Standby,
+        };
+        let started = Instant::now();
+        let resp = self.checkin(state, self.config.long_poll)?;
+        match resp.action {
+            Action::Switch {
                 store_path,
                 release_id,
-            } = &resp.action
-            {
-                tracing::info!(host, %store_path, release_id, "desired system differs from the current one");
+                caches,
+            } => {
+                self.start_activation(store_path, release_id, caches);
+                Ok(Duration::ZERO)
             }
-            Ok(Duration::from_secs(resp.next_checkin_secs.max(1)))
+            // A held check-in already waited; one answered at once (long-poll off) waits the interval.
+            Action::None => {
+                Ok(Duration::from_secs(resp.next_checkin_secs).saturating_sub(started.elapsed()))
+            }
         }
-        // Removed by an admin: go back to registering (the next round shows a new code).
-        Err(e) if e.api_code() == Some("unknown_key") => {
-            tracing::warn!(
-                host,
-                "this host was removed from the fleet; registering again"
-            );
-            Ok(Duration::ZERO)
+    }
+
+    fn start_activation(&mut self, store_path: String, release_id: i64, caches: Vec<String>) {
+        tracing::info!(%store_path, release_id, "activating a new system");
+        let st = ActivationState {
+            store_path,
+            release_id: Some(release_id),
+            caches,
+            previous_system: system_link(CURRENT_SYSTEM),
+            mode: self.config.activation_mode,
+            trusted_keys: self
+                .config
+                .trusted_keys
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            confirm_timeout_secs: self.config.confirm_timeout.as_secs(),
+            started_at: now(),
+            phase: Phase::Pending,
+            confirm_deadline: None,
+            result: None,
+            reason: String::new(),
+            reboot_required: false,
+            finished_at: None,
+        };
+        if let Err(e) = self.state.clear().and_then(|_| self.state.save(&st)) {
+            tracing::error!(error = %e, "cannot record the activation; not starting it");
+            return;
         }
-        Err(e) => Err(e),
+        self.spawn_activator();
+    }
+
+    /// Starts `yeet-agent activate` outside this process's lifetime: a transient systemd unit
+    /// where systemd runs, a new session (`setsid`) otherwise.
+    fn spawn_activator(&self) {
+        let exe = match std::env::current_exe() {
+            Ok(e) => e,
+            Err(e) => return tracing::error!(error = %e, "cannot find my own executable"),
+        };
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(self.state.log_path());
+        let mut cmd = if Path::new("/run/systemd/system").exists() {
+            let mut c = Command::new("systemd-run");
+            c.args([
+                "--quiet",
+                "--collect",
+                "--service-type=exec",
+                &format!("--unit=yeet-activate-{}", now()),
+            ])
+            .arg(&exe);
+            c
+        } else {
+            let mut c = Command::new("setsid");
+            c.arg("--fork").arg(&exe);
+            c
+        };
+        cmd.arg("activate").stdin(Stdio::null());
+        if let Some((out, err)) = log.ok().and_then(|l| l.try_clone().ok().map(|e| (l, e))) {
+            cmd.stdout(out).stderr(err);
+        }
+        match cmd.status() {
+            Ok(s) if s.success() => {}
+            Ok(s) => tracing::error!(status = %s, "the activation process could not be started"),
+            Err(e) => tracing::error!(error = %e, "the activation process could not be started"),
+        }
+    }
+
+    /// An activation is recorded: report it when done, resume it when its process died,
+    /// confirm it when the new system is up, and keep checking in meanwhile.
+    fn tend_activation(
+        &mut self,
+        host: &str,
+        st: ActivationState,
+    ) -> Result<Duration, ClientError> {
+        self.status.activation = Some(format!("{:?} {}", st.phase, st.store_path).to_lowercase());
+        if st.phase == Phase::Done {
+            return self.report(host, &st).map(|_| Duration::ZERO);
+        }
+        let alive = self.state.activator_alive().unwrap_or(false);
+        if !alive {
+            tracing::warn!(phase = ?st.phase, "the activation process is gone; resuming the activation");
+            let mut resumed = st.clone();
+            if resumed.phase == Phase::Switched {
+                // The system may have been down (a reboot): give the new system a full window.
+                resumed.confirm_deadline = Some(now() + resumed.confirm_timeout_secs as i64);
+                let _ = self.state.save(&resumed);
+            }
+            self.spawn_activator();
+            return Ok(Duration::from_millis(500));
+        }
+        let running_new = system_link(CURRENT_SYSTEM).as_deref() == Some(st.store_path.as_str());
+        self.checkin(AgentState::Updating, Duration::ZERO)?;
+        if st.phase == Phase::Switched
+            && running_new
+            && !self.state.is_confirmed()
+            && self.state.rejected().is_none()
+        {
+            // This check-in reached the server from the new system; now the health check.
+            let log = File::options()
+                .create(true)
+                .append(true)
+                .open(self.state.log_path());
+            let health = match (&self.config.health_check, &log) {
+                (Some(cmd), Ok(log)) => system::health_check(cmd, log),
+                (Some(_), Err(e)) => Err(format!("cannot open the activation log: {e}")),
+                (None, _) => Ok(()),
+            };
+            let marked = match health {
+                Ok(()) => self.state.mark_confirmed(),
+                Err(why) => self.state.mark_rejected(&why),
+            };
+            if let Err(e) = marked {
+                tracing::error!(error = %e, "cannot record the confirmation");
+            }
+        }
+        Ok(Duration::from_millis(500))
+    }
+
+    fn report(&mut self, host: &str, st: &ActivationState) -> Result<(), ClientError> {
+        let Some(result) = st.result else {
+            return Ok(());
+        };
+        let report = ActivationReport {
+            store_path: st.store_path.clone(),
+            release_id: st.release_id,
+            result,
+            reason: st.reason.clone(),
+            started_at: st.started_at,
+            finished_at: st.finished_at.unwrap_or_else(now),
+            reboot_required: st.reboot_required,
+            log_gzip_base64: pack_log(&self.state.log_tail(MAX_REPORTED_LOG)),
+        };
+        let _: yeet_proto::api::Activation = self.client.post(paths::REPORT, &report)?;
+        tracing::info!(host, result = result.as_str(), reason = %st.reason, "activation reported");
+        if let Err(e) = self.state.clear() {
+            tracing::error!(error = %e, "cannot clear the reported activation");
+        }
+        Ok(())
     }
 }

@@ -1,5 +1,10 @@
-//! yeet-agent as a library: configuration, identity, and the enrollment and check-in loop.
-//! Activation, the varlink socket and secrets arrive with the agent issue.
+//! yeet-agent as a library: configuration, the daemon loop, fetching with the host's own
+//! trust, the out-of-process activation, and the state that lets an interrupted activation
+//! finish.
 
+pub mod activate;
 pub mod config;
 pub mod daemon;
+pub mod fetch;
+pub mod state;
+pub mod system;

@@ -1,8 +1,12 @@
-//! The `yeet-agent` binary: `yeet-agent run` is the daemon.
+//! The `yeet-agent` binary: `run` is the daemon, `status` shows what it is doing, and
+//! `activate` is the detached activation process the daemon starts.
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::sync::atomic::AtomicBool;
-use yeet_agent::config::{AgentArgs, Config};
+use yeet_agent::config::{AgentArgs, Config, STATE_DIR};
+use yeet_agent::daemon::{Status, status_path};
+use yeet_agent::state::StateDir;
 
 #[derive(Parser)]
 #[command(
@@ -17,8 +21,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the agent: register (printing the verification code), then check in.
+    /// Run the agent: register (printing the verification code), then check in and activate.
     Run(AgentArgs),
+    /// Show the agent's enrollment (with the verification code), contact and activation.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Internal: the detached activation process started by `run`.
+    #[command(hide = true)]
+    Activate,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -35,6 +47,40 @@ fn main() -> anyhow::Result<()> {
             // Stopped by SIGTERM/SIGINT's default action; the flag is for embedding and tests.
             let stop = AtomicBool::new(false);
             yeet_agent::daemon::run(&config, &stop)
+        }
+        Command::Activate => Ok(yeet_agent::activate::run(&StateDir::new(STATE_DIR))?),
+        Command::Status { json } => {
+            let path = status_path();
+            let text = std::fs::read_to_string(&path).with_context(|| {
+                format!("cannot read {}: is yeet-agent running?", path.display())
+            })?;
+            let status: Status = serde_json::from_str(&text)
+                .with_context(|| format!("{} is corrupt", path.display()))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+                return Ok(());
+            }
+            println!("server:        {}", status.server);
+            println!("key:           {}", status.key_id);
+            match (&status.host, &status.verification_code) {
+                (Some(host), _) => println!("host:          {host} (approved)"),
+                (None, Some(code)) => println!(
+                    "waiting for approval; verification code: {code}\n  on an admin machine: yeet approve NAME {code}"
+                ),
+                (None, None) => println!("registering"),
+            }
+            println!(
+                "system:        {}",
+                status.current_system.as_deref().unwrap_or("-")
+            );
+            println!(
+                "activation:    {}",
+                status.activation.as_deref().unwrap_or("none")
+            );
+            if let Some(e) = &status.last_error {
+                println!("last error:    {e}");
+            }
+            Ok(())
         }
     }
 }

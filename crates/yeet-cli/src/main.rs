@@ -11,8 +11,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 use yeet_client::Client;
 use yeet_proto::api::{
-    ApproveRequest, CreateReleaseRequest, HostInfo, PendingRegistration, RejectRequest, Release,
-    RenameRequest, WhoAmI, paths,
+    Activation, ActivationLog, ApproveRequest, CreateReleaseRequest, HostInfo, PendingRegistration,
+    RejectRequest, Release, RenameRequest, WhoAmI, paths,
 };
 
 #[derive(Parser)]
@@ -67,6 +67,20 @@ enum Command {
     Status {
         /// Show one host only.
         host: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a host's latest activation and its log.
+    Log {
+        host: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a host's past activation attempts, newest first.
+    History {
+        host: String,
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
         #[arg(long)]
         json: bool,
     },
@@ -257,8 +271,15 @@ fn run(cli: Cli) -> Result<()> {
                 println!("{}", output::host_detail(h));
                 return Ok(());
             }
-            let mut t =
-                output::table(["HOST", "STATE", "CURRENT", "DESIRED", "LAST SEEN", "AGENT"]);
+            let mut t = output::table([
+                "HOST",
+                "STATE",
+                "CURRENT",
+                "DESIRED",
+                "LAST RESULT",
+                "LAST SEEN",
+                "AGENT",
+            ]);
             for h in &hosts {
                 let desired = match (&h.desired_system, &h.current_system) {
                     (Some(d), Some(c)) if d == c => "= current".to_owned(),
@@ -269,8 +290,49 @@ fn run(cli: Cli) -> Result<()> {
                     h.state.as_str(),
                     &output::short_path(h.current_system.as_deref()),
                     &desired,
+                    h.last_result.map(|r| r.as_str()).unwrap_or("-"),
                     &output::ago(h.last_seen),
                     &h.facts.agent_version,
+                ]);
+            }
+            println!("{t}");
+        }
+        Command::Log { host, json } => {
+            yeet_proto::names::validate_host_name(host)?;
+            let log: ActivationLog = connect(&cli)?.get(&paths::host_log(host))?;
+            if *json {
+                return output::json(&log);
+            }
+            let a = &log.activation;
+            println!(
+                "{} {} {} ({}): {}",
+                a.host,
+                a.result.as_str(),
+                a.store_path,
+                output::ago(Some(a.finished_at)),
+                a.reason
+            );
+            println!("{}", log.log.trim_end());
+        }
+        Command::History { host, limit, json } => {
+            yeet_proto::names::validate_host_name(host)?;
+            let history: Vec<Activation> =
+                connect(&cli)?.get(&format!("{}?limit={limit}", paths::host_activations(host)))?;
+            if *json {
+                return output::json(&history);
+            }
+            let mut t = output::table(["WHEN", "RESULT", "SYSTEM", "RELEASE", "REASON"]);
+            for a in &history {
+                let release = a
+                    .release_id
+                    .map(|r| r.to_string())
+                    .unwrap_or_else(|| "-".into());
+                t.add_row([
+                    &output::ago(Some(a.finished_at)),
+                    a.result.as_str(),
+                    &output::short_path(Some(&a.store_path)),
+                    &release,
+                    &a.reason,
                 ]);
             }
             println!("{t}");

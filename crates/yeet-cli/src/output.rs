@@ -54,6 +54,12 @@ pub fn host_detail(h: &yeet_proto::api::HostInfo) -> Table {
             "desired release",
             or_dash(h.desired_release.map(|r| r.to_string())),
         ),
+        (
+            "last result",
+            h.last_result
+                .map(|r| r.as_str().to_owned())
+                .unwrap_or_else(|| "-".into()),
+        ),
         ("last seen", ago(h.last_seen)),
         ("approved", ago(Some(h.approved_at))),
         ("os/arch", format!("{}/{}", h.facts.os, h.facts.arch)),

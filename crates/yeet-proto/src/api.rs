@@ -179,8 +179,13 @@ pub struct ActivationLog {
 pub enum Action {
     /// Keep running what you run.
     None,
-    /// Switch to this system.
-    Switch { store_path: String, release_id: i64 },
+    /// Switch to this system, fetching it from these binary caches (substituter URLs).
+    Switch {
+        store_path: String,
+        release_id: i64,
+        #[serde(default)]
+        caches: Vec<String>,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -291,6 +296,9 @@ pub struct HostInfo {
     pub last_seen: Option<i64>,
     pub approved_at: i64,
     pub facts: Facts,
+    /// How the host's newest activation attempt ended.
+    #[serde(default)]
+    pub last_result: Option<ActivationResult>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -325,10 +333,11 @@ mod tests {
         let a = Action::Switch {
             store_path: "/nix/store/x".into(),
             release_id: 3,
+            caches: vec![],
         };
         assert_eq!(
             serde_json::to_string(&a).unwrap(),
-            r#"{"type":"switch","store_path":"/nix/store/x","release_id":3}"#
+            r#"{"type":"switch","store_path":"/nix/store/x","release_id":3,"caches":[]}"#
         );
         assert_eq!(
             serde_json::to_string(&Action::None).unwrap(),

@@ -43,6 +43,8 @@ pub struct FileConfig {
     pub checkin_interval_secs: Option<u64>,
     pub offline_after_secs: Option<i64>,
     pub max_long_poll_secs: Option<u64>,
+    /// Binary caches hosts fetch from, e.g. ["https://cache.example.org"].
+    pub caches: Option<Vec<String>>,
     pub last_seen_flush_ms: Option<u64>,
 }
 
@@ -129,6 +131,7 @@ impl Config {
                 .unwrap_or(d.checkin_interval_secs),
             offline_after_secs: file.offline_after_secs.unwrap_or(d.offline_after_secs),
             max_long_poll_secs: file.max_long_poll_secs.unwrap_or(d.max_long_poll_secs),
+            caches: file.caches.unwrap_or(d.caches),
         };
         if service.skew_secs <= 0
             || service.code_ttl_secs <= 0

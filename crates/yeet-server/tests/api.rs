@@ -1093,3 +1093,65 @@ async fn long_poll_answers_when_a_release_lands() {
         (StatusCode::OK, Some("none"))
     );
 }
+
+#[tokio::test]
+async fn a_system_that_failed_on_a_host_is_not_offered_again() {
+    let api = Api::new(ServiceConfig::default()).await;
+    let checkin = br#"{"current_system": null, "facts": {"os":"","arch":"","agent_version":""}}"#;
+    let release = |path: &str| serde_json::to_vec(&json!({"hosts": {"host-a": path}})).unwrap();
+    let (s, _) = api
+        .call(
+            "POST",
+            paths::RELEASES,
+            &release(PATH_A),
+            Sign::By(&api.publisher),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, v) = api
+        .call("POST", paths::CHECKIN, checkin, Sign::By(&api.host_a))
+        .await;
+    assert_eq!(v["action"]["type"], "switch");
+    let report = json!({"store_path": PATH_A, "release_id": 1, "result": "rolled-back", "reason": "switch failed", "started_at": 1, "finished_at": 2});
+    let (s, _) = api
+        .call(
+            "POST",
+            paths::REPORT,
+            &serde_json::to_vec(&report).unwrap(),
+            Sign::By(&api.host_a),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, v) = api
+        .call("POST", paths::CHECKIN, checkin, Sign::By(&api.host_a))
+        .await;
+    assert_eq!(
+        v["action"]["type"], "none",
+        "a failed system was offered again: {v}"
+    );
+    let (_, host) = api
+        .call("GET", &paths::host("host-a"), b"", Sign::By(&api.viewer))
+        .await;
+    assert_eq!(
+        (host["state"].as_str(), host["last_result"].as_str()),
+        (Some("rolled-back"), Some("rolled-back")),
+        "{host}"
+    );
+    // A newer release with another system is offered.
+    let fixed = "/nix/store/q322pzff5rm7kwfwfbhcza6wr2b84wlm-system-fixed";
+    api.call(
+        "POST",
+        paths::RELEASES,
+        &release(fixed),
+        Sign::By(&api.publisher),
+    )
+    .await;
+    let (_, v) = api
+        .call("POST", paths::CHECKIN, checkin, Sign::By(&api.host_a))
+        .await;
+    assert_eq!(v["action"]["store_path"], fixed);
+    let (_, host) = api
+        .call("GET", &paths::host("host-a"), b"", Sign::By(&api.viewer))
+        .await;
+    assert_eq!(host["state"], "standby", "{host}");
+}

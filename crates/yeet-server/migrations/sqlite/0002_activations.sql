@@ -14,3 +14,8 @@ CREATE TABLE activations (
     log_gzip BLOB NOT NULL
 );
 CREATE INDEX activations_host ON activations (host_id, id);
+
+-- The newest activation result per host, so that check-ins need no history scan: a system
+-- that failed on a host is not offered to it again until a newer release names another.
+ALTER TABLE hosts ADD COLUMN last_result TEXT;
+ALTER TABLE hosts ADD COLUMN last_result_path TEXT;

@@ -84,7 +84,7 @@ impl Service {
             finished_at: report.finished_at,
             reboot_required: i64::from(report.reboot_required),
         };
-        let id = self.store.insert_activation(&row, &log_gzip).await?;
+        let id = self.store.record_activation(&row, &log_gzip).await?;
         tracing::info!(host = host_name, result = %row.result, reason = %row.reason, "activation reported");
         Ok(to_api(ActivationRow { id, ..row }))
     }

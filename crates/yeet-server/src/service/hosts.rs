@@ -19,12 +19,21 @@ fn agent_state_str(s: AgentState) -> &'static str {
     }
 }
 
-fn host_state(row: &HostRow, last_seen: Option<i64>, offline_after: i64, now: i64) -> HostState {
+fn host_state(
+    row: &HostRow,
+    desired: Option<&str>,
+    last_seen: Option<i64>,
+    offline_after: i64,
+    now: i64,
+) -> HostState {
+    let failed_desired = row.last_result.as_deref().is_some_and(|r| r != "confirmed")
+        && row.last_result_path.as_deref() == desired;
     match last_seen {
         None => HostState::New,
         Some(t) if now - t > offline_after => HostState::Offline,
         Some(_) => match row.state.as_str() {
             "updating" => HostState::Updating,
+            _ if failed_desired => HostState::RolledBack,
             "rolled-back" => HostState::RolledBack,
             "reboot-required" => HostState::RebootRequired,
             _ => HostState::Standby,
@@ -39,7 +48,14 @@ impl Service {
         let last_seen = row.last_seen.max(pending_seen);
         let desired = self.desired.read().await.get(&row.id).cloned();
         HostInfo {
-            state: host_state(&row, last_seen, self.config.offline_after_secs, now()),
+            state: host_state(
+                &row,
+                desired.as_ref().map(|d| d.store_path.as_str()),
+                last_seen,
+                self.config.offline_after_secs,
+                now(),
+            ),
+            last_result: row.last_result.as_deref().and_then(|r| r.parse().ok()),
             name: row.name,
             key_id: row.key_id,
             current_system: row.current_system,
@@ -123,6 +139,17 @@ impl Service {
         Ok(())
     }
 
+    /// True when `path` already failed on this host: it is not offered again (that would
+    /// loop through fetch, switch and rollback forever) until a release names another path.
+    /// Read from the database, on the rare check-ins that would start a switch.
+    async fn failed_on(&self, host_id: i64, path: &str) -> Result<bool> {
+        let row = self.store.host_by_id(host_id).await?;
+        Ok(row.is_some_and(|h| {
+            h.last_result_path.as_deref() == Some(path)
+                && h.last_result.as_deref() != Some("confirmed")
+        }))
+    }
+
     /// A host's check-in: record what it runs, answer what it should run. Costs no database
     /// write unless the report changed; last-seen is batched.
     pub async fn checkin(
@@ -161,13 +188,19 @@ impl Service {
         let hold = Duration::from_secs(req.wait_secs.min(self.config.max_long_poll_secs));
         let deadline = tokio::time::Instant::now() + hold;
         loop {
-            let action = match self.desired.read().await.get(&host_id) {
-                Some(d) if req.current_system.as_deref() != Some(d.store_path.as_str()) => {
-                    Action::Switch {
-                        store_path: d.store_path.clone(),
-                        release_id: d.release_id,
-                    }
-                }
+            let candidate = self
+                .desired
+                .read()
+                .await
+                .get(&host_id)
+                .filter(|d| req.current_system.as_deref() != Some(d.store_path.as_str()))
+                .cloned();
+            let action = match candidate {
+                Some(d) if !self.failed_on(host_id, &d.store_path).await? => Action::Switch {
+                    store_path: d.store_path,
+                    release_id: d.release_id,
+                    caches: self.config.caches.clone(),
+                },
                 _ => Action::None,
             };
             let done = action != Action::None

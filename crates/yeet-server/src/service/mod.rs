@@ -38,6 +38,8 @@ pub struct ServiceConfig {
     pub offline_after_secs: i64,
     /// Longest a check-in may be held open waiting for a change.
     pub max_long_poll_secs: u64,
+    /// Binary caches (substituter URLs) hosts fetch systems from.
+    pub caches: Vec<String>,
 }
 
 impl Default for ServiceConfig {
@@ -51,6 +53,7 @@ impl Default for ServiceConfig {
             checkin_interval_secs: 30,
             offline_after_secs: 10 * 60,
             max_long_poll_secs: 55,
+            caches: Vec::new(),
         }
     }
 }

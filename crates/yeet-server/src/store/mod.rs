@@ -68,6 +68,8 @@ pub struct HostRow {
     pub os: String,
     pub arch: String,
     pub agent_version: String,
+    pub last_result: Option<String>,
+    pub last_result_path: Option<String>,
 }
 
 /// What a host last reported; written only when it changes.
@@ -155,7 +157,7 @@ impl EventStream {
     }
 }
 
-const HOST_COLUMNS: &str = "id, name, key_id, public_key, approved_at, approved_by, last_seen, current_system, booted_system, state, os, arch, agent_version";
+const HOST_COLUMNS: &str = "id, name, key_id, public_key, approved_at, approved_by, last_seen, current_system, booted_system, state, os, arch, agent_version, last_result, last_result_path";
 const ACTIVATION_COLUMNS: &str = "id, host_id, host_name, store_path, release_id, result, reason, started_at, finished_at, reboot_required";
 const REGISTRATION_COLUMNS: &str = "key_id, public_key, hostname_hint, os, arch, agent_version, code, code_expires_at, first_seen_ms, last_seen_ms";
 
@@ -582,12 +584,24 @@ impl Store {
 
     // --- activations ---
 
-    pub async fn insert_activation(
+    pub async fn host_by_id(&self, id: i64) -> Result<Option<HostRow>, StoreError> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {HOST_COLUMNS} FROM hosts WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.as_ref().map(HostRow::from_row).transpose()?)
+    }
+
+    /// Records an activation and the host's newest result together.
+    pub async fn record_activation(
         &self,
         a: &ActivationRow,
         log_gzip: &[u8],
     ) -> Result<i64, StoreError> {
-        let id = sqlx::query(
+        let mut tx = self.pool.begin().await?;
+        let id: i64 = sqlx::query(
             "INSERT INTO activations (host_id, host_name, store_path, release_id, result, reason, started_at, finished_at, reboot_required, log_gzip)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
         )
@@ -601,9 +615,16 @@ impl Store {
         .bind(a.finished_at)
         .bind(a.reboot_required)
         .bind(log_gzip)
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *tx)
         .await?
         .try_get("id")?;
+        sqlx::query("UPDATE hosts SET last_result = $1, last_result_path = $2 WHERE id = $3")
+            .bind(&a.result)
+            .bind(&a.store_path)
+            .bind(a.host_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
         Ok(id)
     }
 

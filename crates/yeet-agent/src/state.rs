@@ -1,0 +1,243 @@
+//! The one piece of state the agent keeps: the activation in progress, so that an activation
+//! interrupted by an agent restart, a killed activation process or a reboot can be finished.
+//!
+//! Files in the state directory (`/var/lib/yeet`):
+//! - `activation.json`: what is being activated and how far it got (written atomically);
+//! - `activation.log`: the activation's output, sent to the server with the result;
+//! - `activation.lock`: held (flock) by the activation process for as long as it lives, so
+//!   "is it still running?" has an exact answer even after pid reuse or a reboot;
+//! - `activation.confirmed`: created by the agent once the new system checked in and passed
+//!   its health check; the activation process waits for it;
+//! - `activation.rejected`: created by the agent when the health check failed, with the
+//!   reason; the activation process rolls back at once instead of waiting for the deadline.
+//!
+//! The activation process writes `activation.json`; the agent only creates it (before
+//! starting the process), resolves it when its process died, and removes it after reporting.
+
+use serde::{Deserialize, Serialize};
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+use yeet_proto::api::ActivationResult;
+
+use crate::config::ActivationMode;
+
+#[derive(Debug, Error)]
+pub enum StateError {
+    #[error("cannot access {0}: {1}")]
+    Io(PathBuf, std::io::Error),
+    #[error("activation state {0} is corrupt: {1}")]
+    Corrupt(PathBuf, String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    /// Written by the agent; the activation process has not started yet.
+    Pending,
+    /// Realising the closure from the caches.
+    Fetching,
+    /// Profile set, `switch-to-configuration` running.
+    Switching,
+    /// Switched; waiting for the restarted agent to confirm before the deadline.
+    Switched,
+    /// Finished; `result` says how. The agent reports it and removes the state.
+    Done,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActivationState {
+    pub store_path: String,
+    pub release_id: Option<i64>,
+    pub caches: Vec<String>,
+    /// What `/run/current-system` pointed at before; the rollback target.
+    pub previous_system: Option<String>,
+    pub mode: ActivationMode,
+    /// The host's trusted keys when the activation began (`name:base64`).
+    pub trusted_keys: Vec<String>,
+    pub confirm_timeout_secs: u64,
+    pub started_at: i64,
+    pub phase: Phase,
+    /// Unix time by which the new system must be confirmed.
+    pub confirm_deadline: Option<i64>,
+    pub result: Option<ActivationResult>,
+    pub reason: String,
+    pub reboot_required: bool,
+    pub finished_at: Option<i64>,
+}
+
+/// The activation files of one state directory.
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    dir: PathBuf,
+}
+
+impl StateDir {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        StateDir { dir: dir.into() }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.path("activation.log")
+    }
+
+    fn io(&self, name: &str) -> impl Fn(std::io::Error) -> StateError + '_ {
+        let p = self.path(name);
+        move |e| StateError::Io(p.clone(), e)
+    }
+
+    pub fn load(&self) -> Result<Option<ActivationState>, StateError> {
+        let p = self.path("activation.json");
+        match std::fs::read(&p) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| StateError::Corrupt(p, e.to_string())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StateError::Io(p, e)),
+        }
+    }
+
+    /// Writes the state atomically (temporary file, fsync, rename), so that a crash or a
+    /// full disk leaves either the old state or the new one, never half of each.
+    pub fn save(&self, state: &ActivationState) -> Result<(), StateError> {
+        std::fs::create_dir_all(&self.dir).map_err(|e| StateError::Io(self.dir.clone(), e))?;
+        let tmp = self.path("activation.json.tmp");
+        let bytes = serde_json::to_vec_pretty(state)
+            .map_err(|e| StateError::Corrupt(tmp.clone(), e.to_string()))?;
+        let mut f = File::create(&tmp).map_err(self.io("activation.json.tmp"))?;
+        f.write_all(&bytes)
+            .and_then(|_| f.sync_all())
+            .map_err(self.io("activation.json.tmp"))?;
+        std::fs::rename(&tmp, self.path("activation.json")).map_err(self.io("activation.json"))
+    }
+
+    /// Removes every activation file once the result has been reported.
+    pub fn clear(&self) -> Result<(), StateError> {
+        for name in [
+            "activation.json",
+            "activation.log",
+            "activation.confirmed",
+            "activation.rejected",
+            "activation.json.tmp",
+        ] {
+            match std::fs::remove_file(self.path(name)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(StateError::Io(self.path(name), e));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes the activation lock without waiting; `None` when another live process holds it.
+    /// The lock is released when the returned file is dropped or the process dies.
+    pub fn try_lock(&self) -> Result<Option<File>, StateError> {
+        std::fs::create_dir_all(&self.dir).map_err(|e| StateError::Io(self.dir.clone(), e))?;
+        let f = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.path("activation.lock"))
+            .map_err(self.io("activation.lock"))?;
+        match f.try_lock() {
+            Ok(()) => Ok(Some(f)),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => {
+                Err(StateError::Io(self.path("activation.lock"), e))
+            }
+        }
+    }
+
+    /// True while an activation process is alive.
+    pub fn activator_alive(&self) -> Result<bool, StateError> {
+        Ok(self.try_lock()?.is_none())
+    }
+
+    pub fn mark_confirmed(&self) -> Result<(), StateError> {
+        File::create(self.path("activation.confirmed"))
+            .map(drop)
+            .map_err(self.io("activation.confirmed"))
+    }
+
+    pub fn is_confirmed(&self) -> bool {
+        self.path("activation.confirmed").exists()
+    }
+
+    pub fn mark_rejected(&self, reason: &str) -> Result<(), StateError> {
+        std::fs::write(self.path("activation.rejected"), reason)
+            .map_err(self.io("activation.rejected"))
+    }
+
+    /// Why the agent rejected the new system, if it did.
+    pub fn rejected(&self) -> Option<String> {
+        std::fs::read_to_string(self.path("activation.rejected")).ok()
+    }
+
+    /// The last `max` bytes of the activation log (the end is where failures are).
+    pub fn log_tail(&self, max: usize) -> String {
+        let bytes = std::fs::read(self.log_path()).unwrap_or_default();
+        let start = bytes.len().saturating_sub(max);
+        String::from_utf8_lossy(&bytes[start..]).into_owned()
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> ActivationState {
+        ActivationState {
+            store_path: "/nix/store/q322pzff5rm7kwfwfbhcza6wr2b84wlm-s".into(),
+            release_id: Some(1),
+            caches: vec!["file:///c".into()],
+            previous_system: None,
+            mode: ActivationMode::Switch,
+            trusted_keys: vec![],
+            confirm_timeout_secs: 5,
+            started_at: 1,
+            phase: Phase::Pending,
+            confirm_deadline: None,
+            result: None,
+            reason: String::new(),
+            reboot_required: false,
+            finished_at: None,
+        }
+    }
+
+    #[test]
+    fn saves_loads_clears_and_reports_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        let sd = StateDir::new(dir.path().join("yeet"));
+        assert_eq!(sd.load().unwrap(), None);
+        sd.save(&state()).unwrap();
+        assert_eq!(sd.load().unwrap(), Some(state()));
+        sd.mark_confirmed().unwrap();
+        assert!(sd.is_confirmed());
+        sd.clear().unwrap();
+        assert_eq!(sd.load().unwrap(), None);
+        assert!(!sd.is_confirmed());
+        std::fs::write(dir.path().join("yeet/activation.json"), "{\"store_pa").unwrap();
+        assert!(matches!(sd.load(), Err(StateError::Corrupt(..))));
+    }
+
+    #[test]
+    fn the_lock_tells_whether_an_activator_lives() {
+        let dir = tempfile::tempdir().unwrap();
+        let sd = StateDir::new(dir.path());
+        assert!(!sd.activator_alive().unwrap());
+        let held = sd.try_lock().unwrap().unwrap();
+        assert!(sd.activator_alive().unwrap());
+        drop(held);
+        assert!(!sd.activator_alive().unwrap());
+    }
+}
