@@ -47,6 +47,31 @@ impl Cache {
         format!("file://{}", self.dir.display())
     }
 
+    /// The same cache directory, written with another key (for untrusted signatures).
+    pub fn signing_with(&self, keys_dir: &Path, key_name: &str) -> Cache {
+        Cache {
+            dir: self.dir.clone(),
+            ..Cache::new(keys_dir, key_name)
+        }
+    }
+
+    /// `nix copy` without a key: the narinfos carry no signature at all.
+    pub fn push_unsigned(&self, path: &str) {
+        let out = run(Command::new("nix").args([
+            "--extra-experimental-features",
+            "nix-command",
+            "copy",
+            "--to",
+            &self.url(),
+            path,
+        ]));
+        assert!(
+            out.status.success(),
+            "nix copy failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// `nix copy --to file://...?secret-key=...`: the closure, signed.
     pub fn push(&self, path: &str) {
         let to = format!("{}?secret-key={}", self.url(), self.secret_key.display());
@@ -372,8 +397,15 @@ impl Fleet {
         kernel: &str,
         cache: &Cache,
     ) -> String {
+        let path = self.build(name, variant, kernel);
+        cache.push(&path);
+        path
+    }
+
+    /// Builds a system for this fleet without pushing it anywhere.
+    pub fn build(&self, name: &str, variant: Variant, kernel: &str) -> String {
         let salt = self.dir.path().display().to_string();
-        let path = build_system(
+        build_system(
             name,
             variant,
             kernel,
@@ -381,9 +413,11 @@ impl Fleet {
             &self.cache.public_key,
             self.confirm_timeout,
             &salt,
-        );
-        cache.push(&path);
-        path
+        )
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     /// Boots a new host, waits for its code in `yeet-agent status`, and approves it.
@@ -404,6 +438,12 @@ impl Fleet {
         );
         self.server.yeet(&["approve", name, &code]);
         self.hosts.push(host);
+    }
+
+    /// Boots a host again after `power_off`.
+    pub fn boot(&mut self, name: &str) {
+        let i = self.hosts.iter().position(|h| h.name == name).unwrap();
+        self.hosts[i].start(&self.cache, &self.base);
     }
 
     pub fn host(&mut self, name: &str) -> &mut SimHost {

@@ -84,3 +84,129 @@ fn a_failing_switch_rolls_back_and_its_log_is_kept() {
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(fleet.history("web-1").len(), 1);
 }
+
+#[test]
+fn a_system_that_cuts_the_agent_off_rolls_back_within_the_confirm_timeout() {
+    let fleet = Fleet::new(&["web-1"], 8);
+    let base = fleet.base.clone();
+    let isolated = fleet.system("system-isolated", Variant::DeadServer, "6.1");
+    fleet.publish(&[("web-1", &isolated)], "points the agent at a dead server");
+    let a = fleet.wait_for_activation("web-1", 1, CONVERGE);
+    assert_eq!(a["result"], "rolled-back", "{a}");
+    assert!(
+        a["reason"]
+            .as_str()
+            .unwrap()
+            .contains("not confirmed within 8s"),
+        "{a}"
+    );
+    assert!(
+        a["finished_at"].as_i64().unwrap() - a["started_at"].as_i64().unwrap() < 8 + 30,
+        "{a}"
+    );
+    assert_eq!(
+        fleet.hosts[0].current_system().as_deref(),
+        Some(base.as_str())
+    );
+}
+
+#[test]
+fn a_failing_health_check_rolls_back_at_once() {
+    let fleet = Fleet::new(&["web-1"], 60);
+    let sick = fleet.system("system-sick", Variant::Unhealthy, "6.1");
+    fleet.publish(&[("web-1", &sick)], "fails its health check");
+    let a = fleet.wait_for_activation("web-1", 1, CONVERGE);
+    assert_eq!(a["result"], "rolled-back", "{a}");
+    assert!(
+        a["reason"].as_str().unwrap().contains("health check"),
+        "{a}"
+    );
+    // Rolled back on the health check, not by waiting out the 60 s window.
+    assert!(
+        a["finished_at"].as_i64().unwrap() - a["started_at"].as_i64().unwrap() < 45,
+        "{a}"
+    );
+    let log: serde_json::Value = fleet.server.yeet_json(&["log", "web-1"]);
+    assert!(
+        log["log"]
+            .as_str()
+            .unwrap()
+            .contains("the web service does not answer"),
+        "{log}"
+    );
+}
+
+#[test]
+fn closures_not_signed_by_a_pinned_key_are_never_activated() {
+    let fleet = Fleet::new(&["web-1", "web-2"], 30);
+    let base = fleet.base.clone();
+    let evil = fleet
+        .cache
+        .signing_with(&fleet.dir().join("evil-keys"), "evil-1");
+    let foreign = fleet.system_signed_by("system-foreign", Variant::Good, "6.1", &evil);
+    let unsigned = fleet.build("system-unsigned", Variant::Good, "6.1");
+    fleet.cache.push_unsigned(&unsigned);
+    fleet.publish(&[("web-1", &foreign), ("web-2", &unsigned)], "untrusted");
+    for (host, why) in [("web-1", "evil-1"), ("web-2", "no signature")] {
+        let a = fleet.wait_for_activation(host, 1, CONVERGE);
+        assert_eq!(a["result"], "untrusted", "{host}: {a}");
+        assert!(a["reason"].as_str().unwrap().contains(why), "{host}: {a}");
+    }
+    for h in &fleet.hosts {
+        assert_eq!(
+            h.current_system().as_deref(),
+            Some(base.as_str()),
+            "{} switched to an untrusted system",
+            h.name
+        );
+        let profiles = h.root.join("nix/var/nix/profiles");
+        assert_eq!(
+            std::fs::read_link(profiles.join("system"))
+                .unwrap()
+                .to_str(),
+            Some("system-1-link")
+        );
+        assert!(
+            !profiles.join("system-2-link").exists(),
+            "{}: a generation was added for an untrusted system",
+            h.name
+        );
+    }
+}
+
+#[test]
+fn a_host_offline_through_two_releases_gets_only_the_latest() {
+    let mut fleet = Fleet::new(&["web-1"], 30);
+    let (v2, v3) = (
+        fleet.system("system-v2", Variant::Good, "6.1"),
+        fleet.system("system-v3", Variant::Good, "6.1"),
+    );
+    fleet.host("web-1").power_off();
+    fleet.publish(&[("web-1", &v2)], "v2");
+    fleet.publish(&[("web-1", &v3)], "v3");
+    fleet.boot("web-1");
+    let a = fleet.wait_for_activation("web-1", 1, CONVERGE);
+    assert_eq!(
+        (a["result"].as_str(), a["store_path"].as_str()),
+        (Some("confirmed"), Some(v3.as_str())),
+        "{a}"
+    );
+    wait_until(CONVERGE, "web-1 on v3", || converged(&fleet, &v3));
+    assert_eq!(fleet.history("web-1").len(), 1, "v2 was attempted too");
+}
+
+#[test]
+fn a_kernel_change_is_reported_as_reboot_required() {
+    let fleet = Fleet::new(&["web-1"], 30);
+    let newer = fleet.system("system-kernel", Variant::Good, "6.6");
+    fleet.publish(&[("web-1", &newer)], "new kernel");
+    let a = fleet.wait_for_activation("web-1", 1, CONVERGE);
+    assert_eq!(
+        (a["result"].as_str(), a["reboot_required"].as_bool()),
+        (Some("confirmed"), Some(true)),
+        "{a}"
+    );
+    wait_until(CONVERGE, "status reboot-required", || {
+        fleet.status()["web-1"]["state"] == "reboot-required"
+    });
+}
