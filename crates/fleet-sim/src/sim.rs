@@ -378,9 +378,7 @@ impl Fleet {
             dir,
         };
         fleet.base = fleet.system("base", Variant::Good, "6.1");
-        for name in names {
-            fleet.add_host(name);
-        }
+        fleet.add_hosts(names);
         fleet
     }
 
@@ -420,24 +418,23 @@ impl Fleet {
         self.dir.path()
     }
 
-    /// Boots a new host, waits for its code in `yeet-agent status`, and approves it.
-    pub fn add_host(&mut self, name: &str) {
-        let mut host = SimHost::new(self.dir.path(), name);
-        host.start(&self.cache, &self.base);
-        let mut code = String::new();
-        wait_until(
-            Duration::from_secs(60),
-            &format!("{name} to show a verification code"),
-            || {
-                code = host
-                    .status::<serde_json::Value>()
-                    .and_then(|s| s["verification_code"].as_str().map(str::to_owned))
-                    .unwrap_or_default();
+    /// Boots new hosts, waits for their codes in `yeet-agent status`, and approves them.
+    pub fn add_hosts(&mut self, names: &[&str]) {
+        let mut booted = Vec::new();
+        for name in names {
+            let mut host = SimHost::new(self.dir.path(), name);
+            host.start(&self.cache, &self.base);
+            booted.push(host);
+        }
+        for host in booted {
+            let mut code = String::new();
+            wait_until(Duration::from_secs(120), &format!("{} to show a verification code", host.name), || {
+                code = host.status::<serde_json::Value>().and_then(|s| s["verification_code"].as_str().map(str::to_owned)).unwrap_or_default();
                 !code.is_empty()
-            },
-        );
-        self.server.yeet(&["approve", name, &code]);
-        self.hosts.push(host);
+            });
+            self.server.yeet(&["approve", &host.name, &code]);
+            self.hosts.push(host);
+        }
     }
 
     /// Boots a host again after `power_off`.

@@ -42,6 +42,66 @@ fn three_hosts_switch_and_confirm() {
         text.contains("switch-to-configuration switch") && text.contains("confirmed"),
         "{text}"
     );
+    // The switch restarted every agent (as systemd would), and the activation still confirmed.
+    for h in &fleet.hosts {
+        let starts = h.agent_log().matches("yeet-agent starting").count();
+        assert!(starts >= 2, "{}: the switch did not restart the agent ({starts} starts)", h.name);
+    }
+}
+
+/// Publishes a good system, interrupts the activation with `interrupt` as soon as it has
+/// begun, and checks that the host still converges with exactly one confirmed attempt.
+fn interrupted_activation_converges(interrupt: impl FnOnce(&mut Fleet)) {
+    let mut fleet = Fleet::new(&["web-1"], 30);
+    let v1 = fleet.system("system-v1", Variant::Good, "6.1");
+    let state = fleet.hosts[0].root.join("var-lib-yeet/activation.json");
+    fleet.publish(&[("web-1", &v1)], "v1");
+    wait_until(CONVERGE, "the activation to begin", || state.exists());
+    interrupt(&mut fleet);
+    let a = fleet.wait_for_activation("web-1", 1, CONVERGE);
+    assert_eq!((a["result"].as_str(), a["store_path"].as_str()), (Some("confirmed"), Some(v1.as_str())), "{a}");
+    wait_until(CONVERGE, "web-1 on v1", || converged(&fleet, &v1));
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(fleet.history("web-1").len(), 1, "the activation was reported more than once");
+}
+
+#[test]
+fn killing_the_agent_mid_activation_converges() {
+    interrupted_activation_converges(|fleet| {
+        // The switch itself restarts the agent; catch one that is running.
+        let host = &fleet.hosts[0];
+        wait_until(Duration::from_secs(30), "an agent to kill", || host.kill("yeet-agent run") > 0);
+    });
+}
+
+#[test]
+fn killing_the_activation_process_converges() {
+    interrupted_activation_converges(|fleet| {
+        let host = &fleet.hosts[0];
+        wait_until(Duration::from_secs(30), "an activation process to kill", || host.kill("yeet-agent activate") > 0);
+    });
+}
+
+#[test]
+fn a_power_cut_mid_activation_converges() {
+    interrupted_activation_converges(|fleet| {
+        fleet.host("web-1").power_off();
+        fleet.boot("web-1");
+    });
+}
+
+#[test]
+fn a_publish_reaches_fifty_hosts() {
+    let names: Vec<String> = (1..=50).map(|i| format!("node-{i:02}")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let fleet = Fleet::new(&names, 60);
+    let v1 = fleet.system("system-fleet", Variant::Good, "6.1");
+    let pairs: Vec<(&str, &str)> = names.iter().map(|n| (*n, v1.as_str())).collect();
+    fleet.publish(&pairs, "everyone");
+    wait_until(Duration::from_secs(300), "all 50 hosts to converge", || converged(&fleet, &v1));
+    for n in &names {
+        assert_eq!(fleet.history(n)[0]["result"], "confirmed", "{n}");
+    }
 }
 
 #[test]
