@@ -27,9 +27,14 @@ pub fn bin_dir() -> &'static Path {
             .status()
             .expect("cannot run cargo to build the yeet binaries");
         assert!(status.success(), "building the yeet binaries failed");
-        // tests run from target/<profile>/deps/<test>
+        // Tests run from target/<profile>/deps/, binaries (the demo) from target/<profile>/.
         let exe = std::env::current_exe().unwrap();
-        exe.parent().and_then(Path::parent).unwrap().to_owned()
+        let dir = exe.parent().unwrap();
+        if dir.ends_with("deps") {
+            dir.parent().unwrap().to_owned()
+        } else {
+            dir.to_owned()
+        }
     })
 }
 
@@ -37,6 +42,13 @@ pub fn bin(name: &str) -> PathBuf {
     let p = bin_dir().join(name);
     assert!(p.exists(), "{} is missing", p.display());
     p
+}
+
+static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Stops echoing child processes' output to stderr (the demo shows only its own steps).
+pub fn set_quiet(quiet: bool) {
+    QUIET.store(quiet, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// Output lines of a child process, collected by a background thread.
@@ -48,7 +60,9 @@ impl Lines {
         let lines = self.0.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                eprintln!("[{echo}] {line}");
+                if !QUIET.load(std::sync::atomic::Ordering::Relaxed) {
+                    eprintln!("[{echo}] {line}");
+                }
                 lines.lock().unwrap().push(line);
             }
         });
@@ -243,7 +257,9 @@ impl Server {
             .unwrap_or_else(|e| panic!("yeet {args:?} printed invalid JSON ({e}): {text}"))
     }
 
-    /// Starts `yeet-agent run` with `key` against this server.
+    /// Starts `yeet-agent run` with `key` against this server, on this machine itself: only
+    /// for registration tests. An approved agent activates systems, so tests that approve
+    /// use `sim::SimHost`, which runs the agent in its own namespaces.
     pub fn agent(&self, key: &Path, extra: &[&str]) -> Proc {
         let mut c = Command::new(bin("yeet-agent"));
         c.args([

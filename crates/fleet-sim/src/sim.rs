@@ -363,10 +363,16 @@ pub fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
 
 impl Fleet {
     pub fn new(names: &[&str], confirm_timeout: u64) -> Fleet {
+        Self::with_database(names, confirm_timeout, None)
+    }
+
+    /// A fleet whose server uses `database` (SQLite in its state directory when `None`).
+    pub fn with_database(names: &[&str], confirm_timeout: u64, database: Option<String>) -> Fleet {
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::new(&dir.path().join("cache-keys"), "fleet-1");
         let server = Server::start(ServerOptions {
             config: format!("caches = [\"{}\"]\n", cache.url()),
+            database,
             ..Default::default()
         });
         let mut fleet = Fleet {
@@ -420,18 +426,31 @@ impl Fleet {
 
     /// Boots new hosts, waits for their codes in `yeet-agent status`, and approves them.
     pub fn add_hosts(&mut self, names: &[&str]) {
-        let mut booted = Vec::new();
-        for name in names {
-            let mut host = SimHost::new(self.dir.path(), name);
-            host.start(&self.cache, &self.base);
-            booted.push(host);
-        }
+        let booted = names.iter().map(|name| self.boot_new_host(name)).collect();
+        self.approve_all(booted);
+    }
+
+    /// Boots a host without approving it.
+    pub fn boot_new_host(&self, name: &str) -> SimHost {
+        let mut host = SimHost::new(self.dir.path(), name);
+        host.start(&self.cache, &self.base);
+        host
+    }
+
+    fn approve_all(&mut self, booted: Vec<SimHost>) {
         for host in booted {
             let mut code = String::new();
-            wait_until(Duration::from_secs(120), &format!("{} to show a verification code", host.name), || {
-                code = host.status::<serde_json::Value>().and_then(|s| s["verification_code"].as_str().map(str::to_owned)).unwrap_or_default();
-                !code.is_empty()
-            });
+            wait_until(
+                Duration::from_secs(120),
+                &format!("{} to show a verification code", host.name),
+                || {
+                    code = host
+                        .status::<serde_json::Value>()
+                        .and_then(|s| s["verification_code"].as_str().map(str::to_owned))
+                        .unwrap_or_default();
+                    !code.is_empty()
+                },
+            );
             self.server.yeet(&["approve", &host.name, &code]);
             self.hosts.push(host);
         }

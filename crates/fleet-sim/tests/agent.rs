@@ -45,7 +45,11 @@ fn three_hosts_switch_and_confirm() {
     // The switch restarted every agent (as systemd would), and the activation still confirmed.
     for h in &fleet.hosts {
         let starts = h.agent_log().matches("yeet-agent starting").count();
-        assert!(starts >= 2, "{}: the switch did not restart the agent ({starts} starts)", h.name);
+        assert!(
+            starts >= 2,
+            "{}: the switch did not restart the agent ({starts} starts)",
+            h.name
+        );
     }
 }
 
@@ -59,10 +63,18 @@ fn interrupted_activation_converges(interrupt: impl FnOnce(&mut Fleet)) {
     wait_until(CONVERGE, "the activation to begin", || state.exists());
     interrupt(&mut fleet);
     let a = fleet.wait_for_activation("web-1", 1, CONVERGE);
-    assert_eq!((a["result"].as_str(), a["store_path"].as_str()), (Some("confirmed"), Some(v1.as_str())), "{a}");
+    assert_eq!(
+        (a["result"].as_str(), a["store_path"].as_str()),
+        (Some("confirmed"), Some(v1.as_str())),
+        "{a}"
+    );
     wait_until(CONVERGE, "web-1 on v1", || converged(&fleet, &v1));
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(fleet.history("web-1").len(), 1, "the activation was reported more than once");
+    assert_eq!(
+        fleet.history("web-1").len(),
+        1,
+        "the activation was reported more than once"
+    );
 }
 
 #[test]
@@ -70,7 +82,9 @@ fn killing_the_agent_mid_activation_converges() {
     interrupted_activation_converges(|fleet| {
         // The switch itself restarts the agent; catch one that is running.
         let host = &fleet.hosts[0];
-        wait_until(Duration::from_secs(30), "an agent to kill", || host.kill("yeet-agent run") > 0);
+        wait_until(Duration::from_secs(30), "an agent to kill", || {
+            host.kill("yeet-agent run") > 0
+        });
     });
 }
 
@@ -78,7 +92,11 @@ fn killing_the_agent_mid_activation_converges() {
 fn killing_the_activation_process_converges() {
     interrupted_activation_converges(|fleet| {
         let host = &fleet.hosts[0];
-        wait_until(Duration::from_secs(30), "an activation process to kill", || host.kill("yeet-agent activate") > 0);
+        wait_until(
+            Duration::from_secs(30),
+            "an activation process to kill",
+            || host.kill("yeet-agent activate") > 0,
+        );
     });
 }
 
@@ -98,7 +116,9 @@ fn a_publish_reaches_fifty_hosts() {
     let v1 = fleet.system("system-fleet", Variant::Good, "6.1");
     let pairs: Vec<(&str, &str)> = names.iter().map(|n| (*n, v1.as_str())).collect();
     fleet.publish(&pairs, "everyone");
-    wait_until(Duration::from_secs(300), "all 50 hosts to converge", || converged(&fleet, &v1));
+    wait_until(Duration::from_secs(300), "all 50 hosts to converge", || {
+        converged(&fleet, &v1)
+    });
     for n in &names {
         assert_eq!(fleet.history(n)[0]["result"], "confirmed", "{n}");
     }

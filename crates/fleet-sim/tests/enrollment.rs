@@ -4,45 +4,46 @@
 
 #![allow(clippy::unwrap_used)]
 
+use fleet_sim::sim::{Fleet, Variant, wait_until};
 use fleet_sim::{
     Server, ServerOptions, code_in, fresh_postgres_database, run, ssh_host_key, test_certificates,
 };
 use serde_json::Value;
 use std::time::Duration;
 
-const SYSTEM: &str = "/nix/store/q322pzff5rm7kwfwfbhcza6wr2b84wlm-nixos-system-web-1";
-
-fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + timeout;
-    while !f() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn enroll_approve_publish_status_on_sqlite() {
-    enroll_approve_publish_status(ServerOptions::default());
+    enroll_approve_publish_status(None);
 }
 
 #[test]
 fn enroll_approve_publish_status_on_postgres() {
-    enroll_approve_publish_status(ServerOptions {
-        database: Some(fresh_postgres_database()),
-        ..Default::default()
-    });
+    enroll_approve_publish_status(Some(fresh_postgres_database()));
 }
 
-fn enroll_approve_publish_status(options: ServerOptions) {
-    let mut server = Server::start(options);
-    let key = ssh_host_key(server.dir.path(), "host_key");
-    let agent = server.agent(&key, &[]);
-    let code = agent
-        .stdout
-        .wait_for(Duration::from_secs(30), "the verification code", code_in);
+/// The agent runs in a simulated host (its own /nix, /run, /etc/yeet, /var/lib/yeet), since
+/// once approved it really activates what is published.
+fn enroll_approve_publish_status(database: Option<String>) {
+    let fleet = Fleet::with_database(&[], 30, database);
+    let system = fleet.system("nixos-system-web-1", Variant::Good, "6.1");
+    let host = fleet.boot_new_host("web-1");
+    let mut code = String::new();
+    wait_until(
+        Duration::from_secs(60),
+        "the agent to print its code",
+        || {
+            code = host
+                .agent_log()
+                .lines()
+                .find_map(code_in)
+                .unwrap_or_default();
+            !code.is_empty()
+        },
+    );
+    // `yeet-agent status` shows the same code.
+    let status: Value = host.status().unwrap();
+    assert_eq!(status["verification_code"], code.as_str());
+    let server = &fleet.server;
 
     let pending: Vec<Value> = server.yeet_json(&["pending"]);
     assert_eq!(pending.len(), 1);
@@ -66,22 +67,17 @@ fn enroll_approve_publish_status(options: ServerOptions) {
     );
 
     server.yeet(&["approve", "web-1", &code.to_lowercase()]);
-    agent.stderr.wait_for(
-        Duration::from_secs(30),
-        "the agent to learn it was approved",
-        |l| l.contains("approved").then_some(()),
-    );
     let out = server.yeet(&[
         "publish",
         "--path",
-        &format!("web-1={SYSTEM}"),
+        &format!("web-1={system}"),
         "-m",
         "first release",
     ]);
     assert!(out.contains("release 1"), "{out}");
 
     wait_until(
-        Duration::from_secs(30),
+        Duration::from_secs(60),
         "status to show the checked-in host",
         || {
             let hosts: Vec<Value> = server.yeet_json(&["status"]);
@@ -90,9 +86,8 @@ fn enroll_approve_publish_status(options: ServerOptions) {
     );
     let hosts: Vec<Value> = server.yeet_json(&["status"]);
     assert_eq!(hosts[0]["name"], "web-1");
-    assert_eq!(hosts[0]["desired_system"], SYSTEM);
+    assert_eq!(hosts[0]["desired_system"], system.as_str());
     assert_eq!(hosts[0]["desired_release"], 1);
-    assert_eq!(hosts[0]["state"], "standby");
     assert_eq!(
         hosts[0]["facts"]["agent_version"],
         env!("CARGO_PKG_VERSION")
@@ -106,7 +101,7 @@ fn enroll_approve_publish_status(options: ServerOptions) {
     );
     let detail = server.yeet(&["status", "web-1"]);
     assert!(
-        detail.contains(SYSTEM) && detail.contains(hosts[0]["key_id"].as_str().unwrap()),
+        detail.contains(&system) && detail.contains(hosts[0]["key_id"].as_str().unwrap()),
         "{detail}"
     );
     let releases: Vec<Value> = server.yeet_json(&["releases"]);
@@ -117,13 +112,20 @@ fn enroll_approve_publish_status(options: ServerOptions) {
         ),
         (Some("first release"), Some("admin"))
     );
-    agent.stderr.wait_for(
-        Duration::from_secs(30),
-        "the agent to see its desired system",
-        |l| l.contains(SYSTEM).then_some(()),
+    wait_until(
+        Duration::from_secs(120),
+        "the host to run the published system",
+        || {
+            let hosts: Vec<Value> = server.yeet_json(&["status"]);
+            hosts[0]["current_system"] == system.as_str() && hosts[0]["state"] == "standby"
+        },
     );
+}
 
-    // Graceful shutdown: SIGTERM ends the server cleanly.
+#[test]
+fn the_server_shuts_down_gracefully() {
+    let mut server = Server::start(ServerOptions::default());
+    server.yeet(&["whoami"]);
     assert!(server.proc.terminate().success());
 }
 
