@@ -21,14 +21,17 @@ pub fn bin_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let exe = std::env::current_exe().unwrap();
+        // The benchmark runs from a release build and measures release binaries.
+        let release = exe.components().any(|c| c.as_os_str() == "release");
         let status = Command::new(cargo)
             .args(["build", "--quiet", "--workspace", "--all-targets"])
+            .args(release.then_some("--release"))
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()
             .expect("cannot run cargo to build the yeet binaries");
         assert!(status.success(), "building the yeet binaries failed");
         // Tests run from target/<profile>/deps/, binaries (the demo) from target/<profile>/.
-        let exe = std::env::current_exe().unwrap();
         let dir = exe.parent().unwrap();
         if dir.ends_with("deps") {
             dir.parent().unwrap().to_owned()

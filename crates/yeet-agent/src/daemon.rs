@@ -258,11 +258,18 @@ impl Agent<'_> {
     /// No activation in progress: hold a long-poll and start one when told to.
     fn idle_checkin(&mut self) -> Result<Duration, ClientError> {
         self.status.activation = None;
-        let state = match (system_link(BOOTED_SYSTEM), system_link(CURRENT_SYSTEM)) {
-            (Some(booted), Some(current)) if system::kernel_differs(&booted, &current) => {
-                AgentState::RebootRequired
-            }
-            _ => AgentState::Standby,
+        let current = system_link(CURRENT_SYSTEM);
+        // A kernel that differs from the booted one, or a profile whose default is not the
+        // running system (a `boot`-mode activation), takes a reboot to apply.
+        let new_kernel = system_link(BOOTED_SYSTEM)
+            .zip(current.as_ref())
+            .is_some_and(|(b, c)| system::kernel_differs(&b, c));
+        let pending_boot =
+            system::profile_system().is_some_and(|p| current.as_deref() != Some(p.as_str()));
+        let state = if new_kernel || pending_boot {
+            AgentState::RebootRequired
+        } else {
+            AgentState::Standby
         };
         let started = Instant::now();
         let resp = self.checkin(state, self.config.long_poll)?;
@@ -283,7 +290,8 @@ impl Agent<'_> {
     }
 
     fn start_activation(&mut self, store_path: String, release_id: i64, caches: Vec<String>) {
-        tracing::info!(%store_path, release_id, "activating a new system");
+        // `at_ms` lets benchmarks measure publish-to-activation latency from the log.
+        tracing::info!(%store_path, release_id, at_ms = crate::system::unix_ms(), "activating a new system");
         let st = ActivationState {
             store_path,
             release_id: Some(release_id),

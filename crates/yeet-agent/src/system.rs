@@ -8,9 +8,24 @@ use std::process::{Command, Stdio};
 
 use crate::config::SYSTEM_PROFILE;
 
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0)
+}
+
 /// The store path a system symlink such as `/run/current-system` points at, if valid.
 pub fn system_link(link: &str) -> Option<String> {
     let target = std::fs::read_link(link).ok()?;
+    let s = target.to_str()?.to_owned();
+    s.parse::<nix_meta::StorePath>().ok().map(|_| s)
+}
+
+/// The system the profile's default generation points at (what the next boot runs).
+pub fn profile_system() -> Option<String> {
+    let target = std::fs::canonicalize(SYSTEM_PROFILE).ok()?;
     let s = target.to_str()?.to_owned();
     s.parse::<nix_meta::StorePath>().ok().map(|_| s)
 }

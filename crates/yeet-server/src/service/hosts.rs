@@ -139,15 +139,15 @@ impl Service {
         Ok(())
     }
 
-    /// True when `path` already failed on this host: it is not offered again (that would
-    /// loop through fetch, switch and rollback forever) until a release names another path.
-    /// Read from the database, on the rare check-ins that would start a switch.
-    async fn failed_on(&self, host_id: i64, path: &str) -> Result<bool> {
+    /// True when the host's newest activation attempt was at `path`: it is not offered
+    /// again. After a failure that would loop through fetch, switch and rollback forever;
+    /// after a success the host is on it, or went off it on purpose (a local rollback, or a
+    /// `boot`-mode activation waiting for its reboot), and yeet does not fight that. A
+    /// release naming another path is offered as usual. Read from the database, only on the
+    /// rare check-ins that would start a switch.
+    async fn already_attempted(&self, host_id: i64, path: &str) -> Result<bool> {
         let row = self.store.host_by_id(host_id).await?;
-        Ok(row.is_some_and(|h| {
-            h.last_result_path.as_deref() == Some(path)
-                && h.last_result.as_deref() != Some("confirmed")
-        }))
+        Ok(row.is_some_and(|h| h.last_result_path.as_deref() == Some(path)))
     }
 
     /// A host's check-in: record what it runs, answer what it should run. Costs no database
@@ -196,11 +196,13 @@ impl Service {
                 .filter(|d| req.current_system.as_deref() != Some(d.store_path.as_str()))
                 .cloned();
             let action = match candidate {
-                Some(d) if !self.failed_on(host_id, &d.store_path).await? => Action::Switch {
-                    store_path: d.store_path,
-                    release_id: d.release_id,
-                    caches: self.config.caches.clone(),
-                },
+                Some(d) if !self.already_attempted(host_id, &d.store_path).await? => {
+                    Action::Switch {
+                        store_path: d.store_path,
+                        release_id: d.release_id,
+                        caches: self.config.caches.clone(),
+                    }
+                }
                 _ => Action::None,
             };
             let done = action != Action::None
