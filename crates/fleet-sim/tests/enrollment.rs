@@ -51,6 +51,11 @@ fn enroll_approve_publish_status(database: Option<String>) {
         !serde_json::to_string(&pending).unwrap().contains(&code),
         "pending must not reveal the code"
     );
+    let fleet_table = server.yeet(&["status"]);
+    assert!(
+        fleet_table.contains("(web-1)") && fleet_table.contains("pending"),
+        "{fleet_table}"
+    );
     let table = server.yeet(&["pending"]);
     assert!(
         table.contains(pending[0]["key_id"].as_str().unwrap()) && !table.contains(&code),

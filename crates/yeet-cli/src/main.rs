@@ -261,7 +261,13 @@ fn run(cli: Cli) -> Result<()> {
             if *json {
                 return output::json(&hosts);
             }
-            if hosts.is_empty() {
+            // Hosts waiting for approval are part of the fleet's picture too.
+            let pending: Vec<PendingRegistration> = if host.is_none() {
+                client.get(paths::REGISTRATIONS)?
+            } else {
+                Vec::new()
+            };
+            if hosts.is_empty() && pending.is_empty() {
                 println!(
                     "no hosts yet: start yeet-agent on a host, then `yeet pending` and `yeet approve`"
                 );
@@ -293,6 +299,18 @@ fn run(cli: Cli) -> Result<()> {
                     h.last_result.map(|r| r.as_str()).unwrap_or("-"),
                     &output::ago(h.last_seen),
                     &h.facts.agent_version,
+                ]);
+            }
+            for p in &pending {
+                let name = format!("({})", p.hostname_hint);
+                t.add_row([
+                    name.as_str(),
+                    "pending",
+                    "-",
+                    "-",
+                    "-",
+                    &output::ago(Some(p.last_seen)),
+                    &p.facts.agent_version,
                 ]);
             }
             println!("{t}");
