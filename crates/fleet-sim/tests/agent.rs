@@ -290,3 +290,30 @@ fn a_kernel_change_is_reported_as_reboot_required() {
         fleet.status()["web-1"]["state"] == "reboot-required"
     });
 }
+
+#[test]
+fn a_removed_host_stops_and_enrolls_again() {
+    let fleet = Fleet::new(&["web-1"], 30);
+    let host = &fleet.hosts[0];
+    wait_until(CONVERGE, "web-1 to check in", || {
+        fleet.status()["web-1"]["last_seen"].is_i64()
+    });
+    fleet.server.yeet(&["host", "rm", "web-1"]);
+    let mut code = String::new();
+    wait_until(CONVERGE, "a new verification code after removal", || {
+        code = host
+            .status::<serde_json::Value>()
+            .and_then(|s| s["verification_code"].as_str().map(str::to_owned))
+            .unwrap_or_default();
+        !code.is_empty()
+    });
+    let pending: Vec<serde_json::Value> = fleet.server.yeet_json(&["pending"]);
+    assert_eq!(pending.len(), 1, "{pending:?}");
+    fleet.server.yeet(&["approve", "web-1-again", &code]);
+    wait_until(CONVERGE, "the host back under its new name", || {
+        fleet
+            .status()
+            .get("web-1-again")
+            .is_some_and(|h| h["last_seen"].is_i64())
+    });
+}

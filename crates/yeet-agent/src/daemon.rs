@@ -186,10 +186,16 @@ impl Agent<'_> {
 
     /// One round; returns how long to wait before the next.
     fn step(&mut self) -> Result<Duration, ClientError> {
-        let Some(host) = self.registered()? else {
-            return Ok(self.config.poll_interval);
+        // Register until approved; after that only check-ins travel, until the server stops
+        // knowing the key (the host was removed) and enrollment starts over.
+        let host = match self.status.host.clone() {
+            Some(host) => host,
+            None => match self.registered()? {
+                Some(host) => host,
+                None => return Ok(self.config.poll_interval),
+            },
         };
-        match self.state.load() {
+        let round = match self.state.load() {
             Ok(Some(st)) => self.tend_activation(&host, st),
             Ok(None) => self.idle_checkin(),
             Err(e) => {
@@ -198,7 +204,16 @@ impl Agent<'_> {
                 let _ = self.state.clear();
                 Ok(Duration::ZERO)
             }
+        };
+        if round.as_ref().err().and_then(ClientError::api_code) == Some("unknown_key") {
+            tracing::warn!(
+                host,
+                "the server no longer knows this host; registering again"
+            );
+            self.status.host = None;
+            self.status.enrollment = "registering".into();
         }
+        round
     }
 
     /// Registers (idempotent); `Some(host name)` once approved.
@@ -258,6 +273,8 @@ impl Agent<'_> {
     /// No activation in progress: hold a long-poll and start one when told to.
     fn idle_checkin(&mut self) -> Result<Duration, ClientError> {
         self.status.activation = None;
+        // The long-poll may block for a minute: publish what we know first.
+        self.write_status();
         let current = system_link(CURRENT_SYSTEM);
         // A kernel that differs from the booted one, or a profile whose default is not the
         // running system (a `boot`-mode activation), takes a reboot to apply.

@@ -149,23 +149,27 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// The fleet's desired state, host id → newest desired system, from the database.
+async fn load_desired(store: &Store) -> Result<HashMap<i64, Desired>, StoreError> {
+    let rows = store.desired_systems().await?;
+    Ok(rows
+        .into_iter()
+        .map(|d| {
+            (
+                d.host_id,
+                Desired {
+                    release_id: d.release_id,
+                    store_path: d.store_path,
+                },
+            )
+        })
+        .collect())
+}
+
 impl Service {
     /// Builds the service and loads the fleet's desired state into memory.
     pub async fn new(store: Store, config: ServiceConfig) -> Result<Service, StoreError> {
-        let desired = store
-            .desired_systems()
-            .await?
-            .into_iter()
-            .map(|d| {
-                (
-                    d.host_id,
-                    Desired {
-                        release_id: d.release_id,
-                        store_path: d.store_path,
-                    },
-                )
-            })
-            .collect();
+        let desired = load_desired(&store).await?;
         Ok(Service {
             nonces: Mutex::new(yeet_proto::NonceCache::new(config.skew_secs, 1_000_000)),
             store,
@@ -187,21 +191,7 @@ impl Service {
 
     /// Re-reads the fleet's desired state from the database and wakes long-polls.
     pub async fn reload_desired(&self) -> Result<(), StoreError> {
-        let fresh: HashMap<i64, Desired> = self
-            .store
-            .desired_systems()
-            .await?
-            .into_iter()
-            .map(|d| {
-                (
-                    d.host_id,
-                    Desired {
-                        release_id: d.release_id,
-                        store_path: d.store_path,
-                    },
-                )
-            })
-            .collect();
+        let fresh = load_desired(&self.store).await?;
         *self.desired.write().await = fresh;
         self.desired_changed.send_modify(|v| *v += 1);
         Ok(())
