@@ -475,14 +475,21 @@ impl Fleet {
             .collect()
     }
 
-    /// Publishes `HOST=PATH` pairs as one release.
+    /// Publishes `HOST=PATH` pairs as one release, uploading the closures to the server's
+    /// embedded cache signed with the fleet key.
     pub fn publish(&self, pairs: &[(&str, &str)], message: &str) {
-        let mut args = vec!["publish".to_owned()];
+        let key = self.cache.secret_key.display().to_string();
+        self.publish_with(pairs, message, &["--signing-key", &key]);
+    }
+
+    /// Publishes with extra `yeet publish` arguments (e.g. another push method).
+    pub fn publish_with(&self, pairs: &[(&str, &str)], message: &str, extra: &[&str]) {
+        let mut args: Vec<String> = vec!["publish".into(), "-m".into(), message.into()];
         for (h, p) in pairs {
             args.push("--path".into());
             args.push(format!("{h}={p}"));
         }
-        args.extend(["-m".into(), message.into()]);
+        args.extend(extra.iter().map(|a| a.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         self.server.yeet(&args);
     }

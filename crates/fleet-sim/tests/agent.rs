@@ -226,7 +226,12 @@ fn closures_not_signed_by_a_pinned_key_are_never_activated() {
     let foreign = fleet.system_signed_by("system-foreign", Variant::Good, "6.1", &evil);
     let unsigned = fleet.build("system-unsigned", Variant::Good, "6.1");
     fleet.cache.push_unsigned(&unsigned);
-    fleet.publish(&[("web-1", &foreign), ("web-2", &unsigned)], "untrusted");
+    // Publish without pushing: the cache holds only the foreign-signed and unsigned copies.
+    fleet.publish_with(
+        &[("web-1", &foreign), ("web-2", &unsigned)],
+        "untrusted",
+        &["--push-cmd", "true"],
+    );
     for (host, why) in [("web-1", "evil-1"), ("web-2", "no signature")] {
         let a = fleet.wait_for_activation(host, 1, CONVERGE);
         assert_eq!(a["result"], "untrusted", "{host}: {a}");
@@ -316,4 +321,47 @@ fn a_removed_host_stops_and_enrolls_again() {
             .get("web-1-again")
             .is_some_and(|h| h["last_seen"].is_i64())
     });
+}
+
+#[test]
+fn hosts_fetch_from_the_embedded_cache_and_unchanged_paths_are_not_uploaded_again() {
+    let fleet = Fleet::new(&["web-1", "web-2"], 30);
+    // Built but never pushed to the file cache: only `yeet publish` puts it anywhere.
+    let v1 = fleet.build("system-embedded", Variant::Good, "6.1");
+    let key = fleet.cache.secret_key.display().to_string();
+    let publish = |host: &str| {
+        let out = fleet_sim::run(fleet.server.yeet_cmd().args([
+            "publish",
+            "--path",
+            &format!("{host}={v1}"),
+            "--signing-key",
+            &key,
+        ]));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let first = publish("web-1");
+    assert!(first.contains("pushed 2 store path(s)"), "{first}");
+    let again = publish("web-2");
+    assert!(
+        again.contains("pushed 0 store path(s)"),
+        "only missing paths are uploaded: {again}"
+    );
+    for h in ["web-1", "web-2"] {
+        let a = fleet.wait_for_activation(h, 1, CONVERGE);
+        assert_eq!(
+            (a["result"].as_str(), a["store_path"].as_str()),
+            (Some("confirmed"), Some(v1.as_str())),
+            "{h}: {a}"
+        );
+    }
+    let text: serde_json::Value = fleet.server.yeet_json(&["log", "web-1"]);
+    assert!(
+        text["log"].as_str().unwrap().contains("/cache"),
+        "fetched from the embedded cache: {text}"
+    );
 }

@@ -294,8 +294,15 @@ impl Agent<'_> {
             Action::Switch {
                 store_path,
                 release_id,
-                caches,
+                mut caches,
+                embedded_cache,
             } => {
+                if embedded_cache {
+                    caches.push(format!(
+                        "{}/cache",
+                        self.config.server.trim_end_matches('/')
+                    ));
+                }
                 self.start_activation(store_path, release_id, caches);
                 Ok(Duration::ZERO)
             }

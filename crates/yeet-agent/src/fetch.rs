@@ -72,7 +72,9 @@ fn read_narinfo(cache: &str, path: &StorePath) -> Result<Option<String>, String>
     Ok(None)
 }
 
-/// Checks the top-level narinfo against the trusted keys in the first cache that has it.
+/// Checks the top-level narinfo against the trusted keys. A store path names its content,
+/// so one trusted signature in any cache suffices; if caches have it but none trusted-signed,
+/// the closure is untrusted.
 pub fn check_signature(
     store_path: &str,
     caches: &[String],
@@ -81,35 +83,41 @@ pub fn check_signature(
     let path: StorePath = store_path
         .parse()
         .map_err(|e: nix_meta::StorePathError| FetchError::Failed(e.to_string()))?;
-    let mut misses = Vec::new();
+    let (mut misses, mut refusals) = (Vec::new(), Vec::new());
     for cache in caches {
         match read_narinfo(cache, &path) {
             Ok(Some(text)) => {
-                let info = NarInfo::parse(&text).map_err(|e| {
-                    FetchError::Failed(format!("{cache}: invalid narinfo for {store_path}: {e}"))
-                })?;
-                if info.store_path != path {
-                    return Err(FetchError::Failed(format!(
-                        "{cache}: narinfo for {store_path} describes {}",
-                        info.store_path
-                    )));
+                let verdict = NarInfo::parse(&text)
+                    .map_err(|e| format!("{cache}: invalid narinfo: {e}"))
+                    .and_then(|info| {
+                        if info.store_path == path {
+                            Ok(info)
+                        } else {
+                            Err(format!("{cache}: narinfo describes {}", info.store_path))
+                        }
+                    })
+                    .and_then(|info| {
+                        info.verify(keys)
+                            .map(drop)
+                            .map_err(|e| format!("{cache}: {e}"))
+                    });
+                match verdict {
+                    Ok(()) => return Ok(()),
+                    Err(why) => refusals.push(why),
                 }
-                return info
-                    .verify(keys)
-                    .map(drop)
-                    .map_err(|e| FetchError::Untrusted(e.to_string()));
             }
+            // A cache yeet cannot read itself: Nix's own check decides.
             Ok(None) => return Ok(()),
             Err(e) => misses.push(e),
         }
     }
-    if caches.is_empty() {
-        Ok(())
-    } else {
-        Err(FetchError::Failed(format!(
+    match (refusals.is_empty(), caches.is_empty()) {
+        (false, _) => Err(FetchError::Untrusted(refusals.join("; "))),
+        (true, true) => Ok(()),
+        (true, false) => Err(FetchError::Failed(format!(
             "no cache has {store_path}: {}",
             misses.join("; ")
-        )))
+        ))),
     }
 }
 

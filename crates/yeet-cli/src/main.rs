@@ -3,6 +3,7 @@
 
 mod config;
 mod output;
+mod push;
 
 use anyhow::{Context, Result, bail};
 use clap::{CommandFactory, Parser, Subcommand};
@@ -95,6 +96,17 @@ enum Command {
         /// What this release is about.
         #[arg(short, long, default_value = "")]
         message: String,
+        /// Push the closures with `nix copy --to URL` (file://, s3://, ssh://, ...) instead of
+        /// uploading them to the server's embedded cache.
+        #[arg(long, value_name = "URL", conflicts_with = "push_cmd")]
+        cache: Option<String>,
+        /// Push with a tool of its own (e.g. 'cachix push NAME'); the store paths are appended.
+        #[arg(long, value_name = "CMD")]
+        push_cmd: Option<String>,
+        /// Sign what is uploaded to the embedded cache with this Nix secret key
+        /// (otherwise the narinfos carry the signatures the local store has).
+        #[arg(long, value_name = "FILE")]
+        signing_key: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -371,6 +383,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Publish {
             paths: pairs,
             message,
+            cache,
+            push_cmd,
+            signing_key,
             json,
         } => {
             let mut hosts = BTreeMap::new();
@@ -385,7 +400,26 @@ fn run(cli: Cli) -> Result<()> {
                     bail!("host {host} is given twice");
                 }
             }
-            let release: Release = connect(&cli)?.post(
+            let client = connect(&cli)?;
+            let target = match (cache, push_cmd) {
+                (Some(url), _) => push::Target::Cache(url.clone()),
+                (None, Some(cmd)) => push::Target::Command(cmd.clone()),
+                (None, None) => push::Target::Embedded {
+                    signing_key: signing_key.clone(),
+                },
+            };
+            let mut systems: Vec<String> = hosts.values().cloned().collect();
+            // One system may serve hundreds of hosts: push each once.
+            systems.sort();
+            systems.dedup();
+            let pushed = push::push(&client, &target, &systems)?;
+            if !*json {
+                eprintln!(
+                    "pushed {pushed} store path(s) for {} system(s)",
+                    systems.len()
+                );
+            }
+            let release: Release = client.post(
                 paths::RELEASES,
                 &CreateReleaseRequest {
                     hosts,

@@ -199,13 +199,27 @@ impl Client {
         path_and_query: &str,
         body: Option<Vec<u8>>,
     ) -> Result<(u16, Vec<u8>), ClientError> {
-        let url = format!("{}{}", self.base, path_and_query);
         let payload = body.clone().unwrap_or_default();
-        let headers = SignatureHeaders::sign(
+        let digest = yeet_proto::signing::body_digest(&payload);
+        let content_type = body.is_some().then_some("application/json");
+        self.send_signed(method, path_and_query, &digest, content_type, payload)
+    }
+
+    /// Signs with a precomputed body digest and sends `body` (bytes or a streamed file).
+    fn send_signed(
+        &self,
+        method: &str,
+        path_and_query: &str,
+        digest: &str,
+        content_type: Option<&str>,
+        body: impl ureq::AsSendBody,
+    ) -> Result<(u16, Vec<u8>), ClientError> {
+        let url = format!("{}{}", self.base, path_and_query);
+        let headers = SignatureHeaders::sign_digest(
             &self.identity,
             method,
             path_and_query,
-            &payload,
+            digest,
             unix_now(),
             random::<16>()?,
         );
@@ -217,10 +231,10 @@ impl Client {
         for (k, v) in headers.to_pairs() {
             req = req.header(k, v);
         }
-        if body.is_some() {
-            req = req.header("content-type", "application/json");
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct);
         }
-        let req = req.body(payload).map_err(|e| ClientError::Unreachable {
+        let req = req.body(body).map_err(|e| ClientError::Unreachable {
             url: url.clone(),
             reason: e.to_string(),
         })?;
@@ -235,6 +249,48 @@ impl Client {
         Ok((status, bytes))
     }
 
+    /// Uploads a file with `PUT`, streamed; it is hashed first, since the signature covers
+    /// the body's digest.
+    pub fn put_file(&self, path: &str, file: &Path) -> Result<(), ClientError> {
+        use sha2::Digest;
+        let read_err = |e: std::io::Error| ClientError::Unreachable {
+            url: self.base.clone(),
+            reason: format!("cannot read {}: {e}", file.display()),
+        };
+        let mut hasher = sha2::Sha256::new();
+        std::io::copy(
+            &mut std::fs::File::open(file).map_err(read_err)?,
+            &mut hasher,
+        )
+        .map_err(read_err)?;
+        let digest = hex::encode(hasher.finalize());
+        let body = std::fs::File::open(file).map_err(read_err)?;
+        let (status, bytes) =
+            self.send_signed("PUT", path, &digest, Some("application/octet-stream"), body)?;
+        self.decode::<serde_json::Value>(status, &bytes).map(drop)
+    }
+
+    /// An unsigned `GET` (cache reads); `Ok(None)` on 404.
+    pub fn get_public(&self, path: &str) -> Result<Option<Vec<u8>>, ClientError> {
+        let url = format!("{}{}", self.base, path);
+        let unreachable = |e: ureq::Error| ClientError::Unreachable {
+            url: self.base.clone(),
+            reason: e.to_string(),
+        };
+        let mut resp = self.agent.get(&url).call().map_err(unreachable)?;
+        match resp.status().as_u16() {
+            200 => Ok(Some(
+                resp.body_mut()
+                    .with_config()
+                    .limit(64 << 20)
+                    .read_to_vec()
+                    .map_err(unreachable)?,
+            )),
+            404 => Ok(None),
+            status => Err(ClientError::BadResponse { url, status }),
+        }
+    }
+
     fn send<T: DeserializeOwned>(
         &self,
         method: &str,
@@ -242,13 +298,18 @@ impl Client {
         body: Option<Vec<u8>>,
     ) -> Result<T, ClientError> {
         let (status, bytes) = self.send_raw(method, path_and_query, body)?;
+        self.decode(status, &bytes)
+    }
+
+    /// A success body as `T`, or the server's JSON error.
+    fn decode<T: DeserializeOwned>(&self, status: u16, bytes: &[u8]) -> Result<T, ClientError> {
         if (200..300).contains(&status) {
-            return serde_json::from_slice(&bytes).map_err(|_| ClientError::BadResponse {
+            return serde_json::from_slice(bytes).map_err(|_| ClientError::BadResponse {
                 url: self.base.clone(),
                 status,
             });
         }
-        match serde_json::from_slice::<ErrorBody>(&bytes) {
+        match serde_json::from_slice::<ErrorBody>(bytes) {
             Ok(e) => Err(ClientError::Api {
                 status,
                 code: e.error.code,

@@ -185,6 +185,9 @@ pub enum Action {
         release_id: i64,
         #[serde(default)]
         caches: Vec<String>,
+        /// Also fetch from the server's embedded cache, `<server URL>/cache`.
+        #[serde(default)]
+        embedded_cache: bool,
     },
 }
 
@@ -334,10 +337,11 @@ mod tests {
             store_path: "/nix/store/x".into(),
             release_id: 3,
             caches: vec![],
+            embedded_cache: false,
         };
         assert_eq!(
             serde_json::to_string(&a).unwrap(),
-            r#"{"type":"switch","store_path":"/nix/store/x","release_id":3,"caches":[]}"#
+            r#"{"type":"switch","store_path":"/nix/store/x","release_id":3,"caches":[],"embedded_cache":false}"#
         );
         assert_eq!(
             serde_json::to_string(&Action::None).unwrap(),

@@ -80,6 +80,11 @@ pub struct SignatureHeaders {
     pub signature: [u8; 64],
 }
 
+/// Lower-case hex SHA-256 of a body, as the canonical form carries it.
+pub fn body_digest(body: &[u8]) -> String {
+    hex::encode(Sha256::digest(body))
+}
+
 /// Builds the canonical form described in the module documentation.
 pub fn canonical_form(
     method: &str,
@@ -89,7 +94,25 @@ pub fn canonical_form(
     key_id: &str,
     body: &[u8],
 ) -> String {
-    let digest = hex::encode(Sha256::digest(body));
+    canonical_form_for_digest(
+        method,
+        path_and_query,
+        timestamp,
+        nonce,
+        key_id,
+        &body_digest(body),
+    )
+}
+
+/// The canonical form from a body digest computed elsewhere (streamed uploads).
+pub fn canonical_form_for_digest(
+    method: &str,
+    path_and_query: &str,
+    timestamp: i64,
+    nonce: &str,
+    key_id: &str,
+    digest: &str,
+) -> String {
     format!(
         "yeet-request-v1\n{}\n{path_and_query}\n{timestamp}\n{nonce}\n{key_id}\n{digest}",
         method.to_ascii_uppercase()
@@ -106,10 +129,30 @@ impl SignatureHeaders {
         timestamp: i64,
         nonce_bytes: [u8; 16],
     ) -> Self {
+        Self::sign_digest(
+            identity,
+            method,
+            path_and_query,
+            &body_digest(body),
+            timestamp,
+            nonce_bytes,
+        )
+    }
+
+    /// Signs a request whose body digest was computed separately (a file streamed as the body).
+    pub fn sign_digest(
+        identity: &Identity,
+        method: &str,
+        path_and_query: &str,
+        digest: &str,
+        timestamp: i64,
+        nonce_bytes: [u8; 16],
+    ) -> Self {
         let nonce = hex::encode(nonce_bytes);
         let key_id = identity.public().key_id().to_owned();
         let signature = identity.sign(
-            canonical_form(method, path_and_query, timestamp, &nonce, &key_id, body).as_bytes(),
+            canonical_form_for_digest(method, path_and_query, timestamp, &nonce, &key_id, digest)
+                .as_bytes(),
         );
         SignatureHeaders {
             key_id,
@@ -177,16 +220,27 @@ impl SignatureHeaders {
         path_and_query: &str,
         body: &[u8],
     ) -> Result<(), AuthError> {
+        self.verify_digest(signer, method, path_and_query, &body_digest(body))
+    }
+
+    /// Checks the signature given the body's digest (computed while streaming it).
+    pub fn verify_digest(
+        &self,
+        signer: &PublicIdentity,
+        method: &str,
+        path_and_query: &str,
+        digest: &str,
+    ) -> Result<(), AuthError> {
         if signer.key_id() != self.key_id {
             return Err(AuthError::BadSignature);
         }
-        let form = canonical_form(
+        let form = canonical_form_for_digest(
             method,
             path_and_query,
             self.timestamp,
             &self.nonce,
             &self.key_id,
-            body,
+            digest,
         );
         if signer.verifies(form.as_bytes(), &self.signature) {
             Ok(())

@@ -46,6 +46,10 @@ pub struct FileConfig {
     /// Binary caches hosts fetch from, e.g. ["https://cache.example.org"].
     pub caches: Option<Vec<String>>,
     pub last_seen_flush_ms: Option<u64>,
+    /// Serve an embedded binary cache under /cache (default true).
+    pub embedded_cache: Option<bool>,
+    /// Largest NAR accepted by the embedded cache (default 16 GiB).
+    pub max_upload_bytes: Option<u64>,
 }
 
 /// Settings that flags and environment variables can override.
@@ -80,6 +84,8 @@ pub struct Config {
     pub tls: Option<(PathBuf, PathBuf)>,
     pub max_body_bytes: usize,
     pub last_seen_flush: Duration,
+    pub embedded_cache: bool,
+    pub max_upload_bytes: u64,
     pub service: ServiceConfig,
 }
 
@@ -151,6 +157,8 @@ impl Config {
             tls,
             max_body_bytes: file.max_body_bytes.unwrap_or(1 << 20),
             last_seen_flush: Duration::from_millis(file.last_seen_flush_ms.unwrap_or(2000)),
+            embedded_cache: file.embedded_cache.unwrap_or(true),
+            max_upload_bytes: file.max_upload_bytes.unwrap_or(16 << 30),
             service,
         })
     }

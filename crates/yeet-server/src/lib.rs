@@ -73,10 +73,17 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let store = open_store(&config).await?;
-    let service = Arc::new(Service::new(store, config.service.clone()).await?);
+    let mut service = Service::new(store, config.service.clone()).await?;
+    if config.embedded_cache {
+        let cache = service::cache::EmbeddedCache::open(&config.state_dir)
+            .map_err(|e| ServeError::StateDir(config.state_dir.join("cache"), e))?;
+        service = service.with_embedded_cache(cache);
+    }
+    let service = Arc::new(service);
     let app = http::router(http::AppState {
         service: service.clone(),
         max_body_bytes: config.max_body_bytes,
+        max_upload_bytes: config.max_upload_bytes,
     })
     .layer(tower_http::trace::TraceLayer::new_for_http())
     .into_make_service_with_connect_info::<SocketAddr>();

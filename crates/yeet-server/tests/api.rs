@@ -18,6 +18,7 @@ use tower::ServiceExt;
 use yeet_proto::api::{Role, paths};
 use yeet_proto::{Identity, SignatureHeaders};
 use yeet_server::http::{AppState, router};
+use yeet_server::service::cache::EmbeddedCache;
 use yeet_server::service::users::add_user;
 use yeet_server::service::{Service, ServiceConfig, now};
 
@@ -44,6 +45,7 @@ struct Api {
     host_a: Identity,
     host_b: Identity,
     removed_host: Identity,
+    cache_dir: tempfile::TempDir,
     _db: common::TestDb,
 }
 
@@ -110,10 +112,18 @@ impl Api {
                 .await
                 .unwrap();
         }
-        let service = Arc::new(Service::new(store, config).await.unwrap());
+        let cache_dir = tempfile::tempdir().unwrap();
+        let cache = EmbeddedCache::open(cache_dir.path()).unwrap();
+        let service = Arc::new(
+            Service::new(store, config)
+                .await
+                .unwrap()
+                .with_embedded_cache(cache),
+        );
         let router = router(AppState {
             service: service.clone(),
             max_body_bytes: 64 * 1024,
+            max_upload_bytes: 1 << 20,
         });
         let api = Api {
             router,
@@ -124,6 +134,7 @@ impl Api {
             host_a: identity(),
             host_b: identity(),
             removed_host: identity(),
+            cache_dir,
             _db: db,
         };
         for (id, name) in [
@@ -1154,4 +1165,189 @@ async fn a_system_that_failed_on_a_host_is_not_offered_again() {
         .call("GET", &paths::host("host-a"), b"", Sign::By(&api.viewer))
         .await;
     assert_eq!(host["state"], "standby", "{host}");
+}
+
+fn nar_name(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    format!(
+        "{}.nar",
+        nix_meta::nix32::encode(&sha2::Sha256::digest(bytes))
+    )
+}
+
+#[tokio::test]
+async fn embedded_cache_uploads_are_signed_atomic_and_checked() {
+    let api = Api::new(ServiceConfig::default()).await;
+    let nar = b"pretend this is a NAR of the system".to_vec();
+    let nar_path = format!("/cache/nar/{}", nar_name(&nar));
+    let cache_files = || -> Vec<String> {
+        let mut all = Vec::new();
+        for dir in ["cache", "cache/nar", "cache-uploads"] {
+            for e in std::fs::read_dir(api.cache_dir.path().join(dir)).unwrap() {
+                let e = e.unwrap();
+                if e.file_type().unwrap().is_file() {
+                    all.push(format!("{dir}/{}", e.file_name().to_string_lossy()));
+                }
+            }
+        }
+        all.sort();
+        all
+    };
+    let empty = cache_files();
+    assert_eq!(empty, ["cache/nix-cache-info"]);
+
+    // Reads need no signature; nix-cache-info is there from the start.
+    let resp = api
+        .router
+        .clone()
+        .oneshot(
+            Request::builder()
+                .uri("/cache/nix-cache-info")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(
+        String::from_utf8(
+            resp.into_body()
+                .collect()
+                .await
+                .unwrap()
+                .to_bytes()
+                .to_vec()
+        )
+        .unwrap()
+        .contains("StoreDir: /nix/store")
+    );
+
+    // Refused uploads leave nothing behind.
+    for (sign, want) in [
+        (Sign::None, StatusCode::UNAUTHORIZED),
+        (Sign::Corrupted(&api.publisher), StatusCode::UNAUTHORIZED),
+        (Sign::By(&api.viewer), StatusCode::FORBIDDEN),
+        (Sign::By(&api.host_a), StatusCode::FORBIDDEN),
+        (Sign::Stale(&api.admin), StatusCode::UNAUTHORIZED),
+    ] {
+        let (s, v) = api.send(build("PUT", &nar_path, &nar, sign, None)).await;
+        assert_eq!(s, want, "{v}");
+    }
+    let (s, v) = api
+        .send(build(
+            "PUT",
+            &nar_path,
+            b"other bytes",
+            Sign::By(&api.publisher),
+            None,
+        ))
+        .await;
+    assert_error(
+        s,
+        &v,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "nar_mismatch",
+        "content does not match the name",
+    );
+    assert_eq!(cache_files(), empty);
+
+    // An upload whose connection breaks mid-NAR: nothing visible, no temporary file left.
+    let mut broken = build("PUT", &nar_path, &nar, Sign::By(&api.publisher), None);
+    let half = nar[..nar.len() / 2].to_vec();
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        vec![Ok(half), Err(std::io::Error::other("connection reset"))];
+    *broken.body_mut() = Body::from_stream(futures_util::stream::iter(chunks));
+    let (s, v) = api.send(broken).await;
+    assert_error(
+        s,
+        &v,
+        StatusCode::BAD_REQUEST,
+        "body_unreadable",
+        "interrupted upload",
+    );
+    assert_eq!(cache_files(), empty);
+
+    // A narinfo before its NAR is refused; the retry in the right order succeeds.
+    let narinfo = format!(
+        "StorePath: {PATH_A}\nURL: nar/{}\nCompression: none\nNarHash: sha256:1xmr8jicvzszfzpz46g37mlpvbzjl2wpwvl2b05psipssyp1sm8h\nNarSize: {}\nReferences: \n",
+        nar_name(&nar),
+        nar.len()
+    );
+    let narinfo_path = "/cache/q322pzff5rm7kwfwfbhcza6wr2b84wlm.narinfo";
+    let (s, v) = api
+        .send(build(
+            "PUT",
+            narinfo_path,
+            narinfo.as_bytes(),
+            Sign::By(&api.publisher),
+            None,
+        ))
+        .await;
+    assert_error(
+        s,
+        &v,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "missing_nar",
+        "narinfo first",
+    );
+    let (s, v) = api
+        .send(build(
+            "PUT",
+            &nar_path,
+            &nar,
+            Sign::By(&api.publisher),
+            None,
+        ))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, v) = api
+        .send(build(
+            "PUT",
+            "/cache/zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz.narinfo",
+            narinfo.as_bytes(),
+            Sign::By(&api.publisher),
+            None,
+        ))
+        .await;
+    assert_error(
+        s,
+        &v,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_narinfo",
+        "narinfo under another hash",
+    );
+    let (s, v) = api
+        .send(build(
+            "PUT",
+            narinfo_path,
+            narinfo.as_bytes(),
+            Sign::By(&api.publisher),
+            None,
+        ))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let resp = api
+        .router
+        .clone()
+        .oneshot(
+            Request::builder()
+                .uri(narinfo_path)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let served = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(served.as_ref(), narinfo.as_bytes());
+    let (s, _) = api
+        .send(build(
+            "PUT",
+            "/cache/../state.db",
+            b"x",
+            Sign::By(&api.publisher),
+            None,
+        ))
+        .await;
+    assert!(s.is_client_error());
 }

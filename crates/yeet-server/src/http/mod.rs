@@ -1,6 +1,7 @@
 //! HTTP: axum routes. Handlers parse input, call one service function and map its result.
 
 mod auth;
+mod cache;
 pub mod error;
 
 use axum::extract::rejection::JsonRejection;
@@ -24,6 +25,8 @@ use error::ApiError;
 pub struct AppState {
     pub service: Arc<Service>,
     pub max_body_bytes: usize,
+    /// Largest NAR upload to the embedded cache.
+    pub max_upload_bytes: u64,
 }
 
 /// `Json<T>` whose rejections are yeet's JSON errors.
@@ -70,9 +73,14 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             auth::authenticate,
         ));
+    let cache = match state.service.embedded_cache() {
+        Ok(c) => cache::routes(state.clone(), c),
+        Err(_) => Router::new(),
+    };
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .merge(api)
+        .merge(cache)
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,

@@ -128,6 +128,37 @@ impl Service {
         lock(&self.nonces).check_and_record(headers, t)?;
         Ok(principal)
     }
+
+    /// The cheap half of authenticating a streamed upload, done before accepting any bytes:
+    /// a fresh timestamp and a known operator key with at least `min`. The signature, which
+    /// covers the body's digest, is checked by `authenticate_digest` once the body is read.
+    pub async fn preauthorize(&self, headers: &SignatureHeaders, min: Role) -> Result<()> {
+        headers.check_timestamp(now(), self.config.skew_secs)?;
+        let known = self
+            .known_key(&headers.key_id)
+            .await?
+            .ok_or(AuthError::UnknownKey)?;
+        require_role(&known.principal, min).map(drop)
+    }
+
+    /// Authenticates a request whose body was streamed and hashed elsewhere.
+    pub async fn authenticate_digest(
+        &self,
+        method: &str,
+        path_and_query: &str,
+        headers: &SignatureHeaders,
+        digest: &str,
+    ) -> Result<Principal> {
+        let t = now();
+        headers.check_timestamp(t, self.config.skew_secs)?;
+        let known = self
+            .known_key(&headers.key_id)
+            .await?
+            .ok_or(AuthError::UnknownKey)?;
+        headers.verify_digest(&known.public, method, path_and_query, digest)?;
+        lock(&self.nonces).check_and_record(headers, t)?;
+        Ok(known.principal)
+    }
 }
 
 /// Allows users whose role is at least `min`; hosts and registrants are refused.

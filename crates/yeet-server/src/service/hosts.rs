@@ -201,6 +201,7 @@ impl Service {
                         store_path: d.store_path,
                         release_id: d.release_id,
                         caches: self.config.caches.clone(),
+                        embedded_cache: self.cache.is_some(),
                     }
                 }
                 _ => Action::None,

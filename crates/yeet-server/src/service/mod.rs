@@ -7,6 +7,7 @@
 
 mod activations;
 mod auth;
+pub mod cache;
 mod enrollment;
 mod hosts;
 mod releases;
@@ -134,6 +135,8 @@ pub struct Service {
     desired_changed: tokio::sync::watch::Sender<u64>,
     /// Set when the server shuts down, so that long-polls answer at once.
     closing: tokio::sync::watch::Sender<bool>,
+    /// The embedded binary cache, unless disabled.
+    cache: Option<cache::EmbeddedCache>,
 }
 
 /// Seconds since the Unix epoch.
@@ -181,7 +184,14 @@ impl Service {
             registration_buckets: Mutex::new(HashMap::new()),
             desired_changed: tokio::sync::watch::Sender::new(0),
             closing: tokio::sync::watch::Sender::new(false),
+            cache: None,
         })
+    }
+
+    /// Serves and accepts uploads into an embedded cache (hosts are told to use it).
+    pub fn with_embedded_cache(mut self, cache: cache::EmbeddedCache) -> Self {
+        self.cache = Some(cache);
+        self
     }
 
     /// Makes held check-ins answer now; called when the server starts shutting down.

@@ -1,0 +1,179 @@
+//! The embedded binary cache: narinfo and NAR files in the state directory, served to Nix as
+//! a substituter under `/cache`. Uploads are written to a temporary directory and renamed
+//! into place only when complete and consistent, so an interrupted upload leaves nothing
+//! visible. The server never signs: narinfos carry the publisher's signatures, because
+//! closure trust stays with the hosts.
+
+use std::path::{Path, PathBuf};
+use yeet_proto::api::Role;
+
+use super::auth::require_role;
+use super::{Principal, Result, Service, ServiceError};
+
+const NIX_CACHE_INFO: &str = "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 30\n";
+const NAR_SUFFIXES: [&str; 4] = [".nar", ".nar.xz", ".nar.zst", ".nar.bz2"];
+
+/// Where an upload goes, from its path under `/cache`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CacheFile {
+    /// `nar/<nix32 sha256 of the file>.nar[.xz|.zst|.bz2]`
+    Nar(String),
+    /// `<store path hash>.narinfo`
+    NarInfo(String),
+}
+
+impl CacheFile {
+    /// Classifies a path relative to `/cache`; anything else is refused.
+    pub fn parse(rel: &str) -> Option<CacheFile> {
+        let is_nix32 = |s: &str, len: usize| s.len() == len && nix_meta::nix32::decode(s).is_ok();
+        if let Some(name) = rel.strip_prefix("nar/") {
+            let hash = NAR_SUFFIXES
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))?;
+            return is_nix32(hash, 52).then(|| CacheFile::Nar(name.to_owned()));
+        }
+        let hash = rel.strip_suffix(".narinfo")?;
+        is_nix32(hash, 32).then(|| CacheFile::NarInfo(hash.to_owned()))
+    }
+}
+
+/// The cache's directories: `root` is served, `tmp` holds uploads in progress.
+#[derive(Debug, Clone)]
+pub struct EmbeddedCache {
+    root: PathBuf,
+    tmp: PathBuf,
+}
+
+impl EmbeddedCache {
+    pub fn open(state_dir: &Path) -> std::io::Result<EmbeddedCache> {
+        let cache = EmbeddedCache {
+            root: state_dir.join("cache"),
+            tmp: state_dir.join("cache-uploads"),
+        };
+        std::fs::create_dir_all(cache.root.join("nar"))?;
+        // Uploads never finished before a restart are garbage.
+        let _ = std::fs::remove_dir_all(&cache.tmp);
+        std::fs::create_dir_all(&cache.tmp)?;
+        let info = cache.root.join("nix-cache-info");
+        if !info.exists() {
+            std::fs::write(info, NIX_CACHE_INFO)?;
+        }
+        Ok(cache)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// A fresh temporary file name for an upload.
+    pub fn temp_path(&self) -> PathBuf {
+        let mut b = [0u8; 12];
+        let _ = getrandom::getrandom(&mut b);
+        self.tmp.join(hex::encode(b))
+    }
+
+    pub fn narinfo(&self, hash: &str) -> Option<String> {
+        std::fs::read_to_string(self.root.join(format!("{hash}.narinfo"))).ok()
+    }
+}
+
+fn io_error(e: std::io::Error) -> ServiceError {
+    if e.raw_os_error() == Some(28) {
+        ServiceError::System("the server's disk is full".into())
+    } else {
+        ServiceError::System(format!("cache write failed: {e}"))
+    }
+}
+
+impl Service {
+    pub fn embedded_cache(&self) -> Result<&EmbeddedCache> {
+        self.cache.as_ref().ok_or_else(|| {
+            ServiceError::not_found(
+                "no_embedded_cache",
+                "this server's embedded cache is disabled",
+            )
+        })
+    }
+
+    /// Moves a fully received upload into the cache, after checking that it is what its
+    /// name says. `sha256` is the digest of the uploaded bytes.
+    pub fn accept_upload(
+        &self,
+        principal: &Principal,
+        file: &CacheFile,
+        tmp: &Path,
+        sha256: &[u8; 32],
+    ) -> Result<()> {
+        require_role(principal, Role::Publisher)?;
+        let cache = self.embedded_cache()?;
+        let target = match file {
+            CacheFile::Nar(name) => {
+                let expected = nix_meta::nix32::encode(sha256);
+                if !name.starts_with(&expected) {
+                    return Err(ServiceError::invalid(
+                        "nar_mismatch",
+                        format!(
+                            "nar/{name} does not match its content (sha256 {expected}); was the upload cut short?"
+                        ),
+                    ));
+                }
+                cache.root.join("nar").join(name)
+            }
+            CacheFile::NarInfo(hash) => {
+                let text = std::fs::read_to_string(tmp).map_err(|_| {
+                    ServiceError::invalid("invalid_narinfo", "the narinfo is not UTF-8")
+                })?;
+                let info = nix_meta::NarInfo::parse(&text)
+                    .map_err(|e| ServiceError::invalid("invalid_narinfo", e.to_string()))?;
+                if info.store_path.hash_part() != hash {
+                    return Err(ServiceError::invalid(
+                        "invalid_narinfo",
+                        format!("{hash}.narinfo describes {}", info.store_path),
+                    ));
+                }
+                let nar = CacheFile::parse(&info.url).ok_or_else(|| {
+                    ServiceError::invalid(
+                        "invalid_narinfo",
+                        format!("URL {} is not a NAR file of this cache", info.url),
+                    )
+                })?;
+                if !matches!(nar, CacheFile::Nar(_)) || !cache.root.join(&info.url).exists() {
+                    return Err(ServiceError::invalid(
+                        "missing_nar",
+                        format!("upload {} before its narinfo", info.url),
+                    ));
+                }
+                cache.root.join(format!("{hash}.narinfo"))
+            }
+        };
+        // Same directory tree and file system: the rename is atomic.
+        std::fs::rename(tmp, &target).map_err(io_error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_cache_files_are_accepted_as_upload_targets() {
+        let nar = "nar/09kxyd68d2nylk7ims23pj3i09s4nnv9p3dv6iij1q9canv42w6d.nar.xz";
+        assert!(matches!(CacheFile::parse(nar), Some(CacheFile::Nar(_))));
+        assert_eq!(
+            CacheFile::parse("q322pzff5rm7kwfwfbhcza6wr2b84wlm.narinfo"),
+            Some(CacheFile::NarInfo(
+                "q322pzff5rm7kwfwfbhcza6wr2b84wlm".into()
+            ))
+        );
+        for bad in [
+            "nix-cache-info",
+            "../etc/passwd",
+            "nar/../../x.nar",
+            "nar/short.nar",
+            "q322.narinfo",
+            "nar/09kxyd68d2nylk7ims23pj3i09s4nnv9p3dv6iij1q9canv42w6d.tar",
+        ] {
+            assert_eq!(CacheFile::parse(bad), None, "{bad}");
+        }
+    }
+}
