@@ -368,10 +368,29 @@ impl Fleet {
 
     /// A fleet whose server uses `database` (SQLite in its state directory when `None`).
     pub fn with_database(names: &[&str], confirm_timeout: u64, database: Option<String>) -> Fleet {
+        Self::with_server_check(names, confirm_timeout, database, true)
+    }
+
+    /// With `server_checks_signatures`, the server refuses releases whose closures are not
+    /// signed by the fleet key; without it, only the hosts' own checks stand (as with a
+    /// compromised or misconfigured server).
+    pub fn with_server_check(
+        names: &[&str],
+        confirm_timeout: u64,
+        database: Option<String>,
+        server_checks_signatures: bool,
+    ) -> Fleet {
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::new(&dir.path().join("cache-keys"), "fleet-1");
+        let mut config = format!("caches = [\"{}\"]\n", cache.url());
+        if server_checks_signatures {
+            config.push_str(&format!(
+                "trusted_cache_keys = [\"{}\"]\n",
+                cache.public_key
+            ));
+        }
         let server = Server::start(ServerOptions {
-            config: format!("caches = [\"{}\"]\n", cache.url()),
+            config,
             database,
             ..Default::default()
         });

@@ -218,7 +218,8 @@ fn a_failing_health_check_rolls_back_at_once() {
 
 #[test]
 fn closures_not_signed_by_a_pinned_key_are_never_activated() {
-    let fleet = Fleet::new(&["web-1", "web-2"], 30);
+    // The server does not check here, so the hosts' own check is what stops the closures.
+    let fleet = Fleet::with_server_check(&["web-1", "web-2"], 30, None, false);
     let base = fleet.base.clone();
     let evil = fleet
         .cache
@@ -364,4 +365,61 @@ fn hosts_fetch_from_the_embedded_cache_and_unchanged_paths_are_not_uploaded_agai
         text["log"].as_str().unwrap().contains("/cache"),
         "fetched from the embedded cache: {text}"
     );
+}
+
+#[test]
+fn the_server_refuses_releases_whose_closures_are_not_signed_by_the_fleet() {
+    let fleet = Fleet::new(&["web-1"], 30);
+    let cache_url = fleet.cache.url();
+    let refused = |path: &str, extra: &[&str], why: &str| {
+        let mut args = vec!["publish", "--path"];
+        let pair = format!("web-1={path}");
+        args.push(&pair);
+        args.extend_from_slice(extra);
+        let out = fleet_sim::run(fleet.server.yeet_cmd().args(&args));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(why) && err.contains(path),
+            "expected a refusal naming {why}: {err}"
+        );
+        let releases: Vec<serde_json::Value> = fleet.server.yeet_json(&["releases"]);
+        assert!(releases.is_empty(), "a refused release was created");
+    };
+    let missing = fleet.build("system-missing", Variant::Good, "6.1");
+    refused(
+        &missing,
+        &["--push-cmd", "true"],
+        "has no narinfo in the embedded cache",
+    );
+    let unsigned = fleet.build("system-unsigned", Variant::Good, "6.1");
+    fleet.cache.push_unsigned(&unsigned);
+    refused(
+        &unsigned,
+        &["--push-cmd", "true", "--cache-url", &cache_url],
+        "carries no signature",
+    );
+    let evil = fleet
+        .cache
+        .signing_with(&fleet.dir().join("evil-keys"), "evil-1");
+    let foreign = fleet.system_signed_by("system-foreign", Variant::Good, "6.1", &evil);
+    refused(
+        &foreign,
+        &["--push-cmd", "true", "--cache-url", &cache_url],
+        "expected a signature by one of: fleet-1",
+    );
+    // Signed by the fleet key through a file:// cache: accepted.
+    let good = fleet.system("system-good", Variant::Good, "6.1");
+    fleet.publish_with(
+        &[("web-1", &good)],
+        "good",
+        &[
+            "--cache",
+            &format!(
+                "{cache_url}?secret-key={}",
+                fleet.cache.secret_key.display()
+            ),
+        ],
+    );
+    let releases: Vec<serde_json::Value> = fleet.server.yeet_json(&["releases"]);
+    assert_eq!(releases.len(), 1);
 }

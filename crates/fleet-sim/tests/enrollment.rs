@@ -78,6 +78,8 @@ fn enroll_approve_publish_status(database: Option<String>) {
         &format!("web-1={system}"),
         "-m",
         "first release",
+        "--signing-key",
+        &fleet.cache.secret_key.display().to_string(),
     ]);
     assert!(out.contains("release 1"), "{out}");
 

@@ -103,6 +103,10 @@ enum Command {
         /// Push with a tool of its own (e.g. 'cachix push NAME'); the store paths are appended.
         #[arg(long, value_name = "CMD")]
         push_cmd: Option<String>,
+        /// With --push-cmd: where the server can read the pushed narinfos to check their
+        /// signatures (e.g. https://NAME.cachix.org).
+        #[arg(long, value_name = "URL", requires = "push_cmd")]
+        cache_url: Option<String>,
         /// Sign what is uploaded to the embedded cache with this Nix secret key
         /// (otherwise the narinfos carry the signatures the local store has).
         #[arg(long, value_name = "FILE")]
@@ -385,6 +389,7 @@ fn run(cli: Cli) -> Result<()> {
             message,
             cache,
             push_cmd,
+            cache_url,
             signing_key,
             json,
         } => {
@@ -424,6 +429,12 @@ fn run(cli: Cli) -> Result<()> {
                 &CreateReleaseRequest {
                     hosts,
                     message: message.clone(),
+                    // Where the server checks the signatures: the cache pushed to, without
+                    // query parameters such as ?secret-key=.
+                    cache: cache
+                        .as_ref()
+                        .or(cache_url.as_ref())
+                        .map(|u| u.split('?').next().unwrap_or(u).to_owned()),
                 },
             )?;
             if *json {

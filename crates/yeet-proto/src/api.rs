@@ -315,6 +315,10 @@ pub struct CreateReleaseRequest {
     pub hosts: BTreeMap<String, String>,
     #[serde(default)]
     pub message: String,
+    /// The cache the closures were pushed to; `None` is the server's embedded cache. The
+    /// server checks each top-level narinfo there before creating the release.
+    #[serde(default)]
+    pub cache: Option<String>,
 }
 
 /// An immutable release: a set of host → store path with its provenance.

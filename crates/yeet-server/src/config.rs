@@ -45,6 +45,8 @@ pub struct FileConfig {
     pub max_long_poll_secs: Option<u64>,
     /// Binary caches hosts fetch from, e.g. ["https://cache.example.org"].
     pub caches: Option<Vec<String>>,
+    /// Nix public keys (`name:base64`) a release's closures must be signed by.
+    pub trusted_cache_keys: Option<Vec<String>>,
     pub last_seen_flush_ms: Option<u64>,
     /// Serve an embedded binary cache under /cache (default true).
     pub embedded_cache: Option<bool>,
@@ -138,6 +140,16 @@ impl Config {
             offline_after_secs: file.offline_after_secs.unwrap_or(d.offline_after_secs),
             max_long_poll_secs: file.max_long_poll_secs.unwrap_or(d.max_long_poll_secs),
             caches: file.caches.unwrap_or(d.caches),
+            trusted_cache_keys: file
+                .trusted_cache_keys
+                .unwrap_or_default()
+                .iter()
+                .map(|k| {
+                    k.parse().map_err(|e| {
+                        ConfigError::Invalid(format!("trusted_cache_keys: {k:?}: {e}"))
+                    })
+                })
+                .collect::<Result<_, _>>()?,
         };
         if service.skew_secs <= 0
             || service.code_ttl_secs <= 0

@@ -4,8 +4,9 @@
 //! visible. The server never signs: narinfos carry the publisher's signatures, because
 //! closure trust stays with the hosts.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use yeet_proto::api::Role;
+use yeet_proto::api::{CreateReleaseRequest, Role};
 
 use super::auth::require_role;
 use super::{Principal, Result, Service, ServiceError};
@@ -148,6 +149,99 @@ impl Service {
         };
         // Same directory tree and file system: the rename is atomic.
         std::fs::rename(tmp, &target).map_err(io_error)
+    }
+}
+
+/// Reads `<cache>/<hash>.narinfo` from a cache the server can reach itself.
+async fn fetch_narinfo(cache: &str, hash: &str) -> Result<Option<String>> {
+    let name = format!("{hash}.narinfo");
+    if let Some(dir) = cache.strip_prefix("file://") {
+        let dir = dir.split('?').next().unwrap_or(dir);
+        return Ok(tokio::fs::read_to_string(Path::new(dir).join(name))
+            .await
+            .ok());
+    }
+    if cache.starts_with("http://") || cache.starts_with("https://") {
+        let url = format!(
+            "{}/{name}",
+            cache
+                .split('?')
+                .next()
+                .unwrap_or(cache)
+                .trim_end_matches('/')
+        );
+        let fetched = tokio::task::spawn_blocking(move || {
+            let agent: ureq::Agent = ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .timeout_global(Some(std::time::Duration::from_secs(30)))
+                .build()
+                .into();
+            let mut resp = agent.get(&url).call().map_err(|e| format!("{url}: {e}"))?;
+            match resp.status().as_u16() {
+                200 => resp
+                    .body_mut()
+                    .with_config()
+                    .limit(1 << 20)
+                    .read_to_string()
+                    .map(Some)
+                    .map_err(|e| format!("{url}: {e}")),
+                404 => Ok(None),
+                other => Err(format!("{url}: HTTP {other}")),
+            }
+        })
+        .await
+        .map_err(|e| ServiceError::System(e.to_string()))?;
+        return fetched.map_err(|e| {
+            ServiceError::invalid(
+                "cache_unreachable",
+                format!("cannot read the cache to check signatures: {e}"),
+            )
+        });
+    }
+    Err(ServiceError::invalid(
+        "uncheckable_cache",
+        format!(
+            "the server cannot read {cache} to check signatures; publish through the embedded cache, or name an http(s):// or file:// view of the cache"
+        ),
+    ))
+}
+
+impl Service {
+    /// Refuses a release unless every top-level path has its narinfo in the cache it was
+    /// published through, signed by one of the fleet's trusted keys. Hosts check again
+    /// with their own keys; this catches mistakes before any host sees the release.
+    pub(crate) async fn check_release_signed(&self, req: &CreateReleaseRequest) -> Result<()> {
+        let keys = &self.config.trusted_cache_keys;
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let expected: Vec<String> = keys.iter().map(|k| k.name.clone()).collect();
+        let expected = expected.join(", ");
+        let where_ = req
+            .cache
+            .clone()
+            .unwrap_or_else(|| "the embedded cache".into());
+        for path in req.hosts.values().collect::<BTreeSet<_>>() {
+            let sp: nix_meta::StorePath = path.parse().map_err(|e: nix_meta::StorePathError| {
+                ServiceError::invalid("invalid_store_path", e.to_string())
+            })?;
+            let text = match &req.cache {
+                None => self.embedded_cache()?.narinfo(sp.hash_part()),
+                Some(url) => fetch_narinfo(url, sp.hash_part()).await?,
+            };
+            let text = text.ok_or_else(|| {
+                ServiceError::invalid("missing_narinfo", format!("{path} has no narinfo in {where_}; push it first (yeet publish pushes unless told otherwise)"))
+            })?;
+            let info = nix_meta::NarInfo::parse(&text)
+                .map_err(|e| ServiceError::invalid("invalid_narinfo", format!("{path}: {e}")))?;
+            info.verify(keys).map_err(|e| {
+                ServiceError::invalid(
+                    "untrusted_closure",
+                    format!("{e}; expected a signature by one of: {expected}"),
+                )
+            })?;
+        }
+        Ok(())
     }
 }
 

@@ -41,6 +41,8 @@ pub struct ServiceConfig {
     pub max_long_poll_secs: u64,
     /// Binary caches (substituter URLs) hosts fetch systems from.
     pub caches: Vec<String>,
+    /// Keys whose narinfo signatures a release must carry (checked when non-empty).
+    pub trusted_cache_keys: Vec<nix_meta::PublicKey>,
 }
 
 impl Default for ServiceConfig {
@@ -55,6 +57,7 @@ impl Default for ServiceConfig {
             offline_after_secs: 10 * 60,
             max_long_poll_secs: 55,
             caches: Vec::new(),
+            trusted_cache_keys: Vec::new(),
         }
     }
 }

@@ -74,6 +74,7 @@ impl Service {
                 ),
             ));
         }
+        self.check_release_signed(&req).await?;
         let entries: Vec<(i64, String, String)> = req
             .hosts
             .iter()
