@@ -124,6 +124,20 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show one release: hosts, systems, author, message.
+    #[command(subcommand)]
+    Release(ReleaseCommand),
+    /// Point hosts back at their previous systems, as a new release.
+    Rollback {
+        /// Hosts to roll back to the system before their newest release.
+        #[arg(required_unless_present = "release", conflicts_with = "release")]
+        hosts: Vec<String>,
+        /// Roll back every host of this release to what it had before it.
+        #[arg(long)]
+        release: Option<i64>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Print shell completions, e.g. `yeet completions bash > /etc/bash_completion.d/yeet`.
     Completions { shell: clap_complete::Shell },
 }
@@ -138,6 +152,16 @@ enum KeyCommand {
     },
     /// Print the public key and fingerprint of your key.
     Show,
+}
+
+#[derive(Subcommand)]
+enum ReleaseCommand {
+    /// Show a release by id.
+    Show {
+        id: i64,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -330,6 +354,42 @@ fn run(cli: Cli) -> Result<()> {
                 ]);
             }
             println!("{t}");
+        }
+        Command::Release(ReleaseCommand::Show { id, json }) => {
+            let release: Release = connect(&cli)?.get(&paths::release(&id.to_string()))?;
+            if *json {
+                return output::json(&release);
+            }
+            println!(
+                "release {} by {} ({}): {}",
+                release.id,
+                release.author,
+                output::ago(Some(release.created_at)),
+                release.message
+            );
+            let mut t = output::table(["HOST", "SYSTEM"]);
+            for (h, p) in &release.hosts {
+                t.add_row([h, p]);
+            }
+            println!("{t}");
+        }
+        Command::Rollback {
+            hosts,
+            release,
+            json,
+        } => {
+            let req = yeet_proto::api::RollbackRequest {
+                hosts: hosts.clone(),
+                release: *release,
+            };
+            let created: Release = connect(&cli)?.post(paths::ROLLBACK, &req)?;
+            if *json {
+                return output::json(&created);
+            }
+            println!("release {} created: {}", created.id, created.message);
+            for (h, p) in &created.hosts {
+                println!("  {h} -> {p}");
+            }
         }
         Command::Log { host, json } => {
             yeet_proto::names::validate_host_name(host)?;

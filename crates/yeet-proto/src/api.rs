@@ -14,6 +14,12 @@ pub mod paths {
     pub const REJECT: &str = "/v1/registrations/reject";
     pub const HOSTS: &str = "/v1/hosts";
     pub const RELEASES: &str = "/v1/releases";
+    pub const ROLLBACK: &str = "/v1/releases/rollback";
+
+    /// `/v1/releases/{id}`
+    pub fn release(id: &str) -> String {
+        format!("{RELEASES}/{id}")
+    }
 
     /// `/v1/hosts/{name}`
     pub fn host(name: &str) -> String {
@@ -319,6 +325,16 @@ pub struct CreateReleaseRequest {
     /// server checks each top-level narinfo there before creating the release.
     #[serde(default)]
     pub cache: Option<String>,
+}
+
+/// Points hosts back at their previous systems: either the named hosts (before their newest
+/// release) or every host of `release` (before that release).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RollbackRequest {
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    #[serde(default)]
+    pub release: Option<i64>,
 }
 
 /// An immutable release: a set of host → store path with its provenance.

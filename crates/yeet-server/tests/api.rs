@@ -290,6 +290,13 @@ fn endpoints() -> Vec<Endpoint> {
             j(json!({"hosts": {"host-a": PATH_A}, "message": "m"})),
             Need::Publisher,
         ),
+        e("GET", &paths::release("1"), vec![], Need::Viewer),
+        e(
+            "POST",
+            paths::ROLLBACK,
+            j(json!({"hosts": ["host-a"]})),
+            Need::Publisher,
+        ),
         // Last, so that the success pass below still finds host-a and host-b before these.
         e(
             "POST",
@@ -427,8 +434,11 @@ async fn authorization_matrix() {
             Need::Host => &api.host_a,
         };
         let (s, v) = api.call(ep.method, &ep.path, &ep.body, Sign::By(who)).await;
+        // Approve, reject and rollback reach their handlers and find nothing to act on.
         let expected = if ep.path == paths::APPROVE || ep.path == paths::REJECT {
             StatusCode::NOT_FOUND
+        } else if ep.path == paths::ROLLBACK {
+            StatusCode::UNPROCESSABLE_ENTITY
         } else {
             StatusCode::OK
         };
@@ -1350,4 +1360,123 @@ async fn embedded_cache_uploads_are_signed_atomic_and_checked() {
         ))
         .await;
     assert!(s.is_client_error());
+}
+
+#[tokio::test]
+async fn rollback_points_hosts_at_their_previous_systems() {
+    let api = Api::new(ServiceConfig::default()).await;
+    let p = |n: u8| format!("/nix/store/q322pzff5rm7kwfwfbhcza6wr2b84wlm-system-{n}");
+    let publish = |hosts: Value| serde_json::to_vec(&json!({"hosts": hosts})).unwrap();
+    let rollback = |body: Value| serde_json::to_vec(&body).unwrap();
+    for hosts in [
+        json!({"host-a": p(1), "host-b": p(1)}),
+        json!({"host-a": p(2), "host-b": p(2)}),
+        json!({"host-a": p(3)}),
+    ] {
+        let (s, v) = api
+            .call(
+                "POST",
+                paths::RELEASES,
+                &publish(hosts),
+                Sign::By(&api.publisher),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+    }
+    // By host: host-a goes from 3 back to 2.
+    let (s, v) = api
+        .call(
+            "POST",
+            paths::ROLLBACK,
+            &rollback(json!({"hosts": ["host-a"]})),
+            Sign::By(&api.publisher),
+        )
+        .await;
+    assert_eq!(
+        (s, v["hosts"]["host-a"].as_str()),
+        (StatusCode::OK, Some(p(2).as_str())),
+        "{v}"
+    );
+    assert_eq!(v["message"], "rollback of host-a");
+    // By release: every host of release 2 back to what it had before release 2.
+    let (s, v) = api
+        .call(
+            "POST",
+            paths::ROLLBACK,
+            &rollback(json!({"release": 2})),
+            Sign::By(&api.publisher),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["hosts"], json!({"host-a": p(1), "host-b": p(1)}));
+    let (_, shown) = api
+        .call(
+            "GET",
+            &paths::release(&v["id"].to_string()),
+            b"",
+            Sign::By(&api.viewer),
+        )
+        .await;
+    assert_eq!(shown["hosts"], v["hosts"]);
+    // The desired state follows.
+    let (_, host) = api
+        .call("GET", &paths::host("host-b"), b"", Sign::By(&api.viewer))
+        .await;
+    assert_eq!(host["desired_system"], p(1).as_str());
+    // Nothing earlier to go back to, unknown releases, and both forms at once are refused.
+    let (s, v) = api
+        .call(
+            "POST",
+            paths::ROLLBACK,
+            &rollback(json!({"release": 1})),
+            Sign::By(&api.publisher),
+        )
+        .await;
+    assert_error(
+        s,
+        &v,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "nothing_to_roll_back",
+        "first release",
+    );
+    let (s, v) = api
+        .call(
+            "POST",
+            paths::ROLLBACK,
+            &rollback(json!({"release": 99})),
+            Sign::By(&api.publisher),
+        )
+        .await;
+    assert_error(
+        s,
+        &v,
+        StatusCode::NOT_FOUND,
+        "unknown_release",
+        "unknown release",
+    );
+    let (s, v) = api
+        .call(
+            "POST",
+            paths::ROLLBACK,
+            &rollback(json!({"release": 2, "hosts": ["host-a"]})),
+            Sign::By(&api.publisher),
+        )
+        .await;
+    assert_error(
+        s,
+        &v,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_rollback",
+        "both forms",
+    );
+    let (s, v) = api
+        .call("GET", &paths::release("99"), b"", Sign::By(&api.viewer))
+        .await;
+    assert_error(
+        s,
+        &v,
+        StatusCode::NOT_FOUND,
+        "unknown_release",
+        "show unknown",
+    );
 }

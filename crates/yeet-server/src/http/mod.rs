@@ -69,6 +69,8 @@ pub fn router(state: AppState) -> Router {
         .route(&paths::host("{name}"), delete(remove_host))
         .route(&paths::host_rename("{name}"), post(rename_host))
         .route(paths::RELEASES, get(list_releases).post(create_release))
+        .route(paths::ROLLBACK, post(rollback))
+        .route(&paths::release("{id}"), get(show_release))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate,
@@ -237,4 +239,20 @@ async fn create_release(
     ApiJson(req): ApiJson<CreateReleaseRequest>,
 ) -> ApiResult<Release> {
     Ok(Json(app.service.create_release(&p, req).await?))
+}
+
+async fn show_release(
+    State(app): State<AppState>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<i64>,
+) -> ApiResult<Release> {
+    Ok(Json(app.service.show_release(&p, id).await?))
+}
+
+async fn rollback(
+    State(app): State<AppState>,
+    Extension(p): Extension<Principal>,
+    ApiJson(req): ApiJson<yeet_proto::api::RollbackRequest>,
+) -> ApiResult<Release> {
+    Ok(Json(app.service.rollback(&p, req).await?))
 }

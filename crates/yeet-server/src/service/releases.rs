@@ -2,7 +2,7 @@
 //! release that names it.
 
 use std::collections::BTreeMap;
-use yeet_proto::api::{CreateReleaseRequest, Release, Role};
+use yeet_proto::api::{CreateReleaseRequest, Release, Role, RollbackRequest};
 
 use super::auth::require_role;
 use super::{Desired, Principal, Result, Service, ServiceError};
@@ -80,10 +80,21 @@ impl Service {
             .iter()
             .map(|(h, p)| (known[h], h.clone(), p.clone()))
             .collect();
+        self.commit_release(author, req.message, entries).await
+    }
+
+    /// Writes a validated release, updates the desired state and wakes every waiting host
+    /// (here and, through the database, on other replicas).
+    async fn commit_release(
+        &self,
+        author: &str,
+        message: String,
+        entries: Vec<(i64, String, String)>,
+    ) -> Result<Release> {
         let created_at = super::now();
         let id = self
             .store
-            .insert_release(author, &req.message, created_at, &entries)
+            .insert_release(author, &message, created_at, &entries)
             .await?;
         {
             let mut desired = self.desired.write().await;
@@ -112,13 +123,92 @@ impl Service {
             by = author,
             "release created"
         );
+        let hosts = entries.into_iter().map(|(_, h, p)| (h, p)).collect();
         Ok(Release {
             id,
             author: author.to_owned(),
             created_at,
-            message: req.message,
-            hosts: req.hosts,
+            message,
+            hosts,
         })
+    }
+
+    pub async fn show_release(&self, principal: &Principal, id: i64) -> Result<Release> {
+        require_role(principal, Role::Viewer)?;
+        let row = self.store.release_by_id(id).await?.ok_or_else(|| {
+            ServiceError::not_found(
+                "unknown_release",
+                format!("no release {id}; see `yeet releases`"),
+            )
+        })?;
+        Ok(to_api(row))
+    }
+
+    /// A new release that points hosts back at the systems they had before: before their
+    /// newest release (`hosts`), or before release `release` (every host it named).
+    pub async fn rollback(&self, principal: &Principal, req: RollbackRequest) -> Result<Release> {
+        let author = require_role(principal, Role::Publisher)?;
+        let targets: Vec<(i64, String, i64)> = match (req.release, req.hosts.is_empty()) {
+            (Some(id), true) => {
+                let release = self.store.release_by_id(id).await?.ok_or_else(|| {
+                    ServiceError::not_found("unknown_release", format!("no release {id}"))
+                })?;
+                let mut t = Vec::new();
+                for (name, _) in release.entries {
+                    // Hosts removed since then are skipped; renamed ones are found by id below.
+                    if let Some(h) = self.store.host_by_name(&name).await? {
+                        t.push((h.id, h.name, id));
+                    }
+                }
+                t
+            }
+            (None, false) => {
+                let desired = self.desired.read().await.clone();
+                let mut t = Vec::new();
+                for name in &req.hosts {
+                    let h = self.host_named(name).await?;
+                    let newest = desired.get(&h.id).map(|d| d.release_id).ok_or_else(|| {
+                        ServiceError::invalid(
+                            "nothing_to_roll_back",
+                            format!("{name} has no release yet"),
+                        )
+                    })?;
+                    t.push((h.id, h.name, newest));
+                }
+                t
+            }
+            _ => {
+                return Err(ServiceError::invalid(
+                    "invalid_rollback",
+                    "name hosts or a release, not both",
+                ));
+            }
+        };
+        let mut entries = Vec::new();
+        let mut stuck = Vec::new();
+        for (host_id, name, before) in targets {
+            match self.store.path_before(host_id, before).await? {
+                Some(path) => entries.push((host_id, name, path)),
+                None => stuck.push(name),
+            }
+        }
+        if !stuck.is_empty() {
+            return Err(ServiceError::invalid(
+                "nothing_to_roll_back",
+                format!("no earlier release names {}", stuck.join(", ")),
+            ));
+        }
+        if entries.is_empty() {
+            return Err(ServiceError::invalid(
+                "nothing_to_roll_back",
+                "none of the release's hosts exist any more",
+            ));
+        }
+        let what = match req.release {
+            Some(id) => format!("rollback of release {id}"),
+            None => format!("rollback of {}", req.hosts.join(", ")),
+        };
+        self.commit_release(author, what, entries).await
     }
 
     pub async fn list_releases(

@@ -685,6 +685,43 @@ impl Store {
         Ok(Some(EventStream { listener }))
     }
 
+    pub async fn release_by_id(&self, id: i64) -> Result<Option<ReleaseRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT r.id, r.author, r.message, r.created_at, rh.host_name, rh.store_path
+             FROM releases r JOIN release_hosts rh ON rh.release_id = r.id WHERE r.id = $1 ORDER BY rh.host_name",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        let Some(first) = rows.first() else {
+            return Ok(None);
+        };
+        Ok(Some(ReleaseRow {
+            id,
+            author: first.try_get("author")?,
+            message: first.try_get("message")?,
+            created_at: first.try_get("created_at")?,
+            entries: rows
+                .iter()
+                .map(|r| Ok((r.try_get("host_name")?, r.try_get("store_path")?)))
+                .collect::<Result<_, sqlx::Error>>()?,
+        }))
+    }
+
+    /// The system a host had in the newest release before `release_id`.
+    pub async fn path_before(
+        &self,
+        host_id: i64,
+        release_id: i64,
+    ) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query("SELECT store_path FROM release_hosts WHERE host_id = $1 AND release_id < $2 ORDER BY release_id DESC LIMIT 1")
+            .bind(host_id)
+            .bind(release_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get("store_path")).transpose()?)
+    }
+
     /// Every host's newest release entry: the desired state of the whole fleet.
     pub async fn desired_systems(&self) -> Result<Vec<DesiredRow>, StoreError> {
         let rows = sqlx::query(
