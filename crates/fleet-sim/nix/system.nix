@@ -3,11 +3,11 @@
 # /run/current-system at itself, and restarts the agent (the harness's supervisor starts it
 # again, as systemd would). Variants fail the switch, carry an agent config that cannot
 # reach the server, fail the health check, or bring another kernel.
-{ name, server, trustedKey, variant ? "good", kernel ? "6.1", confirmTimeout ? 20, salt ? "" }:
+{ name, server, trustedKey, variant ? "good", kernel ? "6.1", confirmTimeout ? 20, salt ? "", system ? builtins.currentSystem }:
 let
   kernelPkg = derivation {
     name = "linux-${kernel}";
-    system = builtins.currentSystem;
+    inherit system;
     builder = "/bin/sh";
     PATH = "/bin:/usr/bin";
     args = [ "-c" "mkdir -p $out; echo ${kernel} > $out/bzImage; echo initrd-${kernel} > $out/initrd" ];
@@ -15,7 +15,7 @@ let
 in derivation {
   inherit name server trustedKey variant confirmTimeout salt;
   kernelPkg = kernelPkg;
-  system = builtins.currentSystem;
+  inherit system;
   builder = "/bin/sh";
   PATH = "/bin:/usr/bin";
   args = [ "-c" (builtins.readFile ./build-system.sh) ];

@@ -193,6 +193,8 @@ mount --bind "$R/nix" /nix
 mount --bind "$R/run" /run
 mount --bind "$R/etc-yeet" /etc/yeet
 mount --bind "$R/var-lib-yeet" /var/lib/yeet
+# Nix keeps a narinfo cache under $HOME/.cache; each real host has its own.
+export XDG_CACHE_HOME="$R/home-cache"
 # Boot: /run is empty after a (simulated) reboot; activate the profile's default generation,
 # or install the base system on first boot.
 if [ ! -e /run/current-system ]; then

@@ -423,3 +423,133 @@ fn the_server_refuses_releases_whose_closures_are_not_signed_by_the_fleet() {
     let releases: Vec<serde_json::Value> = fleet.server.yeet_json(&["releases"]);
     assert_eq!(releases.len(), 1);
 }
+
+/// Lays out the fixture flake in a fresh git repository, configured for `fleet`.
+fn fleet_flake(fleet: &Fleet) -> std::path::PathBuf {
+    let dir = fleet.dir().join("fleet-flake");
+    std::fs::create_dir_all(&dir).unwrap();
+    let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for (from, to) in [
+        ("fixtures/fleet-flake/flake.nix", "flake.nix"),
+        ("nix/system.nix", "system.nix"),
+        ("nix/build-system.sh", "build-system.sh"),
+    ] {
+        std::fs::copy(here.join(from), dir.join(to)).unwrap();
+    }
+    let settings = serde_json::json!({
+        "server": fleet.server.url,
+        "trustedKey": fleet.cache.public_key,
+        "salt": fleet.dir().display().to_string(),
+        "system": format!("{}-linux", std::env::consts::ARCH),
+    });
+    std::fs::write(dir.join("fleet.json"), settings.to_string()).unwrap();
+    let git = |args: &[&str]| {
+        let out = fleet_sim::run(
+            std::process::Command::new("git")
+                .args(["-c", "user.name=yeet", "-c", "user.email=yeet@test", "-C"])
+                .arg(&dir)
+                .args(args),
+        );
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    git(&["init", "-q"]);
+    git(&["add", "."]);
+    git(&["commit", "-qm", "fleet"]);
+    dir
+}
+
+#[test]
+fn publish_from_a_flake_builds_shared_systems_once_and_the_fleet_converges() {
+    let fleet = Fleet::new(&["web-1", "web-2", "db-1"], 30);
+    let flake = fleet_flake(&fleet);
+    let head = String::from_utf8(
+        fleet_sim::run(
+            std::process::Command::new("git")
+                .arg("-C")
+                .arg(&flake)
+                .args(["rev-parse", "HEAD"]),
+        )
+        .stdout,
+    )
+    .unwrap();
+    let key = fleet.cache.secret_key.display().to_string();
+    let flake_ref = format!("git+file://{}", flake.display());
+    let publish = |extra: &[&str]| {
+        let out = fleet_sim::run(
+            fleet
+                .server
+                .yeet_cmd()
+                .args([
+                    "publish",
+                    "--flake",
+                    &flake_ref,
+                    "--signing-key",
+                    &key,
+                    "-m",
+                    "from the flake",
+                ])
+                .args(extra),
+        );
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.success(), err)
+    };
+    // An unknown host is refused, naming the fleet's hosts.
+    let (ok, err) = publish(&["web-1", "mail-1"]);
+    assert!(
+        !ok && err.contains("mail-1") && err.contains("db-1, web-1, web-2"),
+        "{err}"
+    );
+    let (ok, err) = publish(&["--all"]);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("built 2 distinct system(s) for 3 host(s)"),
+        "{err}"
+    );
+    let releases: Vec<serde_json::Value> = fleet.server.yeet_json(&["releases"]);
+    assert_eq!(
+        (
+            releases[0]["revision"].as_str(),
+            releases[0]["dirty"].as_bool()
+        ),
+        (Some(head.trim()), Some(false)),
+        "{}",
+        releases[0]
+    );
+    let hosts = releases[0]["hosts"].as_object().unwrap();
+    assert_eq!(hosts["web-1"], hosts["web-2"]);
+    assert_ne!(hosts["web-1"], hosts["db-1"]);
+    for h in ["web-1", "web-2", "db-1"] {
+        let a = fleet.wait_for_activation(h, 1, CONVERGE);
+        assert_eq!(
+            (a["result"].as_str(), a["store_path"].as_str()),
+            (Some("confirmed"), hosts[h].as_str()),
+            "{h}: {a}"
+        );
+    }
+    // A dirty tree is recorded as such.
+    std::fs::write(
+        flake.join("build-system.sh"),
+        format!(
+            "{}\n# uncommitted\n",
+            std::fs::read_to_string(flake.join("build-system.sh")).unwrap()
+        ),
+    )
+    .unwrap();
+    let (ok, err) = publish(&["db-1"]);
+    assert!(ok, "{err}");
+    let releases: Vec<serde_json::Value> = fleet.server.yeet_json(&["releases"]);
+    assert_eq!(
+        (
+            releases[0]["revision"].is_null(),
+            releases[0]["dirty"].as_bool()
+        ),
+        (true, Some(true)),
+        "{}",
+        releases[0]
+    );
+}

@@ -2,6 +2,7 @@
 //! printed as a table for people or as JSON with `--json`.
 
 mod config;
+mod flake;
 mod output;
 mod push;
 
@@ -88,10 +89,18 @@ enum Command {
     /// Rename or remove hosts.
     #[command(subcommand)]
     Host(HostCommand),
-    /// Create a release from already-built store paths.
+    /// Build hosts' systems from a flake (or take built paths), push them, create a release.
     Publish {
-        /// HOST=/nix/store/...-system, repeatable.
-        #[arg(long = "path", value_name = "HOST=STORE_PATH", required = true)]
+        /// Hosts to build and publish (names in the flake and in the fleet).
+        hosts: Vec<String>,
+        /// Every host the flake defines.
+        #[arg(long, conflicts_with = "hosts")]
+        all: bool,
+        /// The flake to build from.
+        #[arg(long, default_value = ".")]
+        flake: String,
+        /// HOST=/nix/store/...-system: skip building (CI that already built), repeatable.
+        #[arg(long = "path", value_name = "HOST=STORE_PATH", conflicts_with_all = ["hosts", "all"])]
         paths: Vec<String>,
         /// What this release is about.
         #[arg(short, long, default_value = "")]
@@ -445,6 +454,9 @@ fn run(cli: Cli) -> Result<()> {
             println!("removed {name}");
         }
         Command::Publish {
+            hosts: names,
+            all,
+            flake,
             paths: pairs,
             message,
             cache,
@@ -453,7 +465,44 @@ fn run(cli: Cli) -> Result<()> {
             signing_key,
             json,
         } => {
+            let client = connect(&cli)?;
             let mut hosts = BTreeMap::new();
+            let (mut revision, mut dirty) = (None, false);
+            if pairs.is_empty() {
+                let wanted = if *all {
+                    flake::hosts_in(flake)?
+                } else {
+                    names.clone()
+                };
+                if wanted.is_empty() {
+                    bail!(
+                        "nothing to publish: name hosts, pass --all, or give --path HOST=/nix/store/..."
+                    );
+                }
+                let fleet: Vec<HostInfo> = client.get(paths::HOSTS)?;
+                let known: Vec<&str> = fleet.iter().map(|h| h.name.as_str()).collect();
+                let unknown: Vec<&str> = wanted
+                    .iter()
+                    .map(String::as_str)
+                    .filter(|h| !known.contains(h))
+                    .collect();
+                if !unknown.is_empty() {
+                    bail!(
+                        "not approved in the fleet: {}; approved hosts: {} (enroll them with yeet-agent and `yeet approve`)",
+                        unknown.join(", "),
+                        known.join(", ")
+                    );
+                }
+                let built = flake::build(flake, &wanted)?;
+                eprintln!(
+                    "built {} distinct system(s) for {} host(s)",
+                    built.distinct,
+                    built.systems.len()
+                );
+                hosts = built.systems;
+                revision = built.revision;
+                dirty = built.dirty;
+            }
             for pair in pairs {
                 let (host, path) = pair
                     .split_once('=')
@@ -465,7 +514,6 @@ fn run(cli: Cli) -> Result<()> {
                     bail!("host {host} is given twice");
                 }
             }
-            let client = connect(&cli)?;
             let target = match (cache, push_cmd) {
                 (Some(url), _) => push::Target::Cache(url.clone()),
                 (None, Some(cmd)) => push::Target::Command(cmd.clone()),
@@ -495,6 +543,8 @@ fn run(cli: Cli) -> Result<()> {
                         .as_ref()
                         .or(cache_url.as_ref())
                         .map(|u| u.split('?').next().unwrap_or(u).to_owned()),
+                    revision,
+                    dirty,
                 },
             )?;
             if *json {

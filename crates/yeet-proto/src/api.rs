@@ -325,6 +325,12 @@ pub struct CreateReleaseRequest {
     /// server checks each top-level narinfo there before creating the release.
     #[serde(default)]
     pub cache: Option<String>,
+    /// The source revision the systems were built from (a flake's git revision).
+    #[serde(default)]
+    pub revision: Option<String>,
+    /// The source tree had uncommitted changes.
+    #[serde(default)]
+    pub dirty: bool,
 }
 
 /// Points hosts back at their previous systems: either the named hosts (before their newest
@@ -344,6 +350,10 @@ pub struct Release {
     pub author: String,
     pub created_at: i64,
     pub message: String,
+    #[serde(default)]
+    pub revision: Option<String>,
+    #[serde(default)]
+    pub dirty: bool,
     pub hosts: BTreeMap<String, String>,
 }
 

@@ -111,6 +111,8 @@ async fn replicas_share_releases_and_key_removals() {
         hosts: [("web".to_string(), PATH.to_string())].into(),
         message: "via A".into(),
         cache: None,
+        revision: None,
+        dirty: false,
     };
     a.create_release(&admin, release).await.unwrap();
     let (resp, waited) = tokio::time::timeout(Duration::from_secs(20), waiter)

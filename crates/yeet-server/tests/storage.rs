@@ -6,7 +6,7 @@
 mod common;
 
 use common::TestDb;
-use yeet_server::store::{HostReport, RegistrationRow, Store, StoreError};
+use yeet_server::store::{HostReport, NewRelease, RegistrationRow, Store, StoreError};
 
 fn registration(key: &str, code: &str, seen: i64) -> RegistrationRow {
     RegistrationRow {
@@ -201,17 +201,26 @@ async fn releases_and_desired_state(db: &TestDb) {
     let a = host(&s, "ka", "a").await;
     let b = host(&s, "kb", "b").await;
     let p = |n: u8| format!("/nix/store/q322pzff5rm7kwfwfbhcza6wr2b84wlm-sys{n}");
+    let release = |message: &str, revision: Option<&str>, dirty| NewRelease {
+        author: "ci".into(),
+        message: message.into(),
+        revision: revision.map(Into::into),
+        dirty,
+    };
     let r1 = s
         .insert_release(
-            "ci",
-            "first",
+            &release("first", Some("8c95a2f"), false),
             100,
             &[(a, "a".into(), p(1)), (b, "b".into(), p(1))],
         )
         .await
         .unwrap();
     let r2 = s
-        .insert_release("ci", "only a", 200, &[(a, "a".into(), p(2))])
+        .insert_release(
+            &release("only a", None, true),
+            200,
+            &[(a, "a".into(), p(2))],
+        )
         .await
         .unwrap();
     assert!(r2 > r1);
@@ -228,7 +237,19 @@ async fn releases_and_desired_state(db: &TestDb) {
         all[1].entries,
         [("a".to_string(), p(1)), ("b".to_string(), p(1))]
     );
-    assert_eq!(all[1].message, "first");
+    assert_eq!(
+        (
+            all[1].message.as_str(),
+            all[1].revision.as_deref(),
+            all[1].dirty
+        ),
+        ("first", Some("8c95a2f"), false)
+    );
+    assert_eq!((all[0].revision.as_deref(), all[0].dirty), (None, true));
+    assert_eq!(s.release_by_id(r1).await.unwrap().unwrap(), all[1]);
+    assert_eq!(s.release_by_id(r2 + 100).await.unwrap(), None);
+    assert_eq!(s.path_before(a, r2).await.unwrap(), Some(p(1)));
+    assert_eq!(s.path_before(a, r1).await.unwrap(), None);
     let for_b = s.list_releases(Some(b), 10).await.unwrap();
     assert_eq!(for_b.iter().map(|r| r.id).collect::<Vec<_>>(), [r1]);
     assert_eq!(s.list_releases(None, 1).await.unwrap().len(), 1);

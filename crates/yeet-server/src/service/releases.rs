@@ -6,7 +6,7 @@ use yeet_proto::api::{CreateReleaseRequest, Release, Role, RollbackRequest};
 
 use super::auth::require_role;
 use super::{Desired, Principal, Result, Service, ServiceError};
-use crate::store::ReleaseRow;
+use crate::store::{NewRelease, ReleaseRow};
 
 /// Releases listed when the caller gives no limit.
 pub const DEFAULT_RELEASE_LIMIT: i64 = 50;
@@ -18,6 +18,8 @@ fn to_api(r: ReleaseRow) -> Release {
         author: r.author,
         created_at: r.created_at,
         message: r.message,
+        revision: r.revision,
+        dirty: r.dirty,
         hosts: r.entries.into_iter().collect(),
     }
 }
@@ -80,21 +82,26 @@ impl Service {
             .iter()
             .map(|(h, p)| (known[h], h.clone(), p.clone()))
             .collect();
-        self.commit_release(author, req.message, entries).await
+        let provenance = NewRelease {
+            author: author.to_owned(),
+            message: req.message,
+            revision: req.revision,
+            dirty: req.dirty,
+        };
+        self.commit_release(provenance, entries).await
     }
 
     /// Writes a validated release, updates the desired state and wakes every waiting host
     /// (here and, through the database, on other replicas).
     async fn commit_release(
         &self,
-        author: &str,
-        message: String,
+        release: NewRelease,
         entries: Vec<(i64, String, String)>,
     ) -> Result<Release> {
         let created_at = super::now();
         let id = self
             .store
-            .insert_release(author, &message, created_at, &entries)
+            .insert_release(&release, created_at, &entries)
             .await?;
         {
             let mut desired = self.desired.write().await;
@@ -117,18 +124,15 @@ impl Service {
             // The release is committed; other replicas catch up at their next event or reconnect.
             tracing::warn!(error = %e, release = id, "could not notify other replicas of a release");
         }
-        tracing::info!(
-            release = id,
-            hosts = entries.len(),
-            by = author,
-            "release created"
-        );
+        tracing::info!(release = id, hosts = entries.len(), by = %release.author, "release created");
         let hosts = entries.into_iter().map(|(_, h, p)| (h, p)).collect();
         Ok(Release {
             id,
-            author: author.to_owned(),
+            author: release.author,
             created_at,
-            message,
+            message: release.message,
+            revision: release.revision,
+            dirty: release.dirty,
             hosts,
         })
     }
@@ -208,7 +212,15 @@ impl Service {
             Some(id) => format!("rollback of release {id}"),
             None => format!("rollback of {}", req.hosts.join(", ")),
         };
-        self.commit_release(author, what, entries).await
+        self.commit_release(
+            NewRelease {
+                author: author.to_owned(),
+                message: what,
+                ..Default::default()
+            },
+            entries,
+        )
+        .await
     }
 
     pub async fn list_releases(

@@ -2,7 +2,7 @@
 //! default) or PostgreSQL (replicas). Each backend has its own migration set; the queries use
 //! only the SQL both understand (`$n` parameters, `RETURNING`, BIGINT timestamps in seconds).
 
-use sqlx::any::AnyPoolOptions;
+use sqlx::any::{AnyPoolOptions, AnyRow};
 // Dynamic SQL here only splices the constant column lists below, never input.
 use sqlx::{AnyPool, AssertSqlSafe, FromRow, Row};
 use thiserror::Error;
@@ -103,8 +103,44 @@ pub struct ReleaseRow {
     pub author: String,
     pub message: String,
     pub created_at: i64,
+    pub revision: Option<String>,
+    pub dirty: bool,
     /// (host name at release time, store path), sorted by host name.
     pub entries: Vec<(String, String)>,
+}
+
+/// The provenance of a release about to be written.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NewRelease {
+    pub author: String,
+    pub message: String,
+    pub revision: Option<String>,
+    pub dirty: bool,
+}
+
+const RELEASE_SELECT: &str = "SELECT r.id, r.author, r.message, r.created_at, r.revision, r.dirty, rh.host_name, rh.store_path
+     FROM releases r JOIN release_hosts rh ON rh.release_id = r.id";
+
+/// Folds joined release rows (ordered by release) into releases with their entries.
+fn group_releases(rows: Vec<AnyRow>) -> Result<Vec<ReleaseRow>, sqlx::Error> {
+    let mut out: Vec<ReleaseRow> = Vec::new();
+    for row in rows {
+        let id: i64 = row.try_get("id")?;
+        let entry = (row.try_get("host_name")?, row.try_get("store_path")?);
+        match out.last_mut() {
+            Some(last) if last.id == id => last.entries.push(entry),
+            _ => out.push(ReleaseRow {
+                id,
+                author: row.try_get("author")?,
+                message: row.try_get("message")?,
+                created_at: row.try_get("created_at")?,
+                revision: row.try_get("revision")?,
+                dirty: row.try_get::<i64, _>("dirty")? != 0,
+                entries: vec![entry],
+            }),
+        }
+    }
+    Ok(out)
 }
 
 /// The newest release entry for one host.
@@ -520,21 +556,20 @@ impl Store {
     /// Inserts a release with its (host id, host name, store path) entries atomically.
     pub async fn insert_release(
         &self,
-        author: &str,
-        message: &str,
+        release: &NewRelease,
         now: i64,
         entries: &[(i64, String, String)],
     ) -> Result<i64, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let id: i64 = sqlx::query(
-            "INSERT INTO releases (author, message, created_at) VALUES ($1, $2, $3) RETURNING id",
-        )
-        .bind(author)
-        .bind(message)
-        .bind(now)
-        .fetch_one(&mut *tx)
-        .await?
-        .try_get("id")?;
+        let id: i64 = sqlx::query("INSERT INTO releases (author, message, created_at, revision, dirty) VALUES ($1, $2, $3, $4, $5) RETURNING id")
+            .bind(&release.author)
+            .bind(&release.message)
+            .bind(now)
+            .bind(&release.revision)
+            .bind(i64::from(release.dirty))
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("id")?;
         for (host_id, host_name, path) in entries {
             sqlx::query("INSERT INTO release_hosts (release_id, host_id, host_name, store_path) VALUES ($1, $2, $3, $4)")
                 .bind(id)
@@ -554,32 +589,16 @@ impl Store {
         host_id: Option<i64>,
         limit: i64,
     ) -> Result<Vec<ReleaseRow>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT r.id, r.author, r.message, r.created_at, rh.host_name, rh.store_path
-             FROM releases r JOIN release_hosts rh ON rh.release_id = r.id
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "{RELEASE_SELECT}
              WHERE r.id IN (SELECT id FROM releases WHERE $1 < 0 OR id IN (SELECT release_id FROM release_hosts WHERE host_id = $1) ORDER BY id DESC LIMIT $2)
-             ORDER BY r.id DESC, rh.host_name",
-        )
+             ORDER BY r.id DESC, rh.host_name"
+        )))
         .bind(host_id.unwrap_or(-1))
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        let mut out: Vec<ReleaseRow> = Vec::new();
-        for row in rows {
-            let id: i64 = row.try_get("id")?;
-            let entry = (row.try_get("host_name")?, row.try_get("store_path")?);
-            match out.last_mut() {
-                Some(last) if last.id == id => last.entries.push(entry),
-                _ => out.push(ReleaseRow {
-                    id,
-                    author: row.try_get("author")?,
-                    message: row.try_get("message")?,
-                    created_at: row.try_get("created_at")?,
-                    entries: vec![entry],
-                }),
-            }
-        }
-        Ok(out)
+        Ok(group_releases(rows)?)
     }
 
     // --- activations ---
@@ -686,26 +705,13 @@ impl Store {
     }
 
     pub async fn release_by_id(&self, id: i64) -> Result<Option<ReleaseRow>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT r.id, r.author, r.message, r.created_at, rh.host_name, rh.store_path
-             FROM releases r JOIN release_hosts rh ON rh.release_id = r.id WHERE r.id = $1 ORDER BY rh.host_name",
-        )
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "{RELEASE_SELECT} WHERE r.id = $1 ORDER BY rh.host_name"
+        )))
         .bind(id)
         .fetch_all(&self.pool)
         .await?;
-        let Some(first) = rows.first() else {
-            return Ok(None);
-        };
-        Ok(Some(ReleaseRow {
-            id,
-            author: first.try_get("author")?,
-            message: first.try_get("message")?,
-            created_at: first.try_get("created_at")?,
-            entries: rows
-                .iter()
-                .map(|r| Ok((r.try_get("host_name")?, r.try_get("store_path")?)))
-                .collect::<Result<_, sqlx::Error>>()?,
-        }))
+        Ok(group_releases(rows)?.pop())
     }
 
     /// The system a host had in the newest release before `release_id`.
