@@ -1,0 +1,7 @@
+# db-1: replace with the host's hardware configuration and services.
+{ ... }:
+{
+  boot.loader.grub.device = "/dev/sda";
+  fileSystems."/" = { device = "/dev/disk/by-label/nixos"; fsType = "ext4"; };
+  services.postgresql.enable = true;
+}
