@@ -553,3 +553,53 @@ fn publish_from_a_flake_builds_shared_systems_once_and_the_fleet_converges() {
         releases[0]
     );
 }
+
+#[test]
+fn cache_gc_keeps_exactly_what_the_newest_releases_reference() {
+    let fleet = Fleet::new(&["web-1"], 30);
+    let cache_dir = fleet.server.dir.path().join("state/cache");
+    let narinfo = |path: &str| {
+        cache_dir.join(format!(
+            "{}.narinfo",
+            &path["/nix/store/".len().."/nix/store/".len() + 32]
+        ))
+    };
+    let v1 = fleet.build("system-gc-1", Variant::Good, "5.15");
+    let v2 = fleet.build("system-gc-2", Variant::Good, "6.1");
+    let v3 = fleet.build("system-gc-3", Variant::Good, "6.1");
+    for v in [&v1, &v2, &v3] {
+        fleet.publish(&[("web-1", v)], "gc");
+    }
+    for v in [&v1, &v2, &v3] {
+        assert!(narinfo(v).exists(), "{v} was not uploaded");
+    }
+    let nars_before = std::fs::read_dir(cache_dir.join("nar")).unwrap().count();
+    let report: serde_json::Value =
+        fleet
+            .server
+            .yeet_json(&["cache", "gc", "--keep", "2", "--grace-secs", "0"]);
+    // v1 and its kernel 5.15 go; v2, v3 and the shared kernel 6.1 stay (plus the base system's
+    // paths, which no release names: the base is not in the embedded cache at all).
+    assert_eq!(report["deleted_paths"], 2, "{report}");
+    assert!(!narinfo(&v1).exists());
+    assert!(narinfo(&v2).exists() && narinfo(&v3).exists());
+    assert_eq!(
+        std::fs::read_dir(cache_dir.join("nar")).unwrap().count(),
+        nars_before - 2
+    );
+    assert!(report["bytes_freed"].as_u64().unwrap() > 0, "{report}");
+    let again: serde_json::Value =
+        fleet
+            .server
+            .yeet_json(&["cache", "gc", "--keep", "2", "--grace-secs", "0"]);
+    assert_eq!(
+        (
+            again["deleted_paths"].as_u64(),
+            again["bytes_freed"].as_u64()
+        ),
+        (Some(0), Some(0)),
+        "{again}"
+    );
+    // The host still gets what it is told to run: the newest release, v3.
+    wait_until(CONVERGE, "web-1 on v3", || converged(&fleet, &v3));
+}

@@ -147,6 +147,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Manage the server's embedded binary cache.
+    #[command(subcommand)]
+    Cache(CacheCommand),
     /// Print shell completions, e.g. `yeet completions bash > /etc/bash_completion.d/yeet`.
     Completions { shell: clap_complete::Shell },
 }
@@ -161,6 +164,21 @@ enum KeyCommand {
     },
     /// Print the public key and fingerprint of your key.
     Show,
+}
+
+#[derive(Subcommand)]
+enum CacheCommand {
+    /// Delete what no kept release references; reports the bytes freed.
+    Gc {
+        /// Keep the closures of each host's newest N releases.
+        #[arg(long, default_value_t = 3)]
+        keep: u32,
+        /// Spare files younger than this many seconds (uploads of a publish in progress).
+        #[arg(long, default_value_t = 3600)]
+        grace_secs: u64,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -399,6 +417,25 @@ fn run(cli: Cli) -> Result<()> {
             for (h, p) in &created.hosts {
                 println!("  {h} -> {p}");
             }
+        }
+        Command::Cache(CacheCommand::Gc {
+            keep,
+            grace_secs,
+            json,
+        }) => {
+            let req = yeet_proto::api::CacheGcRequest {
+                keep: *keep,
+                grace_secs: *grace_secs,
+            };
+            let report: yeet_proto::api::CacheGcReport =
+                connect(&cli)?.post(paths::CACHE_GC, &req)?;
+            if *json {
+                return output::json(&report);
+            }
+            println!(
+                "kept {} store paths, deleted {} ({} files), freed {} bytes",
+                report.kept_paths, report.deleted_paths, report.deleted_files, report.bytes_freed
+            );
         }
         Command::Log { host, json } => {
             yeet_proto::names::validate_host_name(host)?;

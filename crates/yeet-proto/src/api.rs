@@ -15,6 +15,7 @@ pub mod paths {
     pub const HOSTS: &str = "/v1/hosts";
     pub const RELEASES: &str = "/v1/releases";
     pub const ROLLBACK: &str = "/v1/releases/rollback";
+    pub const CACHE_GC: &str = "/v1/cache/gc";
 
     /// `/v1/releases/{id}`
     pub fn release(id: &str) -> String {
@@ -341,6 +342,28 @@ pub struct RollbackRequest {
     pub hosts: Vec<String>,
     #[serde(default)]
     pub release: Option<i64>,
+}
+
+/// Garbage-collects the embedded cache.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CacheGcRequest {
+    /// Keep the closures of each host's newest `keep` releases.
+    pub keep: u32,
+    /// Never delete files younger than this (uploads for a release still being published).
+    #[serde(default = "default_gc_grace")]
+    pub grace_secs: u64,
+}
+
+fn default_gc_grace() -> u64 {
+    3600
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CacheGcReport {
+    pub kept_paths: u64,
+    pub deleted_paths: u64,
+    pub deleted_files: u64,
+    pub bytes_freed: u64,
 }
 
 /// An immutable release: a set of host → store path with its provenance.

@@ -297,6 +297,7 @@ fn endpoints() -> Vec<Endpoint> {
             j(json!({"hosts": ["host-a"]})),
             Need::Publisher,
         ),
+        e("POST", paths::CACHE_GC, j(json!({"keep": 2})), Need::Admin),
         // Last, so that the success pass below still finds host-a and host-b before these.
         e(
             "POST",

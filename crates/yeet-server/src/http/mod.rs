@@ -70,6 +70,7 @@ pub fn router(state: AppState) -> Router {
         .route(&paths::host_rename("{name}"), post(rename_host))
         .route(paths::RELEASES, get(list_releases).post(create_release))
         .route(paths::ROLLBACK, post(rollback))
+        .route(paths::CACHE_GC, post(cache_gc))
         .route(&paths::release("{id}"), get(show_release))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
@@ -255,4 +256,12 @@ async fn rollback(
     ApiJson(req): ApiJson<yeet_proto::api::RollbackRequest>,
 ) -> ApiResult<Release> {
     Ok(Json(app.service.rollback(&p, req).await?))
+}
+
+async fn cache_gc(
+    State(app): State<AppState>,
+    Extension(p): Extension<Principal>,
+    ApiJson(req): ApiJson<yeet_proto::api::CacheGcRequest>,
+) -> ApiResult<yeet_proto::api::CacheGcReport> {
+    Ok(Json(app.service.cache_gc(&p, req).await?))
 }

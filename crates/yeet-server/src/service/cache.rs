@@ -6,7 +6,7 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use yeet_proto::api::{CreateReleaseRequest, Role};
+use yeet_proto::api::{CacheGcReport, CacheGcRequest, CreateReleaseRequest, Role};
 
 use super::auth::require_role;
 use super::{Principal, Result, Service, ServiceError};
@@ -75,6 +75,86 @@ impl EmbeddedCache {
 
     pub fn narinfo(&self, hash: &str) -> Option<String> {
         std::fs::read_to_string(self.root.join(format!("{hash}.narinfo"))).ok()
+    }
+
+    /// The mark-and-sweep behind `cache_gc`.
+    fn collect(&self, roots: &[String], grace: std::time::Duration) -> Result<CacheGcReport> {
+        let young = |p: &Path| {
+            std::fs::metadata(p)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age < grace)
+        };
+        // Mark: the closures of the roots, following narinfo references.
+        let mut keep: BTreeSet<String> = BTreeSet::new();
+        let mut todo: Vec<String> = roots
+            .iter()
+            .filter_map(|p| p.parse::<nix_meta::StorePath>().ok())
+            .map(|p| p.hash_part().to_owned())
+            .collect();
+        while let Some(hash) = todo.pop() {
+            if !keep.insert(hash.clone()) {
+                continue;
+            }
+            if let Some(info) = self
+                .narinfo(&hash)
+                .and_then(|t| nix_meta::NarInfo::parse(&t).ok())
+            {
+                todo.extend(info.references.iter().map(|r| r.hash_part().to_owned()));
+            }
+        }
+        // Sweep narinfos, then NARs that no surviving narinfo names.
+        let mut report = CacheGcReport {
+            kept_paths: 0,
+            deleted_paths: 0,
+            deleted_files: 0,
+            bytes_freed: 0,
+        };
+        let mut live_nars = BTreeSet::new();
+        let remove = |path: &Path, report: &mut CacheGcReport| -> Result<()> {
+            let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+            std::fs::remove_file(path).map_err(io_error)?;
+            report.deleted_files += 1;
+            report.bytes_freed += size;
+            Ok(())
+        };
+        for entry in std::fs::read_dir(&self.root).map_err(io_error)? {
+            let path = entry.map_err(io_error)?.path();
+            let Some(hash) = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".narinfo"))
+                .map(str::to_owned)
+            else {
+                continue;
+            };
+            if keep.contains(&hash) || young(&path) {
+                report.kept_paths += 1;
+                if let Some(info) = self
+                    .narinfo(&hash)
+                    .and_then(|t| nix_meta::NarInfo::parse(&t).ok())
+                {
+                    live_nars.insert(info.url);
+                }
+            } else {
+                remove(&path, &mut report)?;
+                report.deleted_paths += 1;
+            }
+        }
+        for entry in std::fs::read_dir(self.root.join("nar")).map_err(io_error)? {
+            let path = entry.map_err(io_error)?.path();
+            let name = format!(
+                "nar/{}",
+                path.file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or_default()
+            );
+            if !live_nars.contains(&name) && !young(&path) {
+                remove(&path, &mut report)?;
+            }
+        }
+        Ok(report)
     }
 }
 
@@ -207,6 +287,29 @@ async fn fetch_narinfo(cache: &str, hash: &str) -> Result<Option<String>> {
 }
 
 impl Service {
+    /// Deletes what no kept release needs: narinfos outside the closures of each host's
+    /// newest `keep` releases, then NAR files no remaining narinfo names. Files younger than
+    /// the grace period stay (a publish may be uploading for a release not yet created).
+    pub async fn cache_gc(
+        &self,
+        principal: &Principal,
+        req: CacheGcRequest,
+    ) -> Result<CacheGcReport> {
+        require_role(principal, Role::Admin)?;
+        if req.keep == 0 {
+            return Err(ServiceError::invalid(
+                "invalid_keep",
+                "keep at least one release per host",
+            ));
+        }
+        let cache = self.embedded_cache()?.clone();
+        let roots = self.store.paths_of_newest_releases(req.keep).await?;
+        let grace = std::time::Duration::from_secs(req.grace_secs);
+        tokio::task::spawn_blocking(move || cache.collect(&roots, grace))
+            .await
+            .map_err(|e| ServiceError::System(e.to_string()))?
+    }
+
     /// Refuses a release unless every top-level path has its narinfo in the cache it was
     /// published through, signed by one of the fleet's trusted keys. Hosts check again
     /// with their own keys; this catches mistakes before any host sees the release.

@@ -714,6 +714,27 @@ impl Store {
         Ok(group_releases(rows)?.pop())
     }
 
+    /// The store paths of every host's newest `keep` releases.
+    pub async fn paths_of_newest_releases(&self, keep: u32) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT host_id, store_path FROM release_hosts ORDER BY host_id, release_id DESC",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let (mut out, mut current, mut taken) = (Vec::new(), None, 0u32);
+        for row in rows {
+            let host: i64 = row.try_get("host_id")?;
+            if current != Some(host) {
+                (current, taken) = (Some(host), 0);
+            }
+            if taken < keep {
+                out.push(row.try_get("store_path")?);
+                taken += 1;
+            }
+        }
+        Ok(out)
+    }
+
     /// The system a host had in the newest release before `release_id`.
     pub async fn path_before(
         &self,
