@@ -603,3 +603,17 @@ fn cache_gc_keeps_exactly_what_the_newest_releases_reference() {
     // The host still gets what it is told to run: the newest release, v3.
     wait_until(CONVERGE, "web-1 on v3", || converged(&fleet, &v3));
 }
+
+#[test]
+fn yeet_diff_shows_package_changes_between_current_and_desired() {
+    let fleet = Fleet::new(&["web-1"], 30);
+    // A broken system with a newer kernel: it rolls back, so current and desired differ.
+    let broken = fleet.system("system-diff", Variant::Fail, "6.6");
+    fleet.publish(&[("web-1", &broken)], "newer kernel, broken switch");
+    fleet.wait_for_activation("web-1", 1, CONVERGE);
+    wait_until(CONVERGE, "web-1 to report its system", || {
+        fleet.status()["web-1"]["current_system"] == fleet.base.as_str()
+    });
+    let diff = fleet.server.yeet(&["diff", "web-1"]);
+    assert!(diff.contains("linux: 6.1 → 6.6"), "{diff}");
+}

@@ -147,6 +147,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Package-level difference between a host's current and desired systems
+    /// (`nix store diff-closures`).
+    Diff { host: String },
     /// Manage the server's embedded binary cache.
     #[command(subcommand)]
     Cache(CacheCommand),
@@ -417,6 +420,25 @@ fn run(cli: Cli) -> Result<()> {
             for (h, p) in &created.hosts {
                 println!("  {h} -> {p}");
             }
+        }
+        Command::Diff { host } => {
+            yeet_proto::names::validate_host_name(host)?;
+            let client = connect(&cli)?;
+            let h: HostInfo = client.get(&paths::host(host))?;
+            let (Some(current), Some(desired)) = (&h.current_system, &h.desired_system) else {
+                bail!(
+                    "nothing to compare: {host} has no current system yet, or no release names it"
+                );
+            };
+            if current == desired {
+                println!("{host} runs its desired system {desired}");
+                return Ok(());
+            }
+            let cache = format!("{}/cache", client.base_url());
+            for path in [current, desired] {
+                push::ensure_local(path, &cache)?;
+            }
+            print!("{}", push::diff_closures(current, desired)?);
         }
         Command::Cache(CacheCommand::Gc {
             keep,

@@ -79,6 +79,40 @@ pub fn push(client: &Client, target: &Target, paths: &[String]) -> Result<usize>
     }
 }
 
+/// Makes `path` valid in the local store, fetching it from `cache` (trusted as nix.conf says).
+pub fn ensure_local(path: &str, cache: &str) -> Result<()> {
+    let valid = Command::new("nix-store")
+        .args(["--check-validity", path])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if valid {
+        return Ok(());
+    }
+    run(Command::new("nix-store").args(["--realise", path, "--option", "extra-substituters", cache]), &format!("fetching {path}"))
+        .with_context(|| format!("{path} is not in the local store; build it, or trust the fleet's key in nix.conf so it can be fetched from {cache}"))
+        .map(drop)
+}
+
+/// `nix store diff-closures OLD NEW`: version changes and size deltas per package.
+pub fn diff_closures(old: &str, new: &str) -> Result<String> {
+    let out = run(
+        Command::new("nix").args([
+            "--extra-experimental-features",
+            "nix-command",
+            "store",
+            "diff-closures",
+            old,
+            new,
+        ]),
+        "nix store diff-closures",
+    )?;
+    Ok(if out.trim().is_empty() {
+        "no package-level differences\n".into()
+    } else {
+        out
+    })
+}
+
 fn spinner(what: &str) -> ProgressBar {
     let pb = ProgressBar::new_spinner();
     pb.set_message(what.to_owned());
