@@ -1,7 +1,9 @@
 //! Benchmarks that print figures, never assert them:
 //! - `latency [HOSTS]`: publish-to-activation-start latency for online, long-polling hosts
 //!   (p50, p99, max over HOSTS simulated hosts, default 50);
-//! - `idle [SECONDS]`: one approved agent left idle (default 600 s): its RSS and CPU use.
+//! - `idle [SECONDS]`: one approved agent left idle (default 600 s): its RSS and CPU use;
+//! - `publish`: an already-built 20-host fleet with 5 distinct systems, published with
+//!   `yeet publish` (to the embedded cache), against a plain `nix copy` of the same paths.
 //!
 //! Run release builds: `cargo run --release -p fleet-sim --bin yeet-bench -- latency`.
 
@@ -136,12 +138,83 @@ fn idle(secs: u64) {
     );
 }
 
+fn publish() {
+    let names: Vec<String> = (1..=20).map(|i| format!("pub-{i:02}")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let fleet = Fleet::new(&names, 60);
+    let systems: Vec<String> = (1..=5)
+        .map(|i| {
+            fleet.build(
+                &format!("bench-system-{i}"),
+                Variant::Good,
+                &format!("6.{i}"),
+            )
+        })
+        .collect();
+    let closure_paths = {
+        let out = std::process::Command::new("nix-store")
+            .arg("-qR")
+            .args(&systems)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    };
+    // Plain nix copy of the same closures to a fresh signed file:// cache.
+    let target = tempfile::tempdir().unwrap();
+    let to = format!(
+        "file://{}?secret-key={}",
+        target.path().display(),
+        fleet.cache.secret_key.display()
+    );
+    let started = Instant::now();
+    let out = std::process::Command::new("nix")
+        .args([
+            "--extra-experimental-features",
+            "nix-command",
+            "copy",
+            "--to",
+            &to,
+        ])
+        .args(&systems)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let nix_copy = started.elapsed();
+    // yeet publish of the 20 hosts (5 distinct systems) to the embedded cache.
+    let pairs: Vec<(&str, &str)> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (*n, systems[i % 5].as_str()))
+        .collect();
+    let started = Instant::now();
+    fleet.publish(&pairs, "bench");
+    let yeet = started.elapsed();
+    println!("20 hosts, 5 distinct systems, {closure_paths} store paths in their closures");
+    println!(
+        "nix copy --to file:// (signed): {:.2} s",
+        nix_copy.as_secs_f64()
+    );
+    println!(
+        "yeet publish (embedded cache, signed, release created): {:.2} s",
+        yeet.as_secs_f64()
+    );
+    println!(
+        "ratio yeet/nix-copy: {:.2}",
+        yeet.as_secs_f64() / nix_copy.as_secs_f64()
+    );
+}
+
 fn main() {
     fleet_sim::set_quiet(true);
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("latency") => latency(args.get(1).and_then(|a| a.parse().ok()).unwrap_or(50)),
         Some("idle") => idle(args.get(1).and_then(|a| a.parse().ok()).unwrap_or(600)),
-        _ => eprintln!("usage: yeet-bench latency [HOSTS] | idle [SECONDS]"),
+        Some("publish") => publish(),
+        _ => eprintln!("usage: yeet-bench latency [HOSTS] | idle [SECONDS] | publish"),
     }
 }
