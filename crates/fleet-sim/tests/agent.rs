@@ -617,3 +617,40 @@ fn yeet_diff_shows_package_changes_between_current_and_desired() {
     let diff = fleet.server.yeet(&["diff", "web-1"]);
     assert!(diff.contains("linux: 6.1 → 6.6"), "{diff}");
 }
+
+#[test]
+fn publish_through_a_push_command_and_roll_back() {
+    let fleet = Fleet::new(&["web-1"], 30);
+    let (v1, v2) = (
+        fleet.build("system-push-1", Variant::Good, "6.1"),
+        fleet.build("system-push-2", Variant::Good, "6.1"),
+    );
+    // A push tool of its own: here a script around `nix copy`, as `cachix push` would be.
+    let script = fleet.dir().join("push.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nexec nix --extra-experimental-features nix-command copy --to '{}?secret-key={}' \"$@\"\n",
+            fleet.cache.url(),
+            fleet.cache.secret_key.display()
+        ),
+    )
+    .unwrap();
+    let cache_url = fleet.cache.url();
+    let push = format!("sh {}", script.display());
+    for (v, msg) in [(&v1, "v1"), (&v2, "v2")] {
+        fleet.publish_with(
+            &[("web-1", v)],
+            msg,
+            &["--push-cmd", &push, "--cache-url", &cache_url],
+        );
+        wait_until(CONVERGE, &format!("web-1 on {msg}"), || {
+            converged(&fleet, v)
+        });
+    }
+    // Roll back: a new release with v1 again, and the host follows.
+    let release: serde_json::Value = fleet.server.yeet_json(&["rollback", "web-1"]);
+    assert_eq!(release["hosts"]["web-1"], v1.as_str(), "{release}");
+    wait_until(CONVERGE, "web-1 back on v1", || converged(&fleet, &v1));
+    assert_eq!(fleet.history("web-1").len(), 3);
+}
