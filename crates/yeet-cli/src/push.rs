@@ -41,23 +41,28 @@ pub fn closure(paths: &[String]) -> Result<Vec<String>> {
     Ok(out.lines().map(str::to_owned).collect())
 }
 
+/// `nix copy --to TO PATHS`: Nix copies the closures, skipping what `TO` already has.
+fn nix_copy(to: &str, paths: &[String]) -> Result<()> {
+    run(
+        nix_command().args(["copy", "--to", to]).args(paths),
+        "nix copy",
+    )
+    .map(drop)
+}
+
+/// `nix` with the `nix-command` feature this needs on Nix versions that gate it.
+fn nix_command() -> Command {
+    let mut c = Command::new("nix");
+    c.args(["--extra-experimental-features", "nix-command"]);
+    c
+}
+
 /// Pushes the closures of `paths`; returns how many store paths were transferred.
 pub fn push(client: &Client, target: &Target, paths: &[String]) -> Result<usize> {
     match target {
         Target::Cache(url) => {
             let spinner = spinner(&format!("nix copy --to {url}"));
-            run(
-                Command::new("nix")
-                    .args([
-                        "--extra-experimental-features",
-                        "nix-command",
-                        "copy",
-                        "--to",
-                        url,
-                    ])
-                    .args(paths),
-                "nix copy",
-            )?;
+            nix_copy(url, paths)?;
             spinner.finish_and_clear();
             Ok(paths.len())
         }
@@ -96,14 +101,7 @@ pub fn ensure_local(path: &str, cache: &str) -> Result<()> {
 /// `nix store diff-closures OLD NEW`: version changes and size deltas per package.
 pub fn diff_closures(old: &str, new: &str) -> Result<String> {
     let out = run(
-        Command::new("nix").args([
-            "--extra-experimental-features",
-            "nix-command",
-            "store",
-            "diff-closures",
-            old,
-            new,
-        ]),
+        nix_command().args(["store", "diff-closures", old, new]),
         "nix store diff-closures",
     )?;
     Ok(if out.trim().is_empty() {
@@ -149,18 +147,7 @@ fn push_embedded(client: &Client, signing_key: Option<&Path>, paths: &[String]) 
         url.push_str(&format!("&secret-key={}", key.display()));
     }
     let packing = spinner(&format!("packing {} store paths", missing.len()));
-    run(
-        Command::new("nix")
-            .args([
-                "--extra-experimental-features",
-                "nix-command",
-                "copy",
-                "--to",
-                &url,
-            ])
-            .args(&missing),
-        "nix copy",
-    )?;
+    nix_copy(&url, &missing)?;
     packing.finish_and_clear();
 
     let mut infos = BTreeMap::new();
