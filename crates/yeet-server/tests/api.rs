@@ -783,6 +783,21 @@ async fn bad_input_gets_json_errors_and_the_server_keeps_serving() {
         "checkin with bad path",
     );
     let (s, v) = api
+        .call(
+            "GET",
+            &format!("{}?limit=abc", paths::RELEASES),
+            b"",
+            Sign::By(&api.viewer),
+        )
+        .await;
+    assert_error(
+        s,
+        &v,
+        StatusCode::BAD_REQUEST,
+        "invalid_query",
+        "bad query string",
+    );
+    let (s, v) = api
         .send(
             Request::builder()
                 .uri("/v1/nope")

@@ -51,6 +51,22 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     }
 }
 
+/// `Query<T>` whose rejections are yeet's JSON errors.
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> axum::extract::FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(v)| ApiQuery(v))
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))
+    }
+}
+
 type ApiResult<T> = Result<Json<T>, ApiError>;
 
 pub fn router(state: AppState) -> Router {
@@ -201,7 +217,7 @@ async fn list_activations(
     State(app): State<AppState>,
     Extension(p): Extension<Principal>,
     Path(name): Path<String>,
-    Query(q): Query<LimitQuery>,
+    ApiQuery(q): ApiQuery<LimitQuery>,
 ) -> ApiResult<Vec<Activation>> {
     Ok(Json(
         app.service.list_activations(&p, &name, q.limit).await?,
@@ -225,7 +241,7 @@ struct ReleaseQuery {
 async fn list_releases(
     State(app): State<AppState>,
     Extension(p): Extension<Principal>,
-    Query(q): Query<ReleaseQuery>,
+    ApiQuery(q): ApiQuery<ReleaseQuery>,
 ) -> ApiResult<Vec<Release>> {
     Ok(Json(
         app.service
