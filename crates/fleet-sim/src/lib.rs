@@ -82,10 +82,6 @@ impl Lines {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
-
-    pub fn all(&self) -> Vec<String> {
-        self.0.lock().unwrap().clone()
-    }
 }
 
 /// A child process that is killed when dropped.

@@ -17,7 +17,7 @@
 use serde::{Deserialize, Serialize};
 use std::fs::File;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use thiserror::Error;
 use yeet_proto::api::ActivationResult;
 
@@ -184,10 +184,6 @@ impl StateDir {
         let bytes = std::fs::read(self.log_path()).unwrap_or_default();
         let start = bytes.len().saturating_sub(max);
         String::from_utf8_lossy(&bytes[start..]).into_owned()
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 }
 

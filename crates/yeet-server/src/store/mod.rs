@@ -240,10 +240,6 @@ impl Store {
         Ok(store)
     }
 
-    pub fn backend(&self) -> Backend {
-        self.backend
-    }
-
     pub async fn close(&self) {
         self.pool.close().await;
     }
@@ -506,14 +502,6 @@ impl Store {
             .execute(&self.pool)
             .await?;
         Ok(done.rows_affected())
-    }
-
-    pub async fn delete_registration(&self, key_id: &str) -> Result<bool, StoreError> {
-        let done = sqlx::query("DELETE FROM registrations WHERE key_id = $1")
-            .bind(key_id)
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected() > 0)
     }
 
     /// Rejects a pending registration for good: the key may not register again.
