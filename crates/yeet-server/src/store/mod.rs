@@ -254,7 +254,7 @@ impl Store {
         role: &str,
         now: i64,
     ) -> Result<UserRow, StoreError> {
-        let row = sqlx::query("INSERT INTO users (name, key_id, public_key, role, created_at) VALUES ($1, $2, $3, $4, $5) RETURNING id, name, key_id, public_key, role, created_at")
+        sqlx::query_as::<_, UserRow>("INSERT INTO users (name, key_id, public_key, role, created_at) VALUES ($1, $2, $3, $4, $5) RETURNING id, name, key_id, public_key, role, created_at")
             .bind(name)
             .bind(key_id)
             .bind(public_key)
@@ -262,30 +262,24 @@ impl Store {
             .bind(now)
             .fetch_one(&self.pool)
             .await
-            .map_err(conflict("a user with this name or key"))?;
-        Ok(UserRow::from_row(&row)?)
+            .map_err(conflict("a user with this name or key"))
     }
 
     pub async fn user_by_key(&self, key_id: &str) -> Result<Option<UserRow>, StoreError> {
-        let row = sqlx::query(
+        Ok(sqlx::query_as::<_, UserRow>(
             "SELECT id, name, key_id, public_key, role, created_at FROM users WHERE key_id = $1",
         )
         .bind(key_id)
         .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.as_ref().map(UserRow::from_row).transpose()?)
+        .await?)
     }
 
     pub async fn list_users(&self) -> Result<Vec<UserRow>, StoreError> {
-        let rows = sqlx::query(
+        Ok(sqlx::query_as::<_, UserRow>(
             "SELECT id, name, key_id, public_key, role, created_at FROM users ORDER BY name",
         )
         .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .iter()
-            .map(UserRow::from_row)
-            .collect::<Result<_, _>>()?)
+        .await?)
     }
 
     /// Deletes a user; returns its key id if it existed.
@@ -300,35 +294,29 @@ impl Store {
     // --- hosts ---
 
     pub async fn host_by_key(&self, key_id: &str) -> Result<Option<HostRow>, StoreError> {
-        let row = sqlx::query(AssertSqlSafe(format!(
+        Ok(sqlx::query_as::<_, HostRow>(AssertSqlSafe(format!(
             "SELECT {HOST_COLUMNS} FROM hosts WHERE key_id = $1"
         )))
         .bind(key_id)
         .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.as_ref().map(HostRow::from_row).transpose()?)
+        .await?)
     }
 
     pub async fn host_by_name(&self, name: &str) -> Result<Option<HostRow>, StoreError> {
-        let row = sqlx::query(AssertSqlSafe(format!(
+        Ok(sqlx::query_as::<_, HostRow>(AssertSqlSafe(format!(
             "SELECT {HOST_COLUMNS} FROM hosts WHERE name = $1"
         )))
         .bind(name)
         .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.as_ref().map(HostRow::from_row).transpose()?)
+        .await?)
     }
 
     pub async fn list_hosts(&self) -> Result<Vec<HostRow>, StoreError> {
-        let rows = sqlx::query(AssertSqlSafe(format!(
+        Ok(sqlx::query_as::<_, HostRow>(AssertSqlSafe(format!(
             "SELECT {HOST_COLUMNS} FROM hosts ORDER BY name"
         )))
         .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .iter()
-            .map(HostRow::from_row)
-            .collect::<Result<_, _>>()?)
+        .await?)
     }
 
     /// Turns a registration into a host, in one transaction: the registration must still
@@ -341,7 +329,7 @@ impl Store {
         now: i64,
     ) -> Result<Option<HostRow>, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let Some(reg) = sqlx::query(AssertSqlSafe(format!(
+        let Some(reg) = sqlx::query_as::<_, RegistrationRow>(AssertSqlSafe(format!(
             "DELETE FROM registrations WHERE key_id = $1 RETURNING {REGISTRATION_COLUMNS}"
         )))
         .bind(key_id)
@@ -350,8 +338,7 @@ impl Store {
         else {
             return Ok(None);
         };
-        let reg = RegistrationRow::from_row(&reg)?;
-        let row = sqlx::query(AssertSqlSafe(format!(
+        let host = sqlx::query_as::<_, HostRow>(AssertSqlSafe(format!(
             "INSERT INTO hosts (name, key_id, public_key, approved_at, approved_by, os, arch, agent_version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {HOST_COLUMNS}"
         )))
         .bind(name)
@@ -365,31 +352,28 @@ impl Store {
         .fetch_one(&mut *tx)
         .await
         .map_err(conflict("a host with this name"))?;
-        let host = HostRow::from_row(&row)?;
         tx.commit().await?;
         Ok(Some(host))
     }
 
     pub async fn rename_host(&self, old: &str, new: &str) -> Result<Option<HostRow>, StoreError> {
-        let row = sqlx::query(AssertSqlSafe(format!(
+        sqlx::query_as::<_, HostRow>(AssertSqlSafe(format!(
             "UPDATE hosts SET name = $1 WHERE name = $2 RETURNING {HOST_COLUMNS}"
         )))
         .bind(new)
         .bind(old)
         .fetch_optional(&self.pool)
         .await
-        .map_err(conflict("a host with this name"))?;
-        Ok(row.as_ref().map(HostRow::from_row).transpose()?)
+        .map_err(conflict("a host with this name"))
     }
 
     pub async fn delete_host(&self, name: &str) -> Result<Option<HostRow>, StoreError> {
-        let row = sqlx::query(AssertSqlSafe(format!(
+        Ok(sqlx::query_as::<_, HostRow>(AssertSqlSafe(format!(
             "DELETE FROM hosts WHERE name = $1 RETURNING {HOST_COLUMNS}"
         )))
         .bind(name)
         .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.as_ref().map(HostRow::from_row).transpose()?)
+        .await?)
     }
 
     pub async fn update_host_report(
@@ -432,36 +416,30 @@ impl Store {
         &self,
         key_id: &str,
     ) -> Result<Option<RegistrationRow>, StoreError> {
-        let row = sqlx::query(AssertSqlSafe(format!(
+        Ok(sqlx::query_as::<_, RegistrationRow>(AssertSqlSafe(format!(
             "SELECT {REGISTRATION_COLUMNS} FROM registrations WHERE key_id = $1"
         )))
         .bind(key_id)
         .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.as_ref().map(RegistrationRow::from_row).transpose()?)
+        .await?)
     }
 
     pub async fn registration_by_code(
         &self,
         code: &str,
     ) -> Result<Option<RegistrationRow>, StoreError> {
-        let row = sqlx::query(AssertSqlSafe(format!("SELECT {REGISTRATION_COLUMNS} FROM registrations WHERE code = $1 ORDER BY code_expires_at DESC")))
+        Ok(sqlx::query_as::<_, RegistrationRow>(AssertSqlSafe(format!("SELECT {REGISTRATION_COLUMNS} FROM registrations WHERE code = $1 ORDER BY code_expires_at DESC")))
             .bind(code)
             .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.as_ref().map(RegistrationRow::from_row).transpose()?)
+            .await?)
     }
 
     pub async fn list_registrations(&self) -> Result<Vec<RegistrationRow>, StoreError> {
-        let rows = sqlx::query(AssertSqlSafe(format!(
+        Ok(sqlx::query_as::<_, RegistrationRow>(AssertSqlSafe(format!(
             "SELECT {REGISTRATION_COLUMNS} FROM registrations ORDER BY first_seen_ms"
         )))
         .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .iter()
-            .map(RegistrationRow::from_row)
-            .collect::<Result<_, _>>()?)
+        .await?)
     }
 
     /// Inserts or refreshes a registration (one row per key).
@@ -592,13 +570,12 @@ impl Store {
     // --- activations ---
 
     pub async fn host_by_id(&self, id: i64) -> Result<Option<HostRow>, StoreError> {
-        let row = sqlx::query(AssertSqlSafe(format!(
+        Ok(sqlx::query_as::<_, HostRow>(AssertSqlSafe(format!(
             "SELECT {HOST_COLUMNS} FROM hosts WHERE id = $1"
         )))
         .bind(id)
         .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.as_ref().map(HostRow::from_row).transpose()?)
+        .await?)
     }
 
     /// Records an activation and the host's newest result together.
@@ -641,15 +618,11 @@ impl Store {
         host_id: i64,
         limit: i64,
     ) -> Result<Vec<ActivationRow>, StoreError> {
-        let rows = sqlx::query(AssertSqlSafe(format!("SELECT {ACTIVATION_COLUMNS} FROM activations WHERE host_id = $1 ORDER BY id DESC LIMIT $2")))
+        Ok(sqlx::query_as::<_, ActivationRow>(AssertSqlSafe(format!("SELECT {ACTIVATION_COLUMNS} FROM activations WHERE host_id = $1 ORDER BY id DESC LIMIT $2")))
             .bind(host_id)
             .bind(limit)
             .fetch_all(&self.pool)
-            .await?;
-        Ok(rows
-            .iter()
-            .map(ActivationRow::from_row)
-            .collect::<Result<_, _>>()?)
+            .await?)
     }
 
     /// A host's newest activation with its compressed log.
