@@ -96,6 +96,44 @@ impl Service {
         self.keys.write().await.remove(key_id);
     }
 
+    /// Who claims to have signed: a fresh timestamp and a known key, or, for a registration
+    /// (`registering_body`), the unknown key the body carries.
+    async fn claimed_signer(
+        &self,
+        headers: &SignatureHeaders,
+        registering_body: Option<&[u8]>,
+    ) -> Result<(Principal, PublicIdentity)> {
+        headers.check_timestamp(now(), self.config.skew_secs)?;
+        if let Some(k) = self.known_key(&headers.key_id).await? {
+            return Ok((k.principal, k.public));
+        }
+        let body = registering_body.ok_or(AuthError::UnknownKey)?;
+        let req: RegisterRequest =
+            serde_json::from_slice(body).map_err(|_| AuthError::UnknownKey)?;
+        let public =
+            PublicIdentity::from_openssh(&req.public_key).map_err(|_| AuthError::UnknownKey)?;
+        Ok((
+            Principal::Registrant {
+                public: public.clone(),
+            },
+            public,
+        ))
+    }
+
+    /// Checks the signature over the body digest, then spends the nonce (only verified
+    /// requests can burn nonces).
+    fn accept_signature(
+        &self,
+        headers: &SignatureHeaders,
+        signer: &PublicIdentity,
+        method: &str,
+        path_and_query: &str,
+        digest: &str,
+    ) -> Result<()> {
+        headers.verify_digest(signer, method, path_and_query, digest)?;
+        Ok(lock(&self.nonces).check_and_record(headers, now())?)
+    }
+
     /// Authenticates a signed request. `registering` allows an unknown key whose public
     /// half is in the body (the registration request) to prove possession of it.
     pub async fn authenticate(
@@ -106,26 +144,16 @@ impl Service {
         body: &[u8],
         registering: bool,
     ) -> Result<Principal> {
-        let t = now();
-        headers.check_timestamp(t, self.config.skew_secs)?;
-        let (principal, public) = match self.known_key(&headers.key_id).await? {
-            Some(k) => (k.principal, k.public),
-            None if registering => {
-                let req: RegisterRequest =
-                    serde_json::from_slice(body).map_err(|_| AuthError::UnknownKey)?;
-                let public = PublicIdentity::from_openssh(&req.public_key)
-                    .map_err(|_| AuthError::UnknownKey)?;
-                (
-                    Principal::Registrant {
-                        public: public.clone(),
-                    },
-                    public,
-                )
-            }
-            None => return Err(AuthError::UnknownKey.into()),
-        };
-        headers.verify(&public, method, path_and_query, body)?;
-        lock(&self.nonces).check_and_record(headers, t)?;
+        let (principal, public) = self
+            .claimed_signer(headers, registering.then_some(body))
+            .await?;
+        self.accept_signature(
+            headers,
+            &public,
+            method,
+            path_and_query,
+            &yeet_proto::signing::body_digest(body),
+        )?;
         Ok(principal)
     }
 
@@ -133,12 +161,8 @@ impl Service {
     /// a fresh timestamp and a known operator key with at least `min`. The signature, which
     /// covers the body's digest, is checked by `authenticate_digest` once the body is read.
     pub async fn preauthorize(&self, headers: &SignatureHeaders, min: Role) -> Result<()> {
-        headers.check_timestamp(now(), self.config.skew_secs)?;
-        let known = self
-            .known_key(&headers.key_id)
-            .await?
-            .ok_or(AuthError::UnknownKey)?;
-        require_role(&known.principal, min).map(drop)
+        let (principal, _) = self.claimed_signer(headers, None).await?;
+        require_role(&principal, min).map(drop)
     }
 
     /// Authenticates a request whose body was streamed and hashed elsewhere.
@@ -149,15 +173,9 @@ impl Service {
         headers: &SignatureHeaders,
         digest: &str,
     ) -> Result<Principal> {
-        let t = now();
-        headers.check_timestamp(t, self.config.skew_secs)?;
-        let known = self
-            .known_key(&headers.key_id)
-            .await?
-            .ok_or(AuthError::UnknownKey)?;
-        headers.verify_digest(&known.public, method, path_and_query, digest)?;
-        lock(&self.nonces).check_and_record(headers, t)?;
-        Ok(known.principal)
+        let (principal, public) = self.claimed_signer(headers, None).await?;
+        self.accept_signature(headers, &public, method, path_and_query, digest)?;
+        Ok(principal)
     }
 }
 
