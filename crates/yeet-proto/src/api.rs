@@ -119,30 +119,6 @@ pub enum ActivationResult {
     Untrusted,
 }
 
-impl ActivationResult {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ActivationResult::Confirmed => "confirmed",
-            ActivationResult::Failed => "failed",
-            ActivationResult::RolledBack => "rolled-back",
-            ActivationResult::Untrusted => "untrusted",
-        }
-    }
-}
-
-impl std::str::FromStr for ActivationResult {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "confirmed" => Ok(ActivationResult::Confirmed),
-            "failed" => Ok(ActivationResult::Failed),
-            "rolled-back" => Ok(ActivationResult::RolledBack),
-            "untrusted" => Ok(ActivationResult::Untrusted),
-            other => Err(format!("unknown activation result {other:?}")),
-        }
-    }
-}
-
 /// Sent by the agent when an activation attempt has ended.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ActivationReport {
@@ -214,30 +190,6 @@ pub enum Role {
     Admin,
 }
 
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Viewer => "viewer",
-            Role::Publisher => "publisher",
-            Role::Admin => "admin",
-        }
-    }
-}
-
-impl std::str::FromStr for Role {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "viewer" => Ok(Role::Viewer),
-            "publisher" => Ok(Role::Publisher),
-            "admin" => Ok(Role::Admin),
-            other => Err(format!(
-                "unknown role {other:?} (expected admin, publisher or viewer)"
-            )),
-        }
-    }
-}
-
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct WhoAmI {
     pub name: String,
@@ -280,19 +232,6 @@ pub enum HostState {
     RebootRequired,
     /// Not seen for longer than the offline threshold.
     Offline,
-}
-
-impl HostState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            HostState::New => "new",
-            HostState::Standby => "standby",
-            HostState::Updating => "updating",
-            HostState::RolledBack => "rolled-back",
-            HostState::RebootRequired => "reboot-required",
-            HostState::Offline => "offline",
-        }
-    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -380,9 +319,71 @@ pub struct Release {
     pub hosts: BTreeMap<String, String>,
 }
 
+/// Gives an enum its wire names once: `as_str` and `FromStr` agree with each other and with
+/// the kebab-case serde names, and the database stores the same strings.
+macro_rules! wire_names {
+    ($ty:ident, $what:literal { $($variant:ident => $name:literal),+ $(,)? }) => {
+        impl $ty {
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($ty::$variant => $name),+
+                }
+            }
+        }
+
+        impl std::str::FromStr for $ty {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                match s {
+                    $($name => Ok($ty::$variant),)+
+                    other => Err(format!(concat!("unknown ", $what, " {:?} (expected one of: {})"), other, [$($name),+].join(", "))),
+                }
+            }
+        }
+    };
+}
+
+wire_names!(AgentState, "agent state" { Standby => "standby", Updating => "updating", RolledBack => "rolled-back", RebootRequired => "reboot-required" });
+wire_names!(ActivationResult, "activation result" { Confirmed => "confirmed", Failed => "failed", RolledBack => "rolled-back", Untrusted => "untrusted" });
+wire_names!(Role, "role" { Viewer => "viewer", Publisher => "publisher", Admin => "admin" });
+wire_names!(HostState, "host state" {
+    New => "new", Standby => "standby", Updating => "updating", RolledBack => "rolled-back", RebootRequired => "reboot-required", Offline => "offline",
+});
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wire_names_match_serde_and_roundtrip() {
+        for r in [
+            ActivationResult::Confirmed,
+            ActivationResult::Failed,
+            ActivationResult::RolledBack,
+            ActivationResult::Untrusted,
+        ] {
+            assert_eq!(serde_json::to_value(r).unwrap(), r.as_str());
+            assert_eq!(r.as_str().parse::<ActivationResult>().unwrap(), r);
+        }
+        for r in [Role::Viewer, Role::Publisher, Role::Admin] {
+            assert_eq!(serde_json::to_value(r).unwrap(), r.as_str());
+        }
+        for st in [
+            AgentState::Standby,
+            AgentState::Updating,
+            AgentState::RolledBack,
+            AgentState::RebootRequired,
+        ] {
+            assert_eq!(serde_json::to_value(st).unwrap(), st.as_str());
+            assert_eq!(st.as_str().parse::<AgentState>().unwrap(), st);
+        }
+        assert_eq!(
+            serde_json::to_value(HostState::RebootRequired).unwrap(),
+            HostState::RebootRequired.as_str()
+        );
+        let err = "root".parse::<Role>().unwrap_err();
+        assert!(err.contains("viewer, publisher, admin"), "{err}");
+    }
 
     #[test]
     fn tagged_enums_have_stable_json() {

@@ -2,22 +2,14 @@
 
 use std::time::Duration;
 use yeet_proto::api::{
-    Action, AgentState, CheckinRequest, CheckinResponse, Facts, HostInfo, HostState, Role,
+    Action, ActivationResult, AgentState, CheckinRequest, CheckinResponse, Facts, HostInfo,
+    HostState, Role,
 };
 use yeet_proto::names::validate_host_name;
 
 use super::auth::{require_host, require_role};
 use super::{Principal, Result, Service, ServiceError, lock, now};
 use crate::store::{HostReport, HostRow, StoreError};
-
-fn agent_state_str(s: AgentState) -> &'static str {
-    match s {
-        AgentState::Standby => "standby",
-        AgentState::Updating => "updating",
-        AgentState::RolledBack => "rolled-back",
-        AgentState::RebootRequired => "reboot-required",
-    }
-}
 
 fn host_state(
     row: &HostRow,
@@ -26,17 +18,20 @@ fn host_state(
     offline_after: i64,
     now: i64,
 ) -> HostState {
-    let failed_desired = row.last_result.as_deref().is_some_and(|r| r != "confirmed")
+    let failed_desired = row
+        .last_result
+        .as_deref()
+        .is_some_and(|r| r != ActivationResult::Confirmed.as_str())
         && row.last_result_path.as_deref() == desired;
     match last_seen {
         None => HostState::New,
         Some(t) if now - t > offline_after => HostState::Offline,
-        Some(_) => match row.state.as_str() {
-            "updating" => HostState::Updating,
+        Some(_) => match row.state.parse().unwrap_or_default() {
+            AgentState::Updating => HostState::Updating,
             _ if failed_desired => HostState::RolledBack,
-            "rolled-back" => HostState::RolledBack,
-            "reboot-required" => HostState::RebootRequired,
-            _ => HostState::Standby,
+            AgentState::RolledBack => HostState::RolledBack,
+            AgentState::RebootRequired => HostState::RebootRequired,
+            AgentState::Standby => HostState::Standby,
         },
     }
 }
@@ -168,7 +163,7 @@ impl Service {
         let report = HostReport {
             current_system: req.current_system.clone(),
             booted_system: req.booted_system,
-            state: agent_state_str(req.state).to_owned(),
+            state: req.state.as_str().to_owned(),
             os: req.facts.os,
             arch: req.facts.arch,
             agent_version: req.facts.agent_version,
