@@ -16,6 +16,7 @@ poll_interval_secs = 1
 long_poll_secs = 20
 confirm_timeout_secs = $confirmTimeout
 $health
+$extraConfig
 CONF
 cat > "$out/bin/switch-to-configuration" <<SCRIPT
 #!/bin/sh

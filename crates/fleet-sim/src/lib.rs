@@ -7,6 +7,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod hostile;
 pub mod sim;
 
 use serde::de::DeserializeOwned;

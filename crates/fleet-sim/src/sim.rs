@@ -114,43 +114,40 @@ impl Variant {
     }
 }
 
+/// A test system: what it is called, how it behaves, and the agent config it carries.
+pub struct SystemSpec<'a> {
+    pub name: &'a str,
+    pub variant: Variant,
+    pub kernel: &'a str,
+    /// The server URL its agent config names.
+    pub server: &'a str,
+    /// The binary-cache key its agent pins.
+    pub trusted_key: &'a str,
+    pub confirm_timeout: u64,
+    /// Makes the store path unique to one test run.
+    pub salt: &'a str,
+    /// Lines appended to its agent.toml.
+    pub extra_agent_config: &'a str,
+}
+
 /// Builds a test system with real Nix in the outer store; returns its store path.
-pub fn build_system(
-    name: &str,
-    variant: Variant,
-    kernel: &str,
-    server: &str,
-    trusted_key: &str,
-    confirm_timeout: u64,
-    salt: &str,
-) -> String {
+pub fn build_system(spec: &SystemSpec) -> String {
     let expr = Path::new(env!("CARGO_MANIFEST_DIR")).join("nix/system.nix");
-    let out = run(Command::new("nix-build")
-        .arg(&expr)
-        .arg("--no-out-link")
-        .args([
-            "--argstr",
-            "name",
-            name,
-            "--argstr",
-            "server",
-            server,
-            "--argstr",
-            "trustedKey",
-            trusted_key,
-        ])
-        .args([
-            "--argstr",
-            "variant",
-            variant.as_str(),
-            "--argstr",
-            "kernel",
-            kernel,
-            "--argstr",
-            "salt",
-            salt,
-        ])
-        .args(["--arg", "confirmTimeout", &confirm_timeout.to_string()]));
+    let mut cmd = Command::new("nix-build");
+    cmd.arg(&expr).arg("--no-out-link");
+    for (name, value) in [
+        ("name", spec.name),
+        ("server", spec.server),
+        ("trustedKey", spec.trusted_key),
+        ("variant", spec.variant.as_str()),
+        ("kernel", spec.kernel),
+        ("salt", spec.salt),
+        ("extraConfig", spec.extra_agent_config),
+    ] {
+        cmd.args(["--argstr", name, value]);
+    }
+    cmd.args(["--arg", "confirmTimeout", &spec.confirm_timeout.to_string()]);
+    let out = run(&mut cmd);
     assert!(
         out.status.success(),
         "nix-build failed: {}",
@@ -430,15 +427,16 @@ impl Fleet {
     /// Builds a system for this fleet without pushing it anywhere.
     pub fn build(&self, name: &str, variant: Variant, kernel: &str) -> String {
         let salt = self.dir.path().display().to_string();
-        build_system(
+        build_system(&SystemSpec {
             name,
             variant,
             kernel,
-            &self.server.url,
-            &self.cache.public_key,
-            self.confirm_timeout,
-            &salt,
-        )
+            server: &self.server.url,
+            trusted_key: &self.cache.public_key,
+            confirm_timeout: self.confirm_timeout,
+            salt: &salt,
+            extra_agent_config: "",
+        })
     }
 
     pub fn dir(&self) -> &Path {

@@ -8,9 +8,11 @@ pub mod hash;
 pub mod keys;
 pub mod narinfo;
 pub mod nix32;
+pub mod path_info;
 pub mod store_path;
 
 pub use hash::{NarHash, NarHashError};
 pub use keys::{KeyError, PublicKey, SecretKey, Signature};
 pub use narinfo::{NarInfo, NarInfoError, VerifyError};
+pub use path_info::{PathInfo, PathInfoError};
 pub use store_path::{DEFAULT_STORE_DIR, StorePath, StorePathError};

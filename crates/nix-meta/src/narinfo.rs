@@ -230,20 +230,14 @@ impl NarInfo {
         s
     }
 
-    /// The string that signatures cover:
-    /// `1;<store path>;sha256:<nix32 nar hash>;<nar size>;<comma-separated reference paths>`.
+    /// The string that signatures cover (see [`crate::path_info::fingerprint`]).
     pub fn fingerprint(&self) -> String {
-        let refs: Vec<String> = self
-            .references
-            .iter()
-            .map(|r| r.in_store(&self.store_dir))
-            .collect();
-        format!(
-            "1;{};{};{};{}",
-            self.store_path.in_store(&self.store_dir),
-            self.nar_hash,
+        crate::path_info::fingerprint(
+            &self.store_dir,
+            &self.store_path,
+            &self.nar_hash,
             self.nar_size,
-            refs.join(",")
+            &self.references,
         )
     }
 
@@ -254,33 +248,16 @@ impl NarInfo {
         self.sigs.push(sig);
     }
 
-    /// Succeeds with the name of the first trusted key whose signature verifies.
-    /// As in Nix, signatures by untrusted key names are ignored; a signature that names a
-    /// trusted key but does not verify is reported as such, since it means tampering.
+    /// Succeeds with the first trusted key whose signature verifies (see
+    /// [`crate::path_info::PathInfo::verify`], which applies the same rule to a store's own
+    /// metadata).
     pub fn verify<'k>(&self, trusted: &'k [PublicKey]) -> Result<&'k PublicKey, VerifyError> {
-        let path = self.store_path.in_store(&self.store_dir);
-        if self.sigs.is_empty() {
-            return Err(VerifyError::Unsigned { path });
-        }
-        let fingerprint = self.fingerprint();
-        let mut bad_key = None;
-        for sig in &self.sigs {
-            for key in trusted.iter().filter(|k| k.name == sig.key_name) {
-                if key.verifies(fingerprint.as_bytes(), sig) {
-                    return Ok(key);
-                }
-                bad_key = Some(key.name.clone());
-            }
-        }
-        if let Some(key) = bad_key {
-            return Err(VerifyError::BadSignature { path, key });
-        }
-        let names = |it: &mut dyn Iterator<Item = &str>| it.collect::<Vec<_>>().join(", ");
-        Err(VerifyError::Untrusted {
-            path,
-            signers: names(&mut self.sigs.iter().map(|s| s.key_name.as_str())),
-            trusted: names(&mut trusted.iter().map(|k| k.name.as_str())),
-        })
+        crate::path_info::verify_signatures(
+            self.store_path.in_store(&self.store_dir),
+            &self.fingerprint(),
+            &self.sigs,
+            trusted,
+        )
     }
 }
 

@@ -81,6 +81,12 @@ impl StorePath {
         &self.base_name
     }
 
+    /// A store derivation (`.drv`): realising one *builds* it, running its builder, so a
+    /// path from the network that names one is never handed to `nix-store --realise`.
+    pub fn is_derivation(&self) -> bool {
+        self.name().ends_with(".drv")
+    }
+
     /// The full path inside `store_dir`.
     pub fn in_store(&self, store_dir: &str) -> String {
         format!("{store_dir}/{}", self.base_name)

@@ -180,3 +180,83 @@ fn nix_trusts_what_we_sign_and_rejects_tampering() {
     );
     assert!(ni.verify(&[key.public()]).is_err());
 }
+
+/// The host's check: what a real store registers and the signatures `nix store sign` adds
+/// there verify with our code, from the store's own metadata (no narinfo involved).
+#[test]
+fn we_verify_a_stores_own_registrations_and_signatures() {
+    let dir = tempfile::tempdir().unwrap();
+    let top = build_closure(dir.path(), &unique_tag());
+    let (_, pk) = generate_nix_key(dir.path(), "fleet-1");
+    let store = dir.path().join("store");
+    let (ok, text) = run(nix()
+        .args(["copy", "--no-check-sigs", "--to"])
+        .arg(&store)
+        .arg(&top));
+    assert!(ok, "{text}");
+    let facts = |store: &Path| {
+        let out = Command::new("nix-store")
+            .arg("--store")
+            .arg(store)
+            .args(["--query", "--requisites", &top])
+            .output()
+            .unwrap();
+        let closure: Vec<String> = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        let dump = Command::new("nix-store")
+            .arg("--store")
+            .arg(store)
+            .arg("--dump-db")
+            .args(&closure)
+            .output()
+            .unwrap();
+        let json = nix()
+            .arg("--store")
+            .arg(store)
+            .args(["path-info", "--json", "--recursive", &top])
+            .output()
+            .unwrap();
+        let mut infos = nix_meta::path_info::parse_registrations(
+            "/nix/store",
+            &String::from_utf8_lossy(&dump.stdout),
+        )
+        .unwrap();
+        let sigs = nix_meta::path_info::parse_signatures(
+            "/nix/store",
+            &String::from_utf8_lossy(&json.stdout),
+        )
+        .unwrap();
+        for info in &mut infos {
+            info.sigs = sigs.get(&info.store_path).cloned().unwrap_or_default();
+        }
+        assert_eq!(infos.len(), 2, "expected the top path and its dependency");
+        infos
+    };
+    for info in facts(&store) {
+        assert!(
+            matches!(
+                info.verify(std::slice::from_ref(&pk)),
+                Err(nix_meta::VerifyError::Unsigned { .. })
+            ),
+            "{info:?}"
+        );
+    }
+    let (ok, text) = run(nix()
+        .arg("--store")
+        .arg(&store)
+        .args(["store", "sign", "--recursive", "--key-file"])
+        .arg(dir.path().join("fleet-1.sk"))
+        .arg(&top));
+    assert!(ok, "{text}");
+    let stranger = SecretKey::from_seed("stranger-1", &[3; 32]).public();
+    for info in facts(&store) {
+        assert_eq!(
+            info.verify(std::slice::from_ref(&pk)).unwrap().name,
+            "fleet-1"
+        );
+        assert!(info.verify(std::slice::from_ref(&stranger)).is_err());
+    }
+}

@@ -130,7 +130,10 @@ pub fn run(dir: &StateDir) -> Result<(), StateError> {
     }
 }
 
+/// Fetches the closure and checks it from this host's own store before anything of it runs.
 fn fetch_verified(st: &ActivationState, log: &File) -> Result<(), FetchError> {
+    // The agent checked these before recording the activation; the state file could be older.
+    let path = fetch::check_store_path(&st.store_path).map_err(FetchError::Failed)?;
     let configured: Vec<nix_meta::PublicKey> = st
         .trusted_keys
         .iter()
@@ -145,8 +148,8 @@ fn fetch_verified(st: &ActivationState, log: &File) -> Result<(), FetchError> {
             "this host trusts no binary-cache key: set trusted_keys in /etc/yeet/agent.toml".into(),
         ));
     }
-    fetch::check_signature(&st.store_path, &st.caches, &keys)?;
-    fetch::realise(&st.store_path, &st.caches, &keys, log)
+    fetch::realise(&path, &st.caches, &keys, log)?;
+    fetch::verify_closure(&path, &keys, log)
 }
 
 /// Goes back to the previous system (profile, then its switch script), then finishes.

@@ -35,6 +35,10 @@ pub enum ConfigError {
         "invalid trusted key {0:?}: {1} (expected `name:base64`, as in nix.conf's trusted-public-keys)"
     )]
     TrustedKey(String, nix_meta::KeyError),
+    #[error(
+        "invalid entry {0:?} in allowed_cache_schemes: expected a URL scheme such as \"https\" or \"s3\""
+    )]
+    Scheme(String),
 }
 
 /// How a new system is applied.
@@ -63,6 +67,10 @@ pub struct FileConfig {
     /// A shell command that must succeed on the new system before it is confirmed.
     pub health_check: Option<String>,
     pub activation_mode: Option<ActivationMode>,
+    /// Substituter URL schemes accepted from the server (default: http, https, file, s3, ssh).
+    pub allowed_cache_schemes: Option<Vec<String>>,
+    /// The longest the agent waits between check-ins, whatever the server asks (default 300).
+    pub max_checkin_interval_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Clone, clap::Args)]
@@ -109,6 +117,8 @@ pub struct Config {
     pub confirm_timeout: Duration,
     pub health_check: Option<String>,
     pub activation_mode: ActivationMode,
+    pub allowed_cache_schemes: Vec<String>,
+    pub max_checkin_interval: Duration,
 }
 
 impl Config {
@@ -126,6 +136,21 @@ impl Config {
             .iter()
             .map(|k| k.parse().map_err(|e| ConfigError::TrustedKey(k.clone(), e)))
             .collect::<Result<_, _>>()?;
+        let allowed_cache_schemes = match file.allowed_cache_schemes {
+            Some(list) => list,
+            None => crate::fetch::DEFAULT_CACHE_SCHEMES
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        };
+        if let Some(bad) = allowed_cache_schemes.iter().find(|s| {
+            s.is_empty()
+                || !s
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-.".contains(&b))
+        }) {
+            return Err(ConfigError::Scheme(bad.clone()));
+        }
         Ok(Config {
             server: args
                 .server
@@ -154,6 +179,10 @@ impl Config {
                 .activation_mode
                 .or(file.activation_mode)
                 .unwrap_or_default(),
+            allowed_cache_schemes,
+            max_checkin_interval: Duration::from_secs(
+                file.max_checkin_interval_secs.unwrap_or(300).max(1),
+            ),
         })
     }
 }

@@ -158,7 +158,6 @@ pub fn run(config: &Config, stop: &AtomicBool) -> Result<()> {
         let wait = match agent.step() {
             Ok(next) => {
                 failures = 0;
-                agent.status.last_error = None;
                 next
             }
             Err(e) => {
@@ -186,6 +185,8 @@ impl Agent<'_> {
 
     /// One round; returns how long to wait before the next.
     fn step(&mut self) -> Result<Duration, ClientError> {
+        // Set again by this round if it fails or refuses something.
+        self.status.last_error = None;
         // Register until approved; after that only check-ins travel, until the server stops
         // knowing the key (the host was removed) and enrollment starts over.
         let host = match self.status.host.clone() {
@@ -290,6 +291,9 @@ impl Agent<'_> {
         };
         let started = Instant::now();
         let resp = self.checkin(state, self.config.long_poll)?;
+        // The server's word is bounded: a huge interval must not silence the host.
+        let next =
+            Duration::from_secs(resp.next_checkin_secs).min(self.config.max_checkin_interval);
         match resp.action {
             Action::Switch {
                 store_path,
@@ -297,6 +301,13 @@ impl Agent<'_> {
                 mut caches,
                 embedded_cache,
             } => {
+                if let Err(why) = crate::fetch::check_store_path(&store_path) {
+                    // Nothing valid to report against; refuse and wait, so that a hostile
+                    // answer cannot make the agent spin.
+                    tracing::error!(offered = %store_path.escape_debug(), "{why}");
+                    self.status.last_error = Some(why);
+                    return Ok(self.config.poll_interval);
+                }
                 if embedded_cache {
                     caches.push(format!(
                         "{}/cache",
@@ -307,16 +318,16 @@ impl Agent<'_> {
                 Ok(Duration::ZERO)
             }
             // A held check-in already waited; one answered at once (long-poll off) waits the interval.
-            Action::None => {
-                Ok(Duration::from_secs(resp.next_checkin_secs).saturating_sub(started.elapsed()))
-            }
+            Action::None => Ok(next.saturating_sub(started.elapsed())),
         }
     }
 
     fn start_activation(&mut self, store_path: String, release_id: i64, caches: Vec<String>) {
         // `at_ms` lets benchmarks measure publish-to-activation latency from the log.
         tracing::info!(%store_path, release_id, at_ms = crate::system::unix_ms(), "activating a new system");
-        let st = ActivationState {
+        let refused =
+            crate::fetch::check_cache_urls(&caches, &self.config.allowed_cache_schemes).err();
+        let mut st = ActivationState {
             store_path,
             release_id: Some(release_id),
             caches,
@@ -337,11 +348,21 @@ impl Agent<'_> {
             reboot_required: false,
             finished_at: None,
         };
+        if let Some(why) = &refused {
+            // Refused before anything runs: recorded as done, so the next round reports it.
+            tracing::warn!(reason = %why, "refusing the offered system");
+            st.phase = Phase::Done;
+            st.result = Some(yeet_proto::api::ActivationResult::Untrusted);
+            st.reason = why.to_string();
+            st.finished_at = Some(now());
+        }
         if let Err(e) = self.state.clear().and_then(|_| self.state.save(&st)) {
             tracing::error!(error = %e, "cannot record the activation; not starting it");
             return;
         }
-        self.spawn_activator();
+        if refused.is_none() {
+            self.spawn_activator();
+        }
     }
 
     /// Starts `yeet-agent activate` outside this process's lifetime: a transient systemd unit

@@ -85,7 +85,18 @@ pub fn push(client: &Client, target: &Target, paths: &[String]) -> Result<usize>
 }
 
 /// Makes `path` valid in the local store, fetching it from `cache` (trusted as nix.conf says).
+/// `path` comes from the server (a host's report): only a plain output path is accepted, as
+/// realising a derivation would build it here.
 pub fn ensure_local(path: &str, cache: &str) -> Result<()> {
+    let parsed: nix_meta::StorePath = path.parse().with_context(|| {
+        format!(
+            "the server sent {:?}, which is not a store path",
+            path.escape_debug().to_string()
+        )
+    })?;
+    if parsed.is_derivation() {
+        bail!("the server sent a derivation ({parsed}) as a system; refusing to build it");
+    }
     let valid = Command::new("nix-store")
         .args(["--check-validity", path])
         .output()

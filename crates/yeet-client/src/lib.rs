@@ -231,6 +231,8 @@ impl Client {
         for (k, v) in headers.to_pairs() {
             req = req.header(k, v);
         }
+        // The server checks the signature against this before reading the body.
+        req = req.header(yeet_proto::signing::HEADER_CONTENT_SHA256, digest);
         if let Some(ct) = content_type {
             req = req.header("content-type", ct);
         }

@@ -6,6 +6,7 @@ pub mod api;
 pub mod identity;
 pub mod names;
 pub mod signing;
+pub mod text;
 
 pub use identity::{Identity, IdentityError, PublicIdentity};
 pub use signing::{AuthError, NonceCache, SignatureHeaders};

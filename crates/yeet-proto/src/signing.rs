@@ -20,6 +20,10 @@
 //! ```
 //!
 //! The version line keeps these signatures from ever being valid in another context.
+//!
+//! Streamed uploads also send `x-yeet-content-sha256`, the body digest their signature
+//! covers, so that the server verifies the signature from the headers alone, before it
+//! accepts a byte, and then checks the body against that digest as it arrives.
 //! The verifier checks, in this order: headers well-formed, timestamp inside the skew
 //! window, key known, signature valid, nonce unused. The nonce is recorded only after the
 //! signature verified, so forged requests cannot burn nonces.
@@ -27,7 +31,7 @@
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use thiserror::Error;
 
 use crate::identity::{Identity, PublicIdentity};
@@ -36,6 +40,8 @@ pub const HEADER_KEY: &str = "x-yeet-key";
 pub const HEADER_TIMESTAMP: &str = "x-yeet-timestamp";
 pub const HEADER_NONCE: &str = "x-yeet-nonce";
 pub const HEADER_SIGNATURE: &str = "x-yeet-signature";
+/// The declared body digest of a streamed upload (lower-case hex SHA-256).
+pub const HEADER_CONTENT_SHA256: &str = "x-yeet-content-sha256";
 /// Default allowed clock difference between signer and verifier.
 pub const DEFAULT_SKEW_SECS: i64 = 300;
 
@@ -55,6 +61,8 @@ pub enum AuthError {
     BadSignature,
     #[error("nonce was already used (replayed request)")]
     ReplayedNonce,
+    #[error("this key sent too many requests in the last few minutes; slow down and retry")]
+    TooManyRequests,
 }
 
 impl AuthError {
@@ -67,6 +75,7 @@ impl AuthError {
             AuthError::UnknownKey => "unknown_key",
             AuthError::BadSignature => "bad_signature",
             AuthError::ReplayedNonce => "replayed_nonce",
+            AuthError::TooManyRequests => "rate_limited",
         }
     }
 }
@@ -204,8 +213,9 @@ impl SignatureHeaders {
     }
 
     /// Fails when the timestamp is further than `skew_secs` from `now`, in either direction.
+    /// Any i64 is handled: the distance is computed without overflow.
     pub fn check_timestamp(&self, now: i64, skew_secs: i64) -> Result<(), AuthError> {
-        if (self.timestamp - now).abs() > skew_secs {
+        if self.timestamp.abs_diff(now) > skew_secs.unsigned_abs() {
             Err(AuthError::StaleTimestamp)
         } else {
             Ok(())
@@ -250,54 +260,104 @@ impl SignatureHeaders {
     }
 }
 
+/// Most nonces one key may have live at once (one skew window, about ten minutes). A
+/// publisher uploading a large closure makes a few requests per store path; nothing
+/// legitimate comes near this, and it bounds what any one key can make the cache hold.
+pub const DEFAULT_NONCES_PER_KEY: usize = 65_536;
+
+/// The live nonces of one key, in arrival order for expiry.
+#[derive(Debug, Default)]
+struct KeyNonces {
+    seen: HashSet<u128>,
+    order: VecDeque<(i64, u128)>,
+}
+
+impl KeyNonces {
+    /// Forgets nonces whose timestamps can no longer pass the skew check. Arrival order is
+    /// only roughly expiry order; an entry behind a later-expiring one is kept a little
+    /// longer, which is the safe direction.
+    fn expire(&mut self, now: i64) {
+        while let Some(&(expiry, nonce)) = self.order.front() {
+            if expiry > now {
+                break;
+            }
+            self.order.pop_front();
+            self.seen.remove(&nonce);
+        }
+    }
+}
+
 /// Remembers nonces for as long as their timestamps could pass the skew check, so that a
-/// request can never be accepted twice by this process.
+/// request can never be accepted twice by this process. Lookups are O(1); each key has its
+/// own bounded share, so one key (or a flood of throwaway keys) cannot crowd out another.
+/// Callers record a nonce only for a verified signature by a known key or an admitted
+/// registration.
 #[derive(Debug)]
 pub struct NonceCache {
     skew_secs: i64,
-    max_entries: usize,
-    seen: HashMap<(String, String), i64>,
-    next_prune: i64,
+    per_key: usize,
+    keys: HashMap<String, KeyNonces>,
+    entries: usize,
+    next_sweep: i64,
 }
 
 impl NonceCache {
-    pub fn new(skew_secs: i64, max_entries: usize) -> Self {
+    pub fn new(skew_secs: i64, per_key: usize) -> Self {
         NonceCache {
             skew_secs,
-            max_entries,
-            seen: HashMap::new(),
-            next_prune: 0,
+            per_key,
+            keys: HashMap::new(),
+            entries: 0,
+            next_sweep: 0,
         }
     }
 
-    /// Records the nonce of a verified request; fails if it was seen before. When the cache is
-    /// full of live nonces the request is refused as a replay too: failing closed keeps the
-    /// guarantee, and a client retries with a fresh nonce.
+    /// Records the nonce of a verified request; fails if it was seen before, or when the key
+    /// already has `per_key` live nonces (it is refused until some expire; other keys are
+    /// unaffected).
     pub fn check_and_record(
         &mut self,
         headers: &SignatureHeaders,
         now: i64,
     ) -> Result<(), AuthError> {
-        if now >= self.next_prune || self.seen.len() >= self.max_entries {
-            self.seen.retain(|_, expiry| *expiry > now);
-            self.next_prune = now + self.skew_secs.max(1);
+        if now >= self.next_sweep {
+            // Drop keys with nothing live; amortised over a skew window.
+            let mut entries = 0;
+            self.keys.retain(|_, k| {
+                k.expire(now);
+                entries += k.seen.len();
+                !k.seen.is_empty()
+            });
+            self.entries = entries;
+            self.next_sweep = now + self.skew_secs.max(1);
         }
-        let key = (headers.key_id.clone(), headers.nonce.clone());
-        if self.seen.contains_key(&key) || self.seen.len() >= self.max_entries {
+        let nonce = u128::from_str_radix(&headers.nonce, 16)
+            .map_err(|_| AuthError::Malformed(HEADER_NONCE))?;
+        let key = self.keys.entry(headers.key_id.clone()).or_default();
+        let before = key.seen.len();
+        key.expire(now);
+        self.entries -= before - key.seen.len();
+        if key.seen.contains(&nonce) {
             return Err(AuthError::ReplayedNonce);
         }
+        if key.seen.len() >= self.per_key {
+            return Err(AuthError::TooManyRequests);
+        }
         // The nonce can be replayed until its timestamp leaves the window on the far side.
-        self.seen
-            .insert(key, headers.timestamp + self.skew_secs + 1);
+        key.seen.insert(nonce);
+        key.order
+            .push_back((headers.timestamp.saturating_add(self.skew_secs + 1), nonce));
+        self.entries += 1;
         Ok(())
     }
 
+    /// Live nonces across all keys.
     pub fn len(&self) -> usize {
-        self.seen.len()
+        self.entries
     }
 
     pub fn is_empty(&self) -> bool {
-        self.seen.is_empty()
+        self.entries == 0
     }
 }
 
@@ -417,23 +477,54 @@ mod tests {
     }
 
     #[test]
-    fn full_cache_fails_closed() {
-        let id = Identity::from_seed(&[5; 32]);
+    fn each_key_has_its_own_bounded_share() {
+        let (a, b) = (Identity::from_seed(&[5; 32]), Identity::from_seed(&[6; 32]));
         let mut cache = NonceCache::new(300, 2);
         assert!(
             cache
-                .check_and_record(&signed(&id, b"", 1000, 1), 1000)
+                .check_and_record(&signed(&a, b"", 1000, 1), 1000)
                 .is_ok()
         );
         assert!(
             cache
-                .check_and_record(&signed(&id, b"", 1000, 2), 1000)
+                .check_and_record(&signed(&a, b"", 1000, 2), 1000)
                 .is_ok()
         );
+        // A third live nonce of the same key is refused without being remembered...
         assert_eq!(
-            cache.check_and_record(&signed(&id, b"", 1000, 3), 1000),
-            Err(AuthError::ReplayedNonce)
+            cache.check_and_record(&signed(&a, b"", 1000, 3), 1000),
+            Err(AuthError::TooManyRequests)
         );
+        // ...while other keys are unaffected.
+        assert!(
+            cache
+                .check_and_record(&signed(&b, b"", 1000, 1), 1000)
+                .is_ok()
+        );
+        assert_eq!(cache.len(), 3);
+        // Once the first two expire, the key may send again, and they are forgotten.
+        assert!(
+            cache
+                .check_and_record(&signed(&a, b"", 1400, 3), 1400)
+                .is_ok()
+        );
+        assert_eq!(cache.len(), 1);
+    }
+
+    #[test]
+    fn extreme_timestamps_are_stale_not_panics() {
+        let id = Identity::from_seed(&[5; 32]);
+        for ts in [i64::MIN, i64::MIN + 1, i64::MAX, -1] {
+            let h = signed(&id, b"", ts, 1);
+            assert_eq!(
+                h.check_timestamp(1_800_000_000, 300),
+                Err(AuthError::StaleTimestamp),
+                "{ts}"
+            );
+            // Recording never overflows either.
+            let mut cache = NonceCache::new(300, 10);
+            let _ = cache.check_and_record(&h, 1_800_000_000);
+        }
     }
 
     proptest! {

@@ -40,6 +40,12 @@ pub struct FileConfig {
     pub max_pending: Option<i64>,
     pub registration_burst: Option<u32>,
     pub registration_refill_ms: Option<u64>,
+    /// Shortest interval between two registrations of one pending key (default 500).
+    pub reregister_interval_ms: Option<u64>,
+    /// Requests one key may sign within a clock-skew window (default 65536).
+    pub nonces_per_key: Option<usize>,
+    /// Uploads to the embedded cache one key may run at once (default 4).
+    pub max_uploads_per_key: Option<usize>,
     pub checkin_interval_secs: Option<u64>,
     pub offline_after_secs: Option<i64>,
     pub max_long_poll_secs: Option<u64>,
@@ -50,7 +56,7 @@ pub struct FileConfig {
     pub last_seen_flush_ms: Option<u64>,
     /// Serve an embedded binary cache under /cache (default true).
     pub embedded_cache: Option<bool>,
-    /// Largest NAR accepted by the embedded cache (default 16 GiB).
+    /// Largest NAR accepted by the embedded cache (default 8 GiB).
     pub max_upload_bytes: Option<u64>,
 }
 
@@ -134,6 +140,15 @@ impl Config {
                 .registration_refill_ms
                 .map(Duration::from_millis)
                 .unwrap_or(d.registration_refill),
+            reregister_interval: file
+                .reregister_interval_ms
+                .map(Duration::from_millis)
+                .unwrap_or(d.reregister_interval),
+            nonces_per_key: file.nonces_per_key.unwrap_or(d.nonces_per_key).max(1),
+            max_uploads_per_key: file
+                .max_uploads_per_key
+                .unwrap_or(d.max_uploads_per_key)
+                .max(1),
             checkin_interval_secs: file
                 .checkin_interval_secs
                 .unwrap_or(d.checkin_interval_secs),
@@ -170,7 +185,7 @@ impl Config {
             max_body_bytes: file.max_body_bytes.unwrap_or(1 << 20),
             last_seen_flush: Duration::from_millis(file.last_seen_flush_ms.unwrap_or(2000)),
             embedded_cache: file.embedded_cache.unwrap_or(true),
-            max_upload_bytes: file.max_upload_bytes.unwrap_or(16 << 30),
+            max_upload_bytes: file.max_upload_bytes.unwrap_or(8 << 30),
             service,
         })
     }

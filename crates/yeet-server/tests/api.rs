@@ -91,6 +91,13 @@ fn build(
     for (k, v) in headers.iter().flat_map(|h| h.to_pairs()) {
         req = req.header(k, v);
     }
+    if headers.is_some() {
+        // As the real client does; only streamed uploads need it.
+        req = req.header(
+            yeet_proto::signing::HEADER_CONTENT_SHA256,
+            yeet_proto::signing::body_digest(body),
+        );
+    }
     let mut req = req.body(Body::from(body.to_vec())).unwrap();
     if let Some(addr) = from {
         req.extensions_mut().insert(ConnectInfo(addr));
@@ -531,7 +538,11 @@ async fn registration_endpoint_refusals() {
 
 #[tokio::test]
 async fn enrollment_codes_expire_and_rejected_keys_stay_out() {
-    let api = Api::new(ServiceConfig::default()).await;
+    let api = Api::new(ServiceConfig {
+        reregister_interval: std::time::Duration::ZERO,
+        ..Default::default()
+    })
+    .await;
     let h = identity();
     let code = api.register(&h).await;
     assert_eq!(api.register(&h).await, code, "an unexpired code is stable");
@@ -607,31 +618,50 @@ async fn enrollment_codes_expire_and_rejected_keys_stay_out() {
 }
 
 #[tokio::test]
-async fn registration_floods_are_rate_limited_and_cannot_evict_live_hosts() {
+async fn registration_floods_cannot_evict_or_starve_a_waiting_host() {
+    let interval = std::time::Duration::from_millis(50);
     let config = ServiceConfig {
         max_pending: 4,
         registration_burst: 3,
         registration_refill: std::time::Duration::from_secs(3600),
+        reregister_interval: interval,
         ..Default::default()
     };
     let api = Api::new(config).await;
-    let from = |last: u8| Some(SocketAddr::from(([10, 0, 0, last], 5000)));
-    let register_from = |id: &Identity, ip: u8| {
+    let v4 = |net: u8, last: u8| Some(SocketAddr::from(([10, 0, net, last], 5000)));
+    let v6 = |last: u16| {
+        Some(SocketAddr::from((
+            std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0, 0, 0, last),
+            5000,
+        )))
+    };
+    let register_from = |id: &Identity, from: Option<SocketAddr>| {
         api.send(build(
             "POST",
             paths::REGISTER,
             &Api::register_body(id, "f"),
             Sign::By(id),
-            from(ip),
+            from,
         ))
     };
     let real = identity();
-    assert_eq!(register_from(&real, 1).await.0, StatusCode::OK);
-    // One address: the burst, then 429 with a JSON error.
+    let (s, v) = register_from(&real, v4(0, 1)).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let code = v["code"].as_str().unwrap().to_owned();
+    // Re-registering at once is throttled.
+    let (s, v) = register_from(&real, v4(0, 1)).await;
+    assert_error(
+        s,
+        &v,
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        "re-registration",
+    );
+    // One network: the burst, then 429 with a JSON error.
     for _ in 0..3 {
-        assert_eq!(register_from(&identity(), 2).await.0, StatusCode::OK);
+        assert_eq!(register_from(&identity(), v4(0, 2)).await.0, StatusCode::OK);
     }
-    let (s, v) = register_from(&identity(), 2).await;
+    let (s, v) = register_from(&identity(), v4(0, 2)).await;
     assert_error(
         s,
         &v,
@@ -639,24 +669,98 @@ async fn registration_floods_are_rate_limited_and_cannot_evict_live_hosts() {
         "rate_limited",
         "flood from one address",
     );
-    // Many addresses: the table stays capped, and the host that keeps polling survives.
-    for ip in 10..30 {
-        assert_eq!(
-            register_from(&real, 1).await.0,
-            StatusCode::OK,
-            "a waiting host is never rate limited"
-        );
-        assert_eq!(register_from(&identity(), ip).await.0, StatusCode::OK);
-        assert!(api.service.store().count_registrations().await.unwrap() <= 4);
+    // Every address of an IPv6 /64 is one network.
+    for last in 0..3 {
+        assert_eq!(register_from(&identity(), v6(last)).await.0, StatusCode::OK);
     }
-    assert!(
-        api.service
-            .store()
-            .registration_by_key(real.public().key_id())
-            .await
-            .unwrap()
-            .is_some()
+    let (s, v) = register_from(&identity(), v6(999)).await;
+    assert_error(
+        s,
+        &v,
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        "flood from one /64",
     );
+    // Waves of new keys from many networks at once: the cap holds exactly, and the host
+    // that keeps polling keeps its row and its code.
+    for wave in 1..=5u8 {
+        let keys: Vec<Identity> = (0..20).map(|_| identity()).collect();
+        let flood = keys
+            .iter()
+            .enumerate()
+            .map(|(i, id)| register_from(id, v4(wave, i as u8)));
+        for (status, v) in futures_util::future::join_all(flood).await {
+            assert!(
+                status == StatusCode::OK || status == StatusCode::TOO_MANY_REQUESTS,
+                "{v}"
+            );
+        }
+        assert!(api.service.store().count_registrations().await.unwrap() <= 4);
+        tokio::time::sleep(interval * 2).await;
+        let (s, v) = register_from(&real, v4(0, 1)).await;
+        assert_eq!(s, StatusCode::OK, "a waiting host is never starved: {v}");
+        assert_eq!(v["code"], code, "the waiting host's code changed");
+    }
+    // The admin approves the code the host showed before the flood.
+    let body = serde_json::to_vec(&json!({"code": code, "name": "real"})).unwrap();
+    let (s, v) = api
+        .call("POST", paths::APPROVE, &body, Sign::By(&api.admin))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+}
+
+#[tokio::test]
+async fn throwaway_keys_cannot_fill_the_replay_cache() {
+    let config = ServiceConfig {
+        registration_burst: 5,
+        registration_refill: std::time::Duration::from_secs(3600),
+        nonces_per_key: 50,
+        ..Default::default()
+    };
+    let api = Api::new(config).await;
+    let before = api.service.remembered_nonces();
+    // 2,000 registrations, each by a new key, from one address: only the admitted ones
+    // (the burst) leave a nonce behind.
+    let flood = (0..2000).map(|_| {
+        let id = identity();
+        let req = build(
+            "POST",
+            paths::REGISTER,
+            &Api::register_body(&id, "flood"),
+            Sign::By(&id),
+            Some(SocketAddr::from(([10, 9, 9, 9], 1))),
+        );
+        api.send(req)
+    });
+    let statuses = futures_util::future::join_all(flood).await;
+    let admitted = statuses
+        .iter()
+        .filter(|(s, _)| *s == StatusCode::OK)
+        .count();
+    assert_eq!(admitted, 5);
+    assert_eq!(api.service.remembered_nonces(), before + 5);
+    // One key over its share is refused; everybody else carries on.
+    let mut refused = 0;
+    for _ in 0..60 {
+        let (s, _) = api
+            .call("GET", paths::WHOAMI, b"", Sign::By(&api.viewer))
+            .await;
+        refused += usize::from(s == StatusCode::TOO_MANY_REQUESTS);
+    }
+    assert_eq!(refused, 10);
+    let (s, v) = api
+        .call("GET", paths::WHOAMI, b"", Sign::By(&api.admin))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, v) = api
+        .call(
+            "POST",
+            paths::CHECKIN,
+            br#"{"state":"standby","facts":{"os":"linux","arch":"x86_64","agent_version":"t"}}"#,
+            Sign::By(&api.host_a),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
 }
 
 #[tokio::test]
@@ -1376,6 +1480,129 @@ async fn embedded_cache_uploads_are_signed_atomic_and_checked() {
         ))
         .await;
     assert!(s.is_client_error());
+}
+
+/// A request body that counts the bytes the server pulls from it.
+fn counting_body(pulled: Arc<std::sync::atomic::AtomicUsize>, chunks: usize) -> Body {
+    let stream = futures_util::stream::iter((0..chunks).map(move |_| {
+        pulled.fetch_add(64 * 1024, std::sync::atomic::Ordering::Relaxed);
+        Ok::<_, std::io::Error>(vec![0u8; 64 * 1024])
+    }));
+    Body::from_stream(stream)
+}
+
+#[tokio::test]
+async fn forged_uploads_are_refused_before_any_byte_is_read() {
+    let api = Api::new(ServiceConfig {
+        max_uploads_per_key: 2,
+        ..Default::default()
+    })
+    .await;
+    let nar = b"the real NAR".to_vec();
+    let nar_path = format!("/cache/nar/{}", nar_name(&nar));
+    let pulled = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let uploads_dir = api.cache_dir.path().join("cache-uploads");
+    // 64 MiB offered under a publisher's key id, with signatures that do not verify.
+    for (sign, want) in [
+        (Sign::Corrupted(&api.publisher), StatusCode::UNAUTHORIZED),
+        (
+            Sign::Claiming(&api.viewer, &api.publisher),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (Sign::Stale(&api.publisher), StatusCode::UNAUTHORIZED),
+        (Sign::None, StatusCode::UNAUTHORIZED),
+        (Sign::By(&api.viewer), StatusCode::FORBIDDEN),
+    ] {
+        let mut req = build("PUT", &nar_path, &nar, sign, None);
+        *req.body_mut() = counting_body(pulled.clone(), 1024);
+        let (s, v) = api.send(req).await;
+        assert_eq!(s, want, "{v}");
+    }
+    // A declared size over the limit is refused before reading, with what to change.
+    let mut req = build("PUT", &nar_path, &nar, Sign::By(&api.publisher), None);
+    req.headers_mut()
+        .insert("content-length", ((1u64 << 20) + 1).into());
+    *req.body_mut() = counting_body(pulled.clone(), 17);
+    let (s, v) = api.send(req).await;
+    assert_error(
+        s,
+        &v,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+        "declared size",
+    );
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_upload_bytes")
+    );
+    assert_eq!(
+        pulled.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "a refused upload's body was read"
+    );
+    assert_eq!(std::fs::read_dir(&uploads_dir).unwrap().count(), 0);
+    // A body that differs from the digest its signature covers is not kept.
+    let mut req = build("PUT", &nar_path, &nar, Sign::By(&api.publisher), None);
+    *req.body_mut() = Body::from(b"the evil NAR".to_vec());
+    let (s, v) = api.send(req).await;
+    assert_error(
+        s,
+        &v,
+        StatusCode::BAD_REQUEST,
+        "digest_mismatch",
+        "swapped body",
+    );
+    assert_eq!(std::fs::read_dir(&uploads_dir).unwrap().count(), 0);
+    // One key runs at most two uploads at once; a third waits its turn with a 429.
+    let stalled: Vec<_> = (0..2)
+        .map(|_| {
+            let mut req = build("PUT", &nar_path, &nar, Sign::By(&api.publisher), None);
+            *req.body_mut() = Body::from_stream(futures_util::stream::pending::<
+                Result<Vec<u8>, std::io::Error>,
+            >());
+            tokio::spawn(api.router.clone().oneshot(req))
+        })
+        .collect();
+    // Let both reach their stalled bodies before anything else takes a slot.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let third = api
+        .send(build(
+            "PUT",
+            &nar_path,
+            &nar,
+            Sign::By(&api.publisher),
+            None,
+        ))
+        .await;
+    assert_error(
+        third.0,
+        &third.1,
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        "third upload",
+    );
+    // Another publisher key is not affected.
+    let (s, v) = api
+        .send(build("PUT", &nar_path, &nar, Sign::By(&api.admin), None))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    // Connections that go away free their slots.
+    for task in stalled {
+        task.abort();
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let (s, v) = api
+        .send(build(
+            "PUT",
+            &nar_path,
+            &nar,
+            Sign::By(&api.publisher),
+            None,
+        ))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
 }
 
 #[tokio::test]

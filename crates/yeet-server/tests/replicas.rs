@@ -54,6 +54,14 @@ async fn replicas_share_releases_and_key_removals() {
     let host_key = Identity::from_seed(&[2; 32]);
     let registrant = Principal::Registrant {
         public: host_key.public().clone(),
+        signed: Box::new(SignatureHeaders::sign(
+            &host_key,
+            "POST",
+            yeet_proto::api::paths::REGISTER,
+            b"",
+            yeet_server::service::now(),
+            [9; 16],
+        )),
     };
     let req = RegisterRequest {
         public_key: host_key.public().to_openssh(),

@@ -20,6 +20,7 @@ fn registration(key: &str, code: &str, seen: i64) -> RegistrationRow {
         code_expires_at: seen + 900,
         first_seen_ms: seen,
         last_seen_ms: seen,
+        source: "10.0.0.1".into(),
     }
 }
 
@@ -95,9 +96,16 @@ async fn registrations_upsert_evict_and_reject(db: &TestDb) {
     );
     assert_eq!(s.registration_by_code("CODE0").await.unwrap(), None);
     assert_eq!(s.count_registrations().await.unwrap(), 3);
-    // The stalest (k2, seen at 101) goes first.
-    assert_eq!(s.evict_stalest_registrations(1).await.unwrap(), 1);
+    // Eviction takes from the busiest network: a lone host on another network stays even
+    // though it is the stalest of all.
+    let mut lone = registration("k0", "LONE", 50);
+    lone.source = "192.0.2.7".into();
+    s.upsert_registration(&lone).await.unwrap();
+    // Within the busy network, the stalest (k2, seen at 101) goes first.
+    assert_eq!(s.evict_one_registration().await.unwrap(), 1);
     assert_eq!(s.registration_by_key("k2").await.unwrap(), None);
+    assert!(s.registration_by_key("k0").await.unwrap().is_some());
+    assert!(s.reject_registration("k0", "alice", 7).await.unwrap());
     assert!(s.reject_registration("k3", "alice", 7).await.unwrap());
     assert!(s.is_rejected("k3").await.unwrap());
     assert!(!s.reject_registration("k3", "alice", 7).await.unwrap());

@@ -1,7 +1,8 @@
 //! `/cache`: the embedded binary cache. Reads are unsigned (Nix's substituter protocol has no
 //! place for our signatures); uploads (`PUT`) are signed by a publisher. An upload is
-//! pre-authorized from its headers before any byte is accepted, streamed to a temporary file
-//! while hashed, and authenticated against that digest before it is moved into place.
+//! authenticated from its headers before any byte is accepted (the signature covers the
+//! declared body digest), limited in size and in how many one key runs at once, streamed to
+//! a temporary file while hashed, and moved into place only if the bytes match the digest.
 
 use axum::body::Body;
 use axum::extract::{OriginalUri, State};
@@ -14,10 +15,11 @@ use std::path::Path;
 use tokio::io::AsyncWriteExt;
 use tower_http::services::ServeDir;
 use yeet_proto::SignatureHeaders;
-use yeet_proto::api::Role;
+use yeet_proto::signing::HEADER_CONTENT_SHA256;
 
 use super::AppState;
 use super::error::ApiError;
+use crate::service::Principal;
 use crate::service::cache::{CacheFile, EmbeddedCache};
 
 /// The narinfo upload limit; NARs use the configured `max_upload_bytes`.
@@ -36,8 +38,24 @@ async fn upload(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let sig = SignatureHeaders::parse(|name| headers.get(name).and_then(|v| v.to_str().ok()))?;
-    app.service.preauthorize(&sig, Role::Publisher).await?;
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let sig = SignatureHeaders::parse(header)?;
+    let declared = header(HEADER_CONTENT_SHA256)
+        .filter(|d| d.len() == 64 && d.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "missing_digest",
+                format!("uploads must declare their body's SHA-256 in {HEADER_CONTENT_SHA256} (lower-case hex); update yeet"),
+            )
+        })?
+        .to_owned();
+    let path_and_query = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    // The full check, signature, nonce and role, before a single byte is read.
+    let principal = app
+        .service
+        .authenticate_upload(path_and_query, &sig, &declared)
+        .await?;
     let cache = app.service.embedded_cache()?;
     let rel = uri.path().strip_prefix("/cache/").unwrap_or_default();
     let file = CacheFile::parse(rel).ok_or_else(|| {
@@ -51,17 +69,32 @@ async fn upload(
         CacheFile::Nar(_) => app.max_upload_bytes,
         CacheFile::NarInfo(_) => MAX_NARINFO_BYTES,
     };
+    let announced = header("content-length").and_then(|l| l.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > limit) {
+        return Err(too_large(limit));
+    }
+    let _slot = app.service.upload_slot(&sig.key_id)?;
     let tmp = cache.temp_path();
-    let result = receive(&app, &uri, &sig, &file, &tmp, body, limit).await;
+    let result = receive(&app, &principal, &declared, &file, &tmp, body, limit).await;
     // Whatever happened, no partial file stays behind.
     let _ = tokio::fs::remove_file(&tmp).await;
     result.map(|()| Json(serde_json::json!({})))
 }
 
+fn too_large(limit: u64) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+        format!(
+            "uploads of this kind are limited to {limit} bytes; raise max_upload_bytes in the server config for larger NARs"
+        ),
+    )
+}
+
 async fn receive(
     app: &AppState,
-    uri: &axum::http::Uri,
-    sig: &SignatureHeaders,
+    principal: &Principal,
+    declared: &str,
     file: &CacheFile,
     tmp: &Path,
     mut body: Body,
@@ -97,11 +130,7 @@ async fn receive(
         if let Ok(data) = frame.into_data() {
             received += data.len() as u64;
             if received > limit {
-                return Err(ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "body_too_large",
-                    format!("uploads of this kind are limited to {limit} bytes"),
-                ));
+                return Err(too_large(limit));
             }
             hasher.update(&data);
             out.write_all(&data).await.map_err(disk)?;
@@ -110,10 +139,12 @@ async fn receive(
     out.sync_all().await.map_err(disk)?;
     drop(out);
     let digest: [u8; 32] = hasher.finalize().into();
-    let path_and_query = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let principal = app
-        .service
-        .authenticate_digest("PUT", path_and_query, sig, &hex::encode(digest))
-        .await?;
-    Ok(app.service.accept_upload(&principal, file, tmp, &digest)?)
+    if hex::encode(digest) != declared {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "digest_mismatch",
+            "the body does not match the SHA-256 its signature covers; was the upload cut short? retry it",
+        ));
+    }
+    Ok(app.service.accept_upload(principal, file, tmp, &digest)?)
 }

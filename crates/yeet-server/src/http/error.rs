@@ -29,6 +29,9 @@ impl From<ServiceError> for ApiError {
     fn from(e: ServiceError) -> Self {
         let message = e.to_string();
         match e {
+            ServiceError::Unauthorized(yeet_proto::AuthError::TooManyRequests) => {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message)
+            }
             ServiceError::Unauthorized(a) => {
                 ApiError::new(StatusCode::UNAUTHORIZED, a.code(), message)
             }

@@ -24,7 +24,11 @@ pub enum Principal {
         key_id: String,
     },
     /// An unknown key registering itself; it proved it holds the key and nothing more.
-    Registrant { public: PublicIdentity },
+    /// Its nonce is not spent yet: `register` spends it once the registration is admitted.
+    Registrant {
+        public: PublicIdentity,
+        signed: Box<SignatureHeaders>,
+    },
 }
 
 impl Principal {
@@ -33,7 +37,7 @@ impl Principal {
         match self {
             Principal::User { name, .. } => name.clone(),
             Principal::Host { name, .. } => format!("host:{name}"),
-            Principal::Registrant { public } => format!("key:{}", public.key_id()),
+            Principal::Registrant { public, .. } => format!("key:{}", public.key_id()),
         }
     }
 }
@@ -115,22 +119,32 @@ impl Service {
         Ok((
             Principal::Registrant {
                 public: public.clone(),
+                signed: Box::new(headers.clone()),
             },
             public,
         ))
     }
 
     /// Checks the signature over the body digest, then spends the nonce (only verified
-    /// requests can burn nonces).
+    /// requests can burn nonces, and a registrant's waits until it is admitted).
     fn accept_signature(
         &self,
         headers: &SignatureHeaders,
+        principal: &Principal,
         signer: &PublicIdentity,
         method: &str,
         path_and_query: &str,
         digest: &str,
     ) -> Result<()> {
         headers.verify_digest(signer, method, path_and_query, digest)?;
+        match principal {
+            Principal::Registrant { .. } => Ok(()),
+            _ => self.spend_nonce(headers),
+        }
+    }
+
+    /// Records a verified request's nonce; a replay or a key over its share is refused.
+    pub(crate) fn spend_nonce(&self, headers: &SignatureHeaders) -> Result<()> {
         Ok(lock(&self.nonces).check_and_record(headers, now())?)
     }
 
@@ -149,6 +163,7 @@ impl Service {
             .await?;
         self.accept_signature(
             headers,
+            &principal,
             &public,
             method,
             path_and_query,
@@ -157,24 +172,18 @@ impl Service {
         Ok(principal)
     }
 
-    /// The cheap half of authenticating a streamed upload, done before accepting any bytes:
-    /// a fresh timestamp and a known operator key with at least `min`. The signature, which
-    /// covers the body's digest, is checked by `authenticate_digest` once the body is read.
-    pub async fn preauthorize(&self, headers: &SignatureHeaders, min: Role) -> Result<()> {
-        let (principal, _) = self.claimed_signer(headers, None).await?;
-        require_role(&principal, min).map(drop)
-    }
-
-    /// Authenticates a request whose body was streamed and hashed elsewhere.
-    pub async fn authenticate_digest(
+    /// Authenticates a streamed upload (`PUT`) from its headers alone, before any of its
+    /// body is read: the signature covers `digest`, the body digest the client declared,
+    /// which the caller then checks the body against. Only publishers and admins upload.
+    pub async fn authenticate_upload(
         &self,
-        method: &str,
         path_and_query: &str,
         headers: &SignatureHeaders,
         digest: &str,
     ) -> Result<Principal> {
         let (principal, public) = self.claimed_signer(headers, None).await?;
-        self.accept_signature(headers, &public, method, path_and_query, digest)?;
+        self.accept_signature(headers, &principal, &public, "PUT", path_and_query, digest)?;
+        require_role(&principal, Role::Publisher)?;
         Ok(principal)
     }
 }

@@ -9,10 +9,28 @@ use std::path::{Path, PathBuf};
 use yeet_proto::api::{CacheGcReport, CacheGcRequest, CreateReleaseRequest, Role};
 
 use super::auth::require_role;
-use super::{Principal, Result, Service, ServiceError};
+use super::{Principal, Result, Service, ServiceError, lock};
 
 const NIX_CACHE_INFO: &str = "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 30\n";
 const NAR_SUFFIXES: [&str; 4] = [".nar", ".nar.xz", ".nar.zst", ".nar.bz2"];
+
+/// A running upload, counted against its key's share until dropped.
+pub struct UploadSlot<'a> {
+    service: &'a Service,
+    key_id: String,
+}
+
+impl Drop for UploadSlot<'_> {
+    fn drop(&mut self) {
+        let mut running = lock(&self.service.uploads);
+        if let Some(n) = running.get_mut(&self.key_id) {
+            *n -= 1;
+            if *n == 0 {
+                running.remove(&self.key_id);
+            }
+        }
+    }
+}
 
 /// Where an upload goes, from its path under `/cache`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -178,6 +196,22 @@ impl Service {
 
     /// Moves a fully received upload into the cache, after checking that it is what its
     /// name says. `sha256` is the digest of the uploaded bytes.
+    /// Reserves one of the key's concurrent upload slots; the slot is freed when dropped.
+    pub fn upload_slot(&self, key_id: &str) -> Result<UploadSlot<'_>> {
+        let mut running = lock(&self.uploads);
+        let n = running.entry(key_id.to_owned()).or_insert(0);
+        if *n >= self.config.max_uploads_per_key {
+            return Err(ServiceError::RateLimited(format!(
+                "this key already runs {n} uploads; wait for one to finish"
+            )));
+        }
+        *n += 1;
+        Ok(UploadSlot {
+            service: self,
+            key_id: key_id.to_owned(),
+        })
+    }
+
     pub fn accept_upload(
         &self,
         principal: &Principal,

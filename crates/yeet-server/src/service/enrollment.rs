@@ -1,9 +1,18 @@
 //! Enrollment: a host registers its key, gets a short code, and an admin approves the code.
 //! The code is shown only to the host, never listed: typing it proves the admin saw the host.
 //!
-//! Flood resistance: one registration per key, new keys are rate-limited per client address,
-//! and when the table is full the registration seen least recently is evicted. Hosts that
-//! are really waiting re-register on every poll, so they stay fresh and keep their place.
+//! Flood resistance:
+//! - one registration per key; a pending key may re-register at most every
+//!   `reregister_interval` (the agent polls every few seconds or more);
+//! - new keys are rate-limited per source network (an IPv4 address, or an IPv6 /64, since
+//!   one machine owns a whole /64);
+//! - a full table evicts from the network holding the most pending keys (fair share), and
+//!   the count, eviction and insert happen under one lock, so the cap holds under bursts;
+//! - a registration's nonce is spent only once it is admitted, so throwaway keys cannot fill
+//!   the replay cache.
+//!
+//! A host waiting alone on its network therefore keeps its row, and its code, whatever a
+//! flood from elsewhere does.
 
 use std::net::IpAddr;
 use std::time::Instant;
@@ -11,6 +20,7 @@ use yeet_proto::api::{
     ApproveRequest, HostInfo, PendingRegistration, RegisterRequest, RegisterResponse, Role,
 };
 use yeet_proto::names::validate_host_name;
+use yeet_proto::text::clean_line;
 
 use super::auth::require_role;
 use super::{Principal, Result, Service, ServiceError, lock, now};
@@ -19,6 +29,19 @@ use crate::store::{RegistrationRow, StoreError};
 /// Letters and digits that cannot be mistaken for each other (no 0/O, 1/I/L, U/V).
 const CODE_ALPHABET: &[u8] = b"ABCDEFGHJKMNPQRSTWXYZ23456789";
 const CODE_LEN: usize = 8;
+
+/// The network a client belongs to for rate limits and fair eviction: its IPv4 address, or
+/// the /64 of an IPv6 address. Unknown (in-process callers): the empty string.
+pub fn source_of(client: Option<IpAddr>) -> String {
+    match client.map(|ip| ip.to_canonical()) {
+        Some(IpAddr::V4(v4)) => v4.to_string(),
+        Some(IpAddr::V6(v6)) => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
+        None => String::new(),
+    }
+}
 
 /// A token bucket for one client address.
 pub(crate) struct Bucket {
@@ -54,8 +77,10 @@ fn display_code(code: &str) -> String {
 }
 
 impl Service {
-    fn take_registration_token(&self, client: Option<IpAddr>) -> bool {
-        let Some(ip) = client else { return true };
+    fn take_registration_token(&self, source: &str) -> bool {
+        if source.is_empty() {
+            return true;
+        }
         let (burst, refill) = (
             self.config.registration_burst as f64,
             self.config.registration_refill.as_secs_f64().max(1e-3),
@@ -65,7 +90,7 @@ impl Service {
             // Forget full buckets: they would allow a full burst anyway.
             buckets.retain(|_, b| b.tokens + b.updated.elapsed().as_secs_f64() / refill < burst);
         }
-        let b = buckets.entry(ip).or_insert(Bucket {
+        let b = buckets.entry(source.to_owned()).or_insert(Bucket {
             tokens: burst,
             updated: Instant::now(),
         });
@@ -87,7 +112,7 @@ impl Service {
         req: RegisterRequest,
         client: Option<IpAddr>,
     ) -> Result<RegisterResponse> {
-        let public = match principal {
+        let (public, signed) = match principal {
             Principal::Host { name, .. } => {
                 return Ok(RegisterResponse::Approved { host: name.clone() });
             }
@@ -97,7 +122,7 @@ impl Service {
                     "this key belongs to an operator; a host must register with its own key",
                 ));
             }
-            Principal::Registrant { public } => public,
+            Principal::Registrant { public, signed } => (public, signed),
         };
         if public.key_id()
             != yeet_proto::PublicIdentity::from_openssh(&req.public_key)
@@ -109,36 +134,54 @@ impl Service {
                 "public_key in the body is not the key that signed the request",
             ));
         }
-        // Free text from an unapproved host: keep it short and printable.
-        let clip = |s: &str| {
-            s.chars()
-                .filter(|c| !c.is_control())
-                .take(64)
-                .collect::<String>()
-        };
         if self.store.is_rejected(public.key_id()).await? {
             return Err(ServiceError::Forbidden(
                 "an admin rejected this host's key; it cannot register again".into(),
             ));
         }
+        let source = source_of(client);
         let t = now();
         let t_ms = super::now_ms();
+        // New keys are admitted one at a time, so that count, eviction and insert cannot
+        // interleave and overshoot the cap.
+        let _admission;
         let existing = self.store.registration_by_key(public.key_id()).await?;
-        if existing.is_none() {
-            if !self.take_registration_token(client) {
-                return Err(ServiceError::RateLimited(
-                    "too many new registrations from this address; retry in a minute".into(),
-                ));
+        match &existing {
+            Some(r)
+                if t_ms.saturating_sub(r.last_seen_ms)
+                    < self.config.reregister_interval.as_millis() as i64 =>
+            {
+                return Err(ServiceError::RateLimited(format!(
+                    "this key registers too often; wait {} ms between registrations",
+                    self.config.reregister_interval.as_millis()
+                )));
             }
-            let over = self.store.count_registrations().await? - self.config.max_pending + 1;
-            if over > 0 {
-                let evicted = self.store.evict_stalest_registrations(over).await?;
-                tracing::warn!(
-                    evicted,
-                    "pending registrations at capacity; evicted the stalest"
-                );
+            Some(_) => {}
+            None => {
+                if !self.take_registration_token(&source) {
+                    return Err(ServiceError::RateLimited(
+                        "too many new registrations from this network; retry in a minute".into(),
+                    ));
+                }
+                _admission = self.registration_admission.lock().await;
+                let mut evicted = 0;
+                while self.store.count_registrations().await? >= self.config.max_pending {
+                    if self.store.evict_one_registration().await? == 0 {
+                        break;
+                    }
+                    evicted += 1;
+                }
+                if evicted > 0 {
+                    tracing::warn!(
+                        evicted,
+                        source,
+                        "pending registrations at capacity; evicted from the busiest network"
+                    );
+                }
             }
         }
+        // Admitted: only now may this registration's nonce take room in the replay cache.
+        self.spend_nonce(signed)?;
         let (code, expires, first_seen) = match &existing {
             Some(r) if r.code_expires_at > t => {
                 (r.code.clone(), r.code_expires_at, r.first_seen_ms)
@@ -153,14 +196,15 @@ impl Service {
         let row = RegistrationRow {
             key_id: public.key_id().to_owned(),
             public_key: public.to_openssh(),
-            hostname_hint: clip(&req.hostname_hint),
-            os: clip(&req.facts.os),
-            arch: clip(&req.facts.arch),
-            agent_version: clip(&req.facts.agent_version),
+            hostname_hint: clean_line(&req.hostname_hint, 64),
+            os: clean_line(&req.facts.os, 64),
+            arch: clean_line(&req.facts.arch, 64),
+            agent_version: clean_line(&req.facts.agent_version, 64),
             code: code.clone(),
             code_expires_at: expires,
             first_seen_ms: first_seen,
             last_seen_ms: t_ms,
+            source,
         };
         self.store.upsert_registration(&row).await?;
         Ok(RegisterResponse::Pending {

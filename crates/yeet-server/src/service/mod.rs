@@ -17,7 +17,6 @@ pub use auth::Principal;
 pub use enrollment::normalize_code;
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::Duration;
 use thiserror::Error;
@@ -35,6 +34,12 @@ pub struct ServiceConfig {
     /// Registrations of new keys allowed per client address: burst size, then one per `refill`.
     pub registration_burst: u32,
     pub registration_refill: Duration,
+    /// A pending key re-registering sooner than this after its last registration is refused.
+    pub reregister_interval: Duration,
+    /// Live nonces one key may have in the replay cache (see `yeet_proto::NonceCache`).
+    pub nonces_per_key: usize,
+    /// Uploads to the embedded cache one key may run at once.
+    pub max_uploads_per_key: usize,
     pub checkin_interval_secs: u64,
     pub offline_after_secs: i64,
     /// Longest a check-in may be held open waiting for a change.
@@ -53,6 +58,9 @@ impl Default for ServiceConfig {
             max_pending: 1000,
             registration_burst: 30,
             registration_refill: Duration::from_secs(2),
+            reregister_interval: Duration::from_millis(500),
+            nonces_per_key: yeet_proto::signing::DEFAULT_NONCES_PER_KEY,
+            max_uploads_per_key: 4,
             checkin_interval_secs: 30,
             offline_after_secs: 10 * 60,
             max_long_poll_secs: 55,
@@ -133,13 +141,18 @@ pub struct Service {
     /// host id → last check-in time not yet written.
     seen: Mutex<HashMap<i64, i64>>,
     nonces: Mutex<yeet_proto::NonceCache>,
-    registration_buckets: Mutex<HashMap<IpAddr, enrollment::Bucket>>,
+    /// Source network → its token bucket for new registrations.
+    registration_buckets: Mutex<HashMap<String, enrollment::Bucket>>,
+    /// Held while a new key is admitted (count, evict, insert), so the cap is exact.
+    registration_admission: tokio::sync::Mutex<()>,
     /// Bumped whenever any host's desired system changes; long-polls wait on it.
     desired_changed: tokio::sync::watch::Sender<u64>,
     /// Set when the server shuts down, so that long-polls answer at once.
     closing: tokio::sync::watch::Sender<bool>,
     /// The embedded binary cache, unless disabled.
     cache: Option<cache::EmbeddedCache>,
+    /// key id → uploads it is running now.
+    uploads: Mutex<HashMap<String, usize>>,
 }
 
 /// Seconds since the Unix epoch.
@@ -177,7 +190,10 @@ impl Service {
     pub async fn new(store: Store, config: ServiceConfig) -> Result<Service, StoreError> {
         let desired = load_desired(&store).await?;
         Ok(Service {
-            nonces: Mutex::new(yeet_proto::NonceCache::new(config.skew_secs, 1_000_000)),
+            nonces: Mutex::new(yeet_proto::NonceCache::new(
+                config.skew_secs,
+                config.nonces_per_key,
+            )),
             store,
             config,
             keys: RwLock::new(HashMap::new()),
@@ -185,9 +201,11 @@ impl Service {
             reports: Mutex::new(HashMap::new()),
             seen: Mutex::new(HashMap::new()),
             registration_buckets: Mutex::new(HashMap::new()),
+            registration_admission: tokio::sync::Mutex::new(()),
             desired_changed: tokio::sync::watch::Sender::new(0),
             closing: tokio::sync::watch::Sender::new(false),
             cache: None,
+            uploads: Mutex::new(HashMap::new()),
         })
     }
 
@@ -233,6 +251,11 @@ impl Service {
         if let Err(e) = self.store.notify(&format!("{EVENT_KEY}{key_id}")).await {
             tracing::warn!(error = %e, "could not notify other replicas of a key change");
         }
+    }
+
+    /// Nonces currently remembered (for flood tests and metrics).
+    pub fn remembered_nonces(&self) -> usize {
+        lock(&self.nonces).len()
     }
 
     pub fn store(&self) -> &Store {

@@ -95,6 +95,8 @@ pub struct RegistrationRow {
     pub code_expires_at: i64,
     pub first_seen_ms: i64,
     pub last_seen_ms: i64,
+    /// The network it registered from (see `service::enrollment::source_of`).
+    pub source: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -195,7 +197,7 @@ impl EventStream {
 
 const HOST_COLUMNS: &str = "id, name, key_id, public_key, approved_at, approved_by, last_seen, current_system, booted_system, state, os, arch, agent_version, last_result, last_result_path";
 const ACTIVATION_COLUMNS: &str = "id, host_id, host_name, store_path, release_id, result, reason, started_at, finished_at, reboot_required";
-const REGISTRATION_COLUMNS: &str = "key_id, public_key, hostname_hint, os, arch, agent_version, code, code_expires_at, first_seen_ms, last_seen_ms";
+const REGISTRATION_COLUMNS: &str = "key_id, public_key, hostname_hint, os, arch, agent_version, code, code_expires_at, first_seen_ms, last_seen_ms, source";
 
 impl Store {
     /// Connects and brings the schema up to date.
@@ -445,9 +447,9 @@ impl Store {
     /// Inserts or refreshes a registration (one row per key).
     pub async fn upsert_registration(&self, r: &RegistrationRow) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO registrations (key_id, public_key, hostname_hint, os, arch, agent_version, code, code_expires_at, first_seen_ms, last_seen_ms)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-             ON CONFLICT (key_id) DO UPDATE SET hostname_hint = $3, os = $4, arch = $5, agent_version = $6, code = $7, code_expires_at = $8, last_seen_ms = $10",
+            "INSERT INTO registrations (key_id, public_key, hostname_hint, os, arch, agent_version, code, code_expires_at, first_seen_ms, last_seen_ms, source)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+             ON CONFLICT (key_id) DO UPDATE SET hostname_hint = $3, os = $4, arch = $5, agent_version = $6, code = $7, code_expires_at = $8, last_seen_ms = $10, source = $11",
         )
         .bind(&r.key_id)
         .bind(&r.public_key)
@@ -459,6 +461,7 @@ impl Store {
         .bind(r.code_expires_at)
         .bind(r.first_seen_ms)
         .bind(r.last_seen_ms)
+        .bind(&r.source)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -471,14 +474,20 @@ impl Store {
             .try_get("n")?)
     }
 
-    /// Removes the `n` registrations seen least recently: hosts that are still trying come
-    /// back on their next poll, so a flood of one-shot keys is what gets evicted. Among
-    /// equally stale ones the newest arrival goes first, so established hosts keep their place.
-    pub async fn evict_stalest_registrations(&self, n: i64) -> Result<u64, StoreError> {
-        let done = sqlx::query("DELETE FROM registrations WHERE key_id IN (SELECT key_id FROM registrations ORDER BY last_seen_ms, first_seen_ms DESC LIMIT $1)")
-            .bind(n)
-            .execute(&self.pool)
-            .await?;
+    /// Removes one registration to make room: from the network (`source`) that holds the
+    /// most pending keys, the one seen least recently there. A host waiting alone on its
+    /// network is never evicted while a flooder holds more; among networks of equal size
+    /// the one that arrived last loses, so hosts already waiting keep their codes.
+    pub async fn evict_one_registration(&self) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "DELETE FROM registrations WHERE key_id IN (
+               SELECT key_id FROM registrations WHERE source = (
+                 SELECT source FROM registrations GROUP BY source
+                 ORDER BY COUNT(*) DESC, MAX(first_seen_ms) DESC LIMIT 1)
+               ORDER BY last_seen_ms, first_seen_ms DESC LIMIT 1)",
+        )
+        .execute(&self.pool)
+        .await?;
         Ok(done.rows_affected())
     }
 

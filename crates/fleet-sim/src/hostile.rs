@@ -1,0 +1,164 @@
+//! A hostile yeet server, for attack tests against the real agent. It approves every
+//! registration, answers check-ins with whatever `Action` a test queued (valid or not), and
+//! records the activation reports it receives. It checks no signature: an attacker who
+//! controls the server, or a plain-HTTP path to it, does not need to.
+//!
+//! A deliberately tiny HTTP/1.1 server on `std`: one request per connection, answered with
+//! `Connection: close`, which is all the agent's client needs.
+
+use serde_json::{Value, json};
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use yeet_proto::api::paths;
+
+/// What a test can queue and read back.
+#[derive(Default)]
+struct Script {
+    /// Answers for idle check-ins (the agent is not tending an activation), in order.
+    offers: VecDeque<(Value, u64)>,
+    reports: Vec<Value>,
+    /// Every check-in body received.
+    checkins: Vec<Value>,
+}
+
+pub struct HostileServer {
+    pub url: String,
+    script: Arc<Mutex<Script>>,
+    stop: Arc<AtomicBool>,
+}
+
+/// Answers idle check-ins when nothing is queued: nothing to do, come back in a second.
+const IDLE_NEXT_SECS: u64 = 1;
+
+impl HostileServer {
+    pub fn start() -> HostileServer {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let script = Arc::new(Mutex::new(Script::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s, st) = (script.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if st.load(Ordering::Relaxed) {
+                    break;
+                }
+                if let Ok(conn) = conn {
+                    let s = s.clone();
+                    std::thread::spawn(move || {
+                        let _ = answer(conn, &s);
+                    });
+                }
+            }
+        });
+        HostileServer { url, script, stop }
+    }
+
+    /// Queues a raw check-in answer body (`action` as JSON, so it may be anything).
+    pub fn offer(&self, action: Value, next_checkin_secs: u64) {
+        self.script
+            .lock()
+            .unwrap()
+            .offers
+            .push_back((action, next_checkin_secs));
+    }
+
+    /// Queues a `switch` to `store_path` from `caches`.
+    pub fn offer_switch(&self, store_path: &str, caches: &[&str]) {
+        self.offer(
+            json!({"type": "switch", "store_path": store_path, "release_id": 666, "caches": caches}),
+            0,
+        );
+    }
+
+    pub fn reports(&self) -> Vec<Value> {
+        self.script.lock().unwrap().reports.clone()
+    }
+
+    pub fn checkins(&self) -> usize {
+        self.script.lock().unwrap().checkins.len()
+    }
+
+    /// True when every queued offer has been handed out.
+    pub fn offers_taken(&self) -> bool {
+        self.script.lock().unwrap().offers.is_empty()
+    }
+}
+
+impl Drop for HostileServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Wake the accept loop so that it sees `stop`.
+        let _ = TcpStream::connect(self.url.trim_start_matches("http://"));
+    }
+}
+
+fn answer(conn: TcpStream, script: &Mutex<Script>) -> std::io::Result<()> {
+    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut reader = BufReader::new(conn.try_clone()?);
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line)?;
+    let path = request_line
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or("/")
+        .to_owned();
+    let mut length = 0usize;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 || line == "\r\n" {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':')
+            && k.eq_ignore_ascii_case("content-length")
+        {
+            length = v.trim().parse().unwrap_or(0);
+        }
+    }
+    let mut body = vec![0u8; length];
+    reader.read_exact(&mut body)?;
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let (status, reply) = match path.as_str() {
+        paths::REGISTER => ("200 OK", json!({"status": "approved", "host": "victim"})),
+        paths::CHECKIN => {
+            let mut s = script.lock().unwrap();
+            let idle = body["state"] != "updating";
+            s.checkins.push(body);
+            // Check-ins while an activation is tended get no offer, and take none from the queue.
+            let offer = if idle { s.offers.pop_front() } else { None };
+            let (action, next) = match offer {
+                Some(offer) => offer,
+                None => (json!({"type": "none"}), IDLE_NEXT_SECS),
+            };
+            (
+                "200 OK",
+                json!({"host": "victim", "action": action, "next_checkin_secs": next}),
+            )
+        }
+        paths::REPORT => {
+            let reply = json!({
+                "id": 1, "host": "victim", "store_path": body["store_path"],
+                "release_id": body["release_id"], "result": body["result"],
+                "reason": body["reason"], "started_at": body["started_at"],
+                "finished_at": body["finished_at"], "reboot_required": false,
+            });
+            script.lock().unwrap().reports.push(body);
+            ("200 OK", reply)
+        }
+        _ => (
+            "404 Not Found",
+            json!({"error": {"code": "no_such_endpoint", "message": "no"}}),
+        ),
+    };
+    let text = reply.to_string();
+    let mut conn = reader.into_inner();
+    write!(
+        conn,
+        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
+        text.len()
+    )?;
+    conn.flush()
+}

@@ -1,0 +1,280 @@
+//! A malicious server against the real agent on a simulated host with real Nix. The host
+//! pins one key (`fleet-1`); the server tries every trick to get something else activated
+//! as root: unreadable and option-laden cache URLs, unsigned, foreign-signed and
+//! content-addressed paths, paths already in the host's store, derivations and escaped
+//! paths, and an absurd check-in interval. Nothing may be activated, each attempt must be
+//! reported with the right result, and the agent must still activate a properly signed
+//! system afterwards (which also proves this test can see an activation happen).
+
+#![allow(clippy::unwrap_used)]
+
+use fleet_sim::hostile::HostileServer;
+use fleet_sim::run;
+use fleet_sim::sim::{Cache, SimHost, SystemSpec, Variant, build_system, wait_until};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(90);
+
+struct Attack<'a> {
+    host: &'a SimHost,
+    server: &'a HostileServer,
+    base: &'a str,
+}
+
+impl Attack<'_> {
+    /// Offers `path` from `caches` and expects it reported as `result`, with nothing run.
+    fn expect(&self, what: &str, path: &str, caches: &[&str], result: &str, reason_has: &str) {
+        let before = self.server.reports().len();
+        self.server.offer_switch(path, caches);
+        wait_until(WAIT, &format!("the report on {what}"), || {
+            self.server.reports().len() > before
+        });
+        let report = self.server.reports()[before].clone();
+        assert_eq!(report["result"], result, "{what}: {report}");
+        assert_eq!(report["store_path"], path, "{what}: {report}");
+        let reason = report["reason"].as_str().unwrap_or_default();
+        assert!(reason.contains(reason_has), "{what}: {reason}");
+        self.assert_untouched(what);
+    }
+
+    /// Offers something the agent must refuse before recording any activation.
+    fn expect_refused_locally(&self, what: &str, path: &str) {
+        let (before, checkins) = (self.server.reports().len(), self.server.checkins());
+        self.server.offer_switch(path, &[]);
+        wait_until(WAIT, &format!("{what} to be taken"), || {
+            self.server.offers_taken()
+        });
+        // Two more rounds: an activation, had one started, would have been reported by then.
+        wait_until(WAIT, "two more check-ins", || {
+            self.server.checkins() >= checkins + 3
+        });
+        assert_eq!(self.server.reports().len(), before, "{what} was reported");
+        assert!(
+            self.host.agent_log().contains("the server named"),
+            "{what}: {}",
+            self.host.agent_log()
+        );
+        self.assert_untouched(what);
+    }
+
+    fn assert_untouched(&self, what: &str) {
+        assert_eq!(
+            self.host.current_system().as_deref(),
+            Some(self.base),
+            "{what}: the host switched"
+        );
+        assert!(
+            !self.host.root.join("run/pwned").exists(),
+            "{what}: a payload ran as root"
+        );
+        assert_eq!(
+            generations(&self.host.root),
+            1,
+            "{what}: a generation was added"
+        );
+    }
+}
+
+/// Generations of the host's system profile.
+fn generations(root: &Path) -> usize {
+    std::fs::read_dir(root.join("nix/var/nix/profiles"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| {
+                    let n = e.file_name().to_string_lossy().into_owned();
+                    n.starts_with("system-") && n.ends_with("-link")
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// A content-addressed "system" (`nix-store --add`): Nix accepts such paths from any cache
+/// without a signature. Its switch script points the host at itself and leaves a mark.
+fn content_addressed_system(dir: &Path) -> String {
+    let src = dir.join("ca-system");
+    std::fs::create_dir_all(src.join("bin")).unwrap();
+    let script = src.join("bin/switch-to-configuration");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\ntouch /run/pwned\nln -sfn \"$(dirname \"$(dirname \"$0\")\")\" /run/current-system\n",
+    )
+    .unwrap();
+    run(Command::new("chmod").arg("+x").arg(&script));
+    let out = run(Command::new("nix-store").arg("--add").arg(&src));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+#[test]
+fn a_malicious_server_gets_nothing_activated() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = HostileServer::start();
+    let fleet_cache = Cache::new(&dir.path().join("fleet-keys"), "fleet-1");
+    let unsigned = Cache::new(&dir.path().join("unsigned-keys"), "unused-1");
+    let foreign = Cache::new(&dir.path().join("foreign-keys"), "evil-1");
+    let salt = dir.path().display().to_string();
+    let system = |name: &str| {
+        build_system(&SystemSpec {
+            name,
+            variant: Variant::Good,
+            kernel: "6.1",
+            server: &server.url,
+            trusted_key: &fleet_cache.public_key,
+            confirm_timeout: 20,
+            salt: &salt,
+            // However large the server's interval, the agent comes back within 2 s.
+            extra_agent_config: "max_checkin_interval_secs = 2",
+        })
+    };
+    let base = system("base");
+    fleet_cache.push(&base);
+    let mut host = SimHost::new(dir.path(), "victim");
+    host.start(&fleet_cache, &base);
+    wait_until(WAIT, "the victim to check in", || server.checkins() > 0);
+    let attack = Attack {
+        host: &host,
+        server: &server,
+        base: &base,
+    };
+
+    // Cache URLs are data: an unknown scheme first used to end the check as a pass, and
+    // `?trusted=1` made Nix skip signatures altogether.
+    let evil = system("evil-unsigned");
+    unsigned.push_unsigned(&evil);
+    let trusted_url = format!("{}?trusted=1", unsigned.url());
+    let secret_url = format!("{}?secret-key=/etc/yeet/host_key", unsigned.url());
+    attack.expect(
+        "an unknown scheme first",
+        &evil,
+        &["dummy://", &trusted_url],
+        "untrusted",
+        "dummy",
+    );
+    attack.expect("?trusted=1", &evil, &[&trusted_url], "untrusted", "trusted");
+    attack.expect(
+        "?secret-key=",
+        &evil,
+        &[&secret_url],
+        "untrusted",
+        "secret-key",
+    );
+    attack.expect(
+        "a space-separated second cache",
+        &evil,
+        &[&format!("{} {trusted_url}", unsigned.url())],
+        "untrusted",
+        "whitespace",
+    );
+
+    // Nix itself refuses unsigned and foreign-signed paths from a cache.
+    attack.expect(
+        "an unsigned path",
+        &evil,
+        &[&unsigned.url()],
+        "untrusted",
+        "signature",
+    );
+    let foreign_signed = system("evil-foreign");
+    foreign.push(&foreign_signed);
+    attack.expect(
+        "a foreign-signed path",
+        &foreign_signed,
+        &[&foreign.url()],
+        "untrusted",
+        "signature",
+    );
+
+    // Content-addressed paths need no signature in Nix: only the host's own check stops them.
+    let ca = content_addressed_system(dir.path());
+    unsigned.push_unsigned(&ca);
+    attack.expect(
+        "a content-addressed path behind an unknown scheme",
+        &ca,
+        &["dummy://", &unsigned.url()],
+        "untrusted",
+        "dummy",
+    );
+    attack.expect(
+        "a content-addressed path",
+        &ca,
+        &[&unsigned.url()],
+        "untrusted",
+        "not signed by a key this host pins",
+    );
+
+    // A path already valid on the host (built there by a local user, say) is not trusted
+    // for being present, whatever caches are named.
+    let local = system("evil-local");
+    let out = run(Command::new("nix")
+        .args([
+            "--extra-experimental-features",
+            "nix-command",
+            "copy",
+            "--no-check-sigs",
+            "--to",
+        ])
+        .arg(&host.root)
+        .arg(&local));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    attack.expect(
+        "a local path and no caches",
+        &local,
+        &[],
+        "untrusted",
+        "not signed by a key this host pins",
+    );
+    attack.expect(
+        "a local path and an ssh cache",
+        &local,
+        &["ssh://nowhere.invalid"],
+        "untrusted",
+        "not signed by a key this host pins",
+    );
+
+    // Paths that are not plain output paths never reach a command line.
+    let drv = String::from_utf8(
+        run(Command::new("nix-store").args(["--query", "--deriver", &evil])).stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_owned();
+    assert!(drv.ends_with(".drv"), "{drv}");
+    attack.expect_refused_locally("a derivation", &drv);
+    attack.expect_refused_locally("an escaping path", "/nix/store/../../bin/sh");
+    attack.expect_refused_locally("an option", "--option");
+
+    // An absurd interval does not silence the host.
+    let checkins = server.checkins();
+    server.offer(serde_json::json!({"type": "none"}), u64::MAX);
+    wait_until(
+        Duration::from_secs(30),
+        "a check-in after an absurd interval",
+        || server.offers_taken() && server.checkins() > checkins + 2,
+    );
+    attack.assert_untouched("an absurd interval");
+
+    // A system signed by the pinned key is activated: the agent still works, and the test
+    // sees an activation when there is one.
+    let good = system("good");
+    fleet_cache.push(&good);
+    let before = server.reports().len();
+    server.offer_switch(&good, &[&fleet_cache.url()]);
+    wait_until(WAIT, "the signed system's report", || {
+        server.reports().len() > before
+    });
+    let report = server.reports()[before].clone();
+    assert_eq!(report["result"], "confirmed", "{report}");
+    assert_eq!(host.current_system().as_deref(), Some(good.as_str()));
+    assert_eq!(generations(&host.root), 2);
+}
