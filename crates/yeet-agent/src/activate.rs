@@ -35,11 +35,7 @@ pub fn run(dir: &StateDir) -> Result<(), StateError> {
     let Some(mut st) = dir.load()? else {
         return Ok(());
     };
-    let log = File::options()
-        .create(true)
-        .append(true)
-        .open(dir.log_path())
-        .map_err(|e| StateError::Io(dir.log_path(), e))?;
+    let log = dir.open_log()?;
     if st.phase == Phase::Done {
         return Ok(());
     }

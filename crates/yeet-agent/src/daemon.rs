@@ -48,6 +48,14 @@ pub struct Status {
     pub last_error: Option<String>,
 }
 
+/// The gid of the `yeet` group, whose members may read the agent's status.
+fn yeet_group() -> Option<u32> {
+    std::fs::read_to_string("/etc/group")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("yeet:")?.split(':').nth(1)?.parse().ok())
+}
+
 pub fn status_path() -> PathBuf {
     Path::new(RUN_DIR).join("status.json")
 }
@@ -175,11 +183,29 @@ pub fn run(config: &Config, stop: &AtomicBool) -> Result<()> {
 }
 
 impl Agent<'_> {
+    /// Publishes the status file. It holds the verification code while the host waits for
+    /// approval, so it is 0640: root, and the `yeet` group when the host has one.
     fn write_status(&mut self) {
+        use std::os::unix::fs::OpenOptionsExt;
         self.status.current_system = system_link(CURRENT_SYSTEM);
-        if let Ok(bytes) = serde_json::to_vec_pretty(&self.status) {
-            let tmp = status_path().with_extension("tmp");
-            let _ = std::fs::write(&tmp, bytes).and_then(|_| std::fs::rename(&tmp, status_path()));
+        let Ok(bytes) = serde_json::to_vec_pretty(&self.status) else {
+            return;
+        };
+        let tmp = status_path().with_extension("tmp");
+        let _ = std::fs::remove_file(&tmp);
+        let written = File::options()
+            .write(true)
+            .create_new(true)
+            .mode(0o640)
+            .open(&tmp)
+            .and_then(|mut f| f.write_all(&bytes))
+            .and_then(|_| match yeet_group() {
+                Some(gid) => std::os::unix::fs::chown(&tmp, None, Some(gid)),
+                None => Ok(()),
+            })
+            .and_then(|_| std::fs::rename(&tmp, status_path()));
+        if let Err(e) = written {
+            tracing::warn!(error = %e, "cannot write {}", status_path().display());
         }
     }
 
@@ -372,10 +398,7 @@ impl Agent<'_> {
             Ok(e) => e,
             Err(e) => return tracing::error!(error = %e, "cannot find my own executable"),
         };
-        let log = File::options()
-            .create(true)
-            .append(true)
-            .open(self.state.log_path());
+        let log = self.state.open_log();
         let mut cmd = if Path::new("/run/systemd/system").exists() {
             let mut c = Command::new("systemd-run");
             c.args([
@@ -433,10 +456,7 @@ impl Agent<'_> {
             && self.state.rejected().is_none()
         {
             // This check-in reached the server from the new system; now the health check.
-            let log = File::options()
-                .create(true)
-                .append(true)
-                .open(self.state.log_path());
+            let log = self.state.open_log();
             let health = match (&self.config.health_check, &log) {
                 (Some(cmd), Ok(log)) => system::health_check(cmd, log),
                 (Some(_), Err(e)) => Err(format!("cannot open the activation log: {e}")),

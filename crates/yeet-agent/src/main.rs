@@ -53,8 +53,13 @@ fn main() -> anyhow::Result<()> {
         Command::Activate => Ok(yeet_agent::activate::run(&StateDir::new(STATE_DIR))?),
         Command::Status { json } => {
             let path = status_path();
-            let text = std::fs::read_to_string(&path).with_context(|| {
-                format!("cannot read {}: is yeet-agent running?", path.display())
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                let hint = if e.kind() == std::io::ErrorKind::PermissionDenied {
+                    "it holds the verification code: run this as root, or as a member of the yeet group"
+                } else {
+                    "is yeet-agent running?"
+                };
+                anyhow::anyhow!("cannot read {}: {e}; {hint}", path.display())
             })?;
             let status: Status = serde_json::from_str(&text)
                 .with_context(|| format!("{} is corrupt", path.display()))?;

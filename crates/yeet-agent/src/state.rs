@@ -102,10 +102,33 @@ impl StateDir {
         }
     }
 
+    /// Creates the directory, root-only: the activation log may carry secrets' names,
+    /// unit output and paths that other local users have no business reading.
+    fn ensure_dir(&self) -> Result<(), StateError> {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::create_dir_all(&self.dir)
+            .and_then(|_| {
+                std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o700))
+            })
+            .map_err(|e| StateError::Io(self.dir.clone(), e))
+    }
+
+    /// Opens the activation log for appending (created 0600).
+    pub fn open_log(&self) -> Result<File, StateError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        self.ensure_dir()?;
+        File::options()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(self.log_path())
+            .map_err(|e| StateError::Io(self.log_path(), e))
+    }
+
     /// Writes the state atomically (temporary file, fsync, rename), so that a crash or a
     /// full disk leaves either the old state or the new one, never half of each.
     pub fn save(&self, state: &ActivationState) -> Result<(), StateError> {
-        std::fs::create_dir_all(&self.dir).map_err(|e| StateError::Io(self.dir.clone(), e))?;
+        self.ensure_dir()?;
         let tmp = self.path("activation.json.tmp");
         let bytes = serde_json::to_vec_pretty(state)
             .map_err(|e| StateError::Corrupt(tmp.clone(), e.to_string()))?;
@@ -138,7 +161,7 @@ impl StateDir {
     /// Takes the activation lock without waiting; `None` when another live process holds it.
     /// The lock is released when the returned file is dropped or the process dies.
     pub fn try_lock(&self) -> Result<Option<File>, StateError> {
-        std::fs::create_dir_all(&self.dir).map_err(|e| StateError::Io(self.dir.clone(), e))?;
+        self.ensure_dir()?;
         let f = File::options()
             .create(true)
             .truncate(false)

@@ -299,9 +299,9 @@ fn run(cli: Cli) -> Result<()> {
                     code,
                 ]);
             }
-            println!(
+            output::print_clean(format_args!(
                 "{t}\nApprove with: yeet approve NAME CODE   (yeet-agent prints the code on the host)"
-            );
+            ));
         }
         Command::Approve { name, code } => {
             let host: HostInfo = connect(&cli)?.post(
@@ -338,13 +338,13 @@ fn run(cli: Cli) -> Result<()> {
                 Vec::new()
             };
             if hosts.is_empty() && pending.is_empty() {
-                println!(
+                output::print_clean(format_args!(
                     "no hosts yet: start yeet-agent on a host, then `yeet pending` and `yeet approve`"
-                );
+                ));
                 return Ok(());
             }
             if let (Some(_), [h]) = (host, hosts.as_slice()) {
-                println!("{}", output::host_detail(h));
+                output::print_clean(format_args!("{}", output::host_detail(h)));
                 return Ok(());
             }
             let mut t = output::table([
@@ -383,25 +383,25 @@ fn run(cli: Cli) -> Result<()> {
                     &p.facts.agent_version,
                 ]);
             }
-            println!("{t}");
+            output::print_clean(format_args!("{t}"));
         }
         Command::Release(ReleaseCommand::Show { id, json }) => {
             let release: Release = connect(&cli)?.get(&paths::release(&id.to_string()))?;
             if *json {
                 return output::json(&release);
             }
-            println!(
+            output::print_clean(format_args!(
                 "release {} by {} ({}): {}",
                 release.id,
                 release.author,
                 output::ago(Some(release.created_at)),
                 release.message
-            );
+            ));
             let mut t = output::table(["HOST", "SYSTEM"]);
             for (h, p) in &release.hosts {
                 t.add_row([h, p]);
             }
-            println!("{t}");
+            output::print_clean(format_args!("{t}"));
         }
         Command::Rollback {
             hosts,
@@ -416,9 +416,12 @@ fn run(cli: Cli) -> Result<()> {
             if *json {
                 return output::json(&created);
             }
-            println!("release {} created: {}", created.id, created.message);
+            output::print_clean(format_args!(
+                "release {} created: {}",
+                created.id, created.message
+            ));
             for (h, p) in &created.hosts {
-                println!("  {h} -> {p}");
+                output::print_clean(format_args!("  {h} -> {p}"));
             }
         }
         Command::Diff { host } => {
@@ -454,10 +457,10 @@ fn run(cli: Cli) -> Result<()> {
             if *json {
                 return output::json(&report);
             }
-            println!(
+            output::print_clean(format_args!(
                 "kept {} store paths, deleted {} ({} files), freed {} bytes",
                 report.kept_paths, report.deleted_paths, report.deleted_files, report.bytes_freed
-            );
+            ));
         }
         Command::Log { host, json } => {
             yeet_proto::names::validate_host_name(host)?;
@@ -466,15 +469,15 @@ fn run(cli: Cli) -> Result<()> {
                 return output::json(&log);
             }
             let a = &log.activation;
-            println!(
+            output::print_clean(format_args!(
                 "{} {} {} ({}): {}",
                 a.host,
                 a.result.as_str(),
                 a.store_path,
                 output::ago(Some(a.finished_at)),
                 a.reason
-            );
-            println!("{}", log.log.trim_end());
+            ));
+            output::print_clean(format_args!("{}", log.log.trim_end()));
         }
         Command::History { host, limit, json } => {
             yeet_proto::names::validate_host_name(host)?;
@@ -497,7 +500,7 @@ fn run(cli: Cli) -> Result<()> {
                     &a.reason,
                 ]);
             }
-            println!("{t}");
+            output::print_clean(format_args!("{t}"));
         }
         Command::Host(HostCommand::Rename { old, new }) => {
             let h: HostInfo = connect(&cli)?.post(
@@ -609,11 +612,11 @@ fn run(cli: Cli) -> Result<()> {
             if *json {
                 return output::json(&release);
             }
-            println!(
+            output::print_clean(format_args!(
                 "release {} created for {} host(s)",
                 release.id,
                 release.hosts.len()
-            );
+            ));
         }
         Command::Releases { host, limit, json } => {
             let mut q = format!("{}?limit={limit}", paths::RELEASES);
@@ -640,7 +643,7 @@ fn run(cli: Cli) -> Result<()> {
                     &r.message,
                 ]);
             }
-            println!("{t}");
+            output::print_clean(format_args!("{t}"));
         }
     }
     Ok(())

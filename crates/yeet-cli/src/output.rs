@@ -70,6 +70,16 @@ pub fn host_detail(h: &yeet_proto::api::HostInfo) -> Table {
     t
 }
 
+/// Prints text that carries strings from the server or from hosts (facts, hints, reasons,
+/// messages, logs) without control or bidi characters: a hostile host's text must not
+/// drive the operator's terminal (escape sequences) or read differently than it is.
+pub fn print_clean(text: impl std::fmt::Display) {
+    println!(
+        "{}",
+        yeet_proto::text::clean(&text.to_string(), usize::MAX, true)
+    );
+}
+
 pub fn json<T: Serialize>(v: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())

@@ -58,6 +58,14 @@ pub struct FileConfig {
     pub embedded_cache: Option<bool>,
     /// Largest NAR accepted by the embedded cache (default 8 GiB).
     pub max_upload_bytes: Option<u64>,
+    /// Open connections the server accepts (default 16384; lowered to fit the file limit).
+    pub max_connections: Option<usize>,
+    /// Open connections from one network: an IPv4 address or an IPv6 /64 (default 1024).
+    pub max_connections_per_network: Option<usize>,
+    /// Seconds allowed for a TLS handshake and for each request's headers (default 15).
+    pub header_timeout_secs: Option<u64>,
+    /// Seconds a request body may take to arrive, and an upload may stall (default 60).
+    pub body_timeout_secs: Option<u64>,
 }
 
 /// Settings that flags and environment variables can override.
@@ -94,6 +102,10 @@ pub struct Config {
     pub last_seen_flush: Duration,
     pub embedded_cache: bool,
     pub max_upload_bytes: u64,
+    pub max_connections: usize,
+    pub max_connections_per_network: usize,
+    pub header_timeout: Duration,
+    pub body_timeout: Duration,
     pub service: ServiceConfig,
 }
 
@@ -186,6 +198,10 @@ impl Config {
             last_seen_flush: Duration::from_millis(file.last_seen_flush_ms.unwrap_or(2000)),
             embedded_cache: file.embedded_cache.unwrap_or(true),
             max_upload_bytes: file.max_upload_bytes.unwrap_or(8 << 30),
+            max_connections: file.max_connections.unwrap_or(16_384).max(1),
+            max_connections_per_network: file.max_connections_per_network.unwrap_or(1024).max(1),
+            header_timeout: Duration::from_secs(file.header_timeout_secs.unwrap_or(15).max(1)),
+            body_timeout: Duration::from_secs(file.body_timeout_secs.unwrap_or(60).max(1)),
             service,
         })
     }

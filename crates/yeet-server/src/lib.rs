@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod http;
+pub mod listener;
 pub mod service;
 pub mod store;
 
@@ -23,7 +24,7 @@ pub enum ServeError {
     #[error("cannot listen on {0}: {1}")]
     Bind(String, std::io::Error),
     #[error("cannot load TLS certificate/key: {0}")]
-    Tls(std::io::Error),
+    Tls(String),
     #[error("server failed: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -84,9 +85,9 @@ pub async fn serve(
         service: service.clone(),
         max_body_bytes: config.max_body_bytes,
         max_upload_bytes: config.max_upload_bytes,
+        body_timeout: config.body_timeout,
     })
-    .layer(tower_http::trace::TraceLayer::new_for_http())
-    .into_make_service_with_connect_info::<SocketAddr>();
+    .layer(tower_http::trace::TraceLayer::new_for_http());
 
     let flusher = {
         let service = service.clone();
@@ -112,37 +113,33 @@ pub async fn serve(
         }
     };
 
+    let tls = match &config.tls {
+        Some((cert, key)) => Some(listener::tls_acceptor(cert, key).map_err(ServeError::Tls)?),
+        None => None,
+    };
     let listener = std::net::TcpListener::bind(&config.listen)
         .map_err(|e| ServeError::Bind(config.listen.clone(), e))?;
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
+    let limits = listener::Limits {
+        max_connections: listener::affordable_connections(config.max_connections),
+        max_connections_per_network: config.max_connections_per_network,
+        header_timeout: config.header_timeout,
+    };
+    tracing::info!(
+        max_connections = limits.max_connections,
+        per_network = limits.max_connections_per_network,
+        "accepting connections"
+    );
     on_listening(addr);
-
-    match &config.tls {
-        Some((cert, key)) => {
-            // Only ring is compiled in; ignore "already installed" when serving twice in one process.
-            let _ = rustls::crypto::ring::default_provider().install_default();
-            let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
-                .await
-                .map_err(ServeError::Tls)?;
-            let handle = axum_server::Handle::new();
-            let h = handle.clone();
-            tokio::spawn(async move {
-                shutdown.await;
-                h.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
-            });
-            axum_server::from_tcp_rustls(listener, tls)?
-                .handle(handle)
-                .serve(app)
-                .await?;
-        }
-        None => {
-            let listener = tokio::net::TcpListener::from_std(listener)?;
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await?;
-        }
-    }
+    listener::serve(
+        tokio::net::TcpListener::from_std(listener)?,
+        tls,
+        app,
+        limits,
+        shutdown,
+    )
+    .await?;
     flusher.abort();
     if let Some(events) = events {
         events.abort();

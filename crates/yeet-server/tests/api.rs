@@ -131,6 +131,7 @@ impl Api {
             service: service.clone(),
             max_body_bytes: 64 * 1024,
             max_upload_bytes: 1 << 20,
+            body_timeout: std::time::Duration::from_secs(5),
         });
         let api = Api {
             router,
@@ -1164,6 +1165,58 @@ async fn activation_reports_build_a_history_and_the_latest_log() {
 }
 
 #[tokio::test]
+async fn a_host_holds_one_long_poll_at_a_time() {
+    let api = Arc::new(Api::new(ServiceConfig::default()).await);
+    let hold = |api: Arc<Api>| {
+        tokio::spawn(async move {
+            let body = serde_json::to_vec(&json!({"current_system": null, "facts": {"os":"","arch":"","agent_version":""}, "wait_secs": 30})).unwrap();
+            api.send(build(
+                "POST",
+                paths::CHECKIN,
+                &body,
+                Sign::By(&api.host_a),
+                None,
+            ))
+            .await
+        })
+    };
+    let first = hold(api.clone());
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(!first.is_finished(), "the first check-in was not held");
+    // A second held check-in by the same key releases the first at once.
+    let second = hold(api.clone());
+    let (s, v) = tokio::time::timeout(std::time::Duration::from_secs(10), first)
+        .await
+        .expect("the first check-in was still held after a second one began")
+        .unwrap();
+    assert_eq!(
+        (s, v["action"]["type"].as_str()),
+        (StatusCode::OK, Some("none"))
+    );
+    // Another host's held check-in is unaffected by either.
+    let other = {
+        let api = api.clone();
+        tokio::spawn(async move {
+            let body = serde_json::to_vec(&json!({"current_system": null, "facts": {"os":"","arch":"","agent_version":""}, "wait_secs": 30})).unwrap();
+            api.send(build(
+                "POST",
+                paths::CHECKIN,
+                &body,
+                Sign::By(&api.host_b),
+                None,
+            ))
+            .await
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(!second.is_finished() && !other.is_finished());
+    api.service.begin_shutdown();
+    for task in [second, other] {
+        assert_eq!(task.await.unwrap().0, StatusCode::OK);
+    }
+}
+
+#[tokio::test]
 async fn long_poll_answers_when_a_release_lands() {
     let api = Arc::new(Api::new(ServiceConfig::default()).await);
     let checkin = |wait: u64| {
@@ -1603,6 +1656,166 @@ async fn forged_uploads_are_refused_before_any_byte_is_read() {
         ))
         .await;
     assert_eq!(s, StatusCode::OK, "{v}");
+}
+
+#[tokio::test]
+async fn free_text_is_capped_and_cleaned_and_extreme_timestamps_are_refused() {
+    let api = Api::new(ServiceConfig::default()).await;
+    let evil = "ok\u{1b}]52;c;ZXZpbA==\u{7}\u{202e}txt.exe";
+    let clean = "ok]52;c;ZXZpbA==txt.exe";
+    // Check-in facts: cleaned and cut to 64 characters, however long.
+    let checkin = json!({"state": "standby", "facts": {"os": evil, "arch": "x".repeat(60_000), "agent_version": "1"}});
+    let (s, v) = api
+        .call(
+            "POST",
+            paths::CHECKIN,
+            &serde_json::to_vec(&checkin).unwrap(),
+            Sign::By(&api.host_a),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (_, host) = api
+        .call("GET", &paths::host("host-a"), b"", Sign::By(&api.viewer))
+        .await;
+    assert_eq!(host["facts"]["os"], clean);
+    assert_eq!(host["facts"]["arch"].as_str().unwrap().len(), 64);
+    // Report reasons.
+    let report = json!({"store_path": PATH_A, "release_id": null, "result": "failed", "reason": format!("{evil}\nline two"),
+                        "started_at": 1, "finished_at": 2});
+    let (s, v) = api
+        .call(
+            "POST",
+            paths::REPORT,
+            &serde_json::to_vec(&report).unwrap(),
+            Sign::By(&api.host_a),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["reason"], format!("{clean}\nline two"));
+    // Release messages and revisions: cleaned, and refused when absurdly long.
+    let release = |message: &str, revision: &str| {
+        serde_json::to_vec(
+            &json!({"hosts": {"host-a": PATH_A}, "message": message, "revision": revision}),
+        )
+        .unwrap()
+    };
+    let (s, v) = api
+        .call(
+            "POST",
+            paths::RELEASES,
+            &release(evil, evil),
+            Sign::By(&api.publisher),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(
+        (v["message"].as_str(), v["revision"].as_str()),
+        (Some(clean), Some(clean))
+    );
+    let before = api.snapshot().await;
+    for (message, revision, status, code) in [
+        (
+            "x".repeat(5000),
+            "r".to_owned(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "message_too_long",
+        ),
+        (
+            "m".to_owned(),
+            "r".repeat(1000),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "revision_too_long",
+        ),
+        (
+            "m".to_owned(),
+            "r".repeat(900_000),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+        ),
+    ] {
+        let (s, v) = api
+            .call(
+                "POST",
+                paths::RELEASES,
+                &release(&message, &revision),
+                Sign::By(&api.publisher),
+            )
+            .await;
+        assert_error(s, &v, status, code, code);
+    }
+    assert_eq!(api.snapshot().await, before);
+    // Timestamps at the edges of i64 are stale, not a crash.
+    for ts in ["-9223372036854775808", "9223372036854775807"] {
+        let mut req = build("GET", paths::WHOAMI, b"", Sign::By(&api.admin), None);
+        req.headers_mut()
+            .insert("x-yeet-timestamp", ts.parse().unwrap());
+        let (s, v) = api.send(req).await;
+        assert_error(s, &v, StatusCode::UNAUTHORIZED, "stale_timestamp", ts);
+    }
+}
+
+#[tokio::test]
+async fn publishers_cannot_make_the_server_fetch_other_urls() {
+    let key = nix_meta::SecretKey::from_seed("fleet-1", &[4; 32]).public();
+    let api = Api::new(ServiceConfig {
+        caches: vec!["https://cache.example.org".into()],
+        trusted_cache_keys: vec![key],
+        ..Default::default()
+    })
+    .await;
+    // An internal service the server can reach; it must never be contacted.
+    let internal = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    internal.set_nonblocking(true).unwrap();
+    let port = internal.local_addr().unwrap().port();
+    for cache in [
+        format!("http://127.0.0.1:{port}/admin"),
+        "file:///etc".to_owned(),
+        "http://169.254.169.254/latest/meta-data".to_owned(),
+    ] {
+        let body =
+            serde_json::to_vec(&json!({"hosts": {"host-a": PATH_A}, "cache": cache})).unwrap();
+        let (s, v) = api
+            .call("POST", paths::RELEASES, &body, Sign::By(&api.publisher))
+            .await;
+        assert_error(
+            s,
+            &v,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "cache_not_allowed",
+            &cache,
+        );
+    }
+    assert!(
+        internal.accept().is_err(),
+        "the server connected to the internal URL"
+    );
+}
+
+#[tokio::test]
+async fn rollback_of_a_release_follows_machines_not_names() {
+    let api = Api::new(ServiceConfig::default()).await;
+    let p = |n: u8| format!("/nix/store/q322pzff5rm7kwfwfbhcza6wr2b84wlm-system-{n}");
+    let api = &api;
+    let send = |method: &'static str, path: String, body: Value| async move {
+        let body = serde_json::to_vec(&body).unwrap();
+        api.call(method, &path, &body, Sign::By(&api.admin)).await
+    };
+    for hosts in [
+        json!({"host-a": p(1), "host-b": p(1)}),
+        json!({"host-a": p(2)}),
+    ] {
+        let (s, v) = send("POST", paths::RELEASES.into(), json!({"hosts": hosts})).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+    }
+    // The two machines swap names.
+    for (from, to) in [("host-a", "tmp"), ("host-b", "host-a"), ("tmp", "host-b")] {
+        let (s, v) = send("POST", paths::host_rename(from), json!({"new_name": to})).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+    }
+    // Release 2 named the machine now called host-b; only it goes back.
+    let (s, v) = send("POST", paths::ROLLBACK.into(), json!({"release": 2})).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["hosts"], json!({"host-b": p(1)}), "{v}");
 }
 
 #[tokio::test]

@@ -31,9 +31,23 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientIp {
     }
 }
 
-/// Reads a body of at most `limit` bytes; distinguishes "too large" from "broken off".
-pub async fn read_body(body: Body, limit: usize) -> Result<axum::body::Bytes, ApiError> {
-    to_bytes(body, limit).await.map_err(|e| {
+/// Reads a body of at most `limit` bytes within `deadline`; distinguishes "too large",
+/// "too slow" and "broken off".
+pub async fn read_body(
+    body: Body,
+    limit: usize,
+    deadline: std::time::Duration,
+) -> Result<axum::body::Bytes, ApiError> {
+    let read = tokio::time::timeout(deadline, to_bytes(body, limit))
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!("the request body did not arrive within {deadline:?}"),
+            )
+        })?;
+    read.map_err(|e| {
         let too_large = std::error::Error::source(&e)
             .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
         if too_large {
@@ -61,7 +75,7 @@ pub async fn authenticate(State(app): State<AppState>, req: Request, next: Next)
 
 async fn authenticated(app: &AppState, req: Request) -> Result<Request, ApiError> {
     let (parts, body) = req.into_parts();
-    let bytes = read_body(body, app.max_body_bytes).await?;
+    let bytes = read_body(body, app.max_body_bytes, app.body_timeout).await?;
     let headers =
         SignatureHeaders::parse(|name| parts.headers.get(name).and_then(|v| v.to_str().ok()))?;
     let path_and_query = parts

@@ -119,7 +119,17 @@ async fn receive(
     let mut out = tokio::fs::File::create(tmp).await.map_err(disk)?;
     let mut hasher = Sha256::new();
     let mut received: u64 = 0;
-    while let Some(frame) = body.frame().await {
+    let stalled = || {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!("the upload stalled for {:?}; retry it", app.body_timeout),
+        )
+    };
+    while let Some(frame) = tokio::time::timeout(app.body_timeout, body.frame())
+        .await
+        .map_err(|_| stalled())?
+    {
         let frame = frame.map_err(|_| {
             ApiError::new(
                 StatusCode::BAD_REQUEST,

@@ -27,6 +27,8 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// Largest NAR upload to the embedded cache.
     pub max_upload_bytes: u64,
+    /// How long a body may take to arrive (for uploads: how long it may stall).
+    pub body_timeout: std::time::Duration,
 }
 
 /// `Json<T>` whose rejections are yeet's JSON errors.

@@ -71,7 +71,6 @@ impl Service {
         if !log_gzip.is_empty() {
             gunzip(&log_gzip)?;
         }
-        let clip = |s: &str| s.chars().take(2000).collect::<String>();
         let row = ActivationRow {
             id: 0,
             host_id,
@@ -79,7 +78,7 @@ impl Service {
             store_path: report.store_path,
             release_id: report.release_id,
             result: report.result.as_str().to_owned(),
-            reason: clip(&report.reason),
+            reason: yeet_proto::text::clean(&report.reason, 2000, true),
             started_at: report.started_at,
             finished_at: report.finished_at,
             reboot_required: i64::from(report.reboot_required),

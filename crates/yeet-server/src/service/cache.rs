@@ -306,9 +306,10 @@ async fn fetch_narinfo(cache: &str, hash: &str) -> Result<Option<String>> {
         .await
         .map_err(|e| ServiceError::System(e.to_string()))?;
         return fetched.map_err(|e| {
+            tracing::warn!(error = %e, "release check: cache read failed");
             ServiceError::invalid(
                 "cache_unreachable",
-                format!("cannot read the cache to check signatures: {e}"),
+                "the cache did not answer the signature check; the server log has details",
             )
         });
     }
@@ -358,6 +359,30 @@ impl Service {
             .cache
             .clone()
             .unwrap_or_else(|| "the embedded cache".into());
+        // The server reads only caches its operator configured: a publisher must not make it
+        // fetch arbitrary (internal) URLs or read local files.
+        if let Some(url) = &req.cache {
+            let bare = |u: &str| {
+                u.split('?')
+                    .next()
+                    .unwrap_or(u)
+                    .trim_end_matches('/')
+                    .to_owned()
+            };
+            if !self.config.caches.iter().any(|c| bare(c) == bare(url)) {
+                return Err(ServiceError::invalid(
+                    "cache_not_allowed",
+                    format!(
+                        "the server checks releases only in the caches its config lists (`caches` in server.toml: {}); add this cache there, or publish to the embedded cache",
+                        if self.config.caches.is_empty() {
+                            "none".into()
+                        } else {
+                            self.config.caches.join(", ")
+                        }
+                    ),
+                ));
+            }
+        }
         for path in req.hosts.values().collect::<BTreeSet<_>>() {
             let sp: nix_meta::StorePath = path.parse().map_err(|e: nix_meta::StorePathError| {
                 ServiceError::invalid("invalid_store_path", e.to_string())

@@ -6,6 +6,7 @@ use yeet_proto::api::{
     HostState, Role,
 };
 use yeet_proto::names::validate_host_name;
+use yeet_proto::text::clean_line;
 
 use super::auth::{require_host, require_role};
 use super::{Principal, Result, Service, ServiceError, lock, now};
@@ -164,9 +165,10 @@ impl Service {
             current_system: req.current_system.clone(),
             booted_system: req.booted_system,
             state: req.state.as_str().to_owned(),
-            os: req.facts.os,
-            arch: req.facts.arch,
-            agent_version: req.facts.agent_version,
+            // Free text from the host: short and printable, whatever it sends.
+            os: clean_line(&req.facts.os, 64),
+            arch: clean_line(&req.facts.arch, 64),
+            agent_version: clean_line(&req.facts.agent_version, 64),
         };
         let t = now();
         let changed = lock(&self.reports).get(&host_id) != Some(&report);
@@ -182,6 +184,9 @@ impl Service {
         let mut closing = self.closing.subscribe();
         let hold = Duration::from_secs(req.wait_secs.min(self.config.max_long_poll_secs));
         let deadline = tokio::time::Instant::now() + hold;
+        // One held check-in per host: a newer one releases this one (the agent restarted,
+        // or someone replays its requests), so a host key cannot pile up connections.
+        let held = HeldPoll::claim(self, host_id);
         loop {
             let candidate = self
                 .desired
@@ -203,7 +208,8 @@ impl Service {
             };
             let done = action != Action::None
                 || tokio::time::Instant::now() >= deadline
-                || *closing.borrow();
+                || *closing.borrow()
+                || held.superseded();
             if done {
                 return Ok(CheckinResponse {
                     host: host_name.to_owned(),
@@ -218,8 +224,55 @@ impl Service {
                     }
                 }
                 _ = closing.changed() => {}
+                _ = held.released() => {}
                 _ = tokio::time::sleep_until(deadline) => {}
             }
+        }
+    }
+}
+
+/// A host's claim to the one check-in it may hold; released when a newer one claims it.
+struct HeldPoll<'a> {
+    service: &'a Service,
+    host_id: i64,
+    release: std::sync::Arc<tokio::sync::Notify>,
+    superseded: std::sync::atomic::AtomicBool,
+}
+
+impl<'a> HeldPoll<'a> {
+    fn claim(service: &'a Service, host_id: i64) -> HeldPoll<'a> {
+        let release = std::sync::Arc::new(tokio::sync::Notify::new());
+        if let Some(older) = lock(&service.held_polls).insert(host_id, release.clone()) {
+            // Stored as a permit if the older one is between waits.
+            older.notify_one();
+        }
+        HeldPoll {
+            service,
+            host_id,
+            release,
+            superseded: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    async fn released(&self) {
+        self.release.notified().await;
+        self.superseded
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn superseded(&self) -> bool {
+        self.superseded.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for HeldPoll<'_> {
+    fn drop(&mut self) {
+        let mut held = lock(&self.service.held_polls);
+        if held
+            .get(&self.host_id)
+            .is_some_and(|n| std::sync::Arc::ptr_eq(n, &self.release))
+        {
+            held.remove(&self.host_id);
         }
     }
 }

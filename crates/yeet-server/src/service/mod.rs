@@ -14,7 +14,7 @@ mod releases;
 pub mod users;
 
 pub use auth::Principal;
-pub use enrollment::normalize_code;
+pub use enrollment::{normalize_code, source_of};
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -153,6 +153,8 @@ pub struct Service {
     cache: Option<cache::EmbeddedCache>,
     /// key id → uploads it is running now.
     uploads: Mutex<HashMap<String, usize>>,
+    /// host id → the release signal of the check-in it holds (at most one per host).
+    held_polls: Mutex<HashMap<i64, std::sync::Arc<tokio::sync::Notify>>>,
 }
 
 /// Seconds since the Unix epoch.
@@ -206,6 +208,7 @@ impl Service {
             closing: tokio::sync::watch::Sender::new(false),
             cache: None,
             uploads: Mutex::new(HashMap::new()),
+            held_polls: Mutex::new(HashMap::new()),
         })
     }
 

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use yeet_proto::api::{CreateReleaseRequest, Release, Role, RollbackRequest};
+use yeet_proto::text::{clean, clean_line};
 
 use super::auth::require_role;
 use super::{Desired, Principal, Result, Service, ServiceError};
@@ -11,6 +12,8 @@ use crate::store::{NewRelease, ReleaseRow};
 /// Releases listed when the caller gives no limit.
 pub const DEFAULT_RELEASE_LIMIT: i64 = 50;
 const MAX_MESSAGE_CHARS: usize = 4096;
+/// A git revision is 40 (SHA-1) or 64 (SHA-256) hex digits; room for a `-dirty` suffix or a tag.
+const MAX_REVISION_CHARS: usize = 128;
 
 fn to_api(r: ReleaseRow) -> Release {
     Release {
@@ -41,6 +44,16 @@ impl Service {
             return Err(ServiceError::invalid(
                 "message_too_long",
                 format!("the message is longer than {MAX_MESSAGE_CHARS} characters"),
+            ));
+        }
+        if req
+            .revision
+            .as_ref()
+            .is_some_and(|r| r.chars().count() > MAX_REVISION_CHARS)
+        {
+            return Err(ServiceError::invalid(
+                "revision_too_long",
+                format!("the revision is longer than {MAX_REVISION_CHARS} characters"),
             ));
         }
         for (host, path) in &req.hosts {
@@ -84,8 +97,9 @@ impl Service {
             .collect();
         let provenance = NewRelease {
             author: author.to_owned(),
-            message: req.message,
-            revision: req.revision,
+            // Shown in operators' terminals and browsers: no escape sequences or overrides.
+            message: clean(&req.message, MAX_MESSAGE_CHARS, true),
+            revision: req.revision.map(|r| clean_line(&r, MAX_REVISION_CHARS)),
             dirty: req.dirty,
         };
         self.commit_release(provenance, entries).await
@@ -154,13 +168,17 @@ impl Service {
         let author = require_role(principal, Role::Publisher)?;
         let targets: Vec<(i64, String, i64)> = match (req.release, req.hosts.is_empty()) {
             (Some(id), true) => {
-                let release = self.store.release_by_id(id).await?.ok_or_else(|| {
-                    ServiceError::not_found("unknown_release", format!("no release {id}"))
-                })?;
+                if self.store.release_by_id(id).await?.is_none() {
+                    return Err(ServiceError::not_found(
+                        "unknown_release",
+                        format!("no release {id}"),
+                    ));
+                }
                 let mut t = Vec::new();
-                for (name, _) in release.entries {
-                    // Hosts removed since then are skipped; renamed ones are found by id below.
-                    if let Some(h) = self.store.host_by_name(&name).await? {
+                // By host id: a name may belong to another machine since (renames, swaps).
+                // Hosts removed since then are skipped.
+                for host_id in self.store.release_host_ids(id).await? {
+                    if let Some(h) = self.store.host_by_id(host_id).await? {
                         t.push((h.id, h.name, id));
                     }
                 }

@@ -705,6 +705,19 @@ impl Store {
         Ok(out)
     }
 
+    /// The ids of the hosts a release names (they follow renames; names do not).
+    pub async fn release_host_ids(&self, release_id: i64) -> Result<Vec<i64>, StoreError> {
+        let rows =
+            sqlx::query("SELECT host_id FROM release_hosts WHERE release_id = $1 ORDER BY host_id")
+                .bind(release_id)
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows
+            .iter()
+            .map(|r| r.try_get("host_id"))
+            .collect::<Result<_, _>>()?)
+    }
+
     /// The system a host had in the newest release before `release_id`.
     pub async fn path_before(
         &self,

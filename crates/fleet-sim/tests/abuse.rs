@@ -1,0 +1,171 @@
+//! Unauthenticated abuse against the real server binary over loopback: idle and half-open
+//! connections, bodies that never finish, and forged uploads. Each test is bounded in count
+//! and time, and each ends by showing that legitimate requests still succeed. The attacker
+//! connects from 127.0.0.2, the legitimate clients from 127.0.0.1 (two networks).
+
+#![allow(clippy::unwrap_used)]
+
+use fleet_sim::{Server, ServerOptions};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+/// A TCP connection to `server` from the given loopback source address.
+fn connect_from(source: [u8; 4], server: SocketAddr) -> Option<TcpStream> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).ok()?;
+    socket.bind(&SocketAddr::from((source, 0)).into()).ok()?;
+    socket.connect(&server.into()).ok()?;
+    Some(socket.into())
+}
+
+fn addr(server: &Server) -> SocketAddr {
+    server.url.trim_start_matches("http://").parse().unwrap()
+}
+
+/// `GET /healthz` from 127.0.0.1; true when it answers 200.
+fn healthy(server: SocketAddr) -> bool {
+    let Some(mut s) = connect_from([127, 0, 0, 1], server) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let mut reply = String::new();
+    let _ = s.read_to_string(&mut reply);
+    reply.starts_with("HTTP/1.1 200")
+}
+
+/// True when the server has closed `s` (a read returns end-of-file or an error).
+fn closed_by_server(s: &mut TcpStream) -> bool {
+    let _ = s.set_read_timeout(Some(Duration::from_millis(50)));
+    let mut buf = [0u8; 512];
+    match s.read(&mut buf) {
+        Ok(0) => true,
+        Ok(_) => closed_by_server(s),
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    }
+}
+
+#[test]
+fn idle_and_half_open_connections_cannot_lock_the_fleet_out() {
+    let server = Server::start(ServerOptions {
+        config: "max_connections_per_network = 100\nheader_timeout_secs = 2\n".into(),
+        ..Default::default()
+    });
+    let at = addr(&server);
+    // 1,000 connections from one network, half of them with a request begun and never
+    // finished; far more than its share.
+    let mut idle: Vec<TcpStream> = (0..1000)
+        .filter_map(|i| {
+            let mut s = connect_from([127, 0, 0, 2], at)?;
+            if i % 2 == 0 {
+                let _ = s.write_all(b"POST /v1/agent/checkin HTTP/1.1\r\nHost: x\r\n");
+            }
+            Some(s)
+        })
+        .collect();
+    assert!(idle.len() > 500, "could not open the attack connections");
+    // Legitimate clients on another network are served meanwhile, signed requests too.
+    assert!(healthy(at), "/healthz is unreachable during the flood");
+    server.yeet(&["status"]);
+    // Connections past the share were closed at once; the rest go at the header deadline.
+    let over_share = idle.iter_mut().map(closed_by_server).filter(|c| *c).count();
+    assert!(
+        over_share >= 900 - 1,
+        "only {over_share} connections past the share were closed"
+    );
+    let started = Instant::now();
+    while !idle.iter_mut().all(closed_by_server) {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "idle connections outlived the header deadline"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(healthy(at));
+}
+
+#[test]
+fn a_body_that_never_arrives_times_out() {
+    let server = Server::start(ServerOptions {
+        config: "body_timeout_secs = 1\n".into(),
+        ..Default::default()
+    });
+    let mut s = connect_from([127, 0, 0, 2], addr(&server)).unwrap();
+    s.write_all(
+        b"POST /v1/agent/register HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{",
+    )
+    .unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut reply = String::new();
+    let _ = s.read_to_string(&mut reply);
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+    assert!(reply.contains("body_timeout"), "{reply}");
+    assert!(healthy(addr(&server)));
+}
+
+#[test]
+fn forged_uploads_write_nothing() {
+    let server = Server::start(ServerOptions::default());
+    let me: serde_json::Value = server.yeet_json(&["whoami"]);
+    let key_id = me["key_id"].as_str().unwrap();
+    let uploads = server.dir.path().join("state/cache-uploads");
+    let nar = "/cache/nar/09kxyd68d2nylk7ims23pj3i09s4nnv9p3dv6iij1q9canv42w6d.nar";
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    // An admin's key id (key ids are public) with a signature that does not verify, and
+    // a 300 MiB body, three at once.
+    let attacks: Vec<_> = (0..3)
+        .map(|i| {
+            let at = addr(&server);
+            let head = format!(
+                "PUT {nar} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nx-yeet-key: {key_id}\r\nx-yeet-timestamp: {now}\r\nx-yeet-nonce: {:032x}\r\nx-yeet-signature: {}\r\nx-yeet-content-sha256: {}\r\n\r\n",
+                300u64 << 20,
+                i + 1,
+                "A".repeat(86) + "==",
+                "0".repeat(64),
+            );
+            std::thread::spawn(move || {
+                let mut s = connect_from([127, 0, 0, 2], at).unwrap();
+                s.write_all(head.as_bytes()).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                // Keep sending until the server answers or hangs up.
+                let chunk = vec![0u8; 1 << 20];
+                let mut sent = 0usize;
+                for _ in 0..300 {
+                    if s.write_all(&chunk).is_err() {
+                        break;
+                    }
+                    sent += chunk.len();
+                    let _ = s.set_nonblocking(true);
+                    let mut peek = [0u8; 1];
+                    let answered = s.peek(&mut peek).is_ok_and(|n| n > 0);
+                    let _ = s.set_nonblocking(false);
+                    if answered {
+                        break;
+                    }
+                }
+                let mut reply = String::new();
+                let _ = s.read_to_string(&mut reply);
+                (reply, sent)
+            })
+        })
+        .collect();
+    for a in attacks {
+        let (reply, sent) = a.join().unwrap();
+        assert!(reply.starts_with("HTTP/1.1 401"), "{reply}");
+        assert!(sent < 300 << 20, "the server read the whole forged body");
+    }
+    let written: u64 = std::fs::read_dir(&uploads)
+        .unwrap()
+        .flatten()
+        .map(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
+        .sum();
+    assert_eq!(written, 0, "forged uploads left bytes on disk");
+    assert!(healthy(addr(&server)));
+    server.yeet(&["status"]);
+}
