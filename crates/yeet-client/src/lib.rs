@@ -45,6 +45,10 @@ pub enum ClientError {
     Random(String),
     #[error("cannot read CA certificate {path}: {reason}")]
     CaCert { path: PathBuf, reason: String },
+    #[error(
+        "invalid server URL {0:?}: expected http://HOST[:PORT] or https://HOST[:PORT], optionally with a path"
+    )]
+    ServerUrl(String),
 }
 
 impl ClientError {
@@ -120,6 +124,8 @@ fn unix_now() -> i64 {
 /// A client bound to one server and one identity.
 pub struct Client {
     base: String,
+    /// The server's origin, which every request's signature names.
+    origin: String,
     identity: Identity,
     agent: ureq::Agent,
 }
@@ -132,6 +138,8 @@ impl Client {
         ca_cert: Option<&Path>,
         timeout: Duration,
     ) -> Result<Client, ClientError> {
+        let origin = yeet_proto::signing::origin_of(base_url)
+            .map_err(|_| ClientError::ServerUrl(base_url.to_owned()))?;
         let mut config = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(timeout));
@@ -160,6 +168,7 @@ impl Client {
         }
         Ok(Client {
             base: base_url.trim_end_matches('/').to_owned(),
+            origin,
             identity,
             agent: config.build().into(),
         })
@@ -217,6 +226,7 @@ impl Client {
         let url = format!("{}{}", self.base, path_and_query);
         let headers = SignatureHeaders::sign_digest(
             &self.identity,
+            &self.origin,
             method,
             path_and_query,
             digest,

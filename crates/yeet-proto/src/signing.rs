@@ -1,16 +1,18 @@
-//! Request signing. Every API request carries four headers:
+//! Request signing. Every API request carries five headers:
 //!
-//! | header             | value                                          |
-//! |--------------------|------------------------------------------------|
-//! | `x-yeet-key`       | key id of the signer (`SHA256:...`)            |
-//! | `x-yeet-timestamp` | Unix seconds when the request was signed       |
-//! | `x-yeet-nonce`     | 32 lower-case hex digits, fresh per request    |
-//! | `x-yeet-signature` | base64 ed25519 signature of the canonical form |
+//! | header             | value                                            |
+//! |--------------------|--------------------------------------------------|
+//! | `x-yeet-origin`    | the server it is meant for, `scheme://host[:port]` |
+//! | `x-yeet-key`       | key id of the signer (`SHA256:...`)              |
+//! | `x-yeet-timestamp` | Unix seconds when the request was signed         |
+//! | `x-yeet-nonce`     | 32 lower-case hex digits, fresh per request      |
+//! | `x-yeet-signature` | base64 ed25519 signature of the canonical form   |
 //!
-//! The canonical form is these seven lines joined by `\n` (no trailing newline):
+//! The canonical form is these eight lines joined by `\n` (no trailing newline):
 //!
 //! ```text
-//! yeet-request-v1
+//! yeet-request-v2
+//! <origin: scheme and authority of the server URL the client uses, see `origin_of`>
 //! <METHOD, upper case>
 //! <path and query exactly as sent, e.g. /v1/hosts?x=1>
 //! <timestamp>
@@ -19,7 +21,9 @@
 //! <lower-case hex SHA-256 of the body bytes (of the empty string when there is no body)>
 //! ```
 //!
-//! The version line keeps these signatures from ever being valid in another context.
+//! The version line keeps these signatures from ever being valid in another context, and
+//! the origin line keeps a request signed for one server from being accepted by another
+//! that trusts the same key (each server checks the origin against its own URLs).
 //!
 //! Streamed uploads also send `x-yeet-content-sha256`, the body digest their signature
 //! covers, so that the server verifies the signature from the headers alone, before it
@@ -36,6 +40,7 @@ use thiserror::Error;
 
 use crate::identity::{Identity, PublicIdentity};
 
+pub const HEADER_ORIGIN: &str = "x-yeet-origin";
 pub const HEADER_KEY: &str = "x-yeet-key";
 pub const HEADER_TIMESTAMP: &str = "x-yeet-timestamp";
 pub const HEADER_NONCE: &str = "x-yeet-nonce";
@@ -63,6 +68,10 @@ pub enum AuthError {
     ReplayedNonce,
     #[error("this key sent too many requests in the last few minutes; slow down and retry")]
     TooManyRequests,
+    #[error(
+        "this request was signed for {0}, which is not this server; check the server URL the client uses (or the server's public_urls)"
+    )]
+    WrongServer(String),
 }
 
 impl AuthError {
@@ -76,13 +85,54 @@ impl AuthError {
             AuthError::BadSignature => "bad_signature",
             AuthError::ReplayedNonce => "replayed_nonce",
             AuthError::TooManyRequests => "rate_limited",
+            AuthError::WrongServer(_) => "wrong_server",
         }
     }
+}
+
+/// The origin of a server URL as requests sign it: lower-case `scheme://host[:port]`, the
+/// port left out when it is the scheme's default. Only http and https; no user info.
+pub fn origin_of(url: &str) -> Result<String, AuthError> {
+    let bad = || AuthError::Malformed(HEADER_ORIGIN);
+    let (scheme, rest) = url.split_once("://").ok_or_else(bad)?;
+    let scheme = scheme.to_ascii_lowercase();
+    let default_port = match scheme.as_str() {
+        "http" => ":80",
+        "https" => ":443",
+        _ => return Err(bad()),
+    };
+    let authority = rest
+        .split(['/', '?', '#'])
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let ok = !authority.is_empty()
+        && authority.len() <= 255
+        && authority
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-:[]_".contains(&b));
+    if !ok {
+        return Err(bad());
+    }
+    let authority = authority.strip_suffix(default_port).unwrap_or(&authority);
+    Ok(format!("{scheme}://{authority}"))
+}
+
+/// The host and port part of an origin or of a `Host` header, compared the way `Host`
+/// headers are: case-insensitively, with the default port of `scheme` left out.
+pub fn same_authority(origin: &str, host_header: &str) -> bool {
+    let Some((scheme, authority)) = origin.split_once("://") else {
+        return false;
+    };
+    origin_of(&format!("{scheme}://{host_header}"))
+        .is_ok_and(|o| o.split_once("://").is_some_and(|(_, a)| a == authority))
 }
 
 /// The parsed signature headers of one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SignatureHeaders {
+    /// The server the request is for (already in `origin_of` form when signed).
+    pub origin: String,
     pub key_id: String,
     pub timestamp: i64,
     pub nonce: String,
@@ -96,25 +146,7 @@ pub fn body_digest(body: &[u8]) -> String {
 
 /// Builds the canonical form described in the module documentation.
 pub fn canonical_form(
-    method: &str,
-    path_and_query: &str,
-    timestamp: i64,
-    nonce: &str,
-    key_id: &str,
-    body: &[u8],
-) -> String {
-    canonical_form_for_digest(
-        method,
-        path_and_query,
-        timestamp,
-        nonce,
-        key_id,
-        &body_digest(body),
-    )
-}
-
-/// The canonical form from a body digest computed elsewhere (streamed uploads).
-pub fn canonical_form_for_digest(
+    origin: &str,
     method: &str,
     path_and_query: &str,
     timestamp: i64,
@@ -123,15 +155,17 @@ pub fn canonical_form_for_digest(
     digest: &str,
 ) -> String {
     format!(
-        "yeet-request-v1\n{}\n{path_and_query}\n{timestamp}\n{nonce}\n{key_id}\n{digest}",
+        "yeet-request-v2\n{origin}\n{}\n{path_and_query}\n{timestamp}\n{nonce}\n{key_id}\n{digest}",
         method.to_ascii_uppercase()
     )
 }
 
 impl SignatureHeaders {
-    /// Signs a request. `nonce_bytes` must be fresh randomness for every request.
+    /// Signs a request for the server at `origin`. `nonce_bytes` must be fresh randomness
+    /// for every request.
     pub fn sign(
         identity: &Identity,
+        origin: &str,
         method: &str,
         path_and_query: &str,
         body: &[u8],
@@ -140,6 +174,7 @@ impl SignatureHeaders {
     ) -> Self {
         Self::sign_digest(
             identity,
+            origin,
             method,
             path_and_query,
             &body_digest(body),
@@ -151,6 +186,7 @@ impl SignatureHeaders {
     /// Signs a request whose body digest was computed separately (a file streamed as the body).
     pub fn sign_digest(
         identity: &Identity,
+        origin: &str,
         method: &str,
         path_and_query: &str,
         digest: &str,
@@ -160,10 +196,19 @@ impl SignatureHeaders {
         let nonce = hex::encode(nonce_bytes);
         let key_id = identity.public().key_id().to_owned();
         let signature = identity.sign(
-            canonical_form_for_digest(method, path_and_query, timestamp, &nonce, &key_id, digest)
-                .as_bytes(),
+            canonical_form(
+                origin,
+                method,
+                path_and_query,
+                timestamp,
+                &nonce,
+                &key_id,
+                digest,
+            )
+            .as_bytes(),
         );
         SignatureHeaders {
+            origin: origin.to_owned(),
             key_id,
             timestamp,
             nonce,
@@ -172,8 +217,9 @@ impl SignatureHeaders {
     }
 
     /// The headers as (name, value) pairs.
-    pub fn to_pairs(&self) -> [(&'static str, String); 4] {
+    pub fn to_pairs(&self) -> [(&'static str, String); 5] {
         [
+            (HEADER_ORIGIN, self.origin.clone()),
             (HEADER_KEY, self.key_id.clone()),
             (HEADER_TIMESTAMP, self.timestamp.to_string()),
             (HEADER_NONCE, self.nonce.clone()),
@@ -184,6 +230,11 @@ impl SignatureHeaders {
     /// Parses the headers from a lookup function (case-insensitive names are the caller's job).
     pub fn parse<'a>(get: impl Fn(&str) -> Option<&'a str>) -> Result<Self, AuthError> {
         let field = |name: &'static str| get(name).ok_or(AuthError::Missing(name));
+        let origin = field(HEADER_ORIGIN)?;
+        // Signed as sent; it must already be in canonical form.
+        if origin_of(origin).ok().as_deref() != Some(origin) {
+            return Err(AuthError::Malformed(HEADER_ORIGIN));
+        }
         let key_id = field(HEADER_KEY)?;
         if !key_id.starts_with("SHA256:") || key_id.len() > 64 {
             return Err(AuthError::Malformed(HEADER_KEY));
@@ -205,6 +256,7 @@ impl SignatureHeaders {
             .and_then(|v| <[u8; 64]>::try_from(v).ok())
             .ok_or(AuthError::Malformed(HEADER_SIGNATURE))?;
         Ok(SignatureHeaders {
+            origin: origin.to_owned(),
             key_id: key_id.to_owned(),
             timestamp,
             nonce: nonce.to_owned(),
@@ -244,7 +296,8 @@ impl SignatureHeaders {
         if signer.key_id() != self.key_id {
             return Err(AuthError::BadSignature);
         }
-        let form = canonical_form_for_digest(
+        let form = canonical_form(
+            &self.origin,
             method,
             path_and_query,
             self.timestamp,
@@ -367,7 +420,15 @@ mod tests {
     use proptest::prelude::*;
 
     fn signed(id: &Identity, body: &[u8], ts: i64, nonce: u8) -> SignatureHeaders {
-        SignatureHeaders::sign(id, "post", "/v1/checkin?x=1", body, ts, [nonce; 16])
+        SignatureHeaders::sign(
+            id,
+            "https://yeet.example.org",
+            "post",
+            "/v1/checkin?x=1",
+            body,
+            ts,
+            [nonce; 16],
+        )
     }
 
     fn reparse(h: &SignatureHeaders) -> SignatureHeaders {
@@ -412,6 +473,10 @@ mod tests {
         );
         for tweak in [
             SignatureHeaders {
+                origin: "https://other.example.org".into(),
+                ..h.clone()
+            },
+            SignatureHeaders {
                 timestamp: 1001,
                 ..h.clone()
             },
@@ -441,6 +506,9 @@ mod tests {
             assert_eq!(r, Err(AuthError::Missing(drop)));
         }
         for (bad, value) in [
+            (HEADER_ORIGIN, "HTTPS://Yeet.example.org"),
+            (HEADER_ORIGIN, "ftp://x"),
+            (HEADER_ORIGIN, "https://x/path"),
             (HEADER_TIMESTAMP, "soon"),
             (HEADER_NONCE, "xyz"),
             (HEADER_SIGNATURE, "AAAA"),
@@ -455,6 +523,35 @@ mod tests {
             });
             assert_eq!(r, Err(AuthError::Malformed(bad)));
         }
+    }
+
+    #[test]
+    fn origins_are_normalised_and_compared_like_host_headers() {
+        assert_eq!(
+            origin_of("HTTPS://Yeet.Example.org:443/api/").unwrap(),
+            "https://yeet.example.org"
+        );
+        assert_eq!(
+            origin_of("http://127.0.0.1:8470").unwrap(),
+            "http://127.0.0.1:8470"
+        );
+        assert_eq!(origin_of("http://[::1]:80").unwrap(), "http://[::1]");
+        for bad in [
+            "ftp://x",
+            "yeet.example.org",
+            "https://",
+            "https://u@x",
+            "https://a b",
+        ] {
+            assert!(origin_of(bad).is_err(), "{bad}");
+        }
+        assert!(same_authority(
+            "https://yeet.example.org",
+            "Yeet.Example.org:443"
+        ));
+        assert!(same_authority("http://127.0.0.1:8470", "127.0.0.1:8470"));
+        assert!(!same_authority("http://127.0.0.1:8470", "127.0.0.1:8471"));
+        assert!(!same_authority("https://a.example.org", "b.example.org"));
     }
 
     #[test]
@@ -536,7 +633,7 @@ mod tests {
         #[test]
         fn any_body_verifies_only_itself(body in proptest::collection::vec(any::<u8>(), 0..256), flip in any::<usize>()) {
             let id = Identity::from_seed(&[9; 32]);
-            let h = SignatureHeaders::sign(&id, "PUT", "/v1/x", &body, 7, [3; 16]);
+            let h = SignatureHeaders::sign(&id, "http://s", "PUT", "/v1/x", &body, 7, [3; 16]);
             prop_assert!(h.verify(id.public(), "PUT", "/v1/x", &body).is_ok());
             if !body.is_empty() {
                 let mut tampered = body.clone();

@@ -29,6 +29,9 @@ pub enum ConfigError {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
+    /// The URLs clients reach this server by (signatures name one of them), e.g.
+    /// ["https://yeet.example.org"]. Unset: a request's signed origin must match its Host.
+    pub public_urls: Option<Vec<String>>,
     pub listen: Option<String>,
     pub state_dir: Option<PathBuf>,
     pub database: Option<String>,
@@ -143,7 +146,20 @@ impl Config {
             }
         };
         let d = ServiceConfig::default();
+        let public_origins = file
+            .public_urls
+            .unwrap_or_default()
+            .iter()
+            .map(|u| {
+                yeet_proto::signing::origin_of(u).map_err(|_| {
+                    ConfigError::Invalid(format!(
+                        "public_urls: {u:?} is not an http:// or https:// URL"
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let service = ServiceConfig {
+            public_origins,
             skew_secs: file.clock_skew_secs.unwrap_or(d.skew_secs),
             code_ttl_secs: file.code_ttl_secs.unwrap_or(d.code_ttl_secs),
             max_pending: file.max_pending.unwrap_or(d.max_pending),

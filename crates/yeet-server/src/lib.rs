@@ -94,10 +94,17 @@ pub async fn serve(
         let every = config.last_seen_flush;
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
+            let mut last_expiry = std::time::Instant::now();
             loop {
                 tick.tick().await;
                 if let Err(e) = service.flush_last_seen().await {
                     tracing::warn!(error = %e, "could not write last-seen times; will retry");
+                }
+                if last_expiry.elapsed() >= std::time::Duration::from_secs(60) {
+                    last_expiry = std::time::Instant::now();
+                    if let Err(e) = service.expire_nonces().await {
+                        tracing::warn!(error = %e, "could not expire old nonces; will retry");
+                    }
                 }
             }
         })

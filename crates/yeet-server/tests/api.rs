@@ -22,6 +22,10 @@ use yeet_server::service::cache::EmbeddedCache;
 use yeet_server::service::users::add_user;
 use yeet_server::service::{Service, ServiceConfig, now};
 
+/// Where test requests say they go (the in-process server has no configured URLs, so the
+/// signed origin must match the Host header).
+const TEST_HOST: &str = "yeet.test";
+const TEST_ORIGIN: &str = "http://yeet.test";
 const PATH_A: &str = "/nix/store/q322pzff5rm7kwfwfbhcza6wr2b84wlm-system-a";
 
 fn identity() -> Identity {
@@ -70,9 +74,11 @@ fn build(
     let mut req = Request::builder()
         .method(method)
         .uri(path)
+        .header("host", TEST_HOST)
         .header("content-type", "application/json");
-    let signed =
-        |id: &Identity, ts: i64| SignatureHeaders::sign(id, method, path, body, ts, nonce());
+    let signed = |id: &Identity, ts: i64| {
+        SignatureHeaders::sign(id, TEST_ORIGIN, method, path, body, ts, nonce())
+    };
     let headers = match sign {
         Sign::None => None,
         Sign::By(id) => Some(signed(id, now())),

@@ -14,7 +14,19 @@ use yeet_proto::api::{
 };
 use yeet_proto::{AuthError, Identity, SignatureHeaders};
 use yeet_server::service::users::add_user;
-use yeet_server::service::{Principal, Service, ServiceConfig, ServiceError, now};
+use yeet_server::service::{Principal, Service, ServiceConfig, ServiceError, SignedRequest, now};
+
+const ORIGIN: &str = "https://yeet.example.org";
+
+/// A signed check-in as the HTTP layer would hand it over.
+fn checkin(headers: &SignatureHeaders) -> SignedRequest<'_> {
+    SignedRequest {
+        method: "POST",
+        path_and_query: "/v1/agent/checkin",
+        host: Some("yeet.example.org"),
+        headers,
+    }
+}
 
 const PATH: &str = "/nix/store/q322pzff5rm7kwfwfbhcza6wr2b84wlm-system-replicated";
 
@@ -56,6 +68,7 @@ async fn replicas_share_releases_and_key_removals() {
         public: host_key.public().clone(),
         signed: Box::new(SignatureHeaders::sign(
             &host_key,
+            ORIGIN,
             "POST",
             yeet_proto::api::paths::REGISTER,
             b"",
@@ -86,6 +99,7 @@ async fn replicas_share_releases_and_key_removals() {
     let sign = |nonce: u8| {
         SignatureHeaders::sign(
             &host_key,
+            ORIGIN,
             "POST",
             "/v1/agent/checkin",
             b"{}",
@@ -94,7 +108,7 @@ async fn replicas_share_releases_and_key_removals() {
         )
     };
     let host = b
-        .authenticate("POST", "/v1/agent/checkin", &sign(1), b"{}", false)
+        .authenticate(&checkin(&sign(1)), b"{}", false)
         .await
         .unwrap();
     let waiter = {
@@ -140,10 +154,7 @@ async fn replicas_share_releases_and_key_removals() {
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut nonce = 2u8;
     loop {
-        match b
-            .authenticate("POST", "/v1/agent/checkin", &sign(nonce), b"{}", false)
-            .await
-        {
+        match b.authenticate(&checkin(&sign(nonce)), b"{}", false).await {
             Err(ServiceError::Unauthorized(AuthError::UnknownKey)) => break,
             other => assert!(
                 Instant::now() < deadline,

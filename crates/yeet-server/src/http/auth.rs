@@ -12,6 +12,7 @@ use yeet_proto::api::paths;
 
 use super::AppState;
 use super::error::ApiError;
+use crate::service::SignedRequest;
 
 /// The client address, when the server knows it (absent in in-process tests).
 pub struct ClientIp(pub Option<std::net::IpAddr>);
@@ -66,6 +67,14 @@ pub async fn read_body(
     })
 }
 
+/// The `Host` header, which signed origins are compared with when the server has no
+/// configured public URLs.
+pub fn host_of(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
+        .get(axum::http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+}
+
 pub async fn authenticate(State(app): State<AppState>, req: Request, next: Next) -> Response {
     match authenticated(&app, req).await {
         Ok(req) => next.run(req).await,
@@ -84,15 +93,15 @@ async fn authenticated(app: &AppState, req: Request) -> Result<Request, ApiError
         .map(|p| p.as_str())
         .unwrap_or("/");
     let registering = parts.method == Method::POST && parts.uri.path() == paths::REGISTER;
+    let request = SignedRequest {
+        method: parts.method.as_str(),
+        path_and_query,
+        host: host_of(&parts.headers),
+        headers: &headers,
+    };
     let principal = app
         .service
-        .authenticate(
-            parts.method.as_str(),
-            path_and_query,
-            &headers,
-            &bytes,
-            registering,
-        )
+        .authenticate(&request, &bytes, registering)
         .await?;
     let mut req = Request::from_parts(parts, Body::from(bytes));
     req.extensions_mut().insert(principal);

@@ -19,8 +19,8 @@ use yeet_proto::signing::HEADER_CONTENT_SHA256;
 
 use super::AppState;
 use super::error::ApiError;
-use crate::service::Principal;
 use crate::service::cache::{CacheFile, EmbeddedCache};
+use crate::service::{Principal, SignedRequest};
 
 /// The narinfo upload limit; NARs use the configured `max_upload_bytes`.
 const MAX_NARINFO_BYTES: u64 = 1 << 20;
@@ -52,10 +52,13 @@ async fn upload(
         .to_owned();
     let path_and_query = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     // The full check, signature, nonce and role, before a single byte is read.
-    let principal = app
-        .service
-        .authenticate_upload(path_and_query, &sig, &declared)
-        .await?;
+    let request = SignedRequest {
+        method: "PUT",
+        path_and_query,
+        host: super::auth::host_of(&headers),
+        headers: &sig,
+    };
+    let principal = app.service.authenticate_upload(&request, &declared).await?;
     let cache = app.service.embedded_cache()?;
     let rel = uri.path().strip_prefix("/cache/").unwrap_or_default();
     let file = CacheFile::parse(rel).ok_or_else(|| {

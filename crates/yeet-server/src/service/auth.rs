@@ -10,6 +10,16 @@ use super::{Result, Service, ServiceError, lock, now};
 /// takes effect without a restart. Local changes evict at once.
 const KEY_CACHE_SECS: i64 = 30;
 
+/// What the HTTP layer knows of a signed request, besides its body.
+#[derive(Debug, Clone, Copy)]
+pub struct SignedRequest<'a> {
+    pub method: &'a str,
+    pub path_and_query: &'a str,
+    /// The `Host` header, if any.
+    pub host: Option<&'a str>,
+    pub headers: &'a SignatureHeaders,
+}
+
 /// Who sent a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Principal {
@@ -100,6 +110,21 @@ impl Service {
         self.keys.write().await.remove(key_id);
     }
 
+    /// Refuses requests signed for another server: the signed origin must be one of this
+    /// server's public origins or, when none are configured, match the `Host` header.
+    fn check_origin(&self, headers: &SignatureHeaders, host: Option<&str>) -> Result<()> {
+        let ours = if self.config.public_origins.is_empty() {
+            host.is_some_and(|h| yeet_proto::signing::same_authority(&headers.origin, h))
+        } else {
+            self.config.public_origins.contains(&headers.origin)
+        };
+        if ours {
+            Ok(())
+        } else {
+            Err(AuthError::WrongServer(headers.origin.clone()).into())
+        }
+    }
+
     /// Who claims to have signed: a fresh timestamp and a known key, or, for a registration
     /// (`registering_body`), the unknown key the body carries.
     async fn claimed_signer(
@@ -127,7 +152,7 @@ impl Service {
 
     /// Checks the signature over the body digest, then spends the nonce (only verified
     /// requests can burn nonces, and a registrant's waits until it is admitted).
-    fn accept_signature(
+    async fn accept_signature(
         &self,
         headers: &SignatureHeaders,
         principal: &Principal,
@@ -139,25 +164,43 @@ impl Service {
         headers.verify_digest(signer, method, path_and_query, digest)?;
         match principal {
             Principal::Registrant { .. } => Ok(()),
-            _ => self.spend_nonce(headers),
+            _ => self.spend_nonce(headers).await,
         }
     }
 
-    /// Records a verified request's nonce; a replay or a key over its share is refused.
-    pub(crate) fn spend_nonce(&self, headers: &SignatureHeaders) -> Result<()> {
-        Ok(lock(&self.nonces).check_and_record(headers, now())?)
+    /// Records a verified request's nonce: first in this process's cache (which refuses
+    /// replays and keys over their share at once), then in the fleet's nonce log, which
+    /// refuses what this process never saw (a replica's request, or one from before a
+    /// restart).
+    pub(crate) async fn spend_nonce(&self, headers: &SignatureHeaders) -> Result<()> {
+        lock(&self.nonces).check_and_record(headers, now())?;
+        let expires = headers.timestamp.saturating_add(self.config.skew_secs + 1);
+        match self
+            .nonce_log
+            .record(&headers.key_id, &headers.nonce, expires)
+            .await
+        {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(AuthError::ReplayedNonce.into()),
+            Err(why) => Err(ServiceError::System(why)),
+        }
     }
 
     /// Authenticates a signed request. `registering` allows an unknown key whose public
     /// half is in the body (the registration request) to prove possession of it.
     pub async fn authenticate(
         &self,
-        method: &str,
-        path_and_query: &str,
-        headers: &SignatureHeaders,
+        request: &SignedRequest<'_>,
         body: &[u8],
         registering: bool,
     ) -> Result<Principal> {
+        let SignedRequest {
+            method,
+            path_and_query,
+            host,
+            headers,
+        } = *request;
+        self.check_origin(headers, host)?;
         let (principal, public) = self
             .claimed_signer(headers, registering.then_some(body))
             .await?;
@@ -168,7 +211,8 @@ impl Service {
             method,
             path_and_query,
             &yeet_proto::signing::body_digest(body),
-        )?;
+        )
+        .await?;
         Ok(principal)
     }
 
@@ -177,12 +221,19 @@ impl Service {
     /// which the caller then checks the body against. Only publishers and admins upload.
     pub async fn authenticate_upload(
         &self,
-        path_and_query: &str,
-        headers: &SignatureHeaders,
+        request: &SignedRequest<'_>,
         digest: &str,
     ) -> Result<Principal> {
+        let SignedRequest {
+            method,
+            path_and_query,
+            host,
+            headers,
+        } = *request;
+        self.check_origin(headers, host)?;
         let (principal, public) = self.claimed_signer(headers, None).await?;
-        self.accept_signature(headers, &principal, &public, "PUT", path_and_query, digest)?;
+        self.accept_signature(headers, &principal, &public, method, path_and_query, digest)
+            .await?;
         require_role(&principal, Role::Publisher)?;
         Ok(principal)
     }

@@ -181,7 +181,7 @@ impl Service {
             }
         }
         // Admitted: only now may this registration's nonce take room in the replay cache.
-        self.spend_nonce(signed)?;
+        self.spend_nonce(signed).await?;
         let (code, expires, first_seen) = match &existing {
             Some(r) if r.code_expires_at > t => {
                 (r.code.clone(), r.code_expires_at, r.first_seen_ms)

@@ -10,10 +10,11 @@ mod auth;
 pub mod cache;
 mod enrollment;
 mod hosts;
+mod nonces;
 mod releases;
 pub mod users;
 
-pub use auth::Principal;
+pub use auth::{Principal, SignedRequest};
 pub use enrollment::{normalize_code, source_of};
 
 use std::collections::HashMap;
@@ -28,6 +29,9 @@ use crate::store::{HostReport, Store, StoreError};
 /// Settings the domain needs; the rest of the server config stays in `config`.
 #[derive(Debug, Clone)]
 pub struct ServiceConfig {
+    /// The origins (`scheme://host[:port]`) clients reach this server by; a request signed
+    /// for any other is refused. Empty: the origin must match the request's `Host` header.
+    pub public_origins: Vec<String>,
     pub skew_secs: i64,
     pub code_ttl_secs: i64,
     pub max_pending: i64,
@@ -53,6 +57,7 @@ pub struct ServiceConfig {
 impl Default for ServiceConfig {
     fn default() -> Self {
         ServiceConfig {
+            public_origins: Vec::new(),
             skew_secs: yeet_proto::signing::DEFAULT_SKEW_SECS,
             code_ttl_secs: 15 * 60,
             max_pending: 1000,
@@ -141,6 +146,8 @@ pub struct Service {
     /// host id → last check-in time not yet written.
     seen: Mutex<HashMap<i64, i64>>,
     nonces: Mutex<yeet_proto::NonceCache>,
+    /// Accepted nonces, in the database: shared by replicas, kept across restarts.
+    nonce_log: nonces::NonceLog,
     /// Source network → its token bucket for new registrations.
     registration_buckets: Mutex<HashMap<String, enrollment::Bucket>>,
     /// Held while a new key is admitted (count, evict, insert), so the cap is exact.
@@ -196,6 +203,7 @@ impl Service {
                 config.skew_secs,
                 config.nonces_per_key,
             )),
+            nonce_log: nonces::NonceLog::start(store.clone()),
             store,
             config,
             keys: RwLock::new(HashMap::new()),
@@ -267,6 +275,11 @@ impl Service {
 
     pub fn config(&self) -> &ServiceConfig {
         &self.config
+    }
+
+    /// Drops nonces that can no longer pass the skew check from the database.
+    pub async fn expire_nonces(&self) -> Result<u64, StoreError> {
+        self.store.delete_expired_nonces(now()).await
     }
 
     /// Writes batched last-seen times. Called periodically and at shutdown.

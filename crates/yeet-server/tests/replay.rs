@@ -1,0 +1,139 @@
+//! A captured request is accepted once per fleet: not again after a restart, not on
+//! another replica, and not by another yeet server that trusts the same operator key.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use yeet_proto::api::{Role, paths};
+use yeet_proto::{AuthError, Identity, SignatureHeaders};
+use yeet_server::service::users::add_user;
+use yeet_server::service::{Service, ServiceConfig, ServiceError, SignedRequest, now};
+
+const ORIGIN: &str = "https://yeet.example.org";
+
+async fn server(db: &common::TestDb, config: ServiceConfig) -> Service {
+    Service::new(db.open().await, config).await.unwrap()
+}
+
+async fn whoami(
+    service: &Service,
+    signed: &SignatureHeaders,
+    host: &str,
+) -> Result<(), ServiceError> {
+    let request = SignedRequest {
+        method: "GET",
+        path_and_query: paths::WHOAMI,
+        host: Some(host),
+        headers: signed,
+    };
+    service.authenticate(&request, b"", false).await.map(drop)
+}
+
+fn is_replay(r: Result<(), ServiceError>) -> bool {
+    matches!(r, Err(ServiceError::Unauthorized(AuthError::ReplayedNonce)))
+}
+
+/// One admin's signed `GET /v1/whoami`, as an eavesdropper would capture it.
+async fn captured(db: &common::TestDb) -> SignatureHeaders {
+    let admin = Identity::from_seed(&[7; 32]);
+    let store = db.open().await;
+    add_user(&store, "alice", &admin.public().to_openssh(), Role::Admin)
+        .await
+        .unwrap();
+    store.close().await;
+    SignatureHeaders::sign(&admin, ORIGIN, "GET", paths::WHOAMI, b"", now(), [42; 16])
+}
+
+async fn replay_after_restart(db: common::TestDb) {
+    let request = captured(&db).await;
+    let first = server(&db, ServiceConfig::default()).await;
+    whoami(&first, &request, "yeet.example.org").await.unwrap();
+    assert!(is_replay(
+        whoami(&first, &request, "yeet.example.org").await
+    ));
+    first.store().close().await;
+    drop(first);
+    // A new process on the same database has an empty memory, and still refuses it.
+    let restarted = server(&db, ServiceConfig::default()).await;
+    assert!(is_replay(
+        whoami(&restarted, &request, "yeet.example.org").await
+    ));
+    // Fresh requests by the same key are fine.
+    let admin = Identity::from_seed(&[7; 32]);
+    let fresh = SignatureHeaders::sign(&admin, ORIGIN, "GET", paths::WHOAMI, b"", now(), [43; 16]);
+    whoami(&restarted, &fresh, "yeet.example.org")
+        .await
+        .unwrap();
+    restarted.store().close().await;
+    db.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_replay_after_a_restart_is_refused_sqlite() {
+    replay_after_restart(common::TestDb::sqlite().await).await;
+}
+
+#[tokio::test]
+async fn a_replay_after_a_restart_is_refused_postgres() {
+    replay_after_restart(common::TestDb::postgres().await).await;
+}
+
+#[tokio::test]
+async fn a_replay_on_another_replica_is_refused() {
+    let db = common::TestDb::postgres().await;
+    let request = captured(&db).await;
+    let (a, b) = (
+        server(&db, ServiceConfig::default()).await,
+        server(&db, ServiceConfig::default()).await,
+    );
+    // Both at once, as an attacker racing the original would.
+    let (ra, rb) = tokio::join!(
+        whoami(&a, &request, "yeet.example.org"),
+        whoami(&b, &request, "yeet.example.org")
+    );
+    assert!(
+        ra.is_ok() != rb.is_ok(),
+        "exactly one replica may accept it: {ra:?} {rb:?}"
+    );
+    assert!(is_replay(if ra.is_ok() { rb } else { ra }));
+    a.store().close().await;
+    b.store().close().await;
+    db.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_request_for_another_server_is_refused() {
+    // Production and staging trust the same admin key; a request signed for staging.
+    let (prod_db, staging_db) = (
+        common::TestDb::sqlite().await,
+        common::TestDb::sqlite().await,
+    );
+    let request = captured(&staging_db).await;
+    let _ = captured(&prod_db).await;
+    let prod = server(
+        &prod_db,
+        ServiceConfig {
+            public_origins: vec!["https://yeet-prod.example.org".into()],
+            ..Default::default()
+        },
+    )
+    .await;
+    let wrong = |r: Result<(), ServiceError>| {
+        matches!(
+            r,
+            Err(ServiceError::Unauthorized(AuthError::WrongServer(_)))
+        )
+    };
+    // Even with the Host header rewritten to match what was signed.
+    assert!(wrong(whoami(&prod, &request, "yeet.example.org").await));
+    // A server without configured URLs compares the signed origin with the Host header.
+    let unconfigured = server(&prod_db, ServiceConfig::default()).await;
+    assert!(wrong(
+        whoami(&unconfigured, &request, "yeet-prod.example.org").await
+    ));
+    let staging = server(&staging_db, ServiceConfig::default()).await;
+    whoami(&staging, &request, "yeet.example.org")
+        .await
+        .unwrap();
+}
