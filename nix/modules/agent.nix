@@ -88,6 +88,8 @@ in
         Restart = "always";
         RestartSec = 2;
         StateDirectory = "yeet";
+        # The activation log and state are root's alone (the agent sets this too).
+        StateDirectoryMode = "0700";
         RuntimeDirectory = "yeet";
         RuntimeDirectoryPreserve = true;
       };

@@ -11,6 +11,7 @@ let
     state_dir = "/var/lib/yeet-server";
     trusted_cache_keys = cfg.trustedCacheKeys;
     caches = cfg.caches;
+    public_urls = cfg.publicUrls;
   } // lib.optionalAttrs (cfg.database != null) { database = cfg.database; }
     // lib.optionalAttrs (cfg.tls.certificate != null) { tls_cert = cfg.tls.certificate; tls_key = cfg.tls.key; }
     // cfg.settings;
@@ -61,6 +62,17 @@ in
       default = [ ];
       description = "Binary caches hosts fetch from, besides the embedded one.";
     };
+    publicUrls = lib.mkOption {
+      type = lib.types.listOf lib.types.str;
+      default = [ ];
+      example = [ "https://yeet.example.org" ];
+      description = ''
+        URLs agents and operators reach this server by. Every request's signature names the
+        server it is for; with this set, requests signed for any other server (one that
+        shares operator keys, say) are refused. Empty: the signed origin must match the
+        request's Host header.
+      '';
+    };
     openFirewall = lib.mkOption {
       type = lib.types.bool;
       default = false;
@@ -96,6 +108,9 @@ in
         ProtectSystem = "strict";
         ProtectHome = true;
         PrivateTmp = true;
+        # Every held long-poll is an open socket: room for max_connections (16384) plus
+        # the database and cache files. The server also raises its soft limit to this.
+        LimitNOFILE = 65536;
       };
     };
   };

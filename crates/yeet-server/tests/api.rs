@@ -62,6 +62,8 @@ enum Sign<'a> {
     Claiming(&'a Identity, &'a Identity),
     Stale(&'a Identity),
     Corrupted(&'a Identity),
+    /// Correctly signed, but for another server.
+    OtherServer(&'a Identity),
 }
 
 fn build(
@@ -88,6 +90,15 @@ fn build(
             h.signature[10] ^= 0x40;
             Some(h)
         }
+        Sign::OtherServer(id) => Some(SignatureHeaders::sign(
+            id,
+            "https://other.test",
+            method,
+            path,
+            body,
+            now(),
+            nonce(),
+        )),
         Sign::Claiming(signer, claimed) => {
             let mut h = signed(signer, now());
             h.key_id = claimed.public().key_id().to_owned();
@@ -337,6 +348,25 @@ fn assert_error(status: StatusCode, v: &Value, want: StatusCode, code: &str, ctx
 #[tokio::test]
 async fn authorization_matrix() {
     let api = Api::new(ServiceConfig::default()).await;
+    // A host key an admin rejected, and an operator removed offline (`yeet-server admin rm`
+    // from another process, straight in the database).
+    let rejected = identity();
+    api.register(&rejected).await;
+    let body = serde_json::to_vec(&json!({"key_id": rejected.public().key_id()})).unwrap();
+    let (s, v) = api
+        .call("POST", paths::REJECT, &body, Sign::By(&api.admin))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let gone_operator = identity();
+    add_user(
+        api.service.store(),
+        "gone",
+        &gone_operator.public().to_openssh(),
+        Role::Admin,
+    )
+    .await
+    .unwrap();
+    api.service.store().delete_user("gone").await.unwrap();
     let before = api.snapshot().await;
     let stranger = identity();
     for ep in endpoints() {
@@ -381,6 +411,32 @@ async fn authorization_matrix() {
             StatusCode::UNAUTHORIZED,
             "unknown_key",
             &ctx("removed host"),
+        );
+        if ep.path != paths::REGISTER {
+            let (s, v) = call(Sign::By(&rejected)).await;
+            assert_error(
+                s,
+                &v,
+                StatusCode::UNAUTHORIZED,
+                "unknown_key",
+                &ctx("rejected key"),
+            );
+        }
+        let (s, v) = call(Sign::By(&gone_operator)).await;
+        assert_error(
+            s,
+            &v,
+            StatusCode::UNAUTHORIZED,
+            "unknown_key",
+            &ctx("operator removed offline"),
+        );
+        let (s, v) = call(Sign::OtherServer(&api.admin)).await;
+        assert_error(
+            s,
+            &v,
+            StatusCode::UNAUTHORIZED,
+            "wrong_server",
+            &ctx("signed for another server"),
         );
         // Host B's identity claimed with host A's signature.
         let (s, v) = call(Sign::Claiming(&api.host_a, &api.host_b)).await;

@@ -3,7 +3,11 @@
 //!   (p50, p99, max over HOSTS simulated hosts, default 50);
 //! - `idle [SECONDS]`: one approved agent left idle (default 600 s): its RSS and CPU use;
 //! - `publish`: an already-built 20-host fleet with 5 distinct systems, published with
-//!   `yeet publish` (to the embedded cache), against a plain `nix copy` of the same paths.
+//!   `yeet publish` (to the embedded cache), against a plain `nix copy` of the same paths;
+//! - `checkins [SECONDS] [CLIENTS]`: signed check-ins per second (each verified, its nonce
+//!   written to the fleet's nonce log) from CLIENTS keep-alive connections, against the
+//!   server's unsigned `/healthz` on the same server and connections: the ratio is what
+//!   authentication and the check-in cost.
 //!
 //! Run release builds: `cargo run --release -p fleet-sim --bin yeet-bench -- latency`.
 
@@ -208,6 +212,154 @@ fn publish() {
     );
 }
 
+/// A keep-alive HTTP/1.1 connection that sends requests and reads whole responses.
+struct Conn {
+    stream: std::net::TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Conn {
+    fn open(addr: &str) -> Conn {
+        let stream = std::net::TcpStream::connect(addr).unwrap();
+        stream.set_nodelay(true).unwrap();
+        Conn {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Sends one request; returns the status and body.
+    fn send(&mut self, head: &str, body: &[u8]) -> (u16, Vec<u8>) {
+        use std::io::{Read, Write};
+        self.stream.write_all(head.as_bytes()).unwrap();
+        self.stream.write_all(body).unwrap();
+        self.buf.clear();
+        let mut chunk = [0u8; 16 * 1024];
+        let header_end = loop {
+            let n = self.stream.read(&mut chunk).unwrap();
+            assert!(n > 0, "the server closed the connection");
+            self.buf.extend_from_slice(&chunk[..n]);
+            if let Some(i) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+        };
+        let head = String::from_utf8_lossy(&self.buf[..header_end]).to_ascii_lowercase();
+        let status = head[9..12].parse().unwrap();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .map(|v| v.trim().parse().unwrap())
+            .unwrap_or(0);
+        while self.buf.len() < header_end + length {
+            let n = self.stream.read(&mut chunk).unwrap();
+            assert!(n > 0, "the server closed the connection");
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+        (status, self.buf[header_end..header_end + length].to_vec())
+    }
+}
+
+/// A signed POST of `body` to `path`, as the agent sends it.
+fn signed_post(
+    id: &yeet_proto::Identity,
+    origin: &str,
+    host: &str,
+    path: &str,
+    body: &[u8],
+    nonce: [u8; 16],
+) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let sig = yeet_proto::SignatureHeaders::sign(id, origin, "POST", path, body, now, nonce);
+    let mut head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in sig.to_pairs() {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    head
+}
+
+fn checkins(secs: u64, clients: usize) {
+    let server = fleet_sim::Server::start(fleet_sim::ServerOptions::default());
+    let host = server.url.trim_start_matches("http://").to_owned();
+    let origin = yeet_proto::signing::origin_of(&server.url).unwrap();
+    // Enroll one host per client: register with its key, approve its code.
+    let hosts: Vec<yeet_proto::Identity> = (0..clients)
+        .map(|i| yeet_proto::Identity::from_seed(&[i as u8 + 1; 32]))
+        .collect();
+    for (i, id) in hosts.iter().enumerate() {
+        let body = serde_json::to_vec(&serde_json::json!({
+            "public_key": id.public().to_openssh(), "hostname_hint": "bench",
+            "facts": {"os": "linux", "arch": "x86_64", "agent_version": "bench"}}))
+        .unwrap();
+        let mut nonce = [0u8; 16];
+        nonce[..8].copy_from_slice(&(i as u64).to_le_bytes());
+        nonce[15] = 0xee;
+        let head = signed_post(
+            id,
+            &origin,
+            &host,
+            yeet_proto::api::paths::REGISTER,
+            &body,
+            nonce,
+        );
+        let (status, reply) = Conn::open(&host).send(&head, &body);
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&reply));
+        let reply: serde_json::Value = serde_json::from_slice(&reply).unwrap();
+        server.yeet(&[
+            "approve",
+            &format!("bench-{i}"),
+            reply["code"].as_str().unwrap(),
+        ]);
+    }
+    let run = |signed: bool| -> f64 {
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(secs);
+        let total: u64 = std::thread::scope(|scope| {
+            let threads: Vec<_> = hosts
+            .iter()
+            .enumerate()
+            .map(|(t, id)| {
+                let (host, origin) = (&host, &origin);
+                scope.spawn(move || {
+                    let mut conn = Conn::open(host);
+                    let body = br#"{"state":"standby","facts":{"os":"linux","arch":"x86_64","agent_version":"bench"},"wait_secs":0}"#;
+                    let healthz = format!("GET /healthz HTTP/1.1\r\nHost: {host}\r\n\r\n");
+                    let mut done: u64 = 0;
+                    while Instant::now() < deadline {
+                        let status = if signed {
+                            let mut nonce = [0u8; 16];
+                            nonce[..8].copy_from_slice(&done.to_le_bytes());
+                            nonce[8] = t as u8;
+                            let head = signed_post(id, origin, host, yeet_proto::api::paths::CHECKIN, body, nonce);
+                            conn.send(&head, body).0
+                        } else {
+                            conn.send(&healthz, b"").0
+                        };
+                        assert_eq!(status, 200);
+                        done += 1;
+                    }
+                    done
+                })
+            })
+            .collect();
+            threads.into_iter().map(|t| t.join().unwrap()).sum()
+        });
+        total as f64 / started.elapsed().as_secs_f64()
+    };
+    let bare = run(false);
+    let signed = run(true);
+    println!("{clients} keep-alive clients, {secs} s each, server on SQLite (embedded defaults)");
+    println!("GET /healthz (unsigned, trivial): {bare:.0} requests/s");
+    println!("signed check-ins (verified, nonce logged): {signed:.0} requests/s");
+    println!("ratio signed/bare: {:.2}", signed / bare);
+}
+
 fn main() {
     fleet_sim::set_quiet(true);
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -215,6 +367,12 @@ fn main() {
         Some("latency") => latency(args.get(1).and_then(|a| a.parse().ok()).unwrap_or(50)),
         Some("idle") => idle(args.get(1).and_then(|a| a.parse().ok()).unwrap_or(600)),
         Some("publish") => publish(),
-        _ => eprintln!("usage: yeet-bench latency [HOSTS] | idle [SECONDS] | publish"),
+        Some("checkins") => checkins(
+            args.get(1).and_then(|a| a.parse().ok()).unwrap_or(10),
+            args.get(2).and_then(|a| a.parse().ok()).unwrap_or(4),
+        ),
+        _ => eprintln!(
+            "usage: yeet-bench latency [HOSTS] | idle [SECONDS] | publish | checkins [SECONDS] [CLIENTS]"
+        ),
     }
 }
