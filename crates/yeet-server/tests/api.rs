@@ -195,6 +195,11 @@ impl Api {
         self.send(build(method, path, body, sign, None)).await
     }
 
+    /// An upload to the embedded cache.
+    async fn put(&self, path: &str, body: &[u8], sign: Sign<'_>) -> (StatusCode, Value) {
+        self.send(build("PUT", path, body, sign, None)).await
+    }
+
     fn register_body(id: &Identity, hint: &str) -> Vec<u8> {
         serde_json::to_vec(&json!({"public_key": id.public().to_openssh(), "hostname_hint": hint, "facts": {"os": "linux", "arch": "x86_64", "agent_version": "test"}})).unwrap()
     }
@@ -1229,24 +1234,11 @@ async fn activation_reports_build_a_history_and_the_latest_log() {
 #[tokio::test]
 async fn a_host_holds_one_long_poll_at_a_time() {
     let api = Arc::new(Api::new(ServiceConfig::default()).await);
-    let hold = |api: Arc<Api>| {
-        tokio::spawn(async move {
-            let body = serde_json::to_vec(&json!({"current_system": null, "facts": {"os":"","arch":"","agent_version":""}, "wait_secs": 30})).unwrap();
-            api.send(build(
-                "POST",
-                paths::CHECKIN,
-                &body,
-                Sign::By(&api.host_a),
-                None,
-            ))
-            .await
-        })
-    };
-    let first = hold(api.clone());
+    let first = held_checkin(&api, |a| &a.host_a, None);
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     assert!(!first.is_finished(), "the first check-in was not held");
     // A second held check-in by the same key releases the first at once.
-    let second = hold(api.clone());
+    let second = held_checkin(&api, |a| &a.host_a, None);
     let (s, v) = tokio::time::timeout(std::time::Duration::from_secs(10), first)
         .await
         .expect("the first check-in was still held after a second one began")
@@ -1256,20 +1248,7 @@ async fn a_host_holds_one_long_poll_at_a_time() {
         (StatusCode::OK, Some("none"))
     );
     // Another host's held check-in is unaffected by either.
-    let other = {
-        let api = api.clone();
-        tokio::spawn(async move {
-            let body = serde_json::to_vec(&json!({"current_system": null, "facts": {"os":"","arch":"","agent_version":""}, "wait_secs": 30})).unwrap();
-            api.send(build(
-                "POST",
-                paths::CHECKIN,
-                &body,
-                Sign::By(&api.host_b),
-                None,
-            ))
-            .await
-        })
-    };
+    let other = held_checkin(&api, |a| &a.host_b, None);
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     assert!(!second.is_finished() && !other.is_finished());
     api.service.begin_shutdown();
@@ -1324,20 +1303,7 @@ async fn long_poll_answers_when_a_release_lands() {
     let (_, v) = api.call("POST", paths::CHECKIN, &serde_json::to_vec(&json!({"current_system": PATH_A, "facts": {"os":"","arch":"","agent_version":""}, "wait_secs": 1})).unwrap(), Sign::By(&api.host_a)).await;
     assert_eq!(v["action"]["type"], "none");
     // Shutting down releases held check-ins at once.
-    let held = {
-        let api = api.clone();
-        tokio::spawn(async move {
-            let body = serde_json::to_vec(&json!({"current_system": PATH_A, "facts": {"os":"","arch":"","agent_version":""}, "wait_secs": 30})).unwrap();
-            api.send(build(
-                "POST",
-                paths::CHECKIN,
-                &body,
-                Sign::By(&api.host_a),
-                None,
-            ))
-            .await
-        })
-    };
+    let held = held_checkin(&api, |a| &a.host_a, Some(PATH_A));
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     api.service.begin_shutdown();
     let (s, v) = tokio::time::timeout(std::time::Duration::from_secs(10), held)
@@ -1597,6 +1563,26 @@ async fn embedded_cache_uploads_are_signed_atomic_and_checked() {
     assert!(s.is_client_error());
 }
 
+/// Starts a check-in by `host` that asks to be held 30 s, reporting `current_system`.
+fn held_checkin(
+    api: &Arc<Api>,
+    host: fn(&Api) -> &Identity,
+    current_system: Option<&'static str>,
+) -> tokio::task::JoinHandle<(StatusCode, Value)> {
+    let api = api.clone();
+    tokio::spawn(async move {
+        let body = serde_json::to_vec(&json!({"current_system": current_system, "facts": {"os":"","arch":"","agent_version":""}, "wait_secs": 30})).unwrap();
+        api.send(build(
+            "POST",
+            paths::CHECKIN,
+            &body,
+            Sign::By(host(&api)),
+            None,
+        ))
+        .await
+    })
+}
+
 /// A request body that counts the bytes the server pulls from it.
 fn counting_body(pulled: Arc<std::sync::atomic::AtomicUsize>, chunks: usize) -> Body {
     let stream = futures_util::stream::iter((0..chunks).map(move |_| {
@@ -1682,15 +1668,7 @@ async fn forged_uploads_are_refused_before_any_byte_is_read() {
         .collect();
     // Let both reach their stalled bodies before anything else takes a slot.
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    let third = api
-        .send(build(
-            "PUT",
-            &nar_path,
-            &nar,
-            Sign::By(&api.publisher),
-            None,
-        ))
-        .await;
+    let third = api.put(&nar_path, &nar, Sign::By(&api.publisher)).await;
     assert_error(
         third.0,
         &third.1,
@@ -1699,24 +1677,14 @@ async fn forged_uploads_are_refused_before_any_byte_is_read() {
         "third upload",
     );
     // Another publisher key is not affected.
-    let (s, v) = api
-        .send(build("PUT", &nar_path, &nar, Sign::By(&api.admin), None))
-        .await;
+    let (s, v) = api.put(&nar_path, &nar, Sign::By(&api.admin)).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     // Connections that go away free their slots.
     for task in stalled {
         task.abort();
     }
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    let (s, v) = api
-        .send(build(
-            "PUT",
-            &nar_path,
-            &nar,
-            Sign::By(&api.publisher),
-            None,
-        ))
-        .await;
+    let (s, v) = api.put(&nar_path, &nar, Sign::By(&api.publisher)).await;
     assert_eq!(s, StatusCode::OK, "{v}");
 }
 

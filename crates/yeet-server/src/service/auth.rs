@@ -150,22 +150,24 @@ impl Service {
         ))
     }
 
-    /// Checks the signature over the body digest, then spends the nonce (only verified
-    /// requests can burn nonces, and a registrant's waits until it is admitted).
-    async fn accept_signature(
+    /// The whole check of a signed request: the server it names, a fresh timestamp, a known
+    /// key (or, for a registration, the key its body carries), the signature over `digest`,
+    /// then the nonce (only verified requests can burn nonces, and a registrant's waits
+    /// until it is admitted).
+    async fn verify_request(
         &self,
-        headers: &SignatureHeaders,
-        principal: &Principal,
-        signer: &PublicIdentity,
-        method: &str,
-        path_and_query: &str,
+        request: &SignedRequest<'_>,
         digest: &str,
-    ) -> Result<()> {
-        headers.verify_digest(signer, method, path_and_query, digest)?;
-        match principal {
-            Principal::Registrant { .. } => Ok(()),
-            _ => self.spend_nonce(headers).await,
+        registering_body: Option<&[u8]>,
+    ) -> Result<Principal> {
+        let headers = request.headers;
+        self.check_origin(headers, request.host)?;
+        let (principal, public) = self.claimed_signer(headers, registering_body).await?;
+        headers.verify_digest(&public, request.method, request.path_and_query, digest)?;
+        if !matches!(principal, Principal::Registrant { .. }) {
+            self.spend_nonce(headers).await?;
         }
+        Ok(principal)
     }
 
     /// Records a verified request's nonce: first in this process's cache (which refuses
@@ -194,26 +196,9 @@ impl Service {
         body: &[u8],
         registering: bool,
     ) -> Result<Principal> {
-        let SignedRequest {
-            method,
-            path_and_query,
-            host,
-            headers,
-        } = *request;
-        self.check_origin(headers, host)?;
-        let (principal, public) = self
-            .claimed_signer(headers, registering.then_some(body))
-            .await?;
-        self.accept_signature(
-            headers,
-            &principal,
-            &public,
-            method,
-            path_and_query,
-            &yeet_proto::signing::body_digest(body),
-        )
-        .await?;
-        Ok(principal)
+        let digest = yeet_proto::signing::body_digest(body);
+        self.verify_request(request, &digest, registering.then_some(body))
+            .await
     }
 
     /// Authenticates a streamed upload (`PUT`) from its headers alone, before any of its
@@ -224,16 +209,7 @@ impl Service {
         request: &SignedRequest<'_>,
         digest: &str,
     ) -> Result<Principal> {
-        let SignedRequest {
-            method,
-            path_and_query,
-            host,
-            headers,
-        } = *request;
-        self.check_origin(headers, host)?;
-        let (principal, public) = self.claimed_signer(headers, None).await?;
-        self.accept_signature(headers, &principal, &public, method, path_and_query, digest)
-            .await?;
+        let principal = self.verify_request(request, digest, None).await?;
         require_role(&principal, Role::Publisher)?;
         Ok(principal)
     }
