@@ -196,7 +196,10 @@ pub fn realise(
             .args(["--option", "trusted-public-keys", &keys_opt.join(" ")])
             .args(["--option", "require-sigs", "true"])
             // An output path is only ever substituted; never let anything be built.
-            .args(["--option", "max-jobs", "0"]),
+            .args(["--option", "max-jobs", "0"])
+            // A cache that does not answer, or stops sending, fails the fetch in bounded time.
+            .args(["--option", "connect-timeout", "15"])
+            .args(["--option", "stalled-download-timeout", "60"]),
         log,
     )?;
     let text = String::from_utf8_lossy(&out.stderr);
