@@ -130,6 +130,35 @@ struct Agent<'a> {
     client: Client,
     state: StateDir,
     status: Status,
+    /// When this agent last started an activation process.
+    spawned_at: Option<Instant>,
+}
+
+/// How long a just-started activation process has to take its lock before the agent would
+/// consider it dead and start another.
+const ACTIVATOR_START_GRACE: Duration = Duration::from_secs(10);
+
+/// A transient unit name no other activation uses: the time in milliseconds, this
+/// process's id and random bits (two activations within one second used to collide).
+fn activation_unit_name() -> String {
+    let salt: String = yeet_client::random::<4>()
+        .map(|b| b.iter().map(|x| format!("{x:02x}")).collect())
+        .unwrap_or_default();
+    format!(
+        "yeet-activate-{}-{}-{salt}",
+        crate::system::unix_ms(),
+        std::process::id()
+    )
+}
+
+/// The path to run this agent's own binary by. If the binary was replaced or collected since
+/// the agent started (`current_exe` then names a file that is gone), `/proc/<pid>/exe` still
+/// reaches it while this process lives, also from a unit systemd starts.
+fn own_executable() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from(format!("/proc/{}/exe", std::process::id())))
 }
 
 /// Runs until `stop` is set.
@@ -160,6 +189,7 @@ pub fn run(config: &Config, stop: &AtomicBool) -> Result<()> {
         client,
         state: StateDir::new(STATE_DIR),
         status,
+        spawned_at: None,
     };
     let mut failures = 0u32;
     while !stop.load(Ordering::Relaxed) {
@@ -393,11 +423,8 @@ impl Agent<'_> {
 
     /// Starts `yeet-agent activate` outside this process's lifetime: a transient systemd unit
     /// where systemd runs, a new session (`setsid`) otherwise.
-    fn spawn_activator(&self) {
-        let exe = match std::env::current_exe() {
-            Ok(e) => e,
-            Err(e) => return tracing::error!(error = %e, "cannot find my own executable"),
-        };
+    fn spawn_activator(&mut self) {
+        let exe = own_executable();
         let log = self.state.open_log();
         let mut cmd = if Path::new("/run/systemd/system").exists() {
             let mut c = Command::new("systemd-run");
@@ -405,9 +432,14 @@ impl Agent<'_> {
                 "--quiet",
                 "--collect",
                 "--service-type=exec",
-                &format!("--unit=yeet-activate-{}", now()),
-            ])
-            .arg(&exe);
+                &format!("--unit={}", activation_unit_name()),
+            ]);
+            // A transient unit gets the service manager's environment, not ours: on NixOS
+            // that PATH has no Nix. Hand over the PATH this agent was given.
+            if let Some(path) = std::env::var_os("PATH").and_then(|p| p.into_string().ok()) {
+                c.arg(format!("--setenv=PATH={path}"));
+            }
+            c.arg(&exe);
             c
         } else {
             let mut c = Command::new("setsid");
@@ -419,7 +451,7 @@ impl Agent<'_> {
             cmd.stdout(out).stderr(err);
         }
         match cmd.status() {
-            Ok(s) if s.success() => {}
+            Ok(s) if s.success() => self.spawned_at = Some(Instant::now()),
             Ok(s) => tracing::error!(status = %s, "the activation process could not be started"),
             Err(e) => tracing::error!(error = %e, "the activation process could not be started"),
         }
@@ -436,7 +468,11 @@ impl Agent<'_> {
         if st.phase == Phase::Done {
             return self.report(host, &st).map(|_| Duration::ZERO);
         }
-        let alive = self.state.activator_alive().unwrap_or(false);
+        // A process started a moment ago may not hold its lock yet: it is not dead.
+        let just_started = self
+            .spawned_at
+            .is_some_and(|t| t.elapsed() < ACTIVATOR_START_GRACE);
+        let alive = just_started || self.state.activator_alive().unwrap_or(false);
         if !alive {
             tracing::warn!(phase = ?st.phase, "the activation process is gone; resuming the activation");
             let mut resumed = st.clone();
@@ -493,5 +529,28 @@ impl Agent<'_> {
             tracing::error!(error = %e, "cannot clear the reported activation");
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn activation_units_never_share_a_name() {
+        let names: std::collections::HashSet<String> =
+            (0..1000).map(|_| activation_unit_name()).collect();
+        assert_eq!(names.len(), 1000);
+        // systemd unit names: letters, digits and `-` are always valid.
+        assert!(
+            names
+                .iter()
+                .all(|n| n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+        );
+    }
+
+    #[test]
+    fn the_own_executable_can_be_run() {
+        assert!(own_executable().exists());
     }
 }

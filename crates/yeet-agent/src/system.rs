@@ -79,10 +79,17 @@ pub fn switch_to(path: &str, action: &str, log: &File) -> Result<(), String> {
     )
 }
 
-/// Runs the health check through `sh -c`, appending its output to `log`.
+/// Runs the health check through `/bin/sh -c` (which NixOS, Debian and macOS all have,
+/// while the agent unit's PATH may hold no shell), appending its output to `log`. It runs
+/// as root with the agent's environment and working directory.
 pub fn health_check(cmd: &str, log: &File) -> Result<(), String> {
+    let shell = if Path::new("/bin/sh").exists() {
+        "/bin/sh"
+    } else {
+        "sh"
+    };
     run_logged(
-        Command::new("sh").arg("-c").arg(cmd),
+        Command::new(shell).arg("-c").arg(cmd),
         log,
         &format!("health check `{cmd}`"),
     )
