@@ -155,8 +155,12 @@ fn activation_unit_name() -> String {
 /// the agent started (`current_exe` then names a file that is gone), `/proc/<pid>/exe` still
 /// reaches it while this process lives, also from a unit systemd starts.
 fn own_executable() -> PathBuf {
-    std::env::current_exe()
-        .ok()
+    runnable_executable(std::env::current_exe().ok())
+}
+
+/// `current` when that file still exists, else this process's `/proc/<pid>/exe`.
+fn runnable_executable(current: Option<PathBuf>) -> PathBuf {
+    current
         .filter(|p| p.exists())
         .unwrap_or_else(|| PathBuf::from(format!("/proc/{}/exe", std::process::id())))
 }
@@ -550,7 +554,22 @@ mod tests {
     }
 
     #[test]
-    fn the_own_executable_can_be_run() {
-        assert!(own_executable().exists());
+    fn a_vanished_binary_is_still_reached_through_proc() {
+        // What `current_exe` says after the binary was replaced or garbage-collected.
+        let gone = PathBuf::from("/nix/store/gone-yeet-agent/bin/yeet-agent (deleted)");
+        let fallback = runnable_executable(Some(gone));
+        assert_eq!(
+            fallback,
+            PathBuf::from(format!("/proc/{}/exe", std::process::id()))
+        );
+        // The link resolves to this very binary, so it can be executed.
+        assert_eq!(
+            std::fs::canonicalize(&fallback).unwrap(),
+            std::fs::canonicalize(std::env::current_exe().unwrap()).unwrap()
+        );
+        // A binary that is still there is used as it is.
+        let here = std::env::current_exe().unwrap();
+        assert_eq!(runnable_executable(Some(here.clone())), here);
+        assert!(runnable_executable(None).exists());
     }
 }

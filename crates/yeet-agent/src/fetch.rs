@@ -100,7 +100,10 @@ pub fn check_cache_urls(caches: &[String], schemes: &[String]) -> Result<(), Fet
     }
     for url in caches {
         check_cache_url(url, schemes).map_err(|why| {
-            FetchError::Untrusted(format!("refusing cache URL {:?}: {why}", clip(url)))
+            FetchError::Untrusted(format!(
+                "refusing cache URL {:?}: {why}",
+                yeet_proto::text::clean_line(url, 120)
+            ))
         })?;
     }
     Ok(())
@@ -138,11 +141,6 @@ fn check_cache_url(url: &str, schemes: &[String]) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-/// A server-supplied string, cut short and stripped of control characters for messages.
-fn clip(s: &str) -> String {
-    s.chars().filter(|c| !c.is_control()).take(120).collect()
 }
 
 /// Runs a Nix command, appending its standard error to `log`.

@@ -5,6 +5,7 @@ pub mod config;
 pub mod http;
 pub mod listener;
 pub mod service;
+pub mod shares;
 pub mod store;
 
 use std::net::SocketAddr;

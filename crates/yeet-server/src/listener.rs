@@ -15,12 +15,12 @@ use axum::extract::ConnectInfo;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tower::ServiceExt;
+
+use crate::shares::Shares;
 
 /// What the listener allows.
 #[derive(Debug, Clone)]
@@ -49,53 +49,6 @@ pub fn affordable_connections(wanted: usize) -> usize {
     wanted.min(room as usize)
 }
 
-/// Counts open connections, overall and per network.
-struct Slots {
-    limits: Limits,
-    open: Mutex<(usize, HashMap<String, usize>)>,
-}
-
-/// One admitted connection; dropping it frees its slot.
-struct Slot {
-    slots: Arc<Slots>,
-    network: String,
-}
-
-impl Slots {
-    fn lock(&self) -> std::sync::MutexGuard<'_, (usize, HashMap<String, usize>)> {
-        self.open.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn admit(self: &Arc<Self>, peer: SocketAddr) -> Option<Slot> {
-        let network = crate::service::source_of(Some(peer.ip()));
-        let mut open = self.lock();
-        let here = open.1.get(&network).copied().unwrap_or(0);
-        if open.0 >= self.limits.max_connections || here >= self.limits.max_connections_per_network
-        {
-            return None;
-        }
-        open.0 += 1;
-        open.1.insert(network.clone(), here + 1);
-        Some(Slot {
-            slots: self.clone(),
-            network,
-        })
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let mut open = self.slots.lock();
-        open.0 = open.0.saturating_sub(1);
-        if let Some(n) = open.1.get_mut(&self.network) {
-            *n -= 1;
-            if *n == 0 {
-                open.1.remove(&self.network);
-            }
-        }
-    }
-}
-
 /// Serves `app` on `listener` (over TLS when `tls` is given) until `shutdown` resolves,
 /// then waits for running requests to finish.
 pub async fn serve(
@@ -105,10 +58,8 @@ pub async fn serve(
     limits: Limits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let slots = Arc::new(Slots {
-        limits: limits.clone(),
-        open: Mutex::new((0, HashMap::new())),
-    });
+    // Connections, overall and per network (an IPv4 address or an IPv6 /64).
+    let slots = Shares::new(limits.max_connections, limits.max_connections_per_network);
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -129,7 +80,8 @@ pub async fn serve(
                 }
             },
         };
-        let Some(slot) = slots.admit(peer) else {
+        let network = crate::service::source_of(Some(peer.ip()));
+        let Ok(slot) = slots.take(&network) else {
             refused += 1;
             if refused.is_power_of_two() {
                 tracing::warn!(%peer, refused, "connection cap reached; closing new connections");

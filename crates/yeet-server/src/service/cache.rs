@@ -9,28 +9,11 @@ use std::path::{Path, PathBuf};
 use yeet_proto::api::{CacheGcReport, CacheGcRequest, CreateReleaseRequest, Role};
 
 use super::auth::require_role;
-use super::{Principal, Result, Service, ServiceError, lock};
+use super::{Principal, Result, Service, ServiceError};
+use crate::shares::Share;
 
 const NIX_CACHE_INFO: &str = "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 30\n";
 const NAR_SUFFIXES: [&str; 4] = [".nar", ".nar.xz", ".nar.zst", ".nar.bz2"];
-
-/// A running upload, counted against its key's share until dropped.
-pub struct UploadSlot<'a> {
-    service: &'a Service,
-    key_id: String,
-}
-
-impl Drop for UploadSlot<'_> {
-    fn drop(&mut self) {
-        let mut running = lock(&self.service.uploads);
-        if let Some(n) = running.get_mut(&self.key_id) {
-            *n -= 1;
-            if *n == 0 {
-                running.remove(&self.key_id);
-            }
-        }
-    }
-}
 
 /// Where an upload goes, from its path under `/cache`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -197,18 +180,11 @@ impl Service {
     /// Moves a fully received upload into the cache, after checking that it is what its
     /// name says. `sha256` is the digest of the uploaded bytes.
     /// Reserves one of the key's concurrent upload slots; the slot is freed when dropped.
-    pub fn upload_slot(&self, key_id: &str) -> Result<UploadSlot<'_>> {
-        let mut running = lock(&self.uploads);
-        let n = running.entry(key_id.to_owned()).or_insert(0);
-        if *n >= self.config.max_uploads_per_key {
-            return Err(ServiceError::RateLimited(format!(
-                "this key already runs {n} uploads; wait for one to finish"
-            )));
-        }
-        *n += 1;
-        Ok(UploadSlot {
-            service: self,
-            key_id: key_id.to_owned(),
+    pub fn upload_slot(&self, key_id: &str) -> Result<Share> {
+        self.uploads.take(key_id).map_err(|running| {
+            ServiceError::RateLimited(format!(
+                "this key already runs {running} uploads; wait for one to finish"
+            ))
         })
     }
 
@@ -266,24 +242,22 @@ impl Service {
     }
 }
 
+/// A cache URL without its Nix store options (`?...`) or trailing slash: where it is read.
+fn cache_location(url: &str) -> &str {
+    url.split('?').next().unwrap_or(url).trim_end_matches('/')
+}
+
 /// Reads `<cache>/<hash>.narinfo` from a cache the server can reach itself.
 async fn fetch_narinfo(cache: &str, hash: &str) -> Result<Option<String>> {
     let name = format!("{hash}.narinfo");
+    let cache = cache_location(cache);
     if let Some(dir) = cache.strip_prefix("file://") {
-        let dir = dir.split('?').next().unwrap_or(dir);
         return Ok(tokio::fs::read_to_string(Path::new(dir).join(name))
             .await
             .ok());
     }
     if cache.starts_with("http://") || cache.starts_with("https://") {
-        let url = format!(
-            "{}/{name}",
-            cache
-                .split('?')
-                .next()
-                .unwrap_or(cache)
-                .trim_end_matches('/')
-        );
+        let url = format!("{cache}/{name}");
         let fetched = tokio::task::spawn_blocking(move || {
             let agent: ureq::Agent = ureq::Agent::config_builder()
                 .http_status_as_error(false)
@@ -362,14 +336,13 @@ impl Service {
         // The server reads only caches its operator configured: a publisher must not make it
         // fetch arbitrary (internal) URLs or read local files.
         if let Some(url) = &req.cache {
-            let bare = |u: &str| {
-                u.split('?')
-                    .next()
-                    .unwrap_or(u)
-                    .trim_end_matches('/')
-                    .to_owned()
-            };
-            if !self.config.caches.iter().any(|c| bare(c) == bare(url)) {
+            let wanted = cache_location(url);
+            if !self
+                .config
+                .caches
+                .iter()
+                .any(|c| cache_location(c) == wanted)
+            {
                 return Err(ServiceError::invalid(
                     "cache_not_allowed",
                     format!(

@@ -158,8 +158,8 @@ pub struct Service {
     closing: tokio::sync::watch::Sender<bool>,
     /// The embedded binary cache, unless disabled.
     cache: Option<cache::EmbeddedCache>,
-    /// key id → uploads it is running now.
-    uploads: Mutex<HashMap<String, usize>>,
+    /// Uploads running now, per key.
+    uploads: std::sync::Arc<crate::shares::Shares>,
     /// host id → the release signal of the check-in it holds (at most one per host).
     held_polls: Mutex<HashMap<i64, std::sync::Arc<tokio::sync::Notify>>>,
 }
@@ -204,6 +204,7 @@ impl Service {
                 config.nonces_per_key,
             )),
             nonce_log: nonces::NonceLog::start(store.clone()),
+            uploads: crate::shares::Shares::new(usize::MAX, config.max_uploads_per_key),
             store,
             config,
             keys: RwLock::new(HashMap::new()),
@@ -215,7 +216,6 @@ impl Service {
             desired_changed: tokio::sync::watch::Sender::new(0),
             closing: tokio::sync::watch::Sender::new(false),
             cache: None,
-            uploads: Mutex::new(HashMap::new()),
             held_polls: Mutex::new(HashMap::new()),
         })
     }
