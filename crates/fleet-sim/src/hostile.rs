@@ -1,7 +1,9 @@
-//! A hostile yeet server, for attack tests against the real agent. It approves every
-//! registration, answers check-ins with whatever `Action` a test queued (valid or not), and
-//! records the activation reports it receives. It checks no signature: an attacker who
-//! controls the server, or a plain-HTTP path to it, does not need to.
+//! A hostile yeet server, for attack tests against the real agent and the real CLI. It
+//! approves every registration, answers check-ins with whatever `Action` a test queued
+//! (valid or not), and records the activation reports it receives. To operators it shows a
+//! fleet whose every free-text field carries terminal escapes and bidi overrides
+//! (`HOSTILE_TEXT`). It checks no signature: an attacker who controls the server, or a
+//! plain-HTTP path to it, does not need to.
 //!
 //! A deliberately tiny HTTP/1.1 server on `std`: one request per connection, answered with
 //! `Connection: close`, which is all the agent's client needs.
@@ -33,6 +35,40 @@ pub struct HostileServer {
 
 /// Answers idle check-ins when nothing is queued: nothing to do, come back in a second.
 const IDLE_NEXT_SECS: u64 = 1;
+
+/// Text that would rewrite an operator's terminal (OSC 52 sets the clipboard, CSI clears
+/// the screen) and read backwards (a bidi override), were it printed as it is.
+pub const HOSTILE_TEXT: &str = "evil\u{1b}]52;c;cm0gLXJmIH4=\u{7}\u{1b}[2J\u{202e}gnp.exe";
+
+/// What the server shows operators: one host, one pending registration, one activation
+/// with its log, one release; every free-text field is `HOSTILE_TEXT`.
+fn operator_view(path: &str) -> Option<Value> {
+    let path = path.split('?').next().unwrap_or(path);
+    let t = HOSTILE_TEXT;
+    let facts = json!({"os": t, "arch": t, "agent_version": t});
+    let activation = json!({
+        "id": 1, "host": t, "store_path": t, "release_id": 1, "result": "failed",
+        "reason": t, "started_at": 1, "finished_at": 2, "reboot_required": false,
+    });
+    Some(match path {
+        paths::HOSTS => json!([{
+            "name": t, "key_id": t, "state": "standby", "current_system": t,
+            "desired_system": t, "desired_release": 1, "last_seen": 1, "approved_at": 1,
+            "facts": facts, "last_result": "failed",
+        }]),
+        paths::REGISTRATIONS => json!([{
+            "key_id": t, "hostname_hint": t, "facts": facts, "first_seen": 1,
+            "last_seen": 1, "code_expired": false,
+        }]),
+        paths::RELEASES => json!([{
+            "id": 1, "author": t, "created_at": 1, "message": t, "revision": t,
+            "dirty": false, "hosts": {t: t},
+        }]),
+        p if p == paths::host_log("victim") => json!({"activation": activation, "log": t}),
+        p if p == paths::host_activations("victim") => json!([activation]),
+        _ => return None,
+    })
+}
 
 impl HostileServer {
     pub fn start() -> HostileServer {
@@ -148,10 +184,13 @@ fn answer(conn: TcpStream, script: &Mutex<Script>) -> std::io::Result<()> {
             script.lock().unwrap().reports.push(body);
             ("200 OK", reply)
         }
-        _ => (
-            "404 Not Found",
-            json!({"error": {"code": "no_such_endpoint", "message": "no"}}),
-        ),
+        other => match operator_view(other) {
+            Some(view) => ("200 OK", view),
+            None => (
+                "404 Not Found",
+                json!({"error": {"code": "no_such_endpoint", "message": "no"}}),
+            ),
+        },
     };
     let text = reply.to_string();
     let mut conn = reader.into_inner();

@@ -169,3 +169,31 @@ fn forged_uploads_write_nothing() {
     assert!(healthy(addr(&server)));
     server.yeet(&["status"]);
 }
+
+#[test]
+fn a_tls_handshake_that_never_starts_is_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = fleet_sim::test_certificates(dir.path());
+    let server = Server::start(ServerOptions {
+        config: "header_timeout_secs = 1\n".into(),
+        tls: Some((cert, key)),
+        ca_cert: Some(ca),
+        ..Default::default()
+    });
+    let at: SocketAddr = server.url.trim_start_matches("https://").parse().unwrap();
+    // Connections that never send a ClientHello hold nothing past the deadline.
+    let mut silent: Vec<TcpStream> = (0..20)
+        .filter_map(|_| connect_from([127, 0, 0, 2], at))
+        .collect();
+    assert_eq!(silent.len(), 20);
+    let started = Instant::now();
+    while !silent.iter_mut().all(closed_by_server) {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "silent TLS connections outlived the handshake deadline"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // A real client over TLS is served.
+    server.yeet(&["status"]);
+}

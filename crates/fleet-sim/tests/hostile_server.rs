@@ -41,7 +41,12 @@ impl Attack<'_> {
 
     /// Offers something the agent must refuse before recording any activation.
     fn expect_refused_locally(&self, what: &str, path: &str) {
-        let (before, checkins) = (self.server.reports().len(), self.server.checkins());
+        let refusals = || self.host.agent_log().matches("the server named").count();
+        let (before, checkins, refused) = (
+            self.server.reports().len(),
+            self.server.checkins(),
+            refusals(),
+        );
         self.server.offer_switch(path, &[]);
         wait_until(WAIT, &format!("{what} to be taken"), || {
             self.server.offers_taken()
@@ -51,9 +56,10 @@ impl Attack<'_> {
             self.server.checkins() >= checkins + 3
         });
         assert_eq!(self.server.reports().len(), before, "{what} was reported");
+        // This offer's own refusal, not an earlier one's.
         assert!(
-            self.host.agent_log().contains("the server named"),
-            "{what}: {}",
+            refusals() > refused,
+            "{what} was not refused: {}",
             self.host.agent_log()
         );
         self.assert_untouched(what);
@@ -277,4 +283,61 @@ fn a_malicious_server_gets_nothing_activated() {
     assert_eq!(report["result"], "confirmed", "{report}");
     assert_eq!(host.current_system().as_deref(), Some(good.as_str()));
     assert_eq!(generations(&host.root), 2);
+}
+
+/// The operator's side: a hostile server's free text (host names, facts, hints, reasons,
+/// release messages, logs) must reach the operator's terminal without its escape sequences
+/// and bidi overrides, in tables and in `--json` alike, while `--json` keeps the data exact.
+#[test]
+fn a_malicious_server_cannot_drive_the_operators_terminal() {
+    use fleet_sim::hostile::HOSTILE_TEXT;
+    let dir = tempfile::tempdir().unwrap();
+    let server = HostileServer::start();
+    let key = dir.path().join("operator_key");
+    let out = run(Command::new(fleet_sim::bin("yeet"))
+        .args(["key", "generate", "--out"])
+        .arg(&key));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let yeet = |args: &[&str]| {
+        let out = run(Command::new(fleet_sim::bin("yeet"))
+            .args(args)
+            .env("YEET_SERVER", &server.url)
+            .env("YEET_KEY", &key)
+            .env("HOME", dir.path())
+            .env_remove("YEET_CONFIG"));
+        assert!(
+            out.status.success(),
+            "yeet {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    for args in [
+        &["status"][..],
+        &["pending"],
+        &["log", "victim"],
+        &["history", "victim"],
+        &["releases"],
+        &["status", "--json"],
+        &["releases", "--json"],
+    ] {
+        let shown = yeet(args);
+        assert!(
+            shown.contains("evil"),
+            "yeet {args:?} showed nothing: {shown}"
+        );
+        for bad in ['\u{1b}', '\u{7}', '\u{202e}'] {
+            assert!(
+                !shown.contains(bad),
+                "yeet {args:?} printed {bad:?} to the terminal: {shown:?}"
+            );
+        }
+    }
+    // --json escapes rather than drops: a script reads exactly what the server sent.
+    let hosts: serde_json::Value = serde_json::from_str(&yeet(&["status", "--json"])).unwrap();
+    assert_eq!(hosts[0]["facts"]["os"], HOSTILE_TEXT);
 }

@@ -80,8 +80,20 @@ pub fn print_clean(text: impl std::fmt::Display) {
     );
 }
 
+/// Prints JSON for scripts. The data stays exact: control characters are already escaped by
+/// JSON, and bidi controls (which JSON leaves raw, and which can appear only inside strings)
+/// are written as `\uXXXX` escapes too, so a terminal shows the text as it is.
 pub fn json<T: Serialize>(v: &T) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
+    let text = serde_json::to_string_pretty(v)?;
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if yeet_proto::text::is_bidi_control(c) {
+            out.push_str(&format!("\\u{:04x}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    println!("{out}");
     Ok(())
 }
 

@@ -6,7 +6,7 @@
 //! output, since they may talk to an older or hostile server.
 
 /// Characters that reorder how text is displayed (Unicode bidi controls).
-fn is_bidi_control(c: char) -> bool {
+pub fn is_bidi_control(c: char) -> bool {
     matches!(c, '\u{200e}' | '\u{200f}' | '\u{061c}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
