@@ -172,15 +172,7 @@ impl Server {
             ),
         )
         .unwrap();
-        let admin_key = dir.path().join("admin_key");
-        let out = run(Command::new(bin("yeet"))
-            .args(["key", "generate", "--out"])
-            .arg(&admin_key));
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let admin_key = operator_key(&dir.path().join("admin_key"));
         let base = |c: &mut Command| {
             c.arg("--config")
                 .arg(&config)
@@ -307,6 +299,19 @@ impl Drop for Server {
 pub fn run(cmd: &mut Command) -> Output {
     cmd.output()
         .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+/// Writes an operator key with `yeet key generate` (and `PATH.pub`); returns `path`.
+pub fn operator_key(path: &Path) -> PathBuf {
+    let out = run(Command::new(bin("yeet"))
+        .args(["key", "generate", "--out"])
+        .arg(path));
+    assert!(
+        out.status.success(),
+        "yeet key generate failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    path.to_owned()
 }
 
 /// Writes an ed25519 key with `ssh-keygen`, as a host's SSH host key would be.

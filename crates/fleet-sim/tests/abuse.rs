@@ -34,6 +34,15 @@ fn healthy(server: SocketAddr) -> bool {
     reply.starts_with("HTTP/1.1 200")
 }
 
+/// Waits until the server has closed every one of `conns`, failing after `within`.
+fn wait_all_closed(conns: &mut [TcpStream], within: Duration, what: &str) {
+    let started = Instant::now();
+    while !conns.iter_mut().all(closed_by_server) {
+        assert!(started.elapsed() < within, "{what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// True when the server has closed `s` (a read returns end-of-file or an error).
 fn closed_by_server(s: &mut TcpStream) -> bool {
     let _ = s.set_read_timeout(Some(Duration::from_millis(50)));
@@ -76,14 +85,11 @@ fn idle_and_half_open_connections_cannot_lock_the_fleet_out() {
         over_share >= 900 - 1,
         "only {over_share} connections past the share were closed"
     );
-    let started = Instant::now();
-    while !idle.iter_mut().all(closed_by_server) {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "idle connections outlived the header deadline"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_all_closed(
+        &mut idle,
+        Duration::from_secs(30),
+        "idle connections outlived the header deadline",
+    );
     assert!(healthy(at));
 }
 
@@ -186,14 +192,11 @@ fn a_tls_handshake_that_never_starts_is_closed() {
         .filter_map(|_| connect_from([127, 0, 0, 2], at))
         .collect();
     assert_eq!(silent.len(), 20);
-    let started = Instant::now();
-    while !silent.iter_mut().all(closed_by_server) {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "silent TLS connections outlived the handshake deadline"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_all_closed(
+        &mut silent,
+        Duration::from_secs(20),
+        "silent TLS connections outlived the handshake deadline",
+    );
     // A real client over TLS is served.
     server.yeet(&["status"]);
 }

@@ -293,15 +293,7 @@ fn a_malicious_server_cannot_drive_the_operators_terminal() {
     use fleet_sim::hostile::HOSTILE_TEXT;
     let dir = tempfile::tempdir().unwrap();
     let server = HostileServer::start();
-    let key = dir.path().join("operator_key");
-    let out = run(Command::new(fleet_sim::bin("yeet"))
-        .args(["key", "generate", "--out"])
-        .arg(&key));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let key = fleet_sim::operator_key(&dir.path().join("operator_key"));
     let yeet = |args: &[&str]| {
         let out = run(Command::new(fleet_sim::bin("yeet"))
             .args(args)
