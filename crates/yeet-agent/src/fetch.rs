@@ -73,6 +73,8 @@ const ALLOWED_CACHE_PARAMS: [&str; 6] = [
 ];
 const MAX_CACHES: usize = 16;
 const MAX_CACHE_URL_LEN: usize = 1024;
+/// Store paths per `nix-store --dump-db` call (about 100 KiB of arguments).
+const DUMP_CHUNK: usize = 1000;
 /// How many offending paths an `untrusted` reason names.
 const NAMED_PATHS: usize = 3;
 
@@ -274,6 +276,25 @@ fn systems_run_before() -> Vec<String> {
     roots
 }
 
+/// What the host's store registered for `paths` (`nix-store --dump-db`), asked in chunks of
+/// `chunk`: a large closure as one argument list would exceed the kernel's limit.
+fn registrations(
+    paths: &[String],
+    chunk: usize,
+    log: &File,
+) -> Result<Vec<path_info::PathInfo>, FetchError> {
+    let mut dump = String::new();
+    for part in paths.chunks(chunk.max(1)) {
+        dump.push_str(&nix_stdout(
+            Command::new("nix-store").arg("--dump-db").args(part),
+            "nix-store --dump-db",
+            log,
+        )?);
+    }
+    path_info::parse_registrations(DEFAULT_STORE_DIR, &dump)
+        .map_err(|e| FetchError::Failed(e.to_string()))
+}
+
 /// Checks the realised closure of `top` from the host's own store: each path is signed by a
 /// pinned key (over the NAR hash, size and references this store registered), or is part
 /// of a system this host ran before. See the module documentation for why.
@@ -285,11 +306,6 @@ pub fn verify_closure(top: &StorePath, keys: &[PublicKey], log: &File) -> Result
         )));
     }
     let paths: Vec<String> = closure.iter().map(ToString::to_string).collect();
-    let dump = nix_stdout(
-        Command::new("nix-store").arg("--dump-db").args(&paths),
-        "nix-store --dump-db",
-        log,
-    )?;
     let json = nix_stdout(
         Command::new("nix")
             .args(["--extra-experimental-features", "nix-command"])
@@ -298,9 +314,9 @@ pub fn verify_closure(top: &StorePath, keys: &[PublicKey], log: &File) -> Result
         "nix path-info --json",
         log,
     )?;
-    let bad = |e: nix_meta::PathInfoError| FetchError::Failed(e.to_string());
-    let mut infos = path_info::parse_registrations(DEFAULT_STORE_DIR, &dump).map_err(bad)?;
-    let mut sigs = path_info::parse_signatures(DEFAULT_STORE_DIR, &json).map_err(bad)?;
+    let mut infos = registrations(&paths, DUMP_CHUNK, log)?;
+    let mut sigs = path_info::parse_signatures(DEFAULT_STORE_DIR, &json)
+        .map_err(|e| FetchError::Failed(e.to_string()))?;
     let registered: BTreeSet<&StorePath> = infos.iter().map(|i| &i.store_path).collect();
     if registered != closure.iter().collect() {
         return Err(FetchError::Failed(
@@ -353,6 +369,51 @@ mod tests {
             .parse()
             .unwrap();
         assert_eq!(trusted_keys(&[mine], conf).len(), 2);
+    }
+
+    /// A real two-path closure, asked of the real store one path per `nix-store` call.
+    #[test]
+    fn registrations_are_read_in_chunks_from_the_real_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let expr = dir.path().join("closure.nix");
+        let tag = dir
+            .path()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .to_lowercase();
+        let tag: String = tag.chars().filter(|c| c.is_ascii_alphanumeric()).collect();
+        std::fs::write(
+            &expr,
+            format!(
+                r#"let dep = derivation {{ name = "agent-dep-{tag}"; system = builtins.currentSystem; builder = "/bin/sh"; PATH = "/bin:/usr/bin"; args = ["-c" "mkdir $out; echo $out > $out/self"]; }};
+                in derivation {{ name = "agent-top-{tag}"; system = builtins.currentSystem; builder = "/bin/sh"; PATH = "/bin:/usr/bin"; args = ["-c" "mkdir $out; ln -s ${{dep}} $out/dep"]; }}"#
+            ),
+        )
+        .unwrap();
+        let out = Command::new("nix-build")
+            .arg(&expr)
+            .arg("--no-out-link")
+            .output()
+            .expect("nix-build (is nix-bin installed?)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let top = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+        let log = File::create(dir.path().join("log")).unwrap();
+        let closure: Vec<String> = requisites(std::slice::from_ref(&top), &log)
+            .unwrap()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(closure.len(), 2);
+        let whole = registrations(&closure, 1000, &log).unwrap();
+        let chunked = registrations(&closure, 1, &log).unwrap();
+        assert_eq!(chunked, whole);
+        // The dependency refers to itself; the top refers to the dependency.
+        assert!(whole.iter().all(|i| i.references.len() == 1));
     }
 
     #[test]
