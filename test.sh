@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole yeet test suite. Works on a fresh Debian 12 machine with only the Rust toolchain:
-# installs the real peers the tests use (Nix, age, OpenSSH's ssh-keygen, openssl, PostgreSQL
-# client) and, when nothing answers on 127.0.0.1:5432, starts a throwaway PostgreSQL cluster
-# so that the PostgreSQL tests never skip.
+# installs the real peers the tests use (Nix, age, OpenSSH's ssh-keygen, openssl,
+# systemd-nspawn for the hosts that boot systemd, PostgreSQL client) and, when nothing
+# answers on 127.0.0.1:5432, starts a throwaway PostgreSQL cluster so that the PostgreSQL
+# tests never skip.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -11,6 +12,7 @@ command -v nix-store >/dev/null || need+=(nix-bin)
 command -v age >/dev/null || need+=(age)
 command -v ssh-keygen >/dev/null || need+=(openssh-client)
 command -v openssl >/dev/null || need+=(openssl)
+command -v systemd-nspawn >/dev/null || need+=(systemd-container)
 command -v git >/dev/null || need+=(git)
 pg_up() { (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; }
 pg_up || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)

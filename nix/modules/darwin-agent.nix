@@ -1,41 +1,44 @@
-# nix-darwin module: services.yeet-agent as a launchd daemon.
+# nix-darwin module: services.yeet-agent as a launchd daemon, with the same options as the
+# NixOS module. The agent recognises a darwin system by its `activate` script and applies
+# it the way darwin-rebuild does; launchd starts it with Nix on its PATH.
 self:
 { config, lib, pkgs, ... }:
 
 let
   cfg = config.services.yeet-agent;
   toml = pkgs.formats.toml { };
+  configFile = pkgs.runCommand "agent.toml" { } ''
+    cp ${toml.generate "agent.toml" (import ./agent-settings.nix cfg)} $out
+    ${cfg.package}/bin/yeet-agent check-config $out
+  '';
+  inStore = path: path != null && lib.hasPrefix builtins.storeDir (toString path);
 in
 {
-  options.services.yeet-agent = {
-    enable = lib.mkEnableOption "the yeet agent";
-    package = lib.mkOption {
-      type = lib.types.package;
-      default = self.packages.${pkgs.stdenv.hostPlatform.system}.yeet;
-      description = "The yeet package.";
-    };
-    server = lib.mkOption {
-      type = lib.types.str;
-      description = "URL of the yeet server.";
-    };
-    trustedKeys = lib.mkOption {
-      type = lib.types.listOf lib.types.str;
-      default = [ ];
-      description = "Binary-cache keys this host trusts.";
-    };
-    settings = lib.mkOption {
-      type = toml.type;
-      default = { };
-      description = "Further settings for /etc/yeet/agent.toml.";
-    };
+  options.services.yeet-agent = import ./agent-options.nix {
+    inherit lib;
+    defaultPackage = self.packages.${pkgs.stdenv.hostPlatform.system}.yeet;
+    settingsType = toml.type;
   };
 
   config = lib.mkIf cfg.enable {
-    environment.etc."yeet/agent.toml".source =
-      toml.generate "agent.toml" ({ server = cfg.server; trusted_keys = cfg.trustedKeys; } // cfg.settings);
+    assertions = [{
+      assertion = !(inStore cfg.key);
+      message = "services.yeet-agent.key is in the Nix store, which every user can read; give the path of a secret deployed outside the store (a string, not a Nix path).";
+    }];
+    environment.etc."yeet/agent.toml".source = configFile;
     environment.systemPackages = [ cfg.package ];
     launchd.daemons.yeet-agent.serviceConfig = {
       ProgramArguments = [ "${cfg.package}/bin/yeet-agent" "run" ];
+      # launchd gives daemons a bare PATH: the agent runs nix-store and nix-env, the
+      # activation runs the system's activate script, the health check runs /bin/sh.
+      EnvironmentVariables.PATH = lib.concatStringsSep ":" [
+        "${config.nix.package}/bin"
+        "/run/current-system/sw/bin"
+        "/usr/bin"
+        "/bin"
+        "/usr/sbin"
+        "/sbin"
+      ];
       KeepAlive = true;
       RunAtLoad = true;
       StandardErrorPath = "/var/log/yeet-agent.log";

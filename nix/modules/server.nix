@@ -6,15 +6,24 @@ self:
 let
   cfg = config.services.yeet-server;
   toml = pkgs.formats.toml { };
-  settings = {
-    listen = "${cfg.address}:${toString cfg.port}";
-    state_dir = "/var/lib/yeet-server";
-    trusted_cache_keys = cfg.trustedCacheKeys;
-    caches = cfg.caches;
-    public_urls = cfg.publicUrls;
-  } // lib.optionalAttrs (cfg.database != null) { database = cfg.database; }
-    // lib.optionalAttrs (cfg.tls.certificate != null) { tls_cert = cfg.tls.certificate; tls_key = cfg.tls.key; }
-    // cfg.settings;
+  serverSettings = import ./server-settings.nix;
+  # Checked by the server's own parser at build time: a typo or a bad value fails
+  # nixos-rebuild with the server's message, not the server after the switch.
+  configFile = pkgs.runCommand "server.toml" { } ''
+    cp ${toml.generate "server.toml" (serverSettings.render cfg)} $out
+    ${cfg.package}/bin/yeet-server check-config $out
+  '';
+  inStore = path: path != null && lib.hasPrefix builtins.storeDir (toString path);
+  tuningOption = t:
+    let
+      at = builtins.elemAt t;
+      type = if at 2 == "bool" then lib.types.bool else lib.types.ints.positive;
+    in
+    lib.nameValuePair (at 0) (lib.mkOption {
+      type = lib.types.nullOr type;
+      default = null;
+      description = "${at 4} Sets `${at 1}`; null: the server's default (${at 3}).";
+    });
 in
 {
   options.services.yeet-server = {
@@ -42,14 +51,19 @@ in
     };
     tls = {
       certificate = lib.mkOption {
-        type = lib.types.nullOr lib.types.path;
+        type = lib.types.nullOr lib.types.str;
         default = null;
-        description = "PEM certificate chain for HTTPS.";
+        example = "/var/lib/acme/yeet.example.org/fullchain.pem";
+        description = "Path of the PEM certificate chain for HTTPS.";
       };
       key = lib.mkOption {
-        type = lib.types.nullOr lib.types.path;
+        type = lib.types.nullOr lib.types.str;
         default = null;
-        description = "PEM private key for HTTPS.";
+        example = "/var/lib/acme/yeet.example.org/key.pem";
+        description = ''
+          Path, on the server, of the PEM private key for HTTPS. A string, never a Nix
+          path: it must not be copied into the Nix store.
+        '';
       };
     };
     trustedCacheKeys = lib.mkOption {
@@ -81,16 +95,25 @@ in
     settings = lib.mkOption {
       type = toml.type;
       default = { };
-      description = "Further settings for /etc/yeet/server.toml.";
+      description = ''
+        Further server.toml keys, for settings newer than this module. The file is checked
+        with `yeet-server check-config` at build time: an unknown key fails the build.
+      '';
     };
-  };
+  } // builtins.listToAttrs (map tuningOption serverSettings.tuning);
 
   config = lib.mkIf cfg.enable {
-    assertions = [{
-      assertion = (cfg.tls.certificate == null) == (cfg.tls.key == null);
-      message = "services.yeet-server.tls needs both certificate and key";
-    }];
-    environment.etc."yeet/server.toml".source = toml.generate "server.toml" settings;
+    assertions = [
+      {
+        assertion = (cfg.tls.certificate == null) == (cfg.tls.key == null);
+        message = "services.yeet-server.tls needs both certificate and key";
+      }
+      {
+        assertion = !(inStore cfg.tls.key);
+        message = "services.yeet-server.tls.key is in the Nix store, which every user can read; give the path of a secret deployed outside the store (a string, not a Nix path).";
+      }
+    ];
+    environment.etc."yeet/server.toml".source = configFile;
     environment.systemPackages = [ cfg.package ];
     networking.firewall.allowedTCPPorts = lib.mkIf cfg.openFirewall [ cfg.port ];
 
@@ -98,6 +121,8 @@ in
       description = "yeet server";
       wantedBy = [ "multi-user.target" ];
       after = [ "network.target" "postgresql.service" ];
+      # A config-only change restarts the server too.
+      restartTriggers = [ configFile ];
       serviceConfig = {
         ExecStart = "${cfg.package}/bin/yeet-server serve";
         Restart = "on-failure";

@@ -1,36 +1,39 @@
 # Builder of system.nix (runs under /bin/sh with the derivation's attributes as variables).
 set -e
-mkdir -p "$out/bin" "$out/etc/yeet"
+mkdir -p "$out/bin" "$out/etc/yeet" "$out/etc/systemd"
 ln -s "$kernelPkg/bzImage" "$out/kernel"
 ln -s "$kernelPkg/initrd" "$out/initrd"
 echo "$salt" > "$out/salt"
-agent_server="$server"
-health=""
-[ "$variant" = dead-server ] && agent_server="http://127.0.0.1:9"
-[ "$variant" = unhealthy ] && health='health_check = "echo the web service does not answer >&2; exit 1"'
-cat > "$out/etc/yeet/agent.toml" <<CONF
-server = "$agent_server"
-key = "/etc/yeet/host_key"
-trusted_keys = ["$trustedKey"]
-poll_interval_secs = 1
-long_poll_secs = 20
-confirm_timeout_secs = $confirmTimeout
-$health
-$extraConfig
-CONF
+ln -s "$agentConfig" "$out/etc/yeet/agent.toml"
+ln -s "$unit" "$out/etc/systemd/yeet-agent.service"
 cat > "$out/bin/switch-to-configuration" <<SCRIPT
 #!/bin/sh
+# A real system's switch script brings its own tools rather than trusting the caller's PATH.
+PATH=/bin:/usr/bin
 echo "switch-to-configuration \$1: $out ($variant)"
 case "\$1" in
   switch|test)
-    cp "$out/etc/yeet/agent.toml" /etc/yeet/agent.toml
+    cp "$agentConfig" /etc/yeet/agent.toml
     ln -sfn "$out" /run/current-system
+    if [ -d /run/systemd/system ]; then
+      # As NixOS: install the new unit, reload, and restart the agent only when its unit
+      # file changed (X-StopIfChanged=false: a restart, not a stop before activation).
+      installed=/etc/systemd/system/yeet-agent.service
+      changed=no
+      cmp -s "\$installed" "$unit" || changed=yes
+      cp "$unit" "\$installed.new" && mv "\$installed.new" "\$installed"
+      systemctl daemon-reload
+    fi
     if [ "$variant" = fail ]; then
       echo "error: the unit demo-web.service failed to start (exit 4)" >&2
       exit 4
     fi
-    # Restart the agent, as systemd restarts yeet-agent.service on a switch.
-    [ -f /run/yeet/agent.pid ] && kill "\$(cat /run/yeet/agent.pid)" 2>/dev/null
+    if [ -d /run/systemd/system ]; then
+      [ "\$changed" = yes ] && systemctl restart yeet-agent.service
+    else
+      # Restart the agent, as systemd restarts yeet-agent.service on a switch.
+      [ -f /run/yeet/agent.pid ] && kill "\$(cat /run/yeet/agent.pid)" 2>/dev/null
+    fi
     ;;
 esac
 exit 0

@@ -1,22 +1,57 @@
 # A test "NixOS system": a real derivation whose bin/switch-to-configuration does to the
-# simulated host what NixOS's does: installs the system's agent configuration, points
-# /run/current-system at itself, and restarts the agent (the harness's supervisor starts it
-# again, as systemd would). Variants fail the switch, carry an agent config that cannot
-# reach the server, fail the health check, or bring another kernel.
-{ name, server, trustedKey, variant ? "good", kernel ? "6.1", confirmTimeout ? 20, salt ? "", extraConfig ? "", system ? builtins.currentSystem }:
+# simulated host what NixOS's does: installs the system's agent configuration and its
+# yeet-agent unit, points /run/current-system at itself, and restarts the agent. On a host
+# that boots systemd it restarts yeet-agent.service only when the unit file changed, as
+# NixOS does; on a namespace host it kills the agent (the harness's supervisor starts it
+# again). Variants fail the switch, carry an agent config that cannot reach the server or
+# cannot start, fail the health check, or bring another kernel.
+{ name, server, trustedKey, variant ? "good", kernel ? "6.1", confirmTimeout ? 20, salt ? ""
+, extraConfig ? "", system ? builtins.currentSystem
+  # Where the agent's package is on the host (its bin/yeet-agent is the unit's ExecStart).
+, agentPackage ? "/opt/yeet-agent"
+, agentServiceFile ? ../../../nix/modules/agent-service.nix
+}:
 let
-  kernelPkg = derivation {
+  drv = attrs: derivation ({ inherit system; builder = "/bin/sh"; PATH = "/bin:/usr/bin"; } // attrs);
+  kernelPkg = drv {
     name = "linux-${kernel}";
-    inherit system;
-    builder = "/bin/sh";
-    PATH = "/bin:/usr/bin";
     args = [ "-c" "mkdir -p $out; echo ${kernel} > $out/bzImage; echo initrd-${kernel} > $out/initrd" ];
   };
-in derivation {
-  inherit name server trustedKey variant confirmTimeout salt extraConfig;
+  agentServer = if variant == "dead-server" then "http://127.0.0.1:9" else server;
+  # An agent that exits at start-up (its key is not there) and is restarted over and over.
+  agentKey = if variant == "missing-key" then "/etc/yeet/missing_key" else "/etc/yeet/host_key";
+  healthCheck = if variant == "unhealthy"
+    then ''health_check = "echo the web service does not answer >&2; exit 1"''
+    else "";
+  # The agent config is a file of its own in the store, as environment.etc makes it.
+  agentConfig = builtins.toFile "agent.toml" ''
+    server = "${agentServer}"
+    key = "${agentKey}"
+    trusted_keys = ["${trustedKey}"]
+    poll_interval_secs = 1
+    long_poll_secs = 20
+    confirm_timeout_secs = ${toString confirmTimeout}
+    ${healthCheck}
+    ${extraConfig}
+  '';
+  tools = import ./tools.nix { inherit drv; };
+  service = import agentServiceFile {
+    package = agentPackage;
+    configFile = agentConfig;
+    tools = { inherit (tools) nix systemd util-linux bash; };
+  };
+  # A derivation, not builtins.toFile: the unit refers to the tool packages.
+  unit = drv {
+    name = "yeet-agent.service";
+    text = import ./unit.nix {
+      inherit service;
+      # What NixOS appends to every unit's path.
+      defaultPath = with tools; [ coreutils findutils gnugrep gnused systemd ];
+    };
+    args = [ "-c" "printf '%s' \"$text\" > $out" ];
+  };
+in drv {
+  inherit name variant salt agentConfig unit;
   kernelPkg = kernelPkg;
-  inherit system;
-  builder = "/bin/sh";
-  PATH = "/bin:/usr/bin";
   args = [ "-c" (builtins.readFile ./build-system.sh) ];
 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::{Proc, Server, ServerOptions, bin, run};
+use crate::{Proc, Server, ServerOptions, bin, bin_dir, run};
 
 /// A signed binary cache in a directory, with a key made by `nix-store --generate-binary-cache-key`.
 pub struct Cache {
@@ -101,6 +101,8 @@ pub enum Variant {
     DeadServer,
     /// Its agent config has a health check that fails.
     Unhealthy,
+    /// Its agent config names a key file that does not exist: the agent exits at start-up.
+    MissingKey,
 }
 
 impl Variant {
@@ -110,6 +112,7 @@ impl Variant {
             Variant::Fail => "fail",
             Variant::DeadServer => "dead-server",
             Variant::Unhealthy => "unhealthy",
+            Variant::MissingKey => "missing-key",
         }
     }
 }
@@ -156,14 +159,30 @@ pub fn build_system(spec: &SystemSpec) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
+/// How a simulated host runs its agent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostKind {
+    /// Mount and PID namespaces with a supervisor loop that restarts the agent; activations
+    /// go through `setsid`. Fast, and enough where a scenario needs no systemd.
+    Namespace,
+    /// A container (systemd-nspawn) that boots a real systemd as PID 1. The agent runs as
+    /// `yeet-agent.service` from the unit the system carries (rendered from the NixOS
+    /// module's service definition), under a service manager whose PATH holds only
+    /// systemd's tools, as on NixOS; activations go through `systemd-run`.
+    Systemd,
+}
+
 /// One simulated host.
 pub struct SimHost {
     pub name: String,
     pub root: PathBuf,
+    pub kind: HostKind,
     proc: Option<Proc>,
+    /// The container's PID 1 (global pid), while a systemd host runs.
+    leader: Option<u32>,
 }
 
-/// Processes in mount namespace `ns` whose command line contains `needle`.
+/// Processes in PID namespace `ns` whose command line contains `needle`.
 fn pids_in_namespace(ns: &str, needle: &str) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return vec![];
@@ -171,7 +190,7 @@ fn pids_in_namespace(ns: &str, needle: &str) -> Vec<u32> {
     entries
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| {
-            std::fs::read_link(format!("/proc/{pid}/ns/mnt")).is_ok_and(|l| l.to_str() == Some(ns))
+            std::fs::read_link(format!("/proc/{pid}/ns/pid")).is_ok_and(|l| l.to_str() == Some(ns))
         })
         .filter(|pid| {
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
@@ -182,39 +201,78 @@ fn pids_in_namespace(ns: &str, needle: &str) -> Vec<u32> {
         .collect()
 }
 
-/// The script run inside the host's namespaces: mounts, a simulated boot, the supervisor.
-const HOST_SCRIPT: &str = r#"
+/// The simulated boot loader and installer, run with the host's store mounted at /nix:
+/// installs the base system on first boot, and installs the default generation's agent
+/// config (and, for systemd hosts, its unit) the way NixOS's activation rebuilds /etc.
+/// Prints the system it boots.
+const STAGE_1: &str = r#"
 set -e
-R="$1"; AGENT="$2"; NAME="$3"; CACHE="$4"; KEY="$5"; BASE="$6"
+R="$1"; CACHE="$2"; KEY="$3"; BASE="$4"; UNIT_DIR="$5"
+mount --bind "$R/nix" /nix
+# Nix keeps a narinfo cache under $HOME/.cache; each real host has its own.
+export XDG_CACHE_HOME="$R/home-cache"
+if [ ! -e /nix/var/nix/profiles/system ]; then
+  nix-store --realise "$BASE" --option substituters "$CACHE" --option trusted-public-keys "$KEY" >/dev/null
+  nix-env -p /nix/var/nix/profiles/system --set "$BASE" >/dev/null 2>&1
+fi
+sys=$(readlink -f /nix/var/nix/profiles/system)
+cp "$sys/etc/yeet/agent.toml" "$R/etc-yeet/agent.toml"
+if [ -n "$UNIT_DIR" ]; then
+  cp "$sys/etc/systemd/yeet-agent.service" "$UNIT_DIR/yeet-agent.service"
+fi
+echo "$sys"
+"#;
+
+/// A namespace host, run inside its namespaces: the mounts, and the supervisor that
+/// restarts the agent as systemd would.
+const NAMESPACE_HOST: &str = r#"
+set -e
+R="$1"; AGENT="$2"; NAME="$3"
 mount --bind "$R/nix" /nix
 mount --bind "$R/run" /run
 mount --bind "$R/etc-yeet" /etc/yeet
 mount --bind "$R/var-lib-yeet" /var/lib/yeet
-# Nix keeps a narinfo cache under $HOME/.cache; each real host has its own.
 export XDG_CACHE_HOME="$R/home-cache"
-# Boot: /run is empty after a (simulated) reboot; activate the profile's default generation,
-# or install the base system on first boot.
-if [ ! -e /run/current-system ]; then
-  if [ -e /nix/var/nix/profiles/system ]; then
-    sys=$(readlink -f /nix/var/nix/profiles/system)
-  else
-    nix-store --realise "$BASE" --option substituters "$CACHE" --option trusted-public-keys "$KEY" >/dev/null
-    nix-env -p /nix/var/nix/profiles/system --set "$BASE"
-    sys="$BASE"
-  fi
-  ln -sfn "$sys" /run/current-system
-  ln -sfn "$sys" /run/booted-system
-  cp "$sys/etc/yeet/agent.toml" /etc/yeet/agent.toml
-fi
 while [ ! -e "$R/stop" ]; do
   "$AGENT" run --hostname "$NAME" >>"$R/agent.log" 2>&1 || true
   sleep 0.2
 done
 "#;
 
+/// Where a systemd host finds the agent's package (the unit's ExecStart is its
+/// bin/yeet-agent): the workspace's binaries, bound read-only.
+pub const SYSTEMD_HOST_AGENT_PACKAGE: &str = "/opt/yeet-agent";
+
+/// The service manager's PATH on a systemd host: only systemd's own tools, as on NixOS,
+/// so that a unit (an activation started with `systemd-run`) that relies on inheriting a
+/// PATH with Nix fails here as it would there.
+const MANAGER_PATH: &str = "/opt/yeet-sim/systemd/bin";
+
+/// Simulated NixOS stage 2 on a systemd host: the booted system is what the profile says.
+const STAGE_2_UNIT: &str = "[Unit]
+Description=Simulated NixOS stage 2: link the booted system
+DefaultDependencies=no
+Before=yeet-agent.service
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/bin/sh -c 'sys=$(/bin/readlink -f /nix/var/nix/profiles/system) && /bin/ln -sfn $sys /run/current-system && /bin/ln -sfn $sys /run/booted-system'
+";
+
+/// The default target of a systemd host: basic.target and the agent, none of the
+/// machine's own services (databases, brokers) that the overlay would otherwise start.
+const HOST_TARGET: &str = "[Unit]
+Description=yeet test host
+Requires=basic.target
+After=basic.target
+AllowIsolate=yes
+";
+
 impl SimHost {
-    /// Creates the host's directories and SSH host key; `start` boots it.
-    pub fn new(parent: &Path, name: &str) -> SimHost {
+    /// Creates the host's directories and SSH host key (and, for a systemd host, its root
+    /// file system); `start` boots it.
+    pub fn new(parent: &Path, name: &str, kind: HostKind) -> SimHost {
         let root = parent.join(name);
         for d in ["nix/store", "nix/var", "run", "etc-yeet", "var-lib-yeet"] {
             std::fs::create_dir_all(root.join(d)).unwrap();
@@ -231,42 +289,222 @@ impl SimHost {
         for d in ["/etc/yeet", "/var/lib/yeet"] {
             std::fs::create_dir_all(d).unwrap();
         }
-        SimHost {
+        let host = SimHost {
             name: name.to_owned(),
             root,
+            kind,
             proc: None,
+            leader: None,
+        };
+        if kind == HostKind::Systemd {
+            host.make_root_fs();
+        }
+        host
+    }
+
+    /// The container's root: an overlay whose lower layer is the machine's root and whose
+    /// upper layer is a tmpfs of its own (it stays across reboots, as a disk would), with
+    /// what makes it a NixOS-like host: the manager's PATH, the stage-2 unit, the default
+    /// target, a machine id, a persistent journal, and the machine's sockets and timers
+    /// masked.
+    fn make_root_fs(&self) {
+        let upper = self.root.join("upper");
+        let fs = self.root.join("fs");
+        std::fs::create_dir_all(&upper).unwrap();
+        std::fs::create_dir_all(&fs).unwrap();
+        let mount = |args: &[&str], at: &Path| {
+            let out = run(Command::new("mount").args(args).arg(at));
+            assert!(
+                out.status.success(),
+                "mount {args:?} {}: {}",
+                at.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        mount(&["-t", "tmpfs", "-o", "mode=0755", "tmpfs"], &upper);
+        std::fs::create_dir_all(upper.join("u")).unwrap();
+        std::fs::create_dir_all(upper.join("w")).unwrap();
+        let options = format!(
+            "lowerdir=/,upperdir={},workdir={}",
+            upper.join("u").display(),
+            upper.join("w").display()
+        );
+        mount(&["-t", "overlay", "overlay", "-o", &options], &fs);
+        let write = |rel: &str, text: &str| {
+            let p = fs.join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        };
+        let link = |target: &str, rel: &str| {
+            let p = fs.join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            let _ = std::fs::remove_file(&p);
+            std::os::unix::fs::symlink(target, p).unwrap();
+        };
+        for tool in ["systemctl", "systemd-run", "journalctl"] {
+            link(
+                &format!("/usr/bin/{tool}"),
+                &format!("{}/{tool}", &MANAGER_PATH[1..]),
+            );
+        }
+        write(
+            "etc/systemd/system.conf.d/yeet-sim.conf",
+            &format!("[Manager]\nDefaultEnvironment=PATH={MANAGER_PATH}\n"),
+        );
+        write("etc/systemd/system/yeet-sim-stage2.service", STAGE_2_UNIT);
+        write("etc/systemd/system/yeet-sim.target", HOST_TARGET);
+        for unit in ["yeet-sim-stage2.service", "yeet-agent.service"] {
+            link(
+                &format!("../{unit}"),
+                &format!("etc/systemd/system/yeet-sim.target.wants/{unit}"),
+            );
+        }
+        // Its own machine id, so that its journal is its own.
+        let id = std::fs::read_to_string("/proc/sys/kernel/random/uuid").unwrap();
+        write(
+            "etc/machine-id",
+            &format!("{}\n", id.trim().replace('-', "")),
+        );
+        std::fs::create_dir_all(fs.join("var/log/journal")).unwrap();
+        for wants in ["sockets.target.wants", "timers.target.wants"] {
+            let Ok(entries) = std::fs::read_dir(Path::new("/etc/systemd/system").join(wants))
+            else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let unit = e.file_name().to_string_lossy().into_owned();
+                link("/dev/null", &format!("etc/systemd/system/{unit}"));
+            }
         }
     }
 
     /// Boots the host (or boots it again after `power_off`).
     pub fn start(&mut self, cache: &Cache, base: &str) {
         let _ = std::fs::remove_file(self.root.join("stop"));
-        let mut c = Command::new("unshare");
-        c.args([
-            "--mount",
-            "--pid",
-            "--fork",
-            "--mount-proc",
-            "--kill-child",
-            "sh",
-            "-c",
-            HOST_SCRIPT,
-            "host",
-        ])
-        .arg(&self.root)
-        .arg(bin("yeet-agent"))
-        .arg(&self.name)
-        .arg(cache.url())
-        .arg(&cache.public_key)
-        .arg(base);
-        self.proc = Some(Proc::spawn(c, "host"));
+        let unit_dir = match self.kind {
+            HostKind::Namespace => String::new(),
+            HostKind::Systemd => self
+                .root
+                .join("fs/etc/systemd/system")
+                .display()
+                .to_string(),
+        };
+        let out = run(Command::new("unshare")
+            .args(["--mount", "sh", "-c", STAGE_1, "stage-1"])
+            .arg(&self.root)
+            .arg(cache.url())
+            .arg(&cache.public_key)
+            .arg(base)
+            .arg(unit_dir));
+        assert!(
+            out.status.success(),
+            "{}: installing the boot system failed: {}",
+            self.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let system = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        match self.kind {
+            HostKind::Namespace => {
+                // Stage 2: the booted system's links in the fresh /run.
+                for link in ["current-system", "booted-system"] {
+                    let at = self.root.join("run").join(link);
+                    let _ = std::fs::remove_file(&at);
+                    std::os::unix::fs::symlink(&system, at).unwrap();
+                }
+                let mut c = Command::new("unshare");
+                c.args([
+                    "--mount",
+                    "--pid",
+                    "--fork",
+                    "--mount-proc",
+                    "--kill-child",
+                    "sh",
+                    "-c",
+                    NAMESPACE_HOST,
+                    "host",
+                ])
+                .arg(&self.root)
+                .arg(bin("yeet-agent"))
+                .arg(&self.name);
+                self.proc = Some(Proc::spawn(c, "host"));
+            }
+            HostKind::Systemd => self.boot_container(),
+        }
+    }
+
+    fn boot_container(&mut self) {
+        let bind = |from: &Path, to: &str| format!("--bind={}:{to}", from.display());
+        let mut c = Command::new("systemd-nspawn");
+        c.arg("--directory").arg(self.root.join("fs")).args([
+            "--register=no",
+            "--keep-unit",
+            "--quiet",
+            "--console=passive",
+            &format!("--hostname={}", self.name),
+            // The booting systemd empties /tmp: it must only ever see its own.
+            "--tmpfs=/tmp",
+            "--tmpfs=/var/tmp",
+            &bind(&self.root.join("nix"), "/nix"),
+            &bind(&self.root.join("etc-yeet"), "/etc/yeet"),
+            &bind(&self.root.join("var-lib-yeet"), "/var/lib/yeet"),
+            &format!(
+                "--bind-ro={}:{SYSTEMD_HOST_AGENT_PACKAGE}/bin",
+                bin_dir().display()
+            ),
+            "--boot",
+            "systemd.unit=yeet-sim.target",
+        ]);
+        let proc = Proc::spawn(c, "nspawn");
+        let nspawn = proc.child.id();
+        self.proc = Some(proc);
+        let mut leader = None;
+        wait_until(
+            Duration::from_secs(30),
+            &format!("{}'s systemd to start", self.name),
+            || {
+                leader = child_pids(nspawn).into_iter().find(|pid| {
+                    std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| {
+                        s.lines()
+                            .any(|l| l.starts_with("NSpid:") && l.ends_with("\t1"))
+                    })
+                });
+                leader.is_some()
+            },
+        );
+        self.leader = leader;
+        // Until the boot is done: running, or degraded (some unit failed). Before systemd
+        // has replaced nspawn's own init process, systemctl cannot reach it: try again.
+        wait_until(
+            Duration::from_secs(60),
+            &format!("{} to finish booting", self.name),
+            || {
+                let out = self.exec(&["systemctl", "is-system-running", "--wait"]);
+                let state = String::from_utf8_lossy(&out.stdout);
+                matches!(state.trim(), "running" | "degraded")
+            },
+        );
     }
 
     /// Pulls the plug: every process of the host dies at once, and /run is lost, as in a
     /// power cut; `start` then boots the profile's default generation.
     pub fn power_off(&mut self) {
-        let ns = self.mount_namespace();
+        let ns = self.pid_namespace();
+        if let Some(leader) = self.leader.take() {
+            // Killing a PID namespace's init kills the whole namespace. After a clean
+            // shutdown it is gone already.
+            let _ = Command::new("kill")
+                .args(["-KILL", &leader.to_string()])
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
         if let Some(mut p) = self.proc.take() {
+            if self.kind == HostKind::Systemd {
+                // systemd-nspawn exits once its container is gone.
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while p.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
             let _ = p.child.kill();
             let _ = p.child.wait();
         }
@@ -284,13 +522,43 @@ impl SimHost {
         std::fs::create_dir_all(&run_dir).unwrap();
     }
 
-    /// The host's mount namespace (`mnt:[...]`), read from the child of `unshare`.
-    fn mount_namespace(&self) -> Option<String> {
-        let parent = self.proc.as_ref()?.child.id();
-        let children =
-            std::fs::read_to_string(format!("/proc/{parent}/task/{parent}/children")).ok()?;
-        let child: u32 = children.split_whitespace().next()?.parse().ok()?;
-        std::fs::read_link(format!("/proc/{child}/ns/mnt"))
+    /// A clean reboot of a systemd host: `systemctl reboot` inside, then a new boot (the
+    /// container does not restart by itself). A namespace host has no clean shutdown: it
+    /// is powered off and on.
+    pub fn reboot(&mut self, cache: &Cache, base: &str) {
+        if let (HostKind::Systemd, Some(_)) = (self.kind, self.leader) {
+            let _ = self.exec(&["systemctl", "poweroff"]);
+            if let Some(p) = self.proc.as_mut() {
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while p.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
+        self.power_off();
+        self.start(cache, base);
+    }
+
+    /// Runs a command on a running systemd host (in all its namespaces, as `machinectl
+    /// shell` would); returns its output.
+    pub fn exec(&self, args: &[&str]) -> std::process::Output {
+        let leader = self
+            .leader
+            .unwrap_or_else(|| panic!("{} is not a running systemd host", self.name));
+        run(Command::new("nsenter")
+            .args(["-t", &leader.to_string(), "-a", "--"])
+            .args(args))
+    }
+
+    /// The host's PID namespace (`pid:[...]`): the container's, or that of the child of
+    /// `unshare` for a namespace host.
+    fn pid_namespace(&self) -> Option<String> {
+        let inside = match (self.kind, self.leader) {
+            (HostKind::Systemd, Some(leader)) => leader,
+            (HostKind::Systemd, None) => return None,
+            (HostKind::Namespace, _) => *child_pids(self.proc.as_ref()?.child.id()).first()?,
+        };
+        std::fs::read_link(format!("/proc/{inside}/ns/pid"))
             .ok()?
             .to_str()
             .map(str::to_owned)
@@ -298,7 +566,7 @@ impl SimHost {
 
     /// Global pids of this host's processes whose command line contains `needle`.
     pub fn pids_matching(&self, needle: &str) -> Vec<u32> {
-        self.mount_namespace()
+        self.pid_namespace()
             .map(|ns| pids_in_namespace(&ns, needle))
             .unwrap_or_default()
     }
@@ -314,28 +582,81 @@ impl SimHost {
         pids.len()
     }
 
+    /// A path under the host's `/run`, as seen from outside (None while a systemd host is off).
+    fn run_path(&self, rel: &str) -> Option<PathBuf> {
+        match self.kind {
+            HostKind::Namespace => Some(self.root.join("run").join(rel)),
+            HostKind::Systemd => self
+                .leader
+                .map(|l| PathBuf::from(format!("/proc/{l}/root/run")).join(rel)),
+        }
+    }
+
     /// The agent's status file (what `yeet-agent status` shows).
     pub fn status<T: DeserializeOwned>(&self) -> Option<T> {
-        serde_json::from_str(&std::fs::read_to_string(self.root.join("run/yeet/status.json")).ok()?)
+        serde_json::from_str(&std::fs::read_to_string(self.run_path("yeet/status.json")?).ok()?)
             .ok()
     }
 
     /// Where `/run/current-system` points, as the host sees it.
     pub fn current_system(&self) -> Option<String> {
-        std::fs::read_link(self.root.join("run/current-system"))
+        self.system_link("current-system")
+    }
+
+    /// Where `/run/booted-system` points, as the host sees it.
+    pub fn booted_system(&self) -> Option<String> {
+        self.system_link("booted-system")
+    }
+
+    fn system_link(&self, name: &str) -> Option<String> {
+        std::fs::read_link(self.run_path(name)?)
             .ok()
             .and_then(|p| p.to_str().map(str::to_owned))
     }
 
+    /// Everything the agent logged, across restarts and reboots: its log file on a
+    /// namespace host, the journal of yeet-agent.service on a systemd host.
     pub fn agent_log(&self) -> String {
-        std::fs::read_to_string(self.root.join("agent.log")).unwrap_or_default()
+        match self.kind {
+            HostKind::Namespace => {
+                std::fs::read_to_string(self.root.join("agent.log")).unwrap_or_default()
+            }
+            HostKind::Systemd => self.journal("yeet-agent.service"),
+        }
     }
+
+    /// What units matching `unit` (a `journalctl --unit` pattern) logged on a systemd host,
+    /// across reboots (its journal is persistent, and read from outside).
+    pub fn journal(&self, unit: &str) -> String {
+        let out = run(Command::new("journalctl")
+            .arg("--directory")
+            .arg(self.root.join("fs/var/log/journal"))
+            .args(["--output=cat", "--no-pager", "--unit", unit]));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+/// The children of process `pid`.
+fn child_pids(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
 }
 
 impl Drop for SimHost {
     fn drop(&mut self) {
         let _ = std::fs::write(self.root.join("stop"), "");
         self.power_off();
+        if self.kind == HostKind::Systemd {
+            for at in ["fs", "upper"] {
+                let _ = Command::new("umount")
+                    .arg("--lazy")
+                    .arg(self.root.join(at))
+                    .status();
+            }
+        }
     }
 }
 
@@ -345,7 +666,7 @@ pub struct Fleet {
     pub cache: Cache,
     pub base: String,
     pub hosts: Vec<SimHost>,
-    pub confirm_timeout: u64,
+    pub options: FleetOptions,
     dir: tempfile::TempDir,
 }
 
@@ -360,29 +681,75 @@ pub fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// How a test fleet is set up.
+#[derive(Clone, Debug)]
+pub struct FleetOptions {
+    pub kind: HostKind,
+    /// The confirm timeout its systems' agent configs carry.
+    pub confirm_timeout: u64,
+    /// The server's database URL (SQLite in its state directory when `None`).
+    pub database: Option<String>,
+    /// With this, the server refuses releases whose closures are not signed by the fleet
+    /// key; without it, only the hosts' own checks stand (as with a compromised or
+    /// misconfigured server).
+    pub server_checks_signatures: bool,
+    /// Lines appended to the agent config of every system the fleet builds.
+    pub agent_config: String,
+}
+
+impl Default for FleetOptions {
+    fn default() -> Self {
+        FleetOptions {
+            kind: HostKind::Namespace,
+            confirm_timeout: 30,
+            database: None,
+            server_checks_signatures: true,
+            agent_config: String::new(),
+        }
+    }
+}
+
 impl Fleet {
+    /// A fleet of namespace hosts.
     pub fn new(names: &[&str], confirm_timeout: u64) -> Fleet {
-        Self::with_database(names, confirm_timeout, None)
+        Self::with(
+            names,
+            FleetOptions {
+                confirm_timeout,
+                ..Default::default()
+            },
+        )
+    }
+
+    /// A fleet of `kind` hosts.
+    pub fn of(kind: HostKind, names: &[&str], confirm_timeout: u64) -> Fleet {
+        Self::with(
+            names,
+            FleetOptions {
+                kind,
+                confirm_timeout,
+                ..Default::default()
+            },
+        )
     }
 
     /// A fleet whose server uses `database` (SQLite in its state directory when `None`).
     pub fn with_database(names: &[&str], confirm_timeout: u64, database: Option<String>) -> Fleet {
-        Self::with_server_check(names, confirm_timeout, database, true)
+        Self::with(
+            names,
+            FleetOptions {
+                confirm_timeout,
+                database,
+                ..Default::default()
+            },
+        )
     }
 
-    /// With `server_checks_signatures`, the server refuses releases whose closures are not
-    /// signed by the fleet key; without it, only the hosts' own checks stand (as with a
-    /// compromised or misconfigured server).
-    pub fn with_server_check(
-        names: &[&str],
-        confirm_timeout: u64,
-        database: Option<String>,
-        server_checks_signatures: bool,
-    ) -> Fleet {
+    pub fn with(names: &[&str], options: FleetOptions) -> Fleet {
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::new(&dir.path().join("cache-keys"), "fleet-1");
         let mut config = format!("caches = [\"{}\"]\n", cache.url());
-        if server_checks_signatures {
+        if options.server_checks_signatures {
             config.push_str(&format!(
                 "trusted_cache_keys = [\"{}\"]\n",
                 cache.public_key
@@ -390,7 +757,7 @@ impl Fleet {
         }
         let server = Server::start(ServerOptions {
             config,
-            database,
+            database: options.database.clone(),
             ..Default::default()
         });
         let mut fleet = Fleet {
@@ -398,7 +765,7 @@ impl Fleet {
             server,
             cache,
             hosts: Vec::new(),
-            confirm_timeout,
+            options,
             dir,
         };
         fleet.base = fleet.system("base", Variant::Good, "6.1");
@@ -426,6 +793,29 @@ impl Fleet {
 
     /// Builds a system for this fleet without pushing it anywhere.
     pub fn build(&self, name: &str, variant: Variant, kernel: &str) -> String {
+        self.build_with_agent_config(name, variant, kernel, "")
+    }
+
+    /// Builds a system whose agent config has `agent_config` appended (after the fleet's
+    /// own additions), and pushes it, signed, to the cache.
+    pub fn system_with_agent_config(
+        &self,
+        name: &str,
+        variant: Variant,
+        agent_config: &str,
+    ) -> String {
+        let path = self.build_with_agent_config(name, variant, "6.1", agent_config);
+        self.cache.push(&path);
+        path
+    }
+
+    fn build_with_agent_config(
+        &self,
+        name: &str,
+        variant: Variant,
+        kernel: &str,
+        agent_config: &str,
+    ) -> String {
         let salt = self.dir.path().display().to_string();
         build_system(&SystemSpec {
             name,
@@ -433,9 +823,9 @@ impl Fleet {
             kernel,
             server: &self.server.url,
             trusted_key: &self.cache.public_key,
-            confirm_timeout: self.confirm_timeout,
+            confirm_timeout: self.options.confirm_timeout,
             salt: &salt,
-            extra_agent_config: "",
+            extra_agent_config: &format!("{}\n{agent_config}", self.options.agent_config),
         })
     }
 
@@ -451,7 +841,7 @@ impl Fleet {
 
     /// Boots a host without approving it.
     pub fn boot_new_host(&self, name: &str) -> SimHost {
-        let mut host = SimHost::new(self.dir.path(), name);
+        let mut host = SimHost::new(self.dir.path(), name, self.options.kind);
         host.start(&self.cache, &self.base);
         host
     }
@@ -479,6 +869,12 @@ impl Fleet {
     pub fn boot(&mut self, name: &str) {
         let i = self.hosts.iter().position(|h| h.name == name).unwrap();
         self.hosts[i].start(&self.cache, &self.base);
+    }
+
+    /// Reboots a host cleanly (a systemd host shuts down, then boots the profile's default).
+    pub fn reboot(&mut self, name: &str) {
+        let i = self.hosts.iter().position(|h| h.name == name).unwrap();
+        self.hosts[i].reboot(&self.cache, &self.base);
     }
 
     pub fn host(&mut self, name: &str) -> &mut SimHost {

@@ -4,93 +4,35 @@
 
 #![allow(clippy::unwrap_used)]
 
-use fleet_sim::sim::{Fleet, Variant, wait_until};
+mod common;
+
+use common::{CONVERGE, converged, interrupted_activation_converges};
+use fleet_sim::sim::{Fleet, FleetOptions, HostKind, Variant, wait_until};
 use std::time::Duration;
-
-const CONVERGE: Duration = Duration::from_secs(120);
-
-fn converged(fleet: &Fleet, path: &str) -> bool {
-    let status = fleet.status();
-    fleet.hosts.iter().all(|h| {
-        let s = &status[&h.name];
-        h.current_system().as_deref() == Some(path)
-            && s["current_system"] == path
-            && s["desired_system"] == path
-            && s["state"] == "standby"
-    })
-}
 
 #[test]
 fn three_hosts_switch_and_confirm() {
-    let fleet = Fleet::new(&["web-1", "web-2", "db-1"], 30);
-    let v1 = fleet.system("system-v1", Variant::Good, "6.1");
-    fleet.publish(&[("web-1", &v1), ("web-2", &v1), ("db-1", &v1)], "v1");
-    for h in ["web-1", "web-2", "db-1"] {
-        let a = fleet.wait_for_activation(h, 1, CONVERGE);
-        assert_eq!(
-            (a["result"].as_str(), a["store_path"].as_str()),
-            (Some("confirmed"), Some(v1.as_str())),
-            "{h}: {a}"
-        );
-    }
-    wait_until(CONVERGE, "current == desired on every host", || {
-        converged(&fleet, &v1)
-    });
-    let log: serde_json::Value = fleet.server.yeet_json(&["log", "web-1"]);
-    let text = log["log"].as_str().unwrap();
-    assert!(
-        text.contains("switch-to-configuration switch") && text.contains("confirmed"),
-        "{text}"
-    );
-    // The switch restarted every agent (as systemd would), and the activation still confirmed.
-    for h in &fleet.hosts {
-        let starts = h.agent_log().matches("yeet-agent starting").count();
-        assert!(
-            starts >= 2,
-            "{}: the switch did not restart the agent ({starts} starts)",
-            h.name
-        );
-    }
-}
-
-/// Publishes a good system, interrupts the activation with `interrupt` as soon as it has
-/// begun, and checks that the host still converges with exactly one confirmed attempt.
-fn interrupted_activation_converges(interrupt: impl FnOnce(&mut Fleet)) {
-    let mut fleet = Fleet::new(&["web-1"], 30);
-    let v1 = fleet.system("system-v1", Variant::Good, "6.1");
-    let state = fleet.hosts[0].root.join("var-lib-yeet/activation.json");
-    fleet.publish(&[("web-1", &v1)], "v1");
-    wait_until(CONVERGE, "the activation to begin", || state.exists());
-    interrupt(&mut fleet);
-    let a = fleet.wait_for_activation("web-1", 1, CONVERGE);
-    assert_eq!(
-        (a["result"].as_str(), a["store_path"].as_str()),
-        (Some("confirmed"), Some(v1.as_str())),
-        "{a}"
-    );
-    wait_until(CONVERGE, "web-1 on v1", || converged(&fleet, &v1));
-    std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(
-        fleet.history("web-1").len(),
-        1,
-        "the activation was reported more than once"
-    );
+    common::switch_and_confirm(HostKind::Namespace, &["web-1", "web-2", "db-1"]);
 }
 
 #[test]
 fn killing_the_agent_mid_activation_converges() {
-    interrupted_activation_converges(|fleet| {
-        // The switch itself restarts the agent; catch one that is running.
-        let host = &fleet.hosts[0];
-        wait_until(Duration::from_secs(30), "an agent to kill", || {
-            host.kill("yeet-agent run") > 0
-        });
-    });
+    common::killing_the_agent_mid_activation_converges(HostKind::Namespace);
+}
+
+#[test]
+fn a_burst_of_releases_ends_on_the_last() {
+    common::a_burst_of_releases_ends_on_the_last(HostKind::Namespace);
+}
+
+#[test]
+fn boot_mode_applies_at_the_next_boot() {
+    common::boot_mode_applies_at_the_next_boot(HostKind::Namespace);
 }
 
 #[test]
 fn killing_the_activation_process_converges() {
-    interrupted_activation_converges(|fleet| {
+    interrupted_activation_converges(HostKind::Namespace, |fleet| {
         let host = &fleet.hosts[0];
         wait_until(
             Duration::from_secs(30),
@@ -102,7 +44,7 @@ fn killing_the_activation_process_converges() {
 
 #[test]
 fn a_power_cut_mid_activation_converges() {
-    interrupted_activation_converges(|fleet| {
+    interrupted_activation_converges(HostKind::Namespace, |fleet| {
         fleet.host("web-1").power_off();
         fleet.boot("web-1");
     });
@@ -126,104 +68,29 @@ fn a_publish_reaches_fifty_hosts() {
 
 #[test]
 fn a_failing_switch_rolls_back_and_its_log_is_kept() {
-    let fleet = Fleet::new(&["web-1"], 30);
-    let base = fleet.base.clone();
-    let broken = fleet.system("system-broken", Variant::Fail, "6.1");
-    fleet.publish(&[("web-1", &broken)], "broken");
-    let a = fleet.wait_for_activation("web-1", 1, CONVERGE);
-    assert_eq!(a["result"], "rolled-back", "{a}");
-    assert!(
-        a["reason"]
-            .as_str()
-            .unwrap()
-            .contains("switch-to-configuration switch failed"),
-        "{a}"
-    );
-    let log: serde_json::Value = fleet.server.yeet_json(&["log", "web-1"]);
-    assert!(
-        log["log"]
-            .as_str()
-            .unwrap()
-            .contains("demo-web.service failed"),
-        "{log}"
-    );
-    let text = fleet.server.yeet(&["log", "web-1"]);
-    assert!(
-        text.contains("rolled-back") && text.contains("demo-web.service failed"),
-        "{text}"
-    );
-    wait_until(
-        CONVERGE,
-        "the host to be back on its previous system",
-        || fleet.hosts[0].current_system().as_deref() == Some(base.as_str()),
-    );
-    wait_until(CONVERGE, "status to show the rollback", || {
-        fleet.status()["web-1"]["state"] == "rolled-back"
-    });
-    // It is not retried: the history stays at one attempt.
-    std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(fleet.history("web-1").len(), 1);
+    common::a_failing_switch_rolls_back_and_its_log_is_kept(HostKind::Namespace);
 }
 
 #[test]
 fn a_system_that_cuts_the_agent_off_rolls_back_within_the_confirm_timeout() {
-    let fleet = Fleet::new(&["web-1"], 8);
-    let base = fleet.base.clone();
-    let isolated = fleet.system("system-isolated", Variant::DeadServer, "6.1");
-    fleet.publish(&[("web-1", &isolated)], "points the agent at a dead server");
-    let a = fleet.wait_for_activation("web-1", 1, CONVERGE);
-    assert_eq!(a["result"], "rolled-back", "{a}");
-    assert!(
-        a["reason"]
-            .as_str()
-            .unwrap()
-            .contains("not confirmed within 8s"),
-        "{a}"
-    );
-    assert!(
-        a["finished_at"].as_i64().unwrap() - a["started_at"].as_i64().unwrap() < 8 + 30,
-        "{a}"
-    );
-    assert_eq!(
-        fleet.hosts[0].current_system().as_deref(),
-        Some(base.as_str())
-    );
+    common::a_config_only_change_that_cuts_the_agent_off_rolls_back(HostKind::Namespace);
 }
 
 #[test]
 fn a_failing_health_check_rolls_back_at_once() {
-    let fleet = Fleet::new(&["web-1"], 60);
-    let sick = fleet.system("system-sick", Variant::Unhealthy, "6.1");
-    fleet.publish(&[("web-1", &sick)], "fails its health check");
-    let a = fleet.wait_for_activation("web-1", 1, CONVERGE);
-    assert_eq!(a["result"], "rolled-back", "{a}");
-    assert!(
-        a["reason"].as_str().unwrap().contains("health check"),
-        "{a}"
-    );
-    // Rolled back on the health check, not by waiting out the 60 s window: a timeout would
-    // say "not confirmed within" instead (no clock comparison needed).
-    assert!(
-        !a["reason"]
-            .as_str()
-            .unwrap()
-            .contains("not confirmed within"),
-        "{a}"
-    );
-    let log: serde_json::Value = fleet.server.yeet_json(&["log", "web-1"]);
-    assert!(
-        log["log"]
-            .as_str()
-            .unwrap()
-            .contains("the web service does not answer"),
-        "{log}"
-    );
+    common::a_failing_health_check_rolls_back_at_once(HostKind::Namespace);
 }
 
 #[test]
 fn closures_not_signed_by_a_pinned_key_are_never_activated() {
     // The server does not check here, so the hosts' own check is what stops the closures.
-    let fleet = Fleet::with_server_check(&["web-1", "web-2"], 30, None, false);
+    let fleet = Fleet::with(
+        &["web-1", "web-2"],
+        FleetOptions {
+            server_checks_signatures: false,
+            ..Default::default()
+        },
+    );
     let base = fleet.base.clone();
     let evil = fleet
         .cache
@@ -290,19 +157,8 @@ fn a_host_offline_through_two_releases_gets_only_the_latest() {
 }
 
 #[test]
-fn a_kernel_change_is_reported_as_reboot_required() {
-    let fleet = Fleet::new(&["web-1"], 30);
-    let newer = fleet.system("system-kernel", Variant::Good, "6.6");
-    fleet.publish(&[("web-1", &newer)], "new kernel");
-    let a = fleet.wait_for_activation("web-1", 1, CONVERGE);
-    assert_eq!(
-        (a["result"].as_str(), a["reboot_required"].as_bool()),
-        (Some("confirmed"), Some(true)),
-        "{a}"
-    );
-    wait_until(CONVERGE, "status reboot-required", || {
-        fleet.status()["web-1"]["state"] == "reboot-required"
-    });
+fn a_kernel_change_takes_a_reboot() {
+    common::a_kernel_change_takes_a_reboot(HostKind::Namespace);
 }
 
 #[test]
@@ -353,8 +209,14 @@ fn hosts_fetch_from_the_embedded_cache_and_unchanged_paths_are_not_uploaded_agai
         );
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
+    // The whole closure goes up the first time: nothing of it is in the embedded cache yet.
+    let closure = fleet_sim::run(std::process::Command::new("nix-store").args(["-qR", &v1]));
+    let closure_size = String::from_utf8_lossy(&closure.stdout).lines().count();
     let first = publish("web-1");
-    assert!(first.contains("pushed 2 store path(s)"), "{first}");
+    assert!(
+        first.contains(&format!("pushed {closure_size} store path(s)")),
+        "{first}"
+    );
     let again = publish("web-2");
     assert!(
         again.contains("pushed 0 store path(s)"),
@@ -441,6 +303,9 @@ fn fleet_flake(fleet: &Fleet) -> std::path::PathBuf {
         ("fixtures/fleet-flake/flake.nix", "flake.nix"),
         ("nix/system.nix", "system.nix"),
         ("nix/build-system.sh", "build-system.sh"),
+        ("nix/tools.nix", "tools.nix"),
+        ("nix/unit.nix", "unit.nix"),
+        ("../../nix/modules/agent-service.nix", "agent-service.nix"),
     ] {
         std::fs::copy(here.join(from), dir.join(to)).unwrap();
     }

@@ -10,7 +10,7 @@
 
 use fleet_sim::hostile::HostileServer;
 use fleet_sim::run;
-use fleet_sim::sim::{Cache, SimHost, SystemSpec, Variant, build_system, wait_until};
+use fleet_sim::sim::{Cache, HostKind, SimHost, SystemSpec, Variant, build_system, wait_until};
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -141,7 +141,7 @@ fn a_malicious_server_gets_nothing_activated() {
     };
     let base = system("base");
     fleet_cache.push(&base);
-    let mut host = SimHost::new(dir.path(), "victim");
+    let mut host = SimHost::new(dir.path(), "victim", HostKind::Namespace);
     host.start(&fleet_cache, &base);
     wait_until(WAIT, "the victim to check in", || server.checkins() > 0);
     let attack = Attack {

@@ -1,6 +1,7 @@
-//! Every Nix file in the repository parses (`nix-instantiate --parse`). nixpkgs is not
-//! available here, so the modules and the template cannot be evaluated; parsing is the
-//! check that can run (see the README).
+//! The Nix files: every one parses (`nix-instantiate --parse`), and the modules' settings
+//! files (plain Nix, evaluated here with every option set) write only keys that the agent's
+//! and the server's own `check-config` accept, one for each key they accept. nixpkgs is not
+//! available here, so the modules themselves cannot be evaluated (see the README).
 
 #![allow(clippy::unwrap_used)]
 
@@ -53,4 +54,162 @@ fn every_nix_file_parses() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+/// Evaluates a plain Nix expression (no nixpkgs) to JSON.
+fn eval_json(expr: &str) -> serde_json::Value {
+    let out = std::process::Command::new("nix-instantiate")
+        .args(["--eval", "--strict", "--json", "--expr", expr])
+        .output()
+        .expect("nix-instantiate (nix-bin)");
+    assert!(
+        out.status.success(),
+        "{expr}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Writes `settings` as TOML (as the module's `pkgs.formats.toml` does) and runs
+/// `BINARY check-config` on it: (accepted, stdout + stderr).
+fn check_config(binary: &str, settings: &serde_json::Value) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("config.toml");
+    let value: toml::Value = serde_json::from_value(settings.clone()).unwrap();
+    std::fs::write(&file, toml::to_string(&value).unwrap()).unwrap();
+    let out = fleet_sim::run(
+        std::process::Command::new(fleet_sim::bin(binary))
+            .arg("check-config")
+            .arg(&file),
+    );
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// The keys `BINARY check-config --list-keys` accepts.
+fn accepted_keys(binary: &str) -> std::collections::BTreeSet<String> {
+    let out = fleet_sim::run(
+        std::process::Command::new(fleet_sim::bin(binary)).args(["check-config", "--list-keys"]),
+    );
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn keys_of(v: &serde_json::Value) -> std::collections::BTreeSet<String> {
+    v.as_object().unwrap().keys().cloned().collect()
+}
+
+fn modules_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../nix/modules")
+}
+
+/// The agent module, with every option set: `overrides` is merged over that.
+fn agent_settings(overrides: &str) -> serde_json::Value {
+    let file = modules_dir().join("agent-settings.nix");
+    eval_json(&format!(
+        r#"import {} ({{
+          server = "https://yeet.example.org:8470";
+          trustedKeys = [ "fleet-1:wJ5uslHSOR8lFc8aZCAeC1CWl+xYeAzzfmwKSaa7LCg=" ];
+          activationMode = "boot";
+          key = "/run/secrets/yeet-agent-key";
+          caCert = "/etc/ssl/yeet-ca.pem";
+          hostname = "web-1";
+          pollInterval = 30;
+          longPoll = 55;
+          confirmTimeout = 120;
+          healthCheck = "systemctl is-system-running --wait";
+          allowedCacheSchemes = [ "https" "s3" ];
+          maxCheckinInterval = 300;
+          settings = {{ }};
+        }} // {overrides})"#,
+        file.display()
+    ))
+}
+
+#[test]
+fn every_agent_setting_the_module_writes_is_accepted_and_typos_fail_the_build() {
+    let all = agent_settings("{ }");
+    // Every key the agent accepts has an option, and the module writes nothing else.
+    assert_eq!(keys_of(&all), accepted_keys("yeet-agent"));
+    let (ok, text) = check_config("yeet-agent", &all);
+    assert!(ok, "{text}");
+    // A misspelt key in `settings` is refused, by name.
+    let (ok, text) = check_config(
+        "yeet-agent",
+        &agent_settings("{ settings = { poll_intervall_secs = 5; }; }"),
+    );
+    assert!(!ok && text.contains("poll_intervall_secs"), "{text}");
+    // A private key that a Nix path put into the store.
+    let (ok, text) = check_config(
+        "yeet-agent",
+        &agent_settings(r#"{ key = "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-agent_key"; }"#),
+    );
+    assert!(!ok && text.contains("Nix store"), "{text}");
+    // The template's placeholder key: the build says what to put there.
+    let (ok, text) = check_config(
+        "yeet-agent",
+        &agent_settings(
+            r#"{ trustedKeys = [ "fleet-1:REPLACE-WITH-THE-CONTENT-OF-cache-key.pub" ]; }"#,
+        ),
+    );
+    assert!(!ok && text.contains("cache-key.pub"), "{text}");
+    // A value of the wrong type.
+    let (ok, text) = check_config("yeet-agent", &agent_settings(r#"{ longPoll = "soon"; }"#));
+    assert!(!ok && text.contains("long_poll_secs"), "{text}");
+}
+
+/// The server module, with every option set: `overrides` is merged over that.
+fn server_settings(overrides: &str) -> serde_json::Value {
+    let file = modules_dir().join("server-settings.nix");
+    eval_json(&format!(
+        r#"let
+          s = import {};
+          tuning = builtins.listToAttrs (map (t: {{
+            name = builtins.elemAt t 0;
+            value = if builtins.elemAt t 2 == "bool" then true else 7;
+          }}) s.tuning);
+        in s.render ({{
+          address = "0.0.0.0";
+          port = 8470;
+          database = "postgres://yeet@db.internal/yeet";
+          tls = {{ certificate = "/etc/ssl/yeet.pem"; key = "/run/secrets/yeet-tls-key"; }};
+          trustedCacheKeys = [ "fleet-1:wJ5uslHSOR8lFc8aZCAeC1CWl+xYeAzzfmwKSaa7LCg=" ];
+          caches = [ "https://cache.example.org" ];
+          publicUrls = [ "https://yeet.example.org" ];
+          settings = {{ }};
+        }} // tuning // {overrides})"#,
+        file.display()
+    ))
+}
+
+#[test]
+fn every_server_setting_the_module_writes_is_accepted_and_typos_fail_the_build() {
+    let all = server_settings("{ }");
+    assert_eq!(keys_of(&all), accepted_keys("yeet-server"));
+    let (ok, text) = check_config("yeet-server", &all);
+    assert!(ok, "{text}");
+    let (ok, text) = check_config(
+        "yeet-server",
+        &server_settings("{ settings = { max_conections = 5; }; }"),
+    );
+    assert!(!ok && text.contains("max_conections"), "{text}");
+    let (ok, text) = check_config(
+        "yeet-server",
+        &server_settings(
+            r#"{ tls = { certificate = "/etc/ssl/yeet.pem"; key = "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-key.pem"; }; }"#,
+        ),
+    );
+    assert!(!ok && text.contains("Nix store"), "{text}");
+    let (ok, text) = check_config(
+        "yeet-server",
+        &server_settings(r#"{ publicUrls = [ "yeet.example.org" ]; }"#),
+    );
+    assert!(!ok && text.contains("public_urls"), "{text}");
 }

@@ -32,9 +32,14 @@ pub enum ConfigError {
     )]
     NoServer,
     #[error(
-        "invalid trusted key {0:?}: {1} (expected `name:base64`, as in nix.conf's trusted-public-keys)"
+        "invalid trusted key {0:?}: {1} (expected `name:base64`, as in nix.conf's trusted-public-keys{hint})",
+        hint = if .0.contains("REPLACE") { "; replace the template's placeholder with the content of your cache-key.pub" } else { "" }
     )]
     TrustedKey(String, nix_meta::KeyError),
+    #[error(
+        "`{0}` is {1}, in the Nix store, which every user can read: a private key must never be there. Give the path of a file outside the store (deployed as a secret), not a Nix path"
+    )]
+    SecretInStore(&'static str, PathBuf),
     #[error(
         "invalid entry {0:?} in allowed_cache_schemes: expected a URL scheme such as \"https\" or \"s3\""
     )]
@@ -187,6 +192,25 @@ impl Config {
     }
 }
 
+/// The keys an agent config file may contain.
+pub fn file_keys() -> &'static [&'static str] {
+    yeet_proto::fields::of::<FileConfig>()
+}
+
+/// What `yeet-agent check-config` checks, at build time on NixOS: the file parses (no
+/// unknown key, no wrong type), its values are valid, and its private key is not in the
+/// world-readable Nix store. Environment variables and flags play no part.
+pub fn check_file(path: &Path) -> Result<Config, ConfigError> {
+    let config = Config::resolve(&AgentArgs {
+        config: Some(path.to_owned()),
+        ..Default::default()
+    })?;
+    if let Some(key) = config.key.as_ref().filter(|k| k.starts_with("/nix/store")) {
+        return Err(ConfigError::SecretInStore("key", key.clone()));
+    }
+    Ok(config)
+}
+
 fn load(path: &Path) -> Result<FileConfig, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read(path.to_owned(), e))?;
     toml::from_str(&text).map_err(|e| ConfigError::Parse(path.to_owned(), e.to_string()))
@@ -233,5 +257,27 @@ mod tests {
         })
         .unwrap_err();
         assert!(matches!(err, ConfigError::TrustedKey(..)), "{err}");
+    }
+
+    #[test]
+    fn check_config_refuses_typos_placeholders_and_keys_in_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("agent.toml");
+        let check = |text: &str| {
+            std::fs::write(&p, text).unwrap();
+            check_file(&p).map(|_| ()).map_err(|e| e.to_string())
+        };
+        check("server = \"https://yeet\"\nkey = \"/run/secrets/agent_key\"").unwrap();
+        let err = check("server = \"https://yeet\"\npoll_intervall_secs = 5").unwrap_err();
+        assert!(err.contains("poll_intervall_secs"), "{err}");
+        let err =
+            check("server = \"https://yeet\"\nkey = \"/nix/store/aaaa-agent_key\"").unwrap_err();
+        assert!(err.contains("Nix store") && err.contains("`key`"), "{err}");
+        let err = check(
+            "server = \"https://yeet\"\ntrusted_keys = [\"fleet-1:REPLACE-WITH-THE-CONTENT-OF-cache-key.pub\"]",
+        )
+        .unwrap_err();
+        assert!(err.contains("placeholder"), "{err}");
+        assert!(file_keys().contains(&"health_check") && file_keys().len() >= 12);
     }
 }

@@ -1,5 +1,6 @@
-//! The `yeet-agent` binary: `run` is the daemon, `status` shows what it is doing, and
-//! `activate` is the detached activation process the daemon starts.
+//! The `yeet-agent` binary: `run` is the daemon, `status` shows what it is doing,
+//! `check-config` checks a config file, and `activate` is the detached activation process
+//! the daemon starts.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -28,6 +29,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Check an agent config file without running anything: unknown keys, wrong types,
+    /// invalid values and private keys in the Nix store are errors (the NixOS module runs
+    /// this at build time).
+    CheckConfig {
+        /// The file to check.
+        #[arg(required_unless_present = "list_keys")]
+        file: Option<std::path::PathBuf>,
+        /// Print the keys a config file may contain, one per line.
+        #[arg(long)]
+        list_keys: bool,
+    },
     /// Internal: the detached activation process started by `run`.
     #[command(hide = true)]
     Activate,
@@ -51,6 +63,24 @@ fn main() -> anyhow::Result<()> {
             yeet_agent::daemon::run(&config, &stop)
         }
         Command::Activate => Ok(yeet_agent::activate::run(&StateDir::new(STATE_DIR))?),
+        Command::CheckConfig { file, list_keys } => {
+            if list_keys {
+                for key in yeet_agent::config::file_keys() {
+                    println!("{key}");
+                }
+            }
+            if let Some(file) = file {
+                let config = yeet_agent::config::check_file(&file)?;
+                println!(
+                    "{}: ok (server {}, {} trusted key(s), activation mode {})",
+                    file.display(),
+                    config.server,
+                    config.trusted_keys.len(),
+                    format!("{:?}", config.activation_mode).to_lowercase()
+                );
+            }
+            Ok(())
+        }
         Command::Status { json } => {
             let path = status_path();
             let text = std::fs::read_to_string(&path).map_err(|e| {

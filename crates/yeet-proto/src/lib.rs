@@ -3,6 +3,7 @@
 //! clocks, randomness and files, so both server and clients share exactly one definition.
 
 pub mod api;
+pub mod fields;
 pub mod identity;
 pub mod names;
 pub mod signing;

@@ -223,6 +223,29 @@ impl Config {
     }
 }
 
+/// The keys a server config file may contain.
+pub fn file_keys() -> &'static [&'static str] {
+    yeet_proto::fields::of::<FileConfig>()
+}
+
+/// What `yeet-server check-config` checks, at build time on NixOS: the file parses (no
+/// unknown key, no wrong type), its values are valid, and its TLS key is not in the
+/// world-readable Nix store. Environment variables and flags play no part.
+pub fn check_file(path: &Path) -> Result<Config, ConfigError> {
+    let config = Config::merge(load_file(path)?, &ServerArgs::default())?;
+    if let Some((_, key)) = config
+        .tls
+        .as_ref()
+        .filter(|(_, k)| k.starts_with("/nix/store"))
+    {
+        return Err(ConfigError::Invalid(format!(
+            "tls_key is {}, in the Nix store, which every user can read: a private key must never be there. Give the path of a file outside the store (deployed as a secret), not a Nix path",
+            key.display()
+        )));
+    }
+    Ok(config)
+}
+
 fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read(path.to_owned(), e))?;
     toml::from_str(&text).map_err(|e| ConfigError::Parse(path.to_owned(), e.to_string()))

@@ -25,6 +25,17 @@ struct Cli {
 enum Command {
     /// Run the server (the default when no command is given).
     Serve,
+    /// Check a config file without starting anything: unknown keys, wrong types, invalid
+    /// values and a TLS key in the Nix store are errors (the NixOS module runs this at
+    /// build time).
+    CheckConfig {
+        /// The file to check.
+        #[arg(required_unless_present = "list_keys")]
+        file: Option<std::path::PathBuf>,
+        /// Print the keys a config file may contain, one per line.
+        #[arg(long)]
+        list_keys: bool,
+    },
     /// Manage operators directly in the database, on the server host.
     #[command(subcommand)]
     Admin(AdminCommand),
@@ -64,9 +75,32 @@ async fn main() -> Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
-    let config = Config::resolve(&cli.server)?;
+    // check-config reads only the named file: the default config, environment and flags
+    // play no part, and a broken default config must not stop it.
+    let config = || Config::resolve(&cli.server);
     match cli.command.unwrap_or(Command::Serve) {
+        Command::CheckConfig { file, list_keys } => {
+            if list_keys {
+                for key in yeet_server::config::file_keys() {
+                    println!("{key}");
+                }
+            }
+            if let Some(file) = file {
+                let checked = yeet_server::config::check_file(&file)?;
+                println!(
+                    "{}: ok (listen {}, {})",
+                    file.display(),
+                    checked.listen,
+                    if checked.tls.is_some() {
+                        "https"
+                    } else {
+                        "http"
+                    }
+                );
+            }
+        }
         Command::Serve => {
+            let config = config()?;
             let tls = config.tls.is_some();
             yeet_server::serve(
                 config,
@@ -78,7 +112,7 @@ async fn main() -> Result<()> {
             )
             .await?;
         }
-        Command::Admin(cmd) => admin(config, cmd).await?,
+        Command::Admin(cmd) => admin(config()?, cmd).await?,
     }
     Ok(())
 }
