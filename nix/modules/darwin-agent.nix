@@ -28,7 +28,9 @@ in
     environment.etc."yeet/agent.toml".source = configFile;
     environment.systemPackages = [ cfg.package ];
     launchd.daemons.yeet-agent.serviceConfig = {
-      ProgramArguments = [ "${cfg.package}/bin/yeet-agent" "run" ];
+      # The config file's store path is part of the plist: activate reloads a daemon whose
+      # plist changed, so a config-only change restarts the agent too (NixOS: restartTriggers).
+      ProgramArguments = [ "${cfg.package}/bin/yeet-agent" "run" "--config" "${configFile}" ];
       # launchd gives daemons a bare PATH: the agent runs nix-store and nix-env, the
       # activation runs the system's activate script, the health check runs /bin/sh.
       EnvironmentVariables.PATH = lib.concatStringsSep ":" [

@@ -25,7 +25,7 @@ case "\$1" in
       systemctl daemon-reload
     fi
     if [ "$variant" = fail ]; then
-      echo "error: the unit demo-web.service failed to start (exit 4)" >&2
+      echo "error: the web service demo-web failed to start (exit 4)" >&2
       exit 4
     fi
     if [ -d /run/systemd/system ]; then
@@ -39,3 +39,30 @@ esac
 exit 0
 SCRIPT
 chmod +x "$out/bin/switch-to-configuration"
+
+if [ "$platform" = darwin ]; then
+  # A nix-darwin-shaped system: no switch script, but `activate` (run as root after the
+  # profile is set), `activate-user` (older releases), darwin-version and systemConfig.
+  rm -r "$out/bin" "$out/kernel" "$out/initrd"
+  echo "{\"darwinLabel\": \"$name\"}" > "$out/darwin-version"
+  echo "$out" > "$out/systemConfig"
+  cat > "$out/activate-user" <<SCRIPT
+#!/bin/sh
+echo "activate-user: $out"
+SCRIPT
+  cat > "$out/activate" <<SCRIPT
+#!/bin/sh
+PATH=/bin:/usr/bin
+echo "activate: $out ($variant)"
+cp "$agentConfig" /etc/yeet/agent.toml
+ln -sfn "$out" /run/current-system
+if [ "$variant" = fail ]; then
+  echo "error: the web service demo-web failed to start (exit 4)" >&2
+  exit 4
+fi
+# launchd reloads the agent's daemon when its plist changed; here: restart it.
+[ -f /run/yeet/agent.pid ] && kill "\$(cat /run/yeet/agent.pid)" 2>/dev/null
+exit 0
+SCRIPT
+  chmod +x "$out/activate" "$out/activate-user"
+fi

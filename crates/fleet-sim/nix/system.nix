@@ -3,10 +3,13 @@
 # yeet-agent unit, points /run/current-system at itself, and restarts the agent. On a host
 # that boots systemd it restarts yeet-agent.service only when the unit file changed, as
 # NixOS does; on a namespace host it kills the agent (the harness's supervisor starts it
-# again). Variants fail the switch, carry an agent config that cannot reach the server or
+# again). With platform = "darwin" it is shaped like a nix-darwin system instead. Variants
+# fail the switch, carry an agent config that cannot reach the server or
 # cannot start, fail the health check, or bring another kernel.
 { name, server, trustedKey, variant ? "good", kernel ? "6.1", confirmTimeout ? 20, salt ? ""
 , extraConfig ? "", system ? builtins.currentSystem
+  # "darwin": a nix-darwin-shaped system (activate, activate-user, no switch script).
+, platform ? "nixos"
   # Where the agent's package is on the host (its bin/yeet-agent is the unit's ExecStart).
 , agentPackage ? "/opt/yeet-agent"
 , agentServiceFile ? ../../../nix/modules/agent-service.nix
@@ -51,7 +54,7 @@ let
     args = [ "-c" "printf '%s' \"$text\" > $out" ];
   };
 in drv {
-  inherit name variant salt agentConfig unit;
+  inherit name variant salt agentConfig unit platform;
   kernelPkg = kernelPkg;
   args = [ "-c" (builtins.readFile ./build-system.sh) ];
 }

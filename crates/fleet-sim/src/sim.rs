@@ -117,9 +117,37 @@ impl Variant {
     }
 }
 
+/// What a test system is shaped like.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Platform {
+    /// A NixOS system: `bin/switch-to-configuration`.
+    #[default]
+    NixOS,
+    /// A nix-darwin system: `activate` and `activate-user`, no switch script.
+    Darwin,
+}
+
+impl Platform {
+    fn as_str(self) -> &'static str {
+        match self {
+            Platform::NixOS => "nixos",
+            Platform::Darwin => "darwin",
+        }
+    }
+
+    /// What the activation log says ran to switch to a system.
+    pub fn switch_step(self) -> &'static str {
+        match self {
+            Platform::NixOS => "switch-to-configuration switch",
+            Platform::Darwin => "activate",
+        }
+    }
+}
+
 /// A test system: what it is called, how it behaves, and the agent config it carries.
 pub struct SystemSpec<'a> {
     pub name: &'a str,
+    pub platform: Platform,
     pub variant: Variant,
     pub kernel: &'a str,
     /// The server URL its agent config names.
@@ -131,6 +159,8 @@ pub struct SystemSpec<'a> {
     pub salt: &'a str,
     /// Lines appended to its agent.toml.
     pub extra_agent_config: &'a str,
+    /// The yeet package its agent unit runs (a path on the host).
+    pub agent_package: &'a str,
 }
 
 /// Builds a test system with real Nix in the outer store; returns its store path.
@@ -140,12 +170,14 @@ pub fn build_system(spec: &SystemSpec) -> String {
     cmd.arg(&expr).arg("--no-out-link");
     for (name, value) in [
         ("name", spec.name),
+        ("platform", spec.platform.as_str()),
         ("server", spec.server),
         ("trustedKey", spec.trusted_key),
         ("variant", spec.variant.as_str()),
         ("kernel", spec.kernel),
         ("salt", spec.salt),
         ("extraConfig", spec.extra_agent_config),
+        ("agentPackage", spec.agent_package),
     ] {
         cmd.args(["--argstr", name, value]);
     }
@@ -242,6 +274,9 @@ done
 /// Where a systemd host finds the agent's package (the unit's ExecStart is its
 /// bin/yeet-agent): the workspace's binaries, bound read-only.
 pub const SYSTEMD_HOST_AGENT_PACKAGE: &str = "/opt/yeet-agent";
+/// The same binaries under another path, standing in for a new yeet package in a new
+/// system (on NixOS, a new store path in the unit's ExecStart).
+pub const SYSTEMD_HOST_NEXT_AGENT_PACKAGE: &str = "/opt/yeet-agent-next";
 
 /// The service manager's PATH on a systemd host: only systemd's own tools, as on NixOS,
 /// so that a unit (an activation started with `systemd-run`) that relies on inheriting a
@@ -449,6 +484,10 @@ impl SimHost {
             &bind(&self.root.join("var-lib-yeet"), "/var/lib/yeet"),
             &format!(
                 "--bind-ro={}:{SYSTEMD_HOST_AGENT_PACKAGE}/bin",
+                bin_dir().display()
+            ),
+            &format!(
+                "--bind-ro={}:{SYSTEMD_HOST_NEXT_AGENT_PACKAGE}/bin",
                 bin_dir().display()
             ),
             "--boot",
@@ -685,6 +724,8 @@ pub fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
 #[derive(Clone, Debug)]
 pub struct FleetOptions {
     pub kind: HostKind,
+    /// What the fleet's systems are shaped like.
+    pub platform: Platform,
     /// The confirm timeout its systems' agent configs carry.
     pub confirm_timeout: u64,
     /// The server's database URL (SQLite in its state directory when `None`).
@@ -701,6 +742,7 @@ impl Default for FleetOptions {
     fn default() -> Self {
         FleetOptions {
             kind: HostKind::Namespace,
+            platform: Platform::NixOS,
             confirm_timeout: 30,
             database: None,
             server_checks_signatures: true,
@@ -819,6 +861,7 @@ impl Fleet {
         let salt = self.dir.path().display().to_string();
         build_system(&SystemSpec {
             name,
+            platform: self.options.platform,
             variant,
             kernel,
             server: &self.server.url,
@@ -826,7 +869,28 @@ impl Fleet {
             confirm_timeout: self.options.confirm_timeout,
             salt: &salt,
             extra_agent_config: &format!("{}\n{agent_config}", self.options.agent_config),
+            agent_package: SYSTEMD_HOST_AGENT_PACKAGE,
         })
+    }
+
+    /// Builds a system whose agent unit runs the yeet package at `agent_package`, and
+    /// pushes it, signed, to the cache.
+    pub fn system_with_agent_package(&self, name: &str, agent_package: &str) -> String {
+        let salt = self.dir.path().display().to_string();
+        let path = build_system(&SystemSpec {
+            name,
+            platform: self.options.platform,
+            variant: Variant::Good,
+            kernel: "6.1",
+            server: &self.server.url,
+            trusted_key: &self.cache.public_key,
+            confirm_timeout: self.options.confirm_timeout,
+            salt: &salt,
+            extra_agent_config: &self.options.agent_config,
+            agent_package,
+        });
+        self.cache.push(&path);
+        path
     }
 
     pub fn dir(&self) -> &Path {

@@ -7,32 +7,32 @@
 mod common;
 
 use common::{CONVERGE, converged, interrupted_activation_converges};
-use fleet_sim::sim::{Fleet, FleetOptions, HostKind, Variant, wait_until};
+use fleet_sim::sim::{Fleet, FleetOptions, Variant, wait_until};
 use std::time::Duration;
 
 #[test]
 fn three_hosts_switch_and_confirm() {
-    common::switch_and_confirm(HostKind::Namespace, &["web-1", "web-2", "db-1"]);
+    common::switch_and_confirm(common::NAMESPACE, &["web-1", "web-2", "db-1"]);
 }
 
 #[test]
 fn killing_the_agent_mid_activation_converges() {
-    common::killing_the_agent_mid_activation_converges(HostKind::Namespace);
+    common::killing_the_agent_mid_activation_converges(common::NAMESPACE);
 }
 
 #[test]
 fn a_burst_of_releases_ends_on_the_last() {
-    common::a_burst_of_releases_ends_on_the_last(HostKind::Namespace);
+    common::a_burst_of_releases_ends_on_the_last(common::NAMESPACE);
 }
 
 #[test]
 fn boot_mode_applies_at_the_next_boot() {
-    common::boot_mode_applies_at_the_next_boot(HostKind::Namespace);
+    common::boot_mode_applies_at_the_next_boot(common::NAMESPACE);
 }
 
 #[test]
 fn killing_the_activation_process_converges() {
-    interrupted_activation_converges(HostKind::Namespace, |fleet| {
+    interrupted_activation_converges(common::NAMESPACE, |fleet| {
         let host = &fleet.hosts[0];
         wait_until(
             Duration::from_secs(30),
@@ -44,7 +44,7 @@ fn killing_the_activation_process_converges() {
 
 #[test]
 fn a_power_cut_mid_activation_converges() {
-    interrupted_activation_converges(HostKind::Namespace, |fleet| {
+    interrupted_activation_converges(common::NAMESPACE, |fleet| {
         fleet.host("web-1").power_off();
         fleet.boot("web-1");
     });
@@ -68,17 +68,17 @@ fn a_publish_reaches_fifty_hosts() {
 
 #[test]
 fn a_failing_switch_rolls_back_and_its_log_is_kept() {
-    common::a_failing_switch_rolls_back_and_its_log_is_kept(HostKind::Namespace);
+    common::a_failing_switch_rolls_back_and_its_log_is_kept(common::NAMESPACE);
 }
 
 #[test]
 fn a_system_that_cuts_the_agent_off_rolls_back_within_the_confirm_timeout() {
-    common::a_config_only_change_that_cuts_the_agent_off_rolls_back(HostKind::Namespace);
+    common::a_config_only_change_that_cuts_the_agent_off_rolls_back(common::NAMESPACE);
 }
 
 #[test]
 fn a_failing_health_check_rolls_back_at_once() {
-    common::a_failing_health_check_rolls_back_at_once(HostKind::Namespace);
+    common::a_failing_health_check_rolls_back_at_once(common::NAMESPACE);
 }
 
 #[test]
@@ -157,8 +157,28 @@ fn a_host_offline_through_two_releases_gets_only_the_latest() {
 }
 
 #[test]
+fn a_darwin_system_is_activated_and_confirmed() {
+    common::switch_and_confirm(common::DARWIN, &["mac-1"]);
+}
+
+#[test]
+fn a_failing_darwin_activation_rolls_back() {
+    common::a_failing_switch_rolls_back_and_its_log_is_kept(common::DARWIN);
+}
+
+#[test]
+fn a_darwin_system_that_cuts_the_agent_off_rolls_back() {
+    common::a_config_only_change_that_cuts_the_agent_off_rolls_back(common::DARWIN);
+}
+
+#[test]
+fn a_darwin_system_in_boot_mode_applies_at_the_next_boot() {
+    common::boot_mode_applies_at_the_next_boot(common::DARWIN);
+}
+
+#[test]
 fn a_kernel_change_takes_a_reboot() {
-    common::a_kernel_change_takes_a_reboot(HostKind::Namespace);
+    common::a_kernel_change_takes_a_reboot(common::NAMESPACE);
 }
 
 #[test]

@@ -10,7 +10,9 @@
 
 use fleet_sim::hostile::HostileServer;
 use fleet_sim::run;
-use fleet_sim::sim::{Cache, HostKind, SimHost, SystemSpec, Variant, build_system, wait_until};
+use fleet_sim::sim::{
+    Cache, HostKind, Platform, SimHost, SystemSpec, Variant, build_system, wait_until,
+};
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -129,6 +131,7 @@ fn a_malicious_server_gets_nothing_activated() {
     let system = |name: &str| {
         build_system(&SystemSpec {
             name,
+            platform: Platform::NixOS,
             variant: Variant::Good,
             kernel: "6.1",
             server: &server.url,
@@ -137,6 +140,7 @@ fn a_malicious_server_gets_nothing_activated() {
             salt: &salt,
             // However large the server's interval, the agent comes back within 2 s.
             extra_agent_config: "max_checkin_interval_secs = 2",
+            agent_package: fleet_sim::sim::SYSTEMD_HOST_AGENT_PACKAGE,
         })
     };
     let base = system("base");

@@ -9,49 +9,89 @@
 
 mod common;
 
-use fleet_sim::sim::HostKind::Systemd;
+use common::SYSTEMD;
+use fleet_sim::sim::{Fleet, HostKind, SYSTEMD_HOST_NEXT_AGENT_PACKAGE};
 
 #[test]
 fn switch_and_confirm() {
-    common::switch_and_confirm(Systemd, &["web-1", "web-2"]);
+    common::switch_and_confirm(SYSTEMD, &["web-1", "web-2"]);
 }
 
 #[test]
 fn a_failing_switch_rolls_back() {
-    common::a_failing_switch_rolls_back_and_its_log_is_kept(Systemd);
+    common::a_failing_switch_rolls_back_and_its_log_is_kept(SYSTEMD);
 }
 
 #[test]
 fn a_config_only_change_that_cuts_the_agent_off_rolls_back() {
-    common::a_config_only_change_that_cuts_the_agent_off_rolls_back(Systemd);
+    common::a_config_only_change_that_cuts_the_agent_off_rolls_back(SYSTEMD);
 }
 
 #[test]
 fn an_agent_that_cannot_start_rolls_back_and_comes_back() {
-    common::an_agent_that_cannot_start_rolls_back_and_comes_back(Systemd);
+    common::an_agent_that_cannot_start_rolls_back_and_comes_back(SYSTEMD);
 }
 
 #[test]
 fn a_failing_health_check_rolls_back() {
-    common::a_failing_health_check_rolls_back_at_once(Systemd);
+    common::a_failing_health_check_rolls_back_at_once(SYSTEMD);
 }
 
 #[test]
 fn killing_the_agent_mid_activation_converges() {
-    common::killing_the_agent_mid_activation_converges(Systemd);
+    common::killing_the_agent_mid_activation_converges(SYSTEMD);
 }
 
 #[test]
 fn a_kernel_change_takes_a_reboot() {
-    common::a_kernel_change_takes_a_reboot(Systemd);
+    common::a_kernel_change_takes_a_reboot(SYSTEMD);
 }
 
 #[test]
 fn boot_mode_applies_at_the_next_boot() {
-    common::boot_mode_applies_at_the_next_boot(Systemd);
+    common::boot_mode_applies_at_the_next_boot(SYSTEMD);
 }
 
 #[test]
 fn a_burst_of_releases_ends_on_the_last() {
-    common::a_burst_of_releases_ends_on_the_last(Systemd);
+    common::a_burst_of_releases_ends_on_the_last(SYSTEMD);
+}
+
+/// A new system brings a new yeet package: after the switch, systemd runs the new binary
+/// (the unit's ExecStart changed), and that agent is the one that confirms.
+#[test]
+fn an_agent_upgraded_by_a_switch_runs_the_new_binary_and_confirms() {
+    let fleet = Fleet::of(HostKind::Systemd, &["web-1"], 30);
+    let upgraded =
+        fleet.system_with_agent_package("system-new-agent", SYSTEMD_HOST_NEXT_AGENT_PACKAGE);
+    fleet.publish(&[("web-1", &upgraded)], "a new agent");
+    let a = fleet.wait_for_activation("web-1", 1, common::CONVERGE);
+    assert_eq!(
+        (a["result"].as_str(), a["store_path"].as_str()),
+        (Some("confirmed"), Some(upgraded.as_str())),
+        "{a}\n{}",
+        fleet.hosts[0].agent_log()
+    );
+    let host = &fleet.hosts[0];
+    let out = host.exec(&[
+        "systemctl",
+        "show",
+        "--property=MainPID",
+        "--value",
+        "yeet-agent",
+    ]);
+    let pid = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let out = host.exec(&["cat", &format!("/proc/{pid}/cmdline")]);
+    let cmdline = String::from_utf8_lossy(&out.stdout).replace('\0', " ");
+    assert!(
+        cmdline.starts_with(&format!(
+            "{SYSTEMD_HOST_NEXT_AGENT_PACKAGE}/bin/yeet-agent run"
+        )),
+        "the agent runs {cmdline:?}"
+    );
+    // The confirmation came after the restart: the new agent's first start precedes it.
+    let log = host.agent_log();
+    let restarted = log.rfind("yeet-agent starting").unwrap();
+    let reported = log.rfind("activation reported").unwrap();
+    assert!(restarted < reported, "{log}");
 }

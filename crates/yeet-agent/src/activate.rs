@@ -13,7 +13,7 @@ use yeet_proto::api::ActivationResult;
 use crate::config::{ActivationMode, BOOTED_SYSTEM, NIX_CONF};
 use crate::fetch::{self, FetchError};
 use crate::state::{ActivationState, Phase, StateDir, StateError};
-use crate::system;
+use crate::system::{self, Action};
 
 pub fn now() -> i64 {
     std::time::SystemTime::now()
@@ -66,15 +66,22 @@ pub fn run(dir: &StateDir) -> Result<(), StateError> {
     }
     if st.phase == Phase::Switching {
         let action = match st.mode {
-            ActivationMode::Switch => "switch",
-            ActivationMode::Boot => "boot",
+            ActivationMode::Switch => Action::Switch,
+            ActivationMode::Boot => Action::Boot,
         };
         note(
             &log,
-            &format!("setting the system profile and running switch-to-configuration {action}"),
+            &format!(
+                "setting the system profile and running {}",
+                system::describe(&st.store_path, action)
+            ),
         );
+        if let Err(reason) = system::platform_of(&st.store_path) {
+            // Nothing was changed: there is nothing to roll back.
+            return finish(dir, &log, st, ActivationResult::Failed, reason);
+        }
         if let Err(reason) = system::set_profile(&st.store_path, &log)
-            .and_then(|_| system::switch_to(&st.store_path, action, &log))
+            .and_then(|_| system::apply(&st.store_path, action, &log))
         {
             return roll_back(dir, &log, st, reason);
         }
@@ -166,7 +173,7 @@ fn roll_back(
         );
     };
     let back = system::set_profile(&previous, log)
-        .and_then(|_| system::switch_to(&previous, "switch", log));
+        .and_then(|_| system::apply(&previous, Action::Switch, log));
     match back {
         Ok(()) => finish(dir, log, st, ActivationResult::RolledBack, reason),
         Err(e) => finish(

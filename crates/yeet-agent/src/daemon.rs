@@ -426,10 +426,13 @@ impl Agent<'_> {
     }
 
     /// Starts `yeet-agent activate` outside this process's lifetime: a transient systemd unit
-    /// where systemd runs, a new session (`setsid`) otherwise.
+    /// where systemd runs, else a process in a process group of its own. The agent's
+    /// supervisor (launchd, or a script) stops the agent's group when it restarts it; the
+    /// activation is not in that group, and needs no `setsid` binary (macOS has none).
     fn spawn_activator(&mut self) {
         let exe = own_executable();
         let log = self.state.open_log();
+        let output = || log.as_ref().ok().and_then(|l| l.try_clone().ok());
         let mut cmd = if Path::new("/run/systemd/system").exists() {
             let mut c = Command::new("systemd-run");
             c.args([
@@ -446,17 +449,34 @@ impl Agent<'_> {
             c.arg(&exe);
             c
         } else {
-            let mut c = Command::new("setsid");
-            c.arg("--fork").arg(&exe);
+            let mut c = Command::new(&exe);
+            std::os::unix::process::CommandExt::process_group(&mut c, 0);
             c
         };
         cmd.arg("activate").stdin(Stdio::null());
-        if let Some((out, err)) = log.ok().and_then(|l| l.try_clone().ok().map(|e| (l, e))) {
+        if let (Some(out), Some(err)) = (output(), output()) {
             cmd.stdout(out).stderr(err);
         }
-        match cmd.status() {
-            Ok(s) if s.success() => self.spawned_at = Some(Instant::now()),
-            Ok(s) => tracing::error!(status = %s, "the activation process could not be started"),
+        let started = match cmd.spawn() {
+            // systemd-run returns once the unit runs; a detached process is reaped in the
+            // background whenever it ends, so that it never lingers as a zombie.
+            Ok(mut child) if cmd.get_program() == "systemd-run" => {
+                child.wait().map_err(|e| e.to_string()).and_then(|s| {
+                    if s.success() {
+                        Ok(())
+                    } else {
+                        Err(s.to_string())
+                    }
+                })
+            }
+            Ok(mut child) => {
+                std::thread::spawn(move || child.wait());
+                Ok(())
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        match started {
+            Ok(()) => self.spawned_at = Some(Instant::now()),
             Err(e) => tracing::error!(error = %e, "the activation process could not be started"),
         }
     }

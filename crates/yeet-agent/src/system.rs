@@ -1,6 +1,7 @@
 //! The host's systems: reading `/run/current-system` and friends, setting the system
-//! profile, running `switch-to-configuration`, and the health check. Everything shells out
-//! to the real tools (`nix-env`, the system's own switch script, `sh`).
+//! profile, applying a system (a NixOS system's `switch-to-configuration`, a nix-darwin
+//! system's `activate`), and the health check. Everything shells out to the real tools
+//! (`nix-env`, the system's own scripts, `/bin/sh`).
 
 use std::fs::File;
 use std::path::Path;
@@ -69,14 +70,78 @@ pub fn set_profile(path: &str, log: &File) -> Result<(), String> {
     )
 }
 
-/// Runs `<path>/bin/switch-to-configuration <action>`.
-pub fn switch_to(path: &str, action: &str, log: &File) -> Result<(), String> {
-    let script = Path::new(path).join("bin/switch-to-configuration");
-    run_logged(
-        Command::new(&script).arg(action),
-        log,
-        &format!("switch-to-configuration {action}"),
-    )
+/// What kind of system a store path is, known from what it carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Platform {
+    /// A NixOS system: `bin/switch-to-configuration`.
+    NixOS,
+    /// A nix-darwin system: `activate` (and `activate-user` on older releases), no switch
+    /// script.
+    Darwin,
+}
+
+/// How a system is applied: `switch` now, or `boot` (the boot default only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Switch,
+    Boot,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Switch => "switch",
+            Action::Boot => "boot",
+        }
+    }
+}
+
+pub fn platform_of(path: &str) -> Result<Platform, String> {
+    let system = Path::new(path);
+    if system.join("bin/switch-to-configuration").exists() {
+        Ok(Platform::NixOS)
+    } else if system.join("activate").exists() {
+        Ok(Platform::Darwin)
+    } else {
+        Err(format!(
+            "{path} is neither a NixOS system (bin/switch-to-configuration) nor a nix-darwin system (activate): publish a system's toplevel"
+        ))
+    }
+}
+
+/// Applies the system at `path`, whose profile generation is already set. NixOS:
+/// `bin/switch-to-configuration switch|boot`. nix-darwin, as `darwin-rebuild switch` does:
+/// `activate-user` where present, then `activate`; it has no boot entries, and its
+/// activate-system daemon activates the profile's system at boot, so `boot` does nothing
+/// more.
+pub fn apply(path: &str, action: Action, log: &File) -> Result<(), String> {
+    let system = Path::new(path);
+    match (platform_of(path)?, action) {
+        (Platform::NixOS, _) => run_logged(
+            Command::new(system.join("bin/switch-to-configuration")).arg(action.as_str()),
+            log,
+            &format!("switch-to-configuration {}", action.as_str()),
+        ),
+        (Platform::Darwin, Action::Switch) => {
+            let user = system.join("activate-user");
+            if user.exists() {
+                run_logged(&mut Command::new(user), log, "activate-user")?;
+            }
+            run_logged(&mut Command::new(system.join("activate")), log, "activate")
+        }
+        (Platform::Darwin, Action::Boot) => Ok(()),
+    }
+}
+
+/// What `apply` runs, for the log.
+pub fn describe(path: &str, action: Action) -> String {
+    match (platform_of(path), action) {
+        (Ok(Platform::Darwin), Action::Switch) => "the nix-darwin system's activate".into(),
+        (Ok(Platform::Darwin), Action::Boot) => {
+            "nothing more: nix-darwin activates the profile's system at boot".into()
+        }
+        _ => format!("switch-to-configuration {}", action.as_str()),
+    }
 }
 
 /// Runs the health check through `/bin/sh -c` (which NixOS, Debian and macOS all have,
@@ -112,6 +177,45 @@ mod tests {
         let (a, b, c) = (mk("a", "k1"), mk("b", "k1"), mk("c", "k2"));
         assert!(!kernel_differs(&a, &b));
         assert!(kernel_differs(&a, &c));
+    }
+
+    #[test]
+    fn darwin_systems_are_applied_as_darwin_rebuild_does() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let sys = dir.path().join("darwin-system");
+        std::fs::create_dir_all(&sys).unwrap();
+        let trace = dir.path().join("trace");
+        for script in ["activate-user", "activate"] {
+            let p = sys.join(script);
+            std::fs::write(
+                &p,
+                format!("#!/bin/sh\necho {script} >> {}\n", trace.display()),
+            )
+            .unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let path = sys.to_str().unwrap();
+        let log = File::create(dir.path().join("log")).unwrap();
+        assert_eq!(platform_of(path), Ok(Platform::Darwin));
+        apply(path, Action::Boot, &log).unwrap();
+        assert!(!trace.exists(), "boot mode ran an activation script");
+        apply(path, Action::Switch, &log).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&trace).unwrap(),
+            "activate-user\nactivate\n"
+        );
+        // Older than activate-user, or newer without it: activate alone.
+        std::fs::remove_file(sys.join("activate-user")).unwrap();
+        apply(path, Action::Switch, &log).unwrap();
+        assert!(
+            std::fs::read_to_string(&trace)
+                .unwrap()
+                .ends_with("activate\nactivate\n")
+        );
+        let neither = dir.path().to_str().unwrap();
+        let err = apply(neither, Action::Switch, &log).unwrap_err();
+        assert!(err.contains("neither a NixOS system"), "{err}");
     }
 
     #[test]

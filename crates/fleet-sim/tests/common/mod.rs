@@ -1,10 +1,11 @@
-//! The core scenarios, written once and run on both kinds of simulated host: namespace hosts
-//! (tests/agent.rs) and hosts that boot a real systemd (tests/systemd.rs). Each takes the
-//! host kind, so that the assertions cannot differ between the two.
+//! The core scenarios, written once and run on every kind of simulated host: namespace
+//! hosts with NixOS-shaped and nix-darwin-shaped systems (tests/agent.rs), and hosts that
+//! boot a real systemd (tests/systemd.rs). Each takes the hosts it runs on, so that the
+//! assertions cannot differ between them.
 
 #![allow(clippy::unwrap_used, dead_code)]
 
-use fleet_sim::sim::{Fleet, FleetOptions, HostKind, Variant, wait_until};
+use fleet_sim::sim::{Fleet, FleetOptions, HostKind, Platform, Variant, wait_until};
 use std::time::{Duration, Instant};
 
 pub const CONVERGE: Duration = Duration::from_secs(120);
@@ -21,8 +22,37 @@ pub fn converged(fleet: &Fleet, path: &str) -> bool {
     })
 }
 
-fn fleet(kind: HostKind, names: &[&str], confirm_timeout: u64) -> Fleet {
-    Fleet::of(kind, names, confirm_timeout)
+/// The hosts a scenario runs on.
+#[derive(Clone, Copy, Debug)]
+pub struct Hosts {
+    pub kind: HostKind,
+    pub platform: Platform,
+}
+
+pub const NAMESPACE: Hosts = Hosts {
+    kind: HostKind::Namespace,
+    platform: Platform::NixOS,
+};
+pub const SYSTEMD: Hosts = Hosts {
+    kind: HostKind::Systemd,
+    platform: Platform::NixOS,
+};
+/// nix-darwin-shaped systems on namespace hosts: no systemd, no switch script.
+pub const DARWIN: Hosts = Hosts {
+    kind: HostKind::Namespace,
+    platform: Platform::Darwin,
+};
+
+fn fleet(hosts: Hosts, names: &[&str], confirm_timeout: u64) -> Fleet {
+    Fleet::with(
+        names,
+        FleetOptions {
+            kind: hosts.kind,
+            platform: hosts.platform,
+            confirm_timeout,
+            ..Default::default()
+        },
+    )
 }
 
 /// True while the host's agent runs: its unit is active on a systemd host, its process
@@ -40,8 +70,8 @@ pub fn agent_running(fleet: &Fleet, host: &str) -> bool {
 
 /// A new system whose agent config changed (as a new agent version or setting would):
 /// the switch restarts the agent, and the restarted agent confirms it.
-pub fn switch_and_confirm(kind: HostKind, names: &[&str]) {
-    let fleet = fleet(kind, names, 30);
+pub fn switch_and_confirm(hosts: Hosts, names: &[&str]) {
+    let fleet = fleet(hosts, names, 30);
     for h in &fleet.hosts {
         assert_eq!(
             (h.current_system(), h.booted_system()),
@@ -67,9 +97,15 @@ pub fn switch_and_confirm(kind: HostKind, names: &[&str]) {
     let log: serde_json::Value = fleet.server.yeet_json(&["log", names[0]]);
     let text = log["log"].as_str().unwrap();
     assert!(
-        text.contains("switch-to-configuration switch") && text.contains("confirmed"),
+        text.contains(hosts.platform.switch_step()) && text.contains("confirmed"),
         "{text}"
     );
+    if hosts.platform == Platform::Darwin {
+        // As darwin-rebuild: activate-user where present, then activate.
+        let user = text.find("activate-user: ").unwrap();
+        let system = text.find("activate: ").unwrap();
+        assert!(user < system, "{text}");
+    }
     for h in &fleet.hosts {
         // The switch restarted every agent (systemd: its unit changed), and the activation
         // still confirmed.
@@ -84,7 +120,7 @@ pub fn switch_and_confirm(kind: HostKind, names: &[&str]) {
             "{}: agent not running",
             h.name
         );
-        if kind == HostKind::Systemd {
+        if hosts.kind == HostKind::Systemd {
             // The activation ran in a transient unit of its own, not in the agent's.
             let activation = h.journal("yeet-activate-*");
             assert!(
@@ -99,8 +135,8 @@ pub fn switch_and_confirm(kind: HostKind, names: &[&str]) {
 
 /// Publishes a good system, interrupts the activation with `interrupt` as soon as it has
 /// begun, and checks that the host still converges with exactly one confirmed attempt.
-pub fn interrupted_activation_converges(kind: HostKind, interrupt: impl FnOnce(&mut Fleet)) {
-    let mut fleet = fleet(kind, &["web-1"], 30);
+pub fn interrupted_activation_converges(hosts: Hosts, interrupt: impl FnOnce(&mut Fleet)) {
+    let mut fleet = fleet(hosts, &["web-1"], 30);
     let v1 = fleet.system_with_agent_config("system-v1", Variant::Good, "# v1");
     let state = fleet.hosts[0].root.join("var-lib-yeet/activation.json");
     fleet.publish(&[("web-1", &v1)], "v1");
@@ -121,8 +157,8 @@ pub fn interrupted_activation_converges(kind: HostKind, interrupt: impl FnOnce(&
     );
 }
 
-pub fn killing_the_agent_mid_activation_converges(kind: HostKind) {
-    interrupted_activation_converges(kind, |fleet| {
+pub fn killing_the_agent_mid_activation_converges(hosts: Hosts) {
+    interrupted_activation_converges(hosts, |fleet| {
         // The switch itself restarts the agent; catch one that is running.
         let host = &fleet.hosts[0];
         wait_until(Duration::from_secs(30), "an agent to kill", || {
@@ -131,8 +167,8 @@ pub fn killing_the_agent_mid_activation_converges(kind: HostKind) {
     });
 }
 
-pub fn a_failing_switch_rolls_back_and_its_log_is_kept(kind: HostKind) {
-    let fleet = fleet(kind, &["web-1"], 30);
+pub fn a_failing_switch_rolls_back_and_its_log_is_kept(hosts: Hosts) {
+    let fleet = fleet(hosts, &["web-1"], 30);
     let base = fleet.base.clone();
     let broken = fleet.system("system-broken", Variant::Fail, "6.1");
     fleet.publish(&[("web-1", &broken)], "broken");
@@ -142,7 +178,7 @@ pub fn a_failing_switch_rolls_back_and_its_log_is_kept(kind: HostKind) {
         a["reason"]
             .as_str()
             .unwrap()
-            .contains("switch-to-configuration switch failed"),
+            .contains(&format!("{} failed", hosts.platform.switch_step())),
         "{a}"
     );
     let log: serde_json::Value = fleet.server.yeet_json(&["log", "web-1"]);
@@ -150,12 +186,12 @@ pub fn a_failing_switch_rolls_back_and_its_log_is_kept(kind: HostKind) {
         log["log"]
             .as_str()
             .unwrap()
-            .contains("demo-web.service failed"),
+            .contains("demo-web failed to start"),
         "{log}"
     );
     let text = fleet.server.yeet(&["log", "web-1"]);
     assert!(
-        text.contains("rolled-back") && text.contains("demo-web.service failed"),
+        text.contains("rolled-back") && text.contains("demo-web failed to start"),
         "{text}"
     );
     wait_until(
@@ -175,11 +211,11 @@ pub fn a_failing_switch_rolls_back_and_its_log_is_kept(kind: HostKind) {
 /// The new system differs from the running one only in the agent's config, which points
 /// at a dead server: the agent must restart with that config (on NixOS only restartTriggers
 /// make it), fail to reach the server, and the system must roll back.
-pub fn a_config_only_change_that_cuts_the_agent_off_rolls_back(kind: HostKind) {
-    let fleet = fleet(kind, &["web-1"], 8);
+pub fn a_config_only_change_that_cuts_the_agent_off_rolls_back(hosts: Hosts) {
+    let fleet = fleet(hosts, &["web-1"], 8);
     let base = fleet.base.clone();
     let isolated = fleet.system("system-isolated", Variant::DeadServer, "6.1");
-    if kind == HostKind::Systemd {
+    if hosts.kind == HostKind::Systemd {
         // Prove the premise: the two systems' agent units differ in nothing but the
         // restart trigger (the config file's store path).
         let unit = |sys: &str| {
@@ -220,8 +256,8 @@ pub fn a_config_only_change_that_cuts_the_agent_off_rolls_back(kind: HostKind) {
 /// The new system's agent cannot start (its key is missing) and is restarted every two
 /// seconds until the confirm timeout: the rollback must still bring back an agent. Under
 /// systemd's default start limit (5 starts in 10 s) the unit would be given up for good.
-pub fn an_agent_that_cannot_start_rolls_back_and_comes_back(kind: HostKind) {
-    let fleet = fleet(kind, &["web-1"], 20);
+pub fn an_agent_that_cannot_start_rolls_back_and_comes_back(hosts: Hosts) {
+    let fleet = fleet(hosts, &["web-1"], 20);
     let base = fleet.base.clone();
     let keyless = fleet.system("system-keyless", Variant::MissingKey, "6.1");
     fleet.publish(&[("web-1", &keyless)], "the agent's key is missing");
@@ -246,8 +282,8 @@ pub fn an_agent_that_cannot_start_rolls_back_and_comes_back(kind: HostKind) {
     assert!(agent_running(&fleet, "web-1"), "{log}");
 }
 
-pub fn a_failing_health_check_rolls_back_at_once(kind: HostKind) {
-    let fleet = fleet(kind, &["web-1"], 60);
+pub fn a_failing_health_check_rolls_back_at_once(hosts: Hosts) {
+    let fleet = fleet(hosts, &["web-1"], 60);
     let sick = fleet.system("system-sick", Variant::Unhealthy, "6.1");
     fleet.publish(&[("web-1", &sick)], "fails its health check");
     let a = fleet.wait_for_activation("web-1", 1, CONVERGE);
@@ -269,8 +305,8 @@ pub fn a_failing_health_check_rolls_back_at_once(kind: HostKind) {
 
 /// A new kernel: confirmed, reported as reboot-required; after a reboot the booted system
 /// is the new one and nothing is pending.
-pub fn a_kernel_change_takes_a_reboot(kind: HostKind) {
-    let mut fleet = fleet(kind, &["web-1"], 30);
+pub fn a_kernel_change_takes_a_reboot(hosts: Hosts) {
+    let mut fleet = fleet(hosts, &["web-1"], 30);
     let newer = fleet.system("system-kernel", Variant::Good, "6.6");
     fleet.publish(&[("web-1", &newer)], "new kernel");
     let a = fleet.wait_for_activation("web-1", 1, CONVERGE);
@@ -296,11 +332,12 @@ pub fn a_kernel_change_takes_a_reboot(kind: HostKind) {
 
 /// `activation_mode = "boot"`: the new system becomes the boot default only; the host runs
 /// the old one, says a reboot is required, and runs the new one after it.
-pub fn boot_mode_applies_at_the_next_boot(kind: HostKind) {
+pub fn boot_mode_applies_at_the_next_boot(hosts: Hosts) {
     let mut fleet = Fleet::with(
         &["web-1"],
         FleetOptions {
-            kind,
+            kind: hosts.kind,
+            platform: hosts.platform,
             agent_config: "activation_mode = \"boot\"".into(),
             ..Default::default()
         },
@@ -325,8 +362,8 @@ pub fn boot_mode_applies_at_the_next_boot(kind: HostKind) {
 
 /// Six releases within ten seconds, each changing the agent's unit (so each switch restarts
 /// it): the host ends confirmed on the last, and its agent is still running.
-pub fn a_burst_of_releases_ends_on_the_last(kind: HostKind) {
-    let fleet = fleet(kind, &["web-1"], 30);
+pub fn a_burst_of_releases_ends_on_the_last(hosts: Hosts) {
+    let fleet = fleet(hosts, &["web-1"], 30);
     let systems: Vec<String> = (1..=6)
         .map(|i| {
             fleet.system_with_agent_config(
