@@ -6,25 +6,18 @@ self:
 
 let
   cfg = config.services.yeet-agent;
-  toml = pkgs.formats.toml { };
-  configFile = pkgs.runCommand "agent.toml" { } ''
-    cp ${toml.generate "agent.toml" (import ./agent-settings.nix cfg)} $out
-    ${cfg.package}/bin/yeet-agent check-config $out
-  '';
-  inStore = path: path != null && lib.hasPrefix builtins.storeDir (toString path);
+  common = import ./agent-common.nix { inherit lib pkgs cfg; };
+  inherit (common) configFile;
 in
 {
   options.services.yeet-agent = import ./agent-options.nix {
     inherit lib;
     defaultPackage = self.packages.${pkgs.stdenv.hostPlatform.system}.yeet;
-    settingsType = toml.type;
+    inherit (common) settingsType;
   };
 
   config = lib.mkIf cfg.enable {
-    assertions = [{
-      assertion = !(inStore cfg.key);
-      message = "services.yeet-agent.key is in the Nix store, which every user can read; give the path of a secret deployed outside the store (a string, not a Nix path).";
-    }];
+    inherit (common) assertions;
     environment.etc."yeet/agent.toml".source = configFile;
     environment.systemPackages = [ cfg.package ];
     launchd.daemons.yeet-agent.serviceConfig = {

@@ -80,6 +80,24 @@ pub fn switch_and_confirm(hosts: Hosts, names: &[&str]) {
             h.name
         );
     }
+    if hosts.kind == HostKind::Systemd {
+        // The premise that makes these hosts NixOS-like: a unit that inherits the service
+        // manager's environment finds no Nix, so an activation must be handed its PATH.
+        let out = fleet.hosts[0].exec(&[
+            "systemd-run",
+            "--wait",
+            "--pipe",
+            "--quiet",
+            "/bin/sh",
+            "-c",
+            "command -v nix-store",
+        ]);
+        assert!(
+            !out.status.success(),
+            "the service manager's PATH has Nix: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
     let v1 = fleet.system_with_agent_config("system-v1", Variant::Good, "# v1");
     let pairs: Vec<(&str, &str)> = names.iter().map(|n| (*n, v1.as_str())).collect();
     fleet.publish(&pairs, "v1");
@@ -167,20 +185,48 @@ pub fn killing_the_agent_mid_activation_converges(hosts: Hosts) {
     });
 }
 
-pub fn a_failing_switch_rolls_back_and_its_log_is_kept(hosts: Hosts) {
-    let fleet = fleet(hosts, &["web-1"], 30);
-    let base = fleet.base.clone();
-    let broken = fleet.system("system-broken", Variant::Fail, "6.1");
-    fleet.publish(&[("web-1", &broken)], "broken");
+/// Publishes `system` to web-1 (the fleet's only host) and waits for the activation: it
+/// must be rolled back for a reason that contains `why`, the host must be back on the base
+/// system and show the rollback, its agent must run, and the system is not tried again.
+/// Returns the activation.
+fn assert_rolls_back(fleet: &Fleet, system: &str, why: &str) -> serde_json::Value {
+    fleet.publish(&[("web-1", system)], "a system that must not stay");
     let a = fleet.wait_for_activation("web-1", 1, CONVERGE);
     assert_eq!(a["result"], "rolled-back", "{a}");
+    assert!(a["reason"].as_str().unwrap().contains(why), "{a}");
     assert!(
-        a["reason"]
-            .as_str()
-            .unwrap()
-            .contains(&format!("{} failed", hosts.platform.switch_step())),
+        a["finished_at"].as_i64().unwrap() - a["started_at"].as_i64().unwrap()
+            < fleet.options.confirm_timeout as i64 + 30,
         "{a}"
     );
+    wait_until(
+        CONVERGE,
+        "the host to be back on its previous system",
+        || fleet.hosts[0].current_system().as_deref() == Some(fleet.base.as_str()),
+    );
+    // The rollback restored the old config, and an agent that reaches the server.
+    wait_until(CONVERGE, "status to show the rollback", || {
+        fleet.status()["web-1"]["state"] == "rolled-back"
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        fleet.history("web-1").len(),
+        1,
+        "the system was tried again"
+    );
+    assert!(
+        agent_running(fleet, "web-1"),
+        "no agent after the rollback:\n{}",
+        fleet.hosts[0].agent_log()
+    );
+    a
+}
+
+pub fn a_failing_switch_rolls_back_and_its_log_is_kept(hosts: Hosts) {
+    let fleet = fleet(hosts, &["web-1"], 30);
+    let broken = fleet.system("system-broken", Variant::Fail, "6.1");
+    let why = format!("{} failed", hosts.platform.switch_step());
+    assert_rolls_back(&fleet, &broken, &why);
     let log: serde_json::Value = fleet.server.yeet_json(&["log", "web-1"]);
     assert!(
         log["log"]
@@ -194,18 +240,6 @@ pub fn a_failing_switch_rolls_back_and_its_log_is_kept(hosts: Hosts) {
         text.contains("rolled-back") && text.contains("demo-web failed to start"),
         "{text}"
     );
-    wait_until(
-        CONVERGE,
-        "the host to be back on its previous system",
-        || fleet.hosts[0].current_system().as_deref() == Some(base.as_str()),
-    );
-    wait_until(CONVERGE, "status to show the rollback", || {
-        fleet.status()["web-1"]["state"] == "rolled-back"
-    });
-    // It is not retried: the history stays at one attempt.
-    std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(fleet.history("web-1").len(), 1);
-    assert!(agent_running(&fleet, "web-1"));
 }
 
 /// The new system differs from the running one only in the agent's config, which points
@@ -213,7 +247,6 @@ pub fn a_failing_switch_rolls_back_and_its_log_is_kept(hosts: Hosts) {
 /// make it), fail to reach the server, and the system must roll back.
 pub fn a_config_only_change_that_cuts_the_agent_off_rolls_back(hosts: Hosts) {
     let fleet = fleet(hosts, &["web-1"], 8);
-    let base = fleet.base.clone();
     let isolated = fleet.system("system-isolated", Variant::DeadServer, "6.1");
     if hosts.kind == HostKind::Systemd {
         // Prove the premise: the two systems' agent units differ in nothing but the
@@ -226,31 +259,9 @@ pub fn a_config_only_change_that_cuts_the_agent_off_rolls_back(hosts: Hosts) {
                 .collect::<Vec<_>>()
                 .join("\n")
         };
-        assert_eq!(unit(&base), unit(&isolated));
+        assert_eq!(unit(&fleet.base), unit(&isolated));
     }
-    fleet.publish(&[("web-1", &isolated)], "points the agent at a dead server");
-    let a = fleet.wait_for_activation("web-1", 1, CONVERGE);
-    assert_eq!(a["result"], "rolled-back", "{a}");
-    assert!(
-        a["reason"]
-            .as_str()
-            .unwrap()
-            .contains("not confirmed within 8s"),
-        "{a}"
-    );
-    assert!(
-        a["finished_at"].as_i64().unwrap() - a["started_at"].as_i64().unwrap() < 8 + 30,
-        "{a}"
-    );
-    assert_eq!(
-        fleet.hosts[0].current_system().as_deref(),
-        Some(base.as_str())
-    );
-    // The rollback restored the old config, and an agent that reaches the server.
-    wait_until(CONVERGE, "status to show the rollback", || {
-        fleet.status()["web-1"]["state"] == "rolled-back"
-    });
-    assert!(agent_running(&fleet, "web-1"));
+    assert_rolls_back(&fleet, &isolated, "not confirmed within 8s");
 }
 
 /// The new system's agent cannot start (its key is missing) and is restarted every two
@@ -258,41 +269,25 @@ pub fn a_config_only_change_that_cuts_the_agent_off_rolls_back(hosts: Hosts) {
 /// systemd's default start limit (5 starts in 10 s) the unit would be given up for good.
 pub fn an_agent_that_cannot_start_rolls_back_and_comes_back(hosts: Hosts) {
     let fleet = fleet(hosts, &["web-1"], 20);
-    let base = fleet.base.clone();
     let keyless = fleet.system("system-keyless", Variant::MissingKey, "6.1");
-    fleet.publish(&[("web-1", &keyless)], "the agent's key is missing");
-    let a = fleet.wait_for_activation("web-1", 1, CONVERGE);
-    assert_eq!(a["result"], "rolled-back", "{a}");
-    assert!(
-        a["reason"]
-            .as_str()
-            .unwrap()
-            .contains("not confirmed within 20s"),
-        "{a}"
-    );
-    assert_eq!(
-        fleet.hosts[0].current_system().as_deref(),
-        Some(base.as_str())
-    );
+    assert_rolls_back(&fleet, &keyless, "not confirmed within 20s");
     let log = fleet.hosts[0].agent_log();
     assert!(log.contains("missing_key"), "{log}");
-    wait_until(CONVERGE, "status to show the rollback", || {
-        fleet.status()["web-1"]["state"] == "rolled-back"
-    });
-    assert!(agent_running(&fleet, "web-1"), "{log}");
 }
 
 pub fn a_failing_health_check_rolls_back_at_once(hosts: Hosts) {
     let fleet = fleet(hosts, &["web-1"], 60);
     let sick = fleet.system("system-sick", Variant::Unhealthy, "6.1");
-    fleet.publish(&[("web-1", &sick)], "fails its health check");
-    let a = fleet.wait_for_activation("web-1", 1, CONVERGE);
-    assert_eq!(a["result"], "rolled-back", "{a}");
-    let reason = a["reason"].as_str().unwrap();
-    assert!(reason.contains("health check"), "{a}");
+    let a = assert_rolls_back(&fleet, &sick, "health check");
     // Rolled back on the health check, not by waiting out the 60 s window: a timeout would
     // say "not confirmed within" instead (no clock comparison needed).
-    assert!(!reason.contains("not confirmed within"), "{a}");
+    assert!(
+        !a["reason"]
+            .as_str()
+            .unwrap()
+            .contains("not confirmed within"),
+        "{a}"
+    );
     let log: serde_json::Value = fleet.server.yeet_json(&["log", "web-1"]);
     assert!(
         log["log"]
