@@ -1,8 +1,11 @@
-//! Simulated NixOS hosts with real Nix. Each host is a mount and PID namespace in which a
-//! per-host directory is bind-mounted over `/nix`, `/run`, `/etc/yeet` and `/var/lib/yeet`,
-//! so that the agent runs with its real default paths, its own Nix store and its own system
-//! profile. A supervisor loop restarts the agent whenever it exits, as systemd would.
-//! Systems are real derivations (`nix/system.nix`) pushed to a real signed `file://` cache.
+//! Simulated NixOS hosts with real Nix, of two kinds (`HostKind`). A namespace host is a
+//! mount and PID namespace in which per-host directories are bind-mounted over `/nix`,
+//! `/run`, `/etc/yeet` and `/var/lib/yeet`, and a supervisor loop restarts the agent as
+//! systemd would. A systemd host is a container (systemd-nspawn) on an overlay of the
+//! machine's root that boots a real systemd, runs the agent as `yeet-agent.service` and
+//! activates through `systemd-run`. Either way the agent runs with its real default paths,
+//! its own Nix store and its own system profile. Systems are real derivations
+//! (`nix/system.nix`) pushed to a real signed `file://` cache.
 
 use serde::de::DeserializeOwned;
 use std::path::{Path, PathBuf};

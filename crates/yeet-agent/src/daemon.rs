@@ -433,7 +433,8 @@ impl Agent<'_> {
         let exe = own_executable();
         let log = self.state.open_log();
         let output = || log.as_ref().ok().and_then(|l| l.try_clone().ok());
-        let mut cmd = if Path::new("/run/systemd/system").exists() {
+        let under_systemd = Path::new("/run/systemd/system").exists();
+        let mut cmd = if under_systemd {
             let mut c = Command::new("systemd-run");
             c.args([
                 "--quiet",
@@ -458,17 +459,13 @@ impl Agent<'_> {
             cmd.stdout(out).stderr(err);
         }
         let started = match cmd.spawn() {
-            // systemd-run returns once the unit runs; a detached process is reaped in the
-            // background whenever it ends, so that it never lingers as a zombie.
-            Ok(mut child) if cmd.get_program() == "systemd-run" => {
-                child.wait().map_err(|e| e.to_string()).and_then(|s| {
-                    if s.success() {
-                        Ok(())
-                    } else {
-                        Err(s.to_string())
-                    }
-                })
-            }
+            // systemd-run returns once the unit runs.
+            Ok(mut child) if under_systemd => child
+                .wait()
+                .map_err(|e| e.to_string())
+                .and_then(|s| s.success().then_some(()).ok_or_else(|| s.to_string())),
+            // A detached process is reaped in the background whenever it ends, so that it
+            // never lingers as a zombie.
             Ok(mut child) => {
                 std::thread::spawn(move || child.wait());
                 Ok(())
