@@ -13,7 +13,7 @@ use yeet_proto::api::ActivationResult;
 use crate::config::{ActivationMode, BOOTED_SYSTEM, NIX_CONF};
 use crate::fetch::{self, FetchError};
 use crate::state::{ActivationState, Phase, StateDir, StateError};
-use crate::system::{self, Action};
+use crate::system;
 
 pub fn now() -> i64 {
     std::time::SystemTime::now()
@@ -65,10 +65,7 @@ pub fn run(dir: &StateDir) -> Result<(), StateError> {
         dir.save(&st)?;
     }
     if st.phase == Phase::Switching {
-        let action = match st.mode {
-            ActivationMode::Switch => Action::Switch,
-            ActivationMode::Boot => Action::Boot,
-        };
+        let action = st.mode;
         note(
             &log,
             &format!(
@@ -173,7 +170,7 @@ fn roll_back(
         );
     };
     let back = system::set_profile(&previous, log)
-        .and_then(|_| system::apply(&previous, Action::Switch, log));
+        .and_then(|_| system::apply(&previous, ActivationMode::Switch, log));
     match back {
         Ok(()) => finish(dir, log, st, ActivationResult::RolledBack, reason),
         Err(e) => finish(

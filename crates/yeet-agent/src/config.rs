@@ -57,6 +57,16 @@ pub enum ActivationMode {
     Boot,
 }
 
+impl ActivationMode {
+    /// The config file's name for it, which is also `switch-to-configuration`'s argument.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActivationMode::Switch => "switch",
+            ActivationMode::Boot => "boot",
+        }
+    }
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {

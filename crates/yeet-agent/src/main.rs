@@ -76,7 +76,7 @@ fn main() -> anyhow::Result<()> {
                     file.display(),
                     config.server,
                     config.trusted_keys.len(),
-                    format!("{:?}", config.activation_mode).to_lowercase()
+                    config.activation_mode.as_str()
                 );
             }
             Ok(())

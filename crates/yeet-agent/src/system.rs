@@ -7,7 +7,7 @@ use std::fs::File;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use crate::config::SYSTEM_PROFILE;
+use crate::config::{ActivationMode, SYSTEM_PROFILE};
 
 /// Milliseconds since the Unix epoch.
 pub fn unix_ms() -> u128 {
@@ -80,22 +80,6 @@ pub enum Platform {
     Darwin,
 }
 
-/// How a system is applied: `switch` now, or `boot` (the boot default only).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
-    Switch,
-    Boot,
-}
-
-impl Action {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Action::Switch => "switch",
-            Action::Boot => "boot",
-        }
-    }
-}
-
 pub fn platform_of(path: &str) -> Result<Platform, String> {
     let system = Path::new(path);
     if system.join("bin/switch-to-configuration").exists() {
@@ -114,7 +98,7 @@ pub fn platform_of(path: &str) -> Result<Platform, String> {
 /// `activate-user` where present, then `activate`; it has no boot entries, and its
 /// activate-system daemon activates the profile's system at boot, so `boot` does nothing
 /// more.
-pub fn apply(path: &str, action: Action, log: &File) -> Result<(), String> {
+pub fn apply(path: &str, action: ActivationMode, log: &File) -> Result<(), String> {
     let system = Path::new(path);
     match (platform_of(path)?, action) {
         (Platform::NixOS, _) => run_logged(
@@ -122,22 +106,22 @@ pub fn apply(path: &str, action: Action, log: &File) -> Result<(), String> {
             log,
             &format!("switch-to-configuration {}", action.as_str()),
         ),
-        (Platform::Darwin, Action::Switch) => {
+        (Platform::Darwin, ActivationMode::Switch) => {
             let user = system.join("activate-user");
             if user.exists() {
                 run_logged(&mut Command::new(user), log, "activate-user")?;
             }
             run_logged(&mut Command::new(system.join("activate")), log, "activate")
         }
-        (Platform::Darwin, Action::Boot) => Ok(()),
+        (Platform::Darwin, ActivationMode::Boot) => Ok(()),
     }
 }
 
 /// What `apply` runs, for the log.
-pub fn describe(path: &str, action: Action) -> String {
+pub fn describe(path: &str, action: ActivationMode) -> String {
     match (platform_of(path), action) {
-        (Ok(Platform::Darwin), Action::Switch) => "the nix-darwin system's activate".into(),
-        (Ok(Platform::Darwin), Action::Boot) => {
+        (Ok(Platform::Darwin), ActivationMode::Switch) => "the nix-darwin system's activate".into(),
+        (Ok(Platform::Darwin), ActivationMode::Boot) => {
             "nothing more: nix-darwin activates the profile's system at boot".into()
         }
         _ => format!("switch-to-configuration {}", action.as_str()),
@@ -198,23 +182,23 @@ mod tests {
         let path = sys.to_str().unwrap();
         let log = File::create(dir.path().join("log")).unwrap();
         assert_eq!(platform_of(path), Ok(Platform::Darwin));
-        apply(path, Action::Boot, &log).unwrap();
+        apply(path, ActivationMode::Boot, &log).unwrap();
         assert!(!trace.exists(), "boot mode ran an activation script");
-        apply(path, Action::Switch, &log).unwrap();
+        apply(path, ActivationMode::Switch, &log).unwrap();
         assert_eq!(
             std::fs::read_to_string(&trace).unwrap(),
             "activate-user\nactivate\n"
         );
         // Older than activate-user, or newer without it: activate alone.
         std::fs::remove_file(sys.join("activate-user")).unwrap();
-        apply(path, Action::Switch, &log).unwrap();
+        apply(path, ActivationMode::Switch, &log).unwrap();
         assert!(
             std::fs::read_to_string(&trace)
                 .unwrap()
                 .ends_with("activate\nactivate\n")
         );
         let neither = dir.path().to_str().unwrap();
-        let err = apply(neither, Action::Switch, &log).unwrap_err();
+        let err = apply(neither, ActivationMode::Switch, &log).unwrap_err();
         assert!(err.contains("neither a NixOS system"), "{err}");
     }
 
