@@ -15,7 +15,8 @@ use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use yeet_proto::api::paths;
+use yeet_proto::ErrorCode;
+use yeet_proto::api::{ErrorBody, paths};
 
 /// What a test can queue and read back.
 #[derive(Default)]
@@ -188,7 +189,7 @@ fn answer(conn: TcpStream, script: &Mutex<Script>) -> std::io::Result<()> {
             Some(view) => ("200 OK", view),
             None => (
                 "404 Not Found",
-                json!({"error": {"code": "no_such_endpoint", "message": "no"}}),
+                json!(ErrorBody::new(ErrorCode::NoSuchEndpoint, "no")),
             ),
         },
     };

@@ -119,10 +119,7 @@ fn forged_uploads_write_nothing() {
     let key_id = me["key_id"].as_str().unwrap();
     let uploads = server.dir.path().join("state/cache-uploads");
     let nar = "/cache/nar/09kxyd68d2nylk7ims23pj3i09s4nnv9p3dv6iij1q9canv42w6d.nar";
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
+    let now = yeet_proto::clock::unix_now();
     // An admin's key id (key ids are public) with a signature that does not verify, and
     // a 300 MiB body, three at once.
     let attacks: Vec<_> = (0..3)

@@ -15,12 +15,7 @@ use crate::fetch::{self, FetchError};
 use crate::state::{ActivationState, Phase, StateDir, StateError};
 use crate::system;
 
-pub fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
+pub use yeet_proto::clock::unix_now as now;
 
 fn note(mut log: &File, line: &str) {
     let _ = writeln!(log, "yeet: {line}");

@@ -15,11 +15,11 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use yeet_client::{Client, ClientError};
-use yeet_proto::Identity;
 use yeet_proto::api::{
     Action, ActivationReport, AgentState, CheckinRequest, CheckinResponse, Facts, RegisterRequest,
     RegisterResponse, paths,
 };
+use yeet_proto::{ErrorCode, Identity};
 
 use crate::activate::now;
 use crate::config::{
@@ -146,7 +146,7 @@ fn activation_unit_name() -> String {
         .unwrap_or_default();
     format!(
         "yeet-activate-{}-{}-{salt}",
-        crate::system::unix_ms(),
+        yeet_proto::clock::unix_now_ms(),
         std::process::id()
     )
 }
@@ -266,7 +266,7 @@ impl Agent<'_> {
                 Ok(Duration::ZERO)
             }
         };
-        if round.as_ref().err().and_then(ClientError::api_code) == Some("unknown_key") {
+        if round.as_ref().err().and_then(ClientError::api_code) == Some(ErrorCode::UnknownKey) {
             tracing::warn!(
                 host,
                 "the server no longer knows this host; registering again"
@@ -384,7 +384,7 @@ impl Agent<'_> {
 
     fn start_activation(&mut self, store_path: String, release_id: i64, caches: Vec<String>) {
         // `at_ms` lets benchmarks measure publish-to-activation latency from the log.
-        tracing::info!(%store_path, release_id, at_ms = crate::system::unix_ms(), "activating a new system");
+        tracing::info!(%store_path, release_id, at_ms = yeet_proto::clock::unix_now_ms(), "activating a new system");
         let refused =
             crate::fetch::check_cache_urls(&caches, &self.config.allowed_cache_schemes).err();
         let mut st = ActivationState {

@@ -9,14 +9,6 @@ use std::process::{Command, Stdio};
 
 use crate::config::{ActivationMode, SYSTEM_PROFILE};
 
-/// Milliseconds since the Unix epoch.
-pub fn unix_ms() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or(0)
-}
-
 /// The store path a system symlink such as `/run/current-system` points at, if valid.
 pub fn system_link(link: &str) -> Option<String> {
     let target = std::fs::read_link(link).ok()?;

@@ -3,12 +3,7 @@
 use comfy_table::{ContentArrangement, Table, presets};
 use serde::Serialize;
 
-pub fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
+use yeet_proto::clock::unix_now as now;
 
 /// "42s ago", "5m ago", "3h ago", "2d ago"; "never" for none.
 pub fn ago(t: Option<i64>) -> String {

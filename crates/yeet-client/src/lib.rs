@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use thiserror::Error;
 use yeet_proto::api::ErrorBody;
-use yeet_proto::{Identity, IdentityError, SignatureHeaders};
+use yeet_proto::{ErrorCode, Identity, IdentityError, SignatureHeaders};
 
 #[derive(Debug, Error)]
 pub enum ClientError {
@@ -52,10 +52,11 @@ pub enum ClientError {
 }
 
 impl ClientError {
-    /// The server's error code, for callers that react to specific refusals.
-    pub fn api_code(&self) -> Option<&str> {
+    /// The server's error code, for callers that react to specific refusals (`None` for
+    /// other failures and for codes this client does not know).
+    pub fn api_code(&self) -> Option<ErrorCode> {
         match self {
-            ClientError::Api { code, .. } => Some(code),
+            ClientError::Api { code, .. } => code.parse().ok(),
             _ => None,
         }
     }
@@ -112,13 +113,6 @@ pub fn generate_identity_file(path: &Path, comment: &str) -> Result<Identity, Cl
         source,
     })?;
     Ok(identity)
-}
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 /// A client bound to one server and one identity.
@@ -230,7 +224,7 @@ impl Client {
             method,
             path_and_query,
             digest,
-            unix_now(),
+            yeet_proto::clock::unix_now(),
             random::<16>()?,
         );
         let unreachable = |e: ureq::Error| ClientError::Unreachable {

@@ -4,6 +4,8 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+use crate::ErrorCode;
+
 pub mod paths {
     pub const REGISTER: &str = "/v1/agent/register";
     pub const CHECKIN: &str = "/v1/agent/checkin";
@@ -49,10 +51,30 @@ pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
+/// `code` stays text on the wire so that a client can show a newer server's codes;
+/// `error_code` reads it as an `ErrorCode`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ErrorDetail {
     pub code: String,
     pub message: String,
+}
+
+impl ErrorBody {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> ErrorBody {
+        ErrorBody {
+            error: ErrorDetail {
+                code: code.as_str().to_owned(),
+                message: message.into(),
+            },
+        }
+    }
+}
+
+impl ErrorDetail {
+    /// The code, if this client knows it.
+    pub fn error_code(&self) -> Option<ErrorCode> {
+        self.code.parse().ok()
+    }
 }
 
 /// Facts a host reports about itself when it registers and checks in.

@@ -38,6 +38,7 @@ use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet, VecDeque};
 use thiserror::Error;
 
+use crate::error_code::ErrorCode;
 use crate::identity::{Identity, PublicIdentity};
 
 pub const HEADER_ORIGIN: &str = "x-yeet-origin";
@@ -76,16 +77,16 @@ pub enum AuthError {
 
 impl AuthError {
     /// The stable error code sent to clients.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            AuthError::Missing(_) => "unsigned",
-            AuthError::Malformed(_) => "malformed_signature",
-            AuthError::StaleTimestamp => "stale_timestamp",
-            AuthError::UnknownKey => "unknown_key",
-            AuthError::BadSignature => "bad_signature",
-            AuthError::ReplayedNonce => "replayed_nonce",
-            AuthError::TooManyRequests => "rate_limited",
-            AuthError::WrongServer(_) => "wrong_server",
+            AuthError::Missing(_) => ErrorCode::Unsigned,
+            AuthError::Malformed(_) => ErrorCode::MalformedSignature,
+            AuthError::StaleTimestamp => ErrorCode::StaleTimestamp,
+            AuthError::UnknownKey => ErrorCode::UnknownKey,
+            AuthError::BadSignature => ErrorCode::BadSignature,
+            AuthError::ReplayedNonce => ErrorCode::ReplayedNonce,
+            AuthError::TooManyRequests => ErrorCode::RateLimited,
+            AuthError::WrongServer(_) => ErrorCode::WrongServer,
         }
     }
 }

@@ -16,14 +16,9 @@
 use fleet_sim::sim::{Fleet, Variant, wait_until};
 use std::time::{Duration, Instant};
 
-fn unix_ms() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis()
-}
+use yeet_proto::clock::unix_now_ms as unix_ms;
 
-fn percentile(sorted: &[u128], p: f64) -> u128 {
+fn percentile(sorted: &[i64], p: f64) -> i64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
@@ -48,7 +43,7 @@ fn latency(hosts: usize) {
                 .all(|h| h.agent_log().contains("activating a new system"))
         },
     );
-    let mut lat: Vec<u128> = fleet
+    let mut lat: Vec<i64> = fleet
         .hosts
         .iter()
         .map(|h| {
@@ -57,7 +52,7 @@ fn latency(hosts: usize) {
                 .lines()
                 .find(|l| l.contains("activating a new system"))
                 .unwrap();
-            let at: u128 = line
+            let at: i64 = line
                 .split("at_ms=")
                 .nth(1)
                 .unwrap()
@@ -268,10 +263,7 @@ fn signed_post(
     body: &[u8],
     nonce: [u8; 16],
 ) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
+    let now = yeet_proto::clock::unix_now();
     let sig = yeet_proto::SignatureHeaders::sign(id, origin, "POST", path, body, now, nonce);
     let mut head = format!(
         "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",

@@ -3,7 +3,7 @@
 
 use axum::body::{Body, to_bytes};
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{Method, StatusCode};
+use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use std::net::SocketAddr;
@@ -12,7 +12,26 @@ use yeet_proto::api::paths;
 
 use super::AppState;
 use super::error::ApiError;
-use crate::service::SignedRequest;
+use crate::service::{Principal, ServiceError, SignedRequest};
+use yeet_proto::ErrorCode;
+
+/// Handlers name the signer by taking a `Principal`; the signature layer put it there. A
+/// handler reached without it is a route outside that layer: refused, never served.
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Principal {
+    type Rejection = ApiError;
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        parts.extensions.get::<Principal>().cloned().ok_or_else(|| {
+            ServiceError::System(format!(
+                "{} is served outside the signature layer",
+                parts.uri.path()
+            ))
+            .into()
+        })
+    }
+}
 
 /// The client address, when the server knows it (absent in in-process tests).
 pub struct ClientIp(pub Option<std::net::IpAddr>);
@@ -43,8 +62,7 @@ pub async fn read_body(
         .await
         .map_err(|_| {
             ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "body_timeout",
+                ErrorCode::BodyTimeout,
                 format!("the request body did not arrive within {deadline:?}"),
             )
         })?;
@@ -53,14 +71,12 @@ pub async fn read_body(
             .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
         if too_large {
             ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
+                ErrorCode::BodyTooLarge,
                 format!("request body exceeds {limit} bytes"),
             )
         } else {
             ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "body_unreadable",
+                ErrorCode::BodyUnreadable,
                 "the request body could not be read (connection broken off?)",
             )
         }

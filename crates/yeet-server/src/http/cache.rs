@@ -6,7 +6,7 @@
 
 use axum::body::Body;
 use axum::extract::{OriginalUri, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::routing::get_service;
 use axum::{Json, Router};
 use http_body_util::BodyExt;
@@ -20,7 +20,8 @@ use yeet_proto::signing::HEADER_CONTENT_SHA256;
 use super::AppState;
 use super::error::ApiError;
 use crate::service::cache::{CacheFile, EmbeddedCache};
-use crate::service::{Principal, SignedRequest};
+use crate::service::{Principal, ServiceError, SignedRequest};
+use yeet_proto::ErrorCode;
 
 /// The narinfo upload limit; NARs use the configured `max_upload_bytes`.
 const MAX_NARINFO_BYTES: u64 = 1 << 20;
@@ -44,8 +45,7 @@ async fn upload(
         .filter(|d| d.len() == 64 && d.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
         .ok_or_else(|| {
             ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "missing_digest",
+                ErrorCode::MissingDigest,
                 format!("uploads must declare their body's SHA-256 in {HEADER_CONTENT_SHA256} (lower-case hex); update yeet"),
             )
         })?
@@ -63,8 +63,7 @@ async fn upload(
     let rel = uri.path().strip_prefix("/cache/").unwrap_or_default();
     let file = CacheFile::parse(rel).ok_or_else(|| {
         ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_a_cache_file",
+            ErrorCode::NotACacheFile,
             format!("{rel} is not a narinfo or NAR file name"),
         )
     })?;
@@ -86,8 +85,7 @@ async fn upload(
 
 fn too_large(limit: u64) -> ApiError {
     ApiError::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "body_too_large",
+        ErrorCode::BodyTooLarge,
         format!(
             "uploads of this kind are limited to {limit} bytes; raise max_upload_bytes in the server config for larger NARs"
         ),
@@ -103,29 +101,13 @@ async fn receive(
     mut body: Body,
     limit: u64,
 ) -> Result<(), ApiError> {
-    let disk = |e: std::io::Error| {
-        if e.raw_os_error() == Some(28) {
-            ApiError::new(
-                StatusCode::INSUFFICIENT_STORAGE,
-                "disk_full",
-                "the server's disk is full; free space or run `yeet cache gc`",
-            )
-        } else {
-            tracing::error!(error = %e, "cache upload write failed");
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "internal server error; the server log has details",
-            )
-        }
-    };
+    let disk = |e: std::io::Error| ApiError::from(ServiceError::io("cache upload", e));
     let mut out = tokio::fs::File::create(tmp).await.map_err(disk)?;
     let mut hasher = Sha256::new();
     let mut received: u64 = 0;
     let stalled = || {
         ApiError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "body_timeout",
+            ErrorCode::BodyTimeout,
             format!("the upload stalled for {:?}; retry it", app.body_timeout),
         )
     };
@@ -135,8 +117,7 @@ async fn receive(
     {
         let frame = frame.map_err(|_| {
             ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "body_unreadable",
+                ErrorCode::BodyUnreadable,
                 "the upload was cut short; retry it",
             )
         })?;
@@ -154,8 +135,7 @@ async fn receive(
     let digest: [u8; 32] = hasher.finalize().into();
     if hex::encode(digest) != declared {
         return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "digest_mismatch",
+            ErrorCode::DigestMismatch,
             "the body does not match the SHA-256 its signature covers; was the upload cut short? retry it",
         ));
     }

@@ -6,20 +6,21 @@ pub mod error;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Path, Query, Request, State};
-use axum::http::StatusCode;
-use axum::routing::{delete, get, post};
-use axum::{Extension, Json, Router, middleware};
+use axum::http::Method;
+use axum::routing::{self, MethodRouter};
+use axum::{Json, Router, middleware};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use std::sync::Arc;
 use yeet_proto::api::{
     Activation, ActivationLog, ActivationReport, ApproveRequest, CheckinRequest, CheckinResponse,
     CreateReleaseRequest, HostInfo, PendingRegistration, RegisterRequest, RegisterResponse,
-    RejectRequest, Release, RenameRequest, WhoAmI, paths,
+    RejectRequest, Release, RenameRequest, Role, WhoAmI, paths,
 };
 
 use crate::service::{Principal, Service};
 use error::ApiError;
+use yeet_proto::ErrorCode;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -40,15 +41,10 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
         match Json::<T>::from_request(req, state).await {
             Ok(Json(v)) => Ok(ApiJson(v)),
             Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "not_json",
+                ErrorCode::NotJson,
                 "send the body as Content-Type: application/json",
             )),
-            Err(e) => Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_json",
-                e.body_text(),
-            )),
+            Err(e) => Err(ApiError::new(ErrorCode::InvalidJson, e.body_text())),
         }
     }
 }
@@ -65,31 +61,98 @@ impl<S: Send + Sync, T: DeserializeOwned> axum::extract::FromRequestParts<S> for
         Query::<T>::from_request_parts(parts, state)
             .await
             .map(|Query(v)| ApiQuery(v))
-            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))
+            .map_err(|e| ApiError::new(ErrorCode::InvalidQuery, e.body_text()))
+    }
+}
+
+/// `Path<T>` whose rejections are yeet's JSON errors.
+pub struct ApiPath<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> axum::extract::FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Path(v)| ApiPath(v))
+            .map_err(|e| ApiError::new(ErrorCode::InvalidPath, e.body_text()))
     }
 }
 
 type ApiResult<T> = Result<Json<T>, ApiError>;
 
+/// Who may call an endpoint. The service enforces it; this table declares it, so that the
+/// authorization tests and the README's API section read it from one place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Any key that signs the request: a host that is not enrolled yet registers itself.
+    AnyKey,
+    /// An approved host, acting for itself only.
+    Host,
+    /// An operator with at least this role.
+    Role(Role),
+}
+
+impl Access {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Access::AnyKey => "any key",
+            Access::Host => "host",
+            Access::Role(role) => role.as_str(),
+        }
+    }
+}
+
+/// One signed `/v1` endpoint: method, path template, who may call it, what it does.
+pub struct Route {
+    pub method: Method,
+    pub path: String,
+    pub access: Access,
+    pub summary: &'static str,
+    handler: MethodRouter<AppState>,
+}
+
+/// Every signed endpoint. The router is built from this table and the authorization matrix
+/// test walks it, so a route cannot be added without an access level and a test entry.
+/// One row per line: a table reads better than rustfmt's layout of it.
+#[rustfmt::skip]
+pub fn routes() -> Vec<Route> {
+    use Access::{AnyKey, Host, Role as R};
+    let route = |method: Method, path: &str, access, summary, handler| Route {
+        method,
+        path: path.to_owned(),
+        access,
+        summary,
+        handler,
+    };
+    vec![
+        route(Method::POST, paths::REGISTER, AnyKey, "Register this key; answers with an approval code, then with the host's name once approved.", routing::post(register)),
+        route(Method::POST, paths::CHECKIN, Host, "Report state; answers with what to run (long-polls).", routing::post(checkin)),
+        route(Method::POST, paths::REPORT, Host, "Report how an activation ended, with its log.", routing::post(report)),
+        route(Method::GET, paths::WHOAMI, R(Role::Viewer), "Who the signing key belongs to.", routing::get(whoami)),
+        route(Method::GET, paths::REGISTRATIONS, R(Role::Viewer), "Registrations waiting for approval.", routing::get(list_pending)),
+        route(Method::POST, paths::APPROVE, R(Role::Admin), "Approve a registration by its code, and name the host.", routing::post(approve)),
+        route(Method::POST, paths::REJECT, R(Role::Admin), "Reject a registration's key for good.", routing::post(reject)),
+        route(Method::GET, paths::HOSTS, R(Role::Viewer), "Every host's state.", routing::get(list_hosts)),
+        route(Method::GET, &paths::host("{name}"), R(Role::Viewer), "One host's state.", routing::get(show_host)),
+        route(Method::DELETE, &paths::host("{name}"), R(Role::Admin), "Remove a host; its key stops working at once.", routing::delete(remove_host)),
+        route(Method::POST, &paths::host_rename("{name}"), R(Role::Admin), "Rename a host.", routing::post(rename_host)),
+        route(Method::GET, &paths::host_activations("{name}"), R(Role::Viewer), "A host's past activations, newest first (`?limit=`).", routing::get(list_activations)),
+        route(Method::GET, &paths::host_log("{name}"), R(Role::Viewer), "A host's latest activation with its log.", routing::get(latest_log)),
+        route(Method::GET, paths::RELEASES, R(Role::Viewer), "Releases, newest first (`?host=`, `?limit=`).", routing::get(list_releases)),
+        route(Method::POST, paths::RELEASES, R(Role::Publisher), "Create a release: host → store path, checked in its cache.", routing::post(create_release)),
+        route(Method::GET, &paths::release("{id}"), R(Role::Viewer), "One release.", routing::get(show_release)),
+        route(Method::POST, paths::ROLLBACK, R(Role::Publisher), "Point hosts back at their previous systems, as a new release.", routing::post(rollback)),
+        route(Method::POST, paths::CACHE_GC, R(Role::Admin), "Garbage-collect the embedded cache.", routing::post(cache_gc)),
+    ]
+}
+
 pub fn router(state: AppState) -> Router {
-    let api = Router::new()
-        .route(paths::REGISTER, post(register))
-        .route(paths::CHECKIN, post(checkin))
-        .route(paths::REPORT, post(report))
-        .route(&paths::host_activations("{name}"), get(list_activations))
-        .route(&paths::host_log("{name}"), get(latest_log))
-        .route(paths::WHOAMI, get(whoami))
-        .route(paths::REGISTRATIONS, get(list_pending))
-        .route(paths::APPROVE, post(approve))
-        .route(paths::REJECT, post(reject))
-        .route(paths::HOSTS, get(list_hosts))
-        .route(&paths::host("{name}"), get(show_host))
-        .route(&paths::host("{name}"), delete(remove_host))
-        .route(&paths::host_rename("{name}"), post(rename_host))
-        .route(paths::RELEASES, get(list_releases).post(create_release))
-        .route(paths::ROLLBACK, post(rollback))
-        .route(paths::CACHE_GC, post(cache_gc))
-        .route(&paths::release("{id}"), get(show_release))
+    let api = routes()
+        .into_iter()
+        .fold(Router::new(), |api, r| api.route(&r.path, r.handler))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate,
@@ -99,20 +162,13 @@ pub fn router(state: AppState) -> Router {
         Err(_) => Router::new(),
     };
     Router::new()
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", routing::get(|| async { "ok" }))
         .merge(api)
         .merge(cache)
-        .fallback(|| async {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "no_such_endpoint",
-                "no such endpoint",
-            )
-        })
+        .fallback(|| async { ApiError::new(ErrorCode::NoSuchEndpoint, "no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
+                ErrorCode::MethodNotAllowed,
                 "this endpoint does not accept that method",
             )
         })
@@ -121,7 +177,7 @@ pub fn router(state: AppState) -> Router {
 
 async fn register(
     State(app): State<AppState>,
-    Extension(p): Extension<Principal>,
+    p: Principal,
     auth::ClientIp(client): auth::ClientIp,
     ApiJson(req): ApiJson<RegisterRequest>,
 ) -> ApiResult<RegisterResponse> {
@@ -130,29 +186,26 @@ async fn register(
 
 async fn checkin(
     State(app): State<AppState>,
-    Extension(p): Extension<Principal>,
+    p: Principal,
     ApiJson(req): ApiJson<CheckinRequest>,
 ) -> ApiResult<CheckinResponse> {
     Ok(Json(app.service.checkin(&p, req).await?))
 }
 
-async fn whoami(
-    State(app): State<AppState>,
-    Extension(p): Extension<Principal>,
-) -> ApiResult<WhoAmI> {
+async fn whoami(State(app): State<AppState>, p: Principal) -> ApiResult<WhoAmI> {
     Ok(Json(app.service.whoami(&p)?))
 }
 
 async fn list_pending(
     State(app): State<AppState>,
-    Extension(p): Extension<Principal>,
+    p: Principal,
 ) -> ApiResult<Vec<PendingRegistration>> {
     Ok(Json(app.service.list_pending(&p).await?))
 }
 
 async fn approve(
     State(app): State<AppState>,
-    Extension(p): Extension<Principal>,
+    p: Principal,
     ApiJson(req): ApiJson<ApproveRequest>,
 ) -> ApiResult<HostInfo> {
     Ok(Json(app.service.approve(&p, req).await?))
@@ -160,32 +213,29 @@ async fn approve(
 
 async fn reject(
     State(app): State<AppState>,
-    Extension(p): Extension<Principal>,
+    p: Principal,
     ApiJson(req): ApiJson<RejectRequest>,
 ) -> ApiResult<serde_json::Value> {
     app.service.reject(&p, &req.key_id).await?;
     Ok(Json(serde_json::json!({})))
 }
 
-async fn list_hosts(
-    State(app): State<AppState>,
-    Extension(p): Extension<Principal>,
-) -> ApiResult<Vec<HostInfo>> {
+async fn list_hosts(State(app): State<AppState>, p: Principal) -> ApiResult<Vec<HostInfo>> {
     Ok(Json(app.service.list_hosts(&p).await?))
 }
 
 async fn show_host(
     State(app): State<AppState>,
-    Extension(p): Extension<Principal>,
-    Path(name): Path<String>,
+    p: Principal,
+    ApiPath(name): ApiPath<String>,
 ) -> ApiResult<HostInfo> {
     Ok(Json(app.service.show_host(&p, &name).await?))
 }
 
 async fn rename_host(
     State(app): State<AppState>,
-    Extension(p): Extension<Principal>,
-    Path(name): Path<String>,
+    p: Principal,
+    ApiPath(name): ApiPath<String>,
     ApiJson(req): ApiJson<RenameRequest>,
 ) -> ApiResult<HostInfo> {
     Ok(Json(
@@ -195,8 +245,8 @@ async fn rename_host(
 
 async fn remove_host(
     State(app): State<AppState>,
-    Extension(p): Extension<Principal>,
-    Path(name): Path<String>,
+    p: Principal,
+    ApiPath(name): ApiPath<String>,
 ) -> ApiResult<serde_json::Value> {
     app.service.remove_host(&p, &name).await?;
     Ok(Json(serde_json::json!({})))
@@ -204,7 +254,7 @@ async fn remove_host(
 
 async fn report(
     State(app): State<AppState>,
-    Extension(p): Extension<Principal>,
+    p: Principal,
     ApiJson(req): ApiJson<ActivationReport>,
 ) -> ApiResult<Activation> {
     Ok(Json(app.service.report_activation(&p, req).await?))
@@ -217,8 +267,8 @@ struct LimitQuery {
 
 async fn list_activations(
     State(app): State<AppState>,
-    Extension(p): Extension<Principal>,
-    Path(name): Path<String>,
+    p: Principal,
+    ApiPath(name): ApiPath<String>,
     ApiQuery(q): ApiQuery<LimitQuery>,
 ) -> ApiResult<Vec<Activation>> {
     Ok(Json(
@@ -228,8 +278,8 @@ async fn list_activations(
 
 async fn latest_log(
     State(app): State<AppState>,
-    Extension(p): Extension<Principal>,
-    Path(name): Path<String>,
+    p: Principal,
+    ApiPath(name): ApiPath<String>,
 ) -> ApiResult<ActivationLog> {
     Ok(Json(app.service.latest_log(&p, &name).await?))
 }
@@ -242,7 +292,7 @@ struct ReleaseQuery {
 
 async fn list_releases(
     State(app): State<AppState>,
-    Extension(p): Extension<Principal>,
+    p: Principal,
     ApiQuery(q): ApiQuery<ReleaseQuery>,
 ) -> ApiResult<Vec<Release>> {
     Ok(Json(
@@ -254,7 +304,7 @@ async fn list_releases(
 
 async fn create_release(
     State(app): State<AppState>,
-    Extension(p): Extension<Principal>,
+    p: Principal,
     ApiJson(req): ApiJson<CreateReleaseRequest>,
 ) -> ApiResult<Release> {
     Ok(Json(app.service.create_release(&p, req).await?))
@@ -262,15 +312,15 @@ async fn create_release(
 
 async fn show_release(
     State(app): State<AppState>,
-    Extension(p): Extension<Principal>,
-    Path(id): Path<i64>,
+    p: Principal,
+    ApiPath(id): ApiPath<i64>,
 ) -> ApiResult<Release> {
     Ok(Json(app.service.show_release(&p, id).await?))
 }
 
 async fn rollback(
     State(app): State<AppState>,
-    Extension(p): Extension<Principal>,
+    p: Principal,
     ApiJson(req): ApiJson<yeet_proto::api::RollbackRequest>,
 ) -> ApiResult<Release> {
     Ok(Json(app.service.rollback(&p, req).await?))
@@ -278,7 +328,7 @@ async fn rollback(
 
 async fn cache_gc(
     State(app): State<AppState>,
-    Extension(p): Extension<Principal>,
+    p: Principal,
     ApiJson(req): ApiJson<yeet_proto::api::CacheGcRequest>,
 ) -> ApiResult<yeet_proto::api::CacheGcReport> {
     Ok(Json(app.service.cache_gc(&p, req).await?))

@@ -2,6 +2,7 @@
 
 use base64::Engine;
 use std::io::Read;
+use yeet_proto::ErrorCode;
 use yeet_proto::api::{Activation, ActivationLog, ActivationReport, Role};
 
 use super::auth::{require_host, require_role};
@@ -37,11 +38,14 @@ fn gunzip(bytes: &[u8]) -> Result<String> {
         .take(MAX_LOG_BYTES + 1)
         .read_to_end(&mut out)
         .map_err(|e| {
-            ServiceError::invalid("invalid_log", format!("the log is not valid gzip: {e}"))
+            ServiceError::refused(
+                ErrorCode::InvalidLog,
+                format!("the log is not valid gzip: {e}"),
+            )
         })?;
     if out.len() as u64 > MAX_LOG_BYTES {
-        return Err(ServiceError::invalid(
-            "log_too_large",
+        return Err(ServiceError::refused(
+            ErrorCode::LogTooLarge,
             format!("the decompressed log exceeds {MAX_LOG_BYTES} bytes"),
         ));
     }
@@ -58,14 +62,14 @@ impl Service {
         report
             .store_path
             .parse::<nix_meta::StorePath>()
-            .map_err(|e| ServiceError::invalid("invalid_store_path", e.to_string()))?;
+            .map_err(|e| ServiceError::refused(ErrorCode::InvalidStorePath, e.to_string()))?;
         let log_gzip = if report.log_gzip_base64.is_empty() {
             Vec::new()
         } else {
             base64::engine::general_purpose::STANDARD
                 .decode(&report.log_gzip_base64)
                 .map_err(|_| {
-                    ServiceError::invalid("invalid_log", "log_gzip_base64 is not base64")
+                    ServiceError::refused(ErrorCode::InvalidLog, "log_gzip_base64 is not base64")
                 })?
         };
         if !log_gzip.is_empty() {
@@ -114,8 +118,8 @@ impl Service {
                 .latest_activation_log(row.id)
                 .await?
                 .ok_or_else(|| {
-                    ServiceError::not_found(
-                        "no_activation",
+                    ServiceError::refused(
+                        ErrorCode::NoActivation,
                         format!("{host} has not reported an activation yet"),
                     )
                 })?;
@@ -145,15 +149,15 @@ mod tests {
         assert!(bomb.len() < 10_000);
         assert!(matches!(
             gunzip(&bomb),
-            Err(ServiceError::Invalid {
-                code: "log_too_large",
+            Err(ServiceError::Refused {
+                code: ErrorCode::LogTooLarge,
                 ..
             })
         ));
         assert!(matches!(
             gunzip(b"not gzip"),
-            Err(ServiceError::Invalid {
-                code: "invalid_log",
+            Err(ServiceError::Refused {
+                code: ErrorCode::InvalidLog,
                 ..
             })
         ));

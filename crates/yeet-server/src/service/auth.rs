@@ -1,5 +1,6 @@
 //! Authentication (who signed this request) and authorization (may they do this).
 
+use yeet_proto::ErrorCode;
 use yeet_proto::api::{RegisterRequest, Role};
 use yeet_proto::{AuthError, PublicIdentity, SignatureHeaders};
 
@@ -219,13 +220,17 @@ impl Service {
 pub(crate) fn require_role(principal: &Principal, min: Role) -> Result<&str> {
     match principal {
         Principal::User { name, role, .. } if *role >= min => Ok(name),
-        Principal::User { role, .. } => Err(ServiceError::Forbidden(format!(
-            "this needs the {} role; your role is {}",
-            min.as_str(),
-            role.as_str()
-        ))),
-        _ => Err(ServiceError::Forbidden(
-            "this endpoint is for operators; host keys cannot use it".into(),
+        Principal::User { role, .. } => Err(ServiceError::refused(
+            ErrorCode::Forbidden,
+            format!(
+                "this needs the {} role; your role is {}",
+                min.as_str(),
+                role.as_str()
+            ),
+        )),
+        _ => Err(ServiceError::refused(
+            ErrorCode::Forbidden,
+            "this endpoint is for operators; host keys cannot use it",
         )),
     }
 }
@@ -234,11 +239,13 @@ pub(crate) fn require_role(principal: &Principal, min: Role) -> Result<&str> {
 pub(crate) fn require_host(principal: &Principal) -> Result<(i64, &str)> {
     match principal {
         Principal::Host { id, name, .. } => Ok((*id, name)),
-        Principal::Registrant { .. } => Err(ServiceError::Forbidden(
-            "this host is not approved yet; ask an admin to run `yeet approve NAME CODE`".into(),
+        Principal::Registrant { .. } => Err(ServiceError::refused(
+            ErrorCode::Forbidden,
+            "this host is not approved yet; ask an admin to run `yeet approve NAME CODE`",
         )),
-        Principal::User { .. } => Err(ServiceError::Forbidden(
-            "only hosts check in; operator keys cannot".into(),
+        Principal::User { .. } => Err(ServiceError::refused(
+            ErrorCode::Forbidden,
+            "only hosts check in; operator keys cannot",
         )),
     }
 }

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use yeet_proto::ErrorCode;
 use yeet_proto::api::{CacheGcReport, CacheGcRequest, CreateReleaseRequest, Role};
 
 use super::auth::require_role;
@@ -160,18 +161,14 @@ impl EmbeddedCache {
 }
 
 fn io_error(e: std::io::Error) -> ServiceError {
-    if e.raw_os_error() == Some(28) {
-        ServiceError::System("the server's disk is full".into())
-    } else {
-        ServiceError::System(format!("cache write failed: {e}"))
-    }
+    ServiceError::io("embedded cache", e)
 }
 
 impl Service {
     pub fn embedded_cache(&self) -> Result<&EmbeddedCache> {
         self.cache.as_ref().ok_or_else(|| {
-            ServiceError::not_found(
-                "no_embedded_cache",
+            ServiceError::refused(
+                ErrorCode::NoEmbeddedCache,
                 "this server's embedded cache is disabled",
             )
         })
@@ -182,9 +179,10 @@ impl Service {
     /// Reserves one of the key's concurrent upload slots; the slot is freed when dropped.
     pub fn upload_slot(&self, key_id: &str) -> Result<Share> {
         self.uploads.take(key_id).map_err(|running| {
-            ServiceError::RateLimited(format!(
-                "this key already runs {running} uploads; wait for one to finish"
-            ))
+            ServiceError::refused(
+                ErrorCode::RateLimited,
+                format!("this key already runs {running} uploads; wait for one to finish"),
+            )
         })
     }
 
@@ -201,8 +199,8 @@ impl Service {
             CacheFile::Nar(name) => {
                 let expected = nix_meta::nix32::encode(sha256);
                 if !name.starts_with(&expected) {
-                    return Err(ServiceError::invalid(
-                        "nar_mismatch",
+                    return Err(ServiceError::refused(
+                        ErrorCode::NarMismatch,
                         format!(
                             "nar/{name} does not match its content (sha256 {expected}); was the upload cut short?"
                         ),
@@ -212,25 +210,25 @@ impl Service {
             }
             CacheFile::NarInfo(hash) => {
                 let text = std::fs::read_to_string(tmp).map_err(|_| {
-                    ServiceError::invalid("invalid_narinfo", "the narinfo is not UTF-8")
+                    ServiceError::refused(ErrorCode::InvalidNarinfo, "the narinfo is not UTF-8")
                 })?;
                 let info = nix_meta::NarInfo::parse(&text)
-                    .map_err(|e| ServiceError::invalid("invalid_narinfo", e.to_string()))?;
+                    .map_err(|e| ServiceError::refused(ErrorCode::InvalidNarinfo, e.to_string()))?;
                 if info.store_path.hash_part() != hash {
-                    return Err(ServiceError::invalid(
-                        "invalid_narinfo",
+                    return Err(ServiceError::refused(
+                        ErrorCode::InvalidNarinfo,
                         format!("{hash}.narinfo describes {}", info.store_path),
                     ));
                 }
                 let nar = CacheFile::parse(&info.url).ok_or_else(|| {
-                    ServiceError::invalid(
-                        "invalid_narinfo",
+                    ServiceError::refused(
+                        ErrorCode::InvalidNarinfo,
                         format!("URL {} is not a NAR file of this cache", info.url),
                     )
                 })?;
                 if !matches!(nar, CacheFile::Nar(_)) || !cache.root.join(&info.url).exists() {
-                    return Err(ServiceError::invalid(
-                        "missing_nar",
+                    return Err(ServiceError::refused(
+                        ErrorCode::MissingNar,
                         format!("upload {} before its narinfo", info.url),
                     ));
                 }
@@ -281,14 +279,14 @@ async fn fetch_narinfo(cache: &str, hash: &str) -> Result<Option<String>> {
         .map_err(|e| ServiceError::System(e.to_string()))?;
         return fetched.map_err(|e| {
             tracing::warn!(error = %e, "release check: cache read failed");
-            ServiceError::invalid(
-                "cache_unreachable",
+            ServiceError::refused(
+                ErrorCode::CacheUnreachable,
                 "the cache did not answer the signature check; the server log has details",
             )
         });
     }
-    Err(ServiceError::invalid(
-        "uncheckable_cache",
+    Err(ServiceError::refused(
+        ErrorCode::UncheckableCache,
         format!(
             "the server cannot read {cache} to check signatures; publish through the embedded cache, or name an http(s):// or file:// view of the cache"
         ),
@@ -306,8 +304,8 @@ impl Service {
     ) -> Result<CacheGcReport> {
         require_role(principal, Role::Admin)?;
         if req.keep == 0 {
-            return Err(ServiceError::invalid(
-                "invalid_keep",
+            return Err(ServiceError::refused(
+                ErrorCode::InvalidKeep,
                 "keep at least one release per host",
             ));
         }
@@ -343,8 +341,8 @@ impl Service {
                 .iter()
                 .any(|c| cache_location(c) == wanted)
             {
-                return Err(ServiceError::invalid(
-                    "cache_not_allowed",
+                return Err(ServiceError::refused(
+                    ErrorCode::CacheNotAllowed,
                     format!(
                         "the server checks releases only in the caches its config lists (`caches` in server.toml: {}); add this cache there, or publish to the embedded cache",
                         if self.config.caches.is_empty() {
@@ -358,20 +356,21 @@ impl Service {
         }
         for path in req.hosts.values().collect::<BTreeSet<_>>() {
             let sp: nix_meta::StorePath = path.parse().map_err(|e: nix_meta::StorePathError| {
-                ServiceError::invalid("invalid_store_path", e.to_string())
+                ServiceError::refused(ErrorCode::InvalidStorePath, e.to_string())
             })?;
             let text = match &req.cache {
                 None => self.embedded_cache()?.narinfo(sp.hash_part()),
                 Some(url) => fetch_narinfo(url, sp.hash_part()).await?,
             };
             let text = text.ok_or_else(|| {
-                ServiceError::invalid("missing_narinfo", format!("{path} has no narinfo in {where_}; push it first (yeet publish pushes unless told otherwise)"))
+                ServiceError::refused(ErrorCode::MissingNarinfo, format!("{path} has no narinfo in {where_}; push it first (yeet publish pushes unless told otherwise)"))
             })?;
-            let info = nix_meta::NarInfo::parse(&text)
-                .map_err(|e| ServiceError::invalid("invalid_narinfo", format!("{path}: {e}")))?;
+            let info = nix_meta::NarInfo::parse(&text).map_err(|e| {
+                ServiceError::refused(ErrorCode::InvalidNarinfo, format!("{path}: {e}"))
+            })?;
             info.verify(keys).map_err(|e| {
-                ServiceError::invalid(
-                    "untrusted_closure",
+                ServiceError::refused(
+                    ErrorCode::UntrustedClosure,
                     format!("{e}; expected a signature by one of: {expected}"),
                 )
             })?;

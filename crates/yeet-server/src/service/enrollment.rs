@@ -16,6 +16,7 @@
 
 use std::net::IpAddr;
 use std::time::Instant;
+use yeet_proto::ErrorCode;
 use yeet_proto::api::{
     ApproveRequest, HostInfo, PendingRegistration, RegisterRequest, RegisterResponse, Role,
 };
@@ -117,8 +118,8 @@ impl Service {
                 return Ok(RegisterResponse::Approved { host: name.clone() });
             }
             Principal::User { .. } => {
-                return Err(ServiceError::conflict(
-                    "operator_key",
+                return Err(ServiceError::refused(
+                    ErrorCode::OperatorKey,
                     "this key belongs to an operator; a host must register with its own key",
                 ));
             }
@@ -129,14 +130,15 @@ impl Service {
                 .map(|p| p.key_id().to_owned())
                 .unwrap_or_default()
         {
-            return Err(ServiceError::invalid(
-                "key_mismatch",
+            return Err(ServiceError::refused(
+                ErrorCode::KeyMismatch,
                 "public_key in the body is not the key that signed the request",
             ));
         }
         if self.store.is_rejected(public.key_id()).await? {
-            return Err(ServiceError::Forbidden(
-                "an admin rejected this host's key; it cannot register again".into(),
+            return Err(ServiceError::refused(
+                ErrorCode::Forbidden,
+                "an admin rejected this host's key; it cannot register again",
             ));
         }
         let source = source_of(client);
@@ -151,16 +153,20 @@ impl Service {
                 if t_ms.saturating_sub(r.last_seen_ms)
                     < self.config.reregister_interval.as_millis() as i64 =>
             {
-                return Err(ServiceError::RateLimited(format!(
-                    "this key registers too often; wait {} ms between registrations",
-                    self.config.reregister_interval.as_millis()
-                )));
+                return Err(ServiceError::refused(
+                    ErrorCode::RateLimited,
+                    format!(
+                        "this key registers too often; wait {} ms between registrations",
+                        self.config.reregister_interval.as_millis()
+                    ),
+                ));
             }
             Some(_) => {}
             None => {
                 if !self.take_registration_token(&source) {
-                    return Err(ServiceError::RateLimited(
-                        "too many new registrations from this network; retry in a minute".into(),
+                    return Err(ServiceError::refused(
+                        ErrorCode::RateLimited,
+                        "too many new registrations from this network; retry in a minute",
                     ));
                 }
                 _admission = self.registration_admission.lock().await;
@@ -239,20 +245,23 @@ impl Service {
     pub async fn approve(&self, principal: &Principal, req: ApproveRequest) -> Result<HostInfo> {
         let admin = require_role(principal, Role::Admin)?;
         validate_host_name(&req.name)
-            .map_err(|e| ServiceError::invalid("invalid_name", e.to_string()))?;
+            .map_err(|e| ServiceError::refused(ErrorCode::InvalidName, e.to_string()))?;
         let code = normalize_code(&req.code);
         let reg = self.store.registration_by_code(&code).await?.ok_or_else(|| {
-            ServiceError::not_found("unknown_code", format!("no pending registration has code {}; check the code that yeet-agent prints on the host", req.code))
+            ServiceError::refused(ErrorCode::UnknownCode, format!("no pending registration has code {}; check the code that yeet-agent prints on the host", req.code))
         })?;
         if reg.code_expires_at <= now() {
-            return Err(ServiceError::Expired(format!(
-                "code {} has expired; yeet-agent on the host prints a fresh code at its next poll",
-                req.code
-            )));
+            return Err(ServiceError::refused(
+                ErrorCode::CodeExpired,
+                format!(
+                    "code {} has expired; yeet-agent on the host prints a fresh code at its next poll",
+                    req.code
+                ),
+            ));
         }
         if self.store.host_by_name(&req.name).await?.is_some() {
-            return Err(ServiceError::conflict(
-                "name_taken",
+            return Err(ServiceError::refused(
+                ErrorCode::NameTaken,
                 format!(
                     "a host named {} already exists; choose another name or remove it first",
                     req.name
@@ -266,14 +275,14 @@ impl Service {
         {
             Ok(Some(h)) => h,
             Ok(None) => {
-                return Err(ServiceError::not_found(
-                    "unknown_code",
+                return Err(ServiceError::refused(
+                    ErrorCode::UnknownCode,
                     "the registration was approved or rejected meanwhile",
                 ));
             }
             Err(StoreError::Conflict(_)) => {
-                return Err(ServiceError::conflict(
-                    "name_taken",
+                return Err(ServiceError::refused(
+                    ErrorCode::NameTaken,
                     format!("a host named {} already exists", req.name),
                 ));
             }
@@ -287,8 +296,8 @@ impl Service {
     pub async fn reject(&self, principal: &Principal, key_id: &str) -> Result<()> {
         let admin = require_role(principal, Role::Admin)?;
         if !self.store.reject_registration(key_id, admin, now()).await? {
-            return Err(ServiceError::not_found(
-                "unknown_registration",
+            return Err(ServiceError::refused(
+                ErrorCode::UnknownRegistration,
                 format!("no pending registration for key {key_id}; see `yeet pending`"),
             ));
         }

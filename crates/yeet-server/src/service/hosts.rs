@@ -1,6 +1,7 @@
 //! Hosts: listing, renaming, removal, and the check-in that every host makes on every poll.
 
 use std::time::Duration;
+use yeet_proto::ErrorCode;
 use yeet_proto::api::{
     Action, ActivationResult, AgentState, CheckinRequest, CheckinResponse, Facts, HostInfo,
     HostState, Role,
@@ -69,8 +70,8 @@ impl Service {
 
     pub(crate) async fn host_named(&self, name: &str) -> Result<HostRow> {
         self.store.host_by_name(name).await?.ok_or_else(|| {
-            ServiceError::not_found(
-                "unknown_host",
+            ServiceError::refused(
+                ErrorCode::UnknownHost,
                 format!("no host named {name}; see `yeet status` for the fleet"),
             )
         })
@@ -99,23 +100,22 @@ impl Service {
     ) -> Result<HostInfo> {
         let admin = require_role(principal, Role::Admin)?;
         validate_host_name(new)
-            .map_err(|e| ServiceError::invalid("invalid_name", e.to_string()))?;
-        let row =
-            match self.store.rename_host(old, new).await {
-                Ok(Some(row)) => row,
-                Ok(None) => {
-                    return Err(self.host_named(old).await.err().unwrap_or_else(|| {
-                        ServiceError::not_found("unknown_host", old.to_owned())
-                    }));
-                }
-                Err(StoreError::Conflict(_)) => {
-                    return Err(ServiceError::conflict(
-                        "name_taken",
-                        format!("a host named {new} already exists"),
-                    ));
-                }
-                Err(e) => return Err(e.into()),
-            };
+            .map_err(|e| ServiceError::refused(ErrorCode::InvalidName, e.to_string()))?;
+        let row = match self.store.rename_host(old, new).await {
+            Ok(Some(row)) => row,
+            Ok(None) => {
+                return Err(self.host_named(old).await.err().unwrap_or_else(|| {
+                    ServiceError::refused(ErrorCode::UnknownHost, old.to_owned())
+                }));
+            }
+            Err(StoreError::Conflict(_)) => {
+                return Err(ServiceError::refused(
+                    ErrorCode::NameTaken,
+                    format!("a host named {new} already exists"),
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        };
         self.announce_key_change(&row.key_id).await;
         tracing::info!(old, new, by = admin, "host renamed");
         Ok(self.host_info(row).await)
@@ -125,7 +125,7 @@ impl Service {
     pub async fn remove_host(&self, principal: &Principal, name: &str) -> Result<()> {
         let admin = require_role(principal, Role::Admin)?;
         let row = self.store.delete_host(name).await?.ok_or_else(|| {
-            ServiceError::not_found("unknown_host", format!("no host named {name}"))
+            ServiceError::refused(ErrorCode::UnknownHost, format!("no host named {name}"))
         })?;
         self.announce_key_change(&row.key_id).await;
         self.desired.write().await.remove(&row.id);
@@ -159,7 +159,7 @@ impl Service {
             .flatten()
         {
             path.parse::<nix_meta::StorePath>()
-                .map_err(|e| ServiceError::invalid("invalid_store_path", e.to_string()))?;
+                .map_err(|e| ServiceError::refused(ErrorCode::InvalidStorePath, e.to_string()))?;
         }
         let report = HostReport {
             current_system: req.current_system.clone(),

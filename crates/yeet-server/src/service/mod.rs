@@ -22,7 +22,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 use thiserror::Error;
 use tokio::sync::RwLock;
-use yeet_proto::AuthError;
+use yeet_proto::{AuthError, ErrorCode};
 
 use crate::store::{HostReport, Store, StoreError};
 
@@ -79,18 +79,9 @@ impl Default for ServiceConfig {
 pub enum ServiceError {
     #[error("{0}")]
     Unauthorized(#[from] AuthError),
-    #[error("{0}")]
-    Forbidden(String),
+    /// A request refused for a reason the client can act on; the code decides the status.
     #[error("{message}")]
-    NotFound { code: &'static str, message: String },
-    #[error("{message}")]
-    Conflict { code: &'static str, message: String },
-    #[error("{message}")]
-    Invalid { code: &'static str, message: String },
-    #[error("{0}")]
-    Expired(String),
-    #[error("{0}")]
-    RateLimited(String),
+    Refused { code: ErrorCode, message: String },
     #[error("internal error")]
     Internal(#[from] StoreError),
     /// A failure of this machine (randomness, clock), logged and reported as internal.
@@ -99,22 +90,29 @@ pub enum ServiceError {
 }
 
 impl ServiceError {
-    pub(crate) fn invalid(code: &'static str, message: impl Into<String>) -> Self {
-        ServiceError::Invalid {
+    pub(crate) fn refused(code: ErrorCode, message: impl Into<String>) -> Self {
+        ServiceError::Refused {
             code,
             message: message.into(),
         }
     }
-    pub(crate) fn not_found(code: &'static str, message: impl Into<String>) -> Self {
-        ServiceError::NotFound {
-            code,
-            message: message.into(),
+
+    /// A failed file operation: a full disk is the operator's to fix and says so; anything
+    /// else is internal.
+    pub fn io(what: &str, e: std::io::Error) -> Self {
+        if e.kind() == std::io::ErrorKind::StorageFull {
+            ServiceError::refused(ErrorCode::DiskFull, ErrorCode::DiskFull.meaning())
+        } else {
+            ServiceError::System(format!("{what}: {e}"))
         }
     }
-    pub(crate) fn conflict(code: &'static str, message: impl Into<String>) -> Self {
-        ServiceError::Conflict {
-            code,
-            message: message.into(),
+
+    /// The code the client sees.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ServiceError::Unauthorized(a) => a.code(),
+            ServiceError::Refused { code, .. } => *code,
+            ServiceError::Internal(_) | ServiceError::System(_) => ErrorCode::Internal,
         }
     }
 }
@@ -164,18 +162,7 @@ pub struct Service {
     held_polls: Mutex<HashMap<i64, std::sync::Arc<tokio::sync::Notify>>>,
 }
 
-/// Seconds since the Unix epoch.
-pub fn now() -> i64 {
-    now_ms() / 1000
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+pub use yeet_proto::clock::{unix_now as now, unix_now_ms as now_ms};
 
 /// The fleet's desired state, host id → newest desired system, from the database.
 async fn load_desired(store: &Store) -> Result<HashMap<i64, Desired>, StoreError> {

@@ -2,6 +2,7 @@
 //! release that names it.
 
 use std::collections::BTreeMap;
+use yeet_proto::ErrorCode;
 use yeet_proto::api::{CreateReleaseRequest, Release, Role, RollbackRequest};
 use yeet_proto::text::{clean, clean_line};
 
@@ -35,14 +36,14 @@ impl Service {
     ) -> Result<Release> {
         let author = require_role(principal, Role::Publisher)?;
         if req.hosts.is_empty() {
-            return Err(ServiceError::invalid(
-                "empty_release",
+            return Err(ServiceError::refused(
+                ErrorCode::EmptyRelease,
                 "a release must name at least one host",
             ));
         }
         if req.message.chars().count() > MAX_MESSAGE_CHARS {
-            return Err(ServiceError::invalid(
-                "message_too_long",
+            return Err(ServiceError::refused(
+                ErrorCode::MessageTooLong,
                 format!("the message is longer than {MAX_MESSAGE_CHARS} characters"),
             ));
         }
@@ -51,14 +52,14 @@ impl Service {
             .as_ref()
             .is_some_and(|r| r.chars().count() > MAX_REVISION_CHARS)
         {
-            return Err(ServiceError::invalid(
-                "revision_too_long",
+            return Err(ServiceError::refused(
+                ErrorCode::RevisionTooLong,
                 format!("the revision is longer than {MAX_REVISION_CHARS} characters"),
             ));
         }
         for (host, path) in &req.hosts {
             path.parse::<nix_meta::StorePath>().map_err(|e| {
-                ServiceError::invalid("invalid_store_path", format!("host {host}: {e}"))
+                ServiceError::refused(ErrorCode::InvalidStorePath, format!("host {host}: {e}"))
             })?;
         }
         let known: BTreeMap<String, i64> = self
@@ -76,8 +77,8 @@ impl Service {
             .collect();
         if !unknown.is_empty() {
             let names: Vec<&str> = known.keys().map(String::as_str).collect();
-            return Err(ServiceError::invalid(
-                "unknown_host",
+            return Err(ServiceError::refused(
+                ErrorCode::UnknownHostInRequest,
                 format!(
                     "unknown host(s): {}; approved hosts are: {}",
                     unknown.join(", "),
@@ -154,8 +155,8 @@ impl Service {
     pub async fn show_release(&self, principal: &Principal, id: i64) -> Result<Release> {
         require_role(principal, Role::Viewer)?;
         let row = self.store.release_by_id(id).await?.ok_or_else(|| {
-            ServiceError::not_found(
-                "unknown_release",
+            ServiceError::refused(
+                ErrorCode::UnknownRelease,
                 format!("no release {id}; see `yeet releases`"),
             )
         })?;
@@ -169,8 +170,8 @@ impl Service {
         let targets: Vec<(i64, String, i64)> = match (req.release, req.hosts.is_empty()) {
             (Some(id), true) => {
                 if self.store.release_by_id(id).await?.is_none() {
-                    return Err(ServiceError::not_found(
-                        "unknown_release",
+                    return Err(ServiceError::refused(
+                        ErrorCode::UnknownRelease,
                         format!("no release {id}"),
                     ));
                 }
@@ -190,8 +191,8 @@ impl Service {
                 for name in &req.hosts {
                     let h = self.host_named(name).await?;
                     let newest = desired.get(&h.id).map(|d| d.release_id).ok_or_else(|| {
-                        ServiceError::invalid(
-                            "nothing_to_roll_back",
+                        ServiceError::refused(
+                            ErrorCode::NothingToRollBack,
                             format!("{name} has no release yet"),
                         )
                     })?;
@@ -200,8 +201,8 @@ impl Service {
                 t
             }
             _ => {
-                return Err(ServiceError::invalid(
-                    "invalid_rollback",
+                return Err(ServiceError::refused(
+                    ErrorCode::InvalidRollback,
                     "name hosts or a release, not both",
                 ));
             }
@@ -215,14 +216,14 @@ impl Service {
             }
         }
         if !stuck.is_empty() {
-            return Err(ServiceError::invalid(
-                "nothing_to_roll_back",
+            return Err(ServiceError::refused(
+                ErrorCode::NothingToRollBack,
                 format!("no earlier release names {}", stuck.join(", ")),
             ));
         }
         if entries.is_empty() {
-            return Err(ServiceError::invalid(
-                "nothing_to_roll_back",
+            return Err(ServiceError::refused(
+                ErrorCode::NothingToRollBack,
                 "none of the release's hosts exist any more",
             ));
         }
@@ -254,7 +255,10 @@ impl Service {
                     .host_by_name(name)
                     .await?
                     .ok_or_else(|| {
-                        ServiceError::not_found("unknown_host", format!("no host named {name}"))
+                        ServiceError::refused(
+                            ErrorCode::UnknownHost,
+                            format!("no host named {name}"),
+                        )
                     })?
                     .id,
             ),

@@ -1,6 +1,7 @@
 //! Operators. Users are created only offline, on the server host (`yeet-server admin add`):
 //! there is no trust-on-first-use over the network.
 
+use yeet_proto::ErrorCode;
 use yeet_proto::PublicIdentity;
 use yeet_proto::api::{Role, WhoAmI};
 use yeet_proto::names::validate_host_name;
@@ -17,16 +18,16 @@ pub async fn add_user(
 ) -> Result<UserRow> {
     // User names follow the host-name rules: short, lower-case, printable in tables.
     validate_host_name(name).map_err(|_| {
-        ServiceError::invalid(
-            "invalid_name",
+        ServiceError::refused(
+            ErrorCode::InvalidName,
             format!("invalid user name {name:?}: use 1-63 characters of a-z, 0-9, '-', '_' or '.'"),
         )
     })?;
     let public = PublicIdentity::from_openssh(public_key_line)
-        .map_err(|e| ServiceError::invalid("invalid_key", e.to_string()))?;
+        .map_err(|e| ServiceError::refused(ErrorCode::InvalidKey, e.to_string()))?;
     if store.host_by_key(public.key_id()).await?.is_some() {
-        return Err(ServiceError::conflict(
-            "key_in_use",
+        return Err(ServiceError::refused(
+            ErrorCode::KeyInUse,
             "this key belongs to a host; operators need their own key",
         ));
     }
@@ -41,8 +42,8 @@ pub async fn add_user(
         .await
     {
         Ok(u) => Ok(u),
-        Err(StoreError::Conflict(_)) => Err(ServiceError::conflict(
-            "user_exists",
+        Err(StoreError::Conflict(_)) => Err(ServiceError::refused(
+            ErrorCode::UserExists,
             format!(
                 "a user named {name} or with key {} already exists",
                 public.key_id()
@@ -60,8 +61,9 @@ impl Service {
                 role: *role,
                 key_id: key_id.clone(),
             }),
-            _ => Err(ServiceError::Forbidden(
-                "this endpoint is for operators".into(),
+            _ => Err(ServiceError::refused(
+                ErrorCode::Forbidden,
+                "this endpoint is for operators",
             )),
         }
     }

@@ -1,0 +1,353 @@
+//! Hosts checking in and reporting: removed keys, renames, activation history and logs,
+//! long-polls.
+
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use yeet_proto::Identity;
+use yeet_proto::api::paths;
+use yeet_server::service::ServiceConfig;
+
+use super::harness::*;
+
+#[tokio::test]
+async fn removed_host_key_stops_working_at_once_and_renames_follow() {
+    let api = Api::new(ServiceConfig::default()).await;
+    let checkin = br#"{"current_system": null, "facts": {"os":"","arch":"","agent_version":""}}"#;
+    let (s, v) = api
+        .call("POST", paths::CHECKIN, checkin, Sign::By(&api.host_a))
+        .await;
+    assert_eq!((s, v["host"].as_str()), (StatusCode::OK, Some("host-a")));
+    let (s, _) = api
+        .call(
+            "POST",
+            &paths::host_rename("host-a"),
+            br#"{"new_name": "web"}"#,
+            Sign::By(&api.admin),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, v) = api
+        .call("POST", paths::CHECKIN, checkin, Sign::By(&api.host_a))
+        .await;
+    assert_eq!(v["host"].as_str(), Some("web"), "{v}");
+    let (s, _) = api
+        .call("DELETE", &paths::host("web"), b"", Sign::By(&api.admin))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, v) = api
+        .call("POST", paths::CHECKIN, checkin, Sign::By(&api.host_a))
+        .await;
+    assert_error(
+        s,
+        &v,
+        StatusCode::UNAUTHORIZED,
+        "unknown_key",
+        "removed host checks in",
+    );
+}
+
+#[tokio::test]
+async fn activation_reports_build_a_history_and_the_latest_log() {
+    let api = Api::new(ServiceConfig::default()).await;
+    let report = |result: &str, log: &str| {
+        serde_json::to_vec(&json!({"store_path": PATH_A, "release_id": 1, "result": result, "reason": format!("r-{result}"),
+                                   "started_at": 10, "finished_at": 20, "reboot_required": result == "confirmed",
+                                   "log_gzip_base64": gzip_base64(log)})).unwrap()
+    };
+    let (s, v) = api
+        .call(
+            "GET",
+            &paths::host_log("host-a"),
+            b"",
+            Sign::By(&api.viewer),
+        )
+        .await;
+    assert_error(
+        s,
+        &v,
+        StatusCode::NOT_FOUND,
+        "no_activation",
+        "log before any activation",
+    );
+    for (result, log) in [("rolled-back", "first log"), ("confirmed", "second log")] {
+        let (s, v) = api
+            .call(
+                "POST",
+                paths::REPORT,
+                &report(result, log),
+                Sign::By(&api.host_a),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+    }
+    let (_, history) = api
+        .call(
+            "GET",
+            &paths::host_activations("host-a"),
+            b"",
+            Sign::By(&api.viewer),
+        )
+        .await;
+    let results: Vec<&str> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["result"].as_str().unwrap())
+        .collect();
+    assert_eq!(results, ["confirmed", "rolled-back"]);
+    assert_eq!(history[0]["reboot_required"], true);
+    let (_, log) = api
+        .call(
+            "GET",
+            &paths::host_log("host-a"),
+            b"",
+            Sign::By(&api.viewer),
+        )
+        .await;
+    assert_eq!(
+        (log["log"].as_str(), log["activation"]["reason"].as_str()),
+        (Some("second log"), Some("r-confirmed"))
+    );
+    // host-b has its own (empty) history.
+    let (_, other) = api
+        .call(
+            "GET",
+            &paths::host_activations("host-b"),
+            b"",
+            Sign::By(&api.viewer),
+        )
+        .await;
+    assert_eq!(other, json!([]));
+
+    let mut bad = serde_json::from_slice::<Value>(&report("failed", "x")).unwrap();
+    bad["log_gzip_base64"] = json!("%%%");
+    let (s, v) = api
+        .call(
+            "POST",
+            paths::REPORT,
+            &serde_json::to_vec(&bad).unwrap(),
+            Sign::By(&api.host_a),
+        )
+        .await;
+    assert_error(
+        s,
+        &v,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_log",
+        "bad base64",
+    );
+    bad["log_gzip_base64"] = json!(gzip_base64(&"a".repeat(2 << 20)));
+    let (s, v) = api
+        .call(
+            "POST",
+            paths::REPORT,
+            &serde_json::to_vec(&bad).unwrap(),
+            Sign::By(&api.host_a),
+        )
+        .await;
+    assert_error(
+        s,
+        &v,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "log_too_large",
+        "gzip bomb",
+    );
+    bad["log_gzip_base64"] = json!("");
+    bad["result"] = json!("exploded");
+    let (s, v) = api
+        .call(
+            "POST",
+            paths::REPORT,
+            &serde_json::to_vec(&bad).unwrap(),
+            Sign::By(&api.host_a),
+        )
+        .await;
+    assert_error(
+        s,
+        &v,
+        StatusCode::BAD_REQUEST,
+        "invalid_json",
+        "unknown result",
+    );
+    let (_, history) = api
+        .call(
+            "GET",
+            &paths::host_activations("host-a"),
+            b"",
+            Sign::By(&api.viewer),
+        )
+        .await;
+    assert_eq!(
+        history.as_array().unwrap().len(),
+        2,
+        "a refused report was stored"
+    );
+}
+
+/// Starts a check-in by `host` that asks to be held 30 s, reporting `current_system`.
+fn held_checkin(
+    api: &Arc<Api>,
+    host: fn(&Api) -> &Identity,
+    current_system: Option<&'static str>,
+) -> tokio::task::JoinHandle<(StatusCode, Value)> {
+    let api = api.clone();
+    tokio::spawn(async move {
+        let body = serde_json::to_vec(&json!({"current_system": current_system, "facts": {"os":"","arch":"","agent_version":""}, "wait_secs": 30})).unwrap();
+        api.send(build(
+            "POST",
+            paths::CHECKIN,
+            &body,
+            Sign::By(host(&api)),
+            None,
+        ))
+        .await
+    })
+}
+
+#[tokio::test]
+async fn a_host_holds_one_long_poll_at_a_time() {
+    let api = Arc::new(Api::new(ServiceConfig::default()).await);
+    let first = held_checkin(&api, |a| &a.host_a, None);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(!first.is_finished(), "the first check-in was not held");
+    // A second held check-in by the same key releases the first at once.
+    let second = held_checkin(&api, |a| &a.host_a, None);
+    let (s, v) = tokio::time::timeout(std::time::Duration::from_secs(10), first)
+        .await
+        .expect("the first check-in was still held after a second one began")
+        .unwrap();
+    assert_eq!(
+        (s, v["action"]["type"].as_str()),
+        (StatusCode::OK, Some("none"))
+    );
+    // Another host's held check-in is unaffected by either.
+    let other = held_checkin(&api, |a| &a.host_b, None);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(!second.is_finished() && !other.is_finished());
+    api.service.begin_shutdown();
+    for task in [second, other] {
+        assert_eq!(task.await.unwrap().0, StatusCode::OK);
+    }
+}
+
+#[tokio::test]
+async fn long_poll_answers_when_a_release_lands() {
+    let api = Arc::new(Api::new(ServiceConfig::default()).await);
+    let checkin = |wait: u64| {
+        serde_json::to_vec(&json!({"current_system": null, "facts": {"os":"","arch":"","agent_version":""}, "wait_secs": wait})).unwrap()
+    };
+    // Nothing to do: held for the requested time, then `none`.
+    let started = std::time::Instant::now();
+    let (s, v) = api
+        .call("POST", paths::CHECKIN, &checkin(1), Sign::By(&api.host_a))
+        .await;
+    assert_eq!(
+        (s, v["action"]["type"].as_str()),
+        (StatusCode::OK, Some("none"))
+    );
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(900),
+        "the check-in was not held"
+    );
+    // A held check-in wakes with the new system as soon as it is published.
+    let waiter = {
+        let api = api.clone();
+        let body = checkin(30);
+        tokio::spawn(async move {
+            let req = build("POST", paths::CHECKIN, &body, Sign::By(&api.host_a), None);
+            let started = std::time::Instant::now();
+            (api.send(req).await, started.elapsed())
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let release = serde_json::to_vec(&json!({"hosts": {"host-a": PATH_A}})).unwrap();
+    let (s, _) = api
+        .call("POST", paths::RELEASES, &release, Sign::By(&api.publisher))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let ((s, v), waited) = waiter.await.unwrap();
+    assert_eq!(
+        (s, v["action"]["store_path"].as_str()),
+        (StatusCode::OK, Some(PATH_A)),
+        "{v}"
+    );
+    eprintln!("long-poll answered {waited:?} after it started (release published at ~300 ms)");
+    // A host whose current system is the desired one is held again.
+    let (_, v) = api.call("POST", paths::CHECKIN, &serde_json::to_vec(&json!({"current_system": PATH_A, "facts": {"os":"","arch":"","agent_version":""}, "wait_secs": 1})).unwrap(), Sign::By(&api.host_a)).await;
+    assert_eq!(v["action"]["type"], "none");
+    // Shutting down releases held check-ins at once.
+    let held = held_checkin(&api, |a| &a.host_a, Some(PATH_A));
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    api.service.begin_shutdown();
+    let (s, v) = tokio::time::timeout(std::time::Duration::from_secs(10), held)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (s, v["action"]["type"].as_str()),
+        (StatusCode::OK, Some("none"))
+    );
+}
+
+#[tokio::test]
+async fn a_system_that_failed_on_a_host_is_not_offered_again() {
+    let api = Api::new(ServiceConfig::default()).await;
+    let checkin = br#"{"current_system": null, "facts": {"os":"","arch":"","agent_version":""}}"#;
+    let release = |path: &str| serde_json::to_vec(&json!({"hosts": {"host-a": path}})).unwrap();
+    let (s, _) = api
+        .call(
+            "POST",
+            paths::RELEASES,
+            &release(PATH_A),
+            Sign::By(&api.publisher),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, v) = api
+        .call("POST", paths::CHECKIN, checkin, Sign::By(&api.host_a))
+        .await;
+    assert_eq!(v["action"]["type"], "switch");
+    let report = json!({"store_path": PATH_A, "release_id": 1, "result": "rolled-back", "reason": "switch failed", "started_at": 1, "finished_at": 2});
+    let (s, _) = api
+        .call(
+            "POST",
+            paths::REPORT,
+            &serde_json::to_vec(&report).unwrap(),
+            Sign::By(&api.host_a),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, v) = api
+        .call("POST", paths::CHECKIN, checkin, Sign::By(&api.host_a))
+        .await;
+    assert_eq!(
+        v["action"]["type"], "none",
+        "a failed system was offered again: {v}"
+    );
+    let (_, host) = api
+        .call("GET", &paths::host("host-a"), b"", Sign::By(&api.viewer))
+        .await;
+    assert_eq!(
+        (host["state"].as_str(), host["last_result"].as_str()),
+        (Some("rolled-back"), Some("rolled-back")),
+        "{host}"
+    );
+    // A newer release with another system is offered.
+    let fixed = "/nix/store/q322pzff5rm7kwfwfbhcza6wr2b84wlm-system-fixed";
+    api.call(
+        "POST",
+        paths::RELEASES,
+        &release(fixed),
+        Sign::By(&api.publisher),
+    )
+    .await;
+    let (_, v) = api
+        .call("POST", paths::CHECKIN, checkin, Sign::By(&api.host_a))
+        .await;
+    assert_eq!(v["action"]["store_path"], fixed);
+    let (_, host) = api
+        .call("GET", &paths::host("host-a"), b"", Sign::By(&api.viewer))
+        .await;
+    assert_eq!(host["state"], "standby", "{host}");
+}

@@ -1,0 +1,261 @@
+//! The authorization matrix: every route of the server's own route table against every way a
+//! request can be unauthorized, then once as the principal it needs. Who may call a route
+//! comes from the table (`yeet_server::http::routes`); this file only knows how to call it,
+//! so a route added without an entry here fails `every_route_has_a_matrix_entry`.
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use serde_json::{Value, json};
+use yeet_proto::Identity;
+use yeet_proto::api::{Role, paths};
+use yeet_server::http::{Access, Route, routes};
+use yeet_server::service::ServiceConfig;
+use yeet_server::service::users::add_user;
+
+use super::harness::*;
+
+/// How the matrix calls one route: a concrete path, a body for the signer, and the status
+/// the route answers its rightful caller with.
+struct Sample {
+    path: String,
+    body: fn(&Identity) -> Vec<u8>,
+    succeeds_with: StatusCode,
+}
+
+fn json_bytes(v: Value) -> Vec<u8> {
+    serde_json::to_vec(&v).unwrap()
+}
+
+/// The matrix entry of a route, by its method and path template.
+fn sample(method: &Method, template: &str) -> Option<Sample> {
+    let s = |path: &str, body: fn(&Identity) -> Vec<u8>, succeeds_with| Sample {
+        path: path.to_owned(),
+        body,
+        succeeds_with,
+    };
+    let empty: fn(&Identity) -> Vec<u8> = |_| Vec::new();
+    let ok = StatusCode::OK;
+    Some(match (method.as_str(), template) {
+        ("POST", paths::REGISTER) => s(template, |id| Api::register_body(id, "matrix"), ok),
+        ("POST", paths::CHECKIN) => s(
+            template,
+            |_| {
+                json_bytes(
+                    json!({"current_system": null, "booted_system": null, "facts": {"os": "", "arch": "", "agent_version": ""}}),
+                )
+            },
+            ok,
+        ),
+        ("POST", paths::REPORT) => s(
+            template,
+            |_| {
+                json_bytes(
+                    json!({"store_path": PATH_A, "release_id": null, "result": "rolled-back", "reason": "switch failed",
+                 "started_at": 1, "finished_at": 2, "log_gzip_base64": gzip_base64("switching...\nfailed\n")}),
+                )
+            },
+            ok,
+        ),
+        ("GET", "/v1/hosts/{name}/activations") => s(&paths::host_activations("host-a"), empty, ok),
+        ("GET", "/v1/hosts/{name}/log") => s(&paths::host_log("host-a"), empty, ok),
+        ("GET", paths::WHOAMI | paths::REGISTRATIONS | paths::HOSTS | paths::RELEASES) => {
+            s(template, empty, ok)
+        }
+        // Approve, reject and rollback reach their handlers and find nothing to act on.
+        ("POST", paths::APPROVE) => s(
+            template,
+            |_| json_bytes(json!({"code": "AAAA-AAAA", "name": "x"})),
+            StatusCode::NOT_FOUND,
+        ),
+        ("POST", paths::REJECT) => s(
+            template,
+            |_| json_bytes(json!({"key_id": "SHA256:nope"})),
+            StatusCode::NOT_FOUND,
+        ),
+        ("POST", paths::ROLLBACK) => s(
+            template,
+            |_| json_bytes(json!({"hosts": ["host-a"]})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        ("GET", "/v1/hosts/{name}") => s(&paths::host("host-a"), empty, ok),
+        ("GET", "/v1/releases/{id}") => s(&paths::release("1"), empty, ok),
+        ("POST", paths::RELEASES) => s(
+            template,
+            |_| json_bytes(json!({"hosts": {"host-a": PATH_A}, "message": "m"})),
+            ok,
+        ),
+        ("POST", paths::CACHE_GC) => s(template, |_| json_bytes(json!({"keep": 2})), ok),
+        // Hosts of their own, so that the order of the table does not matter.
+        ("POST", "/v1/hosts/{name}/rename") => s(
+            &paths::host_rename("spare-1"),
+            |_| json_bytes(json!({"new_name": "spare-z"})),
+            ok,
+        ),
+        ("DELETE", "/v1/hosts/{name}") => s(&paths::host("spare-2"), empty, ok),
+        _ => return None,
+    })
+}
+
+#[test]
+fn every_route_has_a_matrix_entry() {
+    let missing: Vec<String> = routes()
+        .iter()
+        .filter(|r| sample(&r.method, &r.path).is_none())
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "routes without an authorization-matrix entry (add them to `sample` in tests/api/authz.rs): {missing:?}"
+    );
+}
+
+/// A request by the wrong principal, and how it is refused: an operator registering as a
+/// host, an operator on a host endpoint, a host or a lesser role on an operator endpoint.
+fn wrong_principal(api: &Api, access: Access) -> (&Identity, StatusCode, &'static str) {
+    match access {
+        Access::AnyKey => (&api.admin, StatusCode::CONFLICT, "operator_key"),
+        Access::Host => (&api.admin, StatusCode::FORBIDDEN, "forbidden"),
+        Access::Role(Role::Admin) => (&api.publisher, StatusCode::FORBIDDEN, "forbidden"),
+        Access::Role(Role::Publisher) => (&api.viewer, StatusCode::FORBIDDEN, "forbidden"),
+        Access::Role(Role::Viewer) => (&api.host_a, StatusCode::FORBIDDEN, "forbidden"),
+    }
+}
+
+/// Keys the server must not accept as anyone: a host key an admin rejected, and an
+/// operator removed offline (`yeet-server admin rm` from another process).
+async fn dead_keys(api: &Api) -> (Identity, Identity) {
+    let rejected = identity();
+    api.register(&rejected).await;
+    let body = json_bytes(json!({"key_id": rejected.public().key_id()}));
+    let (s, v) = api
+        .call("POST", paths::REJECT, &body, Sign::By(&api.admin))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let gone_operator = identity();
+    let store = api.service.store();
+    add_user(
+        store,
+        "gone",
+        &gone_operator.public().to_openssh(),
+        Role::Admin,
+    )
+    .await
+    .unwrap();
+    store.delete_user("gone").await.unwrap();
+    (rejected, gone_operator)
+}
+
+/// Every refusal one route must give, as (how it is signed, status, code, case).
+async fn assert_refusals(api: &Api, route: &Route, dead: &(Identity, Identity)) {
+    let Some(sample) = sample(&route.method, &route.path) else {
+        return;
+    };
+    let method = route.method.as_str();
+    let ctx = |case: &str| format!("{method} {} [{case}]", sample.path);
+    let stranger = identity();
+    let (rejected, gone_operator) = dead;
+    let unauthorized = StatusCode::UNAUTHORIZED;
+    #[rustfmt::skip]
+    let mut cases = vec![
+        (&api.admin, Sign::None, unauthorized, "unsigned", "no signature"),
+        (&api.admin, Sign::Corrupted(&api.admin), unauthorized, "bad_signature", "bad signature"),
+        (&api.admin, Sign::Stale(&api.admin), unauthorized, "stale_timestamp", "stale timestamp"),
+        (&api.admin, Sign::OtherServer(&api.admin), unauthorized, "wrong_server", "signed for another server"),
+        // Host B's identity claimed with host A's signature.
+        (&api.host_b, Sign::Claiming(&api.host_a, &api.host_b), unauthorized, "bad_signature", "another host's key"),
+    ];
+    if route.access == Access::AnyKey {
+        cases.push((
+            rejected,
+            Sign::By(rejected),
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "rejected key",
+        ));
+    } else {
+        #[rustfmt::skip]
+        cases.extend([
+            (&stranger, Sign::By(&stranger), unauthorized, "unknown_key", "unknown key"),
+            (&api.removed_host, Sign::By(&api.removed_host), unauthorized, "unknown_key", "removed host"),
+            (rejected, Sign::By(rejected), unauthorized, "unknown_key", "rejected key"),
+            (gone_operator, Sign::By(gone_operator), unauthorized, "unknown_key", "operator removed offline"),
+        ]);
+    }
+    if let Access::Role(_) = route.access {
+        cases.push((
+            &api.host_b,
+            Sign::By(&api.host_b),
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "host key on operator endpoint",
+        ));
+    }
+    for (signer, sign, status, code, case) in cases {
+        let body = (sample.body)(signer);
+        let (s, v) = api.call(method, &sample.path, &body, sign).await;
+        assert_error(s, &v, status, code, &ctx(case));
+    }
+    // The wrong principal, then the same bytes again: refused, then a replay.
+    let (wrong, status, code) = wrong_principal(api, route.access);
+    let body = (sample.body)(wrong);
+    let first = build(method, &sample.path, &body, Sign::By(wrong), None);
+    let mut replay = Request::builder()
+        .method(first.method())
+        .uri(first.uri())
+        .body(Body::from(body.clone()))
+        .unwrap();
+    *replay.headers_mut() = first.headers().clone();
+    let (s, v) = api.send(first).await;
+    assert_error(s, &v, status, code, &ctx("wrong principal"));
+    let (s, v) = api.send(replay).await;
+    assert_error(
+        s,
+        &v,
+        unauthorized,
+        "replayed_nonce",
+        &ctx("replayed nonce"),
+    );
+}
+
+#[tokio::test]
+async fn authorization_matrix() {
+    let api = Api::new(ServiceConfig::default()).await;
+    for (name, id) in [("spare-1", identity()), ("spare-2", identity())] {
+        api.enroll(&id, name).await;
+    }
+    let dead = dead_keys(&api).await;
+    let before = api.snapshot().await;
+    let table = routes();
+    for route in &table {
+        assert_refusals(&api, route, &dead).await;
+    }
+    assert_eq!(
+        api.snapshot().await,
+        before,
+        "a refused request changed state"
+    );
+
+    // The matrix is not vacuous: every route answers the principal it needs.
+    for route in &table {
+        let Some(sample) = sample(&route.method, &route.path) else {
+            continue;
+        };
+        let fresh = identity();
+        let who = match route.access {
+            Access::AnyKey => &fresh,
+            Access::Host => &api.host_a,
+            Access::Role(Role::Viewer) => &api.viewer,
+            Access::Role(Role::Publisher) => &api.publisher,
+            Access::Role(Role::Admin) => &api.admin,
+        };
+        let body = (sample.body)(who);
+        let (s, v) = api
+            .call(route.method.as_str(), &sample.path, &body, Sign::By(who))
+            .await;
+        assert_eq!(
+            s, sample.succeeds_with,
+            "{} {}: {v}",
+            route.method, sample.path
+        );
+    }
+}

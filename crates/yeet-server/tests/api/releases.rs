@@ -1,0 +1,154 @@
+//! Releases and rollbacks.
+
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+use yeet_proto::api::paths;
+use yeet_server::service::ServiceConfig;
+
+use super::harness::*;
+
+#[tokio::test]
+async fn rollback_of_a_release_follows_machines_not_names() {
+    let api = Api::new(ServiceConfig::default()).await;
+    let p = |n: u8| format!("/nix/store/q322pzff5rm7kwfwfbhcza6wr2b84wlm-system-{n}");
+    let api = &api;
+    let send = |method: &'static str, path: String, body: Value| async move {
+        let body = serde_json::to_vec(&body).unwrap();
+        api.call(method, &path, &body, Sign::By(&api.admin)).await
+    };
+    for hosts in [
+        json!({"host-a": p(1), "host-b": p(1)}),
+        json!({"host-a": p(2)}),
+    ] {
+        let (s, v) = send("POST", paths::RELEASES.into(), json!({"hosts": hosts})).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+    }
+    // The two machines swap names.
+    for (from, to) in [("host-a", "tmp"), ("host-b", "host-a"), ("tmp", "host-b")] {
+        let (s, v) = send("POST", paths::host_rename(from), json!({"new_name": to})).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+    }
+    // Release 2 named the machine now called host-b; only it goes back.
+    let (s, v) = send("POST", paths::ROLLBACK.into(), json!({"release": 2})).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["hosts"], json!({"host-b": p(1)}), "{v}");
+}
+
+#[tokio::test]
+async fn rollback_points_hosts_at_their_previous_systems() {
+    let api = Api::new(ServiceConfig::default()).await;
+    let p = |n: u8| format!("/nix/store/q322pzff5rm7kwfwfbhcza6wr2b84wlm-system-{n}");
+    let publish = |hosts: Value| serde_json::to_vec(&json!({"hosts": hosts})).unwrap();
+    let rollback = |body: Value| serde_json::to_vec(&body).unwrap();
+    for hosts in [
+        json!({"host-a": p(1), "host-b": p(1)}),
+        json!({"host-a": p(2), "host-b": p(2)}),
+        json!({"host-a": p(3)}),
+    ] {
+        let (s, v) = api
+            .call(
+                "POST",
+                paths::RELEASES,
+                &publish(hosts),
+                Sign::By(&api.publisher),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+    }
+    // By host: host-a goes from 3 back to 2.
+    let (s, v) = api
+        .call(
+            "POST",
+            paths::ROLLBACK,
+            &rollback(json!({"hosts": ["host-a"]})),
+            Sign::By(&api.publisher),
+        )
+        .await;
+    assert_eq!(
+        (s, v["hosts"]["host-a"].as_str()),
+        (StatusCode::OK, Some(p(2).as_str())),
+        "{v}"
+    );
+    assert_eq!(v["message"], "rollback of host-a");
+    // By release: every host of release 2 back to what it had before release 2.
+    let (s, v) = api
+        .call(
+            "POST",
+            paths::ROLLBACK,
+            &rollback(json!({"release": 2})),
+            Sign::By(&api.publisher),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["hosts"], json!({"host-a": p(1), "host-b": p(1)}));
+    let (_, shown) = api
+        .call(
+            "GET",
+            &paths::release(&v["id"].to_string()),
+            b"",
+            Sign::By(&api.viewer),
+        )
+        .await;
+    assert_eq!(shown["hosts"], v["hosts"]);
+    // The desired state follows.
+    let (_, host) = api
+        .call("GET", &paths::host("host-b"), b"", Sign::By(&api.viewer))
+        .await;
+    assert_eq!(host["desired_system"], p(1).as_str());
+    // Nothing earlier to go back to, unknown releases, and both forms at once are refused.
+    let (s, v) = api
+        .call(
+            "POST",
+            paths::ROLLBACK,
+            &rollback(json!({"release": 1})),
+            Sign::By(&api.publisher),
+        )
+        .await;
+    assert_error(
+        s,
+        &v,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "nothing_to_roll_back",
+        "first release",
+    );
+    let (s, v) = api
+        .call(
+            "POST",
+            paths::ROLLBACK,
+            &rollback(json!({"release": 99})),
+            Sign::By(&api.publisher),
+        )
+        .await;
+    assert_error(
+        s,
+        &v,
+        StatusCode::NOT_FOUND,
+        "unknown_release",
+        "unknown release",
+    );
+    let (s, v) = api
+        .call(
+            "POST",
+            paths::ROLLBACK,
+            &rollback(json!({"release": 2, "hosts": ["host-a"]})),
+            Sign::By(&api.publisher),
+        )
+        .await;
+    assert_error(
+        s,
+        &v,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_rollback",
+        "both forms",
+    );
+    let (s, v) = api
+        .call("GET", &paths::release("99"), b"", Sign::By(&api.viewer))
+        .await;
+    assert_error(
+        s,
+        &v,
+        StatusCode::NOT_FOUND,
+        "unknown_release",
+        "show unknown",
+    );
+}
