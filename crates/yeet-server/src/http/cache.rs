@@ -130,6 +130,10 @@ async fn receive(
             out.write_all(&data).await.map_err(disk)?;
         }
     }
+    // tokio's File reports a failed background write only on the next flush; without
+    // it a full disk would leave a short file that the digest (of the bytes received)
+    // does not catch.
+    out.flush().await.map_err(disk)?;
     out.sync_all().await.map_err(disk)?;
     drop(out);
     let digest: [u8; 32] = hasher.finalize().into();

@@ -330,3 +330,43 @@ async fn publishers_cannot_make_the_server_fetch_other_urls() {
         "the server connected to the internal URL"
     );
 }
+
+/// A full disk while an upload is written: the publisher is told `disk_full` with what to do,
+/// no partial file stays behind, and the server serves on. The upload directory is a real
+/// 64 KiB tmpfs (the tests run as root).
+#[tokio::test]
+async fn a_full_disk_is_reported_and_leaves_nothing_behind() {
+    let api = Api::new(ServiceConfig::default()).await;
+    let uploads = api.cache_dir.path().join("cache-uploads");
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+        .arg(&uploads)
+        .status()
+        .expect("mount (util-linux) must be installed");
+    assert!(mounted.success(), "mounting a tmpfs needs root");
+    let nar = vec![7u8; 512 * 1024];
+    let nar_path = format!("/cache/nar/{}", nar_name(&nar));
+    let (s, v) = api.put(&nar_path, &nar, Sign::By(&api.publisher)).await;
+    let leftovers = std::fs::read_dir(&uploads).unwrap().count();
+    let unmounted = std::process::Command::new("umount").arg(&uploads).status();
+    assert_error(
+        s,
+        &v,
+        StatusCode::INSUFFICIENT_STORAGE,
+        "disk_full",
+        "full disk",
+    );
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("yeet cache gc"),
+        "{v}"
+    );
+    assert_eq!(leftovers, 0, "a partial upload stayed behind");
+    assert!(unmounted.unwrap().success());
+    let (s, _) = api
+        .call("GET", paths::WHOAMI, b"", Sign::By(&api.viewer))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+}
