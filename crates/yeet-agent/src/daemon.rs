@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use yeet_client::{Client, ClientError};
 use yeet_proto::api::{
     Action, ActivationReport, AgentState, CheckinRequest, CheckinResponse, Facts, RegisterRequest,
-    RegisterResponse, paths,
+    RegisterResponse,
 };
 use yeet_proto::{ErrorCode, Identity};
 
@@ -284,9 +284,7 @@ impl Agent<'_> {
             hostname_hint: hostname(self.config),
             facts: facts(),
         };
-        let resp = self
-            .client
-            .post::<_, RegisterResponse>(paths::REGISTER, &req)?;
+        let resp = self.client.register(&req)?;
         self.status.last_contact = Some(now());
         match resp {
             RegisterResponse::Pending { code, expires_at } => {
@@ -324,9 +322,7 @@ impl Agent<'_> {
             facts: facts(),
             wait_secs: wait.as_secs(),
         };
-        let resp = self
-            .client
-            .post::<_, CheckinResponse>(paths::CHECKIN, &req)?;
+        let resp = self.client.checkin(&req)?;
         self.status.last_contact = Some(now());
         Ok(resp)
     }
@@ -544,7 +540,7 @@ impl Agent<'_> {
             reboot_required: st.reboot_required,
             log_gzip_base64: pack_log(&self.state.log_tail(MAX_REPORTED_LOG)),
         };
-        let _: yeet_proto::api::Activation = self.client.post(paths::REPORT, &report)?;
+        self.client.report(&report)?;
         tracing::info!(host, result = result.as_str(), reason = %st.reason, "activation reported");
         if let Err(e) = self.state.clear() {
             tracing::error!(error = %e, "cannot clear the reported activation");

@@ -1,6 +1,8 @@
 //! A blocking, signing client for the yeet API, and the key-file handling that goes with it.
 //! Shared by the `yeet` CLI and `yeet-agent` so that both sign requests the same way.
 
+mod api;
+
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::io::Write;
@@ -176,15 +178,15 @@ impl Client {
         &self.base
     }
 
-    pub fn get<T: DeserializeOwned>(&self, path_and_query: &str) -> Result<T, ClientError> {
+    fn get<T: DeserializeOwned>(&self, path_and_query: &str) -> Result<T, ClientError> {
         self.send("GET", path_and_query, None)
     }
 
-    pub fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+    fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         self.send("DELETE", path, None)
     }
 
-    pub fn post<B: Serialize, T: DeserializeOwned>(
+    fn post<B: Serialize, T: DeserializeOwned>(
         &self,
         path: &str,
         body: &B,

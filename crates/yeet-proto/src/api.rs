@@ -43,6 +43,58 @@ pub mod paths {
     pub fn host_log(name: &str) -> String {
         format!("{HOSTS}/{name}/log")
     }
+
+    /// `path?key=value&...` for the fields that are set; values are percent-encoded.
+    pub fn with_query(path: &str, pairs: &[(&str, Option<String>)]) -> String {
+        let mut out = path.to_owned();
+        for (key, value) in pairs.iter().filter_map(|(k, v)| Some((k, v.as_ref()?))) {
+            out.push(if out.contains('?') { '&' } else { '?' });
+            out.push_str(key);
+            out.push('=');
+            for b in value.bytes() {
+                if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                    out.push(char::from(b));
+                } else {
+                    out.push_str(&format!("%{b:02X}"));
+                }
+            }
+        }
+        out
+    }
+
+    /// `GET /v1/releases` with its filter.
+    pub fn releases(filter: &super::ReleaseFilter) -> String {
+        with_query(
+            RELEASES,
+            &[
+                ("host", filter.host.clone()),
+                ("limit", filter.limit.map(|l| l.to_string())),
+            ],
+        )
+    }
+
+    /// `GET /v1/hosts/{name}/activations` with its limit.
+    pub fn activations(name: &str, limit: &super::Limit) -> String {
+        with_query(
+            &host_activations(name),
+            &[("limit", limit.limit.map(|l| l.to_string()))],
+        )
+    }
+}
+
+/// Which releases `GET /v1/releases` lists, as its query string.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReleaseFilter {
+    /// Only releases that name this host.
+    pub host: Option<String>,
+    /// At most this many, newest first.
+    pub limit: Option<i64>,
+}
+
+/// How many entries a history listing (`GET /v1/hosts/{name}/activations`) returns.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Limit {
+    pub limit: Option<i64>,
 }
 
 /// What every error response body looks like: `{"error":{"code":"...","message":"..."}}`.
@@ -405,6 +457,23 @@ mod tests {
         );
         let err = "root".parse::<Role>().unwrap_err();
         assert!(err.contains("viewer, publisher, admin"), "{err}");
+    }
+
+    #[test]
+    fn query_strings_carry_only_set_fields_encoded() {
+        assert_eq!(paths::releases(&ReleaseFilter::default()), "/v1/releases");
+        let filter = ReleaseFilter {
+            host: Some("a b&c".into()),
+            limit: Some(5),
+        };
+        assert_eq!(
+            paths::releases(&filter),
+            "/v1/releases?host=a%20b%26c&limit=5"
+        );
+        assert_eq!(
+            paths::activations("web-1", &Limit { limit: Some(3) }),
+            "/v1/hosts/web-1/activations?limit=3"
+        );
     }
 
     #[test]

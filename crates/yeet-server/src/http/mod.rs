@@ -9,13 +9,12 @@ use axum::extract::{FromRequest, Path, Query, Request, State};
 use axum::http::Method;
 use axum::routing::{self, MethodRouter};
 use axum::{Json, Router, middleware};
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use std::sync::Arc;
 use yeet_proto::api::{
     Activation, ActivationLog, ActivationReport, ApproveRequest, CheckinRequest, CheckinResponse,
-    CreateReleaseRequest, HostInfo, PendingRegistration, RegisterRequest, RegisterResponse,
-    RejectRequest, Release, RenameRequest, Role, WhoAmI, paths,
+    CreateReleaseRequest, HostInfo, Limit, PendingRegistration, RegisterRequest, RegisterResponse,
+    RejectRequest, Release, ReleaseFilter, RenameRequest, Role, WhoAmI, paths,
 };
 
 use crate::service::{Principal, Service};
@@ -260,16 +259,11 @@ async fn report(
     Ok(Json(app.service.report_activation(&p, req).await?))
 }
 
-#[derive(Deserialize)]
-struct LimitQuery {
-    limit: Option<i64>,
-}
-
 async fn list_activations(
     State(app): State<AppState>,
     p: Principal,
     ApiPath(name): ApiPath<String>,
-    ApiQuery(q): ApiQuery<LimitQuery>,
+    ApiQuery(q): ApiQuery<Limit>,
 ) -> ApiResult<Vec<Activation>> {
     Ok(Json(
         app.service.list_activations(&p, &name, q.limit).await?,
@@ -284,16 +278,10 @@ async fn latest_log(
     Ok(Json(app.service.latest_log(&p, &name).await?))
 }
 
-#[derive(Deserialize)]
-struct ReleaseQuery {
-    host: Option<String>,
-    limit: Option<i64>,
-}
-
 async fn list_releases(
     State(app): State<AppState>,
     p: Principal,
-    ApiQuery(q): ApiQuery<ReleaseQuery>,
+    ApiQuery(q): ApiQuery<ReleaseFilter>,
 ) -> ApiResult<Vec<Release>> {
     Ok(Json(
         app.service

@@ -1,0 +1,30 @@
+//! `yeet approve` and `yeet reject`: decide on a waiting host.
+
+use anyhow::Result;
+
+use super::Connection;
+
+#[derive(clap::Args)]
+pub struct ApproveArgs {
+    /// Name for the host in the fleet.
+    pub name: String,
+    /// The code that yeet-agent prints on the host (stdout and its log).
+    pub code: String,
+}
+
+#[derive(clap::Args)]
+pub struct RejectArgs {
+    pub key_id: String,
+}
+
+pub fn approve(args: &ApproveArgs, connection: &Connection) -> Result<()> {
+    let host = connection.connect()?.approve(&args.code, &args.name)?;
+    println!("approved {} ({})", host.name, host.key_id);
+    Ok(())
+}
+
+pub fn reject(args: &RejectArgs, connection: &Connection) -> Result<()> {
+    connection.connect()?.reject(&args.key_id)?;
+    println!("rejected {}; this key cannot register again", args.key_id);
+    Ok(())
+}

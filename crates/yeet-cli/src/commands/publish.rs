@@ -1,0 +1,286 @@
+//! `yeet publish`: build hosts' systems from a flake (or take built paths), push each distinct
+//! system once, and create a release. The decisions (which hosts, which paths, where to
+//! push, where the server checks signatures) are plain functions, tested without a server.
+
+use anyhow::{Context, Result, bail};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use yeet_proto::api::{CreateReleaseRequest, HostInfo};
+
+use super::{Connection, Json};
+use crate::{flake, output, push};
+
+#[derive(clap::Args)]
+pub struct PublishArgs {
+    /// Hosts to build and publish (names in the flake and in the fleet).
+    pub hosts: Vec<String>,
+    /// Every host the flake defines.
+    #[arg(long, conflicts_with = "hosts")]
+    pub all: bool,
+    /// The flake to build from.
+    #[arg(long, default_value = ".")]
+    pub flake: String,
+    /// HOST=/nix/store/...-system: skip building (CI that already built), repeatable.
+    #[arg(long = "path", value_name = "HOST=STORE_PATH", conflicts_with_all = ["hosts", "all"])]
+    pub paths: Vec<String>,
+    /// What this release is about.
+    #[arg(short, long, default_value = "")]
+    pub message: String,
+    /// Push the closures with `nix copy --to URL` (file://, s3://, ssh://, ...) instead of
+    /// uploading them to the server's embedded cache.
+    #[arg(long, value_name = "URL", conflicts_with = "push_cmd")]
+    pub cache: Option<String>,
+    /// Push with a tool of its own (e.g. 'cachix push NAME'); the store paths are appended.
+    #[arg(long, value_name = "CMD")]
+    pub push_cmd: Option<String>,
+    /// With --push-cmd: where the server can read the pushed narinfos to check their
+    /// signatures (e.g. https://NAME.cachix.org).
+    #[arg(long, value_name = "URL", requires = "push_cmd")]
+    pub cache_url: Option<String>,
+    /// Sign what is uploaded to the embedded cache with this Nix secret key
+    /// (otherwise the narinfos carry the signatures the local store has).
+    #[arg(long, value_name = "FILE")]
+    pub signing_key: Option<PathBuf>,
+    #[command(flatten)]
+    pub json: Json,
+}
+
+/// What a release will name: host → system, and where it came from.
+#[derive(Debug, Default, PartialEq)]
+struct Systems {
+    hosts: BTreeMap<String, String>,
+    revision: Option<String>,
+    dirty: bool,
+}
+
+pub fn run(args: &PublishArgs, connection: &Connection) -> Result<()> {
+    let client = connection.connect()?;
+    let mut systems = if args.paths.is_empty() {
+        let wanted = if args.all {
+            flake::hosts_in(&args.flake)?
+        } else {
+            args.hosts.clone()
+        };
+        check_approved(&wanted, &client.hosts()?)?;
+        build(&args.flake, &wanted)?
+    } else {
+        Systems::default()
+    };
+    add_given_paths(&mut systems.hosts, &args.paths)?;
+    let distinct = distinct_systems(&systems.hosts);
+    let pushed = push::push(&client, &push_target(args), &distinct)?;
+    if !args.json.json {
+        eprintln!(
+            "pushed {pushed} store path(s) for {} system(s)",
+            distinct.len()
+        );
+    }
+    let release = client.create_release(&CreateReleaseRequest {
+        hosts: systems.hosts,
+        message: args.message.clone(),
+        cache: signature_cache(args.cache.as_deref().or(args.cache_url.as_deref())),
+        revision: systems.revision,
+        dirty: systems.dirty,
+    })?;
+    if args.json.json {
+        return output::json(&release);
+    }
+    output::print_clean(format_args!(
+        "release {} created for {} host(s)",
+        release.id,
+        release.hosts.len()
+    ));
+    Ok(())
+}
+
+fn build(flake: &str, wanted: &[String]) -> Result<Systems> {
+    let built = flake::build(flake, wanted)?;
+    eprintln!(
+        "built {} distinct system(s) for {} host(s)",
+        built.distinct,
+        built.systems.len()
+    );
+    Ok(Systems {
+        hosts: built.systems,
+        revision: built.revision,
+        dirty: built.dirty,
+    })
+}
+
+/// Refuses to build for hosts the fleet does not have: a typo would cost a whole build.
+fn check_approved(wanted: &[String], fleet: &[HostInfo]) -> Result<()> {
+    if wanted.is_empty() {
+        bail!("nothing to publish: name hosts, pass --all, or give --path HOST=/nix/store/...");
+    }
+    let known: Vec<&str> = fleet.iter().map(|h| h.name.as_str()).collect();
+    let unknown: Vec<&str> = wanted
+        .iter()
+        .map(String::as_str)
+        .filter(|h| !known.contains(h))
+        .collect();
+    if !unknown.is_empty() {
+        bail!(
+            "not approved in the fleet: {}; approved hosts: {} (enroll them with yeet-agent and `yeet approve`)",
+            unknown.join(", "),
+            known.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// Adds `HOST=/nix/store/...` pairs; each host at most once.
+fn add_given_paths(hosts: &mut BTreeMap<String, String>, pairs: &[String]) -> Result<()> {
+    for pair in pairs {
+        let (host, path) = pair
+            .split_once('=')
+            .with_context(|| format!("--path {pair:?}: expected HOST=/nix/store/..."))?;
+        path.parse::<nix_meta::StorePath>()
+            .with_context(|| format!("--path {pair:?}"))?;
+        yeet_proto::names::validate_host_name(host)?;
+        if hosts.insert(host.to_owned(), path.to_owned()).is_some() {
+            bail!("host {host} is given twice");
+        }
+    }
+    Ok(())
+}
+
+/// Each system once, however many hosts run it (one system may serve hundreds).
+fn distinct_systems(hosts: &BTreeMap<String, String>) -> Vec<String> {
+    let mut systems: Vec<String> = hosts.values().cloned().collect();
+    systems.sort();
+    systems.dedup();
+    systems
+}
+
+fn push_target(args: &PublishArgs) -> push::Target {
+    match (&args.cache, &args.push_cmd) {
+        (Some(url), _) => push::Target::Cache(url.clone()),
+        (None, Some(cmd)) => push::Target::Command(cmd.clone()),
+        (None, None) => push::Target::Embedded {
+            signing_key: args.signing_key.clone(),
+        },
+    }
+}
+
+/// Where the server checks the signatures: the cache pushed to, without query parameters
+/// such as `?secret-key=` (which must never reach the server); `None` is the embedded cache.
+fn signature_cache(pushed_to: Option<&str>) -> Option<String> {
+    pushed_to.map(|u| u.split('?').next().unwrap_or(u).to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    const SYSTEM: &str = "/nix/store/q322pzff5rm7kwfwfbhcza6wr2b84wlm-system-a";
+
+    fn host(name: &str) -> HostInfo {
+        serde_json::from_value(serde_json::json!({
+            "name": name, "key_id": "k", "state": "standby", "current_system": null,
+            "desired_system": null, "desired_release": null, "last_seen": null,
+            "approved_at": 0, "facts": {"os": "", "arch": "", "agent_version": ""}
+        }))
+        .unwrap()
+    }
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        publish: PublishArgs,
+    }
+
+    fn parse(args: &[&str]) -> PublishArgs {
+        Cli::try_parse_from(std::iter::once("publish").chain(args.iter().copied()))
+            .unwrap()
+            .publish
+    }
+
+    #[test]
+    fn unknown_hosts_are_named_with_the_approved_ones() {
+        let fleet = [host("web-1"), host("db")];
+        check_approved(&["web-1".into()], &fleet).unwrap();
+        let err = check_approved(&["web-1".into(), "web-2".into()], &fleet)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("not approved in the fleet: web-2") && err.contains("web-1, db"),
+            "{err}"
+        );
+        let err = check_approved(&[], &fleet).unwrap_err().to_string();
+        assert!(err.contains("nothing to publish"), "{err}");
+    }
+
+    #[test]
+    fn given_paths_are_checked_and_each_host_named_once() {
+        let mut hosts = BTreeMap::new();
+        add_given_paths(&mut hosts, &[format!("web-1={SYSTEM}")]).unwrap();
+        assert_eq!(hosts["web-1"], SYSTEM);
+        for bad in [
+            "web-1".to_owned(),
+            "web-2=/etc/passwd".to_owned(),
+            format!("Bad Name={SYSTEM}"),
+            format!("web-1={SYSTEM}"),
+        ] {
+            assert!(
+                add_given_paths(&mut hosts, std::slice::from_ref(&bad)).is_err(),
+                "{bad}"
+            );
+        }
+        assert_eq!(hosts.len(), 1, "a refused pair added nothing");
+    }
+
+    #[test]
+    fn a_system_shared_by_many_hosts_is_pushed_once() {
+        let hosts: BTreeMap<String, String> = (0..300)
+            .map(|i| (format!("web-{i}"), SYSTEM.to_owned()))
+            .chain([("db".to_owned(), format!("{SYSTEM}-db"))])
+            .collect();
+        assert_eq!(
+            distinct_systems(&hosts),
+            [SYSTEM.to_owned(), format!("{SYSTEM}-db")]
+        );
+    }
+
+    #[test]
+    fn the_push_target_follows_the_flags() {
+        assert!(matches!(
+            push_target(&parse(&["web-1"])),
+            push::Target::Embedded { signing_key: None }
+        ));
+        assert!(matches!(
+            push_target(&parse(&["web-1", "--cache", "file:///srv/cache"])),
+            push::Target::Cache(url) if url == "file:///srv/cache"
+        ));
+        assert!(matches!(
+            push_target(&parse(&["web-1", "--push-cmd", "cachix push fleet", "--cache-url", "https://fleet.cachix.org"])),
+            push::Target::Command(cmd) if cmd == "cachix push fleet"
+        ));
+        assert!(
+            Cli::try_parse_from([
+                "publish",
+                "web-1",
+                "--cache",
+                "file:///c",
+                "--push-cmd",
+                "x"
+            ])
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn the_server_never_sees_a_cache_secret() {
+        assert_eq!(
+            signature_cache(Some(
+                "file:///srv/cache?secret-key=/etc/nix/key&compression=zstd"
+            )),
+            Some("file:///srv/cache".to_owned())
+        );
+        assert_eq!(
+            signature_cache(Some("https://fleet.cachix.org")),
+            Some("https://fleet.cachix.org".to_owned())
+        );
+        assert_eq!(signature_cache(None), None);
+    }
+}

@@ -1,0 +1,104 @@
+//! One typed method per endpoint of the yeet API: callers never pair a path with a response
+//! type by hand, and every query string is built by `yeet_proto::api::paths`.
+
+use yeet_proto::api::{
+    Activation, ActivationLog, ActivationReport, ApproveRequest, CacheGcReport, CacheGcRequest,
+    CheckinRequest, CheckinResponse, CreateReleaseRequest, HostInfo, Limit, PendingRegistration,
+    RegisterRequest, RegisterResponse, RejectRequest, Release, ReleaseFilter, RenameRequest,
+    RollbackRequest, WhoAmI, paths,
+};
+
+use crate::{Client, ClientError};
+
+type Result<T> = std::result::Result<T, ClientError>;
+
+/// Answers without a body of interest (`{}`).
+type Done = serde_json::Value;
+
+impl Client {
+    // The agent's endpoints.
+
+    pub fn register(&self, req: &RegisterRequest) -> Result<RegisterResponse> {
+        self.post(paths::REGISTER, req)
+    }
+
+    pub fn checkin(&self, req: &CheckinRequest) -> Result<CheckinResponse> {
+        self.post(paths::CHECKIN, req)
+    }
+
+    pub fn report(&self, req: &ActivationReport) -> Result<Activation> {
+        self.post(paths::REPORT, req)
+    }
+
+    // Operators' endpoints.
+
+    pub fn whoami(&self) -> Result<WhoAmI> {
+        self.get(paths::WHOAMI)
+    }
+
+    pub fn pending(&self) -> Result<Vec<PendingRegistration>> {
+        self.get(paths::REGISTRATIONS)
+    }
+
+    pub fn approve(&self, code: &str, name: &str) -> Result<HostInfo> {
+        let req = ApproveRequest {
+            code: code.to_owned(),
+            name: name.to_owned(),
+        };
+        self.post(paths::APPROVE, &req)
+    }
+
+    pub fn reject(&self, key_id: &str) -> Result<()> {
+        let req = RejectRequest {
+            key_id: key_id.to_owned(),
+        };
+        self.post::<_, Done>(paths::REJECT, &req).map(drop)
+    }
+
+    pub fn hosts(&self) -> Result<Vec<HostInfo>> {
+        self.get(paths::HOSTS)
+    }
+
+    pub fn host(&self, name: &str) -> Result<HostInfo> {
+        self.get(&paths::host(name))
+    }
+
+    pub fn rename_host(&self, name: &str, new_name: &str) -> Result<HostInfo> {
+        let req = RenameRequest {
+            new_name: new_name.to_owned(),
+        };
+        self.post(&paths::host_rename(name), &req)
+    }
+
+    pub fn remove_host(&self, name: &str) -> Result<()> {
+        self.delete::<Done>(&paths::host(name)).map(drop)
+    }
+
+    pub fn activations(&self, host: &str, limit: Limit) -> Result<Vec<Activation>> {
+        self.get(&paths::activations(host, &limit))
+    }
+
+    pub fn latest_log(&self, host: &str) -> Result<ActivationLog> {
+        self.get(&paths::host_log(host))
+    }
+
+    pub fn releases(&self, filter: &ReleaseFilter) -> Result<Vec<Release>> {
+        self.get(&paths::releases(filter))
+    }
+
+    pub fn release(&self, id: i64) -> Result<Release> {
+        self.get(&paths::release(&id.to_string()))
+    }
+
+    pub fn create_release(&self, req: &CreateReleaseRequest) -> Result<Release> {
+        self.post(paths::RELEASES, req)
+    }
+
+    pub fn rollback(&self, req: &RollbackRequest) -> Result<Release> {
+        self.post(paths::ROLLBACK, req)
+    }
+
+    pub fn cache_gc(&self, req: &CacheGcRequest) -> Result<CacheGcReport> {
+        self.post(paths::CACHE_GC, req)
+    }
+}
