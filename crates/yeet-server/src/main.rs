@@ -128,7 +128,12 @@ async fn admin(config: Config, cmd: AdminCommand) -> Result<()> {
                 key
             };
             let user = yeet_server::service::users::add_user(&store, &name, &line, role).await?;
-            println!("added {} {} ({})", user.role, user.name, user.key_id);
+            println!(
+                "added {} {} ({})",
+                user.role.as_str(),
+                user.name,
+                user.key_id
+            );
         }
         AdminCommand::List { json } => {
             let users = store.list_users().await?;
@@ -143,7 +148,7 @@ async fn admin(config: Config, cmd: AdminCommand) -> Result<()> {
                 t.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED)
                     .set_header(["NAME", "ROLE", "KEY"]);
                 for u in &users {
-                    t.add_row([&u.name, &u.role, &u.key_id]);
+                    t.add_row([u.name.as_str(), u.role.as_str(), u.key_id.as_str()]);
                 }
                 println!("{t}");
             }

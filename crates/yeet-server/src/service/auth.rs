@@ -84,17 +84,15 @@ impl Service {
                 loaded_at: t,
             })
         } else if let Some(u) = self.store.user_by_key(key_id).await? {
-            let role = u.role.parse::<Role>().ok();
-            role.zip(parse(&u.public_key))
-                .map(|(role, public)| KnownKey {
-                    principal: Principal::User {
-                        name: u.name,
-                        role,
-                        key_id: u.key_id,
-                    },
-                    public,
-                    loaded_at: t,
-                })
+            parse(&u.public_key).map(|public| KnownKey {
+                principal: Principal::User {
+                    name: u.name,
+                    role: u.role,
+                    key_id: u.key_id,
+                },
+                public,
+                loaded_at: t,
+            })
         } else {
             None
         };

@@ -22,13 +22,12 @@ fn host_state(
 ) -> HostState {
     let failed_desired = row
         .last_result
-        .as_deref()
-        .is_some_and(|r| r != ActivationResult::Confirmed.as_str())
+        .is_some_and(|r| r != ActivationResult::Confirmed)
         && row.last_result_path.as_deref() == desired;
     match last_seen {
         None => HostState::New,
         Some(t) if now - t > offline_after => HostState::Offline,
-        Some(_) => match row.state.parse().unwrap_or_default() {
+        Some(_) => match row.state {
             AgentState::Updating => HostState::Updating,
             _ if failed_desired => HostState::RolledBack,
             AgentState::RolledBack => HostState::RolledBack,
@@ -52,7 +51,7 @@ impl Service {
                 self.config.offline_after_secs,
                 now(),
             ),
-            last_result: row.last_result.as_deref().and_then(|r| r.parse().ok()),
+            last_result: row.last_result,
             name: row.name,
             key_id: row.key_id,
             current_system: row.current_system,
@@ -164,7 +163,7 @@ impl Service {
         let report = HostReport {
             current_system: req.current_system.clone(),
             booted_system: req.booted_system,
-            state: req.state.as_str().to_owned(),
+            state: req.state,
             // Free text from the host: short and printable, whatever it sends.
             os: clean_line(&req.facts.os, 64),
             arch: clean_line(&req.facts.arch, 64),

@@ -32,13 +32,7 @@ pub async fn add_user(
         ));
     }
     match store
-        .insert_user(
-            name,
-            public.key_id(),
-            &public.to_openssh(),
-            role.as_str(),
-            now(),
-        )
+        .insert_user(name, public.key_id(), &public.to_openssh(), role, now())
         .await
     {
         Ok(u) => Ok(u),

@@ -1,0 +1,106 @@
+//! The `activations` table: every activation attempt a host reported, with its log.
+
+use sqlx::any::AnyRow;
+use sqlx::{AssertSqlSafe, FromRow, Row};
+
+use yeet_proto::api::ActivationResult;
+
+use super::{Store, StoreError, wire_enum};
+
+/// One activation attempt; `log_gzip` is loaded only when asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActivationRow {
+    pub id: i64,
+    pub host_id: i64,
+    pub host_name: String,
+    pub store_path: String,
+    pub release_id: Option<i64>,
+    pub result: ActivationResult,
+    pub reason: String,
+    pub started_at: i64,
+    pub finished_at: i64,
+    pub reboot_required: i64,
+}
+
+impl sqlx::FromRow<'_, AnyRow> for ActivationRow {
+    fn from_row(row: &AnyRow) -> Result<Self, sqlx::Error> {
+        Ok(ActivationRow {
+            id: row.try_get("id")?,
+            host_id: row.try_get("host_id")?,
+            host_name: row.try_get("host_name")?,
+            store_path: row.try_get("store_path")?,
+            release_id: row.try_get("release_id")?,
+            result: wire_enum(row, "result")?,
+            reason: row.try_get("reason")?,
+            started_at: row.try_get("started_at")?,
+            finished_at: row.try_get("finished_at")?,
+            reboot_required: row.try_get("reboot_required")?,
+        })
+    }
+}
+
+pub(super) const ACTIVATION_COLUMNS: &str = "id, host_id, host_name, store_path, release_id, result, reason, started_at, finished_at, reboot_required";
+
+impl Store {
+    /// Records an activation and the host's newest result together.
+    pub async fn record_activation(
+        &self,
+        a: &ActivationRow,
+        log_gzip: &[u8],
+    ) -> Result<i64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let id: i64 = sqlx::query(
+            "INSERT INTO activations (host_id, host_name, store_path, release_id, result, reason, started_at, finished_at, reboot_required, log_gzip)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
+        )
+        .bind(a.host_id)
+        .bind(&a.host_name)
+        .bind(&a.store_path)
+        .bind(a.release_id)
+        .bind(a.result.as_str())
+        .bind(&a.reason)
+        .bind(a.started_at)
+        .bind(a.finished_at)
+        .bind(a.reboot_required)
+        .bind(log_gzip)
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get("id")?;
+        sqlx::query("UPDATE hosts SET last_result = $1, last_result_path = $2 WHERE id = $3")
+            .bind(a.result.as_str())
+            .bind(&a.store_path)
+            .bind(a.host_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    /// A host's activations, newest first.
+    pub async fn list_activations(
+        &self,
+        host_id: i64,
+        limit: i64,
+    ) -> Result<Vec<ActivationRow>, StoreError> {
+        Ok(sqlx::query_as::<_, ActivationRow>(AssertSqlSafe(format!("SELECT {ACTIVATION_COLUMNS} FROM activations WHERE host_id = $1 ORDER BY id DESC LIMIT $2")))
+            .bind(host_id)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    /// A host's newest activation with its compressed log.
+    pub async fn latest_activation_log(
+        &self,
+        host_id: i64,
+    ) -> Result<Option<(ActivationRow, Vec<u8>)>, StoreError> {
+        let row = sqlx::query(AssertSqlSafe(format!("SELECT {ACTIVATION_COLUMNS}, log_gzip FROM activations WHERE host_id = $1 ORDER BY id DESC LIMIT 1")))
+            .bind(host_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(r) => Some((ActivationRow::from_row(&r)?, r.try_get("log_gzip")?)),
+            None => None,
+        })
+    }
+}

@@ -1,0 +1,191 @@
+//! The `hosts` table: approved hosts, what they last reported, and when they were seen.
+
+use sqlx::any::AnyRow;
+use sqlx::{AssertSqlSafe, Row};
+
+use super::registrations::{REGISTRATION_COLUMNS, RegistrationRow};
+use super::{Store, StoreError, conflict, nullable_wire_enum, wire_enum};
+use yeet_proto::api::{ActivationResult, AgentState};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostRow {
+    pub id: i64,
+    pub name: String,
+    pub key_id: String,
+    pub public_key: String,
+    pub approved_at: i64,
+    pub approved_by: String,
+    pub last_seen: Option<i64>,
+    pub current_system: Option<String>,
+    pub booted_system: Option<String>,
+    pub state: AgentState,
+    pub os: String,
+    pub arch: String,
+    pub agent_version: String,
+    /// How the newest activation ended (`NULL` before the first).
+    pub last_result: Option<ActivationResult>,
+    pub last_result_path: Option<String>,
+}
+
+impl sqlx::FromRow<'_, AnyRow> for HostRow {
+    fn from_row(row: &AnyRow) -> Result<Self, sqlx::Error> {
+        Ok(HostRow {
+            id: row.try_get("id")?,
+            name: row.try_get("name")?,
+            key_id: row.try_get("key_id")?,
+            public_key: row.try_get("public_key")?,
+            approved_at: row.try_get("approved_at")?,
+            approved_by: row.try_get("approved_by")?,
+            last_seen: row.try_get("last_seen")?,
+            current_system: row.try_get("current_system")?,
+            booted_system: row.try_get("booted_system")?,
+            state: wire_enum(row, "state")?,
+            os: row.try_get("os")?,
+            arch: row.try_get("arch")?,
+            agent_version: row.try_get("agent_version")?,
+            last_result: nullable_wire_enum(row, "last_result")?,
+            last_result_path: row.try_get("last_result_path")?,
+        })
+    }
+}
+
+/// What a host last reported; written only when it changes.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HostReport {
+    pub current_system: Option<String>,
+    pub booted_system: Option<String>,
+    pub state: AgentState,
+    pub os: String,
+    pub arch: String,
+    pub agent_version: String,
+}
+
+pub(super) const HOST_COLUMNS: &str = "id, name, key_id, public_key, approved_at, approved_by, last_seen, current_system, booted_system, state, os, arch, agent_version, last_result, last_result_path";
+
+impl Store {
+    pub async fn host_by_key(&self, key_id: &str) -> Result<Option<HostRow>, StoreError> {
+        Ok(sqlx::query_as::<_, HostRow>(AssertSqlSafe(format!(
+            "SELECT {HOST_COLUMNS} FROM hosts WHERE key_id = $1"
+        )))
+        .bind(key_id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    pub async fn host_by_name(&self, name: &str) -> Result<Option<HostRow>, StoreError> {
+        Ok(sqlx::query_as::<_, HostRow>(AssertSqlSafe(format!(
+            "SELECT {HOST_COLUMNS} FROM hosts WHERE name = $1"
+        )))
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    pub async fn host_by_id(&self, id: i64) -> Result<Option<HostRow>, StoreError> {
+        Ok(sqlx::query_as::<_, HostRow>(AssertSqlSafe(format!(
+            "SELECT {HOST_COLUMNS} FROM hosts WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    pub async fn list_hosts(&self) -> Result<Vec<HostRow>, StoreError> {
+        Ok(sqlx::query_as::<_, HostRow>(AssertSqlSafe(format!(
+            "SELECT {HOST_COLUMNS} FROM hosts ORDER BY name"
+        )))
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Turns a registration into a host, in one transaction: the registration must still
+    /// exist, so two admins approving the same code cannot create two hosts.
+    pub async fn approve_registration(
+        &self,
+        key_id: &str,
+        name: &str,
+        approved_by: &str,
+        now: i64,
+    ) -> Result<Option<HostRow>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let Some(reg) = sqlx::query_as::<_, RegistrationRow>(AssertSqlSafe(format!(
+            "DELETE FROM registrations WHERE key_id = $1 RETURNING {REGISTRATION_COLUMNS}"
+        )))
+        .bind(key_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        else {
+            return Ok(None);
+        };
+        let host = sqlx::query_as::<_, HostRow>(AssertSqlSafe(format!(
+            "INSERT INTO hosts (name, key_id, public_key, approved_at, approved_by, os, arch, agent_version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {HOST_COLUMNS}"
+        )))
+        .bind(name)
+        .bind(&reg.key_id)
+        .bind(&reg.public_key)
+        .bind(now)
+        .bind(approved_by)
+        .bind(&reg.os)
+        .bind(&reg.arch)
+        .bind(&reg.agent_version)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(conflict("a host with this name"))?;
+        tx.commit().await?;
+        Ok(Some(host))
+    }
+
+    pub async fn rename_host(&self, old: &str, new: &str) -> Result<Option<HostRow>, StoreError> {
+        sqlx::query_as::<_, HostRow>(AssertSqlSafe(format!(
+            "UPDATE hosts SET name = $1 WHERE name = $2 RETURNING {HOST_COLUMNS}"
+        )))
+        .bind(new)
+        .bind(old)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(conflict("a host with this name"))
+    }
+
+    pub async fn delete_host(&self, name: &str) -> Result<Option<HostRow>, StoreError> {
+        Ok(sqlx::query_as::<_, HostRow>(AssertSqlSafe(format!(
+            "DELETE FROM hosts WHERE name = $1 RETURNING {HOST_COLUMNS}"
+        )))
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    pub async fn update_host_report(
+        &self,
+        host_id: i64,
+        report: &HostReport,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE hosts SET current_system = $1, booted_system = $2, state = $3, os = $4, arch = $5, agent_version = $6, last_seen = $7 WHERE id = $8")
+            .bind(&report.current_system)
+            .bind(&report.booted_system)
+            .bind(report.state.as_str())
+            .bind(&report.os)
+            .bind(&report.arch)
+            .bind(&report.agent_version)
+            .bind(now)
+            .bind(host_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Writes a batch of last-seen times in one transaction.
+    pub async fn touch_hosts(&self, seen: &[(i64, i64)]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for (host_id, at) in seen {
+            sqlx::query("UPDATE hosts SET last_seen = $1 WHERE id = $2 AND (last_seen IS NULL OR last_seen < $1)")
+                .bind(*at)
+                .bind(*host_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}

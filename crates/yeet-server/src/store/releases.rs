@@ -1,0 +1,188 @@
+//! The `releases` and `release_hosts` tables: immutable host → system sets, and the desired
+//! system of each host that follows from them.
+
+use sqlx::any::AnyRow;
+use sqlx::{AssertSqlSafe, Row};
+
+use super::{Store, StoreError};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReleaseRow {
+    pub id: i64,
+    pub author: String,
+    pub message: String,
+    pub created_at: i64,
+    pub revision: Option<String>,
+    pub dirty: bool,
+    /// (host name at release time, store path), sorted by host name.
+    pub entries: Vec<(String, String)>,
+}
+
+/// The provenance of a release about to be written.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NewRelease {
+    pub author: String,
+    pub message: String,
+    pub revision: Option<String>,
+    pub dirty: bool,
+}
+
+pub(super) const RELEASE_SELECT: &str = "SELECT r.id, r.author, r.message, r.created_at, r.revision, r.dirty, rh.host_name, rh.store_path
+     FROM releases r JOIN release_hosts rh ON rh.release_id = r.id";
+
+/// Folds joined release rows (ordered by release) into releases with their entries.
+pub(super) fn group_releases(rows: Vec<AnyRow>) -> Result<Vec<ReleaseRow>, sqlx::Error> {
+    let mut out: Vec<ReleaseRow> = Vec::new();
+    for row in rows {
+        let id: i64 = row.try_get("id")?;
+        let entry = (row.try_get("host_name")?, row.try_get("store_path")?);
+        match out.last_mut() {
+            Some(last) if last.id == id => last.entries.push(entry),
+            _ => out.push(ReleaseRow {
+                id,
+                author: row.try_get("author")?,
+                message: row.try_get("message")?,
+                created_at: row.try_get("created_at")?,
+                revision: row.try_get("revision")?,
+                dirty: row.try_get::<i64, _>("dirty")? != 0,
+                entries: vec![entry],
+            }),
+        }
+    }
+    Ok(out)
+}
+
+/// The newest release entry for one host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredRow {
+    pub host_id: i64,
+    pub release_id: i64,
+    pub store_path: String,
+}
+
+impl Store {
+    /// Inserts a release with its (host id, host name, store path) entries atomically.
+    pub async fn insert_release(
+        &self,
+        release: &NewRelease,
+        now: i64,
+        entries: &[(i64, String, String)],
+    ) -> Result<i64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let id: i64 = sqlx::query("INSERT INTO releases (author, message, created_at, revision, dirty) VALUES ($1, $2, $3, $4, $5) RETURNING id")
+            .bind(&release.author)
+            .bind(&release.message)
+            .bind(now)
+            .bind(&release.revision)
+            .bind(i64::from(release.dirty))
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("id")?;
+        for (host_id, host_name, path) in entries {
+            sqlx::query("INSERT INTO release_hosts (release_id, host_id, host_name, store_path) VALUES ($1, $2, $3, $4)")
+                .bind(id)
+                .bind(*host_id)
+                .bind(host_name)
+                .bind(path)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    /// The newest `limit` releases, newest first; only those naming `host_id` if given.
+    pub async fn list_releases(
+        &self,
+        host_id: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<ReleaseRow>, StoreError> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "{RELEASE_SELECT}
+             WHERE r.id IN (SELECT id FROM releases WHERE $1 < 0 OR id IN (SELECT release_id FROM release_hosts WHERE host_id = $1) ORDER BY id DESC LIMIT $2)
+             ORDER BY r.id DESC, rh.host_name"
+        )))
+        .bind(host_id.unwrap_or(-1))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(group_releases(rows)?)
+    }
+
+    pub async fn release_by_id(&self, id: i64) -> Result<Option<ReleaseRow>, StoreError> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "{RELEASE_SELECT} WHERE r.id = $1 ORDER BY rh.host_name"
+        )))
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(group_releases(rows)?.pop())
+    }
+
+    /// The store paths of every host's newest `keep` releases.
+    pub async fn paths_of_newest_releases(&self, keep: u32) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT host_id, store_path FROM release_hosts ORDER BY host_id, release_id DESC",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let (mut out, mut current, mut taken) = (Vec::new(), None, 0u32);
+        for row in rows {
+            let host: i64 = row.try_get("host_id")?;
+            if current != Some(host) {
+                (current, taken) = (Some(host), 0);
+            }
+            if taken < keep {
+                out.push(row.try_get("store_path")?);
+                taken += 1;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The ids of the hosts a release names (they follow renames; names do not).
+    pub async fn release_host_ids(&self, release_id: i64) -> Result<Vec<i64>, StoreError> {
+        let rows =
+            sqlx::query("SELECT host_id FROM release_hosts WHERE release_id = $1 ORDER BY host_id")
+                .bind(release_id)
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows
+            .iter()
+            .map(|r| r.try_get("host_id"))
+            .collect::<Result<_, _>>()?)
+    }
+
+    /// The system a host had in the newest release before `release_id`.
+    pub async fn path_before(
+        &self,
+        host_id: i64,
+        release_id: i64,
+    ) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query("SELECT store_path FROM release_hosts WHERE host_id = $1 AND release_id < $2 ORDER BY release_id DESC LIMIT 1")
+            .bind(host_id)
+            .bind(release_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get("store_path")).transpose()?)
+    }
+
+    /// Every host's newest release entry: the desired state of the whole fleet.
+    pub async fn desired_systems(&self) -> Result<Vec<DesiredRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT rh.host_id, rh.release_id, rh.store_path FROM release_hosts rh
+             WHERE rh.release_id = (SELECT MAX(r2.release_id) FROM release_hosts r2 WHERE r2.host_id = rh.host_id)",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(DesiredRow {
+                    host_id: r.try_get("host_id")?,
+                    release_id: r.try_get("release_id")?,
+                    store_path: r.try_get("store_path")?,
+                })
+            })
+            .collect()
+    }
+}
