@@ -47,11 +47,10 @@ pub enum ConfigError {
 }
 
 /// How a new system is applied.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum ActivationMode {
     /// Activate now (`switch-to-configuration switch`), then confirm or roll back.
-    #[default]
     Switch,
     /// Make it the boot default only (`switch-to-configuration boot`); active after a reboot.
     Boot,
@@ -67,25 +66,49 @@ impl ActivationMode {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The settings an agent config file may contain, each with its default in `Default` below
+/// (the one table of defaults). Unknown keys are errors, so typos surface.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct FileConfig {
     pub server: Option<String>,
     pub key: Option<PathBuf>,
     pub ca_cert: Option<PathBuf>,
-    pub poll_interval_secs: Option<u64>,
-    pub long_poll_secs: Option<u64>,
+    pub poll_interval_secs: u64,
+    pub long_poll_secs: u64,
     pub hostname: Option<String>,
     /// Binary-cache public keys this host trusts, besides those in nix.conf.
-    pub trusted_keys: Option<Vec<String>>,
-    pub confirm_timeout_secs: Option<u64>,
+    pub trusted_keys: Vec<String>,
+    pub confirm_timeout_secs: u64,
     /// A shell command that must succeed on the new system before it is confirmed.
     pub health_check: Option<String>,
-    pub activation_mode: Option<ActivationMode>,
-    /// Substituter URL schemes accepted from the server (default: http, https, file, s3, ssh).
-    pub allowed_cache_schemes: Option<Vec<String>>,
-    /// The longest the agent waits between check-ins, whatever the server asks (default 300).
-    pub max_checkin_interval_secs: Option<u64>,
+    pub activation_mode: ActivationMode,
+    /// Substituter URL schemes accepted from the server.
+    pub allowed_cache_schemes: Vec<String>,
+    /// The longest the agent waits between check-ins, whatever the server asks.
+    pub max_checkin_interval_secs: u64,
+}
+
+impl Default for FileConfig {
+    fn default() -> Self {
+        FileConfig {
+            server: None,
+            key: None,
+            ca_cert: None,
+            poll_interval_secs: 30,
+            long_poll_secs: 55,
+            hostname: None,
+            trusted_keys: Vec::new(),
+            confirm_timeout_secs: 120,
+            health_check: None,
+            activation_mode: ActivationMode::Switch,
+            allowed_cache_schemes: crate::fetch::DEFAULT_CACHE_SCHEMES
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            max_checkin_interval_secs: 300,
+        }
+    }
 }
 
 #[derive(Debug, Default, Clone, clap::Args)]
@@ -147,17 +170,10 @@ impl Config {
         };
         let trusted_keys = file
             .trusted_keys
-            .unwrap_or_default()
             .iter()
             .map(|k| k.parse().map_err(|e| ConfigError::TrustedKey(k.clone(), e)))
             .collect::<Result<_, _>>()?;
-        let allowed_cache_schemes = match file.allowed_cache_schemes {
-            Some(list) => list,
-            None => crate::fetch::DEFAULT_CACHE_SCHEMES
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
-        };
+        let allowed_cache_schemes = file.allowed_cache_schemes;
         if let Some(bad) = allowed_cache_schemes.iter().find(|s| {
             s.is_empty()
                 || !s
@@ -175,29 +191,20 @@ impl Config {
             key: args.key.clone().or(file.key),
             ca_cert: args.ca_cert.clone().or(file.ca_cert),
             poll_interval: Duration::from_secs(
-                args.poll_interval
-                    .or(file.poll_interval_secs)
-                    .unwrap_or(30)
-                    .max(1),
+                args.poll_interval.unwrap_or(file.poll_interval_secs).max(1),
             ),
-            long_poll: Duration::from_secs(file.long_poll_secs.unwrap_or(55)),
+            long_poll: Duration::from_secs(file.long_poll_secs),
             hostname: args.hostname.clone().or(file.hostname),
             trusted_keys,
             confirm_timeout: Duration::from_secs(
                 args.confirm_timeout
-                    .or(file.confirm_timeout_secs)
-                    .unwrap_or(120)
+                    .unwrap_or(file.confirm_timeout_secs)
                     .max(1),
             ),
             health_check: file.health_check.filter(|c| !c.trim().is_empty()),
-            activation_mode: args
-                .activation_mode
-                .or(file.activation_mode)
-                .unwrap_or_default(),
+            activation_mode: args.activation_mode.unwrap_or(file.activation_mode),
             allowed_cache_schemes,
-            max_checkin_interval: Duration::from_secs(
-                file.max_checkin_interval_secs.unwrap_or(300).max(1),
-            ),
+            max_checkin_interval: Duration::from_secs(file.max_checkin_interval_secs.max(1)),
         })
     }
 }

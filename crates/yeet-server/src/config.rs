@@ -25,50 +25,120 @@ pub enum ConfigError {
     Invalid(String),
 }
 
-/// The settings a config file may contain. Unknown keys are errors, so typos surface.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The settings a config file may contain, each with its default in `Default` below: the one
+/// table of defaults (the service's own defaults are derived from it). Unknown keys are
+/// errors, so typos surface. The settings flags can override stay optional here, since a
+/// flag wins over the file and the file over the default.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct FileConfig {
     /// The URLs clients reach this server by (signatures name one of them), e.g.
-    /// ["https://yeet.example.org"]. Unset: a request's signed origin must match its Host.
-    pub public_urls: Option<Vec<String>>,
+    /// ["https://yeet.example.org"]. Empty: a request's signed origin must match its Host.
+    pub public_urls: Vec<String>,
     pub listen: Option<String>,
     pub state_dir: Option<PathBuf>,
     pub database: Option<String>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
-    pub max_body_bytes: Option<usize>,
-    pub clock_skew_secs: Option<i64>,
-    pub code_ttl_secs: Option<i64>,
-    pub max_pending: Option<i64>,
-    pub registration_burst: Option<u32>,
-    pub registration_refill_ms: Option<u64>,
-    /// Shortest interval between two registrations of one pending key (default 500).
-    pub reregister_interval_ms: Option<u64>,
-    /// Requests one key may sign within a clock-skew window (default 65536).
-    pub nonces_per_key: Option<usize>,
-    /// Uploads to the embedded cache one key may run at once (default 4).
-    pub max_uploads_per_key: Option<usize>,
-    pub checkin_interval_secs: Option<u64>,
-    pub offline_after_secs: Option<i64>,
-    pub max_long_poll_secs: Option<u64>,
+    pub max_body_bytes: usize,
+    pub clock_skew_secs: i64,
+    pub code_ttl_secs: i64,
+    pub max_pending: i64,
+    pub registration_burst: u32,
+    pub registration_refill_ms: u64,
+    /// Shortest interval between two registrations of one pending key.
+    pub reregister_interval_ms: u64,
+    /// Requests one key may sign within a clock-skew window.
+    pub nonces_per_key: usize,
+    /// Uploads to the embedded cache one key may run at once.
+    pub max_uploads_per_key: usize,
+    pub checkin_interval_secs: u64,
+    pub offline_after_secs: i64,
+    pub max_long_poll_secs: u64,
     /// Binary caches hosts fetch from, e.g. ["https://cache.example.org"].
-    pub caches: Option<Vec<String>>,
+    pub caches: Vec<String>,
     /// Nix public keys (`name:base64`) a release's closures must be signed by.
-    pub trusted_cache_keys: Option<Vec<String>>,
-    pub last_seen_flush_ms: Option<u64>,
-    /// Serve an embedded binary cache under /cache (default true).
-    pub embedded_cache: Option<bool>,
-    /// Largest NAR accepted by the embedded cache (default 8 GiB).
-    pub max_upload_bytes: Option<u64>,
-    /// Open connections the server accepts (default 16384; lowered to fit the file limit).
-    pub max_connections: Option<usize>,
-    /// Open connections from one network: an IPv4 address or an IPv6 /64 (default 1024).
-    pub max_connections_per_network: Option<usize>,
-    /// Seconds allowed for a TLS handshake and for each request's headers (default 15).
-    pub header_timeout_secs: Option<u64>,
-    /// Seconds a request body may take to arrive, and an upload may stall (default 60).
-    pub body_timeout_secs: Option<u64>,
+    pub trusted_cache_keys: Vec<String>,
+    pub last_seen_flush_ms: u64,
+    /// Serve an embedded binary cache under /cache.
+    pub embedded_cache: bool,
+    /// Largest NAR accepted by the embedded cache.
+    pub max_upload_bytes: u64,
+    /// Open connections the server accepts (lowered to fit the file limit).
+    pub max_connections: usize,
+    /// Open connections from one network: an IPv4 address or an IPv6 /64.
+    pub max_connections_per_network: usize,
+    /// Seconds allowed for a TLS handshake and for each request's headers.
+    pub header_timeout_secs: u64,
+    /// Seconds a request body may take to arrive, and an upload may stall.
+    pub body_timeout_secs: u64,
+}
+
+impl Default for FileConfig {
+    fn default() -> Self {
+        FileConfig {
+            public_urls: Vec::new(),
+            listen: None,
+            state_dir: None,
+            database: None,
+            tls_cert: None,
+            tls_key: None,
+            max_body_bytes: 1 << 20,
+            clock_skew_secs: yeet_proto::signing::DEFAULT_SKEW_SECS,
+            code_ttl_secs: 15 * 60,
+            max_pending: 1000,
+            registration_burst: 30,
+            registration_refill_ms: 2000,
+            reregister_interval_ms: 500,
+            nonces_per_key: yeet_proto::signing::DEFAULT_NONCES_PER_KEY,
+            max_uploads_per_key: 4,
+            checkin_interval_secs: 30,
+            offline_after_secs: 10 * 60,
+            max_long_poll_secs: 55,
+            caches: Vec::new(),
+            trusted_cache_keys: Vec::new(),
+            last_seen_flush_ms: 2000,
+            embedded_cache: true,
+            max_upload_bytes: 8 << 30,
+            max_connections: 16_384,
+            max_connections_per_network: 1024,
+            header_timeout_secs: 15,
+            body_timeout_secs: 60,
+        }
+    }
+}
+
+impl FileConfig {
+    /// The domain's settings; the two lists that need parsing come parsed.
+    fn service(
+        &self,
+        public_origins: Vec<String>,
+        trusted_cache_keys: Vec<nix_meta::PublicKey>,
+    ) -> ServiceConfig {
+        ServiceConfig {
+            public_origins,
+            skew_secs: self.clock_skew_secs,
+            code_ttl_secs: self.code_ttl_secs,
+            max_pending: self.max_pending,
+            registration_burst: self.registration_burst,
+            registration_refill: Duration::from_millis(self.registration_refill_ms),
+            reregister_interval: Duration::from_millis(self.reregister_interval_ms),
+            nonces_per_key: self.nonces_per_key.max(1),
+            max_uploads_per_key: self.max_uploads_per_key.max(1),
+            checkin_interval_secs: self.checkin_interval_secs,
+            offline_after_secs: self.offline_after_secs,
+            max_long_poll_secs: self.max_long_poll_secs,
+            caches: self.caches.clone(),
+            trusted_cache_keys,
+        }
+    }
+}
+
+/// The defaults of a server with no config file.
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        FileConfig::default().service(Vec::new(), Vec::new())
+    }
 }
 
 /// Settings that flags and environment variables can override.
@@ -125,6 +195,26 @@ impl Config {
     }
 
     pub fn merge(file: FileConfig, args: &ServerArgs) -> Result<Config, ConfigError> {
+        let public_origins = file
+            .public_urls
+            .iter()
+            .map(|u| {
+                yeet_proto::signing::origin_of(u).map_err(|_| {
+                    ConfigError::Invalid(format!(
+                        "public_urls: {u:?} is not an http:// or https:// URL"
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let trusted_cache_keys = file
+            .trusted_cache_keys
+            .iter()
+            .map(|k| {
+                k.parse()
+                    .map_err(|e| ConfigError::Invalid(format!("trusted_cache_keys: {k:?}: {e}")))
+            })
+            .collect::<Result<_, _>>()?;
+        let service = file.service(public_origins, trusted_cache_keys);
         let state_dir = args
             .state_dir
             .clone()
@@ -145,55 +235,6 @@ impl Config {
                 ));
             }
         };
-        let d = ServiceConfig::default();
-        let public_origins = file
-            .public_urls
-            .unwrap_or_default()
-            .iter()
-            .map(|u| {
-                yeet_proto::signing::origin_of(u).map_err(|_| {
-                    ConfigError::Invalid(format!(
-                        "public_urls: {u:?} is not an http:// or https:// URL"
-                    ))
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let service = ServiceConfig {
-            public_origins,
-            skew_secs: file.clock_skew_secs.unwrap_or(d.skew_secs),
-            code_ttl_secs: file.code_ttl_secs.unwrap_or(d.code_ttl_secs),
-            max_pending: file.max_pending.unwrap_or(d.max_pending),
-            registration_burst: file.registration_burst.unwrap_or(d.registration_burst),
-            registration_refill: file
-                .registration_refill_ms
-                .map(Duration::from_millis)
-                .unwrap_or(d.registration_refill),
-            reregister_interval: file
-                .reregister_interval_ms
-                .map(Duration::from_millis)
-                .unwrap_or(d.reregister_interval),
-            nonces_per_key: file.nonces_per_key.unwrap_or(d.nonces_per_key).max(1),
-            max_uploads_per_key: file
-                .max_uploads_per_key
-                .unwrap_or(d.max_uploads_per_key)
-                .max(1),
-            checkin_interval_secs: file
-                .checkin_interval_secs
-                .unwrap_or(d.checkin_interval_secs),
-            offline_after_secs: file.offline_after_secs.unwrap_or(d.offline_after_secs),
-            max_long_poll_secs: file.max_long_poll_secs.unwrap_or(d.max_long_poll_secs),
-            caches: file.caches.unwrap_or(d.caches),
-            trusted_cache_keys: file
-                .trusted_cache_keys
-                .unwrap_or_default()
-                .iter()
-                .map(|k| {
-                    k.parse().map_err(|e| {
-                        ConfigError::Invalid(format!("trusted_cache_keys: {k:?}: {e}"))
-                    })
-                })
-                .collect::<Result<_, _>>()?,
-        };
         if service.skew_secs <= 0
             || service.code_ttl_secs <= 0
             || service.max_pending <= 0
@@ -210,14 +251,14 @@ impl Config {
             state_dir,
             database,
             tls,
-            max_body_bytes: file.max_body_bytes.unwrap_or(1 << 20),
-            last_seen_flush: Duration::from_millis(file.last_seen_flush_ms.unwrap_or(2000)),
-            embedded_cache: file.embedded_cache.unwrap_or(true),
-            max_upload_bytes: file.max_upload_bytes.unwrap_or(8 << 30),
-            max_connections: file.max_connections.unwrap_or(16_384).max(1),
-            max_connections_per_network: file.max_connections_per_network.unwrap_or(1024).max(1),
-            header_timeout: Duration::from_secs(file.header_timeout_secs.unwrap_or(15).max(1)),
-            body_timeout: Duration::from_secs(file.body_timeout_secs.unwrap_or(60).max(1)),
+            max_body_bytes: file.max_body_bytes,
+            last_seen_flush: Duration::from_millis(file.last_seen_flush_ms),
+            embedded_cache: file.embedded_cache,
+            max_upload_bytes: file.max_upload_bytes,
+            max_connections: file.max_connections.max(1),
+            max_connections_per_network: file.max_connections_per_network.max(1),
+            header_timeout: Duration::from_secs(file.header_timeout_secs.max(1)),
+            body_timeout: Duration::from_secs(file.body_timeout_secs.max(1)),
             service,
         })
     }

@@ -26,7 +26,8 @@ use yeet_proto::{AuthError, ErrorCode};
 
 use crate::store::{HostReport, Store, StoreError};
 
-/// Settings the domain needs; the rest of the server config stays in `config`.
+/// Settings the domain needs; the rest of the server config stays in `config`, which also
+/// holds the defaults (`ServiceConfig::default()`).
 #[derive(Debug, Clone)]
 pub struct ServiceConfig {
     /// The origins (`scheme://host[:port]`) clients reach this server by; a request signed
@@ -52,27 +53,6 @@ pub struct ServiceConfig {
     pub caches: Vec<String>,
     /// Keys whose narinfo signatures a release must carry (checked when non-empty).
     pub trusted_cache_keys: Vec<nix_meta::PublicKey>,
-}
-
-impl Default for ServiceConfig {
-    fn default() -> Self {
-        ServiceConfig {
-            public_origins: Vec::new(),
-            skew_secs: yeet_proto::signing::DEFAULT_SKEW_SECS,
-            code_ttl_secs: 15 * 60,
-            max_pending: 1000,
-            registration_burst: 30,
-            registration_refill: Duration::from_secs(2),
-            reregister_interval: Duration::from_millis(500),
-            nonces_per_key: yeet_proto::signing::DEFAULT_NONCES_PER_KEY,
-            max_uploads_per_key: 4,
-            checkin_interval_secs: 30,
-            offline_after_secs: 10 * 60,
-            max_long_poll_secs: 55,
-            caches: Vec::new(),
-            trusted_cache_keys: Vec::new(),
-        }
-    }
 }
 
 #[derive(Debug, Error)]
