@@ -88,24 +88,9 @@ struct Fields<'a> {
     sigs: Vec<&'a str>,
 }
 
-fn set<'a>(
-    slot: &mut Option<&'a str>,
-    name: &'static str,
-    value: &'a str,
-) -> Result<(), NarInfoError> {
-    if slot.replace(value).is_some() {
-        return Err(NarInfoError::Duplicate(name));
-    }
-    Ok(())
-}
-
-impl NarInfo {
-    /// Parses a narinfo whose paths live in `store_dir` (normally `/nix/store`).
-    /// Unknown fields are ignored, as Nix ignores them.
-    pub fn parse_in(store_dir: &str, text: &str) -> Result<Self, NarInfoError> {
-        if text.len() > MAX_NARINFO_BYTES {
-            return Err(NarInfoError::TooLarge);
-        }
+impl<'a> Fields<'a> {
+    /// The raw `Key: value` fields; a key given twice is an error, unknown keys are skipped.
+    fn read(text: &'a str) -> Result<Fields<'a>, NarInfoError> {
         let mut f = Fields::default();
         for (i, line) in text.lines().enumerate() {
             if line.is_empty() {
@@ -132,6 +117,29 @@ impl NarInfo {
         if f.references.is_none() && text.lines().any(|l| l == "References:") {
             f.references = Some("");
         }
+        Ok(f)
+    }
+}
+
+fn set<'a>(
+    slot: &mut Option<&'a str>,
+    name: &'static str,
+    value: &'a str,
+) -> Result<(), NarInfoError> {
+    if slot.replace(value).is_some() {
+        return Err(NarInfoError::Duplicate(name));
+    }
+    Ok(())
+}
+
+impl NarInfo {
+    /// Parses a narinfo whose paths live in `store_dir` (normally `/nix/store`).
+    /// Unknown fields are ignored, as Nix ignores them.
+    pub fn parse_in(store_dir: &str, text: &str) -> Result<Self, NarInfoError> {
+        if text.len() > MAX_NARINFO_BYTES {
+            return Err(NarInfoError::TooLarge);
+        }
+        let f = Fields::read(text)?;
         let path = |field: &'static str, v: &str| {
             StorePath::parse_in(store_dir, v).map_err(|e| bad(field, e))
         };

@@ -99,27 +99,32 @@ pub fn run(dir: &StateDir) -> Result<(), StateError> {
             ),
         );
     }
-    // Phase::Switched: wait for the restarted agent.
+    await_confirmation(dir, &log, st)
+}
+
+/// Phase::Switched: waits for the restarted agent to confirm (or reject) the new system,
+/// and rolls back when the deadline passes.
+fn await_confirmation(dir: &StateDir, log: &File, st: ActivationState) -> Result<(), StateError> {
     let deadline = st.confirm_deadline.unwrap_or_else(now);
     loop {
         if dir.is_confirmed() {
-            note(&log, "confirmed by the agent");
+            note(log, "confirmed by the agent");
             let reason = if st.reboot_required {
                 "switched; the kernel or initrd changed: reboot required".into()
             } else {
                 "switched and confirmed".into()
             };
-            return finish(dir, &log, st, ActivationResult::Confirmed, reason);
+            return finish(dir, log, st, ActivationResult::Confirmed, reason);
         }
         if let Some(why) = dir.rejected() {
-            return roll_back(dir, &log, st, why);
+            return roll_back(dir, log, st, why);
         }
         if now() > deadline {
             let reason = format!(
                 "not confirmed within {}s: the agent on the new system did not reach the server (or its health check did not pass)",
                 st.confirm_timeout_secs
             );
-            return roll_back(dir, &log, st, reason);
+            return roll_back(dir, log, st, reason);
         }
         std::thread::sleep(Duration::from_millis(200));
     }

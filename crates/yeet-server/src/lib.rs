@@ -10,6 +10,7 @@ pub mod store;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 use thiserror::Error;
 
 use config::Config;
@@ -69,6 +70,26 @@ pub async fn spawn_event_listener(
 
 /// Runs the server until `shutdown` resolves, then drains requests and flushes state.
 /// `on_listening` receives the bound address (useful with port 0).
+/// Writes batched last-seen times every `every`, and drops stale nonces once a minute.
+fn spawn_flusher(service: Arc<Service>, every: Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        let mut last_expiry = std::time::Instant::now();
+        loop {
+            tick.tick().await;
+            if let Err(e) = service.flush_last_seen().await {
+                tracing::warn!(error = %e, "could not write last-seen times; will retry");
+            }
+            if last_expiry.elapsed() >= Duration::from_secs(60) {
+                last_expiry = std::time::Instant::now();
+                if let Err(e) = service.expire_nonces().await {
+                    tracing::warn!(error = %e, "could not expire old nonces; will retry");
+                }
+            }
+        }
+    })
+}
+
 pub async fn serve(
     config: Config,
     on_listening: impl FnOnce(SocketAddr),
@@ -90,27 +111,7 @@ pub async fn serve(
     })
     .layer(tower_http::trace::TraceLayer::new_for_http());
 
-    let flusher = {
-        let service = service.clone();
-        let every = config.last_seen_flush;
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            let mut last_expiry = std::time::Instant::now();
-            loop {
-                tick.tick().await;
-                if let Err(e) = service.flush_last_seen().await {
-                    tracing::warn!(error = %e, "could not write last-seen times; will retry");
-                }
-                if last_expiry.elapsed() >= std::time::Duration::from_secs(60) {
-                    last_expiry = std::time::Instant::now();
-                    if let Err(e) = service.expire_nonces().await {
-                        tracing::warn!(error = %e, "could not expire old nonces; will retry");
-                    }
-                }
-            }
-        })
-    };
-
+    let flusher = spawn_flusher(service.clone(), config.last_seen_flush);
     let events = spawn_event_listener(service.clone()).await?;
     // Held check-ins must answer before a graceful shutdown can finish.
     let shutdown = {

@@ -12,6 +12,23 @@ fn step(text: &str) {
     println!("\n\x1b[1m== {text}\x1b[0m");
 }
 
+/// The verification code a waiting host shows (`yeet-agent status`).
+fn shown_code(host: &fleet_sim::sim::SimHost) -> String {
+    let mut code = String::new();
+    wait_until(Duration::from_secs(60), "a verification code", || {
+        code = host
+            .status::<serde_json::Value>()
+            .and_then(|s| s["verification_code"].as_str().map(str::to_owned))
+            .unwrap_or_default();
+        !code.is_empty()
+    });
+    println!(
+        "{} shows (yeet-agent status): verification code {code}",
+        host.name
+    );
+    code
+}
+
 fn main() {
     let started = Instant::now();
     fleet_sim::set_quiet(true);
@@ -29,22 +46,7 @@ fn main() {
     step("2. three hosts boot (each its own /nix, /run, /etc/yeet, /var/lib/yeet) and register");
     let names = ["web-1", "web-2", "db-1"];
     let hosts: Vec<_> = names.iter().map(|n| fleet.boot_new_host(n)).collect();
-    let mut codes = Vec::new();
-    for host in &hosts {
-        let mut code = String::new();
-        wait_until(Duration::from_secs(60), "a verification code", || {
-            code = host
-                .status::<serde_json::Value>()
-                .and_then(|s| s["verification_code"].as_str().map(str::to_owned))
-                .unwrap_or_default();
-            !code.is_empty()
-        });
-        println!(
-            "{} shows (yeet-agent status): verification code {code}",
-            host.name
-        );
-        codes.push(code);
-    }
+    let codes: Vec<String> = hosts.iter().map(shown_code).collect();
     print!("{}", fleet.server.yeet(&["pending"]));
 
     step("3. the admin approves each host by the code it shows");

@@ -107,6 +107,58 @@ impl Service {
 
     /// Handles a registration. An approved key learns its host name; a pending one gets its
     /// current code, or a fresh one when the old code expired.
+    /// The body names the key that signed it, and no admin rejected that key.
+    async fn check_registering_key(
+        &self,
+        public: &yeet_proto::PublicIdentity,
+        req: &RegisterRequest,
+    ) -> Result<()> {
+        let named = yeet_proto::PublicIdentity::from_openssh(&req.public_key)
+            .map(|p| p.key_id().to_owned())
+            .unwrap_or_default();
+        if public.key_id() != named {
+            return Err(ServiceError::refused(
+                ErrorCode::KeyMismatch,
+                "public_key in the body is not the key that signed the request",
+            ));
+        }
+        if self.store.is_rejected(public.key_id()).await? {
+            return Err(ServiceError::refused(
+                ErrorCode::Forbidden,
+                "an admin rejected this host's key; it cannot register again",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Makes room for a key not seen before: one of this network's registration tokens,
+    /// then, at the cap, the eviction of a pending registration from the busiest network.
+    /// The returned guard admits one new key at a time.
+    async fn admit_new_key(&self, source: &str) -> Result<tokio::sync::MutexGuard<'_, ()>> {
+        if !self.take_registration_token(source) {
+            return Err(ServiceError::refused(
+                ErrorCode::RateLimited,
+                "too many new registrations from this network; retry in a minute",
+            ));
+        }
+        let admission = self.registration_admission.lock().await;
+        let mut evicted = 0;
+        while self.store.count_registrations().await? >= self.config.max_pending {
+            if self.store.evict_one_registration().await? == 0 {
+                break;
+            }
+            evicted += 1;
+        }
+        if evicted > 0 {
+            tracing::warn!(
+                evicted,
+                source,
+                "pending registrations at capacity; evicted from the busiest network"
+            );
+        }
+        Ok(admission)
+    }
+
     pub async fn register(
         &self,
         principal: &Principal,
@@ -125,30 +177,14 @@ impl Service {
             }
             Principal::Registrant { public, signed } => (public, signed),
         };
-        if public.key_id()
-            != yeet_proto::PublicIdentity::from_openssh(&req.public_key)
-                .map(|p| p.key_id().to_owned())
-                .unwrap_or_default()
-        {
-            return Err(ServiceError::refused(
-                ErrorCode::KeyMismatch,
-                "public_key in the body is not the key that signed the request",
-            ));
-        }
-        if self.store.is_rejected(public.key_id()).await? {
-            return Err(ServiceError::refused(
-                ErrorCode::Forbidden,
-                "an admin rejected this host's key; it cannot register again",
-            ));
-        }
+        self.check_registering_key(public, &req).await?;
         let source = source_of(client);
         let t = now();
         let t_ms = super::now_ms();
-        // New keys are admitted one at a time, so that count, eviction and insert cannot
-        // interleave and overshoot the cap.
-        let _admission;
         let existing = self.store.registration_by_key(public.key_id()).await?;
-        match &existing {
+        // Held until the row is written, so that a new key's count, eviction and insert
+        // cannot interleave with another's and overshoot the cap.
+        let _admission = match &existing {
             Some(r)
                 if t_ms.saturating_sub(r.last_seen_ms)
                     < self.config.reregister_interval.as_millis() as i64 =>
@@ -161,44 +197,16 @@ impl Service {
                     ),
                 ));
             }
-            Some(_) => {}
-            None => {
-                if !self.take_registration_token(&source) {
-                    return Err(ServiceError::refused(
-                        ErrorCode::RateLimited,
-                        "too many new registrations from this network; retry in a minute",
-                    ));
-                }
-                _admission = self.registration_admission.lock().await;
-                let mut evicted = 0;
-                while self.store.count_registrations().await? >= self.config.max_pending {
-                    if self.store.evict_one_registration().await? == 0 {
-                        break;
-                    }
-                    evicted += 1;
-                }
-                if evicted > 0 {
-                    tracing::warn!(
-                        evicted,
-                        source,
-                        "pending registrations at capacity; evicted from the busiest network"
-                    );
-                }
-            }
-        }
+            Some(_) => None,
+            None => Some(self.admit_new_key(&source).await?),
+        };
         // Admitted: only now may this registration's nonce take room in the replay cache.
         self.spend_nonce(signed).await?;
-        let (code, expires, first_seen) = match &existing {
-            Some(r) if r.code_expires_at > t => {
-                (r.code.clone(), r.code_expires_at, r.first_seen_ms)
-            }
-            Some(r) => (
-                fresh_code()?,
-                t + self.config.code_ttl_secs,
-                r.first_seen_ms,
-            ),
-            None => (fresh_code()?, t + self.config.code_ttl_secs, t_ms),
+        let (code, expires) = match &existing {
+            Some(r) if r.code_expires_at > t => (r.code.clone(), r.code_expires_at),
+            _ => (fresh_code()?, t + self.config.code_ttl_secs),
         };
+        let first_seen = existing.as_ref().map_or(t_ms, |r| r.first_seen_ms);
         let row = RegistrationRow {
             key_id: public.key_id().to_owned(),
             public_key: public.to_openssh(),

@@ -147,6 +147,21 @@ impl Service {
 
     /// A host's check-in: record what it runs, answer what it should run. Costs no database
     /// write unless the report changed; last-seen is batched.
+    /// Writes a host's report when it changed; otherwise only notes the time, for the
+    /// batched last-seen flush (most check-ins write nothing).
+    async fn record_report(&self, host_id: i64, report: HostReport) -> Result<()> {
+        let t = now();
+        let changed = lock(&self.reports).get(&host_id) != Some(&report);
+        if changed {
+            self.store.update_host_report(host_id, &report, t).await?;
+            lock(&self.reports).insert(host_id, report);
+            lock(&self.seen).remove(&host_id);
+        } else {
+            lock(&self.seen).insert(host_id, t);
+        }
+        Ok(())
+    }
+
     pub async fn checkin(
         &self,
         principal: &Principal,
@@ -169,15 +184,7 @@ impl Service {
             arch: clean_line(&req.facts.arch, 64),
             agent_version: clean_line(&req.facts.agent_version, 64),
         };
-        let t = now();
-        let changed = lock(&self.reports).get(&host_id) != Some(&report);
-        if changed {
-            self.store.update_host_report(host_id, &report, t).await?;
-            lock(&self.reports).insert(host_id, report);
-            lock(&self.seen).remove(&host_id);
-        } else {
-            lock(&self.seen).insert(host_id, t);
-        }
+        self.record_report(host_id, report).await?;
         // Long-poll: subscribe before looking, so that a release landing in between wakes us.
         let mut changes = self.desired_changed.subscribe();
         let mut closing = self.closing.subscribe();
