@@ -1,6 +1,6 @@
 # yeet as a flake: the package (yeet, yeet-server and yeet-agent in one build), the NixOS
 # modules for agent and server, a nix-darwin agent module, and a fleet template
-# (`nix flake init -t github:OWNER/yeet`).
+# (`nix flake init -t flake:yeet`; `flake:yeet` is this project, see the README).
 {
   description = "yeet: pull-based deployment for NixOS fleets";
 

@@ -4,7 +4,8 @@
 {
   inputs = {
     nixpkgs.url = "github:NixOS/nixpkgs/nixos-unstable";
-    yeet.url = "github:srylax/yeet";
+    # This project, through your flake registry: `nix registry add yeet <your copy>`.
+    yeet.url = "flake:yeet";
     yeet.inputs.nixpkgs.follows = "nixpkgs";
   };
 

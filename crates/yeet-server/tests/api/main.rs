@@ -10,6 +10,7 @@ mod common;
 mod activations;
 mod authz;
 mod cache;
+mod docs;
 mod enrollment;
 mod harness;
 mod input;
