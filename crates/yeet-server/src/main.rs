@@ -130,7 +130,7 @@ async fn admin(config: Config, cmd: AdminCommand) -> Result<()> {
             let user = yeet_server::service::users::add_user(&store, &name, &line, role).await?;
             println!(
                 "added {} {} ({})",
-                user.role.as_str(),
+                user.role.0.as_str(),
                 user.name,
                 user.key_id
             );
@@ -140,7 +140,7 @@ async fn admin(config: Config, cmd: AdminCommand) -> Result<()> {
             if json {
                 let v: Vec<_> = users
                     .iter()
-                    .map(|u| serde_json::json!({"name": u.name, "role": u.role, "key_id": u.key_id, "created_at": u.created_at}))
+                    .map(|u| serde_json::json!({"name": u.name, "role": u.role.0, "key_id": u.key_id, "created_at": u.created_at}))
                     .collect();
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
@@ -148,7 +148,7 @@ async fn admin(config: Config, cmd: AdminCommand) -> Result<()> {
                 t.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED)
                     .set_header(["NAME", "ROLE", "KEY"]);
                 for u in &users {
-                    t.add_row([u.name.as_str(), u.role.as_str(), u.key_id.as_str()]);
+                    t.add_row([u.name.as_str(), u.role.0.as_str(), u.key_id.as_str()]);
                 }
                 println!("{t}");
             }

@@ -19,7 +19,7 @@ fn to_api(r: ActivationRow) -> Activation {
         host: r.host_name,
         store_path: r.store_path,
         release_id: r.release_id,
-        result: r.result,
+        result: r.result.0,
         reason: r.reason,
         started_at: r.started_at,
         finished_at: r.finished_at,
@@ -77,14 +77,14 @@ impl Service {
             host_name: host_name.to_owned(),
             store_path: report.store_path,
             release_id: report.release_id,
-            result: report.result,
+            result: crate::store::Wire(report.result),
             reason: yeet_proto::text::clean(&report.reason, 2000, true),
             started_at: report.started_at,
             finished_at: report.finished_at,
             reboot_required: i64::from(report.reboot_required),
         };
         let id = self.store.record_activation(&row, &log_gzip).await?;
-        tracing::info!(host = host_name, result = row.result.as_str(), reason = %row.reason, "activation reported");
+        tracing::info!(host = host_name, result = row.result.0.as_str(), reason = %row.reason, "activation reported");
         Ok(to_api(ActivationRow { id, ..row }))
     }
 

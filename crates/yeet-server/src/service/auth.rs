@@ -87,7 +87,7 @@ impl Service {
             parse(&u.public_key).map(|public| KnownKey {
                 principal: Principal::User {
                     name: u.name,
-                    role: u.role,
+                    role: u.role.0,
                     key_id: u.key_id,
                 },
                 public,

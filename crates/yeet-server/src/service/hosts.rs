@@ -22,12 +22,12 @@ fn host_state(
 ) -> HostState {
     let failed_desired = row
         .last_result
-        .is_some_and(|r| r != ActivationResult::Confirmed)
+        .is_some_and(|r| r.0 != ActivationResult::Confirmed)
         && row.last_result_path.as_deref() == desired;
     match last_seen {
         None => HostState::New,
         Some(t) if now - t > offline_after => HostState::Offline,
-        Some(_) => match row.state {
+        Some(_) => match row.state.0 {
             AgentState::Updating => HostState::Updating,
             _ if failed_desired => HostState::RolledBack,
             AgentState::RolledBack => HostState::RolledBack,
@@ -51,7 +51,7 @@ impl Service {
                 self.config.offline_after_secs,
                 now(),
             ),
-            last_result: row.last_result,
+            last_result: row.last_result.map(|r| r.0),
             name: row.name,
             key_id: row.key_id,
             current_system: row.current_system,

@@ -1,42 +1,24 @@
 //! The `activations` table: every activation attempt a host reported, with its log.
 
-use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, FromRow, Row};
 
 use yeet_proto::api::ActivationResult;
 
-use super::{Store, StoreError, wire_enum};
+use super::{Store, StoreError, Wire};
 
 /// One activation attempt; `log_gzip` is loaded only when asked for.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct ActivationRow {
     pub id: i64,
     pub host_id: i64,
     pub host_name: String,
     pub store_path: String,
     pub release_id: Option<i64>,
-    pub result: ActivationResult,
+    pub result: Wire<ActivationResult>,
     pub reason: String,
     pub started_at: i64,
     pub finished_at: i64,
     pub reboot_required: i64,
-}
-
-impl sqlx::FromRow<'_, AnyRow> for ActivationRow {
-    fn from_row(row: &AnyRow) -> Result<Self, sqlx::Error> {
-        Ok(ActivationRow {
-            id: row.try_get("id")?,
-            host_id: row.try_get("host_id")?,
-            host_name: row.try_get("host_name")?,
-            store_path: row.try_get("store_path")?,
-            release_id: row.try_get("release_id")?,
-            result: wire_enum(row, "result")?,
-            reason: row.try_get("reason")?,
-            started_at: row.try_get("started_at")?,
-            finished_at: row.try_get("finished_at")?,
-            reboot_required: row.try_get("reboot_required")?,
-        })
-    }
 }
 
 pub(super) const ACTIVATION_COLUMNS: &str = "id, host_id, host_name, store_path, release_id, result, reason, started_at, finished_at, reboot_required";
@@ -57,7 +39,7 @@ impl Store {
         .bind(&a.host_name)
         .bind(&a.store_path)
         .bind(a.release_id)
-        .bind(a.result.as_str())
+        .bind(a.result.0.as_str())
         .bind(&a.reason)
         .bind(a.started_at)
         .bind(a.finished_at)
@@ -67,7 +49,7 @@ impl Store {
         .await?
         .try_get("id")?;
         sqlx::query("UPDATE hosts SET last_result = $1, last_result_path = $2 WHERE id = $3")
-            .bind(a.result.as_str())
+            .bind(a.result.0.as_str())
             .bind(&a.store_path)
             .bind(a.host_id)
             .execute(&mut *tx)

@@ -1,13 +1,12 @@
 //! The `hosts` table: approved hosts, what they last reported, and when they were seen.
 
-use sqlx::any::AnyRow;
-use sqlx::{AssertSqlSafe, Row};
+use sqlx::AssertSqlSafe;
 
 use super::registrations::{REGISTRATION_COLUMNS, RegistrationRow};
-use super::{Store, StoreError, conflict, nullable_wire_enum, wire_enum};
+use super::{Store, StoreError, Wire, conflict};
 use yeet_proto::api::{ActivationResult, AgentState};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct HostRow {
     pub id: i64,
     pub name: String,
@@ -18,35 +17,13 @@ pub struct HostRow {
     pub last_seen: Option<i64>,
     pub current_system: Option<String>,
     pub booted_system: Option<String>,
-    pub state: AgentState,
+    pub state: Wire<AgentState>,
     pub os: String,
     pub arch: String,
     pub agent_version: String,
     /// How the newest activation ended (`NULL` before the first).
-    pub last_result: Option<ActivationResult>,
+    pub last_result: Option<Wire<ActivationResult>>,
     pub last_result_path: Option<String>,
-}
-
-impl sqlx::FromRow<'_, AnyRow> for HostRow {
-    fn from_row(row: &AnyRow) -> Result<Self, sqlx::Error> {
-        Ok(HostRow {
-            id: row.try_get("id")?,
-            name: row.try_get("name")?,
-            key_id: row.try_get("key_id")?,
-            public_key: row.try_get("public_key")?,
-            approved_at: row.try_get("approved_at")?,
-            approved_by: row.try_get("approved_by")?,
-            last_seen: row.try_get("last_seen")?,
-            current_system: row.try_get("current_system")?,
-            booted_system: row.try_get("booted_system")?,
-            state: wire_enum(row, "state")?,
-            os: row.try_get("os")?,
-            arch: row.try_get("arch")?,
-            agent_version: row.try_get("agent_version")?,
-            last_result: nullable_wire_enum(row, "last_result")?,
-            last_result_path: row.try_get("last_result_path")?,
-        })
-    }
 }
 
 /// What a host last reported; written only when it changes.

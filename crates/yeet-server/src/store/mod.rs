@@ -6,8 +6,8 @@
 //! One file per table (or pair of tables that change together). Dynamic SQL in them only
 //! splices their constant column lists, never input (`AssertSqlSafe`).
 
-use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::{AnyPool, Row};
+use sqlx::AnyPool;
+use sqlx::any::AnyPoolOptions;
 use thiserror::Error;
 
 mod activations;
@@ -55,35 +55,23 @@ fn conflict(what: &'static str) -> impl Fn(sqlx::Error) -> StoreError {
     }
 }
 
-/// Reads a column that holds an enum's wire name (`AgentState`, `Role`, ...). An unknown
-/// name (a corrupt row, a downgrade) is a decode error naming the column and the value,
+/// A column that holds an enum's wire name (`AgentState`, `Role`, ...), decoded by parsing
+/// it. An unknown name (a corrupt row, a downgrade) is a decode error that names the value,
 /// which the service logs; it never turns into a default.
-fn wire_enum<T: std::str::FromStr<Err = String>>(
-    row: &AnyRow,
-    column: &str,
-) -> Result<T, sqlx::Error> {
-    let text: String = row.try_get(column)?;
-    parse_wire_name(column, &text)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Wire<T>(pub T);
+
+impl<T> sqlx::Type<sqlx::Any> for Wire<T> {
+    fn type_info() -> sqlx::any::AnyTypeInfo {
+        <String as sqlx::Type<sqlx::Any>>::type_info()
+    }
 }
 
-/// `wire_enum` for a nullable column.
-fn nullable_wire_enum<T: std::str::FromStr<Err = String>>(
-    row: &AnyRow,
-    column: &str,
-) -> Result<Option<T>, sqlx::Error> {
-    let text: Option<String> = row.try_get(column)?;
-    text.map(|t| parse_wire_name(column, &t)).transpose()
-}
-
-fn parse_wire_name<T: std::str::FromStr<Err = String>>(
-    column: &str,
-    text: &str,
-) -> Result<T, sqlx::Error> {
-    text.parse()
-        .map_err(|why: String| sqlx::Error::ColumnDecode {
-            index: column.to_owned(),
-            source: why.into(),
-        })
+impl<'r, T: std::str::FromStr<Err = String>> sqlx::Decode<'r, sqlx::Any> for Wire<T> {
+    fn decode(value: sqlx::any::AnyValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+        let text = <String as sqlx::Decode<sqlx::Any>>::decode(value)?;
+        Ok(Wire(text.parse()?))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

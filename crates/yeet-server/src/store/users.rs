@@ -1,33 +1,19 @@
 //! The `users` table: operators and their roles.
 
 use sqlx::Row;
-use sqlx::any::AnyRow;
 
 use yeet_proto::api::Role;
 
-use super::{Store, StoreError, conflict, wire_enum};
+use super::{Store, StoreError, Wire, conflict};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct UserRow {
     pub id: i64,
     pub name: String,
     pub key_id: String,
     pub public_key: String,
-    pub role: Role,
+    pub role: Wire<Role>,
     pub created_at: i64,
-}
-
-impl sqlx::FromRow<'_, AnyRow> for UserRow {
-    fn from_row(row: &AnyRow) -> Result<Self, sqlx::Error> {
-        Ok(UserRow {
-            id: row.try_get("id")?,
-            name: row.try_get("name")?,
-            key_id: row.try_get("key_id")?,
-            public_key: row.try_get("public_key")?,
-            role: wire_enum(row, "role")?,
-            created_at: row.try_get("created_at")?,
-        })
-    }
 }
 
 impl Store {
