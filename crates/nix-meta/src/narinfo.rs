@@ -57,18 +57,24 @@ pub enum VerifyError {
 /// One narinfo file. References are kept as store paths; `Sig` lines keep their order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NarInfo {
+    /// The store the path belongs to, usually `/nix/store`.
     pub store_dir: String,
     pub store_path: StorePath,
+    /// Where the (compressed) NAR is, relative to the cache.
     pub url: String,
     pub compression: String,
+    /// Hash and size of the compressed file, when the cache states them.
     pub file_hash: Option<NarHash>,
     pub file_size: Option<u64>,
+    /// Hash and size of the uncompressed NAR: what signatures cover.
     pub nar_hash: NarHash,
     pub nar_size: u64,
     pub references: Vec<StorePath>,
     pub deriver: Option<StorePath>,
     pub system: Option<String>,
+    /// `Sig:` lines, in order.
     pub sigs: Vec<Signature>,
+    /// Content address, for paths that need no signature to be trusted.
     pub ca: Option<String>,
 }
 

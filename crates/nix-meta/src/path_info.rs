@@ -29,9 +29,11 @@ pub enum PathInfoError {
 pub struct PathInfo {
     pub store_dir: String,
     pub store_path: StorePath,
+    /// Hash and size of the path's NAR serialisation, as the store records them.
     pub nar_hash: NarHash,
     pub nar_size: u64,
     pub references: Vec<StorePath>,
+    /// Signatures the store holds for the path (`nix path-info --sigs`).
     pub sigs: Vec<Signature>,
 }
 

@@ -147,7 +147,9 @@ pub struct Config {
     /// An explicit key; `None` means the default search (SSH host key, then generated).
     pub key: Option<PathBuf>,
     pub ca_cert: Option<PathBuf>,
+    /// Between polls while waiting for approval, and the base of the retry backoff.
     pub poll_interval: Duration,
+    /// How long a check-in asks the server to hold it.
     pub long_poll: Duration,
     pub hostname: Option<String>,
     /// Keys from the config; nix.conf's are added when fetching.

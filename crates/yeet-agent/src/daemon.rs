@@ -39,10 +39,13 @@ pub struct Status {
     pub key_id: String,
     /// "registering", "pending-approval" or "approved".
     pub enrollment: String,
+    /// The fleet's name for this host, once approved.
     pub host: Option<String>,
+    /// The code to give the admin while waiting for approval, and when it expires.
     pub verification_code: Option<String>,
     pub code_expires_at: Option<i64>,
     pub current_system: Option<String>,
+    /// The activation in progress, if any.
     pub activation: Option<String>,
     pub last_contact: Option<i64>,
     pub last_error: Option<String>,

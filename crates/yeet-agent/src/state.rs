@@ -48,8 +48,10 @@ pub enum Phase {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ActivationState {
+    /// The system being activated, and the release that named it.
     pub store_path: String,
     pub release_id: Option<i64>,
+    /// Substituters to fetch it from.
     pub caches: Vec<String>,
     /// What `/run/current-system` pointed at before; the rollback target.
     pub previous_system: Option<String>,
@@ -58,9 +60,11 @@ pub struct ActivationState {
     pub trusted_keys: Vec<String>,
     pub confirm_timeout_secs: u64,
     pub started_at: i64,
+    /// How far the activation got; a restarted activator resumes from here.
     pub phase: Phase,
     /// Unix time by which the new system must be confirmed.
     pub confirm_deadline: Option<i64>,
+    /// How it ended, and why, once it has.
     pub result: Option<ActivationResult>,
     pub reason: String,
     pub reboot_required: bool,

@@ -20,18 +20,8 @@ pub struct Built {
 }
 
 fn nix(args: &[&str], what: &str) -> Result<String> {
-    let out = Command::new("nix")
-        .args(FEATURES)
-        .args(args)
-        .output()
-        .with_context(|| format!("cannot run nix for {what} (is Nix installed?)"))?;
-    if !out.status.success() {
-        bail!(
-            "{what} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    let out = crate::push::run(Command::new("nix").args(FEATURES).args(args), what)?;
+    Ok(out.trim().to_owned())
 }
 
 /// The host names a flake defines.

@@ -16,7 +16,8 @@ pub enum Target {
     Command(String),
 }
 
-fn run(cmd: &mut Command, what: &str) -> Result<String> {
+/// Runs a Nix command (or a push tool) and returns its stdout; its stderr on failure.
+pub fn run(cmd: &mut Command, what: &str) -> Result<String> {
     let out = cmd
         .output()
         .with_context(|| format!("cannot run {what} (is Nix installed?)"))?;

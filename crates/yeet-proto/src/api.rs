@@ -313,7 +313,9 @@ pub struct HostInfo {
     pub name: String,
     pub key_id: String,
     pub state: HostState,
+    /// What the host runs, as it last reported.
     pub current_system: Option<String>,
+    /// What the newest release naming the host says it should run, and that release.
     pub desired_system: Option<String>,
     pub desired_release: Option<i64>,
     pub last_seen: Option<i64>,

@@ -35,15 +35,20 @@ pub struct FileConfig {
     /// The URLs clients reach this server by (signatures name one of them), e.g.
     /// ["https://yeet.example.org"]. Empty: a request's signed origin must match its Host.
     pub public_urls: Vec<String>,
+    /// Overridden by `--listen` and friends (see `ServerArgs`).
     pub listen: Option<String>,
     pub state_dir: Option<PathBuf>,
     pub database: Option<String>,
+    /// PEM certificate chain and key; both or neither.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// Largest request body outside cache uploads.
     pub max_body_bytes: usize,
+    /// See `ServiceConfig` for these.
     pub clock_skew_secs: i64,
     pub code_ttl_secs: i64,
     pub max_pending: i64,
+    /// New keys one network may register at once, then one per `registration_refill_ms`.
     pub registration_burst: u32,
     pub registration_refill_ms: u64,
     /// Shortest interval between two registrations of one pending key.
@@ -52,6 +57,8 @@ pub struct FileConfig {
     pub nonces_per_key: usize,
     /// Uploads to the embedded cache one key may run at once.
     pub max_uploads_per_key: usize,
+    /// How often hosts check in, when a host counts as offline, and how long a check-in
+    /// may be held open.
     pub checkin_interval_secs: u64,
     pub offline_after_secs: i64,
     pub max_long_poll_secs: u64,
@@ -59,6 +66,7 @@ pub struct FileConfig {
     pub caches: Vec<String>,
     /// Nix public keys (`name:base64`) a release's closures must be signed by.
     pub trusted_cache_keys: Vec<String>,
+    /// How often batched last-seen times are written.
     pub last_seen_flush_ms: u64,
     /// Serve an embedded binary cache under /cache.
     pub embedded_cache: bool,

@@ -33,8 +33,11 @@ pub struct ServiceConfig {
     /// The origins (`scheme://host[:port]`) clients reach this server by; a request signed
     /// for any other is refused. Empty: the origin must match the request's `Host` header.
     pub public_origins: Vec<String>,
+    /// How far a signed timestamp may be from the server's clock.
     pub skew_secs: i64,
+    /// How long an approval code stays valid.
     pub code_ttl_secs: i64,
+    /// Registrations that may wait for approval at once.
     pub max_pending: i64,
     /// Registrations of new keys allowed per client address: burst size, then one per `refill`.
     pub registration_burst: u32,
@@ -45,7 +48,9 @@ pub struct ServiceConfig {
     pub nonces_per_key: usize,
     /// Uploads to the embedded cache one key may run at once.
     pub max_uploads_per_key: usize,
+    /// How often hosts are told to check in.
     pub checkin_interval_secs: u64,
+    /// A host not seen for this long is shown offline.
     pub offline_after_secs: i64,
     /// Longest a check-in may be held open waiting for a change.
     pub max_long_poll_secs: u64,

@@ -11,6 +11,7 @@ use super::{Store, StoreError, Wire};
 pub struct ActivationRow {
     pub id: i64,
     pub host_id: i64,
+    /// The host's name when it reported (history survives renames and removals).
     pub host_name: String,
     pub store_path: String,
     pub release_id: Option<i64>,
@@ -18,6 +19,7 @@ pub struct ActivationRow {
     pub reason: String,
     pub started_at: i64,
     pub finished_at: i64,
+    /// 0 or 1: the portable boolean of both backends.
     pub reboot_required: i64,
 }
 

@@ -14,7 +14,9 @@ pub struct HostRow {
     pub public_key: String,
     pub approved_at: i64,
     pub approved_by: String,
+    /// Written in batches, so possibly behind the service's in-memory view.
     pub last_seen: Option<i64>,
+    /// What the host last reported.
     pub current_system: Option<String>,
     pub booted_system: Option<String>,
     pub state: Wire<AgentState>,
@@ -23,6 +25,7 @@ pub struct HostRow {
     pub agent_version: String,
     /// How the newest activation ended (`NULL` before the first).
     pub last_result: Option<Wire<ActivationResult>>,
+    /// The system that activation was for.
     pub last_result_path: Option<String>,
 }
 
@@ -32,6 +35,7 @@ pub struct HostReport {
     pub current_system: Option<String>,
     pub booted_system: Option<String>,
     pub state: AgentState,
+    /// Facts, cleaned to short printable lines.
     pub os: String,
     pub arch: String,
     pub agent_version: String,

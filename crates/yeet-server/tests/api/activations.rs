@@ -35,16 +35,13 @@ async fn removed_host_key_stops_working_at_once_and_renames_follow() {
         .call("DELETE", &paths::host("web"), b"", Sign::By(&api.admin))
         .await;
     assert_eq!(s, StatusCode::OK);
-    let (s, v) = api
-        .call("POST", paths::CHECKIN, checkin, Sign::By(&api.host_a))
-        .await;
-    assert_error(
-        s,
-        &v,
+    api.refused(
+        build("POST", paths::CHECKIN, checkin, Sign::By(&api.host_a), None),
         StatusCode::UNAUTHORIZED,
         "unknown_key",
         "removed host checks in",
-    );
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -55,31 +52,27 @@ async fn activation_reports_build_a_history_and_the_latest_log() {
                                    "started_at": 10, "finished_at": 20, "reboot_required": result == "confirmed",
                                    "log_gzip_base64": gzip_base64(log)})).unwrap()
     };
-    let (s, v) = api
-        .call(
+    api.refused(
+        build(
             "GET",
             &paths::host_log("host-a"),
             b"",
             Sign::By(&api.viewer),
-        )
-        .await;
-    assert_error(
-        s,
-        &v,
+            None,
+        ),
         StatusCode::NOT_FOUND,
         "no_activation",
         "log before any activation",
-    );
+    )
+    .await;
     for (result, log) in [("rolled-back", "first log"), ("confirmed", "second log")] {
-        let (s, v) = api
-            .call(
-                "POST",
-                paths::REPORT,
-                &report(result, log),
-                Sign::By(&api.host_a),
-            )
-            .await;
-        assert_eq!(s, StatusCode::OK, "{v}");
+        api.ok(
+            "POST",
+            paths::REPORT,
+            &report(result, log),
+            Sign::By(&api.host_a),
+        )
+        .await;
     }
     let (_, history) = api
         .call(
@@ -122,54 +115,48 @@ async fn activation_reports_build_a_history_and_the_latest_log() {
 
     let mut bad = serde_json::from_slice::<Value>(&report("failed", "x")).unwrap();
     bad["log_gzip_base64"] = json!("%%%");
-    let (s, v) = api
-        .call(
+    api.refused(
+        build(
             "POST",
             paths::REPORT,
             &serde_json::to_vec(&bad).unwrap(),
             Sign::By(&api.host_a),
-        )
-        .await;
-    assert_error(
-        s,
-        &v,
+            None,
+        ),
         StatusCode::UNPROCESSABLE_ENTITY,
         "invalid_log",
         "bad base64",
-    );
+    )
+    .await;
     bad["log_gzip_base64"] = json!(gzip_base64(&"a".repeat(2 << 20)));
-    let (s, v) = api
-        .call(
+    api.refused(
+        build(
             "POST",
             paths::REPORT,
             &serde_json::to_vec(&bad).unwrap(),
             Sign::By(&api.host_a),
-        )
-        .await;
-    assert_error(
-        s,
-        &v,
+            None,
+        ),
         StatusCode::UNPROCESSABLE_ENTITY,
         "log_too_large",
         "gzip bomb",
-    );
+    )
+    .await;
     bad["log_gzip_base64"] = json!("");
     bad["result"] = json!("exploded");
-    let (s, v) = api
-        .call(
+    api.refused(
+        build(
             "POST",
             paths::REPORT,
             &serde_json::to_vec(&bad).unwrap(),
             Sign::By(&api.host_a),
-        )
-        .await;
-    assert_error(
-        s,
-        &v,
+            None,
+        ),
         StatusCode::BAD_REQUEST,
         "invalid_json",
         "unknown result",
-    );
+    )
+    .await;
     let (_, history) = api
         .call(
             "GET",

@@ -314,16 +314,19 @@ async fn publishers_cannot_make_the_server_fetch_other_urls() {
     ] {
         let body =
             serde_json::to_vec(&json!({"hosts": {"host-a": PATH_A}, "cache": cache})).unwrap();
-        let (s, v) = api
-            .call("POST", paths::RELEASES, &body, Sign::By(&api.publisher))
-            .await;
-        assert_error(
-            s,
-            &v,
+        api.refused(
+            build(
+                "POST",
+                paths::RELEASES,
+                &body,
+                Sign::By(&api.publisher),
+                None,
+            ),
             StatusCode::UNPROCESSABLE_ENTITY,
             "cache_not_allowed",
             &cache,
-        );
+        )
+        .await;
     }
     assert!(
         internal.accept().is_err(),

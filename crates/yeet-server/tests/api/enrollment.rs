@@ -15,60 +15,54 @@ async fn registration_endpoint_refusals() {
     let api = Api::new(ServiceConfig::default()).await;
     let fresh = identity();
     let body = Api::register_body(&fresh, "new");
-    let (s, v) = api.call("POST", paths::REGISTER, &body, Sign::None).await;
-    assert_error(
-        s,
-        &v,
+    api.refused(
+        build("POST", paths::REGISTER, &body, Sign::None, None),
         StatusCode::UNAUTHORIZED,
         "unsigned",
         "register unsigned",
-    );
-    let (s, v) = api
-        .call("POST", paths::REGISTER, &body, Sign::Corrupted(&fresh))
-        .await;
-    assert_error(
-        s,
-        &v,
+    )
+    .await;
+    api.refused(
+        build(
+            "POST",
+            paths::REGISTER,
+            &body,
+            Sign::Corrupted(&fresh),
+            None,
+        ),
         StatusCode::UNAUTHORIZED,
         "bad_signature",
         "register corrupted",
-    );
-    let (s, v) = api
-        .call("POST", paths::REGISTER, &body, Sign::Stale(&fresh))
-        .await;
-    assert_error(
-        s,
-        &v,
+    )
+    .await;
+    api.refused(
+        build("POST", paths::REGISTER, &body, Sign::Stale(&fresh), None),
         StatusCode::UNAUTHORIZED,
         "stale_timestamp",
         "register stale",
-    );
+    )
+    .await;
     // Signed by one key, registering another: no proof of possession.
-    let (s, v) = api
-        .call("POST", paths::REGISTER, &body, Sign::By(&identity()))
-        .await;
-    assert_error(
-        s,
-        &v,
+    api.refused(
+        build("POST", paths::REGISTER, &body, Sign::By(&identity()), None),
         StatusCode::UNAUTHORIZED,
         "bad_signature",
         "register someone else's key",
-    );
-    let (s, v) = api
-        .call(
+    )
+    .await;
+    api.refused(
+        build(
             "POST",
             paths::REGISTER,
             &Api::register_body(&api.admin, "x"),
             Sign::By(&api.admin),
-        )
-        .await;
-    assert_error(
-        s,
-        &v,
+            None,
+        ),
         StatusCode::CONFLICT,
         "operator_key",
         "register an operator key",
-    );
+    )
+    .await;
     assert!(
         api.service
             .store()
@@ -123,15 +117,19 @@ async fn enrollment_codes_expire_and_rejected_keys_stay_out() {
     st.upsert_registration(&row).await.unwrap();
     let approve = |code: &str| serde_json::to_vec(&json!({"code": code, "name": "late"})).unwrap();
     let before = api.snapshot().await;
-    let (s, v) = api
-        .call(
+    api.refused(
+        build(
             "POST",
             paths::APPROVE,
             &approve(&code),
             Sign::By(&api.admin),
-        )
-        .await;
-    assert_error(s, &v, StatusCode::GONE, "code_expired", "expired code");
+            None,
+        ),
+        StatusCode::GONE,
+        "code_expired",
+        "expired code",
+    )
+    .await;
     assert_eq!(api.snapshot().await, before);
     let fresh = api.register(&h).await;
     assert_ne!(fresh, code);
@@ -156,21 +154,19 @@ async fn enrollment_codes_expire_and_rejected_keys_stay_out() {
         .call("POST", paths::REJECT, &reject, Sign::By(&api.admin))
         .await;
     assert_eq!(s, StatusCode::OK);
-    let (s, v) = api
-        .call(
+    api.refused(
+        build(
             "POST",
             paths::REGISTER,
             &Api::register_body(&bad, "again"),
             Sign::By(&bad),
-        )
-        .await;
-    assert_error(
-        s,
-        &v,
+            None,
+        ),
         StatusCode::FORBIDDEN,
         "forbidden",
         "rejected key re-registers",
-    );
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -259,10 +255,8 @@ async fn registration_floods_cannot_evict_or_starve_a_waiting_host() {
     }
     // The admin approves the code the host showed before the flood.
     let body = serde_json::to_vec(&json!({"code": code, "name": "real"})).unwrap();
-    let (s, v) = api
-        .call("POST", paths::APPROVE, &body, Sign::By(&api.admin))
+    api.ok("POST", paths::APPROVE, &body, Sign::By(&api.admin))
         .await;
-    assert_eq!(s, StatusCode::OK, "{v}");
 }
 
 #[tokio::test]
@@ -304,17 +298,13 @@ async fn throwaway_keys_cannot_fill_the_replay_cache() {
         refused += usize::from(s == StatusCode::TOO_MANY_REQUESTS);
     }
     assert_eq!(refused, 10);
-    let (s, v) = api
-        .call("GET", paths::WHOAMI, b"", Sign::By(&api.admin))
+    api.ok("GET", paths::WHOAMI, b"", Sign::By(&api.admin))
         .await;
-    assert_eq!(s, StatusCode::OK, "{v}");
-    let (s, v) = api
-        .call(
-            "POST",
-            paths::CHECKIN,
-            br#"{"state":"standby","facts":{"os":"linux","arch":"x86_64","agent_version":"t"}}"#,
-            Sign::By(&api.host_a),
-        )
-        .await;
-    assert_eq!(s, StatusCode::OK, "{v}");
+    api.ok(
+        "POST",
+        paths::CHECKIN,
+        br#"{"state":"standby","facts":{"os":"linux","arch":"x86_64","agent_version":"t"}}"#,
+        Sign::By(&api.host_a),
+    )
+    .await;
 }

@@ -195,6 +195,19 @@ impl Api {
         self.send(build(method, path, body, sign, None)).await
     }
 
+    /// A request that must succeed; its JSON answer.
+    pub async fn ok(&self, method: &str, path: &str, body: &[u8], sign: Sign<'_>) -> Value {
+        let (s, v) = self.call(method, path, body, sign).await;
+        assert_eq!(s, StatusCode::OK, "{method} {path}: {v}");
+        v
+    }
+
+    /// A request that must be refused with `status` and `code`; `case` names it on failure.
+    pub async fn refused(&self, req: Request<Body>, status: StatusCode, code: &str, case: &str) {
+        let (s, v) = self.send(req).await;
+        assert_error(s, &v, status, code, case);
+    }
+
     /// An upload to the embedded cache.
     pub async fn put(&self, path: &str, body: &[u8], sign: Sign<'_>) -> (StatusCode, Value) {
         self.send(build("PUT", path, body, sign, None)).await
@@ -206,25 +219,22 @@ impl Api {
 
     /// Registers `id` and returns its code.
     pub async fn register(&self, id: &Identity) -> String {
-        let (s, v) = self
-            .call(
+        let v = self
+            .ok(
                 "POST",
                 paths::REGISTER,
                 &Self::register_body(id, "h"),
                 Sign::By(id),
             )
             .await;
-        assert_eq!(s, StatusCode::OK, "{v}");
         v["code"].as_str().unwrap().to_owned()
     }
 
     pub async fn enroll(&self, id: &Identity, name: &str) {
         let code = self.register(id).await;
         let body = serde_json::to_vec(&json!({"code": code, "name": name})).unwrap();
-        let (s, v) = self
-            .call("POST", paths::APPROVE, &body, Sign::By(&self.admin))
+        self.ok("POST", paths::APPROVE, &body, Sign::By(&self.admin))
             .await;
-        assert_eq!(s, StatusCode::OK, "{v}");
     }
 
     /// Everything the API can change, as one comparable value.

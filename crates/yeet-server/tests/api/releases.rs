@@ -45,15 +45,13 @@ async fn rollback_points_hosts_at_their_previous_systems() {
         json!({"host-a": p(2), "host-b": p(2)}),
         json!({"host-a": p(3)}),
     ] {
-        let (s, v) = api
-            .call(
-                "POST",
-                paths::RELEASES,
-                &publish(hosts),
-                Sign::By(&api.publisher),
-            )
-            .await;
-        assert_eq!(s, StatusCode::OK, "{v}");
+        api.ok(
+            "POST",
+            paths::RELEASES,
+            &publish(hosts),
+            Sign::By(&api.publisher),
+        )
+        .await;
     }
     // By host: host-a goes from 3 back to 2.
     let (s, v) = api
@@ -71,15 +69,14 @@ async fn rollback_points_hosts_at_their_previous_systems() {
     );
     assert_eq!(v["message"], "rollback of host-a");
     // By release: every host of release 2 back to what it had before release 2.
-    let (s, v) = api
-        .call(
+    let v = api
+        .ok(
             "POST",
             paths::ROLLBACK,
             &rollback(json!({"release": 2})),
             Sign::By(&api.publisher),
         )
         .await;
-    assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["hosts"], json!({"host-a": p(1), "host-b": p(1)}));
     let (_, shown) = api
         .call(
@@ -96,59 +93,56 @@ async fn rollback_points_hosts_at_their_previous_systems() {
         .await;
     assert_eq!(host["desired_system"], p(1).as_str());
     // Nothing earlier to go back to, unknown releases, and both forms at once are refused.
-    let (s, v) = api
-        .call(
+    api.refused(
+        build(
             "POST",
             paths::ROLLBACK,
             &rollback(json!({"release": 1})),
             Sign::By(&api.publisher),
-        )
-        .await;
-    assert_error(
-        s,
-        &v,
+            None,
+        ),
         StatusCode::UNPROCESSABLE_ENTITY,
         "nothing_to_roll_back",
         "first release",
-    );
-    let (s, v) = api
-        .call(
+    )
+    .await;
+    api.refused(
+        build(
             "POST",
             paths::ROLLBACK,
             &rollback(json!({"release": 99})),
             Sign::By(&api.publisher),
-        )
-        .await;
-    assert_error(
-        s,
-        &v,
+            None,
+        ),
         StatusCode::NOT_FOUND,
         "unknown_release",
         "unknown release",
-    );
-    let (s, v) = api
-        .call(
+    )
+    .await;
+    api.refused(
+        build(
             "POST",
             paths::ROLLBACK,
             &rollback(json!({"release": 2, "hosts": ["host-a"]})),
             Sign::By(&api.publisher),
-        )
-        .await;
-    assert_error(
-        s,
-        &v,
+            None,
+        ),
         StatusCode::UNPROCESSABLE_ENTITY,
         "invalid_rollback",
         "both forms",
-    );
-    let (s, v) = api
-        .call("GET", &paths::release("99"), b"", Sign::By(&api.viewer))
-        .await;
-    assert_error(
-        s,
-        &v,
+    )
+    .await;
+    api.refused(
+        build(
+            "GET",
+            &paths::release("99"),
+            b"",
+            Sign::By(&api.viewer),
+            None,
+        ),
         StatusCode::NOT_FOUND,
         "unknown_release",
         "show unknown",
-    );
+    )
+    .await;
 }
