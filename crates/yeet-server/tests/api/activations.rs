@@ -113,50 +113,24 @@ async fn activation_reports_build_a_history_and_the_latest_log() {
         .await;
     assert_eq!(other, json!([]));
 
-    let mut bad = serde_json::from_slice::<Value>(&report("failed", "x")).unwrap();
-    bad["log_gzip_base64"] = json!("%%%");
-    api.refused(
-        build(
-            "POST",
-            paths::REPORT,
-            &serde_json::to_vec(&bad).unwrap(),
-            Sign::By(&api.host_a),
-            None,
-        ),
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "invalid_log",
-        "bad base64",
-    )
-    .await;
-    bad["log_gzip_base64"] = json!(gzip_base64(&"a".repeat(2 << 20)));
-    api.refused(
-        build(
-            "POST",
-            paths::REPORT,
-            &serde_json::to_vec(&bad).unwrap(),
-            Sign::By(&api.host_a),
-            None,
-        ),
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "log_too_large",
-        "gzip bomb",
-    )
-    .await;
-    bad["log_gzip_base64"] = json!("");
-    bad["result"] = json!("exploded");
-    api.refused(
-        build(
-            "POST",
-            paths::REPORT,
-            &serde_json::to_vec(&bad).unwrap(),
-            Sign::By(&api.host_a),
-            None,
-        ),
-        StatusCode::BAD_REQUEST,
-        "invalid_json",
-        "unknown result",
-    )
-    .await;
+    // Broken reports: each refused, none recorded.
+    let bomb = gzip_base64(&"a".repeat(2 << 20));
+    let unprocessable = StatusCode::UNPROCESSABLE_ENTITY;
+    #[rustfmt::skip]
+    let broken = [
+        (json!({"log_gzip_base64": "%%%"}), unprocessable, "invalid_log", "bad base64"),
+        (json!({"log_gzip_base64": bomb}), unprocessable, "log_too_large", "gzip bomb"),
+        (json!({"log_gzip_base64": "", "result": "exploded"}), StatusCode::BAD_REQUEST, "invalid_json", "unknown result"),
+    ];
+    for (changes, status, code, case) in broken {
+        let mut bad = serde_json::from_slice::<Value>(&report("failed", "x")).unwrap();
+        for (key, value) in changes.as_object().unwrap() {
+            bad[key] = value.clone();
+        }
+        let body = serde_json::to_vec(&bad).unwrap();
+        let req = build("POST", paths::REPORT, &body, Sign::By(&api.host_a), None);
+        api.refused(req, status, code, case).await;
+    }
     let (_, history) = api
         .call(
             "GET",

@@ -93,45 +93,22 @@ async fn rollback_points_hosts_at_their_previous_systems() {
         .await;
     assert_eq!(host["desired_system"], p(1).as_str());
     // Nothing earlier to go back to, unknown releases, and both forms at once are refused.
-    api.refused(
-        build(
+    #[rustfmt::skip]
+    let refusals = [
+        (json!({"release": 1}), StatusCode::UNPROCESSABLE_ENTITY, "nothing_to_roll_back", "first release"),
+        (json!({"release": 99}), StatusCode::NOT_FOUND, "unknown_release", "unknown release"),
+        (json!({"release": 2, "hosts": ["host-a"]}), StatusCode::UNPROCESSABLE_ENTITY, "invalid_rollback", "both forms"),
+    ];
+    for (request, status, code, case) in refusals {
+        let req = build(
             "POST",
             paths::ROLLBACK,
-            &rollback(json!({"release": 1})),
+            &rollback(request),
             Sign::By(&api.publisher),
             None,
-        ),
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "nothing_to_roll_back",
-        "first release",
-    )
-    .await;
-    api.refused(
-        build(
-            "POST",
-            paths::ROLLBACK,
-            &rollback(json!({"release": 99})),
-            Sign::By(&api.publisher),
-            None,
-        ),
-        StatusCode::NOT_FOUND,
-        "unknown_release",
-        "unknown release",
-    )
-    .await;
-    api.refused(
-        build(
-            "POST",
-            paths::ROLLBACK,
-            &rollback(json!({"release": 2, "hosts": ["host-a"]})),
-            Sign::By(&api.publisher),
-            None,
-        ),
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "invalid_rollback",
-        "both forms",
-    )
-    .await;
+        );
+        api.refused(req, status, code, case).await;
+    }
     api.refused(
         build(
             "GET",
