@@ -196,9 +196,8 @@ impl Client {
         self.send("POST", path, Some(bytes))
     }
 
-    /// Signs and sends raw bytes; the building block for the typed calls above and for tests
-    /// that must send malformed bodies.
-    pub fn send_raw(
+    /// Signs and sends raw bytes; the building block of the typed calls in `api.rs`.
+    fn send_raw(
         &self,
         method: &str,
         path_and_query: &str,

@@ -123,3 +123,26 @@ async fn authenticated(app: &AppState, req: Request) -> Result<Request, ApiError
     req.extensions_mut().insert(principal);
     Ok(req)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::extract::FromRequestParts;
+
+    /// A handler reached outside the signature layer has no principal: it answers with
+    /// yeet's JSON `internal` error, never with the handler's work or axum's plain text.
+    #[tokio::test]
+    async fn a_handler_outside_the_signature_layer_is_refused() {
+        let (mut parts, ()) = axum::http::Request::builder()
+            .uri("/v1/hosts")
+            .body(())
+            .map(|r| r.into_parts())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let refused = Principal::from_request_parts(&mut parts, &()).await;
+        let Err(e) = refused else {
+            panic!("a principal appeared from nowhere");
+        };
+        assert_eq!(e.code, yeet_proto::ErrorCode::Internal);
+        assert_eq!(e.status(), axum::http::StatusCode::INTERNAL_SERVER_ERROR);
+    }
+}
