@@ -27,8 +27,8 @@ async fn removed_host_key_stops_working_at_once_and_renames_follow() {
         )
         .await;
     assert_eq!(s, StatusCode::OK);
-    let (_, v) = api
-        .call("POST", paths::CHECKIN, checkin, Sign::By(&api.host_a))
+    let v = api
+        .ok("POST", paths::CHECKIN, checkin, Sign::By(&api.host_a))
         .await;
     assert_eq!(v["host"].as_str(), Some("web"), "{v}");
     let (s, _) = api
@@ -74,8 +74,8 @@ async fn activation_reports_build_a_history_and_the_latest_log() {
         )
         .await;
     }
-    let (_, history) = api
-        .call(
+    let history = api
+        .ok(
             "GET",
             &paths::host_activations("host-a"),
             b"",
@@ -90,8 +90,8 @@ async fn activation_reports_build_a_history_and_the_latest_log() {
         .collect();
     assert_eq!(results, ["confirmed", "rolled-back"]);
     assert_eq!(history[0]["reboot_required"], true);
-    let (_, log) = api
-        .call(
+    let log = api
+        .ok(
             "GET",
             &paths::host_log("host-a"),
             b"",
@@ -103,8 +103,8 @@ async fn activation_reports_build_a_history_and_the_latest_log() {
         (Some("second log"), Some("r-confirmed"))
     );
     // host-b has its own (empty) history.
-    let (_, other) = api
-        .call(
+    let other = api
+        .ok(
             "GET",
             &paths::host_activations("host-b"),
             b"",
@@ -131,8 +131,8 @@ async fn activation_reports_build_a_history_and_the_latest_log() {
         let req = build("POST", paths::REPORT, &body, Sign::By(&api.host_a), None);
         api.refused(req, status, code, case).await;
     }
-    let (_, history) = api
-        .call(
+    let history = api
+        .ok(
             "GET",
             &paths::host_activations("host-a"),
             b"",
@@ -235,7 +235,7 @@ async fn long_poll_answers_when_a_release_lands() {
     );
     eprintln!("long-poll answered {waited:?} after it started (release published at ~300 ms)");
     // A host whose current system is the desired one is held again.
-    let (_, v) = api.call("POST", paths::CHECKIN, &serde_json::to_vec(&json!({"current_system": PATH_A, "facts": {"os":"","arch":"","agent_version":""}, "wait_secs": 1})).unwrap(), Sign::By(&api.host_a)).await;
+    let v = api.ok("POST", paths::CHECKIN, &serde_json::to_vec(&json!({"current_system": PATH_A, "facts": {"os":"","arch":"","agent_version":""}, "wait_secs": 1})).unwrap(), Sign::By(&api.host_a)).await;
     assert_eq!(v["action"]["type"], "none");
     // Shutting down releases held check-ins at once.
     let held = held_checkin(&api, |a| &a.host_a, Some(PATH_A));
@@ -265,8 +265,8 @@ async fn a_system_that_failed_on_a_host_is_not_offered_again() {
         )
         .await;
     assert_eq!(s, StatusCode::OK);
-    let (_, v) = api
-        .call("POST", paths::CHECKIN, checkin, Sign::By(&api.host_a))
+    let v = api
+        .ok("POST", paths::CHECKIN, checkin, Sign::By(&api.host_a))
         .await;
     assert_eq!(v["action"]["type"], "switch");
     let report = json!({"store_path": PATH_A, "release_id": 1, "result": "rolled-back", "reason": "switch failed", "started_at": 1, "finished_at": 2});
@@ -279,15 +279,15 @@ async fn a_system_that_failed_on_a_host_is_not_offered_again() {
         )
         .await;
     assert_eq!(s, StatusCode::OK);
-    let (_, v) = api
-        .call("POST", paths::CHECKIN, checkin, Sign::By(&api.host_a))
+    let v = api
+        .ok("POST", paths::CHECKIN, checkin, Sign::By(&api.host_a))
         .await;
     assert_eq!(
         v["action"]["type"], "none",
         "a failed system was offered again: {v}"
     );
-    let (_, host) = api
-        .call("GET", &paths::host("host-a"), b"", Sign::By(&api.viewer))
+    let host = api
+        .ok("GET", &paths::host("host-a"), b"", Sign::By(&api.viewer))
         .await;
     assert_eq!(
         (host["state"].as_str(), host["last_result"].as_str()),
@@ -303,12 +303,12 @@ async fn a_system_that_failed_on_a_host_is_not_offered_again() {
         Sign::By(&api.publisher),
     )
     .await;
-    let (_, v) = api
-        .call("POST", paths::CHECKIN, checkin, Sign::By(&api.host_a))
+    let v = api
+        .ok("POST", paths::CHECKIN, checkin, Sign::By(&api.host_a))
         .await;
     assert_eq!(v["action"]["store_path"], fixed);
-    let (_, host) = api
-        .call("GET", &paths::host("host-a"), b"", Sign::By(&api.viewer))
+    let host = api
+        .ok("GET", &paths::host("host-a"), b"", Sign::By(&api.viewer))
         .await;
     assert_eq!(host["state"], "standby", "{host}");
 }

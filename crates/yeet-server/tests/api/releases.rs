@@ -78,8 +78,8 @@ async fn rollback_points_hosts_at_their_previous_systems() {
         )
         .await;
     assert_eq!(v["hosts"], json!({"host-a": p(1), "host-b": p(1)}));
-    let (_, shown) = api
-        .call(
+    let shown = api
+        .ok(
             "GET",
             &paths::release(&v["id"].to_string()),
             b"",
@@ -88,8 +88,8 @@ async fn rollback_points_hosts_at_their_previous_systems() {
         .await;
     assert_eq!(shown["hosts"], v["hosts"]);
     // The desired state follows.
-    let (_, host) = api
-        .call("GET", &paths::host("host-b"), b"", Sign::By(&api.viewer))
+    let host = api
+        .ok("GET", &paths::host("host-b"), b"", Sign::By(&api.viewer))
         .await;
     assert_eq!(host["desired_system"], p(1).as_str());
     // Nothing earlier to go back to, unknown releases, and both forms at once are refused.
