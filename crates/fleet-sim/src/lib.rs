@@ -228,6 +228,20 @@ impl Server {
         c
     }
 
+    /// A typed API client with the admin key: what the harness polls with (the `yeet` CLI
+    /// is what tests that check the CLI run).
+    pub fn client(&self) -> yeet_client::Client {
+        let identity = yeet_client::load_identity(&self.admin_key)
+            .unwrap_or_else(|e| panic!("the admin key: {e}"));
+        yeet_client::Client::new(
+            &self.url,
+            identity,
+            self.ca_cert.as_deref(),
+            Duration::from_secs(60),
+        )
+        .unwrap_or_else(|e| panic!("a client for {}: {e}", self.url))
+    }
+
     /// Runs `yeet ARGS`, asserting success; returns stdout.
     pub fn yeet(&self, args: &[&str]) -> String {
         let out = run(self.yeet_cmd().args(args));

@@ -950,10 +950,10 @@ impl Fleet {
 
     /// `yeet status --json`, as a map from host name to its JSON.
     pub fn status(&self) -> std::collections::BTreeMap<String, serde_json::Value> {
-        let hosts: Vec<serde_json::Value> = self.server.yeet_json(&["status"]);
+        let hosts = self.server.client().hosts().unwrap_or_else(|e| panic!("{e}"));
         hosts
             .into_iter()
-            .map(|h| (h["name"].as_str().unwrap_or_default().to_owned(), h))
+            .map(|h| (h.name.clone(), serde_json::json!(h)))
             .collect()
     }
 
@@ -978,7 +978,13 @@ impl Fleet {
 
     /// The host's activation history (newest first).
     pub fn history(&self, host: &str) -> Vec<serde_json::Value> {
-        self.server.yeet_json(&["history", host])
+        let limit = yeet_proto::api::Limit { limit: Some(20) };
+        let history = self.server.client().activations(host, limit);
+        history
+            .unwrap_or_else(|e| panic!("{e}"))
+            .into_iter()
+            .map(|a| serde_json::json!(a))
+            .collect()
     }
 
     /// Waits until the host has reported `n` activations; returns the newest.
