@@ -950,7 +950,11 @@ impl Fleet {
 
     /// `yeet status --json`, as a map from host name to its JSON.
     pub fn status(&self) -> std::collections::BTreeMap<String, serde_json::Value> {
-        let hosts = self.server.client().hosts().unwrap_or_else(|e| panic!("{e}"));
+        let hosts = self
+            .server
+            .client()
+            .hosts()
+            .unwrap_or_else(|e| panic!("{e}"));
         hosts
             .into_iter()
             .map(|h| (h.name.clone(), serde_json::json!(h)))

@@ -45,28 +45,30 @@ pub(super) const HOST_COLUMNS: &str = "id, name, key_id, public_key, approved_at
 
 impl Store {
     pub async fn host_by_key(&self, key_id: &str) -> Result<Option<HostRow>, StoreError> {
-        Ok(sqlx::query_as::<_, HostRow>(AssertSqlSafe(format!(
-            "SELECT {HOST_COLUMNS} FROM hosts WHERE key_id = $1"
-        )))
-        .bind(key_id)
-        .fetch_optional(&self.pool)
-        .await?)
+        self.host_where("key_id", key_id.to_owned()).await
     }
 
     pub async fn host_by_name(&self, name: &str) -> Result<Option<HostRow>, StoreError> {
-        Ok(sqlx::query_as::<_, HostRow>(AssertSqlSafe(format!(
-            "SELECT {HOST_COLUMNS} FROM hosts WHERE name = $1"
-        )))
-        .bind(name)
-        .fetch_optional(&self.pool)
-        .await?)
+        self.host_where("name", name.to_owned()).await
     }
 
     pub async fn host_by_id(&self, id: i64) -> Result<Option<HostRow>, StoreError> {
+        self.host_where("id", id).await
+    }
+
+    /// The host whose unique `column` (a name from this file, never input) equals `value`.
+    async fn host_where<V>(
+        &self,
+        column: &'static str,
+        value: V,
+    ) -> Result<Option<HostRow>, StoreError>
+    where
+        V: for<'q> sqlx::Encode<'q, sqlx::Any> + sqlx::Type<sqlx::Any> + Send + 'static,
+    {
         Ok(sqlx::query_as::<_, HostRow>(AssertSqlSafe(format!(
-            "SELECT {HOST_COLUMNS} FROM hosts WHERE id = $1"
+            "SELECT {HOST_COLUMNS} FROM hosts WHERE {column} = $1"
         )))
-        .bind(id)
+        .bind(value)
         .fetch_optional(&self.pool)
         .await?)
     }
