@@ -111,6 +111,26 @@ fn enroll_approve_publish_status(database: Option<String>) {
         detail.contains(&system) && detail.contains(hosts[0]["key_id"].as_str().unwrap()),
         "{detail}"
     );
+    // Names that carry URL syntax reach no other host and no other endpoint: `web-1?` is
+    // not web-1, and `../releases/1` is not a release.
+    for escaped in [
+        "web-1?",
+        "web-1#x",
+        "web-1%3F",
+        "../releases/1",
+        "web-1/rename",
+    ] {
+        for args in [vec!["status", escaped], vec!["host", "rm", escaped]] {
+            let out = run(server.yeet_cmd().args(&args));
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                !out.status.success() && stderr.contains("unknown_host"),
+                "yeet {args:?}: {stderr}"
+            );
+        }
+    }
+    let still: Vec<Value> = server.yeet_json(&["status"]);
+    assert_eq!(still.len(), 1, "an escaped name removed a host: {still:?}");
     let releases: Vec<Value> = server.yeet_json(&["releases"]);
     assert_eq!(
         (

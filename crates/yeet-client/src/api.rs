@@ -1,5 +1,6 @@
 //! One typed method per endpoint of the yeet API: callers never pair a path with a response
-//! type by hand, and every query string is built by `yeet_proto::api::paths`.
+//! type by hand, every query string is built by `yeet_proto::api::paths`, and every name
+//! put in a path is encoded as one segment (`paths::segment`).
 
 use yeet_proto::api::{
     Activation, ActivationLog, ActivationReport, ApproveRequest, CacheGcReport, CacheGcRequest,
@@ -60,18 +61,19 @@ impl Client {
     }
 
     pub fn host(&self, name: &str) -> Result<HostInfo> {
-        self.get(&paths::host(name))
+        self.get(&paths::host(&paths::segment(name)))
     }
 
     pub fn rename_host(&self, name: &str, new_name: &str) -> Result<HostInfo> {
         let req = RenameRequest {
             new_name: new_name.to_owned(),
         };
-        self.post(&paths::host_rename(name), &req)
+        self.post(&paths::host_rename(&paths::segment(name)), &req)
     }
 
     pub fn remove_host(&self, name: &str) -> Result<()> {
-        self.delete::<Done>(&paths::host(name)).map(drop)
+        self.delete::<Done>(&paths::host(&paths::segment(name)))
+            .map(drop)
     }
 
     pub fn activations(&self, host: &str, limit: Limit) -> Result<Vec<Activation>> {
@@ -79,7 +81,7 @@ impl Client {
     }
 
     pub fn latest_log(&self, host: &str) -> Result<ActivationLog> {
-        self.get(&paths::host_log(host))
+        self.get(&paths::host_log(&paths::segment(host)))
     }
 
     pub fn releases(&self, filter: &ReleaseFilter) -> Result<Vec<Release>> {

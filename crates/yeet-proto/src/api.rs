@@ -44,6 +44,22 @@ pub mod paths {
         format!("{HOSTS}/{name}/log")
     }
 
+    /// A value as one path segment or query value: everything but RFC 3986's unreserved
+    /// characters is percent-encoded, so a name carrying `?`, `#`, `/` or `%` names itself
+    /// and no other resource. Path builders above take segments encoded by this (the server
+    /// passes route templates such as `{name}` instead).
+    pub fn segment(value: &str) -> String {
+        let mut out = String::with_capacity(value.len());
+        for b in value.bytes() {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                out.push(char::from(b));
+            } else {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        }
+        out
+    }
+
     /// `path?key=value&...` for the fields that are set; values are percent-encoded.
     pub fn with_query(path: &str, pairs: &[(&str, Option<String>)]) -> String {
         let mut out = path.to_owned();
@@ -51,13 +67,7 @@ pub mod paths {
             out.push(if out.contains('?') { '&' } else { '?' });
             out.push_str(key);
             out.push('=');
-            for b in value.bytes() {
-                if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                    out.push(char::from(b));
-                } else {
-                    out.push_str(&format!("%{b:02X}"));
-                }
-            }
+            out.push_str(&segment(value));
         }
         out
     }
@@ -73,10 +83,10 @@ pub mod paths {
         )
     }
 
-    /// `GET /v1/hosts/{name}/activations` with its limit.
+    /// `GET /v1/hosts/{name}/activations` with its limit (`name` is encoded here).
     pub fn activations(name: &str, limit: &super::Limit) -> String {
         with_query(
-            &host_activations(name),
+            &host_activations(&segment(name)),
             &[("limit", limit.limit.map(|l| l.to_string()))],
         )
     }
@@ -475,6 +485,10 @@ mod tests {
         assert_eq!(
             paths::activations("web-1", &Limit { limit: Some(3) }),
             "/v1/hosts/web-1/activations?limit=3"
+        );
+        assert_eq!(
+            paths::host(&paths::segment("../web-1?x#y%")),
+            "/v1/hosts/..%2Fweb-1%3Fx%23y%25"
         );
     }
 
