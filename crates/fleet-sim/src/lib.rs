@@ -149,6 +149,12 @@ pub struct ServerOptions {
     pub ca_cert: Option<PathBuf>,
 }
 
+fn admin_client(url: &str, key: &Path, ca_cert: Option<&Path>) -> yeet_client::Client {
+    let identity = yeet_client::load_identity(key).unwrap_or_else(|e| panic!("the admin key: {e}"));
+    yeet_client::Client::new(url, identity, ca_cert, Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("a client for {url}: {e}"))
+}
+
 /// A running `yeet-server` with one admin, whose key the `yeet` helper uses.
 pub struct Server {
     pub proc: Proc,
@@ -157,6 +163,8 @@ pub struct Server {
     pub dir: tempfile::TempDir,
     pub admin_key: PathBuf,
     pub ca_cert: Option<PathBuf>,
+    /// The typed API client with the admin key, made once.
+    client: yeet_client::Client,
 }
 
 impl Server {
@@ -205,6 +213,7 @@ impl Server {
                 l.strip_prefix("yeet-server listening on ")
                     .map(str::to_owned)
             });
+        let client = admin_client(&url, &admin_key, opts.ca_cert.as_deref());
         Server {
             proc,
             database: opts.database,
@@ -212,6 +221,7 @@ impl Server {
             dir,
             admin_key,
             ca_cert: opts.ca_cert,
+            client,
         }
     }
 
@@ -228,18 +238,10 @@ impl Server {
         c
     }
 
-    /// A typed API client with the admin key: what the harness polls with (the `yeet` CLI
+    /// The typed API client with the admin key: what the harness polls with (the `yeet` CLI
     /// is what tests that check the CLI run).
-    pub fn client(&self) -> yeet_client::Client {
-        let identity = yeet_client::load_identity(&self.admin_key)
-            .unwrap_or_else(|e| panic!("the admin key: {e}"));
-        yeet_client::Client::new(
-            &self.url,
-            identity,
-            self.ca_cert.as_deref(),
-            Duration::from_secs(60),
-        )
-        .unwrap_or_else(|e| panic!("a client for {}: {e}", self.url))
+    pub fn client(&self) -> &yeet_client::Client {
+        &self.client
     }
 
     /// Runs `yeet ARGS`, asserting success; returns stdout.

@@ -113,8 +113,8 @@ pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
-/// `code` stays text on the wire so that a client can show a newer server's codes;
-/// `error_code` reads it as an `ErrorCode`.
+/// `code` stays text on the wire so that a client can show a newer server's codes
+/// (`yeet_client::ClientError::api_code` reads it as an `ErrorCode`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ErrorDetail {
     pub code: String,
@@ -129,13 +129,6 @@ impl ErrorBody {
                 message: message.into(),
             },
         }
-    }
-}
-
-impl ErrorDetail {
-    /// The code, if this client knows it.
-    pub fn error_code(&self) -> Option<ErrorCode> {
-        self.code.parse().ok()
     }
 }
 

@@ -23,7 +23,8 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Principal {
         parts: &mut axum::http::request::Parts,
         _: &S,
     ) -> Result<Self, Self::Rejection> {
-        parts.extensions.get::<Principal>().cloned().ok_or_else(|| {
+        // Taken, not cloned: the signature layer put it there for this handler alone.
+        parts.extensions.remove::<Principal>().ok_or_else(|| {
             ServiceError::System(format!(
                 "{} is served outside the signature layer",
                 parts.uri.path()
