@@ -67,17 +67,11 @@ async fn embedded_cache_uploads_are_signed_atomic_and_checked() {
         (Sign::By(&api.host_a), StatusCode::FORBIDDEN),
         (Sign::Stale(&api.admin), StatusCode::UNAUTHORIZED),
     ] {
-        let (s, v) = api.send(build("PUT", &nar_path, &nar, sign, None)).await;
+        let (s, v) = api.put(&nar_path, &nar, sign).await;
         assert_eq!(s, want, "{v}");
     }
     let (s, v) = api
-        .send(build(
-            "PUT",
-            &nar_path,
-            b"other bytes",
-            Sign::By(&api.publisher),
-            None,
-        ))
+        .put(&nar_path, b"other bytes", Sign::By(&api.publisher))
         .await;
     assert_error(
         s,
@@ -112,13 +106,7 @@ async fn embedded_cache_uploads_are_signed_atomic_and_checked() {
     );
     let narinfo_path = "/cache/q322pzff5rm7kwfwfbhcza6wr2b84wlm.narinfo";
     let (s, v) = api
-        .send(build(
-            "PUT",
-            narinfo_path,
-            narinfo.as_bytes(),
-            Sign::By(&api.publisher),
-            None,
-        ))
+        .put(narinfo_path, narinfo.as_bytes(), Sign::By(&api.publisher))
         .await;
     assert_error(
         s,
@@ -127,24 +115,14 @@ async fn embedded_cache_uploads_are_signed_atomic_and_checked() {
         "missing_nar",
         "narinfo first",
     );
-    let (s, v) = api
-        .send(build(
-            "PUT",
-            &nar_path,
-            &nar,
-            Sign::By(&api.publisher),
-            None,
-        ))
-        .await;
+    let (s, v) = api.put(&nar_path, &nar, Sign::By(&api.publisher)).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     let (s, v) = api
-        .send(build(
-            "PUT",
+        .put(
             "/cache/zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz.narinfo",
             narinfo.as_bytes(),
             Sign::By(&api.publisher),
-            None,
-        ))
+        )
         .await;
     assert_error(
         s,
@@ -154,13 +132,7 @@ async fn embedded_cache_uploads_are_signed_atomic_and_checked() {
         "narinfo under another hash",
     );
     let (s, v) = api
-        .send(build(
-            "PUT",
-            narinfo_path,
-            narinfo.as_bytes(),
-            Sign::By(&api.publisher),
-            None,
-        ))
+        .put(narinfo_path, narinfo.as_bytes(), Sign::By(&api.publisher))
         .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     let resp = api
@@ -178,13 +150,7 @@ async fn embedded_cache_uploads_are_signed_atomic_and_checked() {
     let served = resp.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(served.as_ref(), narinfo.as_bytes());
     let (s, _) = api
-        .send(build(
-            "PUT",
-            "/cache/../state.db",
-            b"x",
-            Sign::By(&api.publisher),
-            None,
-        ))
+        .put("/cache/../state.db", b"x", Sign::By(&api.publisher))
         .await;
     assert!(s.is_client_error());
 }
