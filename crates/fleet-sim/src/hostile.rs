@@ -15,8 +15,7 @@ use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use yeet_proto::ErrorCode;
-use yeet_proto::api::{ErrorBody, paths};
+use yeet_proto::api::paths;
 
 /// What a test can queue and read back.
 #[derive(Default)]
@@ -187,9 +186,10 @@ fn answer(conn: TcpStream, script: &Mutex<Script>) -> std::io::Result<()> {
         }
         other => match operator_view(other) {
             Some(view) => ("200 OK", view),
+            // Refusals carry hostile text too: the CLI prints them as errors.
             None => (
                 "404 Not Found",
-                json!(ErrorBody::new(ErrorCode::NoSuchEndpoint, "no")),
+                json!({"error": {"code": HOSTILE_TEXT, "message": HOSTILE_TEXT}}),
             ),
         },
     };

@@ -333,6 +333,24 @@ fn a_malicious_server_cannot_drive_the_operators_terminal() {
             );
         }
     }
+    // A refusal's code and message reach the operator as an error, cleaned the same way.
+    let refused = run(Command::new(fleet_sim::bin("yeet"))
+        .arg("whoami")
+        .env("YEET_SERVER", &server.url)
+        .env("YEET_KEY", &key)
+        .env("HOME", dir.path())
+        .env_remove("YEET_CONFIG"));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && stderr.contains("evil"),
+        "{stderr}"
+    );
+    for bad in ['\u{1b}', '\u{7}', '\u{202e}'] {
+        assert!(
+            !stderr.contains(bad),
+            "an error printed {bad:?} to the terminal: {stderr:?}"
+        );
+    }
     // --json escapes rather than drops: a script reads exactly what the server sent.
     let hosts: serde_json::Value = serde_json::from_str(&yeet(&["status", "--json"])).unwrap();
     assert_eq!(hosts[0]["facts"]["os"], HOSTILE_TEXT);

@@ -117,6 +117,10 @@ pub fn generate_identity_file(path: &Path, comment: &str) -> Result<Identity, Cl
     Ok(identity)
 }
 
+/// The longest error code and message a client keeps from a server's refusal.
+const MAX_CODE_CHARS: usize = 64;
+const MAX_MESSAGE_CHARS: usize = 2000;
+
 /// A client bound to one server and one identity.
 pub struct Client {
     base: String,
@@ -317,10 +321,13 @@ impl Client {
             });
         }
         match serde_json::from_slice::<ErrorBody>(bytes) {
+            // A refusal is shown to people (the CLI's error line, the agent's log and
+            // status): a hostile server's escape sequences and bidi overrides stop here,
+            // and an endless message is cut.
             Ok(e) => Err(ClientError::Api {
                 status,
-                code: e.error.code,
-                message: e.error.message,
+                code: yeet_proto::text::clean_line(&e.error.code, MAX_CODE_CHARS),
+                message: yeet_proto::text::clean_line(&e.error.message, MAX_MESSAGE_CHARS),
             }),
             Err(_) => Err(ClientError::BadResponse {
                 url: self.base.clone(),
