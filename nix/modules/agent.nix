@@ -11,6 +11,8 @@ let
   inherit (common) configFile;
 in
 {
+  options.yeet.secrets = import ./secrets-options.nix { inherit lib; };
+
   options.services.yeet-agent = import ./agent-options.nix {
     inherit lib;
     defaultPackage = self.packages.${pkgs.stdenv.hostPlatform.system}.yeet;
@@ -20,6 +22,15 @@ in
   config = lib.mkIf cfg.enable {
     inherit (common) assertions;
     environment.etc."yeet/agent.toml".source = configFile;
+    # What the agent fetches and writes before it switches to this system.
+    environment.etc."yeet/secrets.json".text =
+      (import ./secrets-manifest.nix).manifest config.yeet.secrets;
+    # At boot, secrets kept for this host (encrypted to its key) are back before services
+    # start; during a switch the agent has put them in place already, and this does nothing.
+    system.activationScripts.yeet-secrets = {
+      deps = [ "users" "groups" ];
+      text = "${cfg.package}/bin/yeet-agent restore-secrets || true";
+    };
     environment.systemPackages = [ cfg.package ];
     # Members of `yeet` may read the agent's status (and, later, use its local socket).
     users.groups.yeet = { };

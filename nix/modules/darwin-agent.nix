@@ -10,6 +10,8 @@ let
   inherit (common) configFile;
 in
 {
+  options.yeet.secrets = import ./secrets-options.nix { inherit lib; };
+
   options.services.yeet-agent = import ./agent-options.nix {
     inherit lib;
     defaultPackage = self.packages.${pkgs.stdenv.hostPlatform.system}.yeet;
@@ -19,6 +21,9 @@ in
   config = lib.mkIf cfg.enable {
     inherit (common) assertions;
     environment.etc."yeet/agent.toml".source = configFile;
+    # What the agent fetches and writes before it switches to this system.
+    environment.etc."yeet/secrets.json".text =
+      (import ./secrets-manifest.nix).manifest config.yeet.secrets;
     environment.systemPackages = [ cfg.package ];
     launchd.daemons.yeet-agent.serviceConfig = {
       # The config file's store path is part of the plist: activate reloads a daemon whose

@@ -5,6 +5,7 @@ ln -s "$kernelPkg/bzImage" "$out/kernel"
 ln -s "$kernelPkg/initrd" "$out/initrd"
 echo "$salt" > "$out/salt"
 ln -s "$agentConfig" "$out/etc/yeet/agent.toml"
+ln -s "$secretsManifest" "$out/etc/yeet/secrets.json"
 ln -s "$unit" "$out/etc/systemd/yeet-agent.service"
 cat > "$out/bin/switch-to-configuration" <<SCRIPT
 #!/bin/sh

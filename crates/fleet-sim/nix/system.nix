@@ -10,6 +10,8 @@
 , extraConfig ? "", system ? builtins.currentSystem
   # "darwin": a nix-darwin-shaped system (activate, activate-user, no switch script).
 , platform ? "nixos"
+  # The system's `yeet.secrets`, as a NixOS configuration sets them.
+, secrets ? { }
   # Where the agent's package is on the host (its bin/yeet-agent is the unit's ExecStart).
 , agentPackage ? "/opt/yeet-agent"
 , agentServiceFile ? ../../../nix/modules/agent-service.nix
@@ -53,8 +55,11 @@ let
     };
     args = [ "-c" "printf '%s' \"$text\" > $out" ];
   };
+  # Written by the modules' own code, as NixOS writes etc/yeet/secrets.json.
+  secretsManifest = builtins.toFile "secrets.json"
+    ((import ../../../nix/modules/secrets-manifest.nix).manifest secrets);
 in drv {
-  inherit name variant salt agentConfig unit platform;
+  inherit name variant salt agentConfig unit platform secretsManifest;
   kernelPkg = kernelPkg;
   args = [ "-c" (builtins.readFile ./build-system.sh) ];
 }

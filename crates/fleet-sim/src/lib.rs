@@ -72,6 +72,11 @@ impl Lines {
         });
     }
 
+    /// Every line so far.
+    pub fn all(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+
     /// Waits until some line yields `Some`, failing the test after `timeout`.
     pub fn wait_for<T>(&self, timeout: Duration, what: &str, f: impl Fn(&str) -> Option<T>) -> T {
         let deadline = Instant::now() + timeout;

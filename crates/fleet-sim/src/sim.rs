@@ -164,6 +164,8 @@ pub struct SystemSpec<'a> {
     pub extra_agent_config: &'a str,
     /// The yeet package its agent unit runs (a path on the host).
     pub agent_package: &'a str,
+    /// Its `yeet.secrets`, as a Nix attribute set (`{ db-password = { owner = "x"; }; }`).
+    pub secrets: &'a str,
 }
 
 /// Builds a test system with real Nix in the outer store; returns its store path.
@@ -185,6 +187,15 @@ pub fn build_system(spec: &SystemSpec) -> String {
         cmd.args(["--argstr", name, value]);
     }
     cmd.args(["--arg", "confirmTimeout", &spec.confirm_timeout.to_string()]);
+    cmd.args([
+        "--arg",
+        "secrets",
+        if spec.secrets.is_empty() {
+            "{ }"
+        } else {
+            spec.secrets
+        },
+    ]);
     let out = run(&mut cmd);
     assert!(
         out.status.success(),
@@ -710,6 +721,8 @@ pub struct Fleet {
     pub hosts: Vec<SimHost>,
     pub options: FleetOptions,
     dir: tempfile::TempDir,
+    /// Makes this fleet's store paths its own.
+    salt: String,
 }
 
 pub fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
@@ -806,6 +819,7 @@ impl Fleet {
             ..Default::default()
         });
         let mut fleet = Fleet {
+            salt: dir.path().display().to_string(),
             base: String::new(),
             server,
             cache,
@@ -861,26 +875,18 @@ impl Fleet {
         kernel: &str,
         agent_config: &str,
     ) -> String {
-        let salt = self.dir.path().display().to_string();
-        build_system(&SystemSpec {
-            name,
-            platform: self.options.platform,
-            variant,
-            kernel,
-            server: &self.server.url,
-            trusted_key: &self.cache.public_key,
-            confirm_timeout: self.options.confirm_timeout,
-            salt: &salt,
-            extra_agent_config: &format!("{}\n{agent_config}", self.options.agent_config),
-            agent_package: SYSTEMD_HOST_AGENT_PACKAGE,
+        let extra = format!("{}\n{agent_config}", self.options.agent_config);
+        self.build_spec(name, |spec| {
+            spec.variant = variant;
+            spec.kernel = kernel;
+            spec.extra_agent_config = &extra;
         })
     }
 
-    /// Builds a system whose agent unit runs the yeet package at `agent_package`, and
-    /// pushes it, signed, to the cache.
-    pub fn system_with_agent_package(&self, name: &str, agent_package: &str) -> String {
-        let salt = self.dir.path().display().to_string();
-        let path = build_system(&SystemSpec {
+    /// Builds a system of this fleet: a good one with the fleet's settings, changed by
+    /// `tweak`.
+    fn build_spec<'a>(&'a self, name: &'a str, tweak: impl FnOnce(&mut SystemSpec<'a>)) -> String {
+        let mut spec = SystemSpec {
             name,
             platform: self.options.platform,
             variant: Variant::Good,
@@ -888,10 +894,27 @@ impl Fleet {
             server: &self.server.url,
             trusted_key: &self.cache.public_key,
             confirm_timeout: self.options.confirm_timeout,
-            salt: &salt,
+            salt: &self.salt,
             extra_agent_config: &self.options.agent_config,
-            agent_package,
-        });
+            agent_package: SYSTEMD_HOST_AGENT_PACKAGE,
+            secrets: "",
+        };
+        tweak(&mut spec);
+        build_system(&spec)
+    }
+
+    /// Builds a system whose agent unit runs the yeet package at `agent_package`, and
+    /// pushes it, signed, to the cache.
+    pub fn system_with_agent_package(&self, name: &str, agent_package: &str) -> String {
+        let path = self.build_spec(name, |spec| spec.agent_package = agent_package);
+        self.cache.push(&path);
+        path
+    }
+
+    /// Builds a system that asks for `secrets` (its `yeet.secrets`, as Nix), and pushes it,
+    /// signed, to the cache.
+    pub fn system_with_secrets(&self, name: &str, secrets: &str) -> String {
+        let path = self.build_spec(name, |spec| spec.secrets = secrets);
         self.cache.push(&path);
         path
     }

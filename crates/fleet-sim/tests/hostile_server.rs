@@ -141,6 +141,7 @@ fn a_malicious_server_gets_nothing_activated() {
             // However large the server's interval, the agent comes back within 2 s.
             extra_agent_config: "max_checkin_interval_secs = 2",
             agent_package: fleet_sim::sim::SYSTEMD_HOST_AGENT_PACKAGE,
+            secrets: "",
         })
     };
     let base = system("base");

@@ -7,12 +7,14 @@
 
 use std::fs::File;
 use std::io::Write;
+use std::path::Path;
 use std::time::Duration;
 use yeet_proto::api::ActivationResult;
 
 use crate::config::{ActivationMode, BOOTED_SYSTEM, NIX_CONF};
 use crate::fetch::{self, FetchError};
-use crate::state::{ActivationState, Phase, StateDir, StateError};
+use crate::secrets::{self, Fetched, Held, SecretStore, SecretsError};
+use crate::state::{ActivationState, Phase, SecretsSwitch, StateDir, StateError};
 use crate::system;
 
 pub use yeet_proto::clock::unix_now as now;
@@ -56,6 +58,10 @@ pub fn run(dir: &StateDir) -> Result<(), StateError> {
             };
             return finish(dir, &log, st, result, e.to_string());
         }
+        if let Err(reason) = prepare_secrets(&mut st, &log) {
+            // Nothing on the host changed yet.
+            return finish(dir, &log, st, ActivationResult::Failed, reason);
+        }
         st.phase = Phase::Switching;
         dir.save(&st)?;
     }
@@ -72,10 +78,28 @@ pub fn run(dir: &StateDir) -> Result<(), StateError> {
             // Nothing was changed: there is nothing to roll back.
             return finish(dir, &log, st, ActivationResult::Failed, reason);
         }
+        // The new system's services start with its secrets in place.
+        if let Some(switch) = &st.secrets
+            && let Err(e) =
+                SecretStore::system().activate(&switch.held.generation, &entries(&switch.held))
+        {
+            return finish(
+                dir,
+                &log,
+                st,
+                ActivationResult::Failed,
+                format!("cannot put the secrets in place: {e}"),
+            );
+        }
         if let Err(reason) = system::set_profile(&st.store_path, &log)
             .and_then(|_| system::apply(&st.store_path, action, &log))
         {
             return roll_back(dir, &log, st, reason);
+        }
+        if let Some(switch) = &st.secrets {
+            // Users and groups the switch created now exist.
+            SecretStore::system()
+                .fix_owners(&switch.held.generation, &manifest_of_held(&switch.held));
         }
         st.reboot_required = system::system_link(BOOTED_SYSTEM)
             .is_some_and(|booted| system::kernel_differs(&booted, &st.store_path));
@@ -160,6 +184,7 @@ fn roll_back(
     reason: String,
 ) -> Result<(), StateError> {
     note(log, &format!("rolling back: {reason}"));
+    revert_secrets(&st, log);
     let Some(previous) = st.previous_system.clone() else {
         return finish(
             dir,
@@ -191,9 +216,157 @@ fn finish(
     reason: String,
 ) -> Result<(), StateError> {
     note(log, &format!("{}: {reason}", result.as_str()));
+    settle_secrets(&st, result, log);
     st.phase = Phase::Done;
     st.result = Some(result);
     st.reason = reason;
     st.finished_at = Some(now());
     dir.save(&st)
+}
+
+/// The secrets entries a held generation was written with.
+fn entries(held: &Held) -> std::collections::BTreeMap<String, yeet_proto::secrets::SecretEntry> {
+    held.secrets
+        .iter()
+        .map(|(n, h)| (n.clone(), h.entry.clone()))
+        .collect()
+}
+
+fn manifest_of_held(held: &Held) -> yeet_proto::secrets::Manifest {
+    yeet_proto::secrets::Manifest {
+        secrets: entries(held),
+    }
+}
+
+/// A client that signs as the agent does, for the activation's own requests.
+fn activation_client(st: &ActivationState) -> Result<yeet_client::Client, String> {
+    let access = st.server.as_ref().ok_or(
+        "this activation was recorded by an older agent that did not say how to reach the server; publish again",
+    )?;
+    let identity = yeet_client::load_identity(&access.key).map_err(|e| e.to_string())?;
+    yeet_client::Client::new(
+        &access.url,
+        identity,
+        access.ca_cert.as_deref(),
+        Duration::from_secs(60),
+    )
+    .map_err(|e| e.to_string())
+}
+
+/// After the fetch, before anything changes: fetches every secret the new system names, in
+/// one request, and writes them to a generation of their own (not live yet). Any secret
+/// missing fails the activation here, naming them. In `boot` mode the secrets are only
+/// checked: the agent writes them after the reboot, for the system that then runs.
+fn prepare_secrets(st: &mut ActivationState, log: &File) -> Result<(), String> {
+    let manifest = secrets::manifest_of(Path::new(&st.store_path)).map_err(|e| e.to_string())?;
+    let store = SecretStore::system();
+    let held = store.held().ok().flatten();
+    if manifest.is_empty() && held.as_ref().is_none_or(|h| h.secrets.is_empty()) {
+        return Ok(());
+    }
+    let fetched = if manifest.is_empty() {
+        Fetched {
+            secrets: Default::default(),
+            missing: Vec::new(),
+            digest: held.map(|h| h.digest).unwrap_or_default(),
+        }
+    } else {
+        note(
+            log,
+            &format!("fetching secrets: {}", manifest.names().join(", ")),
+        );
+        let client = activation_client(st)?;
+        secrets::fetch(&client, &manifest.names()).map_err(|e| e.to_string())?
+    };
+    if !fetched.missing.is_empty() {
+        return Err(SecretsError::Missing(fetched.missing).to_string());
+    }
+    if st.mode == ActivationMode::Boot {
+        note(
+            log,
+            "secrets are available; they are written after the reboot",
+        );
+        return Ok(());
+    }
+    let generation = store
+        .write_generation(&fetched, &manifest)
+        .map_err(|e| format!("cannot write the secrets: {e}"))?;
+    let held = Held::from_fetch(&fetched, &manifest, generation);
+    let versions: Vec<String> = held
+        .secrets
+        .iter()
+        .map(|(n, h)| format!("{n} v{}", h.version))
+        .collect();
+    note(log, &format!("secrets written: {}", versions.join(", ")));
+    st.secrets = Some(SecretsSwitch {
+        previous: store.live_generation(),
+        held,
+    });
+    Ok(())
+}
+
+/// Puts the previous generation of secrets back (the rollback's system needs its own).
+fn revert_secrets(st: &ActivationState, log: &File) {
+    let Some(switch) = &st.secrets else { return };
+    let store = SecretStore::system();
+    let previous = store.held().ok().flatten();
+    let previous_entries = previous.as_ref().map(entries).unwrap_or_default();
+    if let Err(e) = store.revert_to(switch.previous.as_deref(), &previous_entries) {
+        note(log, &format!("cannot put the previous secrets back: {e}"));
+    }
+    store.unlink_dropped(&switch.held.secrets, &previous_entries);
+}
+
+/// When the activation ends: a confirmed switch keeps the new secrets (kept across reboots
+/// too) and deletes the old generation; anything else deletes the new one.
+fn settle_secrets(st: &ActivationState, result: ActivationResult, log: &File) {
+    let Some(switch) = &st.secrets else { return };
+    let store = SecretStore::system();
+    let new = &switch.held.generation;
+    if result != ActivationResult::Confirmed {
+        if store.live_generation().as_deref() == Some(new.as_str()) {
+            revert_secrets(st, log);
+        }
+        store.remove_generation(new);
+        return;
+    }
+    if store.live_generation().as_deref() != Some(new.as_str()) {
+        // /run was lost (a reboot): the agent fetches the secrets again.
+        return;
+    }
+    let before = store
+        .held()
+        .ok()
+        .flatten()
+        .map(|h| h.secrets)
+        .unwrap_or_default();
+    store.unlink_dropped(&before, &entries(&switch.held));
+    store.prune_generations(&[new]);
+    let key = st
+        .server
+        .as_ref()
+        .ok_or_else(|| "no key recorded".to_owned())
+        .and_then(|a| yeet_client::load_identity(&a.key).map_err(|e| e.to_string()));
+    match key {
+        Ok(identity) => {
+            if let Err(e) = store.persist(&switch.held, identity.public()) {
+                note(
+                    log,
+                    &format!("cannot keep the secrets for the next boot: {e}"),
+                );
+            }
+        }
+        Err(e) => note(
+            log,
+            &format!("cannot keep the secrets for the next boot: {e}"),
+        ),
+    }
+    // Units whose secrets changed content without their unit changing.
+    let mut units = std::collections::BTreeSet::new();
+    for (name, old) in &before {
+        if switch.held.secrets.get(name).map(|h| h.version) != Some(old.version) {
+            units.extend(old.entry.restart_units.iter().cloned());
+        }
+    }
+    secrets::restart_units(&units);
 }

@@ -25,7 +25,8 @@ use crate::activate::now;
 use crate::config::{
     BOOTED_SYSTEM, CURRENT_SYSTEM, Config, GENERATED_KEY, RUN_DIR, SSH_HOST_KEY, STATE_DIR,
 };
-use crate::state::{ActivationState, Phase, StateDir};
+use crate::secrets::{self, Held, SecretStore, SecretsError};
+use crate::state::{ActivationState, Phase, ServerAccess, StateDir};
 use crate::system::{self, system_link};
 
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
@@ -63,26 +64,26 @@ pub fn status_path() -> PathBuf {
     Path::new(RUN_DIR).join("status.json")
 }
 
-/// The key to sign with: the configured one, else the SSH host key, else a generated key.
-pub fn load_identity(config: &Config) -> Result<Identity> {
+/// The key to sign with, and its file: the configured one, else the SSH host key, else a
+/// generated key. Secrets kept across reboots are encrypted to it.
+pub fn load_identity(config: &Config) -> Result<(Identity, PathBuf)> {
     if let Some(k) = &config.key {
-        return Ok(yeet_client::load_identity(k)?);
+        return Ok((yeet_client::load_identity(k)?, k.clone()));
     }
     if Path::new(SSH_HOST_KEY).exists() {
-        return Ok(yeet_client::load_identity(Path::new(SSH_HOST_KEY))?);
+        let path = PathBuf::from(SSH_HOST_KEY);
+        return Ok((yeet_client::load_identity(&path)?, path));
     }
-    let generated = Path::new(GENERATED_KEY);
+    let generated = PathBuf::from(GENERATED_KEY);
     if generated.exists() {
-        return Ok(yeet_client::load_identity(generated)?);
+        return Ok((yeet_client::load_identity(&generated)?, generated));
     }
     tracing::info!(
         path = GENERATED_KEY,
         "no SSH host key; generating an agent key"
     );
-    Ok(yeet_client::generate_identity_file(
-        generated,
-        "yeet-agent",
-    )?)
+    let identity = yeet_client::generate_identity_file(&generated, "yeet-agent")?;
+    Ok((identity, generated))
 }
 
 pub fn hostname(config: &Config) -> String {
@@ -131,11 +132,20 @@ fn pack_log(text: &str) -> String {
 struct Agent<'a> {
     config: &'a Config,
     client: Client,
+    /// The file of the key the client signs with.
+    key_path: PathBuf,
     state: StateDir,
+    secrets: SecretStore,
+    /// After a sync of secrets failed on this host (not on the network): the server's
+    /// digest it was for, and when to try again. Meanwhile check-ins hold as usual.
+    secrets_failed: Option<(String, Instant)>,
     status: Status,
     /// When this agent last started an activation process.
     spawned_at: Option<Instant>,
 }
+
+/// How long a sync of secrets that failed on this host waits before it is tried again.
+const SECRETS_RETRY: Duration = Duration::from_secs(60);
 
 /// How long a just-started activation process has to take its lock before the agent would
 /// consider it dead and start another.
@@ -170,7 +180,7 @@ fn runnable_executable(current: Option<PathBuf>) -> PathBuf {
 
 /// Runs until `stop` is set.
 pub fn run(config: &Config, stop: &AtomicBool) -> Result<()> {
-    let identity = load_identity(config).context("cannot load the agent's key")?;
+    let (identity, key_path) = load_identity(config).context("cannot load the agent's key")?;
     tracing::info!(key = identity.public().key_id(), server = %config.server, "yeet-agent starting");
     let status = Status {
         server: config.server.clone(),
@@ -191,10 +201,22 @@ pub fn run(config: &Config, stop: &AtomicBool) -> Result<()> {
             std::process::id().to_string(),
         )
     });
+    let secrets = SecretStore::system();
+    // After a reboot: the secrets are back before anything talks to the server.
+    match secrets.restore(&key_path) {
+        Ok(true) => tracing::info!("secrets restored from {STATE_DIR}/secrets"),
+        Ok(false) => {}
+        Err(e) => {
+            tracing::error!(error = %e, "cannot restore secrets; the next check-in fetches them")
+        }
+    }
     let mut agent = Agent {
         config,
         client,
+        key_path,
         state: StateDir::new(STATE_DIR),
+        secrets,
+        secrets_failed: None,
         status,
         spawned_at: None,
     };
@@ -324,6 +346,7 @@ impl Agent<'_> {
             state,
             facts: facts(),
             wait_secs: wait.as_secs(),
+            secrets_digest: self.held_secrets_digest(),
         };
         let resp = self.client.checkin(&req)?;
         self.status.last_contact = Some(now());
@@ -348,8 +371,12 @@ impl Agent<'_> {
         } else {
             AgentState::Standby
         };
+        // A system that changed its secrets' settings (after a reboot into a `boot`-mode
+        // system, say) gets them before it waits.
+        self.sync_secrets(None)?;
         let started = Instant::now();
         let resp = self.checkin(state, self.config.long_poll)?;
+        self.sync_secrets(Some(&resp.secrets_digest))?;
         // The server's word is bounded: a huge interval must not silence the host.
         let next =
             Duration::from_secs(resp.next_checkin_secs).min(self.config.max_checkin_interval);
@@ -381,6 +408,112 @@ impl Agent<'_> {
         }
     }
 
+    /// The digest of the secrets this host holds, for the check-in; `None` when the system
+    /// asks for none and none are held (the server then never wakes it for secrets).
+    fn held_secrets_digest(&self) -> Option<String> {
+        if let Some((digest, until)) = &self.secrets_failed
+            && Instant::now() < *until
+        {
+            return Some(digest.clone());
+        }
+        let held = self.secrets.held().ok().flatten();
+        let wants = secrets::manifest_of(Path::new(CURRENT_SYSTEM)).is_ok_and(|m| !m.is_empty());
+        match held {
+            Some(h) if wants || !h.secrets.is_empty() => Some(h.digest),
+            None if wants => Some(String::new()),
+            _ => None,
+        }
+    }
+
+    /// Brings the live secrets in line with the current system's manifest and, given the
+    /// server's digest, with its grants. Network failures are the round's error (and its
+    /// backoff); a failure on this host is logged and tried again after `SECRETS_RETRY`,
+    /// without holding up check-ins, so that a new release can still fix it.
+    fn sync_secrets(&mut self, server_digest: Option<&str>) -> Result<(), ClientError> {
+        if self
+            .secrets_failed
+            .as_ref()
+            .is_some_and(|(_, until)| Instant::now() < *until)
+        {
+            return Ok(());
+        }
+        match self.try_sync_secrets(server_digest) {
+            Ok(()) => {
+                self.secrets_failed = None;
+                Ok(())
+            }
+            Err(SecretsError::Fetch(e)) => Err(e),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot update this host's secrets; retrying in a minute");
+                self.status.last_error = Some(e.to_string());
+                let digest = server_digest.map(str::to_owned).unwrap_or_default();
+                self.secrets_failed = Some((digest, Instant::now() + SECRETS_RETRY));
+                Ok(())
+            }
+        }
+    }
+
+    fn try_sync_secrets(&mut self, server_digest: Option<&str>) -> Result<(), SecretsError> {
+        let manifest = secrets::manifest_of(Path::new(CURRENT_SYSTEM))?;
+        let held = self.secrets.held().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "ignoring the record of held secrets");
+            None
+        });
+        let live = self.secrets.live_generation();
+        let up_to_date = match &held {
+            Some(h) => {
+                h.serves(&manifest)
+                    && (h.secrets.is_empty() || live.as_deref() == Some(h.generation.as_str()))
+                    && server_digest.is_none_or(|d| d == h.digest)
+            }
+            None => manifest.is_empty(),
+        };
+        if up_to_date {
+            return Ok(());
+        }
+        let fetched = if manifest.is_empty() {
+            secrets::Fetched {
+                secrets: Default::default(),
+                missing: Vec::new(),
+                digest: server_digest.unwrap_or_default().to_owned(),
+            }
+        } else {
+            secrets::fetch(&self.client, &manifest.names())?
+        };
+        let mut fresh = Held::from_fetch(&fetched, &manifest, String::new());
+        if let Some(h) = held.as_ref().filter(|h| {
+            h.secrets == fresh.secrets
+                && (h.secrets.is_empty() || live.as_deref() == Some(h.generation.as_str()))
+        }) {
+            // Same versions, same settings: only the digest (or what is missing) moved.
+            fresh.generation = h.generation.clone();
+            return self.secrets.save_held(&fresh);
+        }
+        let generation = self.secrets.write_generation(&fetched, &manifest)?;
+        self.secrets.activate(&generation, &manifest.secrets)?;
+        fresh.generation = generation.clone();
+        let before = held.map(|h| h.secrets).unwrap_or_default();
+        self.secrets.unlink_dropped(&before, &manifest.secrets);
+        self.secrets.prune_generations(&[&generation]);
+        self.secrets
+            .persist(&fresh, self.client.identity().public())?;
+        // Units of secrets whose content changed or went away; not on a first delivery.
+        let mut units = std::collections::BTreeSet::new();
+        for (name, old) in &before {
+            if fresh.secrets.get(name).map(|h| h.version) != Some(old.version) {
+                units.extend(old.entry.restart_units.iter().cloned());
+            }
+        }
+        let versions: Vec<String> = fresh
+            .secrets
+            .iter()
+            .map(|(n, h)| format!("{n} v{}", h.version))
+            .collect();
+        tracing::info!(secrets = ?versions, missing = ?fresh.missing, at_ms = yeet_proto::clock::unix_now_ms(), "secrets updated");
+        secrets::restart_units(&units);
+        Ok(())
+    }
+
     fn start_activation(&mut self, store_path: String, release_id: i64, caches: Vec<String>) {
         // `at_ms` lets benchmarks measure publish-to-activation latency from the log.
         tracing::info!(%store_path, release_id, at_ms = yeet_proto::clock::unix_now_ms(), "activating a new system");
@@ -399,6 +532,12 @@ impl Agent<'_> {
                 .map(ToString::to_string)
                 .collect(),
             confirm_timeout_secs: self.config.confirm_timeout.as_secs(),
+            server: Some(ServerAccess {
+                url: self.config.server.clone(),
+                key: self.key_path.clone(),
+                ca_cert: self.config.ca_cert.clone(),
+            }),
+            secrets: None,
             started_at: now(),
             phase: Phase::Pending,
             confirm_deadline: None,

@@ -6,5 +6,6 @@ pub mod activate;
 pub mod config;
 pub mod daemon;
 pub mod fetch;
+pub mod secrets;
 pub mod state;
 pub mod system;

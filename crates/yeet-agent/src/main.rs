@@ -40,6 +40,10 @@ enum Command {
         #[arg(long)]
         list_keys: bool,
     },
+    /// Put the secrets kept for this host (encrypted to its key under /var/lib/yeet/secrets)
+    /// back in /run/yeet/secrets after a boot. The agent does this when it starts; the
+    /// NixOS module runs it at activation, so that services started at boot find them.
+    RestoreSecrets(AgentArgs),
     /// Internal: the detached activation process started by `run`.
     #[command(hide = true)]
     Activate,
@@ -61,6 +65,14 @@ fn main() -> anyhow::Result<()> {
             // Stopped by SIGTERM/SIGINT's default action; the flag is for embedding and tests.
             let stop = AtomicBool::new(false);
             yeet_agent::daemon::run(&config, &stop)
+        }
+        Command::RestoreSecrets(args) => {
+            let config = Config::resolve(&args)?;
+            let (_, key) = yeet_agent::daemon::load_identity(&config)?;
+            if yeet_agent::secrets::SecretStore::system().restore(&key)? {
+                println!("secrets restored");
+            }
+            Ok(())
         }
         Command::Activate => Ok(yeet_agent::activate::run(&StateDir::new(STATE_DIR))?),
         Command::CheckConfig { file, list_keys } => {

@@ -69,6 +69,30 @@ pub struct ActivationState {
     pub reason: String,
     pub reboot_required: bool,
     pub finished_at: Option<i64>,
+    /// How the activation process reaches the server (to fetch the new system's secrets).
+    #[serde(default)]
+    pub server: Option<ServerAccess>,
+    /// The secrets generations this activation switches between, once written.
+    #[serde(default)]
+    pub secrets: Option<SecretsSwitch>,
+}
+
+/// The server and the key the agent signs with: what the activation process needs to make
+/// a signed request of its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerAccess {
+    pub url: String,
+    pub key: PathBuf,
+    pub ca_cert: Option<PathBuf>,
+}
+
+/// The new system's secrets, written to a generation of their own before the switch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretsSwitch {
+    /// The live generation before the switch (the rollback's), if any.
+    pub previous: Option<String>,
+    /// What the new generation holds (its name included).
+    pub held: crate::secrets::Held,
 }
 
 /// The activation files of one state directory.
@@ -234,6 +258,8 @@ mod tests {
             reason: String::new(),
             reboot_required: false,
             finished_at: None,
+            server: None,
+            secrets: None,
         }
     }
 

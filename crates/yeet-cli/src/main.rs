@@ -12,8 +12,8 @@ use anyhow::Result;
 use clap::{CommandFactory, Parser, Subcommand};
 
 use commands::{
-    Connection, Json, approve, cache, diff, host, key, log, pending, publish, releases, status,
-    whoami,
+    Connection, Json, approve, cache, diff, host, key, log, pending, publish, releases, secret,
+    status, whoami,
 };
 
 #[derive(Parser)]
@@ -67,9 +67,24 @@ enum Command {
     /// Manage the server's embedded binary cache.
     #[command(subcommand)]
     Cache(cache::CacheCommand),
+    /// Secrets: encrypted here to the server, granted to hosts, delivered at activation and
+    /// rotated without a release. Systems name theirs with `yeet.secrets.<name>`.
+    #[command(subcommand, after_help = SECRET_WORKFLOW)]
+    Secret(secret::SecretCommand),
     /// Print shell completions, e.g. `yeet completions bash > /etc/bash_completion.d/yeet`.
     Completions { shell: clap_complete::Shell },
 }
+
+const SECRET_WORKFLOW: &str = "\
+Workflow:
+  yeet secret add db-password --from-file ./db-password --host db-1
+  # in db-1's NixOS configuration:
+  #   yeet.secrets.db-password = { owner = \"postgres\"; restartUnits = [ \"postgresql.service\" ]; };
+  #   ... passwordFile = config.yeet.secrets.db-password.path;
+  yeet publish ...                # db-1 gets /run/yeet/secrets/db-password before its switch
+  yeet secret rotate db-password --stdin < ./new-password   # no release needed
+
+Only admins change secrets; viewers see names, versions and grants, never content.";
 
 fn main() {
     if let Err(e) = dispatch(Cli::parse()) {
@@ -96,6 +111,7 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Rollback(args) => releases::rollback(args, c),
         Command::Diff(args) => diff::run(args, c),
         Command::Cache(command) => cache::run(command, c),
+        Command::Secret(command) => secret::run(command, c),
         Command::Completions { shell } => {
             clap_complete::generate(*shell, &mut Cli::command(), "yeet", &mut std::io::stdout());
             Ok(())

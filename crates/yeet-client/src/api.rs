@@ -9,6 +9,11 @@ use yeet_proto::api::{
     RollbackRequest, WhoAmI, paths,
 };
 
+use yeet_proto::secrets::{
+    AddSecretRequest, FetchSecretsRequest, FetchSecretsResponse, RotateSecretRequest,
+    SecretHostsRequest, SecretInfo, SecretRecipient,
+};
+
 use crate::{Client, ClientError};
 
 type Result<T> = std::result::Result<T, ClientError>;
@@ -102,5 +107,52 @@ impl Client {
 
     pub fn cache_gc(&self, req: &CacheGcRequest) -> Result<CacheGcReport> {
         self.post(paths::CACHE_GC, req)
+    }
+
+    // Secrets.
+
+    pub fn secret_recipient(&self) -> Result<SecretRecipient> {
+        self.get(paths::SECRETS_RECIPIENT)
+    }
+
+    pub fn secrets(&self) -> Result<Vec<SecretInfo>> {
+        self.get(paths::SECRETS)
+    }
+
+    pub fn add_secret(&self, req: &AddSecretRequest) -> Result<SecretInfo> {
+        self.post(paths::SECRETS, req)
+    }
+
+    pub fn rotate_secret(&self, name: &str, req: &RotateSecretRequest) -> Result<SecretInfo> {
+        self.post(&paths::secret_rotate(&paths::segment(name)), req)
+    }
+
+    /// Grants `name` to `hosts` (`grant`), or revokes it from them.
+    pub fn set_secret_hosts(
+        &self,
+        name: &str,
+        hosts: &[String],
+        grant: bool,
+    ) -> Result<SecretInfo> {
+        let req = SecretHostsRequest {
+            hosts: hosts.to_vec(),
+        };
+        let name = paths::segment(name);
+        let path = if grant {
+            paths::secret_grant(&name)
+        } else {
+            paths::secret_revoke(&name)
+        };
+        self.post(&path, &req)
+    }
+
+    pub fn remove_secret(&self, name: &str) -> Result<()> {
+        self.delete::<Done>(&paths::secret(&paths::segment(name)))
+            .map(drop)
+    }
+
+    /// The agent's fetch of its system's secrets.
+    pub fn fetch_secrets(&self, req: &FetchSecretsRequest) -> Result<FetchSecretsResponse> {
+        self.post(paths::AGENT_SECRETS, req)
     }
 }

@@ -18,6 +18,30 @@ pub mod paths {
     pub const RELEASES: &str = "/v1/releases";
     pub const ROLLBACK: &str = "/v1/releases/rollback";
     pub const CACHE_GC: &str = "/v1/cache/gc";
+    pub const SECRETS: &str = "/v1/secrets";
+    /// Not under `/v1/secrets/`, where it would shadow a secret of that name.
+    pub const SECRETS_RECIPIENT: &str = "/v1/secrets-recipient";
+    pub const AGENT_SECRETS: &str = "/v1/agent/secrets";
+
+    /// `/v1/secrets/{name}`
+    pub fn secret(name: &str) -> String {
+        format!("{SECRETS}/{name}")
+    }
+
+    /// `/v1/secrets/{name}/rotate`
+    pub fn secret_rotate(name: &str) -> String {
+        format!("{SECRETS}/{name}/rotate")
+    }
+
+    /// `/v1/secrets/{name}/grant`
+    pub fn secret_grant(name: &str) -> String {
+        format!("{SECRETS}/{name}/grant")
+    }
+
+    /// `/v1/secrets/{name}/revoke`
+    pub fn secret_revoke(name: &str) -> String {
+        format!("{SECRETS}/{name}/revoke")
+    }
 
     /// `/v1/releases/{id}`
     pub fn release(id: &str) -> String {
@@ -180,6 +204,11 @@ pub struct CheckinRequest {
     /// seconds (capped by the server) and answers as soon as the desired system changes.
     #[serde(default)]
     pub wait_secs: u64,
+    /// The digest of the secret versions the host holds (`secrets::versions_digest`, as the
+    /// server last answered it), when its system asks for secrets: a held check-in answers
+    /// at once when the host's granted versions differ from it.
+    #[serde(default)]
+    pub secrets_digest: Option<String>,
 }
 
 /// How an activation attempt ended.
@@ -257,6 +286,10 @@ pub struct CheckinResponse {
     pub action: Action,
     /// When to check in next.
     pub next_checkin_secs: u64,
+    /// The digest of the secret versions granted to the host now; when it differs from
+    /// what the host holds, the host fetches its secrets again.
+    #[serde(default)]
+    pub secrets_digest: String,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -113,6 +113,13 @@ error_codes! {
     CacheUnreachable => "cache_unreachable", 422, "The server cannot read the named cache to check signatures.";
     UncheckableCache => "uncheckable_cache", 422, "The named cache's URL scheme cannot be checked by the server.";
     InvalidKeep => "invalid_keep", 422, "Garbage collection must keep at least one release per host.";
+    // Secrets.
+    UnknownSecret => "unknown_secret", 404, "No secret has this name.";
+    SecretExists => "secret_exists", 409, "A secret with this name exists; `yeet secret rotate` stores a new version.";
+    InvalidSecretName => "invalid_secret_name", 422, "The name is not a valid secret name.";
+    InvalidSecret => "invalid_secret", 422, "The ciphertext is not an age file for this server's recipient, or is empty or too large.";
+    InvalidRecipient => "invalid_recipient", 422, "The recipient is not an age X25519 recipient (age1...).";
+    TooManySecrets => "too_many_secrets", 422, "The request names more secrets than one fetch may carry.";
     // The server itself.
     DiskFull => "disk_full", 507, "The server's disk is full; free space or run `yeet cache gc`.";
     Internal => "internal", 500, "The server failed; its log has the details.";

@@ -42,6 +42,9 @@ pub struct FileConfig {
     /// PEM certificate chain and key; both or neither.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// The age identity secrets are encrypted to (created 0400 on first start). Default:
+    /// `secrets.key` in the state directory. The systemd credential `secrets-key` wins.
+    pub secrets_key: Option<PathBuf>,
     /// Largest request body outside cache uploads.
     pub max_body_bytes: usize,
     /// See `ServiceConfig` for these.
@@ -91,6 +94,7 @@ impl Default for FileConfig {
             database: None,
             tls_cert: None,
             tls_key: None,
+            secrets_key: None,
             max_body_bytes: 1 << 20,
             clock_skew_secs: yeet_proto::signing::DEFAULT_SKEW_SECS,
             code_ttl_secs: 15 * 60,
@@ -179,6 +183,7 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub database: String,
     pub tls: Option<(PathBuf, PathBuf)>,
+    pub secrets_key: PathBuf,
     pub max_body_bytes: usize,
     pub last_seen_flush: Duration,
     pub embedded_cache: bool,
@@ -256,6 +261,9 @@ impl Config {
                 .clone()
                 .or(file.listen)
                 .unwrap_or_else(|| DEFAULT_LISTEN.into()),
+            secrets_key: file
+                .secrets_key
+                .unwrap_or_else(|| state_dir.join("secrets.key")),
             state_dir,
             database,
             tls,
@@ -282,15 +290,17 @@ pub fn file_keys() -> &'static [&'static str] {
 /// world-readable Nix store. Environment variables and flags play no part.
 pub fn check_file(path: &Path) -> Result<Config, ConfigError> {
     let config = Config::merge(load_file(path)?, &ServerArgs::default())?;
-    if let Some((_, key)) = config
-        .tls
-        .as_ref()
-        .filter(|(_, k)| k.starts_with("/nix/store"))
-    {
-        return Err(ConfigError::Invalid(format!(
-            "tls_key is {}, in the Nix store, which every user can read: a private key must never be there. Give the path of a file outside the store (deployed as a secret), not a Nix path",
-            key.display()
-        )));
+    let private_keys = [
+        ("tls_key", config.tls.as_ref().map(|(_, k)| k)),
+        ("secrets_key", Some(&config.secrets_key)),
+    ];
+    for (setting, key) in private_keys {
+        if let Some(key) = key.filter(|k| k.starts_with("/nix/store")) {
+            return Err(ConfigError::Invalid(format!(
+                "{setting} is {}, in the Nix store, which every user can read: a private key must never be there. Give the path of a file outside the store (deployed as a secret), not a Nix path",
+                key.display()
+            )));
+        }
     }
     Ok(config)
 }

@@ -27,6 +27,8 @@ pub enum ServeError {
     Bind(String, std::io::Error),
     #[error("cannot load TLS certificate/key: {0}")]
     Tls(String),
+    #[error("{0}")]
+    SecretsKey(#[from] service::secrets::SecretKeyError),
     #[error("server failed: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -96,7 +98,12 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let store = open_store(&config).await?;
-    let mut service = Service::new(store, config.service.clone()).await?;
+    let (key_path, may_create) = service::secrets::SecretKeeper::source(&config.secrets_key);
+    let keeper = service::secrets::SecretKeeper::load(&key_path, may_create, &store).await?;
+    tracing::info!(recipient = keeper.recipient(), key = %key_path.display(), "secrets key loaded");
+    let mut service = Service::new(store, config.service.clone())
+        .await?
+        .with_secrets(keeper);
     if config.embedded_cache {
         let cache = service::cache::EmbeddedCache::open(&config.state_dir)
             .map_err(|e| ServeError::StateDir(config.state_dir.join("cache"), e))?;

@@ -8,6 +8,10 @@
 //!   written to the fleet's nonce log) from CLIENTS keep-alive connections, against the
 //!   server's unsigned `/healthz` on the same server and connections: the ratio is what
 //!   authentication and the check-in cost.
+//! - `secrets [SECRETS] [ROUNDS]`: one activation's fetch of SECRETS secrets (default 100),
+//!   each decrypted with the server's key and re-encrypted to the request's one-time
+//!   recipient: the request's time (loopback, so nearly all of it is the server's), against
+//!   a fetch of one secret.
 //!
 //! Run release builds: `cargo run --release -p fleet-sim --bin yeet-bench -- latency`.
 
@@ -356,6 +360,78 @@ fn checkins(secs: u64, clients: usize) {
     println!("ratio signed/bare: {:.2}", signed / bare);
 }
 
+/// An approved host's client: registered with its own key, approved by the admin.
+fn approved_host(server: &fleet_sim::Server, name: &str) -> yeet_client::Client {
+    let mut seed = [0u8; 32];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom").unwrap(), &mut seed)
+        .unwrap();
+    let identity = yeet_proto::Identity::from_seed(&seed);
+    let req = yeet_proto::api::RegisterRequest {
+        public_key: identity.public().to_openssh(),
+        hostname_hint: name.into(),
+        facts: Default::default(),
+    };
+    let client =
+        yeet_client::Client::new(&server.url, identity, None, Duration::from_secs(60)).unwrap();
+    let yeet_proto::api::RegisterResponse::Pending { code, .. } = client.register(&req).unwrap()
+    else {
+        panic!("a new key was approved at once");
+    };
+    server.yeet(&["approve", name, &code]);
+    client
+}
+
+fn secrets(count: usize, rounds: usize) {
+    use base64::Engine;
+    let server = fleet_sim::Server::start(Default::default());
+    let host = approved_host(&server, "bench-host");
+    let admin = server.client();
+    let recipient = admin.secret_recipient().unwrap().recipient;
+    let recipient = yeet_proto::secrets::x25519_recipient(&recipient).unwrap();
+    let names: Vec<String> = (0..count).map(|i| format!("bench-{i:04}")).collect();
+    for name in &names {
+        // About the size of a TLS key.
+        let sealed = yeet_proto::secrets::seal(&recipient, &[b'k'; 3000]).unwrap();
+        let req = yeet_proto::secrets::AddSecretRequest {
+            name: name.clone(),
+            ciphertext: base64::engine::general_purpose::STANDARD.encode(sealed),
+            hosts: vec!["bench-host".into()],
+        };
+        admin.add_secret(&req).unwrap();
+    }
+    let time = |names: &[String]| -> Vec<f64> {
+        let mut ms: Vec<f64> = (0..rounds)
+            .map(|_| {
+                let one_time = age::x25519::Identity::generate();
+                let req = yeet_proto::secrets::FetchSecretsRequest {
+                    recipient: one_time.to_public().to_string(),
+                    names: names.to_vec(),
+                };
+                let started = Instant::now();
+                let resp = host.fetch_secrets(&req).unwrap();
+                let elapsed = started.elapsed().as_secs_f64() * 1000.0;
+                assert_eq!(resp.secrets.len(), names.len());
+                elapsed
+            })
+            .collect();
+        ms.sort_by(f64::total_cmp);
+        ms
+    };
+    let one = time(&names[..1]);
+    let all = time(&names);
+    let median = |v: &[f64]| v[v.len() / 2];
+    println!("secrets per fetch: {count} (3000 bytes each), rounds: {rounds}");
+    println!(
+        "fetch of {count}: median {:.1} ms, min {:.1} ms, max {:.1} ms ({:.3} ms per secret)",
+        median(&all),
+        all[0],
+        all[all.len() - 1],
+        median(&all) / count as f64
+    );
+    println!("fetch of 1: median {:.1} ms", median(&one));
+    println!("ratio {count}/1: {:.1}", median(&all) / median(&one));
+}
+
 fn main() {
     fleet_sim::set_quiet(true);
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -363,12 +439,16 @@ fn main() {
         Some("latency") => latency(args.get(1).and_then(|a| a.parse().ok()).unwrap_or(50)),
         Some("idle") => idle(args.get(1).and_then(|a| a.parse().ok()).unwrap_or(600)),
         Some("publish") => publish(),
+        Some("secrets") => secrets(
+            args.get(1).and_then(|a| a.parse().ok()).unwrap_or(100),
+            args.get(2).and_then(|a| a.parse().ok()).unwrap_or(20),
+        ),
         Some("checkins") => checkins(
             args.get(1).and_then(|a| a.parse().ok()).unwrap_or(10),
             args.get(2).and_then(|a| a.parse().ok()).unwrap_or(4),
         ),
         _ => eprintln!(
-            "usage: yeet-bench latency [HOSTS] | idle [SECONDS] | publish | checkins [SECONDS] [CLIENTS]"
+            "usage: yeet-bench latency [HOSTS] | idle [SECONDS] | publish | checkins [SECONDS] [CLIENTS] | secrets [SECRETS] [ROUNDS]"
         ),
     }
 }

@@ -10,6 +10,7 @@ pub mod log;
 pub mod pending;
 pub mod publish;
 pub mod releases;
+pub mod secret;
 pub mod status;
 pub mod whoami;
 

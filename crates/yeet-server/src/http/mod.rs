@@ -17,6 +17,11 @@ use yeet_proto::api::{
     RejectRequest, Release, ReleaseFilter, RenameRequest, Role, WhoAmI, paths,
 };
 
+use yeet_proto::secrets::{
+    AddSecretRequest, FetchSecretsRequest, FetchSecretsResponse, RotateSecretRequest,
+    SecretHostsRequest, SecretInfo, SecretRecipient,
+};
+
 use crate::service::{Principal, Service};
 use error::ApiError;
 use yeet_proto::ErrorCode;
@@ -138,6 +143,14 @@ pub fn routes() -> Vec<Route> {
         route(Method::GET, &paths::release("{id}"), R(Role::Viewer), "One release.", show_release),
         route(Method::POST, paths::ROLLBACK, R(Role::Publisher), "Point hosts back at their previous systems, as a new release.", rollback),
         route(Method::POST, paths::CACHE_GC, R(Role::Admin), "Garbage-collect the embedded cache.", cache_gc),
+        route(Method::GET, paths::SECRETS_RECIPIENT, R(Role::Viewer), "The age recipient secrets are encrypted to.", secret_recipient),
+        route(Method::GET, paths::SECRETS, R(Role::Viewer), "Secrets' metadata: versions, grants, fetched versions, history; never content.", list_secrets),
+        route(Method::POST, paths::SECRETS, R(Role::Admin), "Add a secret (age ciphertext for the server's recipient), granted to hosts.", add_secret),
+        route(Method::DELETE, &paths::secret("{name}"), R(Role::Admin), "Remove a secret; hosts delete it at their next check-in.", remove_secret),
+        route(Method::POST, &paths::secret_rotate("{name}"), R(Role::Admin), "Store a new version of a secret; hosts fetch it without a release.", rotate_secret),
+        route(Method::POST, &paths::secret_grant("{name}"), R(Role::Admin), "Grant a secret to hosts.", grant_secret),
+        route(Method::POST, &paths::secret_revoke("{name}"), R(Role::Admin), "Revoke a secret from hosts.", revoke_secret),
+        route(Method::POST, paths::AGENT_SECRETS, Host, "Fetch the named secrets, re-encrypted to the request's one-time recipient.", fetch_secrets),
     ]
 }
 
@@ -340,4 +353,76 @@ async fn cache_gc(
     ApiJson(req): ApiJson<yeet_proto::api::CacheGcRequest>,
 ) -> ApiResult<yeet_proto::api::CacheGcReport> {
     Ok(Json(app.service.cache_gc(&p, req).await?))
+}
+
+async fn secret_recipient(State(app): State<AppState>, p: Principal) -> ApiResult<SecretRecipient> {
+    Ok(Json(app.service.secret_recipient(&p)?))
+}
+
+async fn list_secrets(State(app): State<AppState>, p: Principal) -> ApiResult<Vec<SecretInfo>> {
+    Ok(Json(app.service.list_secrets(&p).await?))
+}
+
+async fn add_secret(
+    State(app): State<AppState>,
+    p: Principal,
+    ApiJson(req): ApiJson<AddSecretRequest>,
+) -> ApiResult<SecretInfo> {
+    Ok(Json(app.service.add_secret(&p, req).await?))
+}
+
+async fn remove_secret(
+    State(app): State<AppState>,
+    p: Principal,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<serde_json::Value> {
+    app.service.remove_secret(&p, &name).await?;
+    Ok(Json(serde_json::json!({})))
+}
+
+async fn rotate_secret(
+    State(app): State<AppState>,
+    p: Principal,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(req): ApiJson<RotateSecretRequest>,
+) -> ApiResult<SecretInfo> {
+    Ok(Json(
+        app.service
+            .rotate_secret(&p, &name, &req.ciphertext)
+            .await?,
+    ))
+}
+
+async fn grant_secret(
+    State(app): State<AppState>,
+    p: Principal,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(req): ApiJson<SecretHostsRequest>,
+) -> ApiResult<SecretInfo> {
+    Ok(Json(
+        app.service
+            .set_secret_hosts(&p, &name, &req.hosts, true)
+            .await?,
+    ))
+}
+
+async fn revoke_secret(
+    State(app): State<AppState>,
+    p: Principal,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(req): ApiJson<SecretHostsRequest>,
+) -> ApiResult<SecretInfo> {
+    Ok(Json(
+        app.service
+            .set_secret_hosts(&p, &name, &req.hosts, false)
+            .await?,
+    ))
+}
+
+async fn fetch_secrets(
+    State(app): State<AppState>,
+    p: Principal,
+    ApiJson(req): ApiJson<FetchSecretsRequest>,
+) -> ApiResult<FetchSecretsResponse> {
+    Ok(Json(app.service.fetch_secrets(&p, req).await?))
 }

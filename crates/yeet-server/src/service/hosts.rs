@@ -212,7 +212,14 @@ impl Service {
                 }
                 _ => Action::None,
             };
+            let secrets_digest = self.secrets_digest(host_id).await;
+            // A host that holds secrets answers at once when its granted versions moved.
+            let secrets_moved = req
+                .secrets_digest
+                .as_ref()
+                .is_some_and(|held| *held != secrets_digest);
             let done = action != Action::None
+                || secrets_moved
                 || tokio::time::Instant::now() >= deadline
                 || *closing.borrow()
                 || held.superseded();
@@ -221,6 +228,7 @@ impl Service {
                     host: host_name.to_owned(),
                     action,
                     next_checkin_secs: self.config.checkin_interval_secs,
+                    secrets_digest,
                 });
             }
             tokio::select! {

@@ -12,6 +12,7 @@ mod enrollment;
 mod hosts;
 mod nonces;
 mod releases;
+pub mod secrets;
 pub mod users;
 
 pub use auth::{Principal, SignedRequest};
@@ -107,6 +108,8 @@ pub type Result<T, E = ServiceError> = std::result::Result<T, E>;
 /// Event payloads on the replica channel.
 const EVENT_RELEASE: &str = "release:";
 const EVENT_KEY: &str = "key:";
+/// A secret or a grant changed: reload the hosts' digests.
+const EVENT_SECRETS: &str = "secrets:";
 
 /// A host's newest desired system.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,6 +148,10 @@ pub struct Service {
     uploads: std::sync::Arc<crate::shares::Shares>,
     /// host id → the release signal of the check-in it holds (at most one per host).
     held_polls: Mutex<HashMap<i64, std::sync::Arc<tokio::sync::Notify>>>,
+    /// The server's age identity; secret endpoints need it.
+    secrets: Option<secrets::SecretKeeper>,
+    /// host id → digest of the secret versions granted to it (absent: none granted).
+    secret_digests: RwLock<HashMap<i64, String>>,
 }
 
 pub use yeet_proto::clock::{unix_now as now, unix_now_ms as now_ms};
@@ -170,6 +177,7 @@ impl Service {
     /// Builds the service and loads the fleet's desired state into memory.
     pub async fn new(store: Store, config: ServiceConfig) -> Result<Service, StoreError> {
         let desired = load_desired(&store).await?;
+        let secret_digests = secrets::load_digests(&store).await?;
         Ok(Service {
             nonces: Mutex::new(yeet_proto::NonceCache::new(
                 config.skew_secs,
@@ -189,12 +197,20 @@ impl Service {
             closing: tokio::sync::watch::Sender::new(false),
             cache: None,
             held_polls: Mutex::new(HashMap::new()),
+            secrets: None,
+            secret_digests: RwLock::new(secret_digests),
         })
     }
 
     /// Serves and accepts uploads into an embedded cache (hosts are told to use it).
     pub fn with_embedded_cache(mut self, cache: cache::EmbeddedCache) -> Self {
         self.cache = Some(cache);
+        self
+    }
+
+    /// Serves secrets with this identity.
+    pub fn with_secrets(mut self, keeper: secrets::SecretKeeper) -> Self {
+        self.secrets = Some(keeper);
         self
     }
 
@@ -215,6 +231,7 @@ impl Service {
     pub async fn handle_event(&self, event: Option<&str>) -> Result<(), StoreError> {
         match event {
             Some(e) if e.starts_with(EVENT_RELEASE) => self.reload_desired().await,
+            Some(e) if e.starts_with(EVENT_SECRETS) => self.reload_secret_digests().await,
             Some(e) => {
                 if let Some(key) = e.strip_prefix(EVENT_KEY) {
                     self.keys.write().await.remove(key);
@@ -223,6 +240,7 @@ impl Service {
             }
             None => {
                 self.keys.write().await.clear();
+                self.reload_secret_digests().await?;
                 self.reload_desired().await
             }
         }

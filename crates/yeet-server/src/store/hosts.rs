@@ -129,13 +129,23 @@ impl Store {
         .map_err(conflict("a host with this name"))
     }
 
+    /// Removes a host and its secret grants, in one transaction.
     pub async fn delete_host(&self, name: &str) -> Result<Option<HostRow>, StoreError> {
-        Ok(sqlx::query_as::<_, HostRow>(AssertSqlSafe(format!(
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query_as::<_, HostRow>(AssertSqlSafe(format!(
             "DELETE FROM hosts WHERE name = $1 RETURNING {HOST_COLUMNS}"
         )))
         .bind(name)
-        .fetch_optional(&self.pool)
-        .await?)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(row) = &row {
+            sqlx::query("DELETE FROM secret_grants WHERE host_id = $1")
+                .bind(row.id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(row)
     }
 
     pub async fn update_host_report(

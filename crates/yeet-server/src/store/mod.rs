@@ -16,6 +16,7 @@ mod hosts;
 mod nonces;
 mod registrations;
 mod releases;
+mod secrets;
 mod users;
 
 pub use activations::ActivationRow;
@@ -23,6 +24,7 @@ pub use events::{EVENTS_CHANNEL, EventStream};
 pub use hosts::{HostReport, HostRow};
 pub use registrations::RegistrationRow;
 pub use releases::{DesiredRow, NewRelease, ReleaseRow};
+pub use secrets::{Change, ChangeRow, GrantRow, SecretRow};
 pub use users::UserRow;
 
 #[derive(Debug, Error)]

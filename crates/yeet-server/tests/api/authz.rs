@@ -92,6 +92,37 @@ fn sample(method: &Method, template: &str) -> Option<Sample> {
             ok,
         ),
         ("DELETE", "/v1/hosts/{name}") => s(&paths::host("spare-2"), empty, ok),
+        ("GET", paths::SECRETS | paths::SECRETS_RECIPIENT) => s(template, empty, ok),
+        // Reaches the handler, which finds the ciphertext is not for this server.
+        ("POST", paths::SECRETS) => s(
+            template,
+            |_| json_bytes(json!({"name": "matrix-new", "ciphertext": "bm90IGFnZQ=="})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        ("POST", "/v1/secrets/{name}/rotate") => s(
+            &paths::secret_rotate("matrix-a"),
+            |_| json_bytes(json!({"ciphertext": "bm90IGFnZQ=="})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        ("POST", "/v1/secrets/{name}/grant") => s(
+            &paths::secret_grant("matrix-a"),
+            |_| json_bytes(json!({"hosts": ["host-b"]})),
+            ok,
+        ),
+        ("POST", "/v1/secrets/{name}/revoke") => s(
+            &paths::secret_revoke("matrix-b"),
+            |_| json_bytes(json!({"hosts": ["host-a"]})),
+            ok,
+        ),
+        ("DELETE", "/v1/secrets/{name}") => s(&paths::secret("matrix-gone"), empty, ok),
+        ("POST", paths::AGENT_SECRETS) => s(
+            template,
+            |_| {
+                let recipient = age::x25519::Identity::generate().to_public().to_string();
+                json_bytes(json!({"recipient": recipient, "names": ["matrix-a", "matrix-b"]}))
+            },
+            ok,
+        ),
         _ => return None,
     })
 }
@@ -225,6 +256,9 @@ async fn authorization_matrix() {
     let api = Api::new(ServiceConfig::default()).await;
     for (name, id) in [("spare-1", identity()), ("spare-2", identity())] {
         api.enroll(&id, name).await;
+    }
+    for name in ["matrix-a", "matrix-b", "matrix-gone"] {
+        api.add_secret(name, b"matrix", &["host-a"]).await;
     }
     let dead = dead_keys(&api).await;
     let before = api.snapshot().await;

@@ -15,6 +15,7 @@ use yeet_proto::api::{Role, paths};
 use yeet_proto::{Identity, SignatureHeaders};
 use yeet_server::http::{AppState, router};
 use yeet_server::service::cache::EmbeddedCache;
+use yeet_server::service::secrets::SecretKeeper;
 use yeet_server::service::users::add_user;
 use yeet_server::service::{Service, ServiceConfig, now};
 
@@ -138,11 +139,15 @@ impl Api {
         }
         let cache_dir = tempfile::tempdir().unwrap();
         let cache = EmbeddedCache::open(cache_dir.path()).unwrap();
+        let keeper = SecretKeeper::load(&cache_dir.path().join("secrets.key"), true, &store)
+            .await
+            .unwrap();
         let service = Arc::new(
             Service::new(store, config)
                 .await
                 .unwrap()
-                .with_embedded_cache(cache),
+                .with_embedded_cache(cache)
+                .with_secrets(keeper),
         );
         let router = router(AppState {
             service: service.clone(),
@@ -242,11 +247,14 @@ impl Api {
         self.service.flush_last_seen().await.unwrap();
         let st = self.service.store();
         format!(
-            "{:?}\n{:?}\n{:?}\n{:?}",
+            "{:?}\n{:?}\n{:?}\n{:?}\n{:?}\n{:?}\n{:?}",
             st.list_users().await.unwrap(),
             st.list_hosts().await.unwrap(),
             st.list_registrations().await.unwrap(),
-            st.list_releases(None, 1000).await.unwrap()
+            st.list_releases(None, 1000).await.unwrap(),
+            st.list_secrets().await.unwrap(),
+            st.list_grants().await.unwrap(),
+            st.list_secret_changes(1000).await.unwrap(),
         )
     }
 }
@@ -276,4 +284,30 @@ pub fn nar_name(bytes: &[u8]) -> String {
         "{}.nar",
         nix_meta::nix32::encode(&sha2::Sha256::digest(bytes))
     )
+}
+
+impl Api {
+    /// The server's recipient, as operators get it.
+    pub async fn recipient(&self) -> age::x25519::Recipient {
+        let v = self
+            .ok("GET", paths::SECRETS_RECIPIENT, b"", Sign::By(&self.viewer))
+            .await;
+        yeet_proto::secrets::x25519_recipient(v["recipient"].as_str().unwrap()).unwrap()
+    }
+
+    /// The body of `POST /v1/secrets`: `plaintext` sealed to the server's recipient.
+    pub async fn add_secret_body(&self, name: &str, plaintext: &[u8], hosts: &[&str]) -> Vec<u8> {
+        use base64::Engine;
+        let sealed = yeet_proto::secrets::seal(&self.recipient().await, plaintext).unwrap();
+        let ciphertext = base64::engine::general_purpose::STANDARD.encode(sealed);
+        serde_json::to_vec(&json!({"name": name, "ciphertext": ciphertext, "hosts": hosts}))
+            .unwrap()
+    }
+
+    /// Adds a secret as the admin.
+    pub async fn add_secret(&self, name: &str, plaintext: &[u8], hosts: &[&str]) -> Value {
+        let body = self.add_secret_body(name, plaintext, hosts).await;
+        self.ok("POST", paths::SECRETS, &body, Sign::By(&self.admin))
+            .await
+    }
 }

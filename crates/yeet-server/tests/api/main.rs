@@ -15,3 +15,4 @@ mod enrollment;
 mod harness;
 mod input;
 mod releases;
+mod secrets;

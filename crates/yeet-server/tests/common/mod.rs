@@ -59,6 +59,11 @@ impl TestDb {
         }
     }
 
+    /// The SQLite database's directory.
+    pub fn dir(&self) -> &std::path::Path {
+        self._dir.as_ref().expect("a SQLite test database").path()
+    }
+
     pub async fn open(&self) -> Store {
         Store::open(&self.url).await.unwrap()
     }

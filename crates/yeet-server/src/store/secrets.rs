@@ -1,0 +1,325 @@
+//! The `secrets`, `secret_grants` and `secret_changes` tables: ciphertext and its version,
+//! which host may fetch what (and fetched which version), and who changed what when.
+
+use sqlx::Row;
+
+use super::{Store, StoreError, conflict};
+
+/// A secret's row without its ciphertext (listings never load content).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct SecretRow {
+    pub name: String,
+    pub version: i64,
+    pub created_at: i64,
+    pub created_by: String,
+    pub updated_at: i64,
+    pub updated_by: String,
+}
+
+/// A grant, with the host's current name.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct GrantRow {
+    pub secret: String,
+    pub host_id: i64,
+    pub host: String,
+    pub granted_at: i64,
+    pub granted_by: String,
+    pub fetched_version: Option<i64>,
+    pub fetched_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct ChangeRow {
+    pub secret: String,
+    pub at: i64,
+    pub author: String,
+    pub action: String,
+    pub detail: String,
+}
+
+/// A change about to be recorded with the write it describes.
+pub struct Change<'a> {
+    pub author: &'a str,
+    pub action: &'a str,
+    pub detail: String,
+    pub at: i64,
+}
+
+const SECRET_COLUMNS: &str = "name, version, created_at, created_by, updated_at, updated_by";
+
+type Tx<'c> = sqlx::Transaction<'c, sqlx::Any>;
+
+async fn record(tx: &mut Tx<'_>, secret: &str, change: &Change<'_>) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO secret_changes (secret, at, author, action, detail) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(secret)
+    .bind(change.at)
+    .bind(change.author)
+    .bind(change.action)
+    .bind(&change.detail)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+impl Store {
+    /// Stores a new secret at version 1, grants it to `host_ids`, and records the change.
+    /// `Conflict` when the name is taken.
+    pub async fn insert_secret(
+        &self,
+        name: &str,
+        ciphertext: &[u8],
+        host_ids: &[i64],
+        change: &Change<'_>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("INSERT INTO secrets (name, version, ciphertext, created_at, created_by, updated_at, updated_by) VALUES ($1, 1, $2, $3, $4, $3, $4)")
+            .bind(name)
+            .bind(ciphertext)
+            .bind(change.at)
+            .bind(change.author)
+            .execute(&mut *tx)
+            .await
+            .map_err(conflict("secret"))?;
+        for id in host_ids {
+            insert_grant(&mut tx, name, *id, change).await?;
+        }
+        record(&mut tx, name, change).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Replaces a secret's ciphertext with the next version; the new version, or `None`
+    /// when there is no such secret.
+    pub async fn rotate_secret(
+        &self,
+        name: &str,
+        ciphertext: &[u8],
+        change: &Change<'_>,
+    ) -> Result<Option<i64>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let version = sqlx::query("UPDATE secrets SET version = version + 1, ciphertext = $1, updated_at = $2, updated_by = $3 WHERE name = $4 RETURNING version")
+            .bind(ciphertext)
+            .bind(change.at)
+            .bind(change.author)
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|r| r.try_get::<i64, _>("version"))
+            .transpose()?;
+        if version.is_some() {
+            record(&mut tx, name, change).await?;
+            tx.commit().await?;
+        }
+        Ok(version)
+    }
+
+    /// Grants (`grant = true`) or revokes a secret for hosts, recording the change; false
+    /// when there is no such secret. Granting twice or revoking what was not granted is a
+    /// no-op for that host.
+    pub async fn set_grants(
+        &self,
+        name: &str,
+        host_ids: &[i64],
+        grant: bool,
+        change: &Change<'_>,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // Touch the secret's row first: it must exist, and concurrent changes to its
+        // grants serialise on it.
+        let exists =
+            sqlx::query("UPDATE secrets SET updated_at = $1, updated_by = $2 WHERE name = $3")
+                .bind(change.at)
+                .bind(change.author)
+                .bind(name)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                > 0;
+        if !exists {
+            return Ok(false);
+        }
+        for id in host_ids {
+            if grant {
+                insert_grant(&mut tx, name, *id, change).await?;
+            } else {
+                sqlx::query("DELETE FROM secret_grants WHERE secret = $1 AND host_id = $2")
+                    .bind(name)
+                    .bind(*id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        record(&mut tx, name, change).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Removes a secret and its grants, recording the change; false when there was none.
+    pub async fn delete_secret(&self, name: &str, change: &Change<'_>) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let deleted = sqlx::query("DELETE FROM secrets WHERE name = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+            > 0;
+        if deleted {
+            sqlx::query("DELETE FROM secret_grants WHERE secret = $1")
+                .bind(name)
+                .execute(&mut *tx)
+                .await?;
+            record(&mut tx, name, change).await?;
+            tx.commit().await?;
+        }
+        Ok(deleted)
+    }
+
+    pub async fn list_secrets(&self) -> Result<Vec<SecretRow>, StoreError> {
+        Ok(sqlx::query_as::<_, SecretRow>(sqlx::AssertSqlSafe(format!(
+            "SELECT {SECRET_COLUMNS} FROM secrets ORDER BY name"
+        )))
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    pub async fn secret_by_name(&self, name: &str) -> Result<Option<SecretRow>, StoreError> {
+        Ok(sqlx::query_as::<_, SecretRow>(sqlx::AssertSqlSafe(format!(
+            "SELECT {SECRET_COLUMNS} FROM secrets WHERE name = $1"
+        )))
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Every grant, with host names, ordered by secret and host.
+    pub async fn list_grants(&self) -> Result<Vec<GrantRow>, StoreError> {
+        Ok(sqlx::query_as::<_, GrantRow>(
+            "SELECT g.secret, g.host_id, h.name AS host, g.granted_at, g.granted_by, g.fetched_version, g.fetched_at
+             FROM secret_grants g JOIN hosts h ON h.id = g.host_id ORDER BY g.secret, h.name",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// The newest `per_secret` changes of every secret (also removed ones), newest first.
+    pub async fn list_secret_changes(&self, per_secret: i64) -> Result<Vec<ChangeRow>, StoreError> {
+        Ok(sqlx::query_as::<_, ChangeRow>(
+            "SELECT c.secret, c.at, c.author, c.action, c.detail FROM secret_changes c
+             WHERE c.id IN (SELECT d.id FROM secret_changes d WHERE d.secret = c.secret ORDER BY d.id DESC LIMIT $1)
+             ORDER BY c.secret, c.id DESC",
+        )
+        .bind(per_secret)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// (host id, secret name, version) of every grant: what the check-in digests are made of.
+    pub async fn granted_versions(&self) -> Result<Vec<(i64, String, i64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT g.host_id, s.name, s.version FROM secret_grants g JOIN secrets s ON s.name = g.secret",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("host_id")?,
+                    r.try_get("name")?,
+                    r.try_get("version")?,
+                ))
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
+    /// The ciphertexts and versions of those of `names` that are granted to `host_id`.
+    pub async fn granted_ciphertexts(
+        &self,
+        host_id: i64,
+        names: &[String],
+    ) -> Result<Vec<(String, i64, Vec<u8>)>, StoreError> {
+        // One query for the host's grants; the names are matched here, so that the SQL
+        // never grows with the request.
+        let rows = sqlx::query(
+            "SELECT s.name, s.version, s.ciphertext FROM secret_grants g JOIN secrets s ON s.name = g.secret WHERE g.host_id = $1",
+        )
+        .bind(host_id)
+        .fetch_all(&self.pool)
+        .await?;
+        let wanted: std::collections::HashSet<&str> = names.iter().map(String::as_str).collect();
+        let mut out = Vec::new();
+        for r in rows {
+            let name: String = r.try_get("name")?;
+            if wanted.contains(name.as_str()) {
+                out.push((name, r.try_get("version")?, r.try_get("ciphertext")?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Notes which versions a host fetched.
+    pub async fn record_fetched(
+        &self,
+        host_id: i64,
+        fetched: &[(String, i64)],
+        at: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for (name, version) in fetched {
+            sqlx::query("UPDATE secret_grants SET fetched_version = $1, fetched_at = $2 WHERE secret = $3 AND host_id = $4")
+                .bind(*version)
+                .bind(at)
+                .bind(name)
+                .bind(host_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+async fn insert_grant(
+    tx: &mut Tx<'_>,
+    name: &str,
+    host_id: i64,
+    change: &Change<'_>,
+) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO secret_grants (secret, host_id, granted_at, granted_by) VALUES ($1, $2, $3, $4) ON CONFLICT (secret, host_id) DO NOTHING")
+        .bind(name)
+        .bind(host_id)
+        .bind(change.at)
+        .bind(change.author)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+impl Store {
+    /// A server-wide setting, if recorded.
+    pub async fn setting(&self, name: &str) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query("SELECT value FROM settings WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get("value")).transpose()?)
+    }
+
+    /// Records `value` unless the setting exists; returns what is recorded (the first
+    /// writer wins, also between replicas starting at once).
+    pub async fn setting_or_insert(&self, name: &str, value: &str) -> Result<String, StoreError> {
+        sqlx::query(
+            "INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .bind(value)
+        .execute(&self.pool)
+        .await?;
+        Ok(self
+            .setting(name)
+            .await?
+            .unwrap_or_else(|| value.to_owned()))
+    }
+}
