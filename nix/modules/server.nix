@@ -43,6 +43,16 @@ in
       default = 8470;
       description = "Port to listen on.";
     };
+    secretsKey = lib.mkOption {
+      type = lib.types.nullOr lib.types.str;
+      default = null;
+      example = "/run/keys/yeet-secrets-key";
+      description = ''
+        Path, on the host, of the age identity secrets are encrypted to, handed to the
+        service as the systemd credential `secrets-key`. Replicas must share one. Null: the
+        server creates one (0400) in its state directory on first start; back it up.
+      '';
+    };
     database = lib.mkOption {
       type = lib.types.nullOr lib.types.str;
       default = null;
@@ -136,6 +146,9 @@ in
         # Every held long-poll is an open socket: room for max_connections (16384) plus
         # the database and cache files. The server also raises its soft limit to this.
         LimitNOFILE = 65536;
+      } // lib.optionalAttrs (cfg.secretsKey != null) {
+        # Read by systemd as root, given to the dynamic user under $CREDENTIALS_DIRECTORY.
+        LoadCredential = [ "secrets-key:${cfg.secretsKey}" ];
       };
     };
   };

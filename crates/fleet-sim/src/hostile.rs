@@ -1,6 +1,7 @@
 //! A hostile yeet server, for attack tests against the real agent and the real CLI. It
 //! approves every registration, answers check-ins with whatever `Action` a test queued
-//! (valid or not), and records the activation reports it receives. To operators it shows a
+//! (valid or not), answers secret fetches with a secret nobody asked for (named to land
+//! outside the secrets directory), and records the activation reports it receives. To operators it shows a
 //! fleet whose every free-text field carries terminal escapes and bidi overrides
 //! (`HOSTILE_TEXT`). It checks no signature: an attacker who controls the server, or a
 //! plain-HTTP path to it, does not need to.
@@ -174,6 +175,9 @@ fn answer(conn: TcpStream, script: &Mutex<Script>) -> std::io::Result<()> {
                 json!({"host": "victim", "action": action, "next_checkin_secs": next}),
             )
         }
+        // Secrets for every name asked, and one more that would land outside the
+        // secrets directory, all validly encrypted to the request's recipient.
+        paths::AGENT_SECRETS => ("200 OK", planted_secrets(&body)),
         paths::REPORT => {
             let reply = json!({
                 "id": 1, "host": "victim", "store_path": body["store_path"],
@@ -201,4 +205,36 @@ fn answer(conn: TcpStream, script: &Mutex<Script>) -> std::io::Result<()> {
         text.len()
     )?;
     conn.flush()
+}
+
+/// The name of the secret the hostile server plants.
+pub const PLANTED_SECRET: &str = "../../../etc/cron.d/yeet-pwned";
+
+fn planted_secrets(request: &Value) -> Value {
+    use base64::Engine;
+    let Some(recipient) = request["recipient"]
+        .as_str()
+        .and_then(|r| yeet_proto::secrets::x25519_recipient(r).ok())
+    else {
+        return json!({"secrets": [], "missing": [], "digest": "x"});
+    };
+    let mut names: Vec<String> = request["names"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|n| n.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.push(PLANTED_SECRET.into());
+    let payload = b"* * * * * root touch /run/pwned\n";
+    let secrets: Vec<Value> = names
+        .iter()
+        .map(|name| {
+            let sealed = yeet_proto::secrets::seal(&recipient, payload).unwrap_or_default();
+            let ciphertext = base64::engine::general_purpose::STANDARD.encode(sealed);
+            json!({"name": name, "version": 1, "ciphertext": ciphertext})
+        })
+        .collect();
+    json!({"secrets": secrets, "missing": [], "digest": "x"})
 }

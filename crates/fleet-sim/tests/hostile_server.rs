@@ -128,7 +128,7 @@ fn a_malicious_server_gets_nothing_activated() {
     let unsigned = Cache::new(&dir.path().join("unsigned-keys"), "unused-1");
     let foreign = Cache::new(&dir.path().join("foreign-keys"), "evil-1");
     let salt = dir.path().display().to_string();
-    let system = |name: &str| {
+    let system = |name: &str, secrets: &str| {
         build_system(&SystemSpec {
             name,
             platform: Platform::NixOS,
@@ -141,10 +141,10 @@ fn a_malicious_server_gets_nothing_activated() {
             // However large the server's interval, the agent comes back within 2 s.
             extra_agent_config: "max_checkin_interval_secs = 2",
             agent_package: fleet_sim::sim::SYSTEMD_HOST_AGENT_PACKAGE,
-            secrets: "",
+            secrets,
         })
     };
-    let base = system("base");
+    let base = system("base", "");
     fleet_cache.push(&base);
     let mut host = SimHost::new(dir.path(), "victim", HostKind::Namespace);
     host.start(&fleet_cache, &base);
@@ -157,7 +157,7 @@ fn a_malicious_server_gets_nothing_activated() {
 
     // Cache URLs are data: an unknown scheme first used to end the check as a pass, and
     // `?trusted=1` made Nix skip signatures altogether.
-    let evil = system("evil-unsigned");
+    let evil = system("evil-unsigned", "");
     unsigned.push_unsigned(&evil);
     let trusted_url = format!("{}?trusted=1", unsigned.url());
     let secret_url = format!("{}?secret-key=/etc/yeet/host_key", unsigned.url());
@@ -192,7 +192,7 @@ fn a_malicious_server_gets_nothing_activated() {
         "untrusted",
         "signature",
     );
-    let foreign_signed = system("evil-foreign");
+    let foreign_signed = system("evil-foreign", "");
     foreign.push(&foreign_signed);
     attack.expect(
         "a foreign-signed path",
@@ -222,7 +222,7 @@ fn a_malicious_server_gets_nothing_activated() {
 
     // A path already valid on the host (built there by a local user, say) is not trusted
     // for being present, whatever caches are named.
-    let local = system("evil-local");
+    let local = system("evil-local", "");
     let out = run(Command::new("nix")
         .args([
             "--extra-experimental-features",
@@ -265,6 +265,29 @@ fn a_malicious_server_gets_nothing_activated() {
     attack.expect_refused_locally("an escaping path", "/nix/store/../../bin/sh");
     attack.expect_refused_locally("an option", "--option");
 
+    // A signed system that needs a secret: the server answers the fetch with one more,
+    // named to land outside the secrets directory. The agent refuses the whole answer,
+    // writes nothing, and does not switch.
+    let needs_secret = system("needs-secret", "{ db-password = { }; }");
+    fleet_cache.push(&needs_secret);
+    attack.expect(
+        "a planted secret",
+        &needs_secret,
+        &[&fleet_cache.url()],
+        "failed",
+        "not asked for",
+    );
+    for planted in [
+        "run/yeet/secrets",
+        "run/yeet/secrets.d",
+        "var-lib-yeet/secrets",
+    ] {
+        let at = host.root.join(planted);
+        let empty = std::fs::read_dir(&at).map_or(true, |mut d| d.next().is_none());
+        assert!(empty, "{} holds secrets", at.display());
+    }
+    assert!(!Path::new("/etc/cron.d/yeet-pwned").exists());
+
     // An absurd interval does not silence the host.
     let checkins = server.checkins();
     server.offer(serde_json::json!({"type": "none"}), u64::MAX);
@@ -277,7 +300,7 @@ fn a_malicious_server_gets_nothing_activated() {
 
     // A system signed by the pinned key is activated: the agent still works, and the test
     // sees an activation when there is one.
-    let good = system("good");
+    let good = system("good", "");
     fleet_cache.push(&good);
     let before = server.reports().len();
     server.offer_switch(&good, &[&fleet_cache.url()]);

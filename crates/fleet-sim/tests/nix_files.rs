@@ -192,7 +192,11 @@ fn server_settings(overrides: &str) -> serde_json::Value {
 #[test]
 fn every_server_setting_the_module_writes_is_accepted_and_typos_fail_the_build() {
     let all = server_settings("{ }");
-    assert_eq!(keys_of(&all), accepted_keys("yeet-server"));
+    // The secrets key reaches the server as a systemd credential (`secretsKey`), not as a
+    // setting; `settings.secrets_key` remains for other service managers.
+    let mut accepted = accepted_keys("yeet-server");
+    assert!(accepted.remove("secrets_key"));
+    assert_eq!(keys_of(&all), accepted);
     let (ok, text) = check_config("yeet-server", &all);
     assert!(ok, "{text}");
     let (ok, text) = check_config(
@@ -212,4 +216,33 @@ fn every_server_setting_the_module_writes_is_accepted_and_typos_fail_the_build()
         &server_settings(r#"{ publicUrls = [ "yeet.example.org" ]; }"#),
     );
     assert!(!ok && text.contains("public_urls"), "{text}");
+}
+
+/// What `yeet.secrets` writes (the modules' and the test systems' shared code) is what the
+/// agent parses, defaults included; and the agent's check of owners and modes is the one
+/// that applies to it.
+#[test]
+fn the_secrets_manifest_the_modules_write_is_what_the_agent_reads() {
+    let file = modules_dir().join("secrets-manifest.nix");
+    let manifest = |secrets: &str| {
+        let text = eval_json(&format!("(import {}).manifest {secrets}", file.display()));
+        yeet_proto::secrets::Manifest::parse(text.as_str().unwrap().as_bytes())
+    };
+    let m = manifest(
+        r#"{ db-password = { owner = "postgres"; mode = "0440"; restartUnits = [ "postgresql.service" ]; }; tls = { path = "/etc/nginx/tls.key"; group = "nginx"; }; }"#,
+    )
+    .unwrap();
+    let db = &m.secrets["db-password"];
+    assert_eq!(
+        (db.owner.as_str(), db.group.as_str(), db.mode_bits()),
+        ("postgres", "root", Ok(0o440))
+    );
+    assert_eq!(db.path.as_deref(), Some("/run/yeet/secrets/db-password"));
+    assert_eq!(db.restart_units, ["postgresql.service"]);
+    assert_eq!(m.secrets["tls"].path.as_deref(), Some("/etc/nginx/tls.key"));
+    // A bad value in the configuration fails in the agent's parser, by name.
+    let err = manifest(r#"{ k = { mode = "4755"; }; }"#)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("permission bits"), "{err}");
 }

@@ -305,6 +305,12 @@ fn secrets_reach_granted_hosts_rotate_and_survive_a_reboot() {
             fleet.server.proc.stderr.all(),
         ]
         .concat();
+        // The scans read real logs: they name what was done to the secret.
+        assert!(
+            server_output
+                .iter()
+                .any(|l| l.contains("secret rotated") && l.contains("db-password"))
+        );
         assert_nowhere(
             marker,
             "the server's log",
@@ -317,7 +323,7 @@ fn secrets_reach_granted_hosts_rotate_and_survive_a_reboot() {
                 .args(["--output=cat", "--no-pager"])
                 .output()
                 .unwrap();
-            assert!(!journal.stdout.is_empty());
+            assert!(String::from_utf8_lossy(&journal.stdout).contains("yeet-agent starting"));
             assert_nowhere(marker, &format!("{}'s journal", host.name), &journal.stdout);
             for dir in ["nix/store", "var-lib-yeet", "etc-yeet"] {
                 for file in files_under(&host.root.join(dir)) {
@@ -329,4 +335,106 @@ fn secrets_reach_granted_hosts_rotate_and_survive_a_reboot() {
             assert_nowhere(marker, "an activation log", log.to_string().as_bytes());
         }
     }
+}
+
+/// `yeet secret` with bad input: each refusal says what to do, and nothing is stored.
+#[test]
+fn the_secret_command_refuses_bad_input_clearly() {
+    let server = fleet_sim::Server::start(Default::default());
+    let dir = tempfile::tempdir().unwrap();
+    let fails = |args: &[&str], stdin: Option<&Path>| -> String {
+        let mut cmd = server.yeet_cmd();
+        cmd.args(args);
+        if let Some(input) = stdin {
+            cmd.stdin(std::fs::File::open(input).unwrap());
+        }
+        let out = fleet_sim::run(&mut cmd);
+        assert!(!out.status.success(), "yeet {args:?} succeeded");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let empty = dir.path().join("empty");
+    std::fs::write(&empty, "").unwrap();
+    let huge = dir.path().join("huge");
+    std::fs::write(&huge, vec![b'x'; yeet_proto::secrets::MAX_SECRET_BYTES + 1]).unwrap();
+    let foreign = dir.path().join("foreign.age");
+    let stranger = age::x25519::Identity::generate().to_public();
+    std::fs::write(
+        &foreign,
+        yeet_proto::secrets::seal(&stranger, b"x").unwrap(),
+    )
+    .unwrap();
+    let f = |p: &Path| p.display().to_string();
+    for (args, stdin, expected) in [
+        (
+            vec!["secret", "add", "k", "--stdin"],
+            Some(empty.as_path()),
+            "empty",
+        ),
+        (
+            vec!["secret", "add", "k", "--from-file", &f(&huge)],
+            None,
+            "larger than 256 KiB",
+        ),
+        (
+            vec!["secret", "add", "k", "--from-file", "/nonexistent"],
+            None,
+            "cannot read /nonexistent",
+        ),
+        (
+            vec!["secret", "add", "k", "--encrypted", &f(&foreign)],
+            None,
+            "yeet secret recipient",
+        ),
+        (
+            vec!["secret", "add", "a/b", "--from-file", &f(&huge)],
+            None,
+            "larger than",
+        ),
+        (
+            vec!["secret", "add", "../k", "--stdin"],
+            Some(huge.as_path()),
+            "larger than",
+        ),
+        (
+            vec!["secret", "rotate", "nope", "--encrypted", &f(&foreign)],
+            None,
+            "yeet secret list",
+        ),
+        (
+            vec!["secret", "grant", "nope", "web-1"],
+            None,
+            "no host named web-1",
+        ),
+        (vec!["secret", "rm", "nope"], None, "yeet secret list"),
+        (vec!["secret", "add", "k"], None, "--from-file"),
+    ] {
+        let err = fails(&args, stdin);
+        assert!(err.contains(expected), "yeet {args:?}: {err}");
+    }
+    let small = dir.path().join("small");
+    std::fs::write(&small, "fine").unwrap();
+    let err = fails(&["secret", "add", "a/b", "--from-file", &f(&small)], None);
+    assert!(err.contains("invalid secret name"), "{err}");
+    let err = fails(
+        &[
+            "secret",
+            "add",
+            "k",
+            "--from-file",
+            &f(&small),
+            "--host",
+            "nobody",
+        ],
+        None,
+    );
+    assert!(err.contains("no host named nobody"), "{err}");
+    let listed: Vec<serde_json::Value> = server.yeet_json(&["secret", "list"]);
+    assert!(listed.is_empty(), "{listed:?}");
+    // And a good one is listed without its content.
+    server.yeet(&["secret", "add", "k", "--from-file", &f(&small)]);
+    let listed = server.yeet(&["secret", "list", "--json"]);
+    assert!(
+        listed.contains("\"k\"") && !listed.contains("fine"),
+        "{listed}"
+    );
 }
