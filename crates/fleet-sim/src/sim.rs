@@ -903,20 +903,28 @@ impl Fleet {
         build_system(&spec)
     }
 
+    /// Builds a system of this fleet as `tweak` changes it, and pushes it, signed, to the
+    /// cache.
+    pub fn system_from<'a>(
+        &'a self,
+        name: &'a str,
+        tweak: impl FnOnce(&mut SystemSpec<'a>),
+    ) -> String {
+        let path = self.build_spec(name, tweak);
+        self.cache.push(&path);
+        path
+    }
+
     /// Builds a system whose agent unit runs the yeet package at `agent_package`, and
     /// pushes it, signed, to the cache.
     pub fn system_with_agent_package(&self, name: &str, agent_package: &str) -> String {
-        let path = self.build_spec(name, |spec| spec.agent_package = agent_package);
-        self.cache.push(&path);
-        path
+        self.system_from(name, |spec| spec.agent_package = agent_package)
     }
 
     /// Builds a system that asks for `secrets` (its `yeet.secrets`, as Nix), and pushes it,
     /// signed, to the cache.
     pub fn system_with_secrets(&self, name: &str, secrets: &str) -> String {
-        let path = self.build_spec(name, |spec| spec.secrets = secrets);
-        self.cache.push(&path);
-        path
+        self.system_from(name, |spec| spec.secrets = secrets)
     }
 
     pub fn dir(&self) -> &Path {

@@ -254,6 +254,40 @@ fn secrets_reach_granted_hosts_rotate_and_survive_a_reboot() {
         },
     );
 
+    // A switch that fails, to a system that asks for one more secret: the rollback puts the
+    // previous generation back, without the new secret.
+    std::fs::write(dir.join("token"), "api token\n").unwrap();
+    let token = dir.join("token").display().to_string();
+    fleet.server.yeet(&[
+        "secret",
+        "add",
+        "api-token",
+        "--from-file",
+        &token,
+        "--host",
+        "web-1",
+    ]);
+    let failing = fleet.system_from("system-fails-with-secrets", |spec| {
+        spec.variant = fleet_sim::sim::Variant::Fail;
+        spec.secrets = r#"{ db-password = { owner = "www-data"; group = "www-data"; mode = "0440"; restartUnits = [ "demo-web.service" ]; }; api-token = { }; }"#;
+    });
+    fleet.publish(&[("web-1", &failing)], "fails to switch");
+    let back = fleet.wait_for_activation("web-1", 2, common::CONVERGE);
+    assert_eq!(back["result"], "rolled-back", "{back}");
+    assert_eq!(web1.current_system(), Some(system.clone()));
+    assert_eq!(secret_on(web1).as_deref(), Some(SECOND));
+    let token_there = sh(web1, "test -e /run/yeet/secrets/api-token");
+    assert!(
+        !token_there.status.success(),
+        "the failed system's secret stayed"
+    );
+    let generations = sh(web1, "ls /run/yeet/secrets.d | wc -l");
+    assert_eq!(
+        stdout(&generations),
+        "1",
+        "the failed generation was not removed"
+    );
+
     // A reboot while the server is down: the secret is back before any contact.
     let server_pid = fleet.server.proc.child.id().to_string();
     assert!(
