@@ -28,7 +28,7 @@ in
     # At boot, secrets kept for this host (encrypted to its key) are back before services
     # start; during a switch the agent has put them in place already, and this does nothing.
     system.activationScripts.yeet-secrets = {
-      deps = [ "users" "groups" ];
+      deps = [ "etc" "users" "groups" ];
       text = "${cfg.package}/bin/yeet-agent restore-secrets || true";
     };
     environment.systemPackages = [ cfg.package ];

@@ -15,6 +15,8 @@
   # Where the agent's package is on the host (its bin/yeet-agent is the unit's ExecStart).
 , agentPackage ? "/opt/yeet-agent"
 , agentServiceFile ? ../../../nix/modules/agent-service.nix
+  # The modules' own manifest writer (a flake that copies this file brings its own copy).
+, secretsManifestFile ? ../../../nix/modules/secrets-manifest.nix
 }:
 let
   drv = attrs: derivation ({ inherit system; builder = "/bin/sh"; PATH = "/bin:/usr/bin"; } // attrs);
@@ -57,7 +59,7 @@ let
   };
   # Written by the modules' own code, as NixOS writes etc/yeet/secrets.json.
   secretsManifest = builtins.toFile "secrets.json"
-    ((import ../../../nix/modules/secrets-manifest.nix).manifest secrets);
+    ((import secretsManifestFile).manifest secrets);
 in drv {
   inherit name variant salt agentConfig unit platform secretsManifest;
   kernelPkg = kernelPkg;

@@ -326,6 +326,10 @@ fn fleet_flake(fleet: &Fleet) -> std::path::PathBuf {
         ("nix/tools.nix", "tools.nix"),
         ("nix/unit.nix", "unit.nix"),
         ("../../nix/modules/agent-service.nix", "agent-service.nix"),
+        (
+            "../../nix/modules/secrets-manifest.nix",
+            "secrets-manifest.nix",
+        ),
     ] {
         std::fs::copy(here.join(from), dir.join(to)).unwrap();
     }
