@@ -91,7 +91,7 @@ impl Store {
     }
 
     /// Replaces a secret's ciphertext with the next version; the new version, or `None`
-    /// when there is no such secret.
+    /// when there is no such secret. The change is recorded with that version as its detail.
     pub async fn rotate_secret(
         &self,
         name: &str,
@@ -108,8 +108,12 @@ impl Store {
             .await?
             .map(|r| r.try_get::<i64, _>("version"))
             .transpose()?;
-        if version.is_some() {
-            record(&mut tx, name, change).await?;
+        if let Some(v) = version {
+            let change = Change {
+                detail: format!("version {v}"),
+                ..*change
+            };
+            record(&mut tx, name, &change).await?;
             tx.commit().await?;
         }
         Ok(version)

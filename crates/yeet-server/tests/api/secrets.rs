@@ -157,6 +157,7 @@ async fn rotation_grant_revoke_and_removal_are_recorded_with_their_author() {
         ("added", "alice"),
     ];
     assert_eq!(actions, expected.map(|(a, b)| (a.to_owned(), b.to_owned())));
+    assert_eq!(v["history"][1]["detail"], "version 2", "{v}");
     api.ok("DELETE", &paths::secret("token"), b"", Sign::By(&api.admin))
         .await;
     let (v, opened) = fetch(&api, &api.host_a, &["token"]).await;
