@@ -347,6 +347,7 @@ impl Agent<'_> {
             facts: facts(),
             wait_secs: wait.as_secs(),
             secrets_digest: self.held_secrets_digest(),
+            detached: false,
         };
         let resp = self.client.checkin(&req)?;
         self.status.last_contact = Some(now());

@@ -49,9 +49,11 @@ enum Command {
     Log(log::LogArgs),
     /// Show a host's past activation attempts, newest first.
     History(log::HistoryArgs),
-    /// Rename or remove hosts.
+    /// Show hosts, set their policy, rename or remove them.
     #[command(subcommand)]
     Host(host::HostCommand),
+    /// End a detached host's detachment: it returns to its desired system.
+    Attach(host::AttachArgs),
     /// Build hosts' systems from a flake (or take built paths), push them, create a release.
     Publish(publish::PublishArgs),
     /// List releases, newest first.
@@ -105,6 +107,7 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Log(args) => log::log(args, c),
         Command::History(args) => log::history(args, c),
         Command::Host(command) => host::run(command, c),
+        Command::Attach(args) => host::attach(args, c),
         Command::Publish(args) => publish::run(args, c),
         Command::Releases(args) => releases::list(args, c),
         Command::Release(command) => releases::show(command, c),

@@ -56,6 +56,17 @@ pub fn host_detail(h: &yeet_proto::api::HostInfo) -> Table {
                 .unwrap_or_else(|| "-".into()),
         ),
         ("last seen", ago(h.last_seen)),
+        (
+            "detached",
+            h.detached.as_ref().map_or_else(
+                || "no".to_owned(),
+                |d| format!("since {} by {}: {}", ago(Some(d.since)), d.user, d.reason),
+            ),
+        ),
+        (
+            "may detach",
+            if h.policy.allow_detach { "yes" } else { "no" }.to_owned(),
+        ),
         ("approved", ago(Some(h.approved_at))),
         ("os/arch", format!("{}/{}", h.facts.os, h.facts.arch)),
         ("agent", h.facts.agent_version.clone()),

@@ -4,9 +4,9 @@
 
 use yeet_proto::api::{
     Activation, ActivationLog, ActivationReport, ApproveRequest, CacheGcReport, CacheGcRequest,
-    CheckinRequest, CheckinResponse, CreateReleaseRequest, HostInfo, Limit, PendingRegistration,
-    RegisterRequest, RegisterResponse, RejectRequest, Release, ReleaseFilter, RenameRequest,
-    RollbackRequest, WhoAmI, paths,
+    CheckinRequest, CheckinResponse, CreateReleaseRequest, DetachRequest, Detachment, HostInfo,
+    HostPolicy, Limit, PendingRegistration, RegisterRequest, RegisterResponse, RejectRequest,
+    Release, ReleaseFilter, RenameRequest, RollbackRequest, WhoAmI, paths,
 };
 
 use yeet_proto::secrets::{
@@ -34,6 +34,17 @@ impl Client {
 
     pub fn report(&self, req: &ActivationReport) -> Result<Activation> {
         self.post(paths::REPORT, req)
+    }
+
+    /// Asks to detach; refused (`detach_refused`) unless the host's policy allows it.
+    pub fn detach(&self, req: &DetachRequest) -> Result<Detachment> {
+        self.post(paths::AGENT_DETACH, req)
+    }
+
+    /// Ends this host's detachment (a no-op when it has none).
+    pub fn attach(&self) -> Result<()> {
+        self.post::<_, Done>(paths::AGENT_ATTACH, &serde_json::json!({}))
+            .map(drop)
     }
 
     // Operators' endpoints.
@@ -74,6 +85,18 @@ impl Client {
             new_name: new_name.to_owned(),
         };
         self.post(&paths::host_rename(&paths::segment(name)), &req)
+    }
+
+    pub fn set_host_policy(&self, name: &str, policy: &HostPolicy) -> Result<HostInfo> {
+        self.put(&paths::host_policy(&paths::segment(name)), policy)
+    }
+
+    /// Ends a host's detachment from the operator's side.
+    pub fn attach_host(&self, name: &str) -> Result<HostInfo> {
+        self.post(
+            &paths::host_attach(&paths::segment(name)),
+            &serde_json::json!({}),
+        )
     }
 
     pub fn remove_host(&self, name: &str) -> Result<()> {

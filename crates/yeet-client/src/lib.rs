@@ -200,6 +200,15 @@ impl Client {
         self.send("POST", path, Some(bytes))
     }
 
+    fn put<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        let bytes = serde_json::to_vec(body).unwrap_or_default();
+        self.send("PUT", path, Some(bytes))
+    }
+
     /// Signs and sends raw bytes; the building block of the typed calls in `api.rs`.
     fn send_raw(
         &self,

@@ -22,6 +22,8 @@ pub mod paths {
     /// Not under `/v1/secrets/`, where it would shadow a secret of that name.
     pub const SECRETS_RECIPIENT: &str = "/v1/secrets-recipient";
     pub const AGENT_SECRETS: &str = "/v1/agent/secrets";
+    pub const AGENT_DETACH: &str = "/v1/agent/detach";
+    pub const AGENT_ATTACH: &str = "/v1/agent/attach";
 
     /// `/v1/secrets/{name}`
     pub fn secret(name: &str) -> String {
@@ -56,6 +58,16 @@ pub mod paths {
     /// `/v1/hosts/{name}/rename`
     pub fn host_rename(name: &str) -> String {
         format!("{HOSTS}/{name}/rename")
+    }
+
+    /// `/v1/hosts/{name}/policy`: what the host may do on its own (detach).
+    pub fn host_policy(name: &str) -> String {
+        format!("{HOSTS}/{name}/policy")
+    }
+
+    /// `/v1/hosts/{name}/attach`: end the host's detachment from the operator's side.
+    pub fn host_attach(name: &str) -> String {
+        format!("{HOSTS}/{name}/attach")
     }
 
     /// `/v1/hosts/{name}/activations`: past activation attempts, newest first.
@@ -209,6 +221,10 @@ pub struct CheckinRequest {
     /// at once when the host's granted versions differ from it.
     #[serde(default)]
     pub secrets_digest: Option<String>,
+    /// Whether the host believes it is detached: a held check-in answers at once when the
+    /// server's record says otherwise.
+    #[serde(default)]
+    pub detached: bool,
 }
 
 /// How an activation attempt ended.
@@ -290,6 +306,43 @@ pub struct CheckinResponse {
     /// what the host holds, the host fetches its secrets again.
     #[serde(default)]
     pub secrets_digest: String,
+    /// The host is detached: it runs a locally chosen system, and `action` stays `none`
+    /// until it attaches again (or an operator ends the detachment).
+    #[serde(default)]
+    pub detached: Option<Detachment>,
+    /// What the newest release naming the host says it should run, whether or not this
+    /// answer asks for it (for the host's local status).
+    #[serde(default)]
+    pub desired_system: Option<String>,
+}
+
+/// A host's request to run a locally chosen system for a while (`POST /v1/agent/detach`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct DetachRequest {
+    /// Why, in the words of the person at the machine.
+    #[serde(default)]
+    pub reason: String,
+    /// Who asked, as the host knows them (a local user name and uid).
+    #[serde(default)]
+    pub user: String,
+}
+
+/// A host's detachment, as the server records it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Detachment {
+    /// When the server permitted it.
+    pub since: i64,
+    /// Who asked on the host, and why.
+    pub user: String,
+    pub reason: String,
+}
+
+/// What a host may do on its own, set by admins (`PUT /v1/hosts/{name}/policy`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct HostPolicy {
+    /// People at the machine may detach it and run a locally chosen system.
+    #[serde(default)]
+    pub allow_detach: bool,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -342,6 +395,8 @@ pub enum HostState {
     RebootRequired,
     /// Not seen for longer than the offline threshold.
     Offline,
+    /// Running a locally chosen system with the server's permission.
+    Detached,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -360,6 +415,12 @@ pub struct HostInfo {
     /// How the host's newest activation attempt ended.
     #[serde(default)]
     pub last_result: Option<ActivationResult>,
+    /// What the host may do on its own.
+    #[serde(default)]
+    pub policy: HostPolicy,
+    /// The host's detachment, while it lasts.
+    #[serde(default)]
+    pub detached: Option<Detachment>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -459,7 +520,7 @@ wire_names!(AgentState, "agent state" { Standby => "standby", Updating => "updat
 wire_names!(ActivationResult, "activation result" { Confirmed => "confirmed", Failed => "failed", RolledBack => "rolled-back", Untrusted => "untrusted" });
 wire_names!(Role, "role" { Viewer => "viewer", Publisher => "publisher", Admin => "admin" });
 wire_names!(HostState, "host state" {
-    New => "new", Standby => "standby", Updating => "updating", RolledBack => "rolled-back", RebootRequired => "reboot-required", Offline => "offline",
+    New => "new", Standby => "standby", Updating => "updating", RolledBack => "rolled-back", RebootRequired => "reboot-required", Offline => "offline", Detached => "detached",
 });
 
 #[cfg(test)]

@@ -99,6 +99,8 @@ error_codes! {
     NoActivation => "no_activation", 404, "The host has not reported an activation yet.";
     InvalidLog => "invalid_log", 422, "The activation log is not base64-encoded gzip.";
     LogTooLarge => "log_too_large", 422, "The activation log is larger than the server keeps.";
+    DetachRefused => "detach_refused", 403, "The host's policy does not let it detach; an admin can allow it with `yeet host policy HOST --allow-detach`.";
+    NotDetached => "not_detached", 409, "The host is not detached.";
     // Binary caches.
     NoEmbeddedCache => "no_embedded_cache", 404, "This server's embedded cache is disabled.";
     NotACacheFile => "not_a_cache_file", 404, "The upload's path is not a narinfo or NAR file name.";

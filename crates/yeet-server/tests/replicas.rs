@@ -1,6 +1,7 @@
 //! Two server replicas on one real PostgreSQL database: a release written through one wakes
 //! the long-polls held by the other (LISTEN/NOTIFY), and a host removed through one stops
-//! working on the other at once, not after the key cache expires.
+//! working on the other at once, not after the key cache expires; so does a detachment
+//! ended through the other.
 
 #![allow(clippy::unwrap_used)]
 
@@ -9,8 +10,8 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use yeet_proto::api::{
-    Action, ApproveRequest, CheckinRequest, CreateReleaseRequest, RegisterRequest,
-    RegisterResponse, Role,
+    Action, ApproveRequest, CheckinRequest, CreateReleaseRequest, DetachRequest, HostPolicy,
+    RegisterRequest, RegisterResponse, Role,
 };
 use yeet_proto::{AuthError, Identity, SignatureHeaders};
 use yeet_server::service::users::add_user;
@@ -148,6 +149,33 @@ async fn replicas_share_releases_and_key_removals() {
     eprintln!(
         "replica B answered its held check-in {waited:?} after it started (release at ~300 ms, through replica A)"
     );
+
+    // An admin ends, through A, the detachment the host opened through B: B's held
+    // check-in of a host that believes it is detached answers at once.
+    a.set_host_policy(&admin, "web", HostPolicy { allow_detach: true })
+        .await
+        .unwrap();
+    b.detach(&host, DetachRequest::default()).await.unwrap();
+    let waiter = {
+        let (b, host) = (b.clone(), host.clone());
+        tokio::spawn(async move {
+            let req = CheckinRequest {
+                current_system: Some(PATH.into()),
+                wait_secs: 30,
+                detached: true,
+                ..Default::default()
+            };
+            b.checkin(&host, req).await.unwrap()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(a.show_host(&admin, "web").await.unwrap().detached.is_some());
+    a.attach_host(&admin, "web").await.unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(20), waiter)
+        .await
+        .expect("replica B hears of the attach through NOTIFY")
+        .unwrap();
+    assert_eq!(resp.detached, None);
 
     // Removing the host through A makes B refuse its key at once.
     a.remove_host(&admin, "web").await.unwrap();

@@ -7,7 +7,9 @@ mod common;
 
 use common::TestDb;
 use yeet_proto::api::Role;
-use yeet_server::store::{HostReport, NewRelease, RegistrationRow, Store, StoreError};
+use yeet_server::store::{
+    DetachmentRow, HostReport, NewRelease, RegistrationRow, Store, StoreError,
+};
 
 fn registration(key: &str, code: &str, seen: i64) -> RegistrationRow {
     RegistrationRow {
@@ -316,7 +318,48 @@ async fn corrupt_enum_columns_are_errors(db: &TestDb) {
     s.close().await;
 }
 
+async fn one_open_detachment_per_host(db: &TestDb) {
+    let s = db.open().await;
+    let a = host(&s, "ka", "a").await;
+    assert_eq!(s.host_by_id(a).await.unwrap().unwrap().allow_detach, 0);
+    assert!(s.set_allow_detach(a, true).await.unwrap());
+    assert_eq!(s.host_by_id(a).await.unwrap().unwrap().allow_detach, 1);
+    assert!(!s.set_allow_detach(9999, true).await.unwrap());
+    let first = DetachmentRow {
+        host_id: a,
+        since: 100,
+        requested_by: "alice (uid 1000)".into(),
+        reason: "testing a kernel".into(),
+    };
+    assert_eq!(s.start_detachment(&first).await.unwrap(), first);
+    // A second request while one is open gets the open one (the unique index decides).
+    let again = DetachmentRow {
+        since: 200,
+        reason: "again".into(),
+        ..first.clone()
+    };
+    assert_eq!(s.start_detachment(&again).await.unwrap(), first);
+    assert_eq!(s.open_detachments().await.unwrap(), std::slice::from_ref(&first));
+    assert!(s.end_detachment(a, 300, "operator alice").await.unwrap());
+    assert!(!s.end_detachment(a, 301, "host").await.unwrap());
+    assert!(s.open_detachments().await.unwrap().is_empty());
+    // Ended ones stay as history; a new one may open.
+    assert_eq!(s.start_detachment(&again).await.unwrap(), again);
+    let history = s.list_detachments().await.unwrap();
+    assert_eq!(history.len(), 2);
+    assert_eq!(
+        (history[0].ended_at, history[0].ended_by.as_deref()),
+        (Some(300), Some("operator alice"))
+    );
+    assert_eq!(history[1].ended_at, None);
+    // They go with the host.
+    s.delete_host("a").await.unwrap();
+    assert!(s.list_detachments().await.unwrap().is_empty());
+    s.close().await;
+}
+
 on_both_backends!(
+    one_open_detachment_per_host,
     corrupt_enum_columns_are_errors,
     migrations_are_idempotent,
     users_are_unique_by_name_and_key,

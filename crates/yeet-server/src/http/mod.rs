@@ -13,8 +13,9 @@ use serde::de::DeserializeOwned;
 use std::sync::Arc;
 use yeet_proto::api::{
     Activation, ActivationLog, ActivationReport, ApproveRequest, CheckinRequest, CheckinResponse,
-    CreateReleaseRequest, HostInfo, Limit, PendingRegistration, RegisterRequest, RegisterResponse,
-    RejectRequest, Release, ReleaseFilter, RenameRequest, Role, WhoAmI, paths,
+    CreateReleaseRequest, DetachRequest, Detachment, HostInfo, HostPolicy, Limit,
+    PendingRegistration, RegisterRequest, RegisterResponse, RejectRequest, Release, ReleaseFilter,
+    RenameRequest, Role, WhoAmI, paths,
 };
 
 use yeet_proto::secrets::{
@@ -136,6 +137,8 @@ pub fn routes() -> Vec<Route> {
         route(Method::GET, &paths::host("{name}"), R(Role::Viewer), "One host's state.", show_host),
         route(Method::DELETE, &paths::host("{name}"), R(Role::Admin), "Remove a host; its key stops working at once.", remove_host),
         route(Method::POST, &paths::host_rename("{name}"), R(Role::Admin), "Rename a host.", rename_host),
+        route(Method::PUT, &paths::host_policy("{name}"), R(Role::Admin), "Set what a host may do on its own (`allow_detach`).", set_host_policy),
+        route(Method::POST, &paths::host_attach("{name}"), R(Role::Admin), "End a host's detachment; it returns to its desired system.", attach_host),
         route(Method::GET, &paths::host_activations("{name}"), R(Role::Viewer), "A host's past activations, newest first (`?limit=`).", list_activations),
         route(Method::GET, &paths::host_log("{name}"), R(Role::Viewer), "A host's latest activation with its log.", latest_log),
         route(Method::GET, paths::RELEASES, R(Role::Viewer), "Releases, newest first (`?host=`, `?limit=`).", list_releases),
@@ -150,6 +153,8 @@ pub fn routes() -> Vec<Route> {
         route(Method::POST, &paths::secret_rotate("{name}"), R(Role::Admin), "Store a new version of a secret; hosts fetch it without a release.", rotate_secret),
         route(Method::POST, &paths::secret_grant("{name}"), R(Role::Admin), "Grant a secret to hosts.", grant_secret),
         route(Method::POST, &paths::secret_revoke("{name}"), R(Role::Admin), "Revoke a secret from hosts.", revoke_secret),
+        route(Method::POST, paths::AGENT_DETACH, Host, "Ask to run a locally chosen system; permitted by the host's policy, or refused.", detach),
+        route(Method::POST, paths::AGENT_ATTACH, Host, "End this host's detachment.", attach_self),
         route(Method::POST, paths::AGENT_SECRETS, Host, "Fetch the named secrets, re-encrypted to the request's one-time recipient.", fetch_secrets),
     ]
 }
@@ -425,4 +430,34 @@ async fn fetch_secrets(
     ApiJson(req): ApiJson<FetchSecretsRequest>,
 ) -> ApiResult<FetchSecretsResponse> {
     Ok(Json(app.service.fetch_secrets(&p, req).await?))
+}
+
+async fn set_host_policy(
+    State(app): State<AppState>,
+    p: Principal,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(req): ApiJson<HostPolicy>,
+) -> ApiResult<HostInfo> {
+    Ok(Json(app.service.set_host_policy(&p, &name, req).await?))
+}
+
+async fn attach_host(
+    State(app): State<AppState>,
+    p: Principal,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<HostInfo> {
+    Ok(Json(app.service.attach_host(&p, &name).await?))
+}
+
+async fn detach(
+    State(app): State<AppState>,
+    p: Principal,
+    ApiJson(req): ApiJson<DetachRequest>,
+) -> ApiResult<Detachment> {
+    Ok(Json(app.service.detach(&p, req).await?))
+}
+
+async fn attach_self(State(app): State<AppState>, p: Principal) -> ApiResult<serde_json::Value> {
+    app.service.attach_self(&p).await?;
+    Ok(Json(serde_json::json!({})))
 }

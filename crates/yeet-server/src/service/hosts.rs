@@ -16,6 +16,7 @@ use crate::store::{HostReport, HostRow, StoreError};
 fn host_state(
     row: &HostRow,
     desired: Option<&str>,
+    detached: bool,
     last_seen: Option<i64>,
     offline_after: i64,
     now: i64,
@@ -27,6 +28,7 @@ fn host_state(
     match last_seen {
         None => HostState::New,
         Some(t) if now - t > offline_after => HostState::Offline,
+        Some(_) if detached => HostState::Detached,
         Some(_) => match row.state.0 {
             AgentState::Updating => HostState::Updating,
             _ if failed_desired => HostState::RolledBack,
@@ -43,15 +45,21 @@ impl Service {
         let pending_seen = lock(&self.seen).get(&row.id).copied();
         let last_seen = row.last_seen.max(pending_seen);
         let desired = self.desired.read().await.get(&row.id).cloned();
+        let detached = self.detachment(row.id).await;
         HostInfo {
             state: host_state(
                 &row,
                 desired.as_ref().map(|d| d.store_path.as_str()),
+                detached.is_some(),
                 last_seen,
                 self.config.offline_after_secs,
                 now(),
             ),
             last_result: row.last_result.map(|r| r.0),
+            policy: yeet_proto::api::HostPolicy {
+                allow_detach: row.allow_detach != 0,
+            },
+            detached,
             name: row.name,
             key_id: row.key_id,
             current_system: row.current_system,
@@ -194,13 +202,13 @@ impl Service {
         // or someone replays its requests), so a host key cannot pile up connections.
         let held = HeldPoll::claim(self, host_id);
         loop {
-            let candidate = self
-                .desired
-                .read()
-                .await
-                .get(&host_id)
+            let desired = self.desired.read().await.get(&host_id).cloned();
+            let detached = self.detachment(host_id).await;
+            let candidate = desired
+                .clone()
                 .filter(|d| req.current_system.as_deref() != Some(d.store_path.as_str()))
-                .cloned();
+                // A detached host runs what it chose; releases wait for it.
+                .filter(|_| detached.is_none());
             let action = match candidate {
                 Some(d) if !self.already_attempted(host_id, &d.store_path).await? => {
                     Action::Switch {
@@ -218,8 +226,11 @@ impl Service {
                 .secrets_digest
                 .as_ref()
                 .is_some_and(|held| *held != secrets_digest);
+            // A host that believes otherwise learns of its detachment's start or end at once.
+            let detachment_moved = req.detached != detached.is_some();
             let done = action != Action::None
                 || secrets_moved
+                || detachment_moved
                 || tokio::time::Instant::now() >= deadline
                 || *closing.borrow()
                 || held.superseded();
@@ -229,6 +240,8 @@ impl Service {
                     action,
                     next_checkin_secs: self.config.checkin_interval_secs,
                     secrets_digest,
+                    detached,
+                    desired_system: desired.map(|d| d.store_path),
                 });
             }
             tokio::select! {

@@ -8,6 +8,7 @@
 mod activations;
 mod auth;
 pub mod cache;
+mod detach;
 mod enrollment;
 mod hosts;
 mod nonces;
@@ -110,6 +111,8 @@ const EVENT_RELEASE: &str = "release:";
 const EVENT_KEY: &str = "key:";
 /// A secret or a grant changed: reload the hosts' digests.
 const EVENT_SECRETS: &str = "secrets:";
+/// A host detached or attached: reload the open detachments.
+const EVENT_DETACH: &str = "detach:";
 
 /// A host's newest desired system.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,6 +155,8 @@ pub struct Service {
     secrets: Option<secrets::SecretKeeper>,
     /// host id → digest of the secret versions granted to it (absent: none granted).
     secret_digests: RwLock<HashMap<i64, String>>,
+    /// host id → its open detachment.
+    detached: RwLock<HashMap<i64, yeet_proto::api::Detachment>>,
 }
 
 pub use yeet_proto::clock::{unix_now as now, unix_now_ms as now_ms};
@@ -178,6 +183,7 @@ impl Service {
     pub async fn new(store: Store, config: ServiceConfig) -> Result<Service, StoreError> {
         let desired = load_desired(&store).await?;
         let secret_digests = secrets::load_digests(&store).await?;
+        let detached = detach::load_detachments(&store).await?;
         Ok(Service {
             nonces: Mutex::new(yeet_proto::NonceCache::new(
                 config.skew_secs,
@@ -199,6 +205,7 @@ impl Service {
             held_polls: Mutex::new(HashMap::new()),
             secrets: None,
             secret_digests: RwLock::new(secret_digests),
+            detached: RwLock::new(detached),
         })
     }
 
@@ -232,6 +239,7 @@ impl Service {
         match event {
             Some(e) if e.starts_with(EVENT_RELEASE) => self.reload_desired().await,
             Some(e) if e.starts_with(EVENT_SECRETS) => self.reload_secret_digests().await,
+            Some(e) if e.starts_with(EVENT_DETACH) => self.reload_detachments().await,
             Some(e) => {
                 if let Some(key) = e.strip_prefix(EVENT_KEY) {
                     self.keys.write().await.remove(key);
@@ -241,6 +249,7 @@ impl Service {
             None => {
                 self.keys.write().await.clear();
                 self.reload_secret_digests().await?;
+                self.reload_detachments().await?;
                 self.reload_desired().await
             }
         }

@@ -27,6 +27,8 @@ pub struct HostRow {
     pub last_result: Option<Wire<ActivationResult>>,
     /// The system that activation was for.
     pub last_result_path: Option<String>,
+    /// People at the host may detach it (0 or 1).
+    pub allow_detach: i64,
 }
 
 /// What a host last reported; written only when it changes.
@@ -41,7 +43,7 @@ pub struct HostReport {
     pub agent_version: String,
 }
 
-pub(super) const HOST_COLUMNS: &str = "id, name, key_id, public_key, approved_at, approved_by, last_seen, current_system, booted_system, state, os, arch, agent_version, last_result, last_result_path";
+pub(super) const HOST_COLUMNS: &str = "id, name, key_id, public_key, approved_at, approved_by, last_seen, current_system, booted_system, state, os, arch, agent_version, last_result, last_result_path, allow_detach";
 
 impl Store {
     pub async fn host_by_key(&self, key_id: &str) -> Result<Option<HostRow>, StoreError> {
@@ -140,6 +142,10 @@ impl Store {
         .await?;
         if let Some(row) = &row {
             sqlx::query("DELETE FROM secret_grants WHERE host_id = $1")
+                .bind(row.id)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM detachments WHERE host_id = $1")
                 .bind(row.id)
                 .execute(&mut *tx)
                 .await?;

@@ -11,6 +11,7 @@ use sqlx::any::AnyPoolOptions;
 use thiserror::Error;
 
 mod activations;
+mod detachments;
 mod events;
 mod hosts;
 mod nonces;
@@ -20,6 +21,7 @@ mod secrets;
 mod users;
 
 pub use activations::ActivationRow;
+pub use detachments::{DetachmentRow, EndedDetachment};
 pub use events::{EVENTS_CHANNEL, EventStream};
 pub use hosts::{HostReport, HostRow};
 pub use registrations::RegistrationRow;

@@ -92,6 +92,19 @@ fn sample(method: &Method, template: &str) -> Option<Sample> {
             ok,
         ),
         ("DELETE", "/v1/hosts/{name}") => s(&paths::host("spare-2"), empty, ok),
+        ("PUT", "/v1/hosts/{name}/policy") => s(
+            &paths::host_policy("host-b"),
+            |_| json_bytes(json!({"allow_detach": true})),
+            ok,
+        ),
+        // host-a is detached before the matrix runs (and detaches again below).
+        ("POST", "/v1/hosts/{name}/attach") => s(&paths::host_attach("host-a"), empty, ok),
+        ("POST", paths::AGENT_DETACH) => s(
+            template,
+            |_| json_bytes(json!({"reason": "matrix", "user": "root"})),
+            ok,
+        ),
+        ("POST", paths::AGENT_ATTACH) => s(template, |_| json_bytes(json!({})), ok),
         ("GET", paths::SECRETS | paths::SECRETS_RECIPIENT) => s(template, empty, ok),
         // Reaches the handler, which finds the ciphertext is not for this server.
         ("POST", paths::SECRETS) => s(
@@ -261,6 +274,10 @@ async fn authorization_matrix() {
         api.add_secret(name, b"matrix", &["host-a"]).await;
     }
     let dead = dead_keys(&api).await;
+    api.allow_detach("host-a").await;
+    let detach = json_bytes(json!({"reason": "matrix"}));
+    api.ok("POST", paths::AGENT_DETACH, &detach, Sign::By(&api.host_a))
+        .await;
     let before = api.snapshot().await;
     let table = routes();
     for route in &table {

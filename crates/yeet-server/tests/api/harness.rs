@@ -247,7 +247,7 @@ impl Api {
         self.service.flush_last_seen().await.unwrap();
         let st = self.service.store();
         format!(
-            "{:?}\n{:?}\n{:?}\n{:?}\n{:?}\n{:?}\n{:?}",
+            "{:?}\n{:?}\n{:?}\n{:?}\n{:?}\n{:?}\n{:?}\n{:?}",
             st.list_users().await.unwrap(),
             st.list_hosts().await.unwrap(),
             st.list_registrations().await.unwrap(),
@@ -255,6 +255,7 @@ impl Api {
             st.list_secrets().await.unwrap(),
             st.list_grants().await.unwrap(),
             st.list_secret_changes(1000).await.unwrap(),
+            st.list_detachments().await.unwrap(),
         )
     }
 }
@@ -302,6 +303,18 @@ impl Api {
         let ciphertext = base64::engine::general_purpose::STANDARD.encode(sealed);
         serde_json::to_vec(&json!({"name": name, "ciphertext": ciphertext, "hosts": hosts}))
             .unwrap()
+    }
+
+    /// Lets the host detach, as the admin.
+    pub async fn allow_detach(&self, host: &str) -> Value {
+        let body = serde_json::to_vec(&json!({"allow_detach": true})).unwrap();
+        self.ok(
+            "PUT",
+            &paths::host_policy(host),
+            &body,
+            Sign::By(&self.admin),
+        )
+        .await
     }
 
     /// Adds a secret as the admin.

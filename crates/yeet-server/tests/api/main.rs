@@ -10,6 +10,7 @@ mod common;
 mod activations;
 mod authz;
 mod cache;
+mod detach;
 mod docs;
 mod enrollment;
 mod harness;

@@ -1,0 +1,141 @@
+//! Detachment: a host whose policy allows it may run a locally chosen system for a while.
+//! The server records who asked and why, keeps recording releases for the host, answers
+//! its check-ins with no switch while it lasts, and lets the host or an admin end it.
+
+use std::collections::HashMap;
+use yeet_proto::ErrorCode;
+use yeet_proto::api::{DetachRequest, Detachment, HostInfo, HostPolicy, Role};
+use yeet_proto::text::clean_line;
+
+use super::auth::{require_host, require_role};
+use super::{EVENT_DETACH, Principal, Result, Service, ServiceError, now};
+use crate::store::{DetachmentRow, Store, StoreError};
+
+/// The longest reason and user name kept; the host sends free text.
+const MAX_REASON: usize = 200;
+const MAX_USER: usize = 64;
+
+fn to_api(row: DetachmentRow) -> Detachment {
+    Detachment {
+        since: row.since,
+        user: row.requested_by,
+        reason: row.reason,
+    }
+}
+
+/// host id → its open detachment, from the database.
+pub(super) async fn load_detachments(
+    store: &Store,
+) -> Result<HashMap<i64, Detachment>, StoreError> {
+    Ok(store
+        .open_detachments()
+        .await?
+        .into_iter()
+        .map(|row| (row.host_id, to_api(row)))
+        .collect())
+}
+
+impl Service {
+    /// The host's open detachment, if any (from memory: check-ins ask on every poll).
+    pub(crate) async fn detachment(&self, host_id: i64) -> Option<Detachment> {
+        self.detached.read().await.get(&host_id).cloned()
+    }
+
+    /// Re-reads the open detachments and wakes held check-ins, so that a host learns at
+    /// once that its detachment ended.
+    pub(super) async fn reload_detachments(&self) -> Result<(), StoreError> {
+        let fresh = load_detachments(&self.store).await?;
+        *self.detached.write().await = fresh;
+        self.desired_changed.send_modify(|v| *v += 1);
+        Ok(())
+    }
+
+    /// Applies a change here and tells the other replicas.
+    async fn detachments_changed(&self) -> Result<()> {
+        self.reload_detachments().await?;
+        if let Err(e) = self.store.notify(EVENT_DETACH).await {
+            tracing::warn!(error = %e, "could not notify other replicas of a detachment");
+        }
+        Ok(())
+    }
+
+    /// A host asks to detach: permitted when its policy allows it (idempotent: a host
+    /// already detached gets its detachment back), refused with the reason otherwise.
+    pub async fn detach(&self, principal: &Principal, req: DetachRequest) -> Result<Detachment> {
+        let (host_id, host_name) = require_host(principal)?;
+        let row =
+            self.store.host_by_id(host_id).await?.ok_or_else(|| {
+                ServiceError::refused(ErrorCode::UnknownKey, "this host was removed")
+            })?;
+        if row.allow_detach == 0 {
+            return Err(ServiceError::refused(
+                ErrorCode::DetachRefused,
+                format!(
+                    "the fleet's policy does not let {host_name} detach; an admin can allow it with `yeet host policy {host_name} --allow-detach`"
+                ),
+            ));
+        }
+        let open = self
+            .store
+            .start_detachment(&DetachmentRow {
+                host_id,
+                since: now(),
+                requested_by: clean_line(&req.user, MAX_USER),
+                reason: clean_line(&req.reason, MAX_REASON),
+            })
+            .await?;
+        self.detachments_changed().await?;
+        tracing::info!(host = host_name, user = %open.requested_by, reason = %open.reason, "host detached");
+        Ok(to_api(open))
+    }
+
+    /// The host attaches again; a no-op when it was not detached.
+    pub async fn attach_self(&self, principal: &Principal) -> Result<()> {
+        let (host_id, host_name) = require_host(principal)?;
+        if self.store.end_detachment(host_id, now(), "host").await? {
+            self.detachments_changed().await?;
+            tracing::info!(host = host_name, "host attached");
+        }
+        Ok(())
+    }
+
+    /// An admin ends a host's detachment; the host returns to its desired system at its
+    /// next check-in (held check-ins answer at once).
+    pub async fn attach_host(&self, principal: &Principal, name: &str) -> Result<HostInfo> {
+        let admin = require_role(principal, Role::Admin)?;
+        let row = self.host_named(name).await?;
+        let by = format!("operator {admin}");
+        if !self.store.end_detachment(row.id, now(), &by).await? {
+            return Err(ServiceError::refused(
+                ErrorCode::NotDetached,
+                format!("{name} is not detached"),
+            ));
+        }
+        self.detachments_changed().await?;
+        tracing::info!(host = name, by = admin, "detachment ended by an operator");
+        Ok(self.host_info(row).await)
+    }
+
+    /// Sets what the host may do on its own. Denying detachment does not end one that is
+    /// open: `yeet attach HOST` does, so that the two decisions stay separate.
+    pub async fn set_host_policy(
+        &self,
+        principal: &Principal,
+        name: &str,
+        policy: HostPolicy,
+    ) -> Result<HostInfo> {
+        let admin = require_role(principal, Role::Admin)?;
+        let row = self.host_named(name).await?;
+        self.store
+            .set_allow_detach(row.id, policy.allow_detach)
+            .await?;
+        tracing::info!(
+            host = name,
+            allow_detach = policy.allow_detach,
+            by = admin,
+            "host policy set"
+        );
+        let row = self.host_named(name).await?;
+        Ok(self.host_info(row).await)
+    }
+}

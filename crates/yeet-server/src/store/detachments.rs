@@ -1,0 +1,103 @@
+//! The `detachments` table and the hosts' detach policy: when a host ran a locally chosen
+//! system with the server's permission, who asked, why, and who ended it.
+
+use super::{Store, StoreError, conflict};
+
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct DetachmentRow {
+    pub host_id: i64,
+    pub since: i64,
+    pub requested_by: String,
+    pub reason: String,
+}
+
+/// A detachment with how it ended, if it did.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct EndedDetachment {
+    pub host_id: i64,
+    pub since: i64,
+    pub requested_by: String,
+    pub reason: String,
+    pub ended_at: Option<i64>,
+    pub ended_by: Option<String>,
+}
+
+const DETACHMENT_COLUMNS: &str = "host_id, since, requested_by, reason";
+
+impl Store {
+    /// Sets whether people at the host may detach it; false when there is no such host.
+    pub async fn set_allow_detach(&self, host_id: i64, allow: bool) -> Result<bool, StoreError> {
+        let done = sqlx::query("UPDATE hosts SET allow_detach = $1 WHERE id = $2")
+            .bind(i64::from(allow))
+            .bind(host_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Every open detachment.
+    pub async fn open_detachments(&self) -> Result<Vec<DetachmentRow>, StoreError> {
+        Ok(
+            sqlx::query_as::<_, DetachmentRow>(sqlx::AssertSqlSafe(format!(
+                "SELECT {DETACHMENT_COLUMNS} FROM detachments WHERE ended_at IS NULL"
+            )))
+            .fetch_all(&self.pool)
+            .await?,
+        )
+    }
+
+    /// Every detachment, open or ended, oldest first.
+    pub async fn list_detachments(&self) -> Result<Vec<EndedDetachment>, StoreError> {
+        Ok(sqlx::query_as::<_, EndedDetachment>(
+            "SELECT host_id, since, requested_by, reason, ended_at, ended_by FROM detachments ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Opens a detachment for the host, or returns the one already open (a retried
+    /// request, or another replica that answered first: the unique index decides).
+    pub async fn start_detachment(&self, row: &DetachmentRow) -> Result<DetachmentRow, StoreError> {
+        let inserted = sqlx::query_as::<_, DetachmentRow>(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO detachments (host_id, since, requested_by, reason) VALUES ($1, $2, $3, $4) RETURNING {DETACHMENT_COLUMNS}"
+        )))
+        .bind(row.host_id)
+        .bind(row.since)
+        .bind(&row.requested_by)
+        .bind(&row.reason)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(conflict("an open detachment"));
+        match inserted {
+            Err(StoreError::Conflict(_)) => {
+                let open = sqlx::query_as::<_, DetachmentRow>(sqlx::AssertSqlSafe(format!(
+                    "SELECT {DETACHMENT_COLUMNS} FROM detachments WHERE host_id = $1 AND ended_at IS NULL"
+                )))
+                .bind(row.host_id)
+                .fetch_optional(&self.pool)
+                .await?;
+                // Ended again between the two statements: the caller's request stands.
+                open.ok_or(StoreError::Conflict("an open detachment"))
+            }
+            other => other,
+        }
+    }
+
+    /// Ends the host's open detachment; false when it had none.
+    pub async fn end_detachment(
+        &self,
+        host_id: i64,
+        at: i64,
+        by: &str,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE detachments SET ended_at = $1, ended_by = $2 WHERE host_id = $3 AND ended_at IS NULL",
+        )
+        .bind(at)
+        .bind(by)
+        .bind(host_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+}
