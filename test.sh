@@ -34,6 +34,14 @@ if ! pg_up; then
   runuser -u postgres -- "$pgbin/psql" -h 127.0.0.1 -U postgres -qc 'CREATE DATABASE test' >/dev/null
 fi
 
+# The independent varlink client of the local-socket tests: PyPI's pure-Python package,
+# where the test hosts' Python (Debian's /usr/bin/python3) and their users can read it.
+if [ ! -d /opt/yeet-test-python/varlink ]; then
+  [ -x /usr/bin/python3 ] || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 >/dev/null; }
+  command -v pip >/dev/null || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pip >/dev/null; }
+  pip install --quiet --target /opt/yeet-test-python varlink==31.0.0
+fi
+
 # --all-targets builds the binaries with the same features as `cargo test`, so the
 # fleet-sim harness (which runs the same command) finds them up to date.
 cargo build --workspace --all-targets --quiet

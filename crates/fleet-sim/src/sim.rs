@@ -7,7 +7,6 @@
 //! its own Nix store and its own system profile. Systems are real derivations
 //! (`nix/system.nix`) pushed to a real signed `file://` cache.
 
-use serde::de::DeserializeOwned;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -645,10 +644,24 @@ impl SimHost {
         }
     }
 
-    /// The agent's status file (what `yeet-agent status` shows).
-    pub fn status<T: DeserializeOwned>(&self) -> Option<T> {
-        serde_json::from_str(&std::fs::read_to_string(self.run_path("yeet/status.json")?).ok()?)
+    /// The container's PID 1 (global pid), while a systemd host runs.
+    pub fn leader(&self) -> Option<u32> {
+        self.leader
+    }
+
+    /// The agent's local socket, as seen from outside.
+    pub fn agent_socket(&self) -> Option<PathBuf> {
+        self.run_path("yeet/agent.varlink")
+    }
+
+    /// What `yeet-agent status` shows, asked of the agent's local socket as root; `None`
+    /// while the agent does not answer.
+    pub fn status(&self) -> Option<yeet_agent::varlink::Status> {
+        use yeet_agent::local_client::{AgentProxy, answer, with_agent};
+        let socket = self.agent_socket()?;
+        with_agent(&socket, async |c| answer(c.get_status().await))
             .ok()
+            .map(|r| r.status)
     }
 
     /// Where `/run/current-system` points, as the host sees it.
@@ -952,8 +965,8 @@ impl Fleet {
                 &format!("{} to show a verification code", host.name),
                 || {
                     code = host
-                        .status::<serde_json::Value>()
-                        .and_then(|s| s["verification_code"].as_str().map(str::to_owned))
+                        .status()
+                        .and_then(|s| s.verification_code)
                         .unwrap_or_default();
                     !code.is_empty()
                 },

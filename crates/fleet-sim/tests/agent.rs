@@ -192,8 +192,8 @@ fn a_removed_host_stops_and_enrolls_again() {
     let mut code = String::new();
     wait_until(CONVERGE, "a new verification code after removal", || {
         code = host
-            .status::<serde_json::Value>()
-            .and_then(|s| s["verification_code"].as_str().map(str::to_owned))
+            .status()
+            .and_then(|s| s.verification_code)
             .unwrap_or_default();
         !code.is_empty()
     });

@@ -14,7 +14,7 @@ pub const SSH_HOST_KEY: &str = "/etc/ssh/ssh_host_ed25519_key";
 pub const GENERATED_KEY: &str = "/var/lib/yeet/agent_key";
 /// What the agent keeps to finish an interrupted activation, and nothing else.
 pub const STATE_DIR: &str = "/var/lib/yeet";
-/// Runtime files: the status file `yeet-agent status` reads, the agent's pid.
+/// Runtime files: the local varlink socket, the agent's pid, the live secrets.
 pub const RUN_DIR: &str = "/run/yeet";
 pub const SYSTEM_PROFILE: &str = "/nix/var/nix/profiles/system";
 pub const CURRENT_SYSTEM: &str = "/run/current-system";
@@ -87,6 +87,11 @@ pub struct FileConfig {
     pub allowed_cache_schemes: Vec<String>,
     /// The longest the agent waits between check-ins, whatever the server asks.
     pub max_checkin_interval_secs: u64,
+    /// The group that may use the local socket (status, log, check-now).
+    pub socket_group: String,
+    /// The group whose members may also change the system through the socket (detach,
+    /// switch, force, attach); root always may.
+    pub admin_group: String,
 }
 
 impl Default for FileConfig {
@@ -107,6 +112,8 @@ impl Default for FileConfig {
                 .map(|s| s.to_string())
                 .collect(),
             max_checkin_interval_secs: 300,
+            socket_group: "yeet".into(),
+            admin_group: "yeet-admin".into(),
         }
     }
 }
@@ -159,6 +166,8 @@ pub struct Config {
     pub activation_mode: ActivationMode,
     pub allowed_cache_schemes: Vec<String>,
     pub max_checkin_interval: Duration,
+    pub socket_group: String,
+    pub admin_group: String,
 }
 
 impl Config {
@@ -207,6 +216,8 @@ impl Config {
             activation_mode: args.activation_mode.unwrap_or(file.activation_mode),
             allowed_cache_schemes,
             max_checkin_interval: Duration::from_secs(file.max_checkin_interval_secs.max(1)),
+            socket_group: file.socket_group,
+            admin_group: file.admin_group,
         })
     }
 }

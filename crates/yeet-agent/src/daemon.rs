@@ -3,16 +3,16 @@
 //! confirm it once the new system checked in and is healthy, report it once done), or hold a
 //! long-poll check-in and start an activation when the server names a new system.
 //! Unreachable servers and refusals are waited out with jittered backoff; the agent never
-//! exits because the network is down.
+//! exits because the network is down. The local interface (`varlink`) runs on a thread of
+//! its own and shares `Shared` with this loop: the status it shows, and the signal that
+//! makes the loop check in at once.
 
 use anyhow::{Context, Result};
 use base64::Engine;
-use serde::{Deserialize, Serialize};
-use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 use yeet_client::{Client, ClientError};
 use yeet_proto::api::{
@@ -25,43 +25,84 @@ use crate::activate::now;
 use crate::config::{
     BOOTED_SYSTEM, CURRENT_SYSTEM, Config, GENERATED_KEY, RUN_DIR, SSH_HOST_KEY, STATE_DIR,
 };
+use crate::launch::{LaunchError, Launcher, lock};
 use crate::secrets::{self, Held, SecretStore, SecretsError};
-use crate::state::{ActivationState, Phase, ServerAccess, StateDir};
+use crate::state::{ActivationState, Origin, Phase, ServerAccess, StateDir};
 use crate::system::{self, system_link};
+use crate::varlink::{self, LocalDetachment, Status};
 
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// The activation log sent to the server is the tail of this many bytes.
 const MAX_REPORTED_LOG: usize = 256 * 1024;
 
-/// What `yeet-agent status` shows; rewritten by the agent every round.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Status {
-    pub server: String,
-    pub key_id: String,
-    /// "registering", "pending-approval" or "approved".
-    pub enrollment: String,
-    /// The fleet's name for this host, once approved.
-    pub host: Option<String>,
-    /// The code to give the admin while waiting for approval, and when it expires.
-    pub verification_code: Option<String>,
-    pub code_expires_at: Option<i64>,
-    pub current_system: Option<String>,
-    /// The activation in progress, if any.
-    pub activation: Option<String>,
-    pub last_contact: Option<i64>,
-    pub last_error: Option<String>,
+/// What the main loop and the local interface share.
+pub struct Shared {
+    status: Mutex<Status>,
+    signals: Mutex<Signals>,
+    wake: Condvar,
 }
 
-/// The gid of the `yeet` group, whose members may read the agent's status.
-fn yeet_group() -> Option<u32> {
-    std::fs::read_to_string("/etc/group")
-        .ok()?
-        .lines()
-        .find_map(|l| l.strip_prefix("yeet:")?.split(':').nth(1)?.parse().ok())
+/// What wakes the loop, under one lock with its condition variable so that no wake-up is
+/// lost between looking and waiting.
+#[derive(Default)]
+struct Signals {
+    /// Set by `check_now`; the loop takes it when it wakes.
+    check_now: bool,
+    /// Bumped when a held check-in's answer arrives.
+    answers: u64,
 }
 
-pub fn status_path() -> PathBuf {
-    Path::new(RUN_DIR).join("status.json")
+impl Shared {
+    fn new(status: Status) -> Shared {
+        Shared {
+            status: Mutex::new(status),
+            signals: Mutex::new(Signals::default()),
+            wake: Condvar::new(),
+        }
+    }
+
+    /// A copy of the status as the loop last published it.
+    pub fn status(&self) -> Status {
+        lock(&self.status).clone()
+    }
+
+    fn publish(&self, status: &Status) {
+        *lock(&self.status) = status.clone();
+    }
+
+    /// Records a detachment the local interface obtained, before the loop hears of it.
+    pub fn set_detached(&self, detached: Option<LocalDetachment>) {
+        lock(&self.status).detached = detached;
+    }
+
+    /// Makes the loop check in now: it stops sleeping, or drops the check-in it holds and
+    /// makes a fresh one.
+    pub fn check_now(&self) {
+        lock(&self.signals).check_now = true;
+        self.wake.notify_all();
+    }
+
+    fn take_check_now(&self) -> bool {
+        std::mem::take(&mut lock(&self.signals).check_now)
+    }
+
+    /// How many held check-ins have been answered; pass it to `wait`.
+    fn answers(&self) -> u64 {
+        lock(&self.signals).answers
+    }
+
+    /// Waits up to `d`, or until `check_now` is called or an answer arrives after `seen`.
+    fn wait(&self, seen: u64, d: Duration) {
+        let signals = lock(&self.signals);
+        if !signals.check_now && signals.answers == seen {
+            let _ = self.wake.wait_timeout(signals, d);
+        }
+    }
+
+    fn answered(&self) {
+        lock(&self.signals).answers += 1;
+        self.wake.notify_all();
+    }
 }
 
 /// The key to sign with, and its file: the configured one, else the SSH host key, else a
@@ -102,14 +143,15 @@ pub fn facts() -> Facts {
     }
 }
 
-/// Sleeps `d` in small steps so that a stop request is noticed quickly.
-fn sleep(d: Duration, stop: &AtomicBool) {
-    let step = Duration::from_millis(100);
-    let mut left = d;
-    while !stop.load(Ordering::Relaxed) && !left.is_zero() {
-        let s = left.min(step);
-        std::thread::sleep(s);
-        left -= s;
+/// Sleeps `d`, waking early for a stop request (checked every 100 ms) or `check_now`.
+fn sleep(d: Duration, stop: &AtomicBool, shared: &Shared) {
+    let until = Instant::now() + d;
+    while !stop.load(Ordering::Relaxed) {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() || shared.take_check_now() {
+            return;
+        }
+        shared.wait(shared.answers(), left.min(Duration::from_millis(100)));
     }
 }
 
@@ -131,52 +173,54 @@ fn pack_log(text: &str) -> String {
 
 struct Agent<'a> {
     config: &'a Config,
-    client: Client,
+    client: Arc<Client>,
     /// The file of the key the client signs with.
     key_path: PathBuf,
     state: StateDir,
+    launcher: Arc<Launcher>,
     secrets: SecretStore,
     /// After a sync of secrets failed on this host (not on the network): the server's
     /// digest it was for, and when to try again. Meanwhile check-ins hold as usual.
     secrets_failed: Option<(String, Instant)>,
+    /// This loop's status, published to `shared` after every change that matters.
     status: Status,
-    /// When this agent last started an activation process.
-    spawned_at: Option<Instant>,
+    shared: Arc<Shared>,
+}
+
+/// A new activation with this agent's settings, for the system the caller fills in.
+pub fn new_activation(config: &Config, key_path: &Path) -> ActivationState {
+    ActivationState {
+        store_path: String::new(),
+        release_id: None,
+        caches: Vec::new(),
+        previous_system: system_link(CURRENT_SYSTEM),
+        mode: config.activation_mode,
+        trusted_keys: config
+            .trusted_keys
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+        confirm_timeout_secs: config.confirm_timeout.as_secs(),
+        server: Some(ServerAccess {
+            url: config.server.clone(),
+            key: key_path.to_owned(),
+            ca_cert: config.ca_cert.clone(),
+        }),
+        secrets: None,
+        started_at: now(),
+        phase: Phase::Pending,
+        confirm_deadline: None,
+        result: None,
+        reason: String::new(),
+        reboot_required: false,
+        finished_at: None,
+        origin: Origin::Server,
+        requested_by: None,
+    }
 }
 
 /// How long a sync of secrets that failed on this host waits before it is tried again.
 const SECRETS_RETRY: Duration = Duration::from_secs(60);
-
-/// How long a just-started activation process has to take its lock before the agent would
-/// consider it dead and start another.
-const ACTIVATOR_START_GRACE: Duration = Duration::from_secs(10);
-
-/// A transient unit name no other activation uses: the time in milliseconds, this
-/// process's id and random bits (two activations within one second used to collide).
-fn activation_unit_name() -> String {
-    let salt: String = yeet_client::random::<4>()
-        .map(|b| b.iter().map(|x| format!("{x:02x}")).collect())
-        .unwrap_or_default();
-    format!(
-        "yeet-activate-{}-{}-{salt}",
-        yeet_proto::clock::unix_now_ms(),
-        std::process::id()
-    )
-}
-
-/// The path to run this agent's own binary by. If the binary was replaced or collected since
-/// the agent started (`current_exe` then names a file that is gone), `/proc/<pid>/exe` still
-/// reaches it while this process lives, also from a unit systemd starts.
-fn own_executable() -> PathBuf {
-    runnable_executable(std::env::current_exe().ok())
-}
-
-/// `current` when that file still exists, else this process's `/proc/<pid>/exe`.
-fn runnable_executable(current: Option<PathBuf>) -> PathBuf {
-    current
-        .filter(|p| p.exists())
-        .unwrap_or_else(|| PathBuf::from(format!("/proc/{}/exe", std::process::id())))
-}
 
 /// Runs until `stop` is set.
 pub fn run(config: &Config, stop: &AtomicBool) -> Result<()> {
@@ -186,15 +230,17 @@ pub fn run(config: &Config, stop: &AtomicBool) -> Result<()> {
         server: config.server.clone(),
         key_id: identity.public().key_id().to_owned(),
         enrollment: "registering".into(),
+        state: "registering".into(),
+        attachment: "attached".into(),
         ..Default::default()
     };
     // Long-polls are held up to `long_poll`; the HTTP timeout must outlast them.
-    let client = Client::new(
+    let client = Arc::new(Client::new(
         &config.server,
         identity,
         config.ca_cert.as_deref(),
         config.long_poll + Duration::from_secs(30),
-    )?;
+    )?);
     let _ = std::fs::create_dir_all(RUN_DIR).and_then(|_| {
         std::fs::write(
             Path::new(RUN_DIR).join("agent.pid"),
@@ -210,15 +256,29 @@ pub fn run(config: &Config, stop: &AtomicBool) -> Result<()> {
             tracing::error!(error = %e, "cannot restore secrets; the next check-in fetches them")
         }
     }
+    let shared = Arc::new(Shared::new(status.clone()));
+    let launcher = Arc::new(Launcher::new(StateDir::new(STATE_DIR)));
+    let local = Arc::new(varlink::Local {
+        shared: shared.clone(),
+        launcher: launcher.clone(),
+        client: client.clone(),
+        config: config.clone(),
+        key_path: key_path.clone(),
+    });
+    // The host keeps working without its local interface; people at it are told why.
+    if let Err(e) = varlink::serve(local, Path::new(varlink::SOCKET)) {
+        tracing::error!(error = %e, socket = varlink::SOCKET, "cannot serve the local interface");
+    }
     let mut agent = Agent {
         config,
         client,
         key_path,
         state: StateDir::new(STATE_DIR),
+        launcher,
         secrets,
         secrets_failed: None,
         status,
-        spawned_at: None,
+        shared: shared.clone(),
     };
     let mut failures = 0u32;
     while !stop.load(Ordering::Relaxed) {
@@ -235,37 +295,16 @@ pub fn run(config: &Config, stop: &AtomicBool) -> Result<()> {
                 wait
             }
         };
-        agent.write_status();
-        sleep(wait, stop);
+        agent.publish_status();
+        sleep(wait, stop, &shared);
     }
     Ok(())
 }
 
 impl Agent<'_> {
-    /// Publishes the status file. It holds the verification code while the host waits for
-    /// approval, so it is 0640: root, and the `yeet` group when the host has one.
-    fn write_status(&mut self) {
-        use std::os::unix::fs::OpenOptionsExt;
-        self.status.current_system = system_link(CURRENT_SYSTEM);
-        let Ok(bytes) = serde_json::to_vec_pretty(&self.status) else {
-            return;
-        };
-        let tmp = status_path().with_extension("tmp");
-        let _ = std::fs::remove_file(&tmp);
-        let written = File::options()
-            .write(true)
-            .create_new(true)
-            .mode(0o640)
-            .open(&tmp)
-            .and_then(|mut f| f.write_all(&bytes))
-            .and_then(|_| match yeet_group() {
-                Some(gid) => std::os::unix::fs::chown(&tmp, None, Some(gid)),
-                None => Ok(()),
-            })
-            .and_then(|_| std::fs::rename(&tmp, status_path()));
-        if let Err(e) = written {
-            tracing::warn!(error = %e, "cannot write {}", status_path().display());
-        }
+    /// Shows the loop's status on the local interface.
+    fn publish_status(&self) {
+        self.shared.publish(&self.status);
     }
 
     /// One round; returns how long to wait before the next.
@@ -298,6 +337,7 @@ impl Agent<'_> {
             );
             self.status.host = None;
             self.status.enrollment = "registering".into();
+            self.status.state = "registering".into();
         }
         round
     }
@@ -310,7 +350,7 @@ impl Agent<'_> {
             facts: facts(),
         };
         let resp = self.client.register(&req)?;
-        self.status.last_contact = Some(now());
+        self.status.last_checkin = Some(now());
         match resp {
             RegisterResponse::Pending { code, expires_at } => {
                 if self.status.verification_code.as_deref() != Some(code.as_str()) {
@@ -318,6 +358,7 @@ impl Agent<'_> {
                     println!("verification code: {code}");
                 }
                 self.status.enrollment = "pending-approval".into();
+                self.status.state = "pending-approval".into();
                 self.status.verification_code = Some(code);
                 self.status.code_expires_at = Some(expires_at);
                 Ok(None)
@@ -335,30 +376,75 @@ impl Agent<'_> {
         }
     }
 
+    /// A check-in the server may hold up to `wait`. `check_now` drops a held one and makes a
+    /// fresh one at once (the server lets go of the older: one held check-in per host);
+    /// the flag in the answer says so.
     fn checkin(
         &mut self,
         state: AgentState,
         wait: Duration,
-    ) -> Result<CheckinResponse, ClientError> {
-        let req = CheckinRequest {
+    ) -> Result<(CheckinResponse, bool), ClientError> {
+        self.status.state = state.as_str().to_owned();
+        self.publish_status();
+        let mut req = CheckinRequest {
             current_system: system_link(CURRENT_SYSTEM),
             booted_system: system_link(BOOTED_SYSTEM),
             state,
             facts: facts(),
             wait_secs: wait.as_secs(),
             secrets_digest: self.held_secrets_digest(),
-            detached: false,
+            detached: self.status.detached.is_some(),
         };
-        let resp = self.client.checkin(&req)?;
-        self.status.last_contact = Some(now());
-        Ok(resp)
+        let (resp, interrupted) = match self.held_checkin(&req)? {
+            Some(resp) => (resp, false),
+            None => {
+                req.wait_secs = 0;
+                (self.client.checkin(&req)?, true)
+            }
+        };
+        self.status.last_checkin = Some(now());
+        self.status.desired_system = resp.desired_system.clone();
+        self.status.detached = resp.detached.as_ref().map(|d| LocalDetachment {
+            since: d.since,
+            user: d.user.clone(),
+            reason: d.reason.clone(),
+        });
+        self.publish_status();
+        Ok((resp, interrupted))
+    }
+
+    /// Sends the check-in from a helper thread and waits for its answer or `check_now`;
+    /// `None` when `check_now` came first (the helper's answer is then dropped).
+    fn held_checkin(&self, req: &CheckinRequest) -> Result<Option<CheckinResponse>, ClientError> {
+        if req.wait_secs == 0 {
+            return self.client.checkin(req).map(Some);
+        }
+        let slot = Arc::new(Mutex::new(None));
+        let (client, shared, out, req) = (
+            self.client.clone(),
+            self.shared.clone(),
+            slot.clone(),
+            req.clone(),
+        );
+        std::thread::spawn(move || {
+            let answer = client.checkin(&req);
+            *lock(&out) = Some(answer);
+            shared.answered();
+        });
+        loop {
+            let seen = self.shared.answers();
+            if let Some(answer) = lock(&slot).take() {
+                return answer.map(Some);
+            }
+            if self.shared.take_check_now() {
+                return Ok(None);
+            }
+            self.shared.wait(seen, Duration::from_secs(1));
+        }
     }
 
     /// No activation in progress: hold a long-poll and start one when told to.
     fn idle_checkin(&mut self) -> Result<Duration, ClientError> {
-        self.status.activation = None;
-        // The long-poll may block for a minute: publish what we know first.
-        self.write_status();
         let current = system_link(CURRENT_SYSTEM);
         // A kernel that differs from the booted one, or a profile whose default is not the
         // running system (a `boot`-mode activation), takes a reboot to apply.
@@ -376,7 +462,7 @@ impl Agent<'_> {
         // system, say) gets them before it waits.
         self.sync_secrets(None)?;
         let started = Instant::now();
-        let resp = self.checkin(state, self.config.long_poll)?;
+        let (resp, interrupted) = self.checkin(state, self.config.long_poll)?;
         self.sync_secrets(Some(&resp.secrets_digest))?;
         // The server's word is bounded: a huge interval must not silence the host.
         let next =
@@ -404,6 +490,8 @@ impl Agent<'_> {
                 self.start_activation(store_path, release_id, caches);
                 Ok(Duration::ZERO)
             }
+            // Interrupted by check-now: hold a fresh check-in at once.
+            Action::None if interrupted => Ok(Duration::ZERO),
             // A held check-in already waited; one answered at once (long-poll off) waits the interval.
             Action::None => Ok(next.saturating_sub(started.elapsed())),
         }
@@ -520,33 +608,10 @@ impl Agent<'_> {
         tracing::info!(%store_path, release_id, at_ms = yeet_proto::clock::unix_now_ms(), "activating a new system");
         let refused =
             crate::fetch::check_cache_urls(&caches, &self.config.allowed_cache_schemes).err();
-        let mut st = ActivationState {
-            store_path,
-            release_id: Some(release_id),
-            caches,
-            previous_system: system_link(CURRENT_SYSTEM),
-            mode: self.config.activation_mode,
-            trusted_keys: self
-                .config
-                .trusted_keys
-                .iter()
-                .map(ToString::to_string)
-                .collect(),
-            confirm_timeout_secs: self.config.confirm_timeout.as_secs(),
-            server: Some(ServerAccess {
-                url: self.config.server.clone(),
-                key: self.key_path.clone(),
-                ca_cert: self.config.ca_cert.clone(),
-            }),
-            secrets: None,
-            started_at: now(),
-            phase: Phase::Pending,
-            confirm_deadline: None,
-            result: None,
-            reason: String::new(),
-            reboot_required: false,
-            finished_at: None,
-        };
+        let mut st = new_activation(self.config, &self.key_path);
+        st.store_path = store_path;
+        st.release_id = Some(release_id);
+        st.caches = caches;
         if let Some(why) = &refused {
             // Refused before anything runs: recorded as done, so the next round reports it.
             tracing::warn!(reason = %why, "refusing the offered system");
@@ -555,65 +620,13 @@ impl Agent<'_> {
             st.reason = why.to_string();
             st.finished_at = Some(now());
         }
-        if let Err(e) = self.state.clear().and_then(|_| self.state.save(&st)) {
-            tracing::error!(error = %e, "cannot record the activation; not starting it");
-            return;
-        }
-        if refused.is_none() {
-            self.spawn_activator();
-        }
-    }
-
-    /// Starts `yeet-agent activate` outside this process's lifetime: a transient systemd unit
-    /// where systemd runs, else a process in a process group of its own. The agent's
-    /// supervisor (launchd, or a script) stops the agent's group when it restarts it; the
-    /// activation is not in that group, and needs no `setsid` binary (macOS has none).
-    fn spawn_activator(&mut self) {
-        let exe = own_executable();
-        let log = self.state.open_log();
-        let output = || log.as_ref().ok().and_then(|l| l.try_clone().ok());
-        let under_systemd = Path::new("/run/systemd/system").exists();
-        let mut cmd = if under_systemd {
-            let mut c = Command::new("systemd-run");
-            c.args([
-                "--quiet",
-                "--collect",
-                "--service-type=exec",
-                &format!("--unit={}", activation_unit_name()),
-            ]);
-            // A transient unit gets the service manager's environment, not ours: on NixOS
-            // that PATH has no Nix. Hand over the PATH this agent was given.
-            if let Some(path) = std::env::var_os("PATH").and_then(|p| p.into_string().ok()) {
-                c.arg(format!("--setenv=PATH={path}"));
+        match self.launcher.start(&st) {
+            Ok(()) => {}
+            // A local switch began in between; the server offers this again afterwards.
+            Err(LaunchError::Busy(what)) => {
+                tracing::info!(busy = %what, "not starting the release's system now")
             }
-            c.arg(&exe);
-            c
-        } else {
-            let mut c = Command::new(&exe);
-            std::os::unix::process::CommandExt::process_group(&mut c, 0);
-            c
-        };
-        cmd.arg("activate").stdin(Stdio::null());
-        if let (Some(out), Some(err)) = (output(), output()) {
-            cmd.stdout(out).stderr(err);
-        }
-        let started = match cmd.spawn() {
-            // systemd-run returns once the unit runs.
-            Ok(mut child) if under_systemd => child
-                .wait()
-                .map_err(|e| e.to_string())
-                .and_then(|s| s.success().then_some(()).ok_or_else(|| s.to_string())),
-            // A detached process is reaped in the background whenever it ends, so that it
-            // never lingers as a zombie.
-            Ok(mut child) => {
-                std::thread::spawn(move || child.wait());
-                Ok(())
-            }
-            Err(e) => Err(e.to_string()),
-        };
-        match started {
-            Ok(()) => self.spawned_at = Some(Instant::now()),
-            Err(e) => tracing::error!(error = %e, "the activation process could not be started"),
+            Err(e) => tracing::error!(error = %e, "cannot record the activation; not starting it"),
         }
     }
 
@@ -624,15 +637,11 @@ impl Agent<'_> {
         host: &str,
         st: ActivationState,
     ) -> Result<Duration, ClientError> {
-        self.status.activation = Some(format!("{:?} {}", st.phase, st.store_path).to_lowercase());
         if st.phase == Phase::Done {
             return self.report(host, &st).map(|_| Duration::ZERO);
         }
         // A process started a moment ago may not hold its lock yet: it is not dead.
-        let just_started = self
-            .spawned_at
-            .is_some_and(|t| t.elapsed() < ACTIVATOR_START_GRACE);
-        let alive = just_started || self.state.activator_alive().unwrap_or(false);
+        let alive = self.launcher.just_started() || self.state.activator_alive().unwrap_or(false);
         if !alive {
             tracing::warn!(phase = ?st.phase, "the activation process is gone; resuming the activation");
             let mut resumed = st.clone();
@@ -641,17 +650,26 @@ impl Agent<'_> {
                 resumed.confirm_deadline = Some(now() + resumed.confirm_timeout_secs as i64);
                 let _ = self.state.save(&resumed);
             }
-            self.spawn_activator();
+            self.launcher.spawn();
             return Ok(Duration::from_millis(500));
         }
         let running_new = system_link(CURRENT_SYSTEM).as_deref() == Some(st.store_path.as_str());
-        self.checkin(AgentState::Updating, Duration::ZERO)?;
+        match self.checkin(AgentState::Updating, Duration::ZERO) {
+            Ok(_) => {}
+            // A forced switch is for a host cut off from the server: the health check alone
+            // confirms it.
+            Err(e) if st.origin == Origin::Forced => {
+                tracing::debug!(error = %e, "the server is unreachable during a forced switch")
+            }
+            Err(e) => return Err(e),
+        }
         if st.phase == Phase::Switched
             && running_new
             && !self.state.is_confirmed()
             && self.state.rejected().is_none()
         {
-            // This check-in reached the server from the new system; now the health check.
+            // This check-in reached the server from the new system (or, forced, needs not);
+            // now the health check.
             let log = self.state.open_log();
             let health = match (&self.config.health_check, &log) {
                 (Some(cmd), Ok(log)) => system::health_check(cmd, log),
@@ -684,48 +702,10 @@ impl Agent<'_> {
             log_gzip_base64: pack_log(&self.state.log_tail(MAX_REPORTED_LOG)),
         };
         self.client.report(&report)?;
-        tracing::info!(host, result = result.as_str(), reason = %st.reason, "activation reported");
-        if let Err(e) = self.state.clear() {
+        tracing::info!(host, result = result.as_str(), reason = %st.reason, origin = st.origin.as_str(), "activation reported");
+        if let Err(e) = self.state.retire(st) {
             tracing::error!(error = %e, "cannot clear the reported activation");
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn activation_units_never_share_a_name() {
-        let names: std::collections::HashSet<String> =
-            (0..1000).map(|_| activation_unit_name()).collect();
-        assert_eq!(names.len(), 1000);
-        // systemd unit names: letters, digits and `-` are always valid.
-        assert!(
-            names
-                .iter()
-                .all(|n| n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
-        );
-    }
-
-    #[test]
-    fn a_vanished_binary_is_still_reached_through_proc() {
-        // What `current_exe` says after the binary was replaced or garbage-collected.
-        let gone = PathBuf::from("/nix/store/gone-yeet-agent/bin/yeet-agent (deleted)");
-        let fallback = runnable_executable(Some(gone));
-        assert_eq!(
-            fallback,
-            PathBuf::from(format!("/proc/{}/exe", std::process::id()))
-        );
-        // The link resolves to this very binary, so it can be executed.
-        assert_eq!(
-            std::fs::canonicalize(&fallback).unwrap(),
-            std::fs::canonicalize(std::env::current_exe().unwrap()).unwrap()
-        );
-        // A binary that is still there is used as it is.
-        let here = std::env::current_exe().unwrap();
-        assert_eq!(runnable_executable(Some(here.clone())), here);
-        assert!(runnable_executable(None).exists());
     }
 }

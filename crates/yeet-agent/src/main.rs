@@ -1,13 +1,14 @@
-//! The `yeet-agent` binary: `run` is the daemon, `status` shows what it is doing,
-//! `check-config` checks a config file, and `activate` is the detached activation process
-//! the daemon starts.
+//! The `yeet-agent` binary: `run` is the daemon; `status`, `log`, `check-now`, `detach`,
+//! `switch` and `attach` talk to it through its local socket; `check-config` checks a config
+//! file; `activate` is the detached activation process the daemon starts.
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
+use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use yeet_agent::config::{AgentArgs, Config, STATE_DIR};
-use yeet_agent::daemon::{Status, status_path};
+use yeet_agent::local_client::{AgentProxy, answer, switch_following, with_agent};
 use yeet_agent::state::StateDir;
+use yeet_agent::varlink::{SOCKET, Status};
 
 #[derive(Parser)]
 #[command(
@@ -16,6 +17,9 @@ use yeet_agent::state::StateDir;
     about = "The yeet agent: keeps this host on the system its fleet wants."
 )]
 struct Cli {
+    /// The agent's local socket.
+    #[arg(long, global = true, env = "YEET_AGENT_SOCKET", default_value = SOCKET)]
+    socket: PathBuf,
     #[command(subcommand)]
     command: Command,
 }
@@ -24,11 +28,37 @@ struct Cli {
 enum Command {
     /// Run the agent: register (printing the verification code), then check in and activate.
     Run(AgentArgs),
-    /// Show the agent's enrollment (with the verification code), contact and activation.
+    /// Show what the agent does: enrollment (with the verification code while pending),
+    /// systems, attachment, activation, last result. Members of the `yeet` group may.
     Status {
+        /// Print JSON (the varlink reply) instead of a table.
         #[arg(long)]
         json: bool,
     },
+    /// Show the log of the activation in progress, else of the latest one.
+    Log,
+    /// Make the agent check in with the server now, whatever its poll interval.
+    CheckNow,
+    /// Ask the server to let this host run a locally chosen system for a while. Needs root
+    /// or the `yeet-admin` group; the server's policy decides (`yeet host policy`).
+    Detach {
+        /// Why; recorded by the server with your user name.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Switch to a system in this host's store: while detached, or with --force without
+    /// the server. Verified with the host's trusted keys; rolled back unless it proves
+    /// healthy. Shows the activation's progress and log.
+    Switch {
+        /// The system's store path (build it, or `nix copy` it here, first).
+        path: String,
+        /// Switch without asking the server (for a host cut off from it). Undone once the
+        /// server is reached again, unless the host is detached by then.
+        #[arg(long)]
+        force: bool,
+    },
+    /// End the detachment: back to the server's newest desired system.
+    Attach,
     /// Check an agent config file without running anything: unknown keys, wrong types,
     /// invalid values and private keys in the Nix store are errors (the NixOS module runs
     /// this at build time).
@@ -59,7 +89,9 @@ fn main() -> anyhow::Result<()> {
         // Colours only on a terminal: logs in files and journald stay plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    let cli_socket = cli.socket;
+    match cli.command {
         Command::Run(args) => {
             let config = Config::resolve(&args)?;
             // Stopped by SIGTERM/SIGINT's default action; the flag is for embedding and tests.
@@ -94,42 +126,101 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Status { json } => {
-            let path = status_path();
-            let text = std::fs::read_to_string(&path).map_err(|e| {
-                let hint = if e.kind() == std::io::ErrorKind::PermissionDenied {
-                    "it holds the verification code: run this as root, or as a member of the yeet group"
-                } else {
-                    "is yeet-agent running?"
-                };
-                anyhow::anyhow!("cannot read {}: {e}; {hint}", path.display())
-            })?;
-            let status: Status = serde_json::from_str(&text)
-                .with_context(|| format!("{} is corrupt", path.display()))?;
+            let socket = cli_socket.clone();
+            let status = with_agent(&socket, async |c| answer(c.get_status().await))?.status;
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
-                return Ok(());
-            }
-            println!("server:        {}", status.server);
-            println!("key:           {}", status.key_id);
-            match (&status.host, &status.verification_code) {
-                (Some(host), _) => println!("host:          {host} (approved)"),
-                (None, Some(code)) => println!(
-                    "waiting for approval; verification code: {code}\n  on an admin machine: yeet approve NAME {code}"
-                ),
-                (None, None) => println!("registering"),
-            }
-            println!(
-                "system:        {}",
-                status.current_system.as_deref().unwrap_or("-")
-            );
-            println!(
-                "activation:    {}",
-                status.activation.as_deref().unwrap_or("none")
-            );
-            if let Some(e) = &status.last_error {
-                println!("last error:    {e}");
+            } else {
+                println!("{}", status_table(&status));
             }
             Ok(())
         }
+        Command::Log => {
+            let reply = with_agent(&cli_socket, async |c| answer(c.get_log().await))?;
+            print!("{}", reply.log);
+            Ok(())
+        }
+        Command::CheckNow => {
+            with_agent(&cli_socket, async |c| answer(c.check_now().await))?;
+            println!("the agent checks in now");
+            Ok(())
+        }
+        Command::Detach { reason } => {
+            let reply = with_agent(&cli_socket, async |c| answer(c.detach(&reason).await))?;
+            println!(
+                "detached: switch with `yeet-agent switch PATH`; `yeet-agent attach` returns to the fleet's system (reason: {})",
+                reply.detachment.reason
+            );
+            Ok(())
+        }
+        Command::Switch { path, force } => {
+            let outcome = with_agent(&cli_socket, async |c| {
+                switch_following(c, &path, force, |p| {
+                    if !p.phase.is_empty() && p.result.is_none() {
+                        eprintln!("== {}", p.phase);
+                    }
+                    eprint!("{}", p.log);
+                })
+                .await
+            })?;
+            println!(
+                "{} {}",
+                outcome.result.as_deref().unwrap_or("done"),
+                outcome.store_path
+            );
+            Ok(())
+        }
+        Command::Attach => {
+            with_agent(&cli_socket, async |c| answer(c.attach().await))?;
+            println!("attached: the host returns to the fleet's desired system");
+            Ok(())
+        }
     }
+}
+
+/// The status for people: one row per field, empty ones shown as `-`.
+fn status_table(s: &Status) -> comfy_table::Table {
+    let mut t = comfy_table::Table::new();
+    t.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
+    let or_dash = |v: Option<&str>| v.unwrap_or("-").to_owned();
+    let enrollment = match (&s.host, &s.verification_code) {
+        (Some(host), _) => format!("{host} (approved)"),
+        (None, Some(code)) => format!(
+            "waiting for approval; verification code {code}\n(on an admin machine: yeet approve NAME {code})"
+        ),
+        (None, None) => "registering".into(),
+    };
+    let detached = s
+        .detached
+        .as_ref()
+        .map(|d| format!("since {} by {}: {}", d.since, d.user, d.reason));
+    let activation = s
+        .activation
+        .as_ref()
+        .map(|a| format!("{} of {} ({})", a.origin, a.store_path, a.phase));
+    let last = s
+        .last_result
+        .as_ref()
+        .map(|l| format!("{} {} ({}): {}", l.result, l.store_path, l.origin, l.reason));
+    for (field, value) in [
+        ("host", enrollment),
+        ("server", s.server.clone()),
+        ("key", s.key_id.clone()),
+        ("state", s.state.clone()),
+        ("attachment", s.attachment.clone()),
+        ("detached", or_dash(detached.as_deref())),
+        ("current system", or_dash(s.current_system.as_deref())),
+        ("booted system", or_dash(s.booted_system.as_deref())),
+        ("desired system", or_dash(s.desired_system.as_deref())),
+        ("activation", or_dash(activation.as_deref())),
+        ("last result", or_dash(last.as_deref())),
+        (
+            "last check-in",
+            or_dash(s.last_checkin.map(|t| t.to_string()).as_deref()),
+        ),
+        ("last error", or_dash(s.last_error.as_deref())),
+    ] {
+        t.add_row([field.to_owned(), value]);
+    }
+    t
 }

@@ -9,7 +9,9 @@
 //! - `activation.confirmed`: created by the agent once the new system checked in and passed
 //!   its health check; the activation process waits for it;
 //! - `activation.rejected`: created by the agent when the health check failed, with the
-//!   reason; the activation process rolls back at once instead of waiting for the deadline.
+//!   reason; the activation process rolls back at once instead of waiting for the deadline;
+//! - `last-activation.json` and `last-activation.log`: the latest reported activation and
+//!   its log, for people at the machine (`yeet-agent status`, `yeet-agent log`).
 //!
 //! The activation process writes `activation.json`; the agent only creates it (before
 //! starting the process), resolves it when its process died, and removes it after reporting.
@@ -46,6 +48,53 @@ pub enum Phase {
     Done,
 }
 
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "pending",
+            Phase::Fetching => "fetching",
+            Phase::Switching => "switching",
+            Phase::Switched => "switched",
+            Phase::Done => "done",
+        }
+    }
+}
+
+/// Who chose the system an activation switches to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Origin {
+    /// The server, by a release.
+    #[default]
+    Server,
+    /// Someone at the machine, while the server lets the host run a local system.
+    Detached,
+    /// Someone at the machine, without asking the server (which may be unreachable). It is
+    /// confirmed by the health check alone, and undone once the server is reached again,
+    /// unless the host is detached by then.
+    Forced,
+}
+
+impl Origin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Server => "release",
+            Origin::Detached => "detached switch",
+            Origin::Forced => "forced switch",
+        }
+    }
+}
+
+/// The latest reported activation, kept for people at the machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastActivation {
+    pub store_path: String,
+    pub origin: Origin,
+    pub result: ActivationResult,
+    pub reason: String,
+    pub finished_at: i64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ActivationState {
     /// The system being activated, and the release that named it.
@@ -75,6 +124,11 @@ pub struct ActivationState {
     /// The secrets generations this activation switches between, once written.
     #[serde(default)]
     pub secrets: Option<SecretsSwitch>,
+    /// Who chose this system, and who asked for it at the machine (a local switch).
+    #[serde(default)]
+    pub origin: Origin,
+    #[serde(default)]
+    pub requested_by: Option<String>,
 }
 
 /// The server and the key the agent signs with: what the activation process needs to make
@@ -186,6 +240,46 @@ impl StateDir {
         Ok(())
     }
 
+    /// Keeps the finished activation's summary and log as the latest one, then removes the
+    /// activation files. Called once its report reached the server.
+    pub fn retire(&self, st: &ActivationState) -> Result<(), StateError> {
+        if let Some(result) = st.result {
+            let last = LastActivation {
+                store_path: st.store_path.clone(),
+                origin: st.origin,
+                result,
+                reason: st.reason.clone(),
+                finished_at: st.finished_at.unwrap_or_default(),
+            };
+            let bytes = serde_json::to_vec_pretty(&last).map_err(|e| {
+                StateError::Corrupt(self.path("last-activation.json"), e.to_string())
+            })?;
+            std::fs::write(self.path("last-activation.json"), bytes)
+                .map_err(self.io("last-activation.json"))?;
+            match std::fs::rename(self.log_path(), self.path("last-activation.log")) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(StateError::Io(self.log_path(), e));
+                }
+                _ => {}
+            }
+        }
+        self.clear()
+    }
+
+    /// The latest reported activation, if one was kept and is readable.
+    pub fn last(&self) -> Option<LastActivation> {
+        serde_json::from_slice(&std::fs::read(self.path("last-activation.json")).ok()?).ok()
+    }
+
+    /// The last `max` bytes of the log of the activation in progress, else of the latest
+    /// reported one.
+    pub fn latest_log(&self, max: usize) -> String {
+        if self.log_path().exists() {
+            return self.log_tail(max);
+        }
+        tail_of(&self.path("last-activation.log"), max)
+    }
+
     /// Takes the activation lock without waiting; `None` when another live process holds it.
     /// The lock is released when the returned file is dropped or the process dies.
     pub fn try_lock(&self) -> Result<Option<File>, StateError> {
@@ -232,10 +326,24 @@ impl StateDir {
 
     /// The last `max` bytes of the activation log (the end is where failures are).
     pub fn log_tail(&self, max: usize) -> String {
-        let bytes = std::fs::read(self.log_path()).unwrap_or_default();
-        let start = bytes.len().saturating_sub(max);
-        String::from_utf8_lossy(&bytes[start..]).into_owned()
+        tail_of(&self.log_path(), max)
     }
+}
+
+/// The last `max` bytes of a file (empty when it cannot be read), read from the end so that
+/// a huge log costs no more than `max` bytes of memory.
+fn tail_of(path: &std::path::Path, max: usize) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = File::open(path) else {
+        return String::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let start = len.saturating_sub(max as u64);
+    let mut bytes = Vec::new();
+    if f.seek(SeekFrom::Start(start)).is_ok() {
+        let _ = f.take(max as u64).read_to_end(&mut bytes);
+    }
+    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 #[cfg(test)]
@@ -260,6 +368,8 @@ mod tests {
             finished_at: None,
             server: None,
             secrets: None,
+            origin: Origin::Server,
+            requested_by: None,
         }
     }
 

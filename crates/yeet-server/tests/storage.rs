@@ -339,7 +339,10 @@ async fn one_open_detachment_per_host(db: &TestDb) {
         ..first.clone()
     };
     assert_eq!(s.start_detachment(&again).await.unwrap(), first);
-    assert_eq!(s.open_detachments().await.unwrap(), std::slice::from_ref(&first));
+    assert_eq!(
+        s.open_detachments().await.unwrap(),
+        std::slice::from_ref(&first)
+    );
     assert!(s.end_detachment(a, 300, "operator alice").await.unwrap());
     assert!(!s.end_detachment(a, 301, "host").await.unwrap());
     assert!(s.open_detachments().await.unwrap().is_empty());

@@ -17,8 +17,8 @@ fn shown_code(host: &fleet_sim::sim::SimHost) -> String {
     let mut code = String::new();
     wait_until(Duration::from_secs(60), "a verification code", || {
         code = host
-            .status::<serde_json::Value>()
-            .and_then(|s| s["verification_code"].as_str().map(str::to_owned))
+            .status()
+            .and_then(|s| s.verification_code)
             .unwrap_or_default();
         !code.is_empty()
     });
