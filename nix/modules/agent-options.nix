@@ -77,6 +77,25 @@ in
   };
   allowedCacheSchemes = tuning (types.listOf types.str) "http https file s3 ssh"
     "URL schemes of the binary caches the server may name.";
+  socketGroup = mkOption {
+    type = types.str;
+    default = "yeet";
+    description = ''
+      Group that may use the agent's local socket (/run/yeet/agent.varlink): see the
+      status (with the verification code while pending) and the log, and trigger a
+      check-in. Add people with `users.users.<name>.extraGroups = [ "yeet" ]`.
+    '';
+  };
+  adminGroup = mkOption {
+    type = types.str;
+    default = "yeet-admin";
+    description = ''
+      Group whose members may also change the system through the socket: detach, switch
+      to a local system, force a switch, attach. They need the socket group too, to open
+      the socket. Root always may; with polkit enabled, rules for the actions
+      org.yeet.agent.{detach,switch,force-switch,attach} may allow others.
+    '';
+  };
   maxCheckinInterval = tuning types.ints.positive "300"
     "The longest the agent waits between check-ins, whatever the server asks.";
   settings = mkOption {

@@ -4,7 +4,8 @@
 # what a real host runs.
 #
 # package: provides bin/yeet-agent. configFile: the agent.toml this system carries.
-# tools: { nix, systemd, util-linux, bash }, the packages on the agent's PATH.
+# tools: { nix, systemd, util-linux, bash } (and polkit, for pkcheck, where polkit runs),
+# the packages on the agent's PATH.
 { package, configFile, tools }:
 {
   description = "yeet agent";
@@ -13,7 +14,8 @@
   # The agent and its activation processes run nix-store and nix-env, systemd-run and
   # systemctl, setsid; the health check runs in /bin/sh, and bash is there for checks that
   # call it. NixOS adds coreutils, findutils, grep, sed and systemd to every unit's PATH.
-  path = [ tools.nix tools.systemd tools.util-linux tools.bash ];
+  path = [ tools.nix tools.systemd tools.util-linux tools.bash ]
+    ++ (if tools ? polkit then [ tools.polkit ] else [ ]);
   # A switch restarts the agent (not stop-then-start): the restarted agent, running the new
   # system's binary with the new system's config, is what confirms the new system.
   stopIfChanged = false;
@@ -35,7 +37,8 @@
     # The activation log and state are root's alone (the agent sets this too).
     StateDirectoryMode = "0700";
     RuntimeDirectory = "yeet";
-    # The status file and the agent's pid stay across its restarts.
+    # The local socket's directory, the live secrets and the agent's pid stay across its
+    # restarts.
     RuntimeDirectoryPreserve = true;
   };
 }

@@ -10,6 +10,8 @@ in
   server = cfg.server;
   trusted_keys = cfg.trustedKeys;
   activation_mode = cfg.activationMode;
+  socket_group = cfg.socketGroup;
+  admin_group = cfg.adminGroup;
 }
 // optional "key" cfg.key
 // optional "ca_cert" cfg.caCert

@@ -31,9 +31,16 @@ in
       deps = [ "etc" "users" "groups" ];
       text = "${cfg.package}/bin/yeet-agent restore-secrets || true";
     };
-    environment.systemPackages = [ cfg.package ];
-    # Members of `yeet` may read the agent's status (and, later, use its local socket).
-    users.groups.yeet = { };
+    # The local socket's groups: members of socketGroup see the status and trigger
+    # check-ins; members of adminGroup (and socketGroup) may also detach and switch.
+    users.groups.${cfg.socketGroup} = { };
+    users.groups.${cfg.adminGroup} = { };
+    # The polkit actions the agent asks about (pkcheck) for callers outside adminGroup.
+    # Nobody is allowed by default: polkit rules grant them.
+    environment.systemPackages = [ cfg.package ]
+      ++ lib.optional config.security.polkit.enable
+        (pkgs.writeTextDir "share/polkit-1/actions/org.yeet.agent.policy"
+          (import ./agent-polkit.nix));
 
     systemd.services.yeet-agent = import ./agent-service.nix {
       inherit (cfg) package;
@@ -42,6 +49,8 @@ in
         nix = config.nix.package;
         systemd = config.systemd.package;
         inherit (pkgs) util-linux bash;
+      } // lib.optionalAttrs config.security.polkit.enable {
+        polkit = config.security.polkit.package;
       };
     } // {
       wantedBy = [ "multi-user.target" ];

@@ -25,6 +25,10 @@ case "\$1" in
       cp "$unit" "\$installed.new" && mv "\$installed.new" "\$installed"
       systemctl daemon-reload
     fi
+    if [ "$variant" = slow ]; then
+      echo "starting a slow service..."
+      sleep 8
+    fi
     if [ "$variant" = fail ]; then
       echo "error: the web service demo-web failed to start (exit 4)" >&2
       exit 4

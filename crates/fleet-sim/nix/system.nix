@@ -30,13 +30,16 @@ let
   healthCheck = if variant == "unhealthy"
     then ''health_check = "echo the web service does not answer >&2; exit 1"''
     else "";
+  # Long-polls of 20 s, unless the extra config sets its own.
+  longPoll = if builtins.length (builtins.split "long_poll_secs" extraConfig) > 1
+    then "" else "long_poll_secs = 20";
   # The agent config is a file of its own in the store, as environment.etc makes it.
   agentConfig = builtins.toFile "agent.toml" ''
     server = "${agentServer}"
     key = "${agentKey}"
     trusted_keys = ["${trustedKey}"]
     poll_interval_secs = 1
-    long_poll_secs = 20
+    ${longPoll}
     confirm_timeout_secs = ${toString confirmTimeout}
     ${healthCheck}
     ${extraConfig}

@@ -177,12 +177,15 @@ impl Server {
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("state");
         let config = dir.path().join("server.toml");
+        // Tests check in every second, unless their config says otherwise.
+        let interval = if opts.config.contains("checkin_interval_secs") {
+            ""
+        } else {
+            "checkin_interval_secs = 1\n"
+        };
         std::fs::write(
             &config,
-            format!(
-                "checkin_interval_secs = 1\nlast_seen_flush_ms = 200\n{}",
-                opts.config
-            ),
+            format!("{interval}last_seen_flush_ms = 200\n{}", opts.config),
         )
         .unwrap();
         let admin_key = operator_key(&dir.path().join("admin_key"));

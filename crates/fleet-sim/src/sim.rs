@@ -105,6 +105,8 @@ pub enum Variant {
     Unhealthy,
     /// Its agent config names a key file that does not exist: the agent exits at start-up.
     MissingKey,
+    /// `switch-to-configuration` takes 8 seconds (an activation that is still running).
+    Slow,
 }
 
 impl Variant {
@@ -115,6 +117,7 @@ impl Variant {
             Variant::DeadServer => "dead-server",
             Variant::Unhealthy => "unhealthy",
             Variant::MissingKey => "missing-key",
+            Variant::Slow => "slow",
         }
     }
 }
@@ -644,6 +647,30 @@ impl SimHost {
         }
     }
 
+    /// Copies `path`'s closure from `cache` into the host's own store, as `nix copy` to the
+    /// machine (or a build on it) would: it is then there for a local switch. Without
+    /// `require_sigs`, unsigned paths are taken too (a local build carries no signature).
+    pub fn realise(&self, cache: &Cache, path: &str, require_sigs: bool) {
+        let out = run(Command::new("unshare")
+            .args(["--mount", "sh", "-c"])
+            .arg(
+                "mount --bind \"$1/nix\" /nix && XDG_CACHE_HOME=\"$1/home-cache\" \
+                 nix-store --realise \"$2\" --option substituters \"$3\" --option trusted-public-keys \"$4\" --option require-sigs \"$5\"",
+            )
+            .arg("realise")
+            .arg(&self.root)
+            .arg(path)
+            .arg(cache.url())
+            .arg(&cache.public_key)
+            .arg(require_sigs.to_string()));
+        assert!(
+            out.status.success(),
+            "{}: realising {path} failed: {}",
+            self.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// The container's PID 1 (global pid), while a systemd host runs.
     pub fn leader(&self) -> Option<u32> {
         self.leader
@@ -689,6 +716,22 @@ impl SimHost {
             }
             HostKind::Systemd => self.journal("yeet-agent.service"),
         }
+    }
+
+    /// The `at_ms` field of the agent's first log line that says `message` and mentions
+    /// `containing` (benchmarks and delays are measured from these).
+    pub fn logged_at_ms(&self, message: &str, containing: &str) -> Option<i64> {
+        let log = self.agent_log();
+        let line = log
+            .lines()
+            .find(|l| l.contains(message) && l.contains(containing))?;
+        line.split("at_ms=")
+            .nth(1)?
+            .split_whitespace()
+            .next()?
+            .trim_matches(|c: char| !c.is_ascii_digit())
+            .parse()
+            .ok()
     }
 
     /// What units matching `unit` (a `journalctl --unit` pattern) logged on a systemd host,
@@ -765,6 +808,8 @@ pub struct FleetOptions {
     pub server_checks_signatures: bool,
     /// Lines appended to the agent config of every system the fleet builds.
     pub agent_config: String,
+    /// Lines appended to the server's config.
+    pub server_config: String,
 }
 
 impl Default for FleetOptions {
@@ -776,6 +821,7 @@ impl Default for FleetOptions {
             database: None,
             server_checks_signatures: true,
             agent_config: String::new(),
+            server_config: String::new(),
         }
     }
 }
@@ -819,7 +865,7 @@ impl Fleet {
     pub fn with(names: &[&str], options: FleetOptions) -> Fleet {
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::new(&dir.path().join("cache-keys"), "fleet-1");
-        let mut config = format!("caches = [\"{}\"]\n", cache.url());
+        let mut config = format!("caches = [\"{}\"]\n{}", cache.url(), options.server_config);
         if options.server_checks_signatures {
             config.push_str(&format!(
                 "trusted_cache_keys = [\"{}\"]\n",
@@ -986,6 +1032,14 @@ impl Fleet {
     pub fn reboot(&mut self, name: &str) {
         let i = self.hosts.iter().position(|h| h.name == name).unwrap();
         self.hosts[i].reboot(&self.cache, &self.base);
+    }
+
+    /// A host, to look at or run commands on (`host` when it is to be powered off or on).
+    pub fn find_host(&self, name: &str) -> &SimHost {
+        self.hosts
+            .iter()
+            .find(|h| h.name == name)
+            .unwrap_or_else(|| panic!("no host {name} in the fleet"))
     }
 
     pub fn host(&mut self, name: &str) -> &mut SimHost {

@@ -157,6 +157,36 @@ fn the_socket_serves_an_independent_client_by_group() {
         status["ok"]["status"]["verificationCode"] == code.as_str()
     });
     assert_eq!(status["ok"]["status"]["enrollment"], "pending-approval");
+    // So does `yeet-agent status`, run by alice (no root needed).
+    let out = host.exec(&[
+        "runuser",
+        "-u",
+        "alice",
+        "--",
+        "/opt/yeet-agent/bin/yeet-agent",
+        "status",
+        "--json",
+    ]);
+    let shown: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!(
+            "yeet-agent status as alice: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert_eq!(shown["verificationCode"], code.as_str(), "{shown}");
+    let out = host.exec(&[
+        "runuser",
+        "-u",
+        "bob",
+        "--",
+        "/opt/yeet-agent/bin/yeet-agent",
+        "status",
+    ]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && said.contains("socket group (yeet)"),
+        "{said}"
+    );
     assert_eq!(
         call(&host, "alice", "CheckNow", "{}")["ok"],
         Value::Object(Default::default())

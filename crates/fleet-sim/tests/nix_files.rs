@@ -127,6 +127,8 @@ fn agent_settings(overrides: &str) -> serde_json::Value {
           healthCheck = "systemctl is-system-running --wait";
           allowedCacheSchemes = [ "https" "s3" ];
           maxCheckinInterval = 300;
+          socketGroup = "yeet";
+          adminGroup = "wheel";
           settings = {{ }};
         }} // {overrides})"#,
         file.display()
@@ -245,4 +247,38 @@ fn the_secrets_manifest_the_modules_write_is_what_the_agent_reads() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("permission bits"), "{err}");
+}
+
+#[test]
+fn the_polkit_policy_is_well_formed_xml_naming_every_action() {
+    let policy = eval_json(&format!(
+        "import {}",
+        modules_dir().join("agent-polkit.nix").display()
+    ));
+    let xml = policy.as_str().unwrap();
+    assert!(xml.starts_with("<?xml"), "{xml}");
+    // An independent parser: Python's.
+    let mut parse = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sys, xml.dom.minidom as m; d = m.parseString(sys.stdin.read()); \
+             print(' '.join(a.getAttribute('id') for a in d.getElementsByTagName('action')))",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    parse
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(xml.as_bytes())
+        .unwrap();
+    let out = parse.wait_with_output().unwrap();
+    assert!(out.status.success(), "the policy is not well-formed XML");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "org.yeet.agent.detach org.yeet.agent.switch org.yeet.agent.force-switch org.yeet.agent.attach"
+    );
 }

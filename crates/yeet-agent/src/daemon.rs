@@ -376,17 +376,17 @@ impl Agent<'_> {
         }
     }
 
-    /// A check-in the server may hold up to `wait`. `check_now` drops a held one and makes a
-    /// fresh one at once (the server lets go of the older: one held check-in per host);
-    /// the flag in the answer says so.
+    /// A check-in the server may hold up to `wait`. `check_now` drops a held one: `None`,
+    /// and the next round makes a fresh one at once (the server lets go of the older: one
+    /// held check-in per host), or first tends an activation started meanwhile.
     fn checkin(
         &mut self,
         state: AgentState,
         wait: Duration,
-    ) -> Result<(CheckinResponse, bool), ClientError> {
+    ) -> Result<Option<CheckinResponse>, ClientError> {
         self.status.state = state.as_str().to_owned();
         self.publish_status();
-        let mut req = CheckinRequest {
+        let req = CheckinRequest {
             current_system: system_link(CURRENT_SYSTEM),
             booted_system: system_link(BOOTED_SYSTEM),
             state,
@@ -395,12 +395,8 @@ impl Agent<'_> {
             secrets_digest: self.held_secrets_digest(),
             detached: self.status.detached.is_some(),
         };
-        let (resp, interrupted) = match self.held_checkin(&req)? {
-            Some(resp) => (resp, false),
-            None => {
-                req.wait_secs = 0;
-                (self.client.checkin(&req)?, true)
-            }
+        let Some(resp) = self.held_checkin(&req)? else {
+            return Ok(None);
         };
         self.status.last_checkin = Some(now());
         self.status.desired_system = resp.desired_system.clone();
@@ -410,7 +406,7 @@ impl Agent<'_> {
             reason: d.reason.clone(),
         });
         self.publish_status();
-        Ok((resp, interrupted))
+        Ok(Some(resp))
     }
 
     /// Sends the check-in from a helper thread and waits for its answer or `check_now`;
@@ -462,7 +458,9 @@ impl Agent<'_> {
         // system, say) gets them before it waits.
         self.sync_secrets(None)?;
         let started = Instant::now();
-        let (resp, interrupted) = self.checkin(state, self.config.long_poll)?;
+        let Some(resp) = self.checkin(state, self.config.long_poll)? else {
+            return Ok(Duration::ZERO);
+        };
         self.sync_secrets(Some(&resp.secrets_digest))?;
         // The server's word is bounded: a huge interval must not silence the host.
         let next =
@@ -490,8 +488,6 @@ impl Agent<'_> {
                 self.start_activation(store_path, release_id, caches);
                 Ok(Duration::ZERO)
             }
-            // Interrupted by check-now: hold a fresh check-in at once.
-            Action::None if interrupted => Ok(Duration::ZERO),
             // A held check-in already waited; one answered at once (long-poll off) waits the interval.
             Action::None => Ok(next.saturating_sub(started.elapsed())),
         }
@@ -654,14 +650,10 @@ impl Agent<'_> {
             return Ok(Duration::from_millis(500));
         }
         let running_new = system_link(CURRENT_SYSTEM).as_deref() == Some(st.store_path.as_str());
-        match self.checkin(AgentState::Updating, Duration::ZERO) {
-            Ok(_) => {}
-            // A forced switch is for a host cut off from the server: the health check alone
-            // confirms it.
-            Err(e) if st.origin == Origin::Forced => {
-                tracing::debug!(error = %e, "the server is unreachable during a forced switch")
-            }
-            Err(e) => return Err(e),
+        // A forced switch is for a host cut off from the server: the health check alone
+        // confirms it, and no request to a server that may hang holds it up.
+        if st.origin != Origin::Forced {
+            self.checkin(AgentState::Updating, Duration::ZERO)?;
         }
         if st.phase == Phase::Switched
             && running_new

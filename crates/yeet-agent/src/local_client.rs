@@ -4,6 +4,7 @@
 
 use futures_util::{Stream, StreamExt};
 use std::path::Path;
+use std::time::{Duration, Instant};
 use thiserror::Error;
 
 use crate::varlink::{AgentError, DetachReply, LogReply, Progress, StatusReply};
@@ -77,20 +78,70 @@ pub fn answer<T>(reply: zlink::Result<Result<T, AgentError>>) -> Result<T, Local
         .map_err(LocalError::Agent)
 }
 
+/// How long a client that lost the agent mid-switch keeps asking how the switch ended.
+const FOLLOW_AFTER_RESTART: Duration = Duration::from_secs(600);
+
 /// Switches (or, `force`, force-switches) and hands each progress reply to `seen`; returns
-/// the last one (the outcome) or the error that ended the switch.
+/// the last one (the outcome) or the error that ended the switch. When the agent goes away
+/// mid-switch (a switch restarts it when its unit changed), asks the restarted agent on
+/// `socket` how the switch ends.
 pub async fn switch_following(
     conn: &mut Connection,
+    socket: &Path,
     store_path: &str,
     force: bool,
     seen: impl FnMut(&Progress),
 ) -> Result<Progress, LocalError> {
     let protocol = |e: zlink::Error| LocalError::Protocol(e.to_string());
-    if force {
+    let streamed = if force {
         drain(conn.force_switch(store_path).await.map_err(protocol)?, seen).await
     } else {
         drain(conn.switch(store_path).await.map_err(protocol)?, seen).await
+    };
+    match streamed {
+        Err(LocalError::Protocol(why)) => follow_by_status(socket, store_path, &why).await,
+        other => other,
     }
+}
+
+/// Polls the agent's status until the switch to `store_path` has an outcome.
+async fn follow_by_status(
+    socket: &Path,
+    store_path: &str,
+    why: &str,
+) -> Result<Progress, LocalError> {
+    let deadline = Instant::now() + FOLLOW_AFTER_RESTART;
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let Ok(mut conn) = zlink::tokio::unix::connect(socket).await else {
+            continue;
+        };
+        let Ok(Ok(reply)) = conn.get_status().await else {
+            continue;
+        };
+        let status = reply.status;
+        let outcome = match (status.activation, status.last_result) {
+            (Some(a), _) if a.store_path == store_path => a.result.zip(a.reason),
+            (Some(_), _) => None,
+            (None, Some(l)) if l.store_path == store_path => Some((l.result, l.reason)),
+            (None, _) => None,
+        };
+        if let Some((result, reason)) = outcome {
+            return match result.as_str() {
+                "confirmed" => Ok(Progress {
+                    store_path: store_path.to_owned(),
+                    phase: "done".into(),
+                    log: String::new(),
+                    result: Some(result),
+                }),
+                "untrusted" => Err(AgentError::Untrusted { reason }.into()),
+                _ => Err(AgentError::SwitchFailed { result, reason }.into()),
+            };
+        }
+    }
+    Err(LocalError::Protocol(format!(
+        "lost the agent during the switch ({why}), and it did not say how the switch ended; see `yeet-agent status`"
+    )))
 }
 
 async fn drain(

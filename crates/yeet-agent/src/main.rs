@@ -155,7 +155,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Switch { path, force } => {
             let outcome = with_agent(&cli_socket, async |c| {
-                switch_following(c, &path, force, |p| {
+                switch_following(c, &cli_socket, &path, force, |p| {
                     if !p.phase.is_empty() && p.result.is_none() {
                         eprintln!("== {}", p.phase);
                     }

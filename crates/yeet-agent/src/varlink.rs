@@ -47,6 +47,9 @@ const MAX_LOG: usize = 256 * 1024;
 const MAX_PROGRESS_LOG: usize = 64 * 1024;
 /// How often a running switch's progress is looked at.
 const PROGRESS_EVERY: Duration = Duration::from_millis(200);
+/// How long a finished switch's outcome waits for its report to reach the server, so that
+/// the next call is not refused as busy (a host cut off from its server answers anyway).
+const REPORT_GRACE: Duration = Duration::from_secs(5);
 
 /// A detachment, as the server granted it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, introspect::CustomType)]
@@ -72,6 +75,9 @@ pub struct ActivationInfo {
     pub phase: String,
     pub requested_by: Option<String>,
     pub started_at: i64,
+    /// Once done (and until reported): how it ended, and why.
+    pub result: Option<String>,
+    pub reason: Option<String>,
 }
 
 /// How the latest reported activation ended.
@@ -385,6 +391,8 @@ impl Local {
             phase: st.phase.as_str().to_owned(),
             requested_by: st.requested_by.clone(),
             started_at: st.started_at,
+            result: st.result.map(|r| r.as_str().to_owned()),
+            reason: st.result.map(|_| st.reason.clone()),
         });
         status.last_result = self.launcher.state().last().map(|l| LastResult {
             store_path: l.store_path,
@@ -418,6 +426,8 @@ impl Local {
         st.requested_by = Some(caller.describe());
         self.launcher.start(&st)?;
         tracing::info!(store_path, origin = origin.as_str(), by = %caller.describe(), "local switch started");
+        // The main loop confirms it: it must not sit in a held check-in meanwhile.
+        self.shared.check_now();
         Ok(st)
     }
 
@@ -470,6 +480,7 @@ fn follow(local: Arc<Local>, store_path: String, more: bool) -> ProgressStream {
         phase: String,
         log_sent: usize,
         done: bool,
+        finished_at: Option<std::time::Instant>,
     }
     let start = Follow {
         local,
@@ -478,6 +489,7 @@ fn follow(local: Arc<Local>, store_path: String, more: bool) -> ProgressStream {
         phase: String::new(),
         log_sent: 0,
         done: false,
+        finished_at: None,
     };
     Box::pin(futures_util::stream::unfold(start, |mut f| async move {
         if f.done {
@@ -490,8 +502,13 @@ fn follow(local: Arc<Local>, store_path: String, more: bool) -> ProgressStream {
                 .ok()
                 .flatten()
                 .filter(|st| st.store_path == f.store_path);
+            let finished = recorded.as_ref().is_some_and(|st| st.phase == Phase::Done);
+            if finished {
+                f.finished_at.get_or_insert_with(std::time::Instant::now);
+            }
+            let reported_or_late = f.finished_at.is_some_and(|t| t.elapsed() >= REPORT_GRACE);
             let outcome = match &recorded {
-                Some(st) if st.phase == Phase::Done => Some((st.result, st.reason.clone())),
+                Some(st) if finished && reported_or_late => Some((st.result, st.reason.clone())),
                 Some(_) => None,
                 // Reported and retired already: the latest activation tells how it ended.
                 None => Some(

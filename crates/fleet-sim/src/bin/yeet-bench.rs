@@ -51,21 +51,9 @@ fn latency(hosts: usize) {
         .hosts
         .iter()
         .map(|h| {
-            let log = h.agent_log();
-            let line = log
-                .lines()
-                .find(|l| l.contains("activating a new system"))
-                .unwrap();
-            let at: i64 = line
-                .split("at_ms=")
-                .nth(1)
-                .unwrap()
-                .split_whitespace()
-                .next()
-                .unwrap()
-                .trim_matches(|c: char| !c.is_ascii_digit())
-                .parse()
-                .unwrap();
+            let at = h
+                .logged_at_ms("activating a new system", "")
+                .expect("the activation's start is logged with at_ms");
             at.saturating_sub(published)
         })
         .collect();

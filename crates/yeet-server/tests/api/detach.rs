@@ -20,6 +20,13 @@ fn checkin_body(current: &str, wait_secs: u64, detached: bool) -> Vec<u8> {
         "wait_secs": wait_secs, "detached": detached}))
 }
 
+/// Asks to detach as `sign`; the refusal must be `detach_refused`.
+async fn detach_refused(api: &Api, request: &[u8], sign: Sign<'_>, case: &str) -> Value {
+    let (s, v) = api.call("POST", paths::AGENT_DETACH, request, sign).await;
+    assert_error(s, &v, StatusCode::FORBIDDEN, "detach_refused", case);
+    v
+}
+
 #[tokio::test]
 async fn detach_follows_policy_and_either_side_ends_it() {
     let api = Api::new(ServiceConfig::default()).await;
@@ -37,16 +44,7 @@ async fn detach_follows_policy_and_either_side_ends_it() {
 
     // Refused by default, with the command that would allow it.
     let request = body(json!({"reason": "try a kernel\u{1b}[2J", "user": "alice (uid 1000)"}));
-    let (s, v) = api
-        .call("POST", paths::AGENT_DETACH, &request, host_a)
-        .await;
-    assert_error(
-        s,
-        &v,
-        StatusCode::FORBIDDEN,
-        "detach_refused",
-        "default policy",
-    );
+    let v = detach_refused(&api, &request, host_a, "default policy").await;
     let message = v["error"]["message"].as_str().unwrap();
     assert!(
         message.contains("yeet host policy host-a --allow-detach"),
@@ -153,21 +151,9 @@ async fn detach_follows_policy_and_either_side_ends_it() {
     let deny = body(json!({"allow_detach": false}));
     api.ok("PUT", &paths::host_policy("host-a"), &deny, admin)
         .await;
-    let (s, v) = api
-        .call("POST", paths::AGENT_DETACH, &request, host_a)
-        .await;
-    assert_error(
-        s,
-        &v,
-        StatusCode::FORBIDDEN,
-        "detach_refused",
-        "denied again",
-    );
+    detach_refused(&api, &request, host_a, "denied again").await;
     // Another host's detachment is its own: host-b's policy was never set.
-    let (s, v) = api
-        .call("POST", paths::AGENT_DETACH, &request, Sign::By(&api.host_b))
-        .await;
-    assert_error(s, &v, StatusCode::FORBIDDEN, "detach_refused", "host-b");
+    detach_refused(&api, &request, Sign::By(&api.host_b), "host-b").await;
 }
 
 #[tokio::test]
