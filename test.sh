@@ -45,4 +45,5 @@ fi
 # --all-targets builds the binaries with the same features as `cargo test`, so the
 # fleet-sim harness (which runs the same command) finds them up to date.
 cargo build --workspace --all-targets --quiet
-cargo test --workspace "$@"
+# Every test binary runs, so that one failure does not hide the others.
+cargo test --workspace --no-fail-fast "$@"

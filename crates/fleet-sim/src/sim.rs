@@ -986,6 +986,50 @@ impl Fleet {
         self.system_from(name, |spec| spec.secrets = secrets)
     }
 
+    /// Lays out the fixture flake in a fresh git repository, configured for `fleet`.
+    pub fn flake(&self) -> PathBuf {
+        let dir = self.dir().join("fleet-flake");
+        std::fs::create_dir_all(&dir).unwrap();
+        let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        for (from, to) in [
+            ("fixtures/fleet-flake/flake.nix", "flake.nix"),
+            ("nix/system.nix", "system.nix"),
+            ("nix/build-system.sh", "build-system.sh"),
+            ("nix/tools.nix", "tools.nix"),
+            ("nix/unit.nix", "unit.nix"),
+            ("../../nix/modules/agent-service.nix", "agent-service.nix"),
+            (
+                "../../nix/modules/secrets-manifest.nix",
+                "secrets-manifest.nix",
+            ),
+        ] {
+            std::fs::copy(here.join(from), dir.join(to)).unwrap();
+        }
+        let settings = serde_json::json!({
+            "server": self.server.url,
+            "trustedKey": self.cache.public_key,
+            "salt": self.dir().display().to_string(),
+            "system": format!("{}-linux", std::env::consts::ARCH),
+        });
+        std::fs::write(dir.join("fleet.json"), settings.to_string()).unwrap();
+        let git = |args: &[&str]| {
+            let out = run(std::process::Command::new("git")
+                .args(["-c", "user.name=yeet", "-c", "user.email=yeet@test", "-C"])
+                .arg(&dir)
+                .args(args));
+            assert!(
+                out.status.success(),
+                "git {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        };
+        git(&["init", "-q"]);
+        git(&["add", "."]);
+        git(&["commit", "-qm", "fleet"]);
+        dir
+    }
+
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }

@@ -314,56 +314,10 @@ fn the_server_refuses_releases_whose_closures_are_not_signed_by_the_fleet() {
     assert_eq!(releases.len(), 1);
 }
 
-/// Lays out the fixture flake in a fresh git repository, configured for `fleet`.
-fn fleet_flake(fleet: &Fleet) -> std::path::PathBuf {
-    let dir = fleet.dir().join("fleet-flake");
-    std::fs::create_dir_all(&dir).unwrap();
-    let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    for (from, to) in [
-        ("fixtures/fleet-flake/flake.nix", "flake.nix"),
-        ("nix/system.nix", "system.nix"),
-        ("nix/build-system.sh", "build-system.sh"),
-        ("nix/tools.nix", "tools.nix"),
-        ("nix/unit.nix", "unit.nix"),
-        ("../../nix/modules/agent-service.nix", "agent-service.nix"),
-        (
-            "../../nix/modules/secrets-manifest.nix",
-            "secrets-manifest.nix",
-        ),
-    ] {
-        std::fs::copy(here.join(from), dir.join(to)).unwrap();
-    }
-    let settings = serde_json::json!({
-        "server": fleet.server.url,
-        "trustedKey": fleet.cache.public_key,
-        "salt": fleet.dir().display().to_string(),
-        "system": format!("{}-linux", std::env::consts::ARCH),
-    });
-    std::fs::write(dir.join("fleet.json"), settings.to_string()).unwrap();
-    let git = |args: &[&str]| {
-        let out = fleet_sim::run(
-            std::process::Command::new("git")
-                .args(["-c", "user.name=yeet", "-c", "user.email=yeet@test", "-C"])
-                .arg(&dir)
-                .args(args),
-        );
-        assert!(
-            out.status.success(),
-            "git {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    };
-    git(&["init", "-q"]);
-    git(&["add", "."]);
-    git(&["commit", "-qm", "fleet"]);
-    dir
-}
-
 #[test]
 fn publish_from_a_flake_builds_shared_systems_once_and_the_fleet_converges() {
     let fleet = Fleet::new(&["web-1", "web-2", "db-1"], 30);
-    let flake = fleet_flake(&fleet);
+    let flake = fleet.flake();
     let head = String::from_utf8(
         fleet_sim::run(
             std::process::Command::new("git")

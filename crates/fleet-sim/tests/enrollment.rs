@@ -216,3 +216,68 @@ fn native_tls() {
         .stdout
         .wait_for(Duration::from_secs(30), "a code over TLS", code_in);
 }
+
+/// `yeet vm HOST` builds the host's VM runner from the fleet flake and runs it; the VM's
+/// agent registers like any host and is approved by the code it shows. The flake's runner
+/// stands in for QEMU: it starts the agent in a mount namespace of its own. A nix-darwin
+/// host has no VM, and `yeet vm` says so.
+#[test]
+fn yeet_vm_runs_the_hosts_vm_whose_agent_enrolls() {
+    use std::io::BufRead;
+    let fleet = fleet_sim::sim::Fleet::new(&[], 30);
+    let flake = format!("git+file://{}", fleet.flake().display());
+    let key = fleet_sim::ssh_host_key(fleet.dir(), "vm-key");
+    let mut vm = fleet.server.yeet_cmd();
+    vm.args(["vm", "web-1", "--flake", &flake])
+        .env("YEET_VM_AGENT", fleet_sim::bin("yeet-agent"))
+        .env("YEET_VM_SERVER", &fleet.server.url)
+        .env("YEET_VM_KEY", &key)
+        // The VM's agent learns of its approval within a second.
+        .env("YEET_AGENT_POLL_INTERVAL", "1")
+        .stdout(std::process::Stdio::piped());
+    std::os::unix::process::CommandExt::process_group(&mut vm, 0);
+    let mut vm = vm.spawn().unwrap();
+    // The VM's console shows the code, as a booting NixOS VM's agent would.
+    let console = std::io::BufReader::new(vm.stdout.take().unwrap());
+    let code = console
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|l| l.strip_prefix("verification code: ").map(str::to_owned))
+        .expect("the VM's agent shows a verification code");
+    let pending: Vec<Value> = fleet.server.yeet_json(&["pending"]);
+    assert!(
+        pending.iter().any(|p| p["hostname_hint"] == "web-1"),
+        "{pending:?}"
+    );
+    fleet.server.yeet(&["approve", "web-vm", &code]);
+    fleet_sim::sim::wait_until(
+        std::time::Duration::from_secs(60),
+        "the VM to check in",
+        || fleet.status()["web-vm"]["last_seen"].is_i64(),
+    );
+    // Stop "the VM" (its process group).
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", "--", &format!("-{}", vm.id())])
+        .status();
+    let _ = vm.wait();
+
+    // A nix-darwin host has no VM.
+    let mac = fleet.dir().join("mac-flake");
+    std::fs::create_dir_all(&mac).unwrap();
+    std::fs::write(
+        mac.join("flake.nix"),
+        "{ outputs = { self }: { darwinConfigurations.mac-1.system = derivation { name = \"mac\"; system = \"x86_64-darwin\"; builder = \"/bin/sh\"; }; }; }",
+    )
+    .unwrap();
+    let out = fleet_sim::run(fleet.server.yeet_cmd().args([
+        "vm",
+        "mac-1",
+        "--flake",
+        &format!("path:{}", mac.display()),
+    ]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("nix-darwin") && err.contains("NixOS hosts only"),
+        "{err}"
+    );
+}

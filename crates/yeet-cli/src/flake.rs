@@ -51,6 +51,32 @@ fn drv_path(flake: &str, host: &str) -> Result<String> {
         .or_else(|_| nix(&["eval", "--raw", &darwin], &format!("evaluating {host}")))
 }
 
+/// Builds `nixosConfigurations.<host>.config.system.build.vm` (NixOS's VM runner for the
+/// host's configuration) and returns its output. A nix-darwin host has none: that is said.
+pub fn build_vm(flake: &str, host: &str) -> Result<String> {
+    let attr = format!("{flake}#nixosConfigurations.{host}.config.system.build.vm");
+    let darwin = format!("{flake}#darwinConfigurations.{host}.system.drvPath");
+    let drv = match nix(&["eval", "--raw", &format!("{attr}.drvPath")], "evaluating") {
+        Ok(drv) => drv,
+        Err(_) if nix(&["eval", "--raw", &darwin], "evaluating").is_ok() => {
+            bail!("{host} is a nix-darwin configuration; `yeet vm` is for NixOS hosts only")
+        }
+        Err(e) => return Err(e.context(format!("{host} has no {attr}"))),
+    };
+    let building = ProgressBar::new_spinner();
+    building.set_message(format!("building {host}'s VM"));
+    building.enable_steady_tick(std::time::Duration::from_millis(120));
+    let out = crate::push::run(
+        Command::new("nix-store").arg("--realise").arg(&drv),
+        &format!("building {host}'s VM"),
+    );
+    building.finish_and_clear();
+    out?.lines()
+        .next()
+        .map(str::to_owned)
+        .with_context(|| format!("{drv} has no output"))
+}
+
 pub fn build(flake: &str, hosts: &[String]) -> Result<Built> {
     let eval = ProgressBar::new(hosts.len() as u64).with_style(
         ProgressStyle::with_template("evaluating {pos}/{len} {msg}")

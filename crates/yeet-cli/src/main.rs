@@ -13,7 +13,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 
 use commands::{
     Connection, Json, approve, cache, diff, host, key, log, pending, publish, releases, secret,
-    status, whoami,
+    status, vm, whoami,
 };
 
 #[derive(Parser)]
@@ -73,6 +73,9 @@ enum Command {
     /// rotated without a release. Systems name theirs with `yeet.secrets.<name>`.
     #[command(subcommand, after_help = SECRET_WORKFLOW)]
     Secret(secret::SecretCommand),
+    /// Try a host's configuration in a VM (NixOS only): builds
+    /// nixosConfigurations.HOST.config.system.build.vm from the flake and runs it.
+    Vm(vm::VmArgs),
     /// Print shell completions, e.g. `yeet completions bash > /etc/bash_completion.d/yeet`.
     Completions { shell: clap_complete::Shell },
 }
@@ -115,6 +118,7 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Diff(args) => diff::run(args, c),
         Command::Cache(command) => cache::run(command, c),
         Command::Secret(command) => secret::run(command, c),
+        Command::Vm(args) => vm::run(args),
         Command::Completions { shell } => {
             clap_complete::generate(*shell, &mut Cli::command(), "yeet", &mut std::io::stdout());
             Ok(())

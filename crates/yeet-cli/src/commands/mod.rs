@@ -12,6 +12,7 @@ pub mod publish;
 pub mod releases;
 pub mod secret;
 pub mod status;
+pub mod vm;
 pub mod whoami;
 
 use anyhow::{Context, Result};
