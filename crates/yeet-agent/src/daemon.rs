@@ -38,6 +38,10 @@ const MAX_REPORTED_LOG: usize = 256 * 1024;
 /// What the main loop and the local interface share.
 pub struct Shared {
     status: Mutex<Status>,
+    /// The detachment as the server last said, through a check-in or a Detach/Attach call
+    /// (whichever came last); kept apart from `status` so that neither side overwrites
+    /// the other's newer word with an older copy.
+    detached: Mutex<Option<LocalDetachment>>,
     signals: Mutex<Signals>,
     wake: Condvar,
 }
@@ -56,23 +60,30 @@ impl Shared {
     fn new(status: Status) -> Shared {
         Shared {
             status: Mutex::new(status),
+            detached: Mutex::new(None),
             signals: Mutex::new(Signals::default()),
             wake: Condvar::new(),
         }
     }
 
-    /// A copy of the status as the loop last published it.
+    /// A copy of the status as the loop last published it, with the detachment.
     pub fn status(&self) -> Status {
-        lock(&self.status).clone()
+        let mut status = lock(&self.status).clone();
+        status.detached = self.detached();
+        status
+    }
+
+    pub fn detached(&self) -> Option<LocalDetachment> {
+        lock(&self.detached).clone()
     }
 
     fn publish(&self, status: &Status) {
         *lock(&self.status) = status.clone();
     }
 
-    /// Records a detachment the local interface obtained, before the loop hears of it.
+    /// Records the server's latest word on the detachment.
     pub fn set_detached(&self, detached: Option<LocalDetachment>) {
-        lock(&self.status).detached = detached;
+        *lock(&self.detached) = detached;
     }
 
     /// Makes the loop check in now: it stops sleeping, or drops the check-in it holds and
@@ -393,18 +404,19 @@ impl Agent<'_> {
             facts: facts(),
             wait_secs: wait.as_secs(),
             secrets_digest: self.held_secrets_digest(),
-            detached: self.status.detached.is_some(),
+            detached: self.shared.detached().is_some(),
         };
         let Some(resp) = self.held_checkin(&req)? else {
             return Ok(None);
         };
         self.status.last_checkin = Some(now());
         self.status.desired_system = resp.desired_system.clone();
-        self.status.detached = resp.detached.as_ref().map(|d| LocalDetachment {
-            since: d.since,
-            user: d.user.clone(),
-            reason: d.reason.clone(),
-        });
+        self.shared
+            .set_detached(resp.detached.as_ref().map(|d| LocalDetachment {
+                since: d.since,
+                user: d.user.clone(),
+                reason: d.reason.clone(),
+            }));
         self.publish_status();
         Ok(Some(resp))
     }

@@ -131,7 +131,7 @@ fn main() -> anyhow::Result<()> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {
-                println!("{}", status_table(&status));
+                print_clean(status_table(&status));
             }
             Ok(())
         }
@@ -147,10 +147,10 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Detach { reason } => {
             let reply = with_agent(&cli_socket, async |c| answer(c.detach(&reason).await))?;
-            println!(
+            print_clean(format_args!(
                 "detached: switch with `yeet-agent switch PATH`; `yeet-agent attach` returns to the fleet's system (reason: {})",
                 reply.detachment.reason
-            );
+            ));
             Ok(())
         }
         Command::Switch { path, force } => {
@@ -176,6 +176,16 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Prints text that carries strings from the server (its answers, detachment reasons)
+/// without control or bidi characters: a hostile server must not drive the terminal of the
+/// person at the machine.
+fn print_clean(text: impl std::fmt::Display) {
+    println!(
+        "{}",
+        yeet_proto::text::clean(&text.to_string(), usize::MAX, true)
+    );
 }
 
 /// The status for people: one row per field, empty ones shown as `-`.

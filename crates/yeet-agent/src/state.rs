@@ -280,6 +280,24 @@ impl StateDir {
         tail_of(&self.path("last-activation.log"), max)
     }
 
+    /// Up to `max` bytes of the current log (that of the activation in progress, else the
+    /// latest one) from byte `offset` on: what a follower has not seen yet.
+    pub fn log_since(&self, offset: u64, max: usize) -> Vec<u8> {
+        use std::io::{Read, Seek, SeekFrom};
+        let path = if self.log_path().exists() {
+            self.log_path()
+        } else {
+            self.path("last-activation.log")
+        };
+        let mut bytes = Vec::new();
+        if let Ok(mut f) = File::open(path)
+            && f.seek(SeekFrom::Start(offset)).is_ok()
+        {
+            let _ = f.take(max as u64).read_to_end(&mut bytes);
+        }
+        bytes
+    }
+
     /// Takes the activation lock without waiting; `None` when another live process holds it.
     /// The lock is released when the returned file is dropped or the process dies.
     pub fn try_lock(&self) -> Result<Option<File>, StateError> {
@@ -387,6 +405,46 @@ mod tests {
         assert!(!sd.is_confirmed());
         std::fs::write(dir.path().join("yeet/activation.json"), "{\"store_pa").unwrap();
         assert!(matches!(sd.load(), Err(StateError::Corrupt(..))));
+    }
+
+    #[test]
+    fn a_reported_activation_is_kept_as_the_latest_with_its_log() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let sd = StateDir::new(dir.path());
+        assert_eq!(sd.last(), None);
+        let mut st = state();
+        sd.save(&st).unwrap();
+        sd.open_log()
+            .unwrap()
+            .write_all(b"fetching\nswitching\n")
+            .unwrap();
+        // A follower reads what it has not seen yet, from the running activation's log.
+        assert_eq!(sd.log_since(9, 1024), b"switching\n");
+        assert_eq!(sd.log_since(0, 8), b"fetching");
+        st.phase = Phase::Done;
+        st.result = Some(ActivationResult::Untrusted);
+        st.reason = "not signed".into();
+        st.finished_at = Some(7);
+        st.origin = Origin::Forced;
+        sd.retire(&st).unwrap();
+        assert_eq!(sd.load().unwrap(), None);
+        assert_eq!(
+            sd.last(),
+            Some(LastActivation {
+                store_path: st.store_path.clone(),
+                origin: Origin::Forced,
+                result: ActivationResult::Untrusted,
+                reason: "not signed".into(),
+                finished_at: 7,
+            })
+        );
+        // The log moved with it: the same offsets still read the same bytes.
+        assert_eq!(sd.log_since(9, 1024), b"switching\n");
+        assert_eq!(sd.latest_log(10), "switching\n");
+        // A new activation's log is the current one again.
+        sd.open_log().unwrap().write_all(b"next\n").unwrap();
+        assert_eq!(sd.latest_log(1024), "next\n");
     }
 
     #[test]

@@ -478,7 +478,7 @@ fn follow(local: Arc<Local>, store_path: String, more: bool) -> ProgressStream {
         store_path: String,
         more: bool,
         phase: String,
-        log_sent: usize,
+        log_sent: u64,
         done: bool,
         finished_at: Option<std::time::Instant>,
     }
@@ -518,9 +518,8 @@ fn follow(local: Arc<Local>, store_path: String, more: bool) -> ProgressStream {
                     },
                 ),
             };
-            let log_now = state.latest_log(usize::MAX / 2);
-            let fresh = log_now.get(f.log_sent..).unwrap_or_default();
-            let fresh = &fresh[..floor_char_boundary(fresh, MAX_PROGRESS_LOG)];
+            let fresh_bytes = state.log_since(f.log_sent, MAX_PROGRESS_LOG);
+            let fresh = String::from_utf8_lossy(&fresh_bytes).into_owned();
             if let Some((result, reason)) = outcome {
                 f.done = true;
                 let item = match result {
@@ -528,7 +527,7 @@ fn follow(local: Arc<Local>, store_path: String, more: bool) -> ProgressStream {
                         Ok(Reply::new(Some(Progress {
                             store_path: f.store_path.clone(),
                             phase: Phase::Done.as_str().to_owned(),
-                            log: fresh.to_owned(),
+                            log: fresh,
                             result: Some("confirmed".into()),
                         }))
                         .set_continues(Some(false)))
@@ -546,13 +545,13 @@ fn follow(local: Arc<Local>, store_path: String, more: bool) -> ProgressStream {
             let phase = recorded
                 .map(|st| st.phase.as_str().to_owned())
                 .unwrap_or_default();
-            if f.more && (phase != f.phase || !fresh.is_empty()) {
-                f.log_sent += fresh.len();
+            if f.more && (phase != f.phase || !fresh_bytes.is_empty()) {
+                f.log_sent += fresh_bytes.len() as u64;
                 f.phase = phase.clone();
                 let item = Reply::new(Some(Progress {
                     store_path: f.store_path.clone(),
                     phase,
-                    log: fresh.to_owned(),
+                    log: fresh,
                     result: None,
                 }))
                 .set_continues(Some(true));
@@ -561,15 +560,6 @@ fn follow(local: Arc<Local>, store_path: String, more: bool) -> ProgressStream {
             tokio::time::sleep(PROGRESS_EVERY).await;
         }
     }))
-}
-
-/// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
-fn floor_char_boundary(s: &str, max: usize) -> usize {
-    let mut end = s.len().min(max);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    end
 }
 
 /// The `org.yeet.Agent` service, one per connection, with the connection's peer.
@@ -883,7 +873,8 @@ async fn accept_loop(local: Arc<Local>, listener: std::os::unix::net::UnixListen
             let mut open = per_user.borrow_mut();
             let count = open.entry(caller.uid).or_default();
             if *count >= MAX_CLIENTS_PER_USER {
-                tracing::warn!(
+                // Debug, not warn: a flood of refused connections must not flood the journal.
+                tracing::debug!(
                     uid = caller.uid,
                     "too many local connections from one user; closing the newest"
                 );
@@ -908,5 +899,28 @@ async fn accept_loop(local: Arc<Local>, listener: std::os::unix::net::UnixListen
             }
             drop(permit);
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn users_groups_and_processes_are_read_from_the_system() {
+        assert_eq!(group_id("root"), Some(0));
+        assert_eq!(group_id("no-such-group-yeet"), None);
+        assert_eq!(user_name(0).as_deref(), Some("root"));
+        let me = Caller {
+            uid: 0,
+            gid: 0,
+            pid: None,
+        };
+        assert_eq!(me.describe(), "root (uid 0)");
+        assert!(me.groups().contains(&0));
+        // The start time is found after the command name, whatever that holds.
+        let pid = std::process::id() as i32;
+        assert!(process_start_time(pid).is_some_and(|t| t > 0));
+        assert_eq!(process_start_time(i32::MAX), None);
     }
 }

@@ -41,8 +41,8 @@ impl Service {
         self.detached.read().await.get(&host_id).cloned()
     }
 
-    /// Re-reads the open detachments and wakes held check-ins, so that a host learns at
-    /// once that its detachment ended.
+    /// Re-reads every open detachment (after events may have been missed) and wakes held
+    /// check-ins.
     pub(super) async fn reload_detachments(&self) -> Result<(), StoreError> {
         let fresh = load_detachments(&self.store).await?;
         *self.detached.write().await = fresh;
@@ -50,10 +50,25 @@ impl Service {
         Ok(())
     }
 
-    /// Applies a change here and tells the other replicas.
-    async fn detachments_changed(&self) -> Result<()> {
-        self.reload_detachments().await?;
-        if let Err(e) = self.store.notify(EVENT_DETACH).await {
+    /// Re-reads one host's detachment and answers its held check-in, if any, at once. Only
+    /// that host's: a host that detaches and attaches in a loop must not wake the fleet.
+    pub(super) async fn reload_detachment(&self, host_id: i64) -> Result<(), StoreError> {
+        let open = self.store.open_detachment(host_id).await?.map(to_api);
+        match open {
+            Some(d) => self.detached.write().await.insert(host_id, d),
+            None => self.detached.write().await.remove(&host_id),
+        };
+        if let Some(held) = super::lock(&self.held_polls).get(&host_id) {
+            // Stored as a permit if the check-in is between waits.
+            held.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Applies a change of one host's detachment here and tells the other replicas.
+    async fn detachment_changed(&self, host_id: i64) -> Result<()> {
+        self.reload_detachment(host_id).await?;
+        if let Err(e) = self.store.notify(&format!("{EVENT_DETACH}{host_id}")).await {
             tracing::warn!(error = %e, "could not notify other replicas of a detachment");
         }
         Ok(())
@@ -84,7 +99,7 @@ impl Service {
                 reason: clean_line(&req.reason, MAX_REASON),
             })
             .await?;
-        self.detachments_changed().await?;
+        self.detachment_changed(host_id).await?;
         tracing::info!(host = host_name, user = %open.requested_by, reason = %open.reason, "host detached");
         Ok(to_api(open))
     }
@@ -93,7 +108,7 @@ impl Service {
     pub async fn attach_self(&self, principal: &Principal) -> Result<()> {
         let (host_id, host_name) = require_host(principal)?;
         if self.store.end_detachment(host_id, now(), "host").await? {
-            self.detachments_changed().await?;
+            self.detachment_changed(host_id).await?;
             tracing::info!(host = host_name, "host attached");
         }
         Ok(())
@@ -111,7 +126,7 @@ impl Service {
                 format!("{name} is not detached"),
             ));
         }
-        self.detachments_changed().await?;
+        self.detachment_changed(row.id).await?;
         tracing::info!(host = name, by = admin, "detachment ended by an operator");
         Ok(self.host_info(row).await)
     }

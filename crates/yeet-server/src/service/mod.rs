@@ -111,7 +111,7 @@ const EVENT_RELEASE: &str = "release:";
 const EVENT_KEY: &str = "key:";
 /// A secret or a grant changed: reload the hosts' digests.
 const EVENT_SECRETS: &str = "secrets:";
-/// A host detached or attached: reload the open detachments.
+/// A host detached or attached (`detach:<host id>`): reload its detachment.
 const EVENT_DETACH: &str = "detach:";
 
 /// A host's newest desired system.
@@ -239,7 +239,10 @@ impl Service {
         match event {
             Some(e) if e.starts_with(EVENT_RELEASE) => self.reload_desired().await,
             Some(e) if e.starts_with(EVENT_SECRETS) => self.reload_secret_digests().await,
-            Some(e) if e.starts_with(EVENT_DETACH) => self.reload_detachments().await,
+            Some(e) if e.starts_with(EVENT_DETACH) => match e[EVENT_DETACH.len()..].parse() {
+                Ok(host_id) => self.reload_detachment(host_id).await,
+                Err(_) => self.reload_detachments().await,
+            },
             Some(e) => {
                 if let Some(key) = e.strip_prefix(EVENT_KEY) {
                     self.keys.write().await.remove(key);

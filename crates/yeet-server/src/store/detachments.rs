@@ -46,6 +46,16 @@ impl Store {
         )
     }
 
+    /// The host's open detachment, if any.
+    pub async fn open_detachment(&self, host_id: i64) -> Result<Option<DetachmentRow>, StoreError> {
+        Ok(sqlx::query_as::<_, DetachmentRow>(sqlx::AssertSqlSafe(format!(
+            "SELECT {DETACHMENT_COLUMNS} FROM detachments WHERE host_id = $1 AND ended_at IS NULL"
+        )))
+        .bind(host_id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
     /// Every detachment, open or ended, oldest first.
     pub async fn list_detachments(&self) -> Result<Vec<EndedDetachment>, StoreError> {
         Ok(sqlx::query_as::<_, EndedDetachment>(
@@ -69,16 +79,11 @@ impl Store {
         .await
         .map_err(conflict("an open detachment"));
         match inserted {
-            Err(StoreError::Conflict(_)) => {
-                let open = sqlx::query_as::<_, DetachmentRow>(sqlx::AssertSqlSafe(format!(
-                    "SELECT {DETACHMENT_COLUMNS} FROM detachments WHERE host_id = $1 AND ended_at IS NULL"
-                )))
-                .bind(row.host_id)
-                .fetch_optional(&self.pool)
-                .await?;
-                // Ended again between the two statements: the caller's request stands.
-                open.ok_or(StoreError::Conflict("an open detachment"))
-            }
+            // Ended again between the two statements: the caller's request stands.
+            Err(StoreError::Conflict(_)) => self
+                .open_detachment(row.host_id)
+                .await?
+                .ok_or(StoreError::Conflict("an open detachment")),
             other => other,
         }
     }
