@@ -676,6 +676,24 @@ impl SimHost {
         self.leader
     }
 
+    /// The verification code the agent shows while it waits for approval (`yeet-agent
+    /// status`), waiting up to `timeout` for one.
+    pub fn shown_code(&self, timeout: Duration) -> String {
+        let mut code = String::new();
+        wait_until(
+            timeout,
+            &format!("{} to show a verification code", self.name),
+            || {
+                code = self
+                    .status()
+                    .and_then(|s| s.verification_code)
+                    .unwrap_or_default();
+                !code.is_empty()
+            },
+        );
+        code
+    }
+
     /// The agent's local socket, as seen from outside.
     pub fn agent_socket(&self) -> Option<PathBuf> {
         self.run_path("yeet/agent.varlink")
@@ -1049,18 +1067,7 @@ impl Fleet {
 
     fn approve_all(&mut self, booted: Vec<SimHost>) {
         for host in booted {
-            let mut code = String::new();
-            wait_until(
-                Duration::from_secs(120),
-                &format!("{} to show a verification code", host.name),
-                || {
-                    code = host
-                        .status()
-                        .and_then(|s| s.verification_code)
-                        .unwrap_or_default();
-                    !code.is_empty()
-                },
-            );
+            let code = host.shown_code(Duration::from_secs(120));
             self.server.yeet(&["approve", &host.name, &code]);
             self.hosts.push(host);
         }

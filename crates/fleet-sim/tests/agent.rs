@@ -189,14 +189,7 @@ fn a_removed_host_stops_and_enrolls_again() {
         fleet.status()["web-1"]["last_seen"].is_i64()
     });
     fleet.server.yeet(&["host", "rm", "web-1"]);
-    let mut code = String::new();
-    wait_until(CONVERGE, "a new verification code after removal", || {
-        code = host
-            .status()
-            .and_then(|s| s.verification_code)
-            .unwrap_or_default();
-        !code.is_empty()
-    });
+    let code = host.shown_code(CONVERGE);
     let pending: Vec<serde_json::Value> = fleet.server.yeet_json(&["pending"]);
     assert_eq!(pending.len(), 1, "{pending:?}");
     fleet.server.yeet(&["approve", "web-1-again", &code]);

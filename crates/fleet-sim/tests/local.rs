@@ -68,14 +68,7 @@ fn the_socket_serves_an_independent_client_by_group() {
     );
     let fleet = Fleet::of(HostKind::Systemd, &[], 30);
     let host = fleet.boot_new_host("desk-1");
-    let mut code = String::new();
-    wait_until(Duration::from_secs(120), "a verification code", || {
-        code = host
-            .status()
-            .and_then(|s| s.verification_code)
-            .unwrap_or_default();
-        !code.is_empty()
-    });
+    let code = host.shown_code(Duration::from_secs(120));
     // Local users, as an admin would set them up; the agent picks up its group at start.
     sh(
         &host,

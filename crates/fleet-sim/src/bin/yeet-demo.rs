@@ -12,16 +12,9 @@ fn step(text: &str) {
     println!("\n\x1b[1m== {text}\x1b[0m");
 }
 
-/// The verification code a waiting host shows (`yeet-agent status`).
+/// The verification code a waiting host shows (`yeet-agent status`), said aloud.
 fn shown_code(host: &fleet_sim::sim::SimHost) -> String {
-    let mut code = String::new();
-    wait_until(Duration::from_secs(60), "a verification code", || {
-        code = host
-            .status()
-            .and_then(|s| s.verification_code)
-            .unwrap_or_default();
-        !code.is_empty()
-    });
+    let code = host.shown_code(Duration::from_secs(60));
     println!(
         "{} shows (yeet-agent status): verification code {code}",
         host.name
