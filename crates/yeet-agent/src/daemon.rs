@@ -270,6 +270,7 @@ pub fn run(config: &Config, stop: &AtomicBool) -> Result<()> {
     let shared = Arc::new(Shared::new(status.clone()));
     let launcher = Arc::new(Launcher::new(StateDir::new(STATE_DIR)));
     let local = Arc::new(varlink::Local {
+        last_check_now: Mutex::new(None),
         shared: shared.clone(),
         launcher: launcher.clone(),
         client: client.clone(),

@@ -42,6 +42,8 @@ const MAX_CLIENTS_PER_USER: usize = 16;
 /// How long a connection may stay silent while the agent waits for its next call (or for
 /// the rest of one); a switch's progress is unaffected, since the agent writes then.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// The least time between two check-ins that callers ask for.
+const CHECK_NOW_SPACING: Duration = Duration::from_secs(1);
 /// The largest log `GetLog` returns, and the most log one progress reply carries.
 const MAX_LOG: usize = 256 * 1024;
 const MAX_PROGRESS_LOG: usize = 64 * 1024;
@@ -242,6 +244,9 @@ fn from_client(e: ClientError) -> AgentError {
 
 /// What the agent's main loop and the local interface share.
 pub struct Local {
+    /// When a caller last made the agent check in: callers get at most one check-in per
+    /// `CHECK_NOW_SPACING`, so that a local user cannot make the agent flood the server.
+    pub last_check_now: std::sync::Mutex<Option<std::time::Instant>>,
     pub shared: Arc<Shared>,
     pub launcher: Arc<Launcher>,
     pub client: Arc<Client>,
@@ -604,10 +609,16 @@ impl AgentService {
         })
     }
 
-    /// Wakes the agent to check in with the server at once, whatever its poll interval.
+    /// Wakes the agent to check in with the server at once, whatever its poll interval (at
+    /// most once a second: a check-in a moment ago answers a repeated call too).
     async fn check_now(&self) -> Result<(), AgentError> {
         self.authorize(Need::Read).await?;
-        self.local.shared.check_now();
+        let mut last = crate::launch::lock(&self.local.last_check_now);
+        // A check-in a moment ago answers this call as well.
+        if last.is_none_or(|t| t.elapsed() >= CHECK_NOW_SPACING) {
+            *last = Some(std::time::Instant::now());
+            self.local.shared.check_now();
+        }
         Ok(())
     }
 
