@@ -9,6 +9,7 @@ use yeet_agent::config::{AgentArgs, Config, STATE_DIR};
 use yeet_agent::local_client::{AgentProxy, answer, switch_following, with_agent};
 use yeet_agent::state::StateDir;
 use yeet_agent::varlink::{SOCKET, Status};
+use yeet_proto::clock::ago;
 
 #[derive(Parser)]
 #[command(
@@ -74,6 +75,8 @@ enum Command {
     /// back in /run/yeet/secrets after a boot. The agent does this when it starts; the
     /// NixOS module runs it at activation, so that services started at boot find them.
     RestoreSecrets(AgentArgs),
+    /// Print shell completions, e.g. `yeet-agent completions bash > /etc/bash_completion.d/yeet-agent`.
+    Completions { shell: clap_complete::Shell },
     /// Internal: the detached activation process started by `run`.
     #[command(hide = true)]
     Activate,
@@ -107,6 +110,16 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Activate => Ok(yeet_agent::activate::run(&StateDir::new(STATE_DIR))?),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "yeet-agent",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
         Command::CheckConfig { file, list_keys } => {
             if list_keys {
                 for key in yeet_agent::config::file_keys() {
@@ -203,15 +216,18 @@ fn status_table(s: &Status) -> comfy_table::Table {
     let detached = s
         .detached
         .as_ref()
-        .map(|d| format!("since {} by {}: {}", d.since, d.user, d.reason));
+        .map(|d| format!("since {} by {}: {}", ago(Some(d.since)), d.user, d.reason));
     let activation = s
         .activation
         .as_ref()
         .map(|a| format!("{} of {} ({})", a.origin, a.store_path, a.phase));
-    let last = s
-        .last_result
-        .as_ref()
-        .map(|l| format!("{} {} ({}): {}", l.result, l.store_path, l.origin, l.reason));
+    let last = s.last_result.as_ref().map(|l| {
+        let when = ago(Some(l.finished_at));
+        format!(
+            "{} {} ({}, {when}): {}",
+            l.result, l.store_path, l.origin, l.reason
+        )
+    });
     for (field, value) in [
         ("host", enrollment),
         ("server", s.server.clone()),
@@ -224,10 +240,7 @@ fn status_table(s: &Status) -> comfy_table::Table {
         ("desired system", or_dash(s.desired_system.as_deref())),
         ("activation", or_dash(activation.as_deref())),
         ("last result", or_dash(last.as_deref())),
-        (
-            "last check-in",
-            or_dash(s.last_checkin.map(|t| t.to_string()).as_deref()),
-        ),
+        ("last check-in", ago(s.last_checkin)),
         ("last error", or_dash(s.last_error.as_deref())),
     ] {
         t.add_row([field.to_owned(), value]);

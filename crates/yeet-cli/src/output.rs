@@ -3,19 +3,7 @@
 use comfy_table::{ContentArrangement, Table, presets};
 use serde::Serialize;
 
-use yeet_proto::clock::unix_now as now;
-
-/// "42s ago", "5m ago", "3h ago", "2d ago"; "never" for none.
-pub fn ago(t: Option<i64>) -> String {
-    let Some(t) = t else { return "never".into() };
-    let d = (now() - t).max(0);
-    match d {
-        0..60 => format!("{d}s ago"),
-        60..3600 => format!("{}m ago", d / 60),
-        3600..86400 => format!("{}h ago", d / 3600),
-        _ => format!("{}d ago", d / 86400),
-    }
-}
+pub use yeet_proto::clock::ago;
 
 /// `/nix/store/<hash>-<name>` → `<first 7 of hash>…-<name>`; anything else unchanged.
 pub fn short_path(p: Option<&str>) -> String {
@@ -117,6 +105,6 @@ mod tests {
         );
         assert_eq!(short_path(None), "-");
         assert_eq!(ago(None), "never");
-        assert_eq!(ago(Some(now() - 120)), "2m ago");
+        assert_eq!(ago(Some(yeet_proto::clock::unix_now() - 120)), "2m ago");
     }
 }

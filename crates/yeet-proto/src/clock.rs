@@ -13,3 +13,16 @@ pub fn unix_now_ms() -> i64 {
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
 }
+
+/// How long ago Unix time `t` was, for people: `42s ago`, `5m ago`, `3h ago`, `2d ago`, or
+/// `never`.
+pub fn ago(t: Option<i64>) -> String {
+    let Some(t) = t else { return "never".into() };
+    let d = (unix_now() - t).max(0);
+    match d {
+        0..60 => format!("{d}s ago"),
+        60..3600 => format!("{}m ago", d / 60),
+        3600..86400 => format!("{}h ago", d / 3600),
+        _ => format!("{}d ago", d / 86400),
+    }
+}
