@@ -29,6 +29,33 @@ struct Cli {
 enum Command {
     /// Run the agent: register (printing the verification code), then check in and activate.
     Run(AgentArgs),
+    #[command(flatten)]
+    Local(LocalCommand),
+    /// Check an agent config file without running anything: unknown keys, wrong types,
+    /// invalid values and private keys in the Nix store are errors (the NixOS module runs
+    /// this at build time).
+    CheckConfig {
+        /// The file to check.
+        #[arg(required_unless_present = "list_keys")]
+        file: Option<std::path::PathBuf>,
+        /// Print the keys a config file may contain, one per line.
+        #[arg(long)]
+        list_keys: bool,
+    },
+    /// Put the secrets kept for this host (encrypted to its key under /var/lib/yeet/secrets)
+    /// back in /run/yeet/secrets after a boot. The agent does this when it starts; the
+    /// NixOS module runs it at activation, so that services started at boot find them.
+    RestoreSecrets(AgentArgs),
+    /// Print shell completions, e.g. `yeet-agent completions bash > /etc/bash_completion.d/yeet-agent`.
+    Completions { shell: clap_complete::Shell },
+    /// Internal: the detached activation process started by `run`.
+    #[command(hide = true)]
+    Activate,
+}
+
+/// The commands that talk to the running agent through its local socket.
+#[derive(Subcommand)]
+enum LocalCommand {
     /// Show what the agent does: enrollment (with the verification code while pending),
     /// systems, attachment, activation, last result. Members of the `yeet` group may.
     Status {
@@ -60,26 +87,6 @@ enum Command {
     },
     /// End the detachment: back to the server's newest desired system.
     Attach,
-    /// Check an agent config file without running anything: unknown keys, wrong types,
-    /// invalid values and private keys in the Nix store are errors (the NixOS module runs
-    /// this at build time).
-    CheckConfig {
-        /// The file to check.
-        #[arg(required_unless_present = "list_keys")]
-        file: Option<std::path::PathBuf>,
-        /// Print the keys a config file may contain, one per line.
-        #[arg(long)]
-        list_keys: bool,
-    },
-    /// Put the secrets kept for this host (encrypted to its key under /var/lib/yeet/secrets)
-    /// back in /run/yeet/secrets after a boot. The agent does this when it starts; the
-    /// NixOS module runs it at activation, so that services started at boot find them.
-    RestoreSecrets(AgentArgs),
-    /// Print shell completions, e.g. `yeet-agent completions bash > /etc/bash_completion.d/yeet-agent`.
-    Completions { shell: clap_complete::Shell },
-    /// Internal: the detached activation process started by `run`.
-    #[command(hide = true)]
-    Activate,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -138,9 +145,15 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Status { json } => {
-            let socket = cli_socket.clone();
-            let status = with_agent(&socket, async |c| answer(c.get_status().await))?.status;
+        Command::Local(command) => local_command(&cli_socket, command),
+    }
+}
+
+/// Runs a command against the agent on `socket`.
+fn local_command(socket: &std::path::Path, command: LocalCommand) -> anyhow::Result<()> {
+    match command {
+        LocalCommand::Status { json } => {
+            let status = with_agent(socket, async |c| answer(c.get_status().await))?.status;
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {
@@ -148,27 +161,27 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Log => {
-            let reply = with_agent(&cli_socket, async |c| answer(c.get_log().await))?;
+        LocalCommand::Log => {
+            let reply = with_agent(socket, async |c| answer(c.get_log().await))?;
             print!("{}", reply.log);
             Ok(())
         }
-        Command::CheckNow => {
-            with_agent(&cli_socket, async |c| answer(c.check_now().await))?;
+        LocalCommand::CheckNow => {
+            with_agent(socket, async |c| answer(c.check_now().await))?;
             println!("the agent checks in now");
             Ok(())
         }
-        Command::Detach { reason } => {
-            let reply = with_agent(&cli_socket, async |c| answer(c.detach(&reason).await))?;
+        LocalCommand::Detach { reason } => {
+            let reply = with_agent(socket, async |c| answer(c.detach(&reason).await))?;
             print_clean(format_args!(
                 "detached: switch with `yeet-agent switch PATH`; `yeet-agent attach` returns to the fleet's system (reason: {})",
                 reply.detachment.reason
             ));
             Ok(())
         }
-        Command::Switch { path, force } => {
-            let outcome = with_agent(&cli_socket, async |c| {
-                switch_following(c, &cli_socket, &path, force, |p| {
+        LocalCommand::Switch { path, force } => {
+            let outcome = with_agent(socket, async |c| {
+                switch_following(c, socket, &path, force, |p| {
                     if !p.phase.is_empty() && p.result.is_none() {
                         eprintln!("== {}", p.phase);
                     }
@@ -183,8 +196,8 @@ fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Attach => {
-            with_agent(&cli_socket, async |c| answer(c.attach().await))?;
+        LocalCommand::Attach => {
+            with_agent(socket, async |c| answer(c.attach().await))?;
             println!("attached: the host returns to the fleet's desired system");
             Ok(())
         }

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use yeet_client::{Client, ClientError};
 use yeet_proto::ErrorCode;
-use yeet_proto::api::DetachRequest;
+use yeet_proto::api::{ActivationResult, DetachRequest};
 use zlink::connection::socket::{self, ReadResult};
 use zlink::{Connection, Reply, introspect, service};
 
@@ -527,25 +527,7 @@ fn follow(local: Arc<Local>, store_path: String, more: bool) -> ProgressStream {
             let fresh = String::from_utf8_lossy(&fresh_bytes).into_owned();
             if let Some((result, reason)) = outcome {
                 f.done = true;
-                let item = match result {
-                    Some(yeet_proto::api::ActivationResult::Confirmed) => {
-                        Ok(Reply::new(Some(Progress {
-                            store_path: f.store_path.clone(),
-                            phase: Phase::Done.as_str().to_owned(),
-                            log: fresh,
-                            result: Some("confirmed".into()),
-                        }))
-                        .set_continues(Some(false)))
-                    }
-                    Some(yeet_proto::api::ActivationResult::Untrusted) => {
-                        Err(AgentError::Untrusted { reason })
-                    }
-                    other => Err(AgentError::SwitchFailed {
-                        result: other.map_or("unknown", |r| r.as_str()).to_owned(),
-                        reason,
-                    }),
-                };
-                return Some((item, f));
+                return Some((final_reply(&f.store_path, result, reason, fresh), f));
             }
             let phase = recorded
                 .map(|st| st.phase.as_str().to_owned())
@@ -565,6 +547,29 @@ fn follow(local: Arc<Local>, store_path: String, more: bool) -> ProgressStream {
             tokio::time::sleep(PROGRESS_EVERY).await;
         }
     }))
+}
+
+/// The last reply of a switch: its outcome, as a reply when confirmed, else as its error.
+fn final_reply(
+    store_path: &str,
+    result: Option<ActivationResult>,
+    reason: String,
+    log: String,
+) -> Result<Reply<Progress>, AgentError> {
+    match result {
+        Some(ActivationResult::Confirmed) => Ok(Reply::new(Some(Progress {
+            store_path: store_path.to_owned(),
+            phase: Phase::Done.as_str().to_owned(),
+            log,
+            result: Some("confirmed".into()),
+        }))
+        .set_continues(Some(false))),
+        Some(ActivationResult::Untrusted) => Err(AgentError::Untrusted { reason }),
+        other => Err(AgentError::SwitchFailed {
+            result: other.map_or("unknown", |r| r.as_str()).to_owned(),
+            reason,
+        }),
+    }
 }
 
 /// The `org.yeet.Agent` service, one per connection, with the connection's peer.

@@ -3,14 +3,14 @@
 use std::time::Duration;
 use yeet_proto::ErrorCode;
 use yeet_proto::api::{
-    Action, ActivationResult, AgentState, CheckinRequest, CheckinResponse, Facts, HostInfo,
-    HostState, Role,
+    Action, ActivationResult, AgentState, CheckinRequest, CheckinResponse, Detachment, Facts,
+    HostInfo, HostState, Role,
 };
 use yeet_proto::names::validate_host_name;
 use yeet_proto::text::clean_line;
 
 use super::auth::{require_host, require_role};
-use super::{Principal, Result, Service, ServiceError, lock, now};
+use super::{Desired, Principal, Result, Service, ServiceError, lock, now};
 use crate::store::{HostReport, HostRow, StoreError};
 
 fn host_state(
@@ -153,8 +153,30 @@ impl Service {
         Ok(row.is_some_and(|h| h.last_result_path.as_deref() == Some(path)))
     }
 
-    /// A host's check-in: record what it runs, answer what it should run. Costs no database
-    /// write unless the report changed; last-seen is batched.
+    /// What to tell a host running `current` to do: switch to its desired system, unless it
+    /// runs it already, is detached (it runs what it chose; releases wait for it), or has
+    /// tried it already.
+    async fn offer(
+        &self,
+        host_id: i64,
+        current: Option<&str>,
+        desired: Option<Desired>,
+        detached: &Option<Detachment>,
+    ) -> Result<Action> {
+        let candidate = desired
+            .filter(|d| current != Some(d.store_path.as_str()))
+            .filter(|_| detached.is_none());
+        Ok(match candidate {
+            Some(d) if !self.already_attempted(host_id, &d.store_path).await? => Action::Switch {
+                store_path: d.store_path,
+                release_id: d.release_id,
+                caches: self.config.caches.clone(),
+                embedded_cache: self.cache.is_some(),
+            },
+            _ => Action::None,
+        })
+    }
+
     /// Writes a host's report when it changed; otherwise only notes the time, for the
     /// batched last-seen flush (most check-ins write nothing).
     async fn record_report(&self, host_id: i64, report: HostReport) -> Result<()> {
@@ -170,6 +192,8 @@ impl Service {
         Ok(())
     }
 
+    /// A host's check-in: record what it runs, answer what it should run. Costs no database
+    /// write unless the report changed; last-seen is batched.
     pub async fn checkin(
         &self,
         principal: &Principal,
@@ -204,22 +228,14 @@ impl Service {
         loop {
             let desired = self.desired.read().await.get(&host_id).cloned();
             let detached = self.detachment(host_id).await;
-            let candidate = desired
-                .clone()
-                .filter(|d| req.current_system.as_deref() != Some(d.store_path.as_str()))
-                // A detached host runs what it chose; releases wait for it.
-                .filter(|_| detached.is_none());
-            let action = match candidate {
-                Some(d) if !self.already_attempted(host_id, &d.store_path).await? => {
-                    Action::Switch {
-                        store_path: d.store_path,
-                        release_id: d.release_id,
-                        caches: self.config.caches.clone(),
-                        embedded_cache: self.cache.is_some(),
-                    }
-                }
-                _ => Action::None,
-            };
+            let action = self
+                .offer(
+                    host_id,
+                    req.current_system.as_deref(),
+                    desired.clone(),
+                    &detached,
+                )
+                .await?;
             let secrets_digest = self.secrets_digest(host_id).await;
             // A host that holds secrets answers at once when its granted versions moved.
             let secrets_moved = req
