@@ -50,15 +50,19 @@ impl Service {
         Ok(())
     }
 
-    /// Re-reads one host's detachment and answers its held check-in, if any, at once. Only
-    /// that host's: a host that detaches and attaches in a loop must not wake the fleet.
+    /// Re-reads one host's detachment and, when it changed, answers the host's held
+    /// check-in, if any, at once. Only that host's: a host that detaches and attaches in a
+    /// loop must not wake the fleet. A replica hears its own notifications too: those
+    /// change nothing and wake nobody.
     pub(super) async fn reload_detachment(&self, host_id: i64) -> Result<(), StoreError> {
         let open = self.store.open_detachment(host_id).await?.map(to_api);
-        match open {
+        let before = match open.clone() {
             Some(d) => self.detached.write().await.insert(host_id, d),
             None => self.detached.write().await.remove(&host_id),
         };
-        if let Some(held) = super::lock(&self.held_polls).get(&host_id) {
+        if before != open
+            && let Some(held) = super::lock(&self.held_polls).get(&host_id)
+        {
             // Stored as a permit if the check-in is between waits.
             held.notify_one();
         }
