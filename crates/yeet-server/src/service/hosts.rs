@@ -160,7 +160,7 @@ impl Service {
         &self,
         host_id: i64,
         current: Option<&str>,
-        desired: Option<Desired>,
+        desired: Option<&Desired>,
         detached: &Option<Detachment>,
     ) -> Result<Action> {
         let candidate = desired
@@ -168,7 +168,7 @@ impl Service {
             .filter(|_| detached.is_none());
         Ok(match candidate {
             Some(d) if !self.already_attempted(host_id, &d.store_path).await? => Action::Switch {
-                store_path: d.store_path,
+                store_path: d.store_path.clone(),
                 release_id: d.release_id,
                 caches: self.config.caches.clone(),
                 embedded_cache: self.cache.is_some(),
@@ -232,7 +232,7 @@ impl Service {
                 .offer(
                     host_id,
                     req.current_system.as_deref(),
-                    desired.clone(),
+                    desired.as_ref(),
                     &detached,
                 )
                 .await?;
