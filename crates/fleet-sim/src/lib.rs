@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod hostile;
+pub mod osquery;
 pub mod sim;
 
 use serde::de::DeserializeOwned;

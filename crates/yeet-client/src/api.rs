@@ -14,6 +14,12 @@ use yeet_proto::secrets::{
     SecretHostsRequest, SecretInfo, SecretRecipient,
 };
 
+use yeet_proto::osquery::paths as oq;
+use yeet_proto::osquery::{
+    Campaign, CarveInfo, LogFilter, OsqueryLogLine, OsqueryNode, OsqueryOption, ScheduledQuery,
+    SetOption, StartCarve, StartQuery,
+};
+
 use crate::{Client, ClientError};
 
 type Result<T> = std::result::Result<T, ClientError>;
@@ -177,5 +183,61 @@ impl Client {
     /// The agent's fetch of its system's secrets.
     pub fn fetch_secrets(&self, req: &FetchSecretsRequest) -> Result<FetchSecretsResponse> {
         self.post(paths::AGENT_SECRETS, req)
+    }
+
+    // osquery.
+
+    pub fn osquery_nodes(&self) -> Result<Vec<OsqueryNode>> {
+        self.get(oq::NODES)
+    }
+
+    pub fn osquery_schedule(&self) -> Result<Vec<ScheduledQuery>> {
+        self.get(oq::SCHEDULE)
+    }
+
+    pub fn add_scheduled_query(&self, q: &ScheduledQuery) -> Result<ScheduledQuery> {
+        self.post(oq::SCHEDULE, q)
+    }
+
+    pub fn remove_scheduled_query(&self, name: &str) -> Result<()> {
+        self.delete::<Done>(&oq::scheduled_query(&paths::segment(name)))
+            .map(drop)
+    }
+
+    pub fn osquery_options(&self) -> Result<Vec<OsqueryOption>> {
+        self.get(oq::OPTIONS)
+    }
+
+    pub fn set_osquery_option(
+        &self,
+        name: &str,
+        value: serde_json::Value,
+    ) -> Result<OsqueryOption> {
+        self.put(&oq::option(&paths::segment(name)), &SetOption { value })
+    }
+
+    pub fn remove_osquery_option(&self, name: &str) -> Result<()> {
+        self.delete::<Done>(&oq::option(&paths::segment(name)))
+            .map(drop)
+    }
+
+    pub fn osquery_logs(&self, filter: &LogFilter) -> Result<Vec<OsqueryLogLine>> {
+        self.get(&oq::logs(filter))
+    }
+
+    pub fn start_osquery_query(&self, req: &StartQuery) -> Result<Campaign> {
+        self.post(oq::QUERIES, req)
+    }
+
+    pub fn osquery_campaign(&self, id: i64) -> Result<Campaign> {
+        self.get(&oq::query(&id.to_string()))
+    }
+
+    pub fn osquery_carves(&self) -> Result<Vec<CarveInfo>> {
+        self.get(oq::CARVES)
+    }
+
+    pub fn start_osquery_carve(&self, req: &StartCarve) -> Result<Campaign> {
+        self.post(oq::CARVES, req)
     }
 }

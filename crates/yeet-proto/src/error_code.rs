@@ -122,6 +122,19 @@ error_codes! {
     InvalidSecret => "invalid_secret", 422, "The ciphertext is not an age file for this server's recipient, or is empty or too large.";
     InvalidRecipient => "invalid_recipient", 422, "The recipient is not an age X25519 recipient (age1...).";
     TooManySecrets => "too_many_secrets", 422, "The request names more secrets than one fetch may carry.";
+    // osquery.
+    NodeInvalid => "node_invalid", 401, "osquery: the node key is unknown, or the enroll secret is wrong; osqueryd enrolls again.";
+    OsqueryNotSetUp => "osquery_not_set_up", 503, "osquery enrollment is off until an admin adds the secret `osquery-enroll` (`yeet secret add osquery-enroll`).";
+    InvalidOsqueryRequest => "invalid_osquery_request", 400, "osquery: the body is not what osqueryd sends to this endpoint.";
+    UnknownCarve => "unknown_carve", 404, "No carve session has this id, or it belongs to another node.";
+    InvalidCarve => "invalid_carve", 422, "osquery: the carve or block does not match its session (size, count, id or checksum).";
+    UnknownNode => "unknown_node", 404, "No osquery node has this identifier.";
+    UnknownScheduledQuery => "unknown_scheduled_query", 404, "No scheduled query has this name.";
+    ScheduledQueryExists => "scheduled_query_exists", 409, "A scheduled query with this name exists; remove it first.";
+    InvalidScheduledQuery => "invalid_scheduled_query", 422, "The scheduled query's name, SQL, interval or hosts are invalid.";
+    InvalidOsqueryOption => "invalid_osquery_option", 422, "The option's name or value is invalid.";
+    UnknownCampaign => "unknown_campaign", 404, "No distributed query has this id.";
+    InvalidCampaign => "invalid_campaign", 422, "The distributed query names no node, or its SQL or timeout is invalid.";
     // The server itself.
     DiskFull => "disk_full", 507, "The server's disk is full; free space or run `yeet cache gc`.";
     Internal => "internal", 500, "The server failed; its log has the details.";

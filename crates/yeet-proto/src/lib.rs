@@ -9,6 +9,7 @@ pub mod error_code;
 pub mod fields;
 pub mod identity;
 pub mod names;
+pub mod osquery;
 pub mod secrets;
 pub mod signing;
 pub mod text;

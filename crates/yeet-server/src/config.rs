@@ -83,6 +83,9 @@ pub struct FileConfig {
     pub header_timeout_secs: u64,
     /// Seconds a request body may take to arrive, and an upload may stall.
     pub body_timeout_secs: u64,
+    /// The osquery remote API (`[osquery]`): body and carve limits, per-node rate limit,
+    /// log retention.
+    pub osquery: crate::service::osquery::OsquerySettings,
 }
 
 impl Default for FileConfig {
@@ -116,6 +119,7 @@ impl Default for FileConfig {
             max_connections_per_network: 1024,
             header_timeout_secs: 15,
             body_timeout_secs: 60,
+            osquery: Default::default(),
         }
     }
 }
@@ -142,6 +146,7 @@ impl FileConfig {
             max_long_poll_secs: self.max_long_poll_secs,
             caches: self.caches.clone(),
             trusted_cache_keys,
+            osquery: self.osquery.clone(),
         }
     }
 }

@@ -82,7 +82,13 @@ fn spawn_flusher(service: Arc<Service>, every: Duration) -> tokio::task::JoinHan
             if let Err(e) = service.flush_last_seen().await {
                 tracing::warn!(error = %e, "could not write last-seen times; will retry");
             }
+            if let Err(e) = service.flush_node_last_seen().await {
+                tracing::warn!(error = %e, "could not write osquery nodes' last-seen times");
+            }
             if last_expiry.elapsed() >= Duration::from_secs(60) {
+                if let Err(e) = service.expire_osquery_logs().await {
+                    tracing::warn!(error = %e, "could not drop expired osquery logs; will retry");
+                }
                 last_expiry = std::time::Instant::now();
                 if let Err(e) = service.expire_nonces().await {
                     tracing::warn!(error = %e, "could not expire old nonces; will retry");

@@ -3,6 +3,7 @@
 mod auth;
 mod cache;
 pub mod error;
+mod osquery;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Path, Query, Request, State};
@@ -26,6 +27,7 @@ use yeet_proto::secrets::{
 use crate::service::{Principal, Service};
 use error::ApiError;
 use yeet_proto::ErrorCode;
+use yeet_proto::osquery as oq;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -125,6 +127,7 @@ pub struct Route {
 #[rustfmt::skip]
 pub fn routes() -> Vec<Route> {
     use Access::{AnyKey, Host, Role as R};
+    use yeet_proto::osquery::paths as oq;
     vec![
         route(Method::POST, paths::REGISTER, AnyKey, "Register this key; answers with an approval code, then with the host's name once approved.", register),
         route(Method::POST, paths::CHECKIN, Host, "Report state; answers with what to run (long-polls).", checkin),
@@ -155,6 +158,19 @@ pub fn routes() -> Vec<Route> {
         route(Method::POST, &paths::secret_revoke("{name}"), R(Role::Admin), "Revoke a secret from hosts.", revoke_secret),
         route(Method::POST, paths::AGENT_DETACH, Host, "Ask to run a locally chosen system; permitted by the host's policy, or refused.", detach),
         route(Method::POST, paths::AGENT_ATTACH, Host, "End this host's detachment.", attach_self),
+        route(Method::GET, oq::NODES, R(Role::Viewer), "osquery nodes, linked to hosts or not.", osquery_nodes),
+        route(Method::GET, oq::SCHEDULE, R(Role::Viewer), "Scheduled osquery queries.", osquery_schedule),
+        route(Method::POST, oq::SCHEDULE, R(Role::Admin), "Schedule a query on every node, or on named hosts.", osquery_schedule_add),
+        route(Method::DELETE, &oq::scheduled_query("{name}"), R(Role::Admin), "Remove a scheduled query.", osquery_schedule_remove),
+        route(Method::GET, oq::OPTIONS, R(Role::Viewer), "osqueryd options served to every node.", osquery_options),
+        route(Method::PUT, &oq::option("{name}"), R(Role::Admin), "Set an osqueryd option.", osquery_option_set),
+        route(Method::DELETE, &oq::option("{name}"), R(Role::Admin), "Unset an osqueryd option.", osquery_option_remove),
+        route(Method::GET, oq::LOGS, R(Role::Viewer), "Stored osquery result and status logs (`?host=&query=&kind=&since=&after=&limit=`).", osquery_logs),
+        route(Method::POST, oq::QUERIES, R(Role::Admin), "Run SQL on nodes: a distributed query they pick up at their next read.", osquery_query_start),
+        route(Method::GET, &oq::query("{id}"), R(Role::Admin), "A distributed query with every node's answer so far.", osquery_query_show),
+        route(Method::GET, oq::CARVES, R(Role::Viewer), "File carves and their progress.", osquery_carves),
+        route(Method::POST, oq::CARVES, R(Role::Admin), "Carve a file from a host.", osquery_carve_start),
+        route(Method::GET, &oq::carve_archive("{id}"), R(Role::Admin), "Download a complete carve's archive (`X-Yeet-Sha256` has its checksum).", osquery_carve_archive),
         route(Method::POST, paths::AGENT_SECRETS, Host, "Fetch the named secrets, re-encrypted to the request's one-time recipient.", fetch_secrets),
     ]
 }
@@ -201,6 +217,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", routing::get(|| async { "ok" }))
         .merge(api)
+        .merge(osquery::routes())
         .merge(cache)
         .fallback(|| async { ApiError::new(ErrorCode::NoSuchEndpoint, "no such endpoint") })
         .method_not_allowed_fallback(|| async {
@@ -460,4 +477,142 @@ async fn detach(
 async fn attach_self(State(app): State<AppState>, p: Principal) -> ApiResult<serde_json::Value> {
     app.service.attach_self(&p).await?;
     Ok(Json(serde_json::json!({})))
+}
+
+async fn osquery_nodes(
+    State(app): State<AppState>,
+    p: Principal,
+) -> ApiResult<Vec<oq::OsqueryNode>> {
+    Ok(Json(app.service.list_osquery_nodes(&p).await?))
+}
+
+async fn osquery_schedule(
+    State(app): State<AppState>,
+    p: Principal,
+) -> ApiResult<Vec<oq::ScheduledQuery>> {
+    Ok(Json(app.service.list_schedule(&p).await?))
+}
+
+async fn osquery_schedule_add(
+    State(app): State<AppState>,
+    p: Principal,
+    ApiJson(req): ApiJson<oq::ScheduledQuery>,
+) -> ApiResult<oq::ScheduledQuery> {
+    Ok(Json(app.service.add_scheduled_query(&p, req).await?))
+}
+
+async fn osquery_schedule_remove(
+    State(app): State<AppState>,
+    p: Principal,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<serde_json::Value> {
+    app.service.remove_scheduled_query(&p, &name).await?;
+    Ok(Json(serde_json::json!({})))
+}
+
+async fn osquery_options(
+    State(app): State<AppState>,
+    p: Principal,
+) -> ApiResult<Vec<oq::OsqueryOption>> {
+    Ok(Json(app.service.list_osquery_options(&p).await?))
+}
+
+async fn osquery_option_set(
+    State(app): State<AppState>,
+    p: Principal,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(req): ApiJson<oq::SetOption>,
+) -> ApiResult<oq::OsqueryOption> {
+    Ok(Json(
+        app.service.set_osquery_option(&p, &name, req.value).await?,
+    ))
+}
+
+async fn osquery_option_remove(
+    State(app): State<AppState>,
+    p: Principal,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<serde_json::Value> {
+    app.service.remove_osquery_option(&p, &name).await?;
+    Ok(Json(serde_json::json!({})))
+}
+
+async fn osquery_logs(
+    State(app): State<AppState>,
+    p: Principal,
+    ApiQuery(filter): ApiQuery<oq::LogFilter>,
+) -> ApiResult<Vec<oq::OsqueryLogLine>> {
+    Ok(Json(app.service.list_osquery_logs(&p, filter).await?))
+}
+
+async fn osquery_query_start(
+    State(app): State<AppState>,
+    p: Principal,
+    ApiJson(req): ApiJson<oq::StartQuery>,
+) -> ApiResult<oq::Campaign> {
+    Ok(Json(app.service.start_osquery_query(&p, req).await?))
+}
+
+async fn osquery_query_show(
+    State(app): State<AppState>,
+    p: Principal,
+    ApiPath(id): ApiPath<i64>,
+) -> ApiResult<oq::Campaign> {
+    Ok(Json(app.service.show_osquery_campaign(&p, id).await?))
+}
+
+async fn osquery_carves(
+    State(app): State<AppState>,
+    p: Principal,
+) -> ApiResult<Vec<oq::CarveInfo>> {
+    Ok(Json(app.service.list_osquery_carves(&p).await?))
+}
+
+async fn osquery_carve_start(
+    State(app): State<AppState>,
+    p: Principal,
+    ApiJson(req): ApiJson<oq::StartCarve>,
+) -> ApiResult<oq::Campaign> {
+    Ok(Json(app.service.start_osquery_carve(&p, req).await?))
+}
+
+/// Streams a carve's blocks in order, one database read at a time.
+async fn osquery_carve_archive(
+    State(app): State<AppState>,
+    p: Principal,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<axum::response::Response, ApiError> {
+    let carve = app.service.carve_for_download(&p, id).await?;
+    let store = app.service.store().clone();
+    let blocks = futures_util::stream::unfold(0i64, move |block_id| {
+        let store = store.clone();
+        async move {
+            if block_id >= carve.block_count {
+                return None;
+            }
+            let block = match store.carve_block(carve.id, block_id).await {
+                Ok(Some(data)) => Ok(axum::body::Bytes::from(data)),
+                Ok(None) => Err(std::io::Error::other(format!(
+                    "carve {} lost block {block_id}",
+                    carve.id
+                ))),
+                Err(e) => Err(std::io::Error::other(e.to_string())),
+            };
+            Some((block, block_id + 1))
+        }
+    });
+    let mut response = axum::response::Response::new(axum::body::Body::from_stream(blocks));
+    let headers = response.headers_mut();
+    headers.insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("application/x-tar"),
+    );
+    if let Some(sum) = carve
+        .sha256
+        .as_deref()
+        .and_then(|s| axum::http::HeaderValue::from_str(s).ok())
+    {
+        headers.insert("x-yeet-sha256", sum);
+    }
+    Ok(response)
 }

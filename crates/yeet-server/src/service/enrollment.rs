@@ -15,7 +15,6 @@
 //! flood from elsewhere does.
 
 use std::net::IpAddr;
-use std::time::Instant;
 use yeet_proto::ErrorCode;
 use yeet_proto::api::{
     ApproveRequest, HostInfo, PendingRegistration, RegisterRequest, RegisterResponse, Role,
@@ -24,7 +23,7 @@ use yeet_proto::names::validate_host_name;
 use yeet_proto::text::clean_line;
 
 use super::auth::require_role;
-use super::{Principal, Result, Service, ServiceError, lock, now};
+use super::{Principal, Result, Service, ServiceError, now};
 use crate::store::{RegistrationRow, StoreError};
 
 /// Letters and digits that cannot be mistaken for each other (no 0/O, 1/I/L, U/V).
@@ -42,12 +41,6 @@ pub fn source_of(client: Option<IpAddr>) -> String {
         }
         None => String::new(),
     }
-}
-
-/// A token bucket for one client address.
-pub(crate) struct Bucket {
-    tokens: f64,
-    updated: Instant,
 }
 
 fn fresh_code() -> Result<String> {
@@ -79,30 +72,7 @@ fn display_code(code: &str) -> String {
 
 impl Service {
     fn take_registration_token(&self, source: &str) -> bool {
-        if source.is_empty() {
-            return true;
-        }
-        let (burst, refill) = (
-            self.config.registration_burst as f64,
-            self.config.registration_refill.as_secs_f64().max(1e-3),
-        );
-        let mut buckets = lock(&self.registration_buckets);
-        if buckets.len() > 100_000 {
-            // Forget full buckets: they would allow a full burst anyway.
-            buckets.retain(|_, b| b.tokens + b.updated.elapsed().as_secs_f64() / refill < burst);
-        }
-        let b = buckets.entry(source.to_owned()).or_insert(Bucket {
-            tokens: burst,
-            updated: Instant::now(),
-        });
-        b.tokens = (b.tokens + b.updated.elapsed().as_secs_f64() / refill).min(burst);
-        b.updated = Instant::now();
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        source.is_empty() || self.registration_buckets.take(&source.to_owned())
     }
 
     /// Handles a registration. An approved key learns its host name; a pending one gets its

@@ -12,6 +12,8 @@ mod detach;
 mod enrollment;
 mod hosts;
 mod nonces;
+pub mod osquery;
+mod rate;
 mod releases;
 pub mod secrets;
 pub mod users;
@@ -60,6 +62,8 @@ pub struct ServiceConfig {
     pub caches: Vec<String>,
     /// Keys whose narinfo signatures a release must carry (checked when non-empty).
     pub trusted_cache_keys: Vec<nix_meta::PublicKey>,
+    /// The osquery remote API's limits and retention.
+    pub osquery: osquery::OsquerySettings,
 }
 
 #[derive(Debug, Error)]
@@ -138,7 +142,7 @@ pub struct Service {
     /// Accepted nonces, in the database: shared by replicas, kept across restarts.
     nonce_log: nonces::NonceLog,
     /// Source network → its token bucket for new registrations.
-    registration_buckets: Mutex<HashMap<String, enrollment::Bucket>>,
+    registration_buckets: rate::RateLimiter<String>,
     /// Held while a new key is admitted (count, evict, insert), so the cap is exact.
     registration_admission: tokio::sync::Mutex<()>,
     /// Bumped whenever any host's desired system changes; long-polls wait on it.
@@ -157,6 +161,8 @@ pub struct Service {
     secret_digests: RwLock<HashMap<i64, String>>,
     /// host id → its open detachment.
     detached: RwLock<HashMap<i64, yeet_proto::api::Detachment>>,
+    /// The osquery remote API's nodes, limits and campaign deadline.
+    osquery: osquery::OsqueryState,
 }
 
 pub use yeet_proto::clock::{unix_now as now, unix_now_ms as now_ms};
@@ -184,6 +190,14 @@ impl Service {
         let desired = load_desired(&store).await?;
         let secret_digests = secrets::load_digests(&store).await?;
         let detached = detach::load_detachments(&store).await?;
+        let osquery = osquery::OsqueryState::new(
+            config.osquery.clone(),
+            config.registration_burst,
+            config.registration_refill,
+            store.latest_campaign_deadline().await?,
+        );
+        let registration_buckets =
+            rate::RateLimiter::new(config.registration_burst, config.registration_refill);
         Ok(Service {
             nonces: Mutex::new(yeet_proto::NonceCache::new(
                 config.skew_secs,
@@ -197,7 +211,7 @@ impl Service {
             desired: RwLock::new(desired),
             reports: Mutex::new(HashMap::new()),
             seen: Mutex::new(HashMap::new()),
-            registration_buckets: Mutex::new(HashMap::new()),
+            registration_buckets,
             registration_admission: tokio::sync::Mutex::new(()),
             desired_changed: tokio::sync::watch::Sender::new(0),
             closing: tokio::sync::watch::Sender::new(false),
@@ -206,6 +220,7 @@ impl Service {
             secrets: None,
             secret_digests: RwLock::new(secret_digests),
             detached: RwLock::new(detached),
+            osquery,
         })
     }
 
@@ -243,6 +258,16 @@ impl Service {
                 Ok(host_id) => self.reload_detachment(host_id).await,
                 Err(_) => self.reload_detachments().await,
             },
+            Some(e) if e.starts_with(osquery::EVENT_NODE) => {
+                self.forget_node_key(&e[osquery::EVENT_NODE.len()..]).await;
+                Ok(())
+            }
+            Some(e) if e.starts_with(osquery::EVENT_CAMPAIGN) => {
+                if let Ok(deadline) = e[osquery::EVENT_CAMPAIGN.len()..].parse() {
+                    self.note_campaign_deadline(deadline);
+                }
+                Ok(())
+            }
             Some(e) => {
                 if let Some(key) = e.strip_prefix(EVENT_KEY) {
                     self.keys.write().await.remove(key);
@@ -251,6 +276,8 @@ impl Service {
             }
             None => {
                 self.keys.write().await.clear();
+                self.forget_node_keys().await;
+                self.note_campaign_deadline(self.store.latest_campaign_deadline().await?);
                 self.reload_secret_digests().await?;
                 self.reload_detachments().await?;
                 self.reload_desired().await

@@ -449,6 +449,26 @@ impl Service {
             .collect())
     }
 
+    /// A secret's plaintext, for the server's own use (the osquery enroll secret); `None`
+    /// when it does not exist. Wiped when dropped.
+    pub(crate) async fn read_secret(
+        &self,
+        name: &str,
+    ) -> Result<Option<zeroize::Zeroizing<Vec<u8>>>> {
+        let Some(stored) = self.store.secret_ciphertext(name).await? else {
+            return Ok(None);
+        };
+        self.open_stored(name, &stored).map(Some)
+    }
+
+    /// Decrypts a stored ciphertext with the server's identity.
+    fn open_stored(&self, name: &str, stored: &[u8]) -> Result<zeroize::Zeroizing<Vec<u8>>> {
+        yeet_proto::secrets::open(&self.keeper()?.identity, stored).map_err(|e| {
+            tracing::error!(secret = %name, error = %e, "a stored secret cannot be decrypted with this server's key");
+            ServiceError::System(format!("secret {name} cannot be decrypted"))
+        })
+    }
+
     /// A host fetches the secrets its system names, re-encrypted to `req.recipient`.
     /// Names it may not have are listed as missing, whether they exist or not.
     pub async fn fetch_secrets(
@@ -468,15 +488,12 @@ impl Service {
         }
         let recipient = yeet_proto::secrets::x25519_recipient(&req.recipient)
             .map_err(|e| ServiceError::refused(ErrorCode::InvalidRecipient, e.to_string()))?;
-        let keeper = self.keeper()?;
+        self.keeper()?;
         let granted = self.store.granted_ciphertexts(host_id, &req.names).await?;
         let mut secrets = Vec::with_capacity(granted.len());
         let mut total = 0usize;
         for (name, version, stored) in granted {
-            let plaintext = yeet_proto::secrets::open(&keeper.identity, &stored).map_err(|e| {
-                tracing::error!(secret = %name, error = %e, "a stored secret cannot be decrypted with this server's key");
-                ServiceError::System(format!("secret {name} cannot be decrypted"))
-            })?;
+            let plaintext = self.open_stored(&name, &stored)?;
             total += plaintext.len();
             if total > MAX_FETCH_BYTES {
                 return Err(ServiceError::refused(

@@ -15,6 +15,8 @@ mod detachments;
 mod events;
 mod hosts;
 mod nonces;
+mod osquery_data;
+mod osquery_nodes;
 mod registrations;
 mod releases;
 mod secrets;
@@ -24,6 +26,10 @@ pub use activations::ActivationRow;
 pub use detachments::{DetachmentRow, EndedDetachment};
 pub use events::{EVENTS_CHANNEL, EventStream};
 pub use hosts::{HostReport, HostRow};
+pub use osquery_data::{
+    CampaignRow, CarveRow, LogQuery, LogRow, NewLogLine, TargetAnswer, TargetRow,
+};
+pub use osquery_nodes::{NodeEnrollment, NodeRow, OptionRow, ScheduledQueryRow};
 pub use registrations::RegistrationRow;
 pub use releases::{DesiredRow, NewRelease, ReleaseRow};
 pub use secrets::{Change, ChangeRow, GrantRow, SecretRow};

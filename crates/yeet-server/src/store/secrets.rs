@@ -197,6 +197,16 @@ impl Store {
         .await?)
     }
 
+    /// A secret's current ciphertext, if it exists.
+    pub async fn secret_ciphertext(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT ciphertext FROM secrets WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
     /// Every grant, with host names, ordered by secret and host.
     pub async fn list_grants(&self) -> Result<Vec<GrantRow>, StoreError> {
         Ok(sqlx::query_as::<_, GrantRow>(

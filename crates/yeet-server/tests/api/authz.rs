@@ -8,6 +8,7 @@ use axum::http::{Method, Request, StatusCode};
 use serde_json::{Value, json};
 use yeet_proto::Identity;
 use yeet_proto::api::{Role, paths};
+use yeet_proto::osquery::paths as oq;
 use yeet_server::http::{Access, Route, routes};
 use yeet_server::service::ServiceConfig;
 use yeet_server::service::users::add_user;
@@ -136,6 +137,40 @@ fn sample(method: &Method, template: &str) -> Option<Sample> {
             },
             ok,
         ),
+        ("GET", oq::NODES | oq::SCHEDULE | oq::OPTIONS | oq::LOGS | oq::CARVES) => {
+            s(template, empty, ok)
+        }
+        ("POST", oq::SCHEDULE) => s(
+            template,
+            |_| json_bytes(json!({"name": "matrix", "query": "SELECT 1", "interval_secs": 60})),
+            ok,
+        ),
+        // Removals, campaigns and downloads reach their handlers and find nothing.
+        ("DELETE", "/v1/osquery/schedule/{name}") => {
+            s(&oq::scheduled_query("nope"), empty, StatusCode::NOT_FOUND)
+        }
+        ("PUT", "/v1/osquery/options/{name}") => s(
+            &oq::option("matrix"),
+            |_| json_bytes(json!({"value": 10})),
+            ok,
+        ),
+        ("DELETE", "/v1/osquery/options/{name}") => {
+            s(&oq::option("nope"), empty, StatusCode::UNPROCESSABLE_ENTITY)
+        }
+        ("POST", oq::QUERIES) => s(
+            template,
+            |_| json_bytes(json!({"query": "SELECT 1", "all": true, "timeout_secs": 60})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        ("GET", "/v1/osquery/queries/{id}") => s(&oq::query("999"), empty, StatusCode::NOT_FOUND),
+        ("POST", oq::CARVES) => s(
+            template,
+            |_| json_bytes(json!({"host": "nope", "path": "/etc/hosts", "timeout_secs": 60})),
+            StatusCode::NOT_FOUND,
+        ),
+        ("GET", "/v1/osquery/carves/{id}/archive") => {
+            s(&oq::carve_archive("999"), empty, StatusCode::NOT_FOUND)
+        }
         _ => return None,
     })
 }

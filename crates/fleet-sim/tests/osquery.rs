@@ -1,0 +1,416 @@
+//! osquery conformance: a real `yeet-server` process driven by the osqueryd emulator
+//! (`fleet_sim::osquery`, which follows osquery's TLS plugins on the wire), for enrollment,
+//! config, logs, distributed queries and carves, with the hostile inputs of each: wrong
+//! secrets, unknown and foreign node keys, oversized bodies, gzip bombs, malformed JSON,
+//! forged answers and out-of-range or foreign carve blocks.
+
+#![allow(clippy::unwrap_used)]
+
+use fleet_sim::osquery::{Osqueryd, gzip_bytes};
+use fleet_sim::{Server, ServerOptions};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use yeet_proto::osquery::{LogFilter, ScheduledQuery, StartCarve, StartQuery};
+
+const SECRET: &str = "correct horse battery staple";
+
+fn server(config: &str) -> Server {
+    Server::start(ServerOptions {
+        config: config.to_owned(),
+        ..Default::default()
+    })
+}
+
+fn add_enroll_secret(server: &Server, content: &str) {
+    let file = server.dir.path().join("enroll-secret");
+    std::fs::write(&file, format!("{content}\n")).unwrap();
+    server.yeet(&[
+        "secret",
+        "add",
+        "osquery-enroll",
+        "--from-file",
+        file.to_str().unwrap(),
+    ]);
+}
+
+fn enrolled(server: &Server, name: &str) -> Osqueryd {
+    let mut node = Osqueryd::new(&server.url, name, SECRET);
+    node.enroll()
+        .unwrap_or_else(|e| panic!("{name} cannot enroll: {e}"));
+    node
+}
+
+fn error_of(answer: &Value) -> &str {
+    answer["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error in {answer}"))
+}
+
+#[test]
+fn enrollment_config_and_reenrollment() {
+    let server = server("");
+    let mut node = Osqueryd::new(&server.url, "web1", SECRET);
+    // Before the secret exists enrollment is off, and says how to turn it on.
+    let off = node.enroll().unwrap_err();
+    assert!(
+        error_of(&off).contains("yeet secret add osquery-enroll"),
+        "{off}"
+    );
+    assert_ne!(off["node_invalid"], true, "{off}");
+    add_enroll_secret(&server, SECRET);
+
+    // A wrong secret is refused and the answer leaks nothing.
+    let mut wrong = Osqueryd::new(&server.url, "intruder", "guess");
+    let (status, answer) = wrong.post_json(osquery_tls::paths::ENROLL, &wrong.enroll_body(), false);
+    assert_eq!(status, 401);
+    assert_eq!(
+        answer,
+        json!({"node_invalid": true, "error": "enrollment refused"})
+    );
+    assert!(wrong.enroll().is_err());
+    node.enroll().unwrap();
+    let key = node.node_key.clone().unwrap();
+    assert!(
+        key.len() >= 32 && key.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{key}"
+    );
+
+    // The config holds the options and the queries meant for this node.
+    let client = server.client();
+    let query = |name: &str, hosts: &[&str], pack: Option<&str>| ScheduledQuery {
+        name: name.into(),
+        query: format!("SELECT * FROM {name}"),
+        interval_secs: 300,
+        snapshot: name == "mounts",
+        pack: pack.map(Into::into),
+        platform: None,
+        hosts: hosts.iter().map(|h| h.to_string()).collect(),
+        created_at: 0,
+        created_by: String::new(),
+    };
+    client
+        .add_scheduled_query(&query("users", &[], None))
+        .unwrap();
+    client
+        .add_scheduled_query(&query("mounts", &["web1"], Some("storage")))
+        .unwrap();
+    client
+        .add_scheduled_query(&query("secrets", &["db1"], None))
+        .unwrap();
+    client
+        .set_osquery_option("distributed_interval", json!(10))
+        .unwrap();
+    let config = node.config().unwrap();
+    assert_eq!(config.options["distributed_interval"], json!(10));
+    assert_eq!(config.schedule.keys().collect::<Vec<_>>(), ["users"]);
+    assert_eq!(config.schedule["users"].interval, 300);
+    assert_eq!(
+        config.packs["storage"].queries["mounts"].snapshot,
+        Some(true)
+    );
+
+    // An unknown key gets node_invalid; the emulator drops its key and enrolls again under
+    // the same identifier, and the old key stops working.
+    node.node_key = Some("0".repeat(64));
+    let invalid = node.config().unwrap_err();
+    assert_eq!(invalid["node_invalid"], true, "{invalid}");
+    assert_eq!(node.node_key, None);
+    node.config().unwrap();
+    assert_eq!(node.enrollments, 2);
+    let mut stale = Osqueryd::new(&server.url, "web1", SECRET);
+    stale.node_key = Some(key);
+    assert_eq!(stale.config().unwrap_err()["node_invalid"], true);
+
+    // Old clients (numbers as strings) enroll and are listed with what they reported.
+    let mut old = Osqueryd::new(&server.url, "legacy", SECRET);
+    old.old_format = true;
+    old.config().unwrap();
+    let nodes = client.osquery_nodes().unwrap();
+    let web1 = nodes.iter().find(|n| n.host_identifier == "web1").unwrap();
+    assert_eq!((web1.enrollments, web1.platform.as_str()), (2, "linux"));
+    assert_eq!(web1.os_name, "NixOS 24.11 (Vicuna)");
+    assert!(
+        nodes
+            .iter()
+            .any(|n| n.host_identifier == "legacy" && n.osquery_version == "3.3.2")
+    );
+}
+
+#[test]
+fn logs_plain_gzip_old_format_and_bad_bodies() {
+    let server = server("[osquery]\nmax_body_bytes = 65536\n");
+    add_enroll_secret(&server, SECRET);
+    let mut node = enrolled(&server, "web1");
+    let line = node.result_line("users", "added", json!({"uid": "1000", "username": "ada"}));
+    node.log_results(vec![line]).unwrap();
+    node.compress = true;
+    let lines = (0..100)
+        .map(|i| node.result_line("users", "removed", json!({"uid": i.to_string()})))
+        .collect();
+    node.log_results(lines).unwrap();
+    node.log_status(vec![node.status_line(1, "query took long")])
+        .unwrap();
+    let mut old = enrolled(&server, "legacy");
+    old.old_format = true;
+    old.log_results(vec![old.result_line("users", "added", json!({"uid": "7"}))])
+        .unwrap();
+
+    let client = server.client();
+    let filter = |query: Option<&str>, host: Option<&str>| LogFilter {
+        query: query.map(Into::into),
+        host: host.map(Into::into),
+        ..Default::default()
+    };
+    let users = client.osquery_logs(&filter(Some("users"), None)).unwrap();
+    assert_eq!(users.len(), 102);
+    assert_eq!(
+        client
+            .osquery_logs(&filter(Some("users"), Some("legacy")))
+            .unwrap()
+            .len(),
+        1
+    );
+    let status = client
+        .osquery_logs(&LogFilter {
+            kind: Some("status".into()),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(status.len(), 1);
+    assert_eq!(
+        (status[0].name.as_str(), status[0].line["message"].as_str()),
+        ("warning", Some("query took long"))
+    );
+    let after = client
+        .osquery_logs(&LogFilter {
+            after: Some(users[100].id),
+            ..Default::default()
+        })
+        .unwrap();
+    assert!(after.iter().all(|l| l.id > users[100].id) && !after.is_empty());
+
+    // Bad bodies: refused with an error (osqueryd keeps its logs and retries), never
+    // node_invalid, and nothing is stored.
+    let key = node.node_key.clone().unwrap();
+    let batch = |data: Value| json!({"node_key": key, "log_type": "result", "data": data});
+    let big = batch(json!(["x".repeat(70_000)]));
+    let (status_code, answer) = node.post_json(osquery_tls::paths::LOG, &big, false);
+    assert_eq!(status_code, 413, "{answer}");
+    assert!(error_of(&answer).contains("65536"), "{answer}");
+    // 64 MiB of JSON whitespace gzips to about 64 KiB: refused at the inflated limit.
+    let mut bomb = serde_json::to_vec(&batch(json!([]))).unwrap();
+    bomb.splice(1..1, std::iter::repeat_n(b' ', 64 << 20));
+    let bomb = gzip_bytes(&bomb);
+    assert!(bomb.len() < 65536, "{}", bomb.len());
+    let (status_code, answer) = node.post_raw(osquery_tls::paths::LOG, &bomb, true);
+    assert_eq!(status_code, 413, "{answer}");
+    for (body, gzip, expected) in [
+        (b"{\"node_key\": ".to_vec(), false, "invalid body"),
+        (b"not gzip".to_vec(), true, "gzip"),
+        (
+            serde_json::to_vec(&json!({"node_key": key, "log_type": "nonsense", "data": []}))
+                .unwrap(),
+            false,
+            "nonsense",
+        ),
+    ] {
+        let (status_code, answer) = node.post_raw(osquery_tls::paths::LOG, &body, gzip);
+        assert_eq!(status_code, 400, "{answer}");
+        assert!(error_of(&answer).contains(expected), "{answer}");
+        assert_ne!(answer["node_invalid"], true);
+    }
+    assert_eq!(
+        client.osquery_logs(&LogFilter::default()).unwrap().len(),
+        103
+    );
+}
+
+#[test]
+fn distributed_queries_reach_their_nodes_only() {
+    let server = server("");
+    add_enroll_secret(&server, SECRET);
+    let mut nodes: Vec<Osqueryd> = ["web1", "web2", "db1"]
+        .iter()
+        .map(|n| enrolled(&server, n))
+        .collect();
+    let client = server.client();
+    let campaign = client
+        .start_osquery_query(&StartQuery {
+            query: "SELECT name FROM processes".into(),
+            hosts: vec!["web1".into(), "web2".into()],
+            all: false,
+            timeout_secs: 60,
+        })
+        .unwrap();
+    let id = format!("yeet-{}", campaign.id);
+    // web1 answers with rows (as an old client), web2 with an error; db1 is not asked.
+    nodes[0].old_format = true;
+    let read = nodes[0].distributed_read().unwrap();
+    assert_eq!(read.queries[&id], "SELECT name FROM processes");
+    assert_eq!(read.accelerate, Some(60));
+    let write =
+        json!({"queries": {&id: [{"name": "sshd"}, {"name": "nginx"}]}, "statuses": {&id: "0"}});
+    nodes[0]
+        .call(osquery_tls::paths::DISTRIBUTED_WRITE, write.clone(), false)
+        .unwrap();
+    let ran = nodes[1]
+        .run_distributed(|_| Err("no such table: processes".into()))
+        .unwrap();
+    assert_eq!(ran, std::slice::from_ref(&id));
+    assert!(nodes[2].distributed_read().unwrap().queries.is_empty());
+    // Sent once: the next read has nothing.
+    assert!(nodes[0].distributed_read().unwrap().queries.is_empty());
+
+    // Forged answers change nothing: from a node not asked, or a second answer.
+    let forged = json!({"queries": {&id: [{"name": "forged"}]}, "statuses": {&id: 0}});
+    nodes[2]
+        .call(osquery_tls::paths::DISTRIBUTED_WRITE, forged.clone(), false)
+        .unwrap();
+    nodes[0]
+        .call(osquery_tls::paths::DISTRIBUTED_WRITE, forged, false)
+        .unwrap();
+    let mut impostor = Osqueryd::new(&server.url, "web1", SECRET);
+    impostor.node_key = Some("f".repeat(64));
+    assert_eq!(
+        impostor
+            .call(osquery_tls::paths::DISTRIBUTED_WRITE, write, false)
+            .unwrap_err()["node_invalid"],
+        true
+    );
+
+    let result = client.osquery_campaign(campaign.id).unwrap();
+    let target = |name: &str| result.targets.iter().find(|t| t.node == name).unwrap();
+    assert_eq!(result.targets.len(), 2);
+    assert_eq!(target("web1").status, Some(0));
+    let names: Vec<&str> = target("web1")
+        .rows
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["sshd", "nginx"]);
+    assert_eq!(target("web2").status, Some(1));
+    assert_eq!(
+        target("web2").message.as_deref(),
+        Some("no such table: processes")
+    );
+    assert!(target("web2").rows.is_empty());
+    // Unknown hosts are named in the refusal.
+    let err = client
+        .start_osquery_query(&StartQuery {
+            query: "SELECT 1".into(),
+            hosts: vec!["nope".into()],
+            all: false,
+            timeout_secs: 5,
+        })
+        .unwrap_err();
+    assert!(err.to_string().contains("nope"), "{err}");
+}
+
+#[test]
+fn carves_are_checked_against_their_session_and_reassembled() {
+    let server = server("[osquery]\nmax_block_bytes = 8192\n");
+    add_enroll_secret(&server, SECRET);
+    let mut web1 = enrolled(&server, "web1");
+    let mut db1 = enrolled(&server, "db1");
+    let client = server.client();
+    let campaign = client
+        .start_osquery_carve(&StartCarve {
+            host: "web1".into(),
+            path: "/etc/o'clock".into(),
+            timeout_secs: 60,
+        })
+        .unwrap();
+    let id = format!("yeet-{}", campaign.id);
+    let read = web1.distributed_read().unwrap();
+    assert_eq!(
+        read.queries[&id],
+        "SELECT * FROM carves WHERE carve = 1 AND path = '/etc/o''clock'"
+    );
+
+    // Carves that answer no carve request (or another node's) are refused.
+    let archive: Vec<u8> = (0..10_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    assert!(
+        error_of(&web1.carve("yeet-999", &archive, 4096, &[]).unwrap_err())
+            .contains("no carve request")
+    );
+    assert!(db1.carve(&id, &archive, 4096, &[]).is_err());
+    let too_big = web1.carve_init_body(&id, 100_000, 16_384);
+    let (_, answer) = web1.post_json(osquery_tls::paths::CARVE_INIT, &too_big, false);
+    assert!(error_of(&answer).contains("8192"), "{answer}");
+    let mut mismatch = web1.carve_init_body(&id, 10_000, 4096);
+    mismatch["block_count"] = json!(7);
+    let (_, answer) = web1.post_json(osquery_tls::paths::CARVE_INIT, &mismatch, false);
+    assert!(error_of(&answer).contains("cannot hold"), "{answer}");
+
+    // Blocks in any order, one twice; an old client's string numbers.
+    web1.old_format = true;
+    let (session, answers) = web1.carve(&id, &archive, 4096, &[2, 0, 0]).unwrap();
+    assert!(
+        answers
+            .iter()
+            .all(|(s, a)| *s == 200 && a["success"] == true),
+        "{answers:?}"
+    );
+    let carve = &client.osquery_carves().unwrap()[0];
+    assert_eq!((carve.blocks_received, carve.completed_at), (2, None));
+
+    // Hostile blocks: out of range, wrong size, bad base64, unknown session, another
+    // node's key, a wrong request id.
+    let block = |id_: u64, data: &[u8]| web1.carve_block_body(&session, &id, id_, data);
+    let mut foreign = block(1, &archive[4096..8192]);
+    foreign["node_key"] = json!(db1.node_key.clone().unwrap());
+    let mut unknown = block(1, &archive[4096..8192]);
+    unknown["session_id"] = json!("f".repeat(64));
+    let mut garbled = block(1, &archive[4096..8192]);
+    garbled["data"] = json!("%%% not base64");
+    let mut wrong_request = block(1, &archive[4096..8192]);
+    wrong_request["request_id"] = json!("yeet-1000");
+    for (body, status, expected) in [
+        (block(3, b"x"), 422, "out of range"),
+        (block(1, &archive[4096..5000]), 422, "holds 904 bytes"),
+        (garbled, 422, "base64"),
+        (unknown, 404, "No carve session"),
+        (foreign, 404, "No carve session"),
+        (wrong_request, 422, "request_id"),
+    ] {
+        let (s, answer) = web1.post_json(osquery_tls::paths::CARVE_BLOCK, &body, false);
+        assert_eq!(s, status, "{answer}");
+        assert!(error_of(&answer).contains(expected), "{expected}: {answer}");
+    }
+    // The last block completes it; the checksum is the archive's.
+    let (s, answer) = web1.post_json(
+        osquery_tls::paths::CARVE_BLOCK,
+        &block(1, &archive[4096..8192]),
+        false,
+    );
+    assert_eq!((s, &answer["success"]), (200, &json!(true)));
+    let carve = &client.osquery_carves().unwrap()[0];
+    assert_eq!(carve.blocks_received, 3);
+    assert!(carve.completed_at.is_some());
+    assert_eq!(
+        carve.sha256.as_deref(),
+        Some(hex::encode(Sha256::digest(&archive)).as_str())
+    );
+}
+
+#[test]
+fn a_flooding_node_is_limited_alone() {
+    let server = server("[osquery]\nnode_burst = 5\nnode_refill_ms = 600000\n");
+    add_enroll_secret(&server, SECRET);
+    let mut noisy = enrolled(&server, "noisy");
+    let mut quiet = enrolled(&server, "quiet");
+    for _ in 0..5 {
+        noisy.config().unwrap();
+    }
+    let limited = noisy.config().unwrap_err();
+    assert!(
+        error_of(&limited).contains("too many requests"),
+        "{limited}"
+    );
+    assert_ne!(
+        limited["node_invalid"], true,
+        "a rate limit must not make osqueryd re-enroll"
+    );
+    assert!(noisy.node_key.is_some());
+    quiet.config().unwrap();
+}
