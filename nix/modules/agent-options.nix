@@ -96,6 +96,17 @@ in
       org.yeet.agent.{detach,switch,force-switch,attach} may allow others.
     '';
   };
+  osquery = {
+    enable = mkEnableOption ''
+      osqueryd (nixpkgs' services.osquery), enrolled with the yeet server's osquery remote
+      API. The enroll secret is the yeet secret osquery-enroll: add it with
+      `yeet secret add osquery-enroll --from-file F --host HOST`. The server URL must be https'';
+    distributedInterval = mkOption {
+      type = types.ints.positive;
+      default = 10;
+      description = "Seconds between osqueryd's reads of distributed queries (`yeet query`).";
+    };
+  };
   maxCheckinInterval = tuning types.ints.positive "300"
     "The longest the agent waits between check-ins, whatever the server asks.";
   settings = mkOption {

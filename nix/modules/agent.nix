@@ -42,6 +42,18 @@ in
         (pkgs.writeTextDir "share/polkit-1/actions/org.yeet.agent.policy"
           (import ./agent-polkit.nix));
 
+    # osqueryd enrolled with this fleet's server; its secret comes through yeet.secrets.
+    yeet.secrets = lib.mkIf cfg.osquery.enable { osquery-enroll = { }; };
+    services.osquery = lib.mkIf cfg.osquery.enable {
+      enable = true;
+      flags = import ./agent-osquery.nix {
+        serverUrl = cfg.server;
+        secretPath = config.yeet.secrets.osquery-enroll.path;
+        inherit (cfg) caCert;
+        inherit (cfg.osquery) distributedInterval;
+      };
+    };
+
     systemd.services.yeet-agent = import ./agent-service.nix {
       inherit (cfg) package;
       inherit configFile;

@@ -36,6 +36,8 @@ rec {
       trusted_cache_keys = cfg.trustedCacheKeys;
       caches = cfg.caches;
       public_urls = cfg.publicUrls;
+      # [osquery]: limits and retention of the osquery remote API.
+      osquery = cfg.osquery or { };
     }
     // optional "database" cfg.database
     // optional "tls_cert" cfg.tls.certificate

@@ -102,6 +102,17 @@ in
       default = false;
       description = "Open the port in the firewall.";
     };
+    osquery = lib.mkOption {
+      type = lib.types.attrsOf lib.types.ints.unsigned;
+      default = { };
+      example = { log_retention_days = 90; node_burst = 240; };
+      description = ''
+        The osquery remote API's limits (server.toml's [osquery]): max_body_bytes,
+        log_retention_days, node_burst, node_refill_ms, max_block_bytes, max_carve_bytes,
+        max_open_carves, accelerate_secs. Unset keys keep the server's defaults.
+      '';
+    };
+
     settings = lib.mkOption {
       type = toml.type;
       default = { };

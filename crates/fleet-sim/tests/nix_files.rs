@@ -185,6 +185,7 @@ fn server_settings(overrides: &str) -> serde_json::Value {
           trustedCacheKeys = [ "fleet-1:wJ5uslHSOR8lFc8aZCAeC1CWl+xYeAzzfmwKSaa7LCg=" ];
           caches = [ "https://cache.example.org" ];
           publicUrls = [ "https://yeet.example.org" ];
+          osquery = {{ log_retention_days = 90; max_open_carves = 2; }};
           settings = {{ }};
         }} // tuning // {overrides})"#,
         file.display()
@@ -281,4 +282,44 @@ fn the_polkit_policy_is_well_formed_xml_naming_every_action() {
         String::from_utf8_lossy(&out.stdout).trim(),
         "org.yeet.agent.detach org.yeet.agent.switch org.yeet.agent.force-switch org.yeet.agent.attach"
     );
+}
+
+/// The osqueryd flags the agent module gives services.osquery name the server's endpoints
+/// (`osquery_tls::paths`, which the server routes) and its https host, and the enroll secret
+/// where yeet delivers it; an http:// server is refused at evaluation, by name.
+#[test]
+fn the_osquery_flags_point_at_the_servers_endpoints() {
+    let file = modules_dir().join("agent-osquery.nix");
+    let flags = eval_json(&format!(
+        r#"import {} {{ serverUrl = "https://yeet.example.org:8470/"; secretPath = "/run/yeet/secrets/osquery-enroll"; caCert = "/etc/ssl/yeet-ca.pem"; }}"#,
+        file.display()
+    ));
+    use osquery_tls::paths;
+    for (flag, path) in [
+        ("enroll_tls_endpoint", paths::ENROLL),
+        ("config_tls_endpoint", paths::CONFIG),
+        ("logger_tls_endpoint", paths::LOG),
+        ("distributed_tls_read_endpoint", paths::DISTRIBUTED_READ),
+        ("distributed_tls_write_endpoint", paths::DISTRIBUTED_WRITE),
+        ("carver_start_endpoint", paths::CARVE_INIT),
+        ("carver_continue_endpoint", paths::CARVE_BLOCK),
+    ] {
+        assert_eq!(flags[flag], path, "{flag}");
+    }
+    assert_eq!(flags["tls_hostname"], "yeet.example.org:8470");
+    assert_eq!(flags["tls_server_certs"], "/etc/ssl/yeet-ca.pem");
+    assert_eq!(
+        flags["enroll_secret_path"],
+        "/run/yeet/secrets/osquery-enroll"
+    );
+    let out = std::process::Command::new("nix-instantiate")
+        .args(["--eval", "--strict", "--json", "--expr"])
+        .arg(format!(
+            r#"import {} {{ serverUrl = "http://yeet:8470"; secretPath = "/s"; }}"#,
+            file.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("needs an https://"));
 }

@@ -414,3 +414,76 @@ fn a_flooding_node_is_limited_alone() {
     assert!(noisy.node_key.is_some());
     quiet.config().unwrap();
 }
+
+/// Answers distributed queries every 200 ms until `stop`, as osqueryd with an accelerated
+/// `distributed_interval`; carve queries upload `archive`.
+fn serve_queries(
+    mut node: Osqueryd,
+    archive: Vec<u8>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let read = node.distributed_read().unwrap();
+            for (id, sql) in &read.queries {
+                if sql.contains("FROM carves") {
+                    let order: Vec<u64> = (0..archive.len().div_ceil(1000) as u64).rev().collect();
+                    node.carve(id, &archive, 1000, &order).unwrap();
+                }
+                let rows = json!([{"host": node.host_identifier, "sql": sql}]);
+                let write = json!({"queries": {id: rows}, "statuses": {id: 0}});
+                node.call(osquery_tls::paths::DISTRIBUTED_WRITE, write, false)
+                    .unwrap();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    })
+}
+
+#[test]
+fn yeet_query_fans_out_and_names_the_silent_and_carves_come_back_identical() {
+    let server = server("");
+    add_enroll_secret(&server, SECRET);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let archive: Vec<u8> = (0..25_000u32).map(|i| (i * 31 % 253) as u8).collect();
+    let answering: Vec<_> = ["web1", "web2"]
+        .iter()
+        .map(|n| serve_queries(enrolled(&server, n), archive.clone(), stop.clone()))
+        .collect();
+    let _offline = enrolled(&server, "laptop");
+
+    let out = server.yeet(&[
+        "query",
+        "SELECT hostname FROM system_info",
+        "--all",
+        "--timeout",
+        "4",
+    ]);
+    assert!(
+        out.contains("web1: 1 rows") && out.contains("web2: 1 rows"),
+        "{out}"
+    );
+    assert!(out.contains("no answer from: laptop"), "{out}");
+    let campaign: yeet_proto::osquery::Campaign =
+        server.yeet_json(&["query", "SELECT 1", "--host", "web1", "--timeout", "4"]);
+    assert_eq!(campaign.targets[0].rows[0]["sql"], "SELECT 1");
+
+    let out = server.yeet(&["carve", "web2", "/etc/hosts", "--timeout", "20"]);
+    assert!(out.contains("carve 1 complete: 25000 bytes"), "{out}");
+    let file = server.dir.path().join("carved.tar");
+    server.yeet(&["carves", "get", "1", "-o", file.to_str().unwrap()]);
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        archive,
+        "the carve came back changed"
+    );
+    let listed: Vec<yeet_proto::osquery::CarveInfo> = server.yeet_json(&["carves", "list"]);
+    assert_eq!(
+        listed[0].sha256.as_deref(),
+        Some(hex::encode(Sha256::digest(&archive)).as_str())
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in answering {
+        t.join().unwrap();
+    }
+}

@@ -12,8 +12,8 @@ use anyhow::Result;
 use clap::{CommandFactory, Parser, Subcommand};
 
 use commands::{
-    Connection, Json, approve, cache, diff, host, key, log, pending, publish, releases, secret,
-    status, vm, whoami,
+    Connection, Json, approve, cache, diff, host, key, log, osquery, pending, publish, releases,
+    secret, status, vm, whoami,
 };
 
 #[derive(Parser)]
@@ -73,6 +73,16 @@ enum Command {
     /// rotated without a release. Systems name theirs with `yeet.secrets.<name>`.
     #[command(subcommand, after_help = SECRET_WORKFLOW)]
     Secret(secret::SecretCommand),
+    /// osquery: enrolled nodes, the schedule and options they are served, stored logs.
+    #[command(subcommand)]
+    Osquery(osquery::OsqueryCommand),
+    /// Run SQL on osquery nodes now and print each host's rows as they arrive.
+    Query(osquery::QueryArgs),
+    /// Carve a file from a host with osquery, and wait for its upload.
+    Carve(osquery::CarveArgs),
+    /// Carved files: list them, download one.
+    #[command(subcommand)]
+    Carves(osquery::CarvesCommand),
     /// Try a host's configuration in a VM (NixOS only): builds
     /// nixosConfigurations.HOST.config.system.build.vm from the flake and runs it.
     Vm(vm::VmArgs),
@@ -118,6 +128,10 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Diff(args) => diff::run(args, c),
         Command::Cache(command) => cache::run(command, c),
         Command::Secret(command) => secret::run(command, c),
+        Command::Osquery(command) => osquery::run(command, c),
+        Command::Query(args) => osquery::query(args, c),
+        Command::Carve(args) => osquery::carve(args, c),
+        Command::Carves(command) => osquery::carves(command, c),
         Command::Vm(args) => vm::run(args),
         Command::Completions { shell } => {
             clap_complete::generate(*shell, &mut Cli::command(), "yeet", &mut std::io::stdout());

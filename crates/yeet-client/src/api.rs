@@ -240,4 +240,13 @@ impl Client {
     pub fn start_osquery_carve(&self, req: &StartCarve) -> Result<Campaign> {
         self.post(oq::CARVES, req)
     }
+
+    /// Streams a complete carve's archive into `out`; returns the server's SHA-256 of it.
+    pub fn download_carve(&self, id: i64, out: &mut dyn std::io::Write) -> Result<Option<String>> {
+        let headers = self.download(&oq::carve_archive(&id.to_string()), out)?;
+        Ok(headers
+            .get("x-yeet-sha256")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned))
+    }
 }

@@ -231,6 +231,29 @@ impl Client {
         content_type: Option<&str>,
         body: impl ureq::AsSendBody,
     ) -> Result<(u16, Vec<u8>), ClientError> {
+        let mut resp = self.signed_response(method, path_and_query, digest, content_type, body)?;
+        let status = resp.status().as_u16();
+        let bytes = resp
+            .body_mut()
+            .with_config()
+            .limit(64 << 20)
+            .read_to_vec()
+            .map_err(|e| ClientError::Unreachable {
+                url: self.base.clone(),
+                reason: e.to_string(),
+            })?;
+        Ok((status, bytes))
+    }
+
+    /// Signs and sends a request; the response's body is not read yet.
+    fn signed_response(
+        &self,
+        method: &str,
+        path_and_query: &str,
+        digest: &str,
+        content_type: Option<&str>,
+        body: impl ureq::AsSendBody,
+    ) -> Result<ureq::http::Response<ureq::Body>, ClientError> {
         let url = format!("{}{}", self.base, path_and_query);
         let headers = SignatureHeaders::sign_digest(
             &self.identity,
@@ -258,15 +281,35 @@ impl Client {
             url: url.clone(),
             reason: e.to_string(),
         })?;
-        let mut resp = self.agent.run(req).map_err(unreachable)?;
+        self.agent.run(req).map_err(unreachable)
+    }
+
+    /// A signed `GET` whose body is streamed into `out` (large downloads); returns the
+    /// response headers. An error status is decoded as usual.
+    pub fn download(
+        &self,
+        path: &str,
+        out: &mut dyn std::io::Write,
+    ) -> Result<ureq::http::HeaderMap, ClientError> {
+        let digest = yeet_proto::signing::body_digest(&[]);
+        let mut resp = self.signed_response("GET", path, &digest, None, ())?;
         let status = resp.status().as_u16();
-        let bytes = resp
-            .body_mut()
-            .with_config()
-            .limit(64 << 20)
-            .read_to_vec()
-            .map_err(unreachable)?;
-        Ok((status, bytes))
+        if status != 200 {
+            let bytes = resp.body_mut().read_to_vec().unwrap_or_default();
+            return self.decode::<serde_json::Value>(status, &bytes).and(Err(
+                ClientError::Unreachable {
+                    url: self.base.clone(),
+                    reason: format!("unexpected status {status}"),
+                },
+            ));
+        }
+        let headers = resp.headers().clone();
+        let mut reader = resp.body_mut().with_config().limit(u64::MAX).reader();
+        std::io::copy(&mut reader, out).map_err(|e| ClientError::Unreachable {
+            url: self.base.clone(),
+            reason: format!("the download broke off: {e}"),
+        })?;
+        Ok(headers)
     }
 
     /// Uploads a file with `PUT`, streamed; it is hashed first, since the signature covers

@@ -7,6 +7,7 @@ pub mod diff;
 pub mod host;
 pub mod key;
 pub mod log;
+pub mod osquery;
 pub mod pending;
 pub mod publish;
 pub mod releases;
