@@ -103,13 +103,14 @@ in
       description = "Open the port in the firewall.";
     };
     osquery = lib.mkOption {
-      type = lib.types.attrsOf lib.types.ints.unsigned;
+      type = lib.types.attrsOf (lib.types.oneOf [ lib.types.ints.unsigned lib.types.str ]);
       default = { };
-      example = { log_retention_days = 90; node_burst = 240; };
+      example = { log_retention_days = 90; forward_file = "/var/log/yeet/osquery-results.jsonl"; };
       description = ''
         The osquery remote API's limits (server.toml's [osquery]): max_body_bytes,
         log_retention_days, node_burst, node_refill_ms, max_block_bytes, max_carve_bytes,
-        max_open_carves, accelerate_secs. Unset keys keep the server's defaults.
+        max_open_carves, accelerate_secs, and forward_file or forward_url to send every result
+        line to a SIEM as JSON lines. Unset keys keep the server's defaults.
       '';
     };
 

@@ -136,9 +136,45 @@ fn enrollment_config_and_reenrollment() {
     );
 }
 
+/// A SIEM's HTTP intake: collects the bodies posted to it.
+fn siem() -> (String, std::sync::mpsc::Receiver<String>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/intake", listener.local_addr().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream);
+            let mut length = 0;
+            loop {
+                let mut header = String::new();
+                if reader.read_line(&mut header).unwrap_or(0) == 0 || header == "\r\n" {
+                    break;
+                }
+                if let Some(v) = header.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; length];
+            reader.read_exact(&mut body).unwrap();
+            let _ = reader
+                .get_mut()
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            let _ = tx.send(String::from_utf8(body).unwrap());
+        }
+    });
+    (url, rx)
+}
+
 #[test]
 fn logs_plain_gzip_old_format_and_bad_bodies() {
-    let server = server("[osquery]\nmax_body_bytes = 65536\n");
+    let forwarded = tempfile::tempdir().unwrap();
+    let file = forwarded.path().join("results.jsonl");
+    let (url, intake) = siem();
+    let server = server(&format!(
+        "[osquery]\nmax_body_bytes = 65536\nforward_file = \"{}\"\nforward_url = \"{url}\"\n",
+        file.display()
+    ));
     add_enroll_secret(&server, SECRET);
     let mut node = enrolled(&server, "web1");
     let line = node.result_line("users", "added", json!({"uid": "1000", "username": "ada"}));
@@ -223,6 +259,24 @@ fn logs_plain_gzip_old_format_and_bad_bodies() {
         client.osquery_logs(&LogFilter::default()).unwrap().len(),
         103
     );
+
+    // Every result line was forwarded, to the file and to the SIEM, as JSON lines.
+    let text = std::fs::read_to_string(&file).unwrap();
+    let records: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 102);
+    assert_eq!(records[0]["node"], "web1");
+    assert_eq!(records[0]["line"]["columns"]["username"], "ada");
+    let mut posted = 0;
+    while posted < 102 {
+        let body = intake
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .unwrap();
+        posted += body.lines().count();
+    }
+    assert_eq!(posted, 102);
 }
 
 #[test]

@@ -12,6 +12,9 @@
 //!   each decrypted with the server's key and re-encrypted to the request's one-time
 //!   recipient: the request's time (loopback, so nearly all of it is the server's), against
 //!   a fetch of one secret.
+//! - `osquery-logs [BATCHES] [NODES]`: osquery result-log ingest: NODES emulated osqueryd
+//!   nodes (default 4) each post BATCHES batches (default 20) of 1,000 result lines, plain
+//!   and gzip-compressed: result lines stored per second, and the gzip/plain ratio.
 //!
 //! Run release builds: `cargo run --release -p fleet-sim --bin yeet-bench -- latency`.
 
@@ -420,6 +423,67 @@ fn secrets(count: usize, rounds: usize) {
     println!("ratio {count}/1: {:.1}", median(&all) / median(&one));
 }
 
+/// One ingest run: result lines per second over `nodes` concurrent nodes.
+fn ingest_rate(server: &fleet_sim::Server, batches: usize, nodes: usize, gzip: bool) -> f64 {
+    use fleet_sim::osquery::Osqueryd;
+    let clients: Vec<Osqueryd> = (0..nodes)
+        .map(|i| {
+            let mut n = Osqueryd::new(&server.url, &format!("bench-{gzip}-{i}"), "bench-secret");
+            n.compress = gzip;
+            n.enroll().unwrap();
+            n
+        })
+        .collect();
+    let started = Instant::now();
+    let threads: Vec<_> = clients
+        .into_iter()
+        .map(|mut n| {
+            std::thread::spawn(move || {
+                for b in 0..batches {
+                    let lines = (0..1000)
+                        .map(|i| {
+                            n.result_line(
+                                "processes",
+                                "added",
+                                serde_json::json!({"pid": (b * 1000 + i).to_string(), "name": "nginx", "path": "/nix/store/abc-nginx/bin/nginx", "cmdline": "nginx -g daemon off;"}),
+                            )
+                        })
+                        .collect();
+                    n.log_results(lines).unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    (batches * nodes * 1000) as f64 / started.elapsed().as_secs_f64()
+}
+
+fn osquery_logs(batches: usize, nodes: usize) {
+    let server = fleet_sim::Server::start(fleet_sim::ServerOptions {
+        config: "[osquery]\nnode_burst = 100000\n".into(),
+        ..Default::default()
+    });
+    let secret = server.dir.path().join("enroll-secret");
+    std::fs::write(&secret, "bench-secret").unwrap();
+    server.yeet(&[
+        "secret",
+        "add",
+        "osquery-enroll",
+        "--from-file",
+        secret.to_str().unwrap(),
+    ]);
+    let plain = ingest_rate(&server, batches, nodes, false);
+    let gzip = ingest_rate(&server, batches, nodes, true);
+    println!("osquery log ingest: {nodes} nodes x {batches} batches of 1000 result lines (SQLite)");
+    println!("  plain: {plain:>10.0} lines/s");
+    println!(
+        "  gzip:  {gzip:>10.0} lines/s   (gzip/plain {:.2})",
+        gzip / plain
+    );
+}
+
 fn main() {
     fleet_sim::set_quiet(true);
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -435,8 +499,12 @@ fn main() {
             args.get(1).and_then(|a| a.parse().ok()).unwrap_or(10),
             args.get(2).and_then(|a| a.parse().ok()).unwrap_or(4),
         ),
+        Some("osquery-logs") => osquery_logs(
+            args.get(1).and_then(|a| a.parse().ok()).unwrap_or(20),
+            args.get(2).and_then(|a| a.parse().ok()).unwrap_or(4),
+        ),
         _ => eprintln!(
-            "usage: yeet-bench latency [HOSTS] | idle [SECONDS] | publish | checkins [SECONDS] [CLIENTS] | secrets [SECRETS] [ROUNDS]"
+            "usage: yeet-bench latency [HOSTS] | idle [SECONDS] | publish | checkins [SECONDS] [CLIENTS] | secrets [SECRETS] [ROUNDS] | osquery-logs [BATCHES] [NODES]"
         ),
     }
 }

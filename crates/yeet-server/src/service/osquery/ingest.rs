@@ -76,7 +76,22 @@ impl Service {
             .iter()
             .filter_map(|line| log_line(&node, req.log_type, line))
             .collect();
-        self.store.insert_log_lines(&lines, now()).await?;
+        let received_at = now();
+        self.store.insert_log_lines(&lines, received_at).await?;
+        if req.log_type == LogType::Result && self.osquery.forwarder.is_on() {
+            let mut batch = String::new();
+            for l in &lines {
+                let line: serde_json::Value = serde_json::from_str(&l.line).unwrap_or_default();
+                let record = serde_json::json!({"node": node.host_identifier, "received_at": received_at, "line": line});
+                batch.push_str(&record.to_string());
+                batch.push('\n');
+            }
+            self.osquery
+                .forwarder
+                .forward(batch)
+                .await
+                .map_err(|e| ServiceError::io("forwarding osquery results", e))?;
+        }
         Ok(Empty {})
     }
 

@@ -8,6 +8,7 @@
 //! and a second node claiming an already-linked host stays unlinked.
 
 mod admin;
+mod forward;
 mod ingest;
 
 use serde::Deserialize;
@@ -56,6 +57,10 @@ pub struct OsquerySettings {
     /// After a node is sent a distributed query it reads every second for this long, so
     /// that follow-up queries start at once (osquery's `accelerate`).
     pub accelerate_secs: u64,
+    /// Append every result line, as JSON lines, to this file (for a SIEM's file shipper).
+    pub forward_file: Option<std::path::PathBuf>,
+    /// Post every result line, as newline-delimited JSON batches, to this URL.
+    pub forward_url: Option<String>,
 }
 
 impl Default for OsquerySettings {
@@ -69,6 +74,8 @@ impl Default for OsquerySettings {
             max_carve_bytes: 1 << 30,
             max_open_carves: 4,
             accelerate_secs: 60,
+            forward_file: None,
+            forward_url: None,
         }
     }
 }
@@ -93,6 +100,8 @@ pub(crate) struct OsqueryState {
     per_source: RateLimiter<String>,
     /// The latest deadline of any campaign: reads skip the database once it passed.
     campaign_deadline: AtomicI64,
+    /// Where result lines are forwarded, if anywhere.
+    forwarder: forward::Forwarder,
 }
 
 impl OsqueryState {
@@ -108,6 +117,10 @@ impl OsqueryState {
                 Duration::from_millis(settings.node_refill_ms),
             ),
             per_source: RateLimiter::new(enroll_burst, enroll_refill),
+            forwarder: forward::Forwarder::new(
+                settings.forward_file.clone(),
+                settings.forward_url.clone(),
+            ),
             settings,
             nodes: RwLock::new(HashMap::new()),
             seen: Mutex::new(HashMap::new()),
