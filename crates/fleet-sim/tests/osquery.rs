@@ -500,7 +500,7 @@ fn yeet_query_fans_out_and_names_the_silent_and_carves_come_back_identical() {
     add_enroll_secret(&server, SECRET);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let archive: Vec<u8> = (0..25_000u32).map(|i| (i * 31 % 253) as u8).collect();
-    let answering: Vec<_> = ["web1", "web2"]
+    let answering: Vec<_> = ["web1", "web2", "db1"]
         .iter()
         .map(|n| serve_queries(enrolled(&server, n), archive.clone(), stop.clone()))
         .collect();
@@ -514,7 +514,7 @@ fn yeet_query_fans_out_and_names_the_silent_and_carves_come_back_identical() {
         "4",
     ]);
     assert!(
-        out.contains("web1: 1 rows") && out.contains("web2: 1 rows"),
+        out.contains("web1: 1 rows") && out.contains("web2: 1 rows") && out.contains("db1: 1 rows"),
         "{out}"
     );
     assert!(out.contains("no answer from: laptop"), "{out}");

@@ -15,5 +15,6 @@ mod docs;
 mod enrollment;
 mod harness;
 mod input;
+mod osquery;
 mod releases;
 mod secrets;

@@ -1,0 +1,126 @@
+//! osquery nodes and yeet hosts: a node is linked to the approved host its identifier or
+//! hostname names, a second node claiming the same host stays unlinked, and host names
+//! then select nodes in the schedule and in log filters. (The wire conformance suite runs
+//! against a real server process in fleet-sim's `tests/osquery.rs`.)
+
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+use yeet_proto::osquery::paths as oq;
+use yeet_server::service::ServiceConfig;
+
+use super::harness::*;
+
+const SECRET: &[u8] = b"enroll-me";
+
+async fn enroll(api: &Api, identifier: &str, hostname: &str) -> String {
+    let body = json!({
+        "enroll_secret": "enroll-me", "host_identifier": identifier, "platform_type": "9",
+        "host_details": {"system_info": {"hostname": hostname}}
+    });
+    let (status, answer) = api
+        .send(build(
+            "POST",
+            osquery_tls::paths::ENROLL,
+            &serde_json::to_vec(&body).unwrap(),
+            Sign::None,
+            None,
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    answer["node_key"].as_str().unwrap().to_owned()
+}
+
+async fn config(api: &Api, node_key: &str) -> Value {
+    let body = serde_json::to_vec(&json!({"node_key": node_key})).unwrap();
+    let (status, answer) = api
+        .send(build(
+            "POST",
+            osquery_tls::paths::CONFIG,
+            &body,
+            Sign::None,
+            None,
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    answer
+}
+
+#[tokio::test]
+async fn nodes_link_to_their_hosts_once_and_host_names_select_them() {
+    let api = Api::new(ServiceConfig::default()).await;
+    api.add_secret("osquery-enroll", SECRET, &[]).await;
+    let linked = enroll(&api, "a1b2-uuid", "host-a.example.org").await;
+    let impostor = enroll(&api, "impostor", "host-a").await;
+    let by_identifier = enroll(&api, "host-b", "localhost").await;
+    let nodes = api.ok("GET", oq::NODES, b"", Sign::By(&api.viewer)).await;
+    let host_of = |id: &str| {
+        nodes
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["host_identifier"] == id)
+            .unwrap()["host"]
+            .clone()
+    };
+    assert_eq!(host_of("a1b2-uuid"), "host-a");
+    assert_eq!(
+        host_of("impostor"),
+        Value::Null,
+        "a second claim on a host must not link"
+    );
+    assert_eq!(host_of("host-b"), "host-b");
+
+    // A query scheduled for host-a reaches its linked node only.
+    let query =
+        json!({"name": "only-a", "query": "SELECT 1", "interval_secs": 60, "hosts": ["host-a"]});
+    api.ok(
+        "POST",
+        oq::SCHEDULE,
+        &serde_json::to_vec(&query).unwrap(),
+        Sign::By(&api.admin),
+    )
+    .await;
+    assert!(config(&api, &linked).await["schedule"]["only-a"].is_object());
+    assert!(
+        config(&api, &impostor).await["schedule"]
+            .get("only-a")
+            .is_none()
+    );
+    assert!(
+        config(&api, &by_identifier).await["schedule"]
+            .get("only-a")
+            .is_none()
+    );
+
+    // Log filters take host names too.
+    let log = json!({"node_key": linked, "log_type": "status", "data": [{"severity": 0, "message": "hi"}]});
+    let (status, _) = api
+        .send(build(
+            "POST",
+            osquery_tls::paths::LOG,
+            &serde_json::to_vec(&log).unwrap(),
+            Sign::None,
+            None,
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let lines = api
+        .ok(
+            "GET",
+            "/v1/osquery/logs?host=host-a&kind=status",
+            b"",
+            Sign::By(&api.viewer),
+        )
+        .await;
+    assert_eq!(lines.as_array().unwrap().len(), 1);
+    assert_eq!(lines[0]["host"], "host-a");
+    let lines = api
+        .ok(
+            "GET",
+            "/v1/osquery/logs?host=impostor&kind=status",
+            b"",
+            Sign::By(&api.viewer),
+        )
+        .await;
+    assert!(lines.as_array().unwrap().is_empty());
+}
