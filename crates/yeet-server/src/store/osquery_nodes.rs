@@ -152,16 +152,6 @@ impl Store {
         Ok(())
     }
 
-    /// Removes a node by identifier; its key stops working. Returns its key hash.
-    pub async fn delete_node(&self, host_identifier: &str) -> Result<Option<String>, StoreError> {
-        Ok(sqlx::query_scalar(
-            "DELETE FROM osquery_nodes WHERE host_identifier = $1 RETURNING node_key_hash",
-        )
-        .bind(host_identifier)
-        .fetch_optional(&self.pool)
-        .await?)
-    }
-
     pub async fn list_scheduled_queries(&self) -> Result<Vec<ScheduledQueryRow>, StoreError> {
         Ok(
             sqlx::query_as::<_, ScheduledQueryRow>(sqlx::AssertSqlSafe(format!(

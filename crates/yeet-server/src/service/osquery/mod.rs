@@ -195,7 +195,7 @@ impl Service {
         Ok(node)
     }
 
-    /// Forgets a node key (after re-enrollment or removal here or on another replica).
+    /// Forgets a node key (after re-enrollment, here or on another replica).
     pub(crate) async fn forget_node_key(&self, hash: &str) {
         self.osquery.nodes.write().await.remove(hash);
     }
