@@ -151,7 +151,16 @@ pub fn facts() -> Facts {
         os: std::env::consts::OS.into(),
         arch: std::env::consts::ARCH.into(),
         agent_version: env!("CARGO_PKG_VERSION").into(),
+        hardware_uuid: hardware_uuid(),
     }
+}
+
+/// The DMI product UUID (root may read it), as osquery reports it: upper case. Empty on
+/// machines without one (containers, most ARM boards) or when it cannot be read.
+fn hardware_uuid() -> String {
+    std::fs::read_to_string("/sys/class/dmi/id/product_uuid")
+        .map(|s| s.trim().to_ascii_uppercase())
+        .unwrap_or_default()
 }
 
 /// Sleeps `d`, waking early for a stop request (checked every 100 ms) or `check_now`.

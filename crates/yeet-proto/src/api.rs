@@ -174,6 +174,10 @@ pub struct Facts {
     pub os: String,
     pub arch: String,
     pub agent_version: String,
+    /// The machine's hardware (DMI) UUID, when it has one: what osquery reports as
+    /// `system_info.uuid`, so that osquery nodes link to their hosts by it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub hardware_uuid: String,
 }
 
 /// Sent by an agent, signed by the key it registers: proof that it holds the key.

@@ -181,8 +181,18 @@ async fn hosts_rename_remove_and_report(db: &TestDb) {
         os: "nixos".into(),
         arch: "aarch64".into(),
         agent_version: "9".into(),
+        hardware_uuid: "4C4C4544-0042".into(),
     };
     s.update_host_report(a, &report, 50).await.unwrap();
+    assert_eq!(
+        s.host_by_hardware_uuid("4C4C4544-0042")
+            .await
+            .unwrap()
+            .unwrap()
+            .id,
+        a
+    );
+    assert!(s.host_by_hardware_uuid("other").await.unwrap().is_none());
     s.touch_hosts(&[(a, 70), (a, 60)]).await.unwrap();
     let c = s.host_by_name("c").await.unwrap().unwrap();
     assert_eq!(

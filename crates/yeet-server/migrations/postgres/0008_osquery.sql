@@ -20,6 +20,10 @@ CREATE TABLE osquery_nodes (
 -- One node per yeet host: a second node claiming the same host stays unlinked.
 CREATE UNIQUE INDEX osquery_nodes_host ON osquery_nodes (host_id) WHERE host_id IS NOT NULL;
 
+-- The DMI UUID each host's agent reports, which osquery reports as system_info.uuid.
+ALTER TABLE hosts ADD COLUMN hardware_uuid TEXT NOT NULL DEFAULT '';
+CREATE INDEX hosts_hardware_uuid ON hosts (hardware_uuid);
+
 -- Scheduled queries; pack '' is the top-level schedule. hosts: JSON array of host names or
 -- node identifiers, empty for every node.
 CREATE TABLE osquery_queries (

@@ -71,6 +71,7 @@ impl Service {
                 os: row.os,
                 arch: row.arch,
                 agent_version: row.agent_version,
+                hardware_uuid: row.hardware_uuid,
             },
         }
     }
@@ -215,6 +216,7 @@ impl Service {
             os: clean_line(&req.facts.os, 64),
             arch: clean_line(&req.facts.arch, 64),
             agent_version: clean_line(&req.facts.agent_version, 64),
+            hardware_uuid: clean_line(&req.facts.hardware_uuid, 64).to_ascii_uppercase(),
         };
         self.record_report(host_id, report).await?;
         // Long-poll: subscribe before looking, so that a release landing in between wakes us.

@@ -29,6 +29,8 @@ pub struct HostRow {
     pub last_result_path: Option<String>,
     /// People at the host may detach it (0 or 1).
     pub allow_detach: i64,
+    /// The DMI UUID the agent reports ('' when none): osquery nodes link by it.
+    pub hardware_uuid: String,
 }
 
 /// What a host last reported; written only when it changes.
@@ -41,9 +43,10 @@ pub struct HostReport {
     pub os: String,
     pub arch: String,
     pub agent_version: String,
+    pub hardware_uuid: String,
 }
 
-pub(super) const HOST_COLUMNS: &str = "id, name, key_id, public_key, approved_at, approved_by, last_seen, current_system, booted_system, state, os, arch, agent_version, last_result, last_result_path, allow_detach";
+pub(super) const HOST_COLUMNS: &str = "id, name, key_id, public_key, approved_at, approved_by, last_seen, current_system, booted_system, state, os, arch, agent_version, last_result, last_result_path, allow_detach, hardware_uuid";
 
 impl Store {
     pub async fn host_by_key(&self, key_id: &str) -> Result<Option<HostRow>, StoreError> {
@@ -52,6 +55,17 @@ impl Store {
 
     pub async fn host_by_name(&self, name: &str) -> Result<Option<HostRow>, StoreError> {
         self.host_where("name", name.to_owned()).await
+    }
+
+    /// The host reporting this hardware UUID, if exactly one does.
+    pub async fn host_by_hardware_uuid(&self, uuid: &str) -> Result<Option<HostRow>, StoreError> {
+        let mut rows = sqlx::query_as::<_, HostRow>(sqlx::AssertSqlSafe(format!(
+            "SELECT {HOST_COLUMNS} FROM hosts WHERE hardware_uuid = $1 LIMIT 2"
+        )))
+        .bind(uuid)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(if rows.len() == 1 { rows.pop() } else { None })
     }
 
     pub async fn host_by_id(&self, id: i64) -> Result<Option<HostRow>, StoreError> {
@@ -160,7 +174,7 @@ impl Store {
         report: &HostReport,
         now: i64,
     ) -> Result<(), StoreError> {
-        sqlx::query("UPDATE hosts SET current_system = $1, booted_system = $2, state = $3, os = $4, arch = $5, agent_version = $6, last_seen = $7 WHERE id = $8")
+        sqlx::query("UPDATE hosts SET current_system = $1, booted_system = $2, state = $3, os = $4, arch = $5, agent_version = $6, last_seen = $7, hardware_uuid = $9 WHERE id = $8")
             .bind(&report.current_system)
             .bind(&report.booted_system)
             .bind(report.state.as_str())
@@ -169,6 +183,7 @@ impl Store {
             .bind(&report.agent_version)
             .bind(now)
             .bind(host_id)
+            .bind(&report.hardware_uuid)
             .execute(&self.pool)
             .await?;
         Ok(())

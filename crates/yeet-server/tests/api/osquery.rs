@@ -13,9 +13,13 @@ use super::harness::*;
 const SECRET: &[u8] = b"enroll-me";
 
 async fn enroll(api: &Api, identifier: &str, hostname: &str) -> String {
+    enroll_with_uuid(api, identifier, hostname, "").await
+}
+
+async fn enroll_with_uuid(api: &Api, identifier: &str, hostname: &str, uuid: &str) -> String {
     let body = json!({
         "enroll_secret": "enroll-me", "host_identifier": identifier, "platform_type": "9",
-        "host_details": {"system_info": {"hostname": hostname}}
+        "host_details": {"system_info": {"hostname": hostname, "uuid": uuid}}
     });
     let (status, answer) = api
         .send(build(
@@ -123,4 +127,59 @@ async fn nodes_link_to_their_hosts_once_and_host_names_select_them() {
         )
         .await;
     assert!(lines.as_array().unwrap().is_empty());
+}
+
+/// The hardware UUID the agent reports links a node whose names say nothing.
+#[tokio::test]
+async fn nodes_link_by_the_hardware_uuid_the_agent_reports() {
+    let api = Api::new(ServiceConfig::default()).await;
+    api.add_secret("osquery-enroll", SECRET, &[]).await;
+    let checkin = json!({"current_system": null, "booted_system": null,
+        "facts": {"os": "linux", "arch": "x86_64", "agent_version": "1", "hardware_uuid": "4c4c4544-0042-3510-8050-b4c04f564732"}});
+    let body = serde_json::to_vec(&checkin).unwrap();
+    api.ok(
+        "POST",
+        yeet_proto::api::paths::CHECKIN,
+        &body,
+        Sign::By(&api.host_b),
+    )
+    .await;
+    let shown = api
+        .ok(
+            "GET",
+            &yeet_proto::api::paths::host("host-b"),
+            b"",
+            Sign::By(&api.viewer),
+        )
+        .await;
+    assert_eq!(
+        shown["facts"]["hardware_uuid"],
+        "4C4C4544-0042-3510-8050-B4C04F564732"
+    );
+    enroll_with_uuid(
+        &api,
+        "laptop-7f3a",
+        "localhost",
+        "4C4C4544-0042-3510-8050-B4C04F564732",
+    )
+    .await;
+    enroll_with_uuid(
+        &api,
+        "stranger",
+        "localhost",
+        "00000000-0000-0000-0000-000000000000",
+    )
+    .await;
+    let nodes = api.ok("GET", oq::NODES, b"", Sign::By(&api.viewer)).await;
+    let host_of = |id: &str| {
+        nodes
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["host_identifier"] == id)
+            .unwrap()["host"]
+            .clone()
+    };
+    assert_eq!(host_of("laptop-7f3a"), "host-b");
+    assert_eq!(host_of("stranger"), Value::Null);
 }

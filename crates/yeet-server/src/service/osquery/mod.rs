@@ -231,7 +231,7 @@ impl Service {
             host_identifier: identifier.to_owned(),
             node_key_hash: key_hash(&node_key),
             hostname: clip(details.hostname()),
-            hardware_uuid: clip(details.hardware_uuid()),
+            hardware_uuid: clip(details.hardware_uuid()).to_ascii_uppercase(),
             platform: req
                 .platform_type
                 .and_then(osquery_tls::enroll::platform_name)
@@ -283,11 +283,19 @@ impl Service {
         Ok(Sha256::digest(text.trim().as_bytes()).into())
     }
 
-    /// Links a node to the yeet host its hostname or identifier names, when exactly that
-    /// host exists and has no node yet.
+    /// Links a node to the yeet host whose agent reports the node's hardware UUID or, failing
+    /// that, whose name is the node's hostname or identifier, when that host has no node yet.
     async fn link_node(&self, node: &NodeRow) -> Result<()> {
         if node.host_id.is_some() {
             return Ok(());
+        }
+        if !node.hardware_uuid.is_empty()
+            && let Some(host) = self
+                .store
+                .host_by_hardware_uuid(&node.hardware_uuid)
+                .await?
+        {
+            return self.link_to(node, host.id, &host.name).await;
         }
         let short = |n: &str| n.split('.').next().unwrap_or(n).to_owned();
         let mut candidates = vec![node.host_identifier.clone(), short(&node.host_identifier)];
@@ -297,13 +305,17 @@ impl Service {
         }
         for name in candidates {
             if let Some(host) = self.store.host_by_name(&name).await? {
-                if self.store.link_node(node.id, host.id).await? {
-                    tracing::info!(node = %node.host_identifier, host = %host.name, "osquery node linked to its host");
-                } else {
-                    tracing::warn!(node = %node.host_identifier, host = %host.name, "another osquery node is linked to this host; this one stays unlinked");
-                }
-                return Ok(());
+                return self.link_to(node, host.id, &host.name).await;
             }
+        }
+        Ok(())
+    }
+
+    async fn link_to(&self, node: &NodeRow, host_id: i64, host: &str) -> Result<()> {
+        if self.store.link_node(node.id, host_id).await? {
+            tracing::info!(node = %node.host_identifier, host, "osquery node linked to its host");
+        } else {
+            tracing::warn!(node = %node.host_identifier, host, "another osquery node is linked to this host; this one stays unlinked");
         }
         Ok(())
     }
