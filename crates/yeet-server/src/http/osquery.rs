@@ -40,7 +40,7 @@ impl From<ServiceError> for OsqueryError {
 impl IntoResponse for OsqueryError {
     fn into_response(self) -> Response {
         let status = self.0.status();
-        if self.0.code == ErrorCode::NodeInvalid {
+        if self.0.code == ErrorCode::OsqueryUnauthorized {
             (status, Json(NodeInvalid::new(self.0.message))).into_response()
         } else {
             (

@@ -135,7 +135,7 @@ fn key_hash(node_key: &str) -> String {
 }
 
 fn node_invalid(message: &str) -> ServiceError {
-    ServiceError::refused(ErrorCode::NodeInvalid, message)
+    ServiceError::refused(ErrorCode::OsqueryUnauthorized, message)
 }
 
 fn invalid_request(message: impl Into<String>) -> ServiceError {
