@@ -484,7 +484,8 @@ fn serve_queries(
                     let order: Vec<u64> = (0..archive.len().div_ceil(1000) as u64).rev().collect();
                     node.carve(id, &archive, 1000, &order).unwrap();
                 }
-                let rows = json!([{"host": node.host_identifier, "sql": sql}]);
+                // A hostile node's row tries to drive the operator's terminal.
+                let rows = json!([{"host": node.host_identifier, "sql": sql, "note": "\u{1b}]0;owned\u{7}\u{1b}[2J"}]);
                 let write = json!({"queries": {id: rows}, "statuses": {id: 0}});
                 node.call(osquery_tls::paths::DISTRIBUTED_WRITE, write, false)
                     .unwrap();
@@ -518,6 +519,10 @@ fn yeet_query_fans_out_and_names_the_silent_and_carves_come_back_identical() {
         "{out}"
     );
     assert!(out.contains("no answer from: laptop"), "{out}");
+    assert!(
+        !out.contains('\u{1b}') && !out.contains('\u{7}'),
+        "a node's row reached the terminal raw: {out:?}"
+    );
     let campaign: yeet_proto::osquery::Campaign =
         server.yeet_json(&["query", "SELECT 1", "--host", "web1", "--timeout", "4"]);
     assert_eq!(campaign.targets[0].rows[0]["sql"], "SELECT 1");

@@ -151,16 +151,20 @@ pub fn facts() -> Facts {
         os: std::env::consts::OS.into(),
         arch: std::env::consts::ARCH.into(),
         agent_version: env!("CARGO_PKG_VERSION").into(),
-        hardware_uuid: hardware_uuid(),
+        hardware_uuid: hardware_uuid().to_owned(),
     }
 }
 
 /// The DMI product UUID (root may read it), as osquery reports it: upper case. Empty on
-/// machines without one (containers, most ARM boards) or when it cannot be read.
-fn hardware_uuid() -> String {
-    std::fs::read_to_string("/sys/class/dmi/id/product_uuid")
-        .map(|s| s.trim().to_ascii_uppercase())
-        .unwrap_or_default()
+/// machines without one (containers, most ARM boards) or when it cannot be read. Read
+/// once: it cannot change while the machine runs, and facts go with every check-in.
+fn hardware_uuid() -> &'static str {
+    static UUID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    UUID.get_or_init(|| {
+        std::fs::read_to_string("/sys/class/dmi/id/product_uuid")
+            .map(|s| s.trim().to_ascii_uppercase())
+            .unwrap_or_default()
+    })
 }
 
 /// Sleeps `d`, waking early for a stop request (checked every 100 ms) or `check_now`.

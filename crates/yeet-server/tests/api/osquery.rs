@@ -49,6 +49,16 @@ async fn config(api: &Api, node_key: &str) -> Value {
     answer
 }
 
+/// The host a node is linked to in a `GET /v1/osquery/nodes` answer (null: unlinked).
+fn linked_host(nodes: &Value, identifier: &str) -> Value {
+    let node = nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["host_identifier"] == identifier);
+    node.unwrap()["host"].clone()
+}
+
 #[tokio::test]
 async fn nodes_link_to_their_hosts_once_and_host_names_select_them() {
     let api = Api::new(ServiceConfig::default()).await;
@@ -57,15 +67,7 @@ async fn nodes_link_to_their_hosts_once_and_host_names_select_them() {
     let impostor = enroll(&api, "impostor", "host-a").await;
     let by_identifier = enroll(&api, "host-b", "localhost").await;
     let nodes = api.ok("GET", oq::NODES, b"", Sign::By(&api.viewer)).await;
-    let host_of = |id: &str| {
-        nodes
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|n| n["host_identifier"] == id)
-            .unwrap()["host"]
-            .clone()
-    };
+    let host_of = |id: &str| linked_host(&nodes, id);
     assert_eq!(host_of("a1b2-uuid"), "host-a");
     assert_eq!(
         host_of("impostor"),
@@ -171,15 +173,7 @@ async fn nodes_link_by_the_hardware_uuid_the_agent_reports() {
     )
     .await;
     let nodes = api.ok("GET", oq::NODES, b"", Sign::By(&api.viewer)).await;
-    let host_of = |id: &str| {
-        nodes
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|n| n["host_identifier"] == id)
-            .unwrap()["host"]
-            .clone()
-    };
+    let host_of = |id: &str| linked_host(&nodes, id);
     assert_eq!(host_of("laptop-7f3a"), "host-b");
     assert_eq!(host_of("stranger"), Value::Null);
 }
