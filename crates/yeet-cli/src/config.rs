@@ -1,5 +1,6 @@
 //! CLI configuration: `~/.config/yeet/config.toml` (or `$XDG_CONFIG_HOME/yeet/config.toml`,
-//! or `--config`), then `YEET_SERVER` / `YEET_KEY` / `YEET_CA_CERT`, then flags.
+//! or `--config`), then `YEET_SERVER` / `YEET_KEY` / `YEET_CA_CERT` (and `yeet publish`'s
+//! `YEET_COMPRESSION` / `YEET_SIGNING_KEY`), then flags.
 
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
@@ -11,6 +12,10 @@ pub struct FileConfig {
     pub server: Option<String>,
     pub key: Option<PathBuf>,
     pub ca_cert: Option<PathBuf>,
+    /// `yeet publish`: how NARs are compressed in the embedded cache.
+    pub compression: Option<crate::pack::Compression>,
+    /// `yeet publish`: the Nix secret key that signs what is uploaded.
+    pub signing_key: Option<PathBuf>,
 }
 
 /// `$XDG_CONFIG_HOME/yeet`, else `~/.config/yeet`.

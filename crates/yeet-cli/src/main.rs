@@ -6,6 +6,7 @@ mod commands;
 mod config;
 mod flake;
 mod output;
+mod pack;
 mod push;
 
 use anyhow::Result;

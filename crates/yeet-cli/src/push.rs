@@ -5,13 +5,19 @@
 
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
+use sha2::Digest;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use yeet_client::Client;
 
+use crate::pack::{Compression, Spooled, pack, sign, store_infos};
+
 pub enum Target {
-    Embedded { signing_key: Option<PathBuf> },
+    Embedded {
+        signing_key: Option<PathBuf>,
+        compression: Compression,
+    },
     Cache(String),
     Command(String),
 }
@@ -58,14 +64,21 @@ fn nix_command() -> Command {
     c
 }
 
-/// Pushes the closures of `paths`; returns how many store paths were transferred.
-pub fn push(client: &Client, target: &Target, paths: &[String]) -> Result<usize> {
+/// Pushes the closures of `paths`; reports what was transferred.
+pub fn push(client: &Client, target: &Target, paths: &[String]) -> Result<PushReport> {
+    // Another tool decides what to transfer; the report can only give the closure's size.
+    let by_another_tool = || -> Result<PushReport> {
+        Ok(PushReport {
+            closure_paths: closure(paths)?.len(),
+            ..PushReport::default()
+        })
+    };
     match target {
         Target::Cache(url) => {
             let spinner = spinner(&format!("nix copy --to {url}"));
             nix_copy(url, paths)?;
             spinner.finish_and_clear();
-            Ok(paths.len())
+            by_another_tool()
         }
         Target::Command(cmd) => {
             let spinner = spinner(cmd);
@@ -79,9 +92,12 @@ pub fn push(client: &Client, target: &Target, paths: &[String]) -> Result<usize>
                 cmd,
             )?;
             spinner.finish_and_clear();
-            Ok(paths.len())
+            by_another_tool()
         }
-        Target::Embedded { signing_key } => push_embedded(client, signing_key.as_deref(), paths),
+        Target::Embedded {
+            signing_key,
+            compression,
+        } => push_embedded(client, signing_key.as_deref(), *compression, paths),
     }
 }
 
@@ -138,62 +154,210 @@ fn hash_part(path: &str) -> Result<String> {
         .to_owned())
 }
 
-fn push_embedded(client: &Client, signing_key: Option<&Path>, paths: &[String]) -> Result<usize> {
-    let mut missing = Vec::new();
-    for p in closure(paths)? {
-        if client
-            .get_public(&format!("/cache/{}.narinfo", hash_part(&p)?))?
-            .is_none()
-        {
-            missing.push(p);
-        }
-    }
-    if missing.is_empty() {
-        return Ok(0);
-    }
-    // Let Nix pack the NARs and write the narinfos (with the signing key, if any), then
-    // upload what it wrote.
-    let staging = tempfile::tempdir().context("cannot create a staging directory")?;
-    let mut url = format!("file://{}?compression=xz", staging.path().display());
-    if let Some(key) = signing_key {
-        url.push_str(&format!("&secret-key={}", key.display()));
-    }
-    let packing = spinner(&format!("packing {} store paths", missing.len()));
-    nix_copy(&url, &missing)?;
-    packing.finish_and_clear();
+/// What a push did, for `yeet publish`'s summary and `--json`.
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PushReport {
+    /// Store paths in the published closures.
+    pub closure_paths: usize,
+    /// Paths uploaded; `None` when another tool (`nix copy`, a push command) decided.
+    pub pushed_paths: Option<usize>,
+    /// Bytes uploaded (compressed NARs), and the same NARs uncompressed.
+    pub pushed_bytes: u64,
+    pub pushed_nar_bytes: u64,
+    /// Paths the cache already had.
+    pub skipped_paths: usize,
+}
 
-    let mut infos = BTreeMap::new();
-    for p in &missing {
-        let hash = hash_part(p)?;
-        let file = staging.path().join(format!("{hash}.narinfo"));
-        let text = std::fs::read_to_string(&file)
-            .with_context(|| format!("nix copy wrote no narinfo for {p}"))?;
-        let info =
-            nix_meta::NarInfo::parse(&text).with_context(|| format!("{}", file.display()))?;
-        infos.insert(hash, info);
+/// The embedded cache's answer for a closure: the paths it lacks, and the keys it wants.
+fn missing_in_cache(
+    client: &Client,
+    closure: &[String],
+) -> Result<(Vec<String>, Vec<nix_meta::PublicKey>)> {
+    let mut missing = Vec::new();
+    let mut trusted = Vec::new();
+    for part in closure.chunks(yeet_proto::api::MAX_CACHE_QUERY_PATHS) {
+        let hashes = part
+            .iter()
+            .map(|p| hash_part(p))
+            .collect::<Result<Vec<_>>>()?;
+        let answer = client.cache_missing(&yeet_proto::api::CacheMissingRequest { hashes })?;
+        let wanted: BTreeSet<String> = answer.missing.into_iter().collect();
+        for p in part {
+            if wanted.contains(&hash_part(p)?) {
+                missing.push(p.clone());
+            }
+        }
+        trusted = answer
+            .trusted_keys
+            .iter()
+            .map(|k| {
+                k.parse().with_context(|| {
+                    format!("the server sent a trusted key that is not one: {k:?}")
+                })
+            })
+            .collect::<Result<_>>()?;
     }
-    let order = dependencies_first(&infos);
-    let total: u64 = order.iter().map(|h| infos[h].file_size.unwrap_or(0)).sum();
-    let bar = ProgressBar::new(total).with_style(
-        ProgressStyle::with_template("uploading {pos}/{len} bytes [{bar:30}] {msg}")
+    Ok((missing, trusted))
+}
+
+/// Refuses, before anything is uploaded, paths no key the server trusts has signed.
+fn check_signed(infos: &[nix_meta::PathInfo], trusted: &[nix_meta::PublicKey]) -> Result<()> {
+    if trusted.is_empty() {
+        return Ok(());
+    }
+    let unsigned: Vec<String> = infos
+        .iter()
+        .filter(|i| i.verify(trusted).is_err())
+        .map(|i| i.store_path.to_string())
+        .collect();
+    if let Some(first) = unsigned.first() {
+        let names: Vec<&str> = trusted.iter().map(|k| k.name.as_str()).collect();
+        bail!(
+            "{} of {} store path(s) to upload are not signed by a key the server trusts ({}), e.g. {first}; nothing was uploaded. Sign them with --signing-key FILE (whose public key is in the server's trusted_cache_keys)",
+            unsigned.len(),
+            infos.len(),
+            names.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// Runs `work` on every item from `workers` threads; stops at the first error.
+fn in_parallel<T: Sync>(
+    items: &[T],
+    workers: usize,
+    work: impl Fn(&T) -> Result<()> + Sync,
+) -> Result<()> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    let ordering = std::sync::atomic::Ordering::SeqCst;
+    std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..workers.max(1))
+            .map(|_| {
+                scope.spawn(|| -> Result<()> {
+                    while !failed.load(ordering) {
+                        let Some(item) = items.get(next.fetch_add(1, ordering)) else {
+                            return Ok(());
+                        };
+                        work(item).inspect_err(|_| failed.store(true, ordering))?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| {
+                t.join()
+                    .unwrap_or_else(|_| bail!("an upload thread panicked"))
+            })
+            .collect::<Result<Vec<()>>>()
+            .map(drop)
+    })
+}
+
+/// Uploads in parallel: as many as the server lets one key run at once (4 by default).
+const UPLOAD_WORKERS: usize = 4;
+
+fn push_embedded(
+    client: &Client,
+    signing_key: Option<&Path>,
+    compression: Compression,
+    paths: &[String],
+) -> Result<PushReport> {
+    let closure = closure(paths)?;
+    let (missing, trusted) = missing_in_cache(client, &closure)?;
+    let mut report = PushReport {
+        closure_paths: closure.len(),
+        pushed_paths: Some(missing.len()),
+        skipped_paths: closure.len() - missing.len(),
+        ..PushReport::default()
+    };
+    if missing.is_empty() {
+        return Ok(report);
+    }
+    let mut infos = store_infos(&missing)?;
+    if let Some(file) = signing_key {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read the signing key {}", file.display()))?;
+        let key: nix_meta::SecretKey = text.trim().parse().with_context(|| {
+            format!(
+                "{} is not a Nix secret key (nix-store --generate-binary-cache-key writes one)",
+                file.display()
+            )
+        })?;
+        sign(&mut infos, &key);
+    }
+    check_signed(&infos, &trusted)?;
+    // Largest first, so that one big path does not start last and run alone.
+    infos.sort_by_key(|i| std::cmp::Reverse(i.nar_size));
+    report.pushed_nar_bytes = infos.iter().map(|i| i.nar_size).sum();
+    let bar = ProgressBar::new(report.pushed_nar_bytes).with_style(
+        ProgressStyle::with_template("packing and uploading {binary_bytes}/{binary_total_bytes} [{bar:30}] {binary_bytes_per_sec}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    for hash in &order {
-        let info = &infos[hash];
-        bar.set_message(info.store_path.name().to_owned());
-        // NAR first, narinfo last: a visible narinfo always has its NAR.
-        client.put_file(
-            &format!("/cache/{}", info.url),
-            &staging.path().join(&info.url),
-        )?;
-        client.put_file(
-            &format!("/cache/{hash}.narinfo"),
-            &staging.path().join(format!("{hash}.narinfo")),
-        )?;
-        bar.inc(info.file_size.unwrap_or(0));
-    }
+    let narinfos = std::sync::Mutex::new(BTreeMap::new());
+    let workers = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .min(UPLOAD_WORKERS);
+    in_parallel(&infos, workers, |info| {
+        let packed = pack(info, compression, &bar)?;
+        let url = format!("/cache/{}", packed.narinfo.url);
+        match packed.file {
+            Spooled::Memory(bytes) => {
+                client.put_hashed(&url, &packed.file_sha256, bytes.as_slice())?
+            }
+            Spooled::File(file) => client.put_hashed(&url, &packed.file_sha256, file)?,
+        }
+        let hash = packed.narinfo.store_path.hash_part().to_owned();
+        narinfos
+            .lock()
+            .map_err(|_| anyhow::anyhow!("an upload thread panicked"))?
+            .insert(hash, packed.narinfo);
+        Ok(())
+    })?;
     bar.finish_and_clear();
-    Ok(order.len())
+    let narinfos = narinfos
+        .into_inner()
+        .map_err(|_| anyhow::anyhow!("an upload thread panicked"))?;
+    report.pushed_bytes = narinfos.values().map(|n| n.file_size.unwrap_or(0)).sum();
+    // NARs first, narinfos last and dependencies first: a visible narinfo always has its
+    // NAR and, once its level is done, its references.
+    for level in dependency_levels(&narinfos) {
+        in_parallel(&level, UPLOAD_WORKERS, |hash| {
+            let text = narinfos[hash].to_text();
+            let digest: [u8; 32] = sha2::Sha256::digest(text.as_bytes()).into();
+            Ok(client.put_hashed(&format!("/cache/{hash}.narinfo"), &digest, text.as_bytes())?)
+        })?;
+    }
+    Ok(report)
+}
+
+/// Groups narinfos into levels: each path's references (within the set) are in earlier
+/// levels, so each level can be uploaded in parallel.
+fn dependency_levels(infos: &BTreeMap<String, nix_meta::NarInfo>) -> Vec<Vec<String>> {
+    let mut level_of: BTreeMap<&str, usize> = BTreeMap::new();
+    for hash in dependencies_first(infos) {
+        let level = infos[&hash]
+            .references
+            .iter()
+            .filter(|r| r.hash_part() != hash)
+            .filter_map(|r| level_of.get(r.hash_part()))
+            .map(|l| l + 1)
+            .max()
+            .unwrap_or(0);
+        if let Some((key, _)) = infos.get_key_value(&hash) {
+            level_of.insert(key.as_str(), level);
+        }
+    }
+    let mut levels: Vec<Vec<String>> = Vec::new();
+    for (hash, level) in level_of {
+        if levels.len() <= level {
+            levels.resize(level + 1, Vec::new());
+        }
+        levels[level].push(hash.to_owned());
+    }
+    levels
 }
 
 /// Orders narinfos so that every path comes after the paths it references.

@@ -4,9 +4,10 @@
 
 use yeet_proto::api::{
     Activation, ActivationLog, ActivationReport, ApproveRequest, CacheGcReport, CacheGcRequest,
-    CheckinRequest, CheckinResponse, CreateReleaseRequest, DetachRequest, Detachment, HostInfo,
-    HostPolicy, Limit, PendingRegistration, RegisterRequest, RegisterResponse, RejectRequest,
-    Release, ReleaseFilter, RenameRequest, RollbackRequest, WhoAmI, paths,
+    CacheMissingRequest, CacheMissingResponse, CheckinRequest, CheckinResponse,
+    CreateReleaseRequest, DetachRequest, Detachment, HostInfo, HostPolicy, Limit,
+    PendingRegistration, RegisterRequest, RegisterResponse, RejectRequest, Release, ReleaseFilter,
+    RenameRequest, RollbackRequest, WhoAmI, paths,
 };
 
 use yeet_proto::secrets::{
@@ -132,6 +133,11 @@ impl Client {
 
     pub fn rollback(&self, req: &RollbackRequest) -> Result<Release> {
         self.post(paths::ROLLBACK, req)
+    }
+
+    /// Which store path hashes the embedded cache lacks, and the keys it requires.
+    pub fn cache_missing(&self, req: &CacheMissingRequest) -> Result<CacheMissingResponse> {
+        self.post(paths::CACHE_MISSING, req)
     }
 
     pub fn cache_gc(&self, req: &CacheGcRequest) -> Result<CacheGcReport> {

@@ -312,22 +312,16 @@ impl Client {
         Ok(headers)
     }
 
-    /// Uploads a file with `PUT`, streamed; it is hashed first, since the signature covers
-    /// the body's digest.
-    pub fn put_file(&self, path: &str, file: &Path) -> Result<(), ClientError> {
-        use sha2::Digest;
-        let read_err = |e: std::io::Error| ClientError::Unreachable {
-            url: self.base.clone(),
-            reason: format!("cannot read {}: {e}", file.display()),
-        };
-        let mut hasher = sha2::Sha256::new();
-        std::io::copy(
-            &mut std::fs::File::open(file).map_err(read_err)?,
-            &mut hasher,
-        )
-        .map_err(read_err)?;
-        let digest = hex::encode(hasher.finalize());
-        let body = std::fs::File::open(file).map_err(read_err)?;
+    /// Uploads `body` with `PUT`, streamed. The caller computed the body's SHA-256 while
+    /// producing it (the signature covers the digest, so it must be known before the first
+    /// byte is sent).
+    pub fn put_hashed(
+        &self,
+        path: &str,
+        sha256: &[u8; 32],
+        body: impl ureq::AsSendBody,
+    ) -> Result<(), ClientError> {
+        let digest = hex::encode(sha256);
         let (status, bytes) =
             self.send_signed("PUT", path, &digest, Some("application/octet-stream"), body)?;
         self.decode::<serde_json::Value>(status, &bytes).map(drop)

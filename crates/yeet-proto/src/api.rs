@@ -18,6 +18,7 @@ pub mod paths {
     pub const RELEASES: &str = "/v1/releases";
     pub const ROLLBACK: &str = "/v1/releases/rollback";
     pub const CACHE_GC: &str = "/v1/cache/gc";
+    pub const CACHE_MISSING: &str = "/v1/cache/missing";
     pub const SECRETS: &str = "/v1/secrets";
     /// Not under `/v1/secrets/`, where it would shadow a secret of that name.
     pub const SECRETS_RECIPIENT: &str = "/v1/secrets-recipient";
@@ -480,6 +481,28 @@ pub struct CacheGcReport {
     pub deleted_paths: u64,
     pub deleted_files: u64,
     pub bytes_freed: u64,
+}
+
+/// The most store paths one [`CacheMissingRequest`] may ask about: about 700 KB of JSON,
+/// under the server's default 1 MiB body limit. Larger closures ask in chunks.
+pub const MAX_CACHE_QUERY_PATHS: usize = 20_000;
+
+/// Which of these store paths the embedded cache lacks: one request for a whole closure,
+/// where a narinfo `GET` per path would cost a round trip each.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CacheMissingRequest {
+    /// Store path hash parts (the 32 characters after `/nix/store/`).
+    pub hashes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CacheMissingResponse {
+    /// The requested hashes that have no narinfo, in request order.
+    pub missing: Vec<String>,
+    /// The public keys (`name:base64`) the server requires on every narinfo it accepts,
+    /// so a publisher can check its signatures before uploading anything. Empty: the
+    /// server checks none.
+    pub trusted_keys: Vec<String>,
 }
 
 /// An immutable release: a set of host → store path with its provenance.

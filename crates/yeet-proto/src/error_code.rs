@@ -110,7 +110,8 @@ error_codes! {
     NarMismatch => "nar_mismatch", 422, "An uploaded NAR does not match the narinfo that names it.";
     MissingNar => "missing_nar", 422, "A narinfo names a NAR that was not uploaded first.";
     MissingNarinfo => "missing_narinfo", 422, "A released store path has no narinfo in the cache.";
-    UntrustedClosure => "untrusted_closure", 422, "A released store path is not signed by a trusted cache key.";
+    UntrustedClosure => "untrusted_closure", 422, "A released or uploaded store path is not signed by a trusted cache key.";
+    TooManyPaths => "too_many_paths", 422, "The request asks about more store paths than one request may.";
     CacheNotAllowed => "cache_not_allowed", 422, "The release names a cache the server does not fetch from.";
     CacheUnreachable => "cache_unreachable", 422, "The server cannot read the named cache to check signatures.";
     UncheckableCache => "uncheckable_cache", 422, "The named cache's URL scheme cannot be checked by the server.";

@@ -5,10 +5,12 @@
 use anyhow::{Context, Result, bail};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use yeet_proto::api::{CreateReleaseRequest, HostInfo};
+use yeet_proto::api::{CreateReleaseRequest, HostInfo, Release};
 
 use super::{Connection, Json};
-use crate::{flake, output, push};
+use crate::pack::Compression;
+use crate::push::PushReport;
+use crate::{config, flake, output, push};
 
 #[derive(clap::Args)]
 pub struct PublishArgs {
@@ -39,8 +41,16 @@ pub struct PublishArgs {
     pub cache_url: Option<String>,
     /// Sign what is uploaded to the embedded cache with this Nix secret key
     /// (otherwise the narinfos carry the signatures the local store has).
-    #[arg(long, value_name = "FILE")]
+    /// Default: `signing_key` in the config file.
+    #[arg(long, value_name = "FILE", env = "YEET_SIGNING_KEY")]
     pub signing_key: Option<PathBuf>,
+    /// How NARs are compressed in the embedded cache. Default: `compression` in the config
+    /// file, else zstd.
+    #[arg(long, value_enum, env = "YEET_COMPRESSION")]
+    pub compression: Option<Compression>,
+    /// Create a release even when no host's system changes.
+    #[arg(long)]
+    pub allow_empty: bool,
     #[command(flatten)]
     pub json: Json,
 }
@@ -53,27 +63,59 @@ struct Systems {
     dirty: bool,
 }
 
+/// What `yeet publish --json` prints.
+#[derive(Debug, serde::Serialize)]
+struct PublishReport {
+    /// The release created; `null` when no host's system changed (and no `--allow-empty`).
+    release: Option<Release>,
+    /// Host → system, as published.
+    systems: BTreeMap<String, String>,
+    /// Distinct systems built from the flake (0 with `--path`).
+    built: usize,
+    /// Hosts whose desired system this publish changes.
+    changed_hosts: Vec<String>,
+    push: PushReport,
+}
+
 pub fn run(args: &PublishArgs, connection: &Connection) -> Result<()> {
     let client = connection.connect()?;
-    let mut systems = if args.paths.is_empty() {
+    let file = config::load(connection.config.as_deref())?;
+    let fleet = client.hosts()?;
+    let (mut systems, built) = if args.paths.is_empty() {
         let wanted = if args.all {
             flake::hosts_in(&args.flake)?
         } else {
             args.hosts.clone()
         };
-        check_approved(&wanted, &client.hosts()?)?;
-        build(&args.flake, &wanted)?
+        check_approved(&wanted, &fleet)?;
+        let built = build(&args.flake, &wanted)?;
+        let distinct = distinct_systems(&built.hosts).len();
+        (built, distinct)
     } else {
-        Systems::default()
+        (Systems::default(), 0)
     };
     add_given_paths(&mut systems.hosts, &args.paths)?;
-    let distinct = distinct_systems(&systems.hosts);
-    let pushed = push::push(&client, &push_target(args), &distinct)?;
-    if !args.json.json {
+    let changed_hosts = changed_hosts(&systems.hosts, &fleet);
+    let mut report = PublishReport {
+        release: None,
+        systems: systems.hosts.clone(),
+        built,
+        changed_hosts,
+        push: PushReport::default(),
+    };
+    if report.changed_hosts.is_empty() && !args.allow_empty {
+        if args.json.json {
+            return output::json(&report);
+        }
         eprintln!(
-            "pushed {pushed} store path(s) for {} system(s)",
-            distinct.len()
+            "no host's system changes: each named host already has this system as its desired one; nothing was pushed and no release created (pass --allow-empty to create one anyway)"
         );
+        return Ok(());
+    }
+    let distinct = distinct_systems(&systems.hosts);
+    report.push = push::push(&client, &push_target(args, &file), &distinct)?;
+    if !args.json.json {
+        eprintln!("{}", describe_push(&report.push, distinct.len()));
     }
     let release = client.create_release(&CreateReleaseRequest {
         hosts: systems.hosts,
@@ -83,7 +125,8 @@ pub fn run(args: &PublishArgs, connection: &Connection) -> Result<()> {
         dirty: systems.dirty,
     })?;
     if args.json.json {
-        return output::json(&release);
+        report.release = Some(release);
+        return output::json(&report);
     }
     output::print_clean(format_args!(
         "release {} created for {} host(s)",
@@ -91,6 +134,37 @@ pub fn run(args: &PublishArgs, connection: &Connection) -> Result<()> {
         release.hosts.len()
     ));
     Ok(())
+}
+
+/// The summary line of a push, for people.
+fn describe_push(push: &PushReport, systems: usize) -> String {
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    match push.pushed_paths {
+        Some(n) => format!(
+            "pushed {n} store path(s) for {systems} system(s): {:.1} MiB ({:.1} MiB as NARs); {} already in the cache",
+            mib(push.pushed_bytes),
+            mib(push.pushed_nar_bytes),
+            push.skipped_paths
+        ),
+        None => format!(
+            "pushed the closures of {systems} system(s) ({} store paths)",
+            push.closure_paths
+        ),
+    }
+}
+
+/// The hosts whose desired system would change (hosts the fleet does not know count as
+/// changed: the server names them in its refusal).
+fn changed_hosts(hosts: &BTreeMap<String, String>, fleet: &[HostInfo]) -> Vec<String> {
+    hosts
+        .iter()
+        .filter(|(name, system)| {
+            !fleet
+                .iter()
+                .any(|h| &h.name == *name && h.desired_system.as_deref() == Some(system.as_str()))
+        })
+        .map(|(name, _)| name.clone())
+        .collect()
 }
 
 fn build(flake: &str, wanted: &[String]) -> Result<Systems> {
@@ -152,12 +226,13 @@ fn distinct_systems(hosts: &BTreeMap<String, String>) -> Vec<String> {
     systems
 }
 
-fn push_target(args: &PublishArgs) -> push::Target {
+fn push_target(args: &PublishArgs, file: &config::FileConfig) -> push::Target {
     match (&args.cache, &args.push_cmd) {
         (Some(url), _) => push::Target::Cache(url.clone()),
         (None, Some(cmd)) => push::Target::Command(cmd.clone()),
         (None, None) => push::Target::Embedded {
-            signing_key: args.signing_key.clone(),
+            signing_key: args.signing_key.clone().or(file.signing_key.clone()),
+            compression: args.compression.or(file.compression).unwrap_or_default(),
         },
     }
 }
@@ -244,16 +319,20 @@ mod tests {
 
     #[test]
     fn the_push_target_follows_the_flags() {
+        let none = config::FileConfig::default();
         assert!(matches!(
-            push_target(&parse(&["web-1"])),
-            push::Target::Embedded { signing_key: None }
+            push_target(&parse(&["web-1"]), &none),
+            push::Target::Embedded {
+                signing_key: None,
+                compression: Compression::Zstd
+            }
         ));
         assert!(matches!(
-            push_target(&parse(&["web-1", "--cache", "file:///srv/cache"])),
+            push_target(&parse(&["web-1", "--cache", "file:///srv/cache"]), &none),
             push::Target::Cache(url) if url == "file:///srv/cache"
         ));
         assert!(matches!(
-            push_target(&parse(&["web-1", "--push-cmd", "cachix push fleet", "--cache-url", "https://fleet.cachix.org"])),
+            push_target(&parse(&["web-1", "--push-cmd", "cachix push fleet", "--cache-url", "https://fleet.cachix.org"]), &none),
             push::Target::Command(cmd) if cmd == "cachix push fleet"
         ));
         assert!(
@@ -267,6 +346,42 @@ mod tests {
             ])
             .is_err()
         );
+    }
+
+    #[test]
+    fn flags_override_the_config_file() {
+        let file = config::FileConfig {
+            compression: Some(Compression::None),
+            signing_key: Some("/etc/yeet/cache-key".into()),
+            ..Default::default()
+        };
+        assert!(matches!(
+            push_target(&parse(&["web-1"]), &file),
+            push::Target::Embedded { signing_key: Some(k), compression: Compression::None }
+                if k == std::path::Path::new("/etc/yeet/cache-key")
+        ));
+        assert!(matches!(
+            push_target(&parse(&["web-1", "--compression", "zstd", "--signing-key", "/k"]), &file),
+            push::Target::Embedded { signing_key: Some(k), compression: Compression::Zstd }
+                if k == std::path::Path::new("/k")
+        ));
+    }
+
+    #[test]
+    fn only_hosts_whose_desired_system_differs_are_changed() {
+        let mut web = host("web-1");
+        web.desired_system = Some(SYSTEM.into());
+        let fleet = [web, host("db")];
+        let same: BTreeMap<String, String> = [("web-1".to_owned(), SYSTEM.to_owned())].into();
+        assert!(changed_hosts(&same, &fleet).is_empty());
+        let other = format!("{SYSTEM}-2");
+        let changes: BTreeMap<String, String> = [
+            ("web-1".to_owned(), other.clone()),
+            ("db".to_owned(), SYSTEM.to_owned()),
+            ("new".to_owned(), SYSTEM.to_owned()),
+        ]
+        .into();
+        assert_eq!(changed_hosts(&changes, &fleet), ["db", "new", "web-1"]);
     }
 
     #[test]

@@ -149,6 +149,7 @@ pub fn routes() -> Vec<Route> {
         route(Method::GET, &paths::release("{id}"), R(Role::Viewer), "One release.", show_release),
         route(Method::POST, paths::ROLLBACK, R(Role::Publisher), "Point hosts back at their previous systems, as a new release.", rollback),
         route(Method::POST, paths::CACHE_GC, R(Role::Admin), "Garbage-collect the embedded cache.", cache_gc),
+        route(Method::POST, paths::CACHE_MISSING, R(Role::Publisher), "Which of these store paths the embedded cache lacks, and the keys uploads must be signed by.", cache_missing),
         route(Method::GET, paths::SECRETS_RECIPIENT, R(Role::Viewer), "The age recipient secrets are encrypted to.", secret_recipient),
         route(Method::GET, paths::SECRETS, R(Role::Viewer), "Secrets' metadata: versions, grants, fetched versions, history; never content.", list_secrets),
         route(Method::POST, paths::SECRETS, R(Role::Admin), "Add a secret (age ciphertext for the server's recipient), granted to hosts.", add_secret),
@@ -367,6 +368,14 @@ async fn rollback(
     ApiJson(req): ApiJson<yeet_proto::api::RollbackRequest>,
 ) -> ApiResult<Release> {
     Ok(Json(app.service.rollback(&p, req).await?))
+}
+
+async fn cache_missing(
+    State(app): State<AppState>,
+    p: Principal,
+    ApiJson(req): ApiJson<yeet_proto::api::CacheMissingRequest>,
+) -> ApiResult<yeet_proto::api::CacheMissingResponse> {
+    Ok(Json(app.service.cache_missing(&p, req).await?))
 }
 
 async fn cache_gc(

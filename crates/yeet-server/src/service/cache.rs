@@ -7,7 +7,10 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use yeet_proto::ErrorCode;
-use yeet_proto::api::{CacheGcReport, CacheGcRequest, CreateReleaseRequest, Role};
+use yeet_proto::api::{
+    CacheGcReport, CacheGcRequest, CacheMissingRequest, CacheMissingResponse, CreateReleaseRequest,
+    MAX_CACHE_QUERY_PATHS, Role,
+};
 
 use super::auth::require_role;
 use super::{Principal, Result, Service, ServiceError};
@@ -220,6 +223,7 @@ impl Service {
                         format!("{hash}.narinfo describes {}", info.store_path),
                     ));
                 }
+                self.check_trusted(&info)?;
                 let nar = CacheFile::parse(&info.url).ok_or_else(|| {
                     ServiceError::refused(
                         ErrorCode::InvalidNarinfo,
@@ -237,6 +241,74 @@ impl Service {
         };
         // Same directory tree and file system: the rename is atomic.
         std::fs::rename(tmp, &target).map_err(io_error)
+    }
+}
+
+impl Service {
+    /// Refuses a narinfo that no trusted key signed (when the fleet has trusted keys): hosts
+    /// would refuse the path anyway, and the embedded cache holds only what they can use.
+    fn check_trusted(&self, info: &nix_meta::NarInfo) -> Result<()> {
+        let keys = &self.config.trusted_cache_keys;
+        if keys.is_empty() {
+            return Ok(());
+        }
+        info.verify(keys).map(drop).map_err(|e| {
+            let names: Vec<&str> = keys.iter().map(|k| k.name.as_str()).collect();
+            ServiceError::refused(
+                ErrorCode::UntrustedClosure,
+                format!(
+                    "{e}; expected a signature by one of: {}; sign with `yeet publish --signing-key FILE`",
+                    names.join(", ")
+                ),
+            )
+        })
+    }
+
+    /// Which of `req.hashes` have no narinfo in the embedded cache, and which keys a narinfo
+    /// must be signed by to be accepted.
+    pub async fn cache_missing(
+        &self,
+        principal: &Principal,
+        req: CacheMissingRequest,
+    ) -> Result<CacheMissingResponse> {
+        require_role(principal, Role::Publisher)?;
+        if req.hashes.len() > MAX_CACHE_QUERY_PATHS {
+            return Err(ServiceError::refused(
+                ErrorCode::TooManyPaths,
+                format!("ask about at most {MAX_CACHE_QUERY_PATHS} store paths per request"),
+            ));
+        }
+        if let Some(bad) = req
+            .hashes
+            .iter()
+            .find(|h| h.len() != 32 || nix_meta::nix32::decode(h).is_err())
+        {
+            return Err(ServiceError::refused(
+                ErrorCode::InvalidStorePath,
+                format!(
+                    "{:?} is not a store path hash (32 nix32 characters)",
+                    bad.escape_debug().to_string()
+                ),
+            ));
+        }
+        let root = self.embedded_cache()?.root.clone();
+        let missing = tokio::task::spawn_blocking(move || {
+            req.hashes
+                .into_iter()
+                .filter(|h| !root.join(format!("{h}.narinfo")).exists())
+                .collect()
+        })
+        .await
+        .map_err(|e| ServiceError::System(e.to_string()))?;
+        Ok(CacheMissingResponse {
+            missing,
+            trusted_keys: self
+                .config
+                .trusted_cache_keys
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+        })
     }
 }
 

@@ -86,6 +86,7 @@ fn sample(method: &Method, template: &str) -> Option<Sample> {
             ok,
         ),
         ("POST", paths::CACHE_GC) => s(template, |_| json_bytes(json!({"keep": 2})), ok),
+        ("POST", paths::CACHE_MISSING) => s(template, |_| json_bytes(json!({"hashes": []})), ok),
         // Hosts of their own, so that the order of the table does not matter.
         ("POST", "/v1/hosts/{name}/rename") => s(
             &paths::host_rename("spare-1"),

@@ -339,3 +339,140 @@ async fn a_full_disk_is_reported_and_leaves_nothing_behind() {
         .await;
     assert_eq!(s, StatusCode::OK);
 }
+
+/// A narinfo for `nar` describing PATH_A, signed by `key` if given.
+fn narinfo_for(nar: &[u8], key: Option<&nix_meta::SecretKey>) -> String {
+    let mut info = nix_meta::NarInfo::parse(&format!(
+        "StorePath: {PATH_A}\nURL: nar/{}\nCompression: none\nNarHash: sha256:1xmr8jicvzszfzpz46g37mlpvbzjl2wpwvl2b05psipssyp1sm8h\nNarSize: {}\nReferences: \n",
+        nar_name(nar),
+        nar.len()
+    ))
+    .unwrap();
+    if let Some(key) = key {
+        info.sign(key);
+    }
+    info.to_text()
+}
+
+/// With trusted keys, the embedded cache accepts only narinfos one of them signed (hosts
+/// would refuse anything else), and one request tells a publisher what the cache lacks and
+/// which keys it wants, so that nothing untrusted is uploaded in the first place.
+#[tokio::test]
+async fn the_cache_says_what_it_lacks_and_accepts_only_trusted_narinfos() {
+    let fleet_key = nix_meta::SecretKey::from_seed("fleet-1", &[4; 32]);
+    let other_key = nix_meta::SecretKey::from_seed("other-1", &[5; 32]);
+    let api = Api::new(ServiceConfig {
+        trusted_cache_keys: vec![fleet_key.public()],
+        ..Default::default()
+    })
+    .await;
+    let nar = b"a NAR the publisher signed".to_vec();
+    let (s, v) = api
+        .put(
+            &format!("/cache/nar/{}", nar_name(&nar)),
+            &nar,
+            Sign::By(&api.publisher),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let narinfo_path = "/cache/q322pzff5rm7kwfwfbhcza6wr2b84wlm.narinfo";
+    for (key, case) in [
+        (None, "unsigned"),
+        (Some(&other_key), "signed by another key"),
+    ] {
+        let (s, v) = api
+            .put(
+                narinfo_path,
+                narinfo_for(&nar, key).as_bytes(),
+                Sign::By(&api.publisher),
+            )
+            .await;
+        assert_error(
+            s,
+            &v,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "untrusted_closure",
+            case,
+        );
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains("fleet-1"),
+            "{v}"
+        );
+    }
+    let api = &api;
+    let missing = |hashes: Vec<String>| {
+        let body = serde_json::to_vec(&json!({ "hashes": hashes })).unwrap();
+        async move {
+            api.call(
+                "POST",
+                paths::CACHE_MISSING,
+                &body,
+                Sign::By(&api.publisher),
+            )
+            .await
+        }
+    };
+    let present = "q322pzff5rm7kwfwfbhcza6wr2b84wlm".to_owned();
+    let absent = "09kxyd68d2nylk7ims23pj3i09s4nnv9".to_owned();
+    let (s, v) = missing(vec![present.clone(), absent.clone()]).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(
+        v["missing"],
+        json!([present, absent]),
+        "refused narinfos are not in the cache"
+    );
+    assert_eq!(v["trusted_keys"], json!([fleet_key.public().to_string()]));
+
+    let (s, v) = api
+        .put(
+            narinfo_path,
+            narinfo_for(&nar, Some(&fleet_key)).as_bytes(),
+            Sign::By(&api.publisher),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (_, v) = missing(vec![present.clone(), absent.clone()]).await;
+    assert_eq!(v["missing"], json!([absent]));
+
+    // Hostile queries: path escapes, wrong lengths, a flood of hashes.
+    for bad in [
+        "../../state.db",
+        "q322pzff5rm7kwfwfbhcza6wr2b84wl",
+        "Q322PZFF5RM7KWFWFBHCZA6WR2B84WLM",
+        "q322pzff5rm7kwfwfbhcza6wr2b84wl\u{1b}",
+    ] {
+        let (s, v) = missing(vec![bad.to_owned()]).await;
+        assert_error(
+            s,
+            &v,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_store_path",
+            bad,
+        );
+    }
+    // A flood of hashes: over the HTTP body limit here (64 KiB in these tests), and over
+    // the per-request count under any body limit.
+    let flood = vec![absent.clone(); yeet_proto::api::MAX_CACHE_QUERY_PATHS + 1];
+    let (s, v) = missing(flood.clone()).await;
+    assert_error(
+        s,
+        &v,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+        "a flood of hashes",
+    );
+    let publisher = yeet_server::service::Principal::User {
+        name: "ci".into(),
+        role: yeet_proto::api::Role::Publisher,
+        key_id: "ci".into(),
+    };
+    let refused = api
+        .service
+        .cache_missing(
+            &publisher,
+            yeet_proto::api::CacheMissingRequest { hashes: flood },
+        )
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("at most"), "{refused}");
+}

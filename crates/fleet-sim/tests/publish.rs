@@ -1,0 +1,167 @@
+//! `yeet publish` to the embedded cache with real Nix: signatures are checked before any
+//! byte is uploaded, a tampered store path is never published, NARs are zstd (or plain)
+//! and hosts' Nix reads them, a publish that changes nothing creates no release, and
+//! `--json` says what was pushed and skipped.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::CONVERGE;
+use fleet_sim::sim::{Fleet, Variant};
+use serde_json::Value;
+use std::path::Path;
+
+/// Every file in the embedded cache (narinfos and NARs), as paths relative to it.
+fn cache_files(cache: &Path) -> Vec<String> {
+    let mut files = Vec::new();
+    for dir in ["", "nar"] {
+        for e in std::fs::read_dir(cache.join(dir)).unwrap() {
+            let e = e.unwrap();
+            let name = e.file_name().to_string_lossy().into_owned();
+            if e.file_type().unwrap().is_file() && name != "nix-cache-info" {
+                files.push(format!("{dir}/{name}"));
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+/// Runs `yeet publish ARGS`; returns whether it succeeded, its stdout and its stderr.
+fn publish(fleet: &Fleet, args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let mut cmd = fleet.server.yeet_cmd();
+    cmd.arg("publish").args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = fleet_sim::run(&mut cmd);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A fresh store path (content unique to this run) that nothing else uses.
+fn fresh_store_path(dir: &Path) -> String {
+    let src = dir.join("tamper-me");
+    std::fs::create_dir_all(&src).unwrap();
+    let unique = format!("{:?}", std::time::SystemTime::now());
+    std::fs::write(src.join("file"), unique).unwrap();
+    let out = fleet_sim::run(
+        std::process::Command::new("nix-store")
+            .arg("--add")
+            .arg(&src),
+    );
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+#[test]
+fn publishing_checks_before_uploading_and_reports_what_it_did() {
+    let fleet = Fleet::new(&["web-1"], 30);
+    let cache = fleet.server.dir.path().join("state/cache");
+    let key = fleet.cache.secret_key.display().to_string();
+    let v1 = fleet.build("system-publish-1", Variant::Good, "6.1");
+    let pair = format!("web-1={v1}");
+
+    // Unsigned: refused before a single NAR goes up.
+    let (ok, _, err) = publish(&fleet, &["--path", &pair], &[]);
+    assert!(!ok, "an unsigned closure was published");
+    assert!(
+        err.contains("not signed by a key the server trusts")
+            && err.contains("nothing was uploaded"),
+        "{err}"
+    );
+    assert_eq!(
+        cache_files(&cache),
+        Vec::<String>::new(),
+        "files were uploaded"
+    );
+
+    // A store path whose files no longer match what the store registered is never packed.
+    let tampered = fresh_store_path(fleet.dir());
+    let file = Path::new(&tampered).join("file");
+    let out = fleet_sim::run(std::process::Command::new("chmod").args(["-R", "u+w", &tampered]));
+    assert!(out.status.success());
+    std::fs::write(&file, "tampered after it was registered").unwrap();
+    let (ok, _, err) = publish(
+        &fleet,
+        &[
+            "--path",
+            &format!("web-1={tampered}"),
+            "--signing-key",
+            &key,
+        ],
+        &[],
+    );
+    assert!(
+        !ok && err.contains("does not match the store's registration"),
+        "{err}"
+    );
+    assert_eq!(cache_files(&cache), Vec::<String>::new());
+
+    // Signed: the closure goes up as zstd, and --json says what happened.
+    let closure = fleet_sim::run(std::process::Command::new("nix-store").args(["-qR", &v1]));
+    let closure_size = String::from_utf8_lossy(&closure.stdout).lines().count();
+    let (ok, out, err) = publish(
+        &fleet,
+        &["--path", &pair, "--json"],
+        &[("YEET_SIGNING_KEY", &key)],
+    );
+    assert!(ok, "{err}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert!(report["release"]["id"].is_i64(), "{report}");
+    assert_eq!(report["changed_hosts"], serde_json::json!(["web-1"]));
+    assert_eq!(report["push"]["closure_paths"], closure_size);
+    assert_eq!(report["push"]["pushed_paths"], closure_size);
+    assert_eq!(report["push"]["skipped_paths"], 0);
+    assert!(
+        report["push"]["pushed_bytes"].as_u64().unwrap() > 0,
+        "{report}"
+    );
+    let files = cache_files(&cache);
+    let nars: Vec<&String> = files.iter().filter(|f| f.starts_with("nar/")).collect();
+    assert_eq!(nars.len(), closure_size, "{files:?}");
+    assert!(nars.iter().all(|f| f.ends_with(".nar.zst")), "{files:?}");
+    fleet.wait_for_activation("web-1", 1, CONVERGE);
+    assert_eq!(
+        fleet.hosts[0].current_system().as_deref(),
+        Some(v1.as_str())
+    );
+
+    // The same publish again changes no host: nothing is pushed, no release is created.
+    let releases = |fleet: &Fleet| fleet.server.yeet_json::<Vec<Value>>(&["releases"]).len();
+    let before = releases(&fleet);
+    let (ok, _, err) = publish(&fleet, &["--path", &pair, "--signing-key", &key], &[]);
+    assert!(ok && err.contains("no host's system changes"), "{err}");
+    assert_eq!(releases(&fleet), before);
+    let (ok, out, err) = publish(&fleet, &["--path", &pair, "--allow-empty", "--json"], &[]);
+    assert!(ok, "{err}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["push"]["pushed_paths"], 0, "{report}");
+    assert_eq!(report["push"]["skipped_paths"], closure_size);
+    assert_eq!(releases(&fleet), before + 1);
+
+    // Uncompressed NARs, chosen by the environment, are read by the host's Nix as well.
+    let v2 = fleet.build("system-publish-2", Variant::Good, "6.2");
+    let (ok, _, err) = publish(
+        &fleet,
+        &["--path", &format!("web-1={v2}"), "--signing-key", &key],
+        &[("YEET_COMPRESSION", "none")],
+    );
+    assert!(ok, "{err}");
+    let hash = v2
+        .trim_start_matches("/nix/store/")
+        .split('-')
+        .next()
+        .unwrap();
+    let narinfo = std::fs::read_to_string(cache.join(format!("{hash}.narinfo"))).unwrap();
+    assert!(narinfo.contains("Compression: none"), "{narinfo}");
+    fleet.wait_for_activation("web-1", 2, CONVERGE);
+    assert_eq!(
+        fleet.hosts[0].current_system().as_deref(),
+        Some(v2.as_str())
+    );
+}
