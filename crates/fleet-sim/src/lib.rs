@@ -209,8 +209,25 @@ impl Server {
             "admin add failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        Server::serve(dir, &config, opts, admin_key)
+    }
+
+    /// Starts `yeet-server` on `config` with a state directory in `dir`.
+    fn serve(
+        dir: tempfile::TempDir,
+        config: &Path,
+        opts: ServerOptions,
+        admin_key: PathBuf,
+    ) -> Server {
         let mut serve = Command::new(bin("yeet-server"));
-        base(&mut serve);
+        serve
+            .arg("--config")
+            .arg(config)
+            .arg("--state-dir")
+            .arg(dir.path().join("state"));
+        if let Some(db) = &opts.database {
+            serve.arg("--database").arg(db);
+        }
         serve.args(["--listen", "127.0.0.1:0"]);
         if let Some((cert, key)) = &opts.tls {
             serve.arg("--tls-cert").arg(cert).arg("--tls-key").arg(key);
@@ -232,6 +249,37 @@ impl Server {
             ca_cert: opts.ca_cert,
             client,
         }
+    }
+
+    /// Another server process on this one's database and config, with its own state
+    /// directory: a replica (PostgreSQL only; SQLite is one process's).
+    pub fn replica(&self) -> Server {
+        let database = self.database.clone();
+        assert!(
+            database
+                .as_deref()
+                .is_some_and(|d| d.starts_with("postgres")),
+            "replicas share a PostgreSQL database"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        // Every replica decrypts the same secrets: the key is copied, as an operator would.
+        std::fs::create_dir_all(dir.path().join("state")).unwrap();
+        std::fs::copy(
+            self.dir.path().join("state/secrets.key"),
+            dir.path().join("state/secrets.key"),
+        )
+        .unwrap();
+        let opts = ServerOptions {
+            database,
+            ca_cert: self.ca_cert.clone(),
+            ..Default::default()
+        };
+        Server::serve(
+            dir,
+            &self.dir.path().join("server.toml"),
+            opts,
+            self.admin_key.clone(),
+        )
     }
 
     /// A `yeet` command pointed at this server with the admin key.

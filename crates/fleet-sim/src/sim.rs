@@ -1058,6 +1058,32 @@ impl Fleet {
         self.approve_all(booted);
     }
 
+    /// Boots new hosts from `threads` threads at once, then approves them (a large fleet
+    /// would take long to boot one by one).
+    pub fn add_hosts_in_parallel(&mut self, names: &[&str], threads: usize) {
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let booted: Vec<SimHost> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..threads.max(1))
+                .map(|_| {
+                    scope.spawn(|| {
+                        let mut mine = Vec::new();
+                        while let Some(name) =
+                            names.get(next.fetch_add(1, std::sync::atomic::Ordering::SeqCst))
+                        {
+                            mine.push(self.boot_new_host(name));
+                        }
+                        mine
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|w| w.join().unwrap())
+                .collect()
+        });
+        self.approve_all(booted);
+    }
+
     /// Boots a host without approving it.
     pub fn boot_new_host(&self, name: &str) -> SimHost {
         let mut host = SimHost::new(self.dir.path(), name, self.options.kind);

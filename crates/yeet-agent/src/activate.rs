@@ -19,8 +19,26 @@ use crate::system;
 
 pub use yeet_proto::clock::unix_now as now;
 
+/// Adds one of yeet's own lines to the activation log, stamped with the UTC time of day
+/// (`yeet 14:03:07.215: ...`), so that the log shows where an activation's time went.
 fn note(mut log: &File, line: &str) {
-    let _ = writeln!(log, "yeet: {line}");
+    let _ = writeln!(
+        log,
+        "yeet {}: {line}",
+        time_of_day(yeet_proto::clock::unix_now_ms())
+    );
+}
+
+/// `HH:MM:SS.mmm` (UTC) of a Unix time in milliseconds.
+pub fn time_of_day(unix_ms: i64) -> String {
+    let ms = unix_ms.rem_euclid(86_400_000);
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        ms / 3_600_000,
+        ms / 60_000 % 60,
+        ms / 1000 % 60,
+        ms % 1000
+    )
 }
 
 /// Runs (or resumes) the activation described in `dir`. Returns when it is done, or at once
@@ -369,4 +387,14 @@ fn settle_secrets(st: &ActivationState, result: ActivationResult, log: &File) {
         }
     }
     secrets::restart_units(&units);
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn log_lines_are_stamped_with_the_utc_time_of_day() {
+        assert_eq!(super::time_of_day(0), "00:00:00.000");
+        // 2024-11-24T13:05:09.042Z
+        assert_eq!(super::time_of_day(1_732_453_509_042), "13:05:09.042");
+    }
 }

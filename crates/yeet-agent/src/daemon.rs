@@ -720,7 +720,7 @@ impl Agent<'_> {
             log_gzip_base64: pack_log(&self.state.log_tail(MAX_REPORTED_LOG)),
         };
         self.client.report(&report)?;
-        tracing::info!(host, result = result.as_str(), reason = %st.reason, origin = st.origin.as_str(), "activation reported");
+        tracing::info!(host, result = result.as_str(), reason = %st.reason, origin = st.origin.as_str(), at_ms = yeet_proto::clock::unix_now_ms(), "activation reported");
         if let Err(e) = self.state.retire(st) {
             tracing::error!(error = %e, "cannot clear the reported activation");
         }

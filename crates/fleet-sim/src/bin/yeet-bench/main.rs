@@ -1,9 +1,13 @@
 //! Benchmarks that print figures, never assert them:
-//! - `latency [HOSTS]`: publish-to-activation-start latency for online, long-polling hosts
-//!   (p50, p99, max over HOSTS simulated hosts, default 50);
+//! - `realnix [N]`: N real-Nix simulated hosts converging on one release, with the time of
+//!   each phase (wake, fetch, switch, confirm, report; see `realnix.rs`);
 //! - `idle [SECONDS]`: one approved agent left idle (default 600 s): its RSS and CPU use;
-//! - `publish`: an already-built 20-host fleet with 5 distinct systems, published with
-//!   `yeet publish` (to the embedded cache), against a plain `nix copy` of the same paths;
+//! - `publish [MIB] [PATHS] [SMALL]`: `yeet publish` of a generated closure against
+//!   `nix copy` with the same compression, and re-publishes of a closure of SMALL paths
+//!   (see `publish.rs`);
+//! - `fleet [N] [REPLICAS]`: release-to-wake latency of N protocol-level agents over
+//!   replicas on PostgreSQL (see `fleet.rs`);
+//! - `hold [N]`: the server's RSS with N held long-polls, per held poll (see `hold.rs`);
 //! - `checkins [SECONDS] [CLIENTS]`: signed check-ins per second (each verified, its nonce
 //!   written to the fleet's nonce log) from CLIENTS keep-alive connections, against the
 //!   server's unsigned `/healthz` on the same server and connections: the ratio is what
@@ -20,67 +24,16 @@
 
 #![allow(clippy::unwrap_used)]
 
-use fleet_sim::sim::{Fleet, Variant, wait_until};
-use std::time::{Duration, Instant};
+mod fleet;
+mod hold;
+mod publish;
+mod realnix;
 
-use yeet_proto::clock::unix_now_ms as unix_ms;
+use fleet_sim::sim::Fleet;
+use std::time::{Duration, Instant};
 
 fn percentile(sorted: &[i64], p: f64) -> i64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn latency(hosts: usize) {
-    let names: Vec<String> = (1..=hosts).map(|i| format!("bench-{i:03}")).collect();
-    let names: Vec<&str> = names.iter().map(String::as_str).collect();
-    let fleet = Fleet::new(&names, 60);
-    let system = fleet.system("bench-system", Variant::Good, "6.1");
-    // Let every agent settle into its long-poll.
-    std::thread::sleep(Duration::from_secs(3));
-    let pairs: Vec<(&str, &str)> = names.iter().map(|n| (*n, system.as_str())).collect();
-    let published = unix_ms();
-    fleet.publish(&pairs, "bench");
-    let publish_ms = unix_ms() - published;
-    wait_until(
-        Duration::from_secs(600),
-        "every host to start activating",
-        || {
-            fleet
-                .hosts
-                .iter()
-                .all(|h| h.agent_log().contains("activating a new system"))
-        },
-    );
-    let mut lat: Vec<i64> = fleet
-        .hosts
-        .iter()
-        .map(|h| {
-            let at = h
-                .logged_at_ms("activating a new system", "")
-                .expect("the activation's start is logged with at_ms");
-            at.saturating_sub(published)
-        })
-        .collect();
-    lat.sort_unstable();
-    println!("hosts: {hosts}");
-    println!("yeet publish command: {publish_ms} ms");
-    println!(
-        "publish-to-activation-start: p50 {} ms, p99 {} ms, max {} ms (min {} ms)",
-        percentile(&lat, 0.5),
-        percentile(&lat, 0.99),
-        lat[lat.len() - 1],
-        lat[0]
-    );
-    let converge = Instant::now();
-    wait_until(Duration::from_secs(600), "convergence", || {
-        let s = fleet.status();
-        names
-            .iter()
-            .all(|n| s[*n]["current_system"] == system.as_str() && s[*n]["state"] == "standby")
-    });
-    println!(
-        "all {hosts} confirmed {:.1} s after the last activation started",
-        converge.elapsed().as_secs_f64()
-    );
 }
 
 fn proc_stat(pid: u32) -> (u64, u64) {
@@ -129,76 +82,6 @@ fn idle(secs: u64) {
     println!(
         "CPU: {cpu_s:.2} s total = {:.4} % of one core",
         100.0 * cpu_s / wall
-    );
-}
-
-fn publish() {
-    let names: Vec<String> = (1..=20).map(|i| format!("pub-{i:02}")).collect();
-    let names: Vec<&str> = names.iter().map(String::as_str).collect();
-    let fleet = Fleet::new(&names, 60);
-    let systems: Vec<String> = (1..=5)
-        .map(|i| {
-            fleet.build(
-                &format!("bench-system-{i}"),
-                Variant::Good,
-                &format!("6.{i}"),
-            )
-        })
-        .collect();
-    let closure_paths = {
-        let out = std::process::Command::new("nix-store")
-            .arg("-qR")
-            .args(&systems)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).lines().count()
-    };
-    // Plain nix copy of the same closures to a fresh signed file:// cache.
-    let target = tempfile::tempdir().unwrap();
-    let to = format!(
-        "file://{}?secret-key={}",
-        target.path().display(),
-        fleet.cache.secret_key.display()
-    );
-    let started = Instant::now();
-    let out = std::process::Command::new("nix")
-        .args([
-            "--extra-experimental-features",
-            "nix-command",
-            "copy",
-            "--to",
-            &to,
-        ])
-        .args(&systems)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let nix_copy = started.elapsed();
-    // yeet publish of the 20 hosts (5 distinct systems) to the embedded cache.
-    let pairs: Vec<(&str, &str)> = names
-        .iter()
-        .enumerate()
-        .map(|(i, n)| (*n, systems[i % 5].as_str()))
-        .collect();
-    let started = Instant::now();
-    fleet.publish(&pairs, "bench");
-    let yeet = started.elapsed();
-    println!("20 hosts, 5 distinct systems, {closure_paths} store paths in their closures");
-    println!(
-        "nix copy --to file:// (signed): {:.2} s",
-        nix_copy.as_secs_f64()
-    );
-    println!(
-        "yeet publish (embedded cache, signed, release created): {:.2} s",
-        yeet.as_secs_f64()
-    );
-    println!(
-        "ratio yeet/nix-copy: {:.2}",
-        yeet.as_secs_f64() / nix_copy.as_secs_f64()
     );
 }
 
@@ -488,9 +371,19 @@ fn main() {
     fleet_sim::set_quiet(true);
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
-        Some("latency") => latency(args.get(1).and_then(|a| a.parse().ok()).unwrap_or(50)),
+        Some("realnix") => realnix::realnix(args.get(1).and_then(|a| a.parse().ok()).unwrap_or(50)),
         Some("idle") => idle(args.get(1).and_then(|a| a.parse().ok()).unwrap_or(600)),
-        Some("publish") => publish(),
+        Some("fleet") => fleet::fleet(
+            args.get(1).and_then(|a| a.parse().ok()).unwrap_or(10_000),
+            args.get(2).and_then(|a| a.parse().ok()).unwrap_or(3),
+        ),
+        Some("hold") => hold::hold(args.get(1).and_then(|a| a.parse().ok()).unwrap_or(10_000)),
+        Some("hold-client") => hold::hold_client(&args[1]),
+        Some("publish") => publish::publish(
+            args.get(1).and_then(|a| a.parse().ok()).unwrap_or(1024),
+            args.get(2).and_then(|a| a.parse().ok()).unwrap_or(300),
+            args.get(3).and_then(|a| a.parse().ok()).unwrap_or(10_000),
+        ),
         Some("secrets") => secrets(
             args.get(1).and_then(|a| a.parse().ok()).unwrap_or(100),
             args.get(2).and_then(|a| a.parse().ok()).unwrap_or(20),
@@ -504,7 +397,7 @@ fn main() {
             args.get(2).and_then(|a| a.parse().ok()).unwrap_or(4),
         ),
         _ => eprintln!(
-            "usage: yeet-bench latency [HOSTS] | idle [SECONDS] | publish | checkins [SECONDS] [CLIENTS] | secrets [SECRETS] [ROUNDS] | osquery-logs [BATCHES] [NODES]"
+            "usage: yeet-bench realnix [N] | hold [N] | fleet [N] [REPLICAS] | idle [SECONDS] | publish [MIB] [PATHS] [SMALL] | checkins [SECONDS] [CLIENTS] | secrets [SECRETS] [ROUNDS] | osquery-logs [BATCHES] [NODES]"
         ),
     }
 }

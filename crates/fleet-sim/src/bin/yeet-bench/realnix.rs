@@ -1,0 +1,152 @@
+//! `yeet-bench realnix [N]`: N real-Nix simulated hosts (default 50; namespace hosts, each
+//! with its own /nix store, booted in parallel) converge on one release. Printed: the
+//! publish command's time, time to full convergence, and per phase (p50 / p99 / max over
+//! the hosts): wake (publish to the agent starting the activation), fetch (realise and
+//! verify the closure), switch (profile and switch-to-configuration), confirm (until the
+//! restarted agent confirms), report (until the agent has reported to the server). Phase
+//! boundaries come from the activation log's time stamps and the agent's `at_ms` fields.
+//! Also the server's share of the CPU time the whole machine spent converging.
+
+use std::time::{Duration, Instant};
+
+use fleet_sim::sim::{Fleet, FleetOptions, Variant, wait_until};
+
+use crate::{percentile, proc_stat};
+
+/// Unix ms of an activation-log line `yeet HH:MM:SS.mmm: <message>...` that starts with
+/// `message`, taking the date from `near` (a Unix ms within 12 hours of it).
+fn stamped(log: &str, message: &str, near: i64) -> Option<i64> {
+    let line = log.lines().find(|l| {
+        l.split_once(": ")
+            .is_some_and(|(_, m)| m.starts_with(message))
+    })?;
+    let stamp = line.strip_prefix("yeet ")?.split_once(": ")?.0;
+    let mut parts = stamp.split([':', '.']).map(|p| p.parse::<i64>().ok());
+    let (h, m, s, ms) = (
+        parts.next()??,
+        parts.next()??,
+        parts.next()??,
+        parts.next()??,
+    );
+    let of_day = ((h * 60 + m) * 60 + s) * 1000 + ms;
+    let day = near - near.rem_euclid(86_400_000);
+    let mut at = day + of_day;
+    if at < near - 43_200_000 {
+        at += 86_400_000;
+    }
+    Some(at)
+}
+
+/// Jiffies the whole machine has spent busy (all CPUs), from /proc/stat.
+fn machine_busy_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap();
+    let cpu: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().unwrap())
+        .collect();
+    // user nice system (idle iowait) irq softirq steal
+    cpu[0] + cpu[1] + cpu[2] + cpu[5] + cpu[6] + cpu[7]
+}
+
+fn summary(name: &str, mut ms: Vec<i64>) {
+    ms.sort_unstable();
+    if ms.is_empty() {
+        println!("  {name:<8} no data");
+        return;
+    }
+    println!(
+        "  {name:<8} p50 {:>6} ms   p99 {:>6} ms   max {:>6} ms",
+        percentile(&ms, 0.5),
+        percentile(&ms, 0.99),
+        ms[ms.len() - 1]
+    );
+}
+
+pub fn realnix(n: usize) {
+    let names: Vec<String> = (1..=n).map(|i| format!("real-{i:04}")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let booting = Instant::now();
+    let mut fleet = Fleet::with(
+        &[],
+        FleetOptions {
+            confirm_timeout: 600,
+            server_config: "registration_burst = 100000\nmax_pending = 100000\nmax_connections_per_network = 60000\n".into(),
+            ..Default::default()
+        },
+    );
+    fleet.add_hosts_in_parallel(&names, 8);
+    let booted = booting.elapsed().as_secs_f64();
+    let system = fleet.system("realnix-system", Variant::Good, "6.1");
+    std::thread::sleep(Duration::from_secs(3));
+    let pairs: Vec<(&str, &str)> = names.iter().map(|h| (*h, system.as_str())).collect();
+    let server_pid = fleet.server.proc.child.id();
+    let (server_ticks, _) = proc_stat(server_pid);
+    let machine_ticks = machine_busy_ticks();
+    let published = yeet_proto::clock::unix_now_ms();
+    let started = Instant::now();
+    fleet.publish(&pairs, "realnix");
+    let publish_s = started.elapsed().as_secs_f64();
+    wait_until(Duration::from_secs(3600), "convergence", || {
+        let s = fleet.status();
+        names
+            .iter()
+            .all(|n| s[*n]["current_system"] == system.as_str() && s[*n]["state"] == "standby")
+    });
+    let converged = started.elapsed().as_secs_f64();
+    let server_share = (proc_stat(server_pid).0 - server_ticks) as f64
+        / (machine_busy_ticks() - machine_ticks).max(1) as f64;
+    let mut phases: [Vec<i64>; 5] = Default::default();
+    for host in &fleet.hosts {
+        let log = fleet.server.client().latest_log(&host.name).unwrap().log;
+        let activating = host.logged_at_ms("activating a new system", "");
+        let reported = host.logged_at_ms("activation reported", "");
+        let marks = [
+            Some(published),
+            activating,
+            stamped(&log, "fetching", published),
+            stamped(&log, "setting the system profile", published),
+            stamped(&log, "switched; waiting", published),
+            stamped(&log, "confirmed by the agent", published),
+            reported,
+        ];
+        // wake: publish → activating; fetch: fetching → setting; switch: setting →
+        // switched; confirm: switched → confirmed; report: confirmed → reported.
+        for (phase, (from, to)) in [(0, 1), (2, 3), (3, 4), (4, 5), (5, 6)].iter().enumerate() {
+            if let (Some(a), Some(b)) = (marks[*from], marks[*to]) {
+                phases[phase].push(b - a);
+            }
+        }
+    }
+    println!("{n} namespace hosts with real Nix (booted and approved in {booted:.0} s)");
+    println!("yeet publish: {publish_s:.1} s; all {n} converged {converged:.1} s after it started");
+    println!("per phase, over the hosts:");
+    for (name, ms) in ["wake", "fetch", "switch", "confirm", "report"]
+        .iter()
+        .zip(phases)
+    {
+        summary(name, ms);
+    }
+    println!(
+        "server's share of the machine's busy CPU time while converging: {:.1} %",
+        100.0 * server_share
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn log_stamps_are_read_relative_to_a_nearby_time() {
+        let log = "yeet 23:59:59.500: fetching x\nbuilding\nyeet 00:00:00.250: setting the system profile and running y\n";
+        let near = 1_732_406_399_000; // 2024-11-23T23:59:59Z
+        assert_eq!(super::stamped(log, "fetching", near), Some(near + 500));
+        assert_eq!(
+            super::stamped(log, "setting the system profile", near),
+            Some(near + 1250)
+        );
+        assert_eq!(super::stamped(log, "confirmed", near), None);
+    }
+}
