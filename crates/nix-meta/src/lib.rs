@@ -4,6 +4,7 @@
 //! Everything here is checked against files that real `nix` writes (see `tests/real_nix.rs`),
 //! because a host's decision to activate a closure rests on these bytes being read correctly.
 
+pub mod export;
 pub mod hash;
 pub mod keys;
 pub mod narinfo;

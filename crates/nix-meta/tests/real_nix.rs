@@ -260,3 +260,91 @@ fn we_verify_a_stores_own_registrations_and_signatures() {
         assert!(info.verify(std::slice::from_ref(&stranger)).is_err());
     }
 }
+
+/// `nix-store --export` of a tree with every kind of NAR node: each NAR we cut out of the
+/// stream is byte for byte what `nix-store --dump` writes, and each trailer names the path
+/// and its references as the store does. A cut-off stream is an error, not a panic.
+#[test]
+fn we_read_what_nix_store_export_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let tag = unique_tag();
+    let expr = dir.path().join("tree.nix");
+    std::fs::write(
+        &expr,
+        format!(
+            r#"let dep = derivation {{ name = "nix-meta-export-dep-{tag}"; system = builtins.currentSystem; builder = "/bin/sh"; PATH = "/bin:/usr/bin"; args = ["-c" "echo -n 1234567 > $out"]; }};
+            in derivation {{ name = "nix-meta-export-{tag}"; system = builtins.currentSystem; builder = "/bin/sh"; PATH = "/bin:/usr/bin";
+                 args = ["-c" "mkdir -p $out/a/b/c $out/empty-dir; touch $out/empty; printf '#!/bin/sh\\n' > $out/run; chmod +x $out/run; head -c 100000 /dev/urandom > $out/a/b/c/data; ln -s ${{dep}} $out/dep; ln -s run $out/a/link"]; }}"#
+        ),
+    )
+    .unwrap();
+    let stdout = |cmd: &mut Command| {
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let top = stdout(Command::new("nix-build").arg(&expr).arg("--no-out-link"));
+    let closure = stdout(Command::new("nix-store").args(["-qR", top.trim()]));
+    let closure: Vec<&str> = closure.lines().collect();
+    assert_eq!(closure.len(), 2);
+    let export = Command::new("nix-store")
+        .arg("--export")
+        .args(&closure)
+        .output()
+        .unwrap();
+    assert!(export.status.success());
+    let mut reader = nix_meta::export::ExportReader::new(export.stdout.as_slice(), "/nix/store");
+    let mut seen = Vec::new();
+    loop {
+        let mut nar = Vec::new();
+        let Some(path) = reader.next_into(&mut nar).unwrap() else {
+            break;
+        };
+        let full = path.store_path.in_store("/nix/store");
+        let dump = Command::new("nix-store")
+            .args(["--dump", &full])
+            .output()
+            .unwrap();
+        assert!(
+            nar == dump.stdout,
+            "{full}: the NAR differs from nix-store --dump"
+        );
+        let refs = stdout(Command::new("nix-store").args(["-q", "--references", &full]));
+        let mut want: Vec<&str> = refs.lines().collect();
+        let mut got: Vec<String> = path
+            .references
+            .iter()
+            .map(|r| r.in_store("/nix/store"))
+            .collect();
+        want.sort();
+        got.sort();
+        assert_eq!(got, want, "{full}");
+        seen.push(full);
+    }
+    seen.sort();
+    let mut expected: Vec<String> = closure.iter().map(|s| s.to_string()).collect();
+    expected.sort();
+    assert_eq!(seen, expected);
+    assert!(reader.next_into(&mut Vec::new()).unwrap().is_none());
+
+    for cut in [
+        0,
+        7,
+        8,
+        100,
+        export.stdout.len() / 2,
+        export.stdout.len() - 1,
+    ] {
+        let mut reader = nix_meta::export::ExportReader::new(&export.stdout[..cut], "/nix/store");
+        let mut sink = Vec::new();
+        let outcome = (|| {
+            while reader.next_into(&mut sink)?.is_some() {}
+            Ok::<(), nix_meta::export::ExportError>(())
+        })();
+        assert!(outcome.is_err(), "a stream cut at {cut} bytes was accepted");
+    }
+}

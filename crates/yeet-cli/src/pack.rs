@@ -1,5 +1,5 @@
 //! Packing store paths for the embedded cache without a staging store. Each path's NAR comes
-//! from `nix-store --dump` and is streamed through the compressor while its NAR hash and
+//! out of a `nix-store --export` stream and is streamed through the compressor while its NAR hash and
 //! the compressed file's hash are computed; the compressed bytes stay in memory (or, past
 //! [`IN_MEMORY_BYTES`], in one temporary file) only until they are uploaded. The narinfo is
 //! written from the local store's own registration (`nix-store --dump-db`, the signatures
@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use indicatif::ProgressBar;
 use nix_meta::{NarHash, NarInfo, PathInfo, SecretKey};
 use sha2::{Digest, Sha256};
-use std::io::{Read, Seek, Write};
+use std::io::{Seek, Write};
 use std::process::{Command, Stdio};
 
 use crate::push::run;
@@ -135,71 +135,133 @@ impl Write for Spool {
     }
 }
 
-/// A reader that feeds the NAR hash and the progress bar as the NAR streams through.
-struct Hashing<'a, R> {
-    inner: R,
+/// Where a NAR streams while it is cut out of an export: the NAR hash, the progress bar,
+/// and the compressor (or straight into the spool).
+struct NarSink<'a> {
     hasher: Sha256,
     len: u64,
     progress: &'a ProgressBar,
+    out: Compressing,
 }
 
-impl<R: Read> Read for Hashing<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.len += n as u64;
-        self.progress.inc(n as u64);
-        Ok(n)
+enum Compressing {
+    Zstd(zstd::stream::write::Encoder<'static, Spool>),
+    None(Spool),
+}
+
+impl Write for NarSink<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.hasher.update(buf);
+        self.len += buf.len() as u64;
+        self.progress.inc(buf.len() as u64);
+        match &mut self.out {
+            Compressing::Zstd(e) => e.write_all(buf)?,
+            Compressing::None(s) => s.write_all(buf)?,
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
-/// Dumps `info`'s path, compresses it, and writes its narinfo. Fails if the NAR differs from
-/// what the store registered (a corrupted store path).
-pub fn pack(info: &PathInfo, compression: Compression, progress: &ProgressBar) -> Result<Packed> {
-    let path = info.store_path.in_store(&info.store_dir);
-    let mut child = Command::new("nix-store")
-        .args(["--dump", &path])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("cannot run nix-store --dump (is Nix installed?)")?;
-    let stdout = child
-        .stdout
-        .take()
-        .context("nix-store --dump has no stdout")?;
-    let mut nar = Hashing {
-        inner: stdout,
-        hasher: Sha256::new(),
-        len: 0,
-        progress,
-    };
-    let mut spool = Spool {
+fn new_spool() -> Spool {
+    Spool {
         memory: Vec::new(),
         file: None,
         hasher: Sha256::new(),
         len: 0,
-    };
-    let copied = match compression {
-        Compression::Zstd => zstd::stream::copy_encode(&mut nar, &mut spool, ZSTD_LEVEL),
-        Compression::None => std::io::copy(&mut nar, &mut spool).map(drop),
-    };
-    let out = child.wait_with_output().context("nix-store --dump")?;
-    if !out.status.success() {
-        bail!(
-            "nix-store --dump {path} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
     }
-    copied.with_context(|| format!("cannot pack {path} (is the temporary directory full?)"))?;
-    let nar_hash = NarHash(nar.hasher.finalize().into());
-    if nar_hash != info.nar_hash || nar.len != info.nar_size {
+}
+
+/// Packs `infos` out of `nix-store --export` streams (one process per [`PATHS_PER_CALL`]
+/// paths, where `nix-store --dump` would cost a process each) and hands each packed path
+/// to `packed` as soon as it is complete. Fails if a NAR differs from what the store
+/// registered (a corrupted store path), or if the export leaves out or adds a path.
+pub fn pack_all(
+    infos: &[&PathInfo],
+    compression: Compression,
+    progress: &ProgressBar,
+    packed: &mut dyn FnMut(Packed) -> Result<()>,
+) -> Result<()> {
+    for part in infos.chunks(PATHS_PER_CALL) {
+        let mut wanted: std::collections::HashMap<&nix_meta::StorePath, &PathInfo> =
+            part.iter().map(|i| (&i.store_path, *i)).collect();
+        let mut child = Command::new("nix-store")
+            .arg("--export")
+            .args(part.iter().map(|i| i.store_path.in_store(&i.store_dir)))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("cannot run nix-store --export (is Nix installed?)")?;
+        let stdout = child
+            .stdout
+            .take()
+            .context("nix-store --export has no stdout")?;
+        let mut reader = nix_meta::export::ExportReader::new(
+            std::io::BufReader::with_capacity(1 << 16, stdout),
+            nix_meta::DEFAULT_STORE_DIR,
+        );
+        let streamed = (|| -> Result<()> {
+            loop {
+                let mut sink = NarSink {
+                    hasher: Sha256::new(),
+                    len: 0,
+                    progress,
+                    out: match compression {
+                        Compression::Zstd => Compressing::Zstd(zstd::stream::write::Encoder::new(
+                            new_spool(),
+                            ZSTD_LEVEL,
+                        )?),
+                        Compression::None => Compressing::None(new_spool()),
+                    },
+                };
+                let Some(exported) = reader.next_into(&mut sink)? else {
+                    return Ok(());
+                };
+                let info = wanted.remove(&exported.store_path).with_context(|| {
+                    format!(
+                        "nix-store --export sent {}, which was not asked for",
+                        exported.store_path
+                    )
+                })?;
+                packed(finish(info, sink, compression)?)?;
+            }
+        })();
+        let out = child.wait_with_output().context("nix-store --export")?;
+        if !out.status.success() {
+            bail!(
+                "nix-store --export failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        streamed
+            .context("cannot pack the exported store paths (is the temporary directory full?)")?;
+        if let Some(left) = wanted.keys().next() {
+            bail!("nix-store --export left out {left}");
+        }
+    }
+    Ok(())
+}
+
+/// The narinfo and NAR file of one path whose NAR has streamed into `sink`.
+fn finish(info: &PathInfo, sink: NarSink<'_>, compression: Compression) -> Result<Packed> {
+    let path = info.store_path.in_store(&info.store_dir);
+    let nar_hash = NarHash(sink.hasher.finalize().into());
+    if nar_hash != info.nar_hash || sink.len != info.nar_size {
         bail!(
             "{path} does not match the store's registration (NAR {nar_hash}, {} bytes; registered {}, {} bytes): the store is corrupt; run `nix-store --verify --check-contents --repair`",
-            nar.len,
+            sink.len,
             info.nar_hash,
             info.nar_size
         );
     }
+    let mut spool = match sink.out {
+        Compressing::Zstd(e) => e.finish()?,
+        Compressing::None(s) => s,
+    };
+    spool.flush()?;
     let file_sha256: [u8; 32] = spool.hasher.finalize().into();
     let file = match spool.file {
         Some(mut file) => {
@@ -220,7 +282,7 @@ pub fn pack(info: &PathInfo, compression: Compression, progress: &ProgressBar) -
         file_hash: Some(NarHash(file_sha256)),
         file_size: Some(spool.len),
         nar_hash,
-        nar_size: nar.len,
+        nar_size: sink.len,
         references: info.references.clone(),
         deriver: None,
         system: None,

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use yeet_client::Client;
 
-use crate::pack::{Compression, Spooled, pack, sign, store_infos};
+use crate::pack::{Compression, Spooled, pack_all, sign, store_infos};
 
 pub enum Target {
     Embedded {
@@ -256,6 +256,23 @@ fn in_parallel<T: Sync>(
     })
 }
 
+/// Splits `infos` (largest first) into `shares` lists of about equal NAR bytes: each is
+/// packed by one export stream and uploaded by one thread.
+fn balanced(infos: &[nix_meta::PathInfo], shares: usize) -> Vec<Vec<&nix_meta::PathInfo>> {
+    let mut lists: Vec<(u64, Vec<&nix_meta::PathInfo>)> = vec![(0, Vec::new()); shares.max(1)];
+    for info in infos {
+        if let Some(lightest) = lists.iter_mut().min_by_key(|(bytes, _)| *bytes) {
+            lightest.0 += info.nar_size;
+            lightest.1.push(info);
+        }
+    }
+    lists
+        .into_iter()
+        .map(|(_, l)| l)
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
 /// Uploads in parallel: as many as the server lets one key run at once (4 by default).
 const UPLOAD_WORKERS: usize = 4;
 
@@ -300,21 +317,22 @@ fn push_embedded(
     let workers = std::thread::available_parallelism()
         .map_or(2, |n| n.get())
         .min(UPLOAD_WORKERS);
-    in_parallel(&infos, workers, |info| {
-        let packed = pack(info, compression, &bar)?;
-        let url = format!("/cache/{}", packed.narinfo.url);
-        match packed.file {
-            Spooled::Memory(bytes) => {
-                client.put_hashed(&url, &packed.file_sha256, bytes.as_slice())?
+    in_parallel(&balanced(&infos, workers), workers, |share| {
+        pack_all(share, compression, &bar, &mut |packed| {
+            let url = format!("/cache/{}", packed.narinfo.url);
+            match packed.file {
+                Spooled::Memory(bytes) => {
+                    client.put_hashed(&url, &packed.file_sha256, bytes.as_slice())?
+                }
+                Spooled::File(file) => client.put_hashed(&url, &packed.file_sha256, file)?,
             }
-            Spooled::File(file) => client.put_hashed(&url, &packed.file_sha256, file)?,
-        }
-        let hash = packed.narinfo.store_path.hash_part().to_owned();
-        narinfos
-            .lock()
-            .map_err(|_| anyhow::anyhow!("an upload thread panicked"))?
-            .insert(hash, packed.narinfo);
-        Ok(())
+            let hash = packed.narinfo.store_path.hash_part().to_owned();
+            narinfos
+                .lock()
+                .map_err(|_| anyhow::anyhow!("an upload thread panicked"))?
+                .insert(hash, packed.narinfo);
+            Ok(())
+        })
     })?;
     bar.finish_and_clear();
     let narinfos = narinfos

@@ -192,7 +192,7 @@ pub fn publish(mib: u64, paths: usize, small: usize) {
     let unchanged = time_publish(&server, "bench-2", &small_top, &signed);
     let forced = time_publish(&server, "bench-3", &small_top, &signed);
     println!("closure of {small_count} small paths:");
-    println!("  first publish:                                  {first:>7.2} s");
-    println!("  unchanged re-publish (no host changes):         {unchanged:>7.2} s");
-    println!("  same closure to another host (all checked, none uploaded): {forced:>7.2} s");
+    println!("  first publish:                                  {first:>9.3} s");
+    println!("  unchanged re-publish (no host changes):         {unchanged:>9.3} s");
+    println!("  to another host (all checked, none uploaded):   {forced:>9.3} s");
 }
