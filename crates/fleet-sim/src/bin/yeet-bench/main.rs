@@ -8,10 +8,11 @@
 //! - `fleet [N] [REPLICAS]`: release-to-wake latency of N protocol-level agents over
 //!   replicas on PostgreSQL (see `fleet.rs`);
 //! - `hold [N]`: the server's RSS with N held long-polls, per held poll (see `hold.rs`);
-//! - `checkins [SECONDS] [CLIENTS]`: signed check-ins per second (each verified, its nonce
-//!   written to the fleet's nonce log) from CLIENTS keep-alive connections, against the
-//!   server's unsigned `/healthz` on the same server and connections: the ratio is what
-//!   authentication and the check-in cost.
+//! - `checkins [SECONDS] [CLIENTS] [postgres]`: signed check-ins per second (each
+//!   verified, its nonce written to the fleet's nonce log) from CLIENTS keep-alive
+//!   connections, against a bare axum endpoint doing the same JSON work (`bare.rs`), with
+//!   the same client sending the same signed requests: the ratio is what authentication
+//!   and the fleet state cost.
 //! - `secrets [SECRETS] [ROUNDS]`: one activation's fetch of SECRETS secrets (default 100),
 //!   each decrypted with the server's key and re-encrypted to the request's one-time
 //!   recipient: the request's time (loopback, so nearly all of it is the server's), against
@@ -24,6 +25,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod bare;
 mod fleet;
 mod hold;
 mod publish;
@@ -154,10 +156,11 @@ fn signed_post(
     head
 }
 
-fn checkins(secs: u64, clients: usize) {
+fn checkins(secs: u64, clients: usize, postgres: bool) {
     // Every benchmark host registers from loopback at once: lift the per-network limit.
     let server = fleet_sim::Server::start(fleet_sim::ServerOptions {
         config: "registration_burst = 100000\n".into(),
+        database: postgres.then(fleet_sim::fresh_postgres_database),
         ..Default::default()
     });
     let host = server.url.trim_start_matches("http://").to_owned();
@@ -185,52 +188,68 @@ fn checkins(secs: u64, clients: usize) {
         let (status, reply) = Conn::open(&host).send(&head, &body);
         assert_eq!(status, 200, "{}", String::from_utf8_lossy(&reply));
         let reply: serde_json::Value = serde_json::from_slice(&reply).unwrap();
-        server.yeet(&[
-            "approve",
-            &format!("bench-{i}"),
-            reply["code"].as_str().unwrap(),
-        ]);
+        server
+            .client()
+            .approve(reply["code"].as_str().unwrap(), &format!("bench-{i}"))
+            .unwrap();
     }
-    let run = |signed: bool| -> f64 {
+    // The baseline: the same requests, from the same client code, to a bare endpoint.
+    let mut bare_server = std::process::Command::new(fleet_sim::bin("yeet-bench"))
+        .arg("bare-server")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut bare_addr = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(bare_server.stdout.take().unwrap()),
+        &mut bare_addr,
+    )
+    .unwrap();
+    let run = |addr: &str, round: u8| -> f64 {
         let started = Instant::now();
         let deadline = started + Duration::from_secs(secs);
         let total: u64 = std::thread::scope(|scope| {
             let threads: Vec<_> = hosts
-            .iter()
-            .enumerate()
-            .map(|(t, id)| {
-                let (host, origin) = (&host, &origin);
-                scope.spawn(move || {
-                    let mut conn = Conn::open(host);
-                    let body = br#"{"state":"standby","facts":{"os":"linux","arch":"x86_64","agent_version":"bench"},"wait_secs":0}"#;
-                    let healthz = format!("GET /healthz HTTP/1.1\r\nHost: {host}\r\n\r\n");
-                    let mut done: u64 = 0;
-                    while Instant::now() < deadline {
-                        let status = if signed {
+                .iter()
+                .enumerate()
+                .map(|(t, id)| {
+                    let (host, origin) = (&host, &origin);
+                    scope.spawn(move || {
+                        let mut conn = Conn::open(addr);
+                        let body = br#"{"current_system":null,"booted_system":null,"state":"standby","facts":{"os":"linux","arch":"x86_64","agent_version":"bench"},"wait_secs":0}"#;
+                        let mut done: u64 = 0;
+                        while Instant::now() < deadline {
                             let mut nonce = [0u8; 16];
                             nonce[..8].copy_from_slice(&done.to_le_bytes());
                             nonce[8] = t as u8;
+                            nonce[9] = round;
                             let head = signed_post(id, origin, host, yeet_proto::api::paths::CHECKIN, body, nonce);
-                            conn.send(&head, body).0
-                        } else {
-                            conn.send(&healthz, b"").0
-                        };
-                        assert_eq!(status, 200);
-                        done += 1;
-                    }
-                    done
+                            let (status, reply) = conn.send(&head, body);
+                            assert_eq!(status, 200, "{}", String::from_utf8_lossy(&reply));
+                            done += 1;
+                        }
+                        done
+                    })
                 })
-            })
-            .collect();
+                .collect();
             threads.into_iter().map(|t| t.join().unwrap()).sum()
         });
         total as f64 / started.elapsed().as_secs_f64()
     };
-    let bare = run(false);
-    let signed = run(true);
-    println!("{clients} keep-alive clients, {secs} s each, server on SQLite (embedded defaults)");
-    println!("GET /healthz (unsigned, trivial): {bare:.0} requests/s");
-    println!("signed check-ins (verified, nonce logged): {signed:.0} requests/s");
+    let bare = run(bare_addr.trim(), 0);
+    let signed = run(&host, 1);
+    let _ = bare_server.kill();
+    let _ = bare_server.wait();
+    println!(
+        "{clients} keep-alive clients, {secs} s each, server on {}",
+        if postgres {
+            "PostgreSQL"
+        } else {
+            "SQLite (embedded defaults)"
+        }
+    );
+    println!("bare axum endpoint, same JSON work, no auth or state: {bare:.0} requests/s");
+    println!("signed check-ins (verified, nonce logged, state read): {signed:.0} requests/s");
     println!("ratio signed/bare: {:.2}", signed / bare);
 }
 
@@ -377,6 +396,7 @@ fn main() {
             args.get(1).and_then(|a| a.parse().ok()).unwrap_or(10_000),
             args.get(2).and_then(|a| a.parse().ok()).unwrap_or(3),
         ),
+        Some("bare-server") => bare::bare_server(),
         Some("hold") => hold::hold(args.get(1).and_then(|a| a.parse().ok()).unwrap_or(10_000)),
         Some("hold-client") => hold::hold_client(&args[1]),
         Some("publish") => publish::publish(
@@ -391,13 +411,14 @@ fn main() {
         Some("checkins") => checkins(
             args.get(1).and_then(|a| a.parse().ok()).unwrap_or(10),
             args.get(2).and_then(|a| a.parse().ok()).unwrap_or(4),
+            args.get(3).is_some_and(|a| a == "postgres"),
         ),
         Some("osquery-logs") => osquery_logs(
             args.get(1).and_then(|a| a.parse().ok()).unwrap_or(20),
             args.get(2).and_then(|a| a.parse().ok()).unwrap_or(4),
         ),
         _ => eprintln!(
-            "usage: yeet-bench realnix [N] | hold [N] | fleet [N] [REPLICAS] | idle [SECONDS] | publish [MIB] [PATHS] [SMALL] | checkins [SECONDS] [CLIENTS] | secrets [SECRETS] [ROUNDS] | osquery-logs [BATCHES] [NODES]"
+            "usage: yeet-bench realnix [N] | hold [N] | fleet [N] [REPLICAS] | idle [SECONDS] | publish [MIB] [PATHS] [SMALL] | checkins [SECONDS] [CLIENTS] [postgres] | secrets [SECRETS] [ROUNDS] | osquery-logs [BATCHES] [NODES]"
         ),
     }
 }
