@@ -73,7 +73,7 @@ pub async fn read_body(
         if too_large {
             ApiError::new(
                 ErrorCode::BodyTooLarge,
-                format!("request body exceeds {limit} bytes"),
+                format!("request body exceeds {limit} bytes; for larger requests (a release naming tens of thousands of hosts) raise max_body_bytes in the server config"),
             )
         } else {
             ApiError::new(

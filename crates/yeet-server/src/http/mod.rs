@@ -6,7 +6,7 @@ pub mod error;
 mod osquery;
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
 use axum::http::Method;
 use axum::routing::{self, MethodFilter, MethodRouter};
 use axum::{Json, Router, middleware};
@@ -210,7 +210,10 @@ pub fn router(state: AppState) -> Router {
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate,
-        ));
+        ))
+        // The signature layer has read the body within `max_body_bytes`; axum's own 2 MB
+        // default would refuse large requests (a release naming 25,000 hosts) after it.
+        .layer(DefaultBodyLimit::max(state.max_body_bytes));
     let cache = match state.service.embedded_cache() {
         Ok(c) => cache::routes(state.clone(), c),
         Err(_) => Router::new(),

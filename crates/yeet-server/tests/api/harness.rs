@@ -125,6 +125,11 @@ pub fn build(
 
 impl Api {
     pub async fn new(config: ServiceConfig) -> Api {
+        Api::with_body_limit(config, 64 * 1024).await
+    }
+
+    /// An API whose request bodies may be `max_body_bytes` long.
+    pub async fn with_body_limit(config: ServiceConfig, max_body_bytes: usize) -> Api {
         let db = common::TestDb::sqlite().await;
         let store = db.open().await;
         let (admin, publisher, viewer) = (identity(), identity(), identity());
@@ -151,7 +156,7 @@ impl Api {
         );
         let router = router(AppState {
             service: service.clone(),
-            max_body_bytes: 64 * 1024,
+            max_body_bytes,
             max_upload_bytes: 1 << 20,
             body_timeout: std::time::Duration::from_secs(5),
         });

@@ -123,3 +123,45 @@ async fn rollback_points_hosts_at_their_previous_systems() {
     )
     .await;
 }
+
+/// A release naming tens of thousands of hosts is a body of several megabytes: within the
+/// configured `max_body_bytes` it reaches the service (which names the unknown hosts), past
+/// it it is refused as too large, saying what to raise.
+#[tokio::test]
+async fn a_release_for_a_large_fleet_is_limited_only_by_max_body_bytes() {
+    let api = Api::with_body_limit(ServiceConfig::default(), 16 << 20).await;
+    let hosts: serde_json::Map<String, serde_json::Value> = (0..40_000)
+        .map(|i| (format!("host-{i:05}"), serde_json::json!(PATH_A)))
+        .collect();
+    let body = serde_json::to_vec(&serde_json::json!({ "hosts": hosts })).unwrap();
+    assert!(body.len() > 2 << 20, "{} bytes", body.len());
+    let (s, v) = api
+        .call("POST", paths::RELEASES, &body, Sign::By(&api.publisher))
+        .await;
+    assert_error(
+        s,
+        &v,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "unknown_host",
+        "40,000 hosts",
+    );
+
+    let small = Api::new(ServiceConfig::default()).await;
+    let (s, v) = small
+        .call("POST", paths::RELEASES, &body, Sign::By(&small.publisher))
+        .await;
+    assert_error(
+        s,
+        &v,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+        "over the limit",
+    );
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_body_bytes"),
+        "{v}"
+    );
+}
