@@ -15,7 +15,7 @@ use crate::{Conn, proc_stat, signed_post};
 const PER_CLIENT: usize = 9000;
 
 /// The host identity of the `i`-th benchmark host.
-fn host_identity(i: usize) -> yeet_proto::Identity {
+pub fn host_identity(i: usize) -> yeet_proto::Identity {
     let mut seed = [7u8; 32];
     seed[..8].copy_from_slice(&(i as u64).to_le_bytes());
     yeet_proto::Identity::from_seed(&seed)

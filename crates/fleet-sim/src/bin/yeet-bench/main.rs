@@ -166,33 +166,8 @@ fn checkins(secs: u64, clients: usize, postgres: bool) {
     let host = server.url.trim_start_matches("http://").to_owned();
     let origin = yeet_proto::signing::origin_of(&server.url).unwrap();
     // Enroll one host per client: register with its key, approve its code.
-    let hosts: Vec<yeet_proto::Identity> = (0..clients)
-        .map(|i| yeet_proto::Identity::from_seed(&[i as u8 + 1; 32]))
-        .collect();
-    for (i, id) in hosts.iter().enumerate() {
-        let body = serde_json::to_vec(&serde_json::json!({
-            "public_key": id.public().to_openssh(), "hostname_hint": "bench",
-            "facts": {"os": "linux", "arch": "x86_64", "agent_version": "bench"}}))
-        .unwrap();
-        let mut nonce = [0u8; 16];
-        nonce[..8].copy_from_slice(&(i as u64).to_le_bytes());
-        nonce[15] = 0xee;
-        let head = signed_post(
-            id,
-            &origin,
-            &host,
-            yeet_proto::api::paths::REGISTER,
-            &body,
-            nonce,
-        );
-        let (status, reply) = Conn::open(&host).send(&head, &body);
-        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&reply));
-        let reply: serde_json::Value = serde_json::from_slice(&reply).unwrap();
-        server
-            .client()
-            .approve(reply["code"].as_str().unwrap(), &format!("bench-{i}"))
-            .unwrap();
-    }
+    let hosts: Vec<yeet_proto::Identity> = (0..clients).map(hold::host_identity).collect();
+    hold::enroll_all(&[&server], clients);
     // The baseline: the same requests, from the same client code, to a bare endpoint.
     let mut bare_server = std::process::Command::new(fleet_sim::bin("yeet-bench"))
         .arg("bare-server")
