@@ -171,6 +171,9 @@ pub struct Server {
     pub ca_cert: Option<PathBuf>,
     /// The typed API client with the admin key, made once.
     client: yeet_client::Client,
+    /// Whether dropping this server drops its PostgreSQL database (not for replicas, which
+    /// share the first server's).
+    owns_database: bool,
 }
 
 impl Server {
@@ -209,7 +212,7 @@ impl Server {
             "admin add failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        Server::serve(dir, &config, opts, admin_key)
+        Server::serve(dir, &config, opts, admin_key, true)
     }
 
     /// Starts `yeet-server` on `config` with a state directory in `dir`.
@@ -218,6 +221,7 @@ impl Server {
         config: &Path,
         opts: ServerOptions,
         admin_key: PathBuf,
+        owns_database: bool,
     ) -> Server {
         let mut serve = Command::new(bin("yeet-server"));
         serve
@@ -248,6 +252,7 @@ impl Server {
             admin_key,
             ca_cert: opts.ca_cert,
             client,
+            owns_database,
         }
     }
 
@@ -279,6 +284,7 @@ impl Server {
             &self.dir.path().join("server.toml"),
             opts,
             self.admin_key.clone(),
+            false,
         )
     }
 
@@ -350,16 +356,14 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.proc.child.kill();
         let _ = self.proc.child.wait();
-        if let Some((base, name)) = self
+        if let Some((_, name)) = self
             .database
             .as_deref()
-            .filter(|d| d.starts_with("postgres"))
+            .filter(|d| self.owns_database && d.starts_with("postgres"))
             .and_then(|d| d.rsplit_once('/'))
         {
-            let admin =
-                std::env::var("YEET_TEST_POSTGRES").unwrap_or_else(|_| format!("{base}/test"));
             let _ = Command::new("psql")
-                .arg(admin)
+                .arg(postgres_admin_url())
                 .args([
                     "-qc",
                     &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
@@ -468,11 +472,17 @@ pub fn test_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     (p("ca.pem"), p("cert.pem"), p("key.pem"))
 }
 
-/// Creates a fresh database on the test PostgreSQL (`YEET_TEST_POSTGRES`, default
-/// `postgres://postgres@127.0.0.1:5432/test`) with `psql`, and returns its URL.
+/// The test PostgreSQL's admin database URL: `YEET_TEST_POSTGRES`, default
+/// `postgres://postgres@127.0.0.1:5432/test`.
+pub fn postgres_admin_url() -> String {
+    std::env::var("YEET_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// Creates a fresh database on the test PostgreSQL ([`postgres_admin_url`]) with `psql`,
+/// and returns its URL.
 pub fn fresh_postgres_database() -> String {
-    let admin = std::env::var("YEET_TEST_POSTGRES")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let admin = postgres_admin_url();
     let mut b = [0u8; 6];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))

@@ -180,13 +180,16 @@ fn missing_in_cache(
             .iter()
             .map(|p| hash_part(p))
             .collect::<Result<Vec<_>>>()?;
-        let answer = client.cache_missing(&yeet_proto::api::CacheMissingRequest { hashes })?;
+        let answer = client.cache_missing(&yeet_proto::api::CacheMissingRequest {
+            hashes: hashes.clone(),
+        })?;
         let wanted: BTreeSet<String> = answer.missing.into_iter().collect();
-        for p in part {
-            if wanted.contains(&hash_part(p)?) {
-                missing.push(p.clone());
-            }
-        }
+        missing.extend(
+            part.iter()
+                .zip(&hashes)
+                .filter(|(_, h)| wanted.contains(*h))
+                .map(|(p, _)| p.clone()),
+        );
         trusted = answer
             .trusted_keys
             .iter()

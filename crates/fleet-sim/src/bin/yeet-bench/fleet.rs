@@ -14,12 +14,14 @@ use crate::{percentile, proc_stat};
 /// Backends connected to `database` (its URL's last path segment), per `pg_stat_activity`.
 fn postgres_connections(database: &str) -> String {
     let name = database.rsplit('/').next().unwrap_or(database);
-    let admin = std::env::var("YEET_TEST_POSTGRES")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-    let out = fleet_sim::run(std::process::Command::new("psql").arg(&admin).args([
-        "-tAc",
-        &format!("SELECT count(*) FROM pg_stat_activity WHERE datname = '{name}'"),
-    ]));
+    let out = fleet_sim::run(
+        std::process::Command::new("psql")
+            .arg(fleet_sim::postgres_admin_url())
+            .args([
+                "-tAc",
+                &format!("SELECT count(*) FROM pg_stat_activity WHERE datname = '{name}'"),
+            ]),
+    );
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
