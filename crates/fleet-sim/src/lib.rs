@@ -33,6 +33,7 @@ pub fn bin_dir() -> &'static Path {
             .status()
             .expect("cannot run cargo to build the yeet binaries");
         assert!(status.success(), "building the yeet binaries failed");
+        nix_database_ready();
         // Tests run from target/<profile>/deps/, binaries (the demo) from target/<profile>/.
         let dir = exe.parent().unwrap();
         if dir.ends_with("deps") {
@@ -41,6 +42,21 @@ pub fn bin_dir() -> &'static Path {
             dir.to_owned()
         }
     })
+}
+
+/// Creates the machine's Nix database once per process. Nix creates it on first use, and on
+/// a fresh machine the parallel tests' first `nix-store` calls race to create it: the
+/// losers fail with "SQLite database ... is busy" instead of waiting.
+pub fn nix_database_ready() {
+    static READY: OnceLock<()> = OnceLock::new();
+    READY.get_or_init(|| {
+        // Without Nix this fails; the first real Nix call then says what is missing.
+        let _ = Command::new("nix-store")
+            .arg("--init")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    });
 }
 
 pub fn bin(name: &str) -> PathBuf {

@@ -23,6 +23,7 @@ pub struct Cache {
 impl Cache {
     pub fn new(dir: &Path, key_name: &str) -> Cache {
         std::fs::create_dir_all(dir).unwrap();
+        crate::nix_database_ready();
         let (sk, pk) = (
             dir.join(format!("{key_name}.sk")),
             dir.join(format!("{key_name}.pk")),
@@ -787,6 +788,26 @@ impl Drop for SimHost {
     }
 }
 
+/// Powers hosts off from 16 threads: each waits for its namespace to empty, and one by one
+/// fifty hosts take over a minute.
+fn power_off_all(hosts: Vec<SimHost>) {
+    let mut shares: Vec<Vec<SimHost>> = (0..16).map(|_| Vec::new()).collect();
+    for (i, host) in hosts.into_iter().enumerate() {
+        shares[i % 16].push(host);
+    }
+    std::thread::scope(|scope| {
+        for share in shares.into_iter().filter(|s| !s.is_empty()) {
+            scope.spawn(move || drop(share));
+        }
+    });
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        power_off_all(std::mem::take(&mut self.hosts));
+    }
+}
+
 /// A server, a signed cache, a base system and `n` enrolled, approved hosts running it.
 pub struct Fleet {
     pub server: Server,
@@ -1052,25 +1073,25 @@ impl Fleet {
         self.dir.path()
     }
 
-    /// Boots new hosts, waits for their codes in `yeet-agent status`, and approves them.
+    /// Boots new hosts (a few at a time: booting is mostly waiting for Nix and the agent),
+    /// waits for their codes in `yeet-agent status`, and approves them in `names`' order.
     pub fn add_hosts(&mut self, names: &[&str]) {
-        let booted = names.iter().map(|name| self.boot_new_host(name)).collect();
-        self.approve_all(booted);
+        self.add_hosts_in_parallel(names, 4);
     }
 
-    /// Boots new hosts from `threads` threads at once, then approves them (a large fleet
-    /// would take long to boot one by one).
+    /// Boots new hosts from `threads` threads at once, then approves them in `names`' order
+    /// (a large fleet would take long to boot one by one).
     pub fn add_hosts_in_parallel(&mut self, names: &[&str], threads: usize) {
         let next = std::sync::atomic::AtomicUsize::new(0);
-        let booted: Vec<SimHost> = std::thread::scope(|scope| {
-            let workers: Vec<_> = (0..threads.max(1))
+        let mut booted: Vec<(usize, SimHost)> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..threads.clamp(1, names.len().max(1)))
                 .map(|_| {
                     scope.spawn(|| {
                         let mut mine = Vec::new();
-                        while let Some(name) =
-                            names.get(next.fetch_add(1, std::sync::atomic::Ordering::SeqCst))
-                        {
-                            mine.push(self.boot_new_host(name));
+                        loop {
+                            let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            let Some(name) = names.get(i) else { break };
+                            mine.push((i, self.boot_new_host(name)));
                         }
                         mine
                     })
@@ -1081,7 +1102,8 @@ impl Fleet {
                 .flat_map(|w| w.join().unwrap())
                 .collect()
         });
-        self.approve_all(booted);
+        booted.sort_by_key(|(i, _)| *i);
+        self.approve_all(booted.into_iter().map(|(_, h)| h).collect());
     }
 
     /// Boots a host without approving it.

@@ -54,7 +54,16 @@ fn a_power_cut_mid_activation_converges() {
 fn a_publish_reaches_fifty_hosts() {
     let names: Vec<String> = (1..=50).map(|i| format!("node-{i:02}")).collect();
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
-    let fleet = Fleet::new(&names, 60);
+    // All 50 register from loopback at once: past the default burst, the rate limit would
+    // only add waiting.
+    let fleet = Fleet::with(
+        &names,
+        FleetOptions {
+            confirm_timeout: 60,
+            server_config: "registration_burst = 60\n".into(),
+            ..Default::default()
+        },
+    );
     let v1 = fleet.system("system-fleet", Variant::Good, "6.1");
     let pairs: Vec<(&str, &str)> = names.iter().map(|n| (*n, v1.as_str())).collect();
     fleet.publish(&pairs, "everyone");
