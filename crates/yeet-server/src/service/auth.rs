@@ -175,10 +175,9 @@ impl Service {
     /// restart).
     pub(crate) async fn spend_nonce(&self, headers: &SignatureHeaders) -> Result<()> {
         lock(&self.nonces).check_and_record(headers, now())?;
-        let expires = headers.timestamp.saturating_add(self.config.skew_secs + 1);
         match self
             .nonce_log
-            .record(&headers.key_id, &headers.nonce, expires)
+            .record(&headers.key_id, &headers.nonce, headers.timestamp)
             .await
         {
             Ok(true) => Ok(()),

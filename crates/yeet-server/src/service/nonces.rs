@@ -18,7 +18,8 @@ const MAX_BATCH: usize = 512;
 struct Pending {
     key_id: String,
     nonce: String,
-    expires_at: i64,
+    /// The request's signed timestamp: a replay carries the same one.
+    signed_at: i64,
     /// `Ok(true)` when the nonce was new.
     done: oneshot::Sender<Result<bool, String>>,
 }
@@ -45,13 +46,13 @@ impl NonceLog {
         &self,
         key_id: &str,
         nonce: &str,
-        expires_at: i64,
+        signed_at: i64,
     ) -> Result<bool, String> {
         let (done, result) = oneshot::channel();
         let pending = Pending {
             key_id: key_id.to_owned(),
             nonce: nonce.to_owned(),
-            expires_at,
+            signed_at,
             done,
         };
         self.tx
@@ -72,7 +73,7 @@ async fn commit(store: &Store, batch: Vec<Pending>) {
     for p in batch {
         let id = (p.key_id, p.nonce);
         if in_batch.insert(id.clone()) {
-            rows.push((id.0.clone(), id.1.clone(), p.expires_at));
+            rows.push((id.0.clone(), id.1.clone(), p.signed_at));
             answers.push((Some(id), p.done));
         } else {
             answers.push((None, p.done));

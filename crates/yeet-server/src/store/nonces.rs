@@ -1,11 +1,11 @@
-//! The `nonces` table: accepted request nonces, shared by replicas and kept across restarts.
+//! The `request_nonces` table: accepted request nonces, shared by replicas and kept across restarts.
 
 use sqlx::{AssertSqlSafe, Row};
 
 use super::{Store, StoreError};
 
 impl Store {
-    /// Records a batch of (key id, nonce, expiry) in one statement and returns the ones
+    /// Records a batch of (key id, nonce, signed time) in one statement and returns the ones
     /// that were new; the others were seen before (replays, possibly via another replica).
     ///
     /// Nonce rows are written without waiting for the disk (SQLite `synchronous=NORMAL`,
@@ -26,12 +26,12 @@ impl Store {
             .collect();
         // Only placeholders are formatted in; every value is bound.
         let sql = format!(
-            "INSERT INTO nonces (key_id, nonce, expires_at) VALUES {} ON CONFLICT DO NOTHING RETURNING key_id, nonce",
+            "INSERT INTO request_nonces (key_id, nonce, signed_at) VALUES {} ON CONFLICT DO NOTHING RETURNING key_id, nonce",
             values.join(", ")
         );
         let mut query = sqlx::query(AssertSqlSafe(sql));
-        for (key, nonce, expires) in batch {
-            query = query.bind(key).bind(nonce).bind(*expires);
+        for (key, nonce, signed_at) in batch {
+            query = query.bind(key).bind(nonce).bind(*signed_at);
         }
         let rows = query.fetch_all(&self.nonce_pool).await?;
         rows.iter()
@@ -39,12 +39,15 @@ impl Store {
             .collect()
     }
 
-    /// Forgets nonces that can no longer pass the skew check.
-    pub async fn delete_expired_nonces(&self, now: i64) -> Result<u64, StoreError> {
-        Ok(sqlx::query("DELETE FROM nonces WHERE expires_at <= $1")
-            .bind(now)
-            .execute(&self.pool)
-            .await?
-            .rows_affected())
+    /// Forgets the nonces of requests signed before `signed_before`, which can no longer
+    /// pass the skew check.
+    pub async fn delete_expired_nonces(&self, signed_before: i64) -> Result<u64, StoreError> {
+        Ok(
+            sqlx::query("DELETE FROM request_nonces WHERE signed_at < $1")
+                .bind(signed_before)
+                .execute(&self.pool)
+                .await?
+                .rows_affected(),
+        )
     }
 }

@@ -38,6 +38,10 @@ fn percentile(sorted: &[i64], p: f64) -> i64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
+/// Clock ticks per second in /proc's CPU times (USER_HZ, 100 on every Linux).
+const USER_HZ: f64 = 100.0;
+
+/// A process's CPU time (user + system, in clock ticks) and its resident memory in KiB.
 fn proc_stat(pid: u32) -> (u64, u64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
     let after = stat.rsplit_once(')').unwrap().1;
@@ -66,7 +70,6 @@ fn idle(secs: u64) {
         .pids_matching("yeet-agent run")
         .first()
         .expect("agent running");
-    let clk_tck = 100.0; // USER_HZ on Linux
     let (t0, rss0) = proc_stat(pid);
     let start = Instant::now();
     let mut peak = rss0;
@@ -75,7 +78,7 @@ fn idle(secs: u64) {
         peak = peak.max(proc_stat(pid).1);
     }
     let (t1, rss1) = proc_stat(pid);
-    let cpu_s = (t1 - t0) as f64 / clk_tck;
+    let cpu_s = (t1 - t0) as f64 / USER_HZ;
     let wall = start.elapsed().as_secs_f64();
     println!(
         "idle agent over {wall:.0} s (long-poll held by the server, 20 s in the test config):"
@@ -180,7 +183,10 @@ fn checkins(secs: u64, clients: usize, postgres: bool) {
         &mut bare_addr,
     )
     .unwrap();
-    let run = |addr: &str, round: u8| -> f64 {
+    // Throughput and the server's CPU time per request: the clients share the two cores,
+    // so the CPU figure is the steadier comparison.
+    let run = |addr: &str, round: u8, server_pid: u32| -> (f64, f64) {
+        let (ticks_before, _) = proc_stat(server_pid);
         let started = Instant::now();
         let deadline = started + Duration::from_secs(secs);
         let total: u64 = std::thread::scope(|scope| {
@@ -209,10 +215,13 @@ fn checkins(secs: u64, clients: usize, postgres: bool) {
                 .collect();
             threads.into_iter().map(|t| t.join().unwrap()).sum()
         });
-        total as f64 / started.elapsed().as_secs_f64()
+        let rate = total as f64 / started.elapsed().as_secs_f64();
+        let ticks = proc_stat(server_pid).0 - ticks_before;
+        let cpu_us = ticks as f64 * 1e6 / USER_HZ / total.max(1) as f64;
+        (rate, cpu_us)
     };
-    let bare = run(bare_addr.trim(), 0);
-    let signed = run(&host, 1);
+    let (bare, bare_cpu) = run(bare_addr.trim(), 0, bare_server.id());
+    let (signed, signed_cpu) = run(&host, 1, server.proc.child.id());
     let _ = bare_server.kill();
     let _ = bare_server.wait();
     println!(
@@ -223,9 +232,17 @@ fn checkins(secs: u64, clients: usize, postgres: bool) {
             "SQLite (embedded defaults)"
         }
     );
-    println!("bare axum endpoint, same JSON work, no auth or state: {bare:.0} requests/s");
-    println!("signed check-ins (verified, nonce logged, state read): {signed:.0} requests/s");
-    println!("ratio signed/bare: {:.2}", signed / bare);
+    println!(
+        "bare axum endpoint, same JSON work, no auth or state: {bare:.0} requests/s, {bare_cpu:.0} µs server CPU each"
+    );
+    println!(
+        "signed check-ins (verified, nonce logged, state read): {signed:.0} requests/s, {signed_cpu:.0} µs server CPU each"
+    );
+    println!(
+        "ratio signed/bare: {:.2} by rate, {:.2} by server CPU per request",
+        signed / bare,
+        bare_cpu / signed_cpu
+    );
 }
 
 /// An approved host's client: registered with its own key, approved by the admin.
