@@ -22,6 +22,7 @@ rec {
     [ "maxUploadBytes" "max_upload_bytes" "int" "8589934592" "Largest NAR the embedded cache accepts, in bytes." ]
     [ "maxConnections" "max_connections" "int" "16384" "Open connections the server accepts (lowered to fit its file limit)." ]
     [ "maxConnectionsPerNetwork" "max_connections_per_network" "int" "1024" "Open connections from one network (an IPv4 address or an IPv6 /64)." ]
+    [ "databaseMaxConnections" "database_max_connections" "int" "4 on SQLite, 16 on PostgreSQL" "Database connections for requests, per server process; each also holds two more (nonce log, replica events), so replicas × (this + 2) must fit PostgreSQL's max_connections." ]
     [ "headerTimeout" "header_timeout_secs" "int" "15" "Seconds allowed for a TLS handshake and for each request's headers." ]
     [ "bodyTimeout" "body_timeout_secs" "int" "60" "Seconds a request body may take to arrive, and an upload may stall." ]
   ];

@@ -39,6 +39,10 @@ pub struct FileConfig {
     pub listen: Option<String>,
     pub state_dir: Option<PathBuf>,
     pub database: Option<String>,
+    /// Connections to the database for requests (default: 4 on SQLite, 16 on PostgreSQL).
+    /// Each process also holds one for the nonce log and, on PostgreSQL, one for replica
+    /// events: replicas × (this + 2) must fit PostgreSQL's `max_connections`.
+    pub database_max_connections: Option<u32>,
     /// PEM certificate chain and key; both or neither.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
@@ -95,6 +99,7 @@ impl Default for FileConfig {
             listen: None,
             state_dir: None,
             database: None,
+            database_max_connections: None,
             tls_cert: None,
             tls_key: None,
             secrets_key: None,
@@ -187,6 +192,8 @@ pub struct Config {
     pub listen: String,
     pub state_dir: PathBuf,
     pub database: String,
+    /// `None`: the backend's default.
+    pub database_max_connections: Option<u32>,
     pub tls: Option<(PathBuf, PathBuf)>,
     pub secrets_key: PathBuf,
     pub max_body_bytes: usize,
@@ -260,6 +267,11 @@ impl Config {
         {
             return Err(ConfigError::Invalid("clock_skew_secs, code_ttl_secs, max_pending and checkin_interval_secs must be positive".into()));
         }
+        if file.database_max_connections == Some(0) {
+            return Err(ConfigError::Invalid(
+                "database_max_connections must be at least 1; leave it out for the default".into(),
+            ));
+        }
         Ok(Config {
             listen: args
                 .listen
@@ -271,6 +283,7 @@ impl Config {
                 .unwrap_or_else(|| state_dir.join("secrets.key")),
             state_dir,
             database,
+            database_max_connections: file.database_max_connections,
             tls,
             max_body_bytes: file.max_body_bytes,
             last_seen_flush: Duration::from_millis(file.last_seen_flush_ms),
@@ -358,5 +371,20 @@ mod tests {
             ..Default::default()
         };
         assert!(Config::merge(FileConfig::default(), &half_tls).is_err());
+    }
+
+    #[test]
+    fn the_database_pool_size_is_the_backends_default_unless_set() {
+        let merged =
+            |text: &str| Config::merge(toml::from_str(text).unwrap(), &ServerArgs::default());
+        assert_eq!(merged("").unwrap().database_max_connections, None);
+        assert_eq!(
+            merged("database_max_connections = 8")
+                .unwrap()
+                .database_max_connections,
+            Some(8)
+        );
+        let err = merged("database_max_connections = 0").unwrap_err();
+        assert!(err.to_string().contains("at least 1"), "{err}");
     }
 }

@@ -45,7 +45,7 @@ pub async fn open_store(config: &Config) -> Result<Store, ServeError> {
                 .map_err(|e| ServeError::StateDir(config.state_dir.clone(), e))?;
         }
     }
-    Ok(Store::open(&config.database).await?)
+    Ok(Store::open(&config.database, config.database_max_connections).await?)
 }
 
 /// On PostgreSQL, follows other replicas' events (releases, key changes) so that this

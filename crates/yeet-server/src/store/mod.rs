@@ -101,8 +101,9 @@ pub struct Store {
 }
 
 impl Store {
-    /// Connects and brings the schema up to date.
-    pub async fn open(url: &str) -> Result<Store, StoreError> {
+    /// Connects and brings the schema up to date. `max_connections` sizes the request
+    /// pool (`None`: 4 on SQLite, 16 on PostgreSQL).
+    pub async fn open(url: &str, max_connections: Option<u32>) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("sqlite:") {
             Backend::Sqlite
@@ -111,10 +112,10 @@ impl Store {
         } else {
             return Err(StoreError::UnsupportedUrl(url.to_owned()));
         };
-        let max = match backend {
+        let max = max_connections.unwrap_or(match backend {
             Backend::Sqlite => 4,
             Backend::Postgres => 16,
-        };
+        });
         let pool = AnyPoolOptions::new()
             .max_connections(max)
             .connect(url)

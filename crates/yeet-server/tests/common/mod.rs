@@ -65,7 +65,7 @@ impl TestDb {
     }
 
     pub async fn open(&self) -> Store {
-        Store::open(&self.url).await.unwrap()
+        Store::open(&self.url, None).await.unwrap()
     }
 
     /// Drops the PostgreSQL database (call after closing every pool on it).
