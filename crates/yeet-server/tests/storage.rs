@@ -6,9 +6,9 @@
 mod common;
 
 use common::TestDb;
-use yeet_proto::api::Role;
+use yeet_proto::api::{ActivationResult, Role};
 use yeet_server::store::{
-    DetachmentRow, HostReport, NewRelease, RegistrationRow, Store, StoreError,
+    ActivationRow, DetachmentRow, HostReport, NewRelease, RegistrationRow, Store, StoreError, Wire,
 };
 
 fn registration(key: &str, code: &str, seen: i64) -> RegistrationRow {
@@ -407,7 +407,46 @@ async fn nonces_are_accepted_once_until_their_signed_time_expires(db: &TestDb) {
     s.close().await;
 }
 
+async fn last_attempts_are_read_for_many_hosts_at_once(db: &TestDb) {
+    let s = db.open().await;
+    let (a, b, never) = (
+        host(&s, "ka", "a").await,
+        host(&s, "kb", "b").await,
+        host(&s, "kc", "c").await,
+    );
+    let attempt =
+        |host_id: i64, host_name: &str, path: &str, result: ActivationResult| ActivationRow {
+            id: 0,
+            host_id,
+            host_name: host_name.into(),
+            store_path: path.into(),
+            release_id: None,
+            result: Wire(result),
+            reason: String::new(),
+            started_at: 1,
+            finished_at: 2,
+            reboot_required: 0,
+        };
+    for row in [
+        attempt(a, "a", "/nix/store/p1", ActivationResult::Confirmed),
+        attempt(a, "a", "/nix/store/p2", ActivationResult::RolledBack),
+        attempt(b, "b", "/nix/store/p1", ActivationResult::Confirmed),
+    ] {
+        s.record_activation(&row, b"").await.unwrap();
+    }
+    // The newest attempt of each; hosts that never tried one, or do not exist, are absent.
+    let mut read = s.last_result_paths(&[a, b, 9999, never]).await.unwrap();
+    read.sort();
+    assert_eq!(
+        read,
+        vec![(a, "/nix/store/p2".into()), (b, "/nix/store/p1".into())]
+    );
+    assert!(s.last_result_paths(&[]).await.unwrap().is_empty());
+    s.close().await;
+}
+
 on_both_backends!(
+    last_attempts_are_read_for_many_hosts_at_once,
     nonces_are_accepted_once_until_their_signed_time_expires,
     one_open_detachment_per_host,
     corrupt_enum_columns_are_errors,

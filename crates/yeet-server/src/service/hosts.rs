@@ -147,11 +147,16 @@ impl Service {
     /// again. After a failure that would loop through fetch, switch and rollback forever;
     /// after a success the host is on it, or went off it on purpose (a local rollback, or a
     /// `boot`-mode activation waiting for its reboot), and yeet does not fight that. A
-    /// release naming another path is offered as usual. Read from the database, only on the
-    /// rare check-ins that would start a switch.
+    /// release naming another path is offered as usual. Read from the database (batched:
+    /// a release wakes every held check-in at once), only on check-ins that would start a
+    /// switch.
     async fn already_attempted(&self, host_id: i64, path: &str) -> Result<bool> {
-        let row = self.store.host_by_id(host_id).await?;
-        Ok(row.is_some_and(|h| h.last_result_path.as_deref() == Some(path)))
+        let last = self
+            .attempts
+            .last_attempted(host_id)
+            .await
+            .map_err(ServiceError::System)?;
+        Ok(last.as_deref() == Some(path))
     }
 
     /// What to tell a host running `current` to do: switch to its desired system, unless it

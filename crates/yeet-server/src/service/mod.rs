@@ -6,6 +6,7 @@
 //! times are batched and flushed by a background task.
 
 mod activations;
+mod attempts;
 mod auth;
 pub mod cache;
 mod detach;
@@ -141,6 +142,8 @@ pub struct Service {
     nonces: Mutex<yeet_proto::NonceCache>,
     /// Accepted nonces, in the database: shared by replicas, kept across restarts.
     nonce_log: nonces::NonceLog,
+    /// The hosts' last attempted systems, read in batches.
+    attempts: attempts::AttemptReader,
     /// Source network → its token bucket for new registrations.
     registration_buckets: rate::RateLimiter<String>,
     /// Held while a new key is admitted (count, evict, insert), so the cap is exact.
@@ -204,6 +207,7 @@ impl Service {
                 config.nonces_per_key,
             )),
             nonce_log: nonces::NonceLog::start(store.clone()),
+            attempts: attempts::AttemptReader::start(store.clone()),
             uploads: crate::shares::Shares::new(usize::MAX, config.max_uploads_per_key),
             store,
             config,

@@ -1,6 +1,6 @@
 //! The `hosts` table: approved hosts, what they last reported, and when they were seen.
 
-use sqlx::AssertSqlSafe;
+use sqlx::{AssertSqlSafe, Row};
 
 use super::registrations::{REGISTRATION_COLUMNS, RegistrationRow};
 use super::{Store, StoreError, Wire, conflict};
@@ -70,6 +70,27 @@ impl Store {
 
     pub async fn host_by_id(&self, id: i64) -> Result<Option<HostRow>, StoreError> {
         self.host_where("id", id).await
+    }
+
+    /// (host id, last attempted store path) of those of `ids` that attempted one.
+    pub async fn last_result_paths(&self, ids: &[i64]) -> Result<Vec<(i64, String)>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let placeholders: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
+        // Only placeholders are formatted in; every value is bound.
+        let sql = format!(
+            "SELECT id, last_result_path FROM hosts WHERE last_result_path IS NOT NULL AND id IN ({})",
+            placeholders.join(", ")
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for id in ids {
+            query = query.bind(*id);
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("id")?, r.try_get("last_result_path")?)))
+            .collect()
     }
 
     /// The host whose unique `column` (a name from this file, never input) equals `value`.
