@@ -153,7 +153,7 @@ impl Service {
     async fn already_attempted(&self, host_id: i64, path: &str) -> Result<bool> {
         let last = self
             .attempts
-            .last_attempted(host_id)
+            .call(host_id)
             .await
             .map_err(ServiceError::System)?;
         Ok(last.as_deref() == Some(path))

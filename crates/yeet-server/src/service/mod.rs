@@ -8,6 +8,7 @@
 mod activations;
 mod attempts;
 mod auth;
+mod batch;
 pub mod cache;
 mod detach;
 mod enrollment;
@@ -207,7 +208,7 @@ impl Service {
                 config.nonces_per_key,
             )),
             nonce_log: nonces::NonceLog::start(store.clone()),
-            attempts: attempts::AttemptReader::start(store.clone()),
+            attempts: attempts::start(store.clone()),
             uploads: crate::shares::Shares::new(usize::MAX, config.max_uploads_per_key),
             store,
             config,

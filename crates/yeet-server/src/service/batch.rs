@@ -1,0 +1,102 @@
+//! Group work for the database: requests that arrive while a batch runs wait for the next
+//! one, which takes all of them in one statement. Under load, one statement serves hundreds
+//! of requests; when idle, a request waits for nothing but its own statement.
+
+use std::future::Future;
+use tokio::sync::{mpsc, oneshot};
+
+type Pending<Req, Resp> = (Req, oneshot::Sender<Result<Resp, String>>);
+
+pub(crate) struct Batcher<Req, Resp> {
+    tx: mpsc::Sender<Pending<Req, Resp>>,
+    /// What the batches do, for errors ("the nonce log").
+    what: &'static str,
+}
+
+impl<Req: Send + 'static, Resp: Send + 'static> Batcher<Req, Resp> {
+    /// Starts the batch task on the current runtime. `run` answers a batch of at most
+    /// `max_batch` requests with one answer per request, in order.
+    pub(crate) fn start<F, Fut>(what: &'static str, max_batch: usize, mut run: F) -> Self
+    where
+        F: FnMut(Vec<Req>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Vec<Resp>, String>> + Send,
+    {
+        let (tx, mut rx) = mpsc::channel::<Pending<Req, Resp>>(16 * max_batch);
+        tokio::spawn(async move {
+            let mut batch = Vec::with_capacity(max_batch);
+            while rx.recv_many(&mut batch, max_batch).await > 0 {
+                let (requests, replies): (Vec<Req>, Vec<_>) =
+                    std::mem::take(&mut batch).into_iter().unzip();
+                let count = requests.len();
+                match run(requests).await {
+                    Ok(answers) if answers.len() == count => {
+                        for (reply, answer) in replies.into_iter().zip(answers) {
+                            let _ = reply.send(Ok(answer));
+                        }
+                    }
+                    result => {
+                        let why = result.err().unwrap_or_else(|| {
+                            format!("{what} answered a batch with the wrong number of results")
+                        });
+                        for reply in replies {
+                            let _ = reply.send(Err(why.clone()));
+                        }
+                    }
+                }
+            }
+        });
+        Batcher { tx, what }
+    }
+
+    /// Queues a request and waits for its batch's answer.
+    pub(crate) async fn call(&self, request: Req) -> Result<Resp, String> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send((request, reply))
+            .await
+            .map_err(|_| format!("{} has stopped", self.what))?;
+        answer
+            .await
+            .map_err(|_| format!("{} dropped a request", self.what))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Concurrent requests share batches and each gets its own answer.
+    #[tokio::test]
+    async fn each_request_gets_its_own_answer_from_a_shared_batch() {
+        let sizes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = sizes.clone();
+        let doubler = Batcher::start("the doubler", 64, move |xs: Vec<u64>| {
+            if let Ok(mut s) = seen.lock() {
+                s.push(xs.len());
+            }
+            async move { Ok(xs.iter().map(|x| x * 2).collect()) }
+        });
+        let answers = futures_util::future::join_all((0..500u64).map(|x| doubler.call(x))).await;
+        for (x, answer) in (0..500u64).zip(answers) {
+            assert_eq!(answer, Ok(x * 2));
+        }
+        let sizes = sizes.lock().map(|s| s.clone()).unwrap_or_default();
+        assert_eq!(sizes.iter().sum::<usize>(), 500);
+        assert!(sizes.len() < 500, "no request shared a batch: {sizes:?}");
+    }
+
+    /// A batch that fails, or answers the wrong number of requests, fails each of them.
+    #[tokio::test]
+    async fn a_failed_batch_fails_every_request_in_it() {
+        let failing: Batcher<u8, u8> = Batcher::start("the failing step", 8, |_| async {
+            Err("disk full".to_owned())
+        });
+        assert_eq!(failing.call(1).await, Err("disk full".to_owned()));
+        let short: Batcher<u8, u8> = Batcher::start("the short step", 8, |_| async { Ok(vec![]) });
+        let why = short.call(1).await.unwrap_err();
+        assert!(
+            why.contains("the short step") && why.contains("wrong number"),
+            "{why}"
+        );
+    }
+}
