@@ -142,3 +142,63 @@ async fn a_request_for_another_server_is_refused() {
         .await
         .unwrap();
 }
+
+/// A request accepted by a server from before the nonce log was keyed by signed time
+/// (migration 0009) is still refused after the upgrade: its nonce row is carried over.
+async fn replay_across_the_nonce_log_upgrade(db: common::TestDb, backend: &str) {
+    // The database as the previous release left it: migrations up to 0008.
+    let old = tempfile::tempdir().unwrap();
+    let sets = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+    for entry in std::fs::read_dir(sets.join(backend)).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_name().to_string_lossy().as_ref() < "0009" {
+            std::fs::copy(entry.path(), old.path().join(entry.file_name())).unwrap();
+        }
+    }
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&db.url).await.unwrap();
+    sqlx::migrate::Migrator::new(old.path())
+        .await
+        .unwrap()
+        .run(&pool)
+        .await
+        .unwrap();
+    // The old server accepted the captured request and logged its nonce with its expiry.
+    let admin = Identity::from_seed(&[7; 32]);
+    let signed_at = now();
+    let request = SignatureHeaders::sign(
+        &admin,
+        ORIGIN,
+        "GET",
+        paths::WHOAMI,
+        b"",
+        signed_at,
+        [44; 16],
+    );
+    sqlx::query("INSERT INTO nonces (key_id, nonce, expires_at) VALUES ($1, $2, $3)")
+        .bind(&request.key_id)
+        .bind(&request.nonce)
+        .bind(signed_at + yeet_proto::signing::DEFAULT_SKEW_SECS + 1)
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    // The upgraded server (all migrations) refuses it.
+    let _ = captured(&db).await;
+    let upgraded = server(&db, ServiceConfig::default()).await;
+    assert!(is_replay(
+        whoami(&upgraded, &request, "yeet.example.org").await
+    ));
+    upgraded.store().close().await;
+    db.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_replay_across_the_nonce_log_upgrade_is_refused_sqlite() {
+    replay_across_the_nonce_log_upgrade(common::TestDb::sqlite().await, "sqlite").await;
+}
+
+#[tokio::test]
+async fn a_replay_across_the_nonce_log_upgrade_is_refused_postgres() {
+    replay_across_the_nonce_log_upgrade(common::TestDb::postgres().await, "postgres").await;
+}
