@@ -396,8 +396,36 @@ async fn nonces_are_accepted_once_until_their_signed_time_expires(db: &TestDb) {
         s.record_nonces(&replayed).await.unwrap(),
         fresh(&[("k1", "n3")])
     );
-    // Expiry takes what was signed before the cut, and nothing after it.
-    assert_eq!(s.delete_expired_nonces(101).await.unwrap(), 3);
+    // Until a replica has announced its clock skew, nothing expires.
+    assert_eq!(s.delete_expired_nonces(1_000).await.unwrap(), 0);
+    // Expiry takes what was signed more than the longest announced skew ago; a replica
+    // with a shorter skew does not shorten it.
+    s.announce_clock_skew(10).await.unwrap();
+    s.announce_clock_skew(5).await.unwrap();
+    assert_eq!(s.delete_expired_nonces(110).await.unwrap(), 0);
+    assert_eq!(s.delete_expired_nonces(111).await.unwrap(), 3);
+    assert!(
+        s.record_nonces(&[row("k1", "n3", 101)])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // A horizon that is not a number stops expiry with an error that says what to do,
+    // rather than being read as zero and forgetting every nonce.
+    let raw = sqlx::AnyPool::connect(&db.url).await.unwrap();
+    sqlx::query("UPDATE settings SET value = 'soon' WHERE name = 'nonce_horizon_secs'")
+        .execute(&raw)
+        .await
+        .unwrap();
+    raw.close().await;
+    let corrupt = s
+        .delete_expired_nonces(1_000)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(corrupt.contains("nonce_horizon_secs") && corrupt.contains("delete that row"));
+    let at_start = s.announce_clock_skew(300).await.unwrap_err().to_string();
+    assert_eq!(at_start, corrupt);
     assert!(
         s.record_nonces(&[row("k1", "n3", 101)])
             .await

@@ -191,6 +191,8 @@ async fn load_desired(store: &Store) -> Result<HashMap<i64, Desired>, StoreError
 impl Service {
     /// Builds the service and loads the fleet's desired state into memory.
     pub async fn new(store: Store, config: ServiceConfig) -> Result<Service, StoreError> {
+        // Before anything is accepted: other replicas' nonce expiry must honour this skew.
+        store.announce_clock_skew(config.skew_secs).await?;
         let desired = load_desired(&store).await?;
         let secret_digests = secrets::load_digests(&store).await?;
         let detached = detach::load_detachments(&store).await?;
@@ -311,12 +313,10 @@ impl Service {
         &self.config
     }
 
-    /// Drops nonces that can no longer pass the skew check from the database.
+    /// Drops nonces that can no longer pass any replica's skew check from the database.
     pub async fn expire_nonces(&self) -> Result<u64, StoreError> {
         // A timestamp more than the skew in the past is refused before its nonce is looked at.
-        self.store
-            .delete_expired_nonces(now().saturating_sub(self.config.skew_secs))
-            .await
+        self.store.delete_expired_nonces(now()).await
     }
 
     /// Writes batched last-seen times. Called periodically and at shutdown.

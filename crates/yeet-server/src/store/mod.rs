@@ -45,6 +45,10 @@ pub enum StoreError {
     UnsupportedUrl(String),
     #[error("{0} already exists")]
     Conflict(&'static str),
+    #[error(
+        "the database's {0} setting holds {1:?}, which is not a number; delete that row from the settings table and restart the servers"
+    )]
+    CorruptSetting(&'static str, String),
 }
 
 impl StoreError {

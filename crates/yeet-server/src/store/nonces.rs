@@ -4,6 +4,10 @@ use sqlx::{AssertSqlSafe, Row};
 
 use super::{Store, StoreError};
 
+/// The setting holding the longest clock skew, in seconds, that any replica has started
+/// with: nonces are kept that long after their request's signed time.
+const NONCE_HORIZON: &str = "nonce_horizon_secs";
+
 impl Store {
     /// Records a batch of (key id, nonce, signed time) in one statement and returns the ones
     /// that were new; the others were seen before (replays, possibly via another replica).
@@ -39,15 +43,57 @@ impl Store {
             .collect()
     }
 
-    /// Forgets the nonces of requests signed before `signed_before`, which can no longer
-    /// pass the skew check.
-    pub async fn delete_expired_nonces(&self, signed_before: i64) -> Result<u64, StoreError> {
-        Ok(
-            sqlx::query("DELETE FROM request_nonces WHERE signed_at < $1")
-                .bind(signed_before)
-                .execute(&self.pool)
-                .await?
-                .rows_affected(),
+    /// Records that this replica accepts requests signed up to `skew_secs` from now, raising
+    /// the fleet's nonce horizon (the longest skew any replica has started with) if it is
+    /// longer. Called before the replica serves, so its accepted nonces outlive every
+    /// replica's expiry. The horizon never shrinks by itself: a replica still running with
+    /// the old, longer skew would accept replays of nonces expired by the shorter one.
+    pub async fn announce_clock_skew(&self, skew_secs: i64) -> Result<(), StoreError> {
+        // A corrupt value would fail the comparison below with a bare cast error.
+        self.nonce_horizon().await?;
+        sqlx::query(
+            "INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE \
+             SET value = excluded.value \
+             WHERE CAST(settings.value AS BIGINT) < CAST(excluded.value AS BIGINT)",
         )
+        .bind(NONCE_HORIZON)
+        .bind(skew_secs.to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Forgets the nonces of requests that no replica can accept any more: those signed
+    /// more than the fleet's nonce horizon before `now`.
+    pub async fn delete_expired_nonces(&self, now: i64) -> Result<u64, StoreError> {
+        let Some((horizon, horizon_secs)) = self.nonce_horizon().await? else {
+            // No replica has announced its skew: keep everything.
+            return Ok(0);
+        };
+        // Deletes only while the horizon is still the one read. A replica that raised it
+        // in between may already have accepted requests signed before the old horizon; it
+        // raised it before accepting, so a statement that still sees the old value cannot
+        // see those rows either.
+        Ok(sqlx::query(
+            "DELETE FROM request_nonces WHERE signed_at < $1 \
+             AND EXISTS (SELECT 1 FROM settings WHERE name = $2 AND value = $3)",
+        )
+        .bind(now.saturating_sub(horizon_secs))
+        .bind(NONCE_HORIZON)
+        .bind(&horizon)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
+    /// The fleet's nonce horizon as stored, and in seconds.
+    async fn nonce_horizon(&self) -> Result<Option<(String, i64)>, StoreError> {
+        let Some(stored) = self.setting(NONCE_HORIZON).await? else {
+            return Ok(None);
+        };
+        match stored.parse() {
+            Ok(secs) => Ok(Some((stored, secs))),
+            Err(_) => Err(StoreError::CorruptSetting(NONCE_HORIZON, stored)),
+        }
     }
 }
