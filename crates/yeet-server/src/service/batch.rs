@@ -2,7 +2,9 @@
 //! one, which takes all of them in one statement. Under load, one statement serves hundreds
 //! of requests; when idle, a request waits for nothing but its own statement.
 
+use futures_util::FutureExt;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use tokio::sync::{mpsc, oneshot};
 
 type Pending<Req, Resp> = (Req, oneshot::Sender<Result<Resp, String>>);
@@ -28,7 +30,15 @@ impl<Req: Send + 'static, Resp: Send + 'static> Batcher<Req, Resp> {
                 let (requests, replies): (Vec<Req>, Vec<_>) =
                     std::mem::take(&mut batch).into_iter().unzip();
                 let count = requests.len();
-                match run(requests).await {
+                // A panic in one batch (a bug, a driver's surprise) fails that batch's
+                // requests; the task lives on, or every later request would fail too.
+                let answered = std::panic::catch_unwind(AssertUnwindSafe(|| run(requests)));
+                let answered = match answered {
+                    Ok(future) => AssertUnwindSafe(future).catch_unwind().await,
+                    Err(panic) => Err(panic),
+                };
+                let answered = answered.unwrap_or_else(|_| Err(format!("{what} failed")));
+                match answered {
                     Ok(answers) if answers.len() == count => {
                         for (reply, answer) in replies.into_iter().zip(answers) {
                             let _ = reply.send(Ok(answer));
@@ -98,5 +108,23 @@ mod tests {
             why.contains("the short step") && why.contains("wrong number"),
             "{why}"
         );
+    }
+
+    /// A batch that panics fails its requests, and later batches are still answered.
+    #[tokio::test]
+    async fn a_panicking_batch_fails_only_its_own_requests() {
+        let fragile: Batcher<u8, u8> = Batcher::start("the fragile step", 8, |xs: Vec<u8>| {
+            // One panic where the future is made, one where it runs.
+            assert!(!xs.contains(&1), "cannot take 1");
+            async move {
+                assert!(!xs.contains(&2), "cannot take 2");
+                Ok(xs)
+            }
+        });
+        for poison in [1, 2] {
+            let why = fragile.call(poison).await.unwrap_err();
+            assert!(why.contains("the fragile step failed"), "{why}");
+            assert_eq!(fragile.call(7).await, Ok(7));
+        }
     }
 }
