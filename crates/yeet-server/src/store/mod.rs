@@ -166,3 +166,22 @@ impl Store {
         self.nonce_pool.close().await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `database_max_connections` reaches the request pool; the nonce log keeps its one.
+    #[tokio::test]
+    async fn the_request_pool_is_sized_as_configured() -> Result<(), StoreError> {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("y.db").display());
+        for (configured, expected) in [(Some(2), 2), (Some(40), 40), (None, 4)] {
+            let store = Store::open(&url, configured).await?;
+            assert_eq!(store.pool.options().get_max_connections(), expected);
+            assert_eq!(store.nonce_pool.options().get_max_connections(), 1);
+            store.close().await;
+        }
+        Ok(())
+    }
+}
