@@ -96,30 +96,31 @@ pub async fn serve(
                 req
             },
         ));
-        let (http, tls, watcher) = (http.clone(), tls.clone(), graceful.watcher());
-        let handshake = limits.header_timeout;
-        tokio::spawn(async move {
-            let _slot = slot;
-            let result = match tls {
-                Some(acceptor) => {
-                    match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
-                        Ok(Ok(stream)) => {
-                            let conn = http.serve_connection(TokioIo::new(stream), service);
-                            watcher.watch(conn).await
-                        }
-                        // Failed or too slow: nothing to serve.
-                        _ => return,
-                    }
-                }
-                None => {
+        let (http, watcher) = (http.clone(), graceful.watcher());
+        // Plain and TLS connections are separate tasks: one task holding either would be
+        // laid out for the larger TLS stream, and plain held long-polls would carry it.
+        match tls.clone() {
+            None => {
+                tokio::spawn(async move {
+                    let _slot = slot;
                     let conn = http.serve_connection(TokioIo::new(stream), service);
-                    watcher.watch(conn).await
-                }
-            };
-            if let Err(e) = result {
-                tracing::debug!(error = %e, %peer, "connection ended with an error");
+                    log_end(watcher.watch(conn).await, peer);
+                });
             }
-        });
+            Some(acceptor) => {
+                let handshake = limits.header_timeout;
+                tokio::spawn(async move {
+                    let _slot = slot;
+                    // Failed or too slow: nothing to serve.
+                    if let Ok(Ok(stream)) =
+                        tokio::time::timeout(handshake, acceptor.accept(stream)).await
+                    {
+                        let conn = http.serve_connection(TokioIo::new(stream), service);
+                        log_end(watcher.watch(conn).await, peer);
+                    }
+                });
+            }
+        }
     }
     drop(listener);
     // Running requests get a while to finish; held long-polls answer at shutdown.
@@ -130,6 +131,12 @@ pub async fn serve(
         tracing::warn!("some connections did not finish within 10 s of shutdown");
     }
     Ok(())
+}
+
+fn log_end(result: Result<(), hyper::Error>, peer: std::net::SocketAddr) {
+    if let Err(e) = result {
+        tracing::debug!(error = %e, %peer, "connection ended with an error");
+    }
 }
 
 /// Loads a PEM certificate chain and key into a TLS acceptor (ring provider only).

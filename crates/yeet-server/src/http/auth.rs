@@ -93,7 +93,9 @@ pub fn host_of(headers: &axum::http::HeaderMap) -> Option<&str> {
 }
 
 pub async fn authenticate(State(app): State<AppState>, req: Request, next: Next) -> Response {
-    match authenticated(&app, req).await {
+    // Boxed, so that a held long-poll's middleware future keeps no room for the body read
+    // and signature check it finished long ago.
+    match Box::pin(authenticated(&app, req)).await {
         Ok(req) => next.run(req).await,
         Err(e) => e.into_response(),
     }

@@ -223,7 +223,9 @@ impl Service {
             agent_version: clean_line(&req.facts.agent_version, 64),
             hardware_uuid: clean_line(&req.facts.hardware_uuid, 64).to_ascii_uppercase(),
         };
-        self.record_report(host_id, report).await?;
+        // The awaits before the hold are boxed: a future is laid out for its largest await,
+        // and each held poll would otherwise carry their database work's room while it waits.
+        Box::pin(self.record_report(host_id, report)).await?;
         // Long-poll: subscribe before looking, so that a release landing in between wakes us.
         let mut changes = self.desired_changed.subscribe();
         let mut closing = self.closing.subscribe();
@@ -235,14 +237,13 @@ impl Service {
         loop {
             let desired = self.desired.read().await.get(&host_id).cloned();
             let detached = self.detachment(host_id).await;
-            let action = self
-                .offer(
-                    host_id,
-                    req.current_system.as_deref(),
-                    desired.as_ref(),
-                    &detached,
-                )
-                .await?;
+            let action = Box::pin(self.offer(
+                host_id,
+                req.current_system.as_deref(),
+                desired.as_ref(),
+                &detached,
+            ))
+            .await?;
             let secrets_digest = self.secrets_digest(host_id).await;
             // A host that holds secrets answers at once when its granted versions moved.
             let secrets_moved = req
