@@ -205,15 +205,15 @@ async fn a_replay_across_the_nonce_log_upgrade_is_refused_postgres() {
 
 /// Replicas configured with different clock skews: the one with the shorter skew must not
 /// expire a nonce that a replica with a longer skew would still accept the request for.
-async fn replay_after_a_shorter_skew_replica_expires_nonces(db: common::TestDb) {
-    let _ = captured(&db).await;
+async fn a_shorter_skew_on_one_replica_does_not_reopen_replays(db: &common::TestDb) {
+    let _ = captured(db).await;
     let with_skew = |skew_secs| ServiceConfig {
         skew_secs,
         ..Default::default()
     };
     // The strict replica starts first, so it cannot have learnt the longer skew at its start.
-    let strict = server(&db, with_skew(60)).await;
-    let patient = server(&db, with_skew(300)).await;
+    let strict = server(db, with_skew(60)).await;
+    let patient = server(db, with_skew(300)).await;
     let admin = Identity::from_seed(&[7; 32]);
     let request = SignatureHeaders::sign(
         &admin,
@@ -229,22 +229,13 @@ async fn replay_after_a_shorter_skew_replica_expires_nonces(db: common::TestDb) 
         .unwrap();
     strict.expire_nonces().await.unwrap();
     // A third replica with the longer skew, whose memory has never seen the nonce.
-    let fresh = server(&db, with_skew(300)).await;
+    let fresh = server(db, with_skew(300)).await;
     assert!(is_replay(
         whoami(&fresh, &request, "yeet.example.org").await
     ));
     for replica in [strict, patient, fresh] {
         replica.store().close().await;
     }
-    db.cleanup().await;
 }
 
-#[tokio::test]
-async fn a_shorter_skew_on_one_replica_does_not_reopen_replays_sqlite() {
-    replay_after_a_shorter_skew_replica_expires_nonces(common::TestDb::sqlite().await).await;
-}
-
-#[tokio::test]
-async fn a_shorter_skew_on_one_replica_does_not_reopen_replays_postgres() {
-    replay_after_a_shorter_skew_replica_expires_nonces(common::TestDb::postgres().await).await;
-}
+on_both_backends!(a_shorter_skew_on_one_replica_does_not_reopen_replays);
