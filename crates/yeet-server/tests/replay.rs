@@ -42,7 +42,21 @@ async fn captured(db: &common::TestDb) -> SignatureHeaders {
         .await
         .unwrap();
     store.close().await;
-    SignatureHeaders::sign(&admin, ORIGIN, "GET", paths::WHOAMI, b"", now(), [42; 16])
+    whoami_signed(now(), 42)
+}
+
+/// The admin's `GET /v1/whoami`, signed at `signed_at` with a nonce of 16 `nonce` bytes.
+fn whoami_signed(signed_at: i64, nonce: u8) -> SignatureHeaders {
+    let admin = Identity::from_seed(&[7; 32]);
+    SignatureHeaders::sign(
+        &admin,
+        ORIGIN,
+        "GET",
+        paths::WHOAMI,
+        b"",
+        signed_at,
+        [nonce; 16],
+    )
 }
 
 async fn replay_after_restart(db: common::TestDb) {
@@ -65,8 +79,7 @@ async fn replay_after_restart(db: common::TestDb) {
         whoami(&restarted, &request, "yeet.example.org").await
     ));
     // Fresh requests by the same key are fine.
-    let admin = Identity::from_seed(&[7; 32]);
-    let fresh = SignatureHeaders::sign(&admin, ORIGIN, "GET", paths::WHOAMI, b"", now(), [43; 16]);
+    let fresh = whoami_signed(now(), 43);
     whoami(&restarted, &fresh, "yeet.example.org")
         .await
         .unwrap();
@@ -164,17 +177,8 @@ async fn replay_across_the_nonce_log_upgrade(db: common::TestDb, backend: &str) 
         .await
         .unwrap();
     // The old server accepted the captured request and logged its nonce with its expiry.
-    let admin = Identity::from_seed(&[7; 32]);
     let signed_at = now();
-    let request = SignatureHeaders::sign(
-        &admin,
-        ORIGIN,
-        "GET",
-        paths::WHOAMI,
-        b"",
-        signed_at,
-        [44; 16],
-    );
+    let request = whoami_signed(signed_at, 44);
     sqlx::query("INSERT INTO nonces (key_id, nonce, expires_at) VALUES ($1, $2, $3)")
         .bind(&request.key_id)
         .bind(&request.nonce)
@@ -214,16 +218,7 @@ async fn a_shorter_skew_on_one_replica_does_not_reopen_replays(db: &common::Test
     // The strict replica starts first, so it cannot have learnt the longer skew at its start.
     let strict = server(db, with_skew(60)).await;
     let patient = server(db, with_skew(300)).await;
-    let admin = Identity::from_seed(&[7; 32]);
-    let request = SignatureHeaders::sign(
-        &admin,
-        ORIGIN,
-        "GET",
-        paths::WHOAMI,
-        b"",
-        now() - 100,
-        [45; 16],
-    );
+    let request = whoami_signed(now() - 100, 45);
     whoami(&patient, &request, "yeet.example.org")
         .await
         .unwrap();
