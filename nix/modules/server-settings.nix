@@ -6,7 +6,7 @@ rec {
   # option name, config key, type (int, or bool), the server's default, what it does.
   tuning = [
     [ "maxBodyBytes" "max_body_bytes" "int" "1048576" "Largest JSON request body, in bytes." ]
-    [ "clockSkew" "clock_skew_secs" "int" "300" "Seconds a signed request's timestamp may differ from the server's clock." ]
+    [ "clockSkew" "clock_skew_secs" "int" "300" "Seconds a signed request's timestamp may differ from the server's clock (at most 3600)." ]
     [ "codeTtl" "code_ttl_secs" "int" "900" "Seconds a pending host's verification code stays valid." ]
     [ "maxPending" "max_pending" "int" "1000" "Hosts that may wait for approval at once." ]
     [ "registrationBurst" "registration_burst" "int" "30" "Registrations one network may send in a burst." ]

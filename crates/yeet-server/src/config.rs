@@ -15,6 +15,9 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/yeet-server";
 /// Loopback by default: exposing the server is a decision (set `listen`, ideally with TLS).
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8470";
 
+/// The longest clock skew a server accepts (see `clock_skew_secs`).
+pub const MAX_CLOCK_SKEW_SECS: i64 = 3600;
+
 #[derive(Debug, Error)]
 pub enum ConfigError {
     #[error("cannot read config file {0}: {1}")]
@@ -267,6 +270,13 @@ impl Config {
         {
             return Err(ConfigError::Invalid("clock_skew_secs, code_ttl_secs, max_pending and checkin_interval_secs must be positive".into()));
         }
+        // The skew is also how long the fleet keeps nonces (the horizon only grows), and a
+        // request an hour old is no longer "fresh" in any useful sense.
+        if service.skew_secs > MAX_CLOCK_SKEW_SECS {
+            return Err(ConfigError::Invalid(format!(
+                "clock_skew_secs must be at most {MAX_CLOCK_SKEW_SECS}: fix the machines' clocks (NTP) instead of widening it"
+            )));
+        }
         if file.database_max_connections == Some(0) {
             return Err(ConfigError::Invalid(
                 "database_max_connections must be at least 1; leave it out for the default".into(),
@@ -386,5 +396,19 @@ mod tests {
         );
         let err = merged("database_max_connections = 0").unwrap_err();
         assert!(err.to_string().contains("at least 1"), "{err}");
+    }
+
+    /// Every replica's skew is recorded as the fleet's nonce horizon, which never shrinks by
+    /// itself: a mistyped skew would keep every nonce for that long.
+    #[test]
+    fn a_clock_skew_over_an_hour_is_refused() {
+        let merged =
+            |text: &str| Config::merge(toml::from_str(text).unwrap(), &ServerArgs::default());
+        assert_eq!(
+            merged("clock_skew_secs = 3600").unwrap().service.skew_secs,
+            3600
+        );
+        let err = merged("clock_skew_secs = 3000000").unwrap_err();
+        assert!(err.to_string().contains("at most 3600"), "{err}");
     }
 }
