@@ -197,12 +197,16 @@ fn logs_plain_gzip_old_format_and_bad_bodies() {
         host: host.map(Into::into),
         ..Default::default()
     };
-    let users = client.osquery_logs(&filter(Some("users"), None)).unwrap();
+    let users = client
+        .osquery_logs(&filter(Some("users"), None))
+        .unwrap()
+        .lines;
     assert_eq!(users.len(), 102);
     assert_eq!(
         client
             .osquery_logs(&filter(Some("users"), Some("legacy")))
             .unwrap()
+            .lines
             .len(),
         1
     );
@@ -211,18 +215,23 @@ fn logs_plain_gzip_old_format_and_bad_bodies() {
             kind: Some("status".into()),
             ..Default::default()
         })
-        .unwrap();
+        .unwrap()
+        .lines;
+    let message = |l: &yeet_proto::osquery::OsqueryLogLine| {
+        serde_json::from_str::<Value>(l.line.get()).unwrap()["message"].clone()
+    };
     assert_eq!(status.len(), 1);
     assert_eq!(
-        (status[0].name.as_str(), status[0].line["message"].as_str()),
-        ("warning", Some("query took long"))
+        (status[0].name.as_str(), message(&status[0])),
+        ("warning", json!("query took long"))
     );
     let after = client
         .osquery_logs(&LogFilter {
             after: Some(users[100].id),
             ..Default::default()
         })
-        .unwrap();
+        .unwrap()
+        .lines;
     assert!(after.iter().all(|l| l.id > users[100].id) && !after.is_empty());
 
     // Bad bodies: refused with an error (osqueryd keeps its logs and retries), never
@@ -256,7 +265,11 @@ fn logs_plain_gzip_old_format_and_bad_bodies() {
         assert_ne!(answer["node_invalid"], true);
     }
     assert_eq!(
-        client.osquery_logs(&LogFilter::default()).unwrap().len(),
+        client
+            .osquery_logs(&LogFilter::default())
+            .unwrap()
+            .lines
+            .len(),
         103
     );
 
@@ -336,10 +349,10 @@ fn distributed_queries_reach_their_nodes_only() {
     let target = |name: &str| result.targets.iter().find(|t| t.node == name).unwrap();
     assert_eq!(result.targets.len(), 2);
     assert_eq!(target("web1").status, Some(0));
-    let names: Vec<&str> = target("web1")
-        .rows
+    let names: Vec<Value> = target("web1")
+        .parsed_rows()
         .iter()
-        .map(|r| r["name"].as_str().unwrap())
+        .map(|r| r["name"].clone())
         .collect();
     assert_eq!(names, ["sshd", "nginx"]);
     assert_eq!(target("web2").status, Some(1));
@@ -347,7 +360,7 @@ fn distributed_queries_reach_their_nodes_only() {
         target("web2").message.as_deref(),
         Some("no such table: processes")
     );
-    assert!(target("web2").rows.is_empty());
+    assert_eq!(target("web2").rows.get(), "[]");
     // Unknown hosts are named in the refusal.
     let err = client
         .start_osquery_query(&StartQuery {
@@ -525,7 +538,7 @@ fn yeet_query_fans_out_and_names_the_silent_and_carves_come_back_identical() {
     );
     let campaign: yeet_proto::osquery::Campaign =
         server.yeet_json(&["query", "SELECT 1", "--host", "web1", "--timeout", "4"]);
-    assert_eq!(campaign.targets[0].rows[0]["sql"], "SELECT 1");
+    assert_eq!(campaign.targets[0].parsed_rows()[0]["sql"], "SELECT 1");
 
     let out = server.yeet(&["carve", "web2", "/etc/hosts", "--timeout", "20"]);
     assert!(out.contains("carve 1 complete: 25000 bytes"), "{out}");
@@ -545,4 +558,220 @@ fn yeet_query_fans_out_and_names_the_silent_and_carves_come_back_identical() {
     for t in answering {
         t.join().unwrap();
     }
+}
+
+/// The server's resident memory now, and the most it held since the last reset, in KiB.
+fn rss_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap()
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Resets the server's peak-memory mark (`VmHWM`) to what it holds now.
+fn reset_peak(pid: u32) {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").unwrap();
+}
+
+/// A gzip body of nearly `inflated` bytes: `{"data":[[0],[0],…], FIELD: VALUE}` (for a
+/// distributed write, the rows of a query), with the credential last, so that a server must
+/// read everything to find it.
+fn gzip_bomb(inflated: usize, path: &str, field: &str, value: &str) -> Vec<u8> {
+    let (head, tail) = if path == osquery_tls::paths::DISTRIBUTED_WRITE {
+        (
+            r#"{"queries": {"yeet-1": ["#,
+            format!(r#"[0]]}}, "{field}": "{value}"}}"#),
+        )
+    } else {
+        (
+            r#"{"data": ["#,
+            format!(r#"[0]], "log_type": "result", "{field}": "{value}"}}"#),
+        )
+    };
+    let mut body = head.as_bytes().to_vec();
+    while body.len() + tail.len() + 4 < inflated {
+        body.extend_from_slice(b"[0],");
+    }
+    body.extend_from_slice(tail.as_bytes());
+    gzip_bytes(&body)
+}
+
+/// Posts `bomb` to `path` from `n` clients at once; every answer must be a refusal.
+fn bombard(server: &Server, path: &'static str, bomb: &[u8], n: usize) {
+    std::thread::scope(|s| {
+        for _ in 0..n {
+            s.spawn(|| {
+                let client = Osqueryd::new(&server.url, "attacker", "guess");
+                let (status, answer) = client.post_raw(path, bomb, true);
+                assert_ne!(status, 200, "{path} accepted a bomb: {answer}");
+            });
+        }
+    });
+}
+
+/// A 16 KiB gzip body that inflates to 16 MiB of `[0],` made each request cost up to
+/// 1.4 GiB before any credential was checked. Now 20 at once, on every endpoint, with
+/// osquery off, then on (strangers, and a node with a valid key), stay within 64 MiB of
+/// what the server held before, and real nodes are served afterwards.
+#[test]
+fn gzip_bombs_on_every_endpoint_cost_the_server_little_memory() {
+    const BOUND_KIB: u64 = 64 << 10;
+    const AT_ONCE: usize = 20;
+    let server = server("");
+    let pid = server.proc.child.id();
+    let endpoints = [
+        (osquery_tls::paths::ENROLL, "enroll_secret"),
+        (osquery_tls::paths::CONFIG, "node_key"),
+        (osquery_tls::paths::LOG, "node_key"),
+        (osquery_tls::paths::DISTRIBUTED_READ, "node_key"),
+        (osquery_tls::paths::DISTRIBUTED_WRITE, "node_key"),
+        (osquery_tls::paths::CARVE_INIT, "node_key"),
+        (osquery_tls::paths::CARVE_BLOCK, "session_id"),
+    ];
+    let inflated = (8 << 20) - 64;
+    let attack = |what: &str, value: &str, paths: &[(&'static str, &str)]| {
+        let (before, _) = rss_kib(pid);
+        reset_peak(pid);
+        for (path, field) in paths {
+            let bomb = gzip_bomb(inflated, path, field, value);
+            assert!(bomb.len() < 64 << 10, "{}", bomb.len());
+            bombard(&server, path, &bomb, AT_ONCE);
+        }
+        let (_, peak) = rss_kib(pid);
+        eprintln!(
+            "{what}: peak {} KiB above the {before} KiB held before",
+            peak.saturating_sub(before)
+        );
+        assert!(
+            peak < before + BOUND_KIB,
+            "{what}: the server's peak was {peak} KiB, {before} KiB before"
+        );
+    };
+    attack("osquery off", "guess", &endpoints);
+
+    add_enroll_secret(&server, SECRET);
+    let mut node = enrolled(&server, "web1");
+    attack("osquery on, strangers", "guess", &endpoints);
+    let key = node.node_key.clone().unwrap();
+    attack(
+        "osquery on, a node's own key",
+        &key,
+        &[
+            (osquery_tls::paths::LOG, "node_key"),
+            (osquery_tls::paths::DISTRIBUTED_WRITE, "node_key"),
+        ],
+    );
+
+    // Nothing was stored, and real nodes are served as before.
+    node.log_results(vec![node.result_line(
+        "users",
+        "added",
+        json!({"uid": "1"}),
+    )])
+    .unwrap();
+    enrolled(&server, "web2").config().unwrap();
+    let stored = server.client().osquery_logs(&LogFilter::default()).unwrap();
+    assert_eq!(stored.lines.len(), 1);
+}
+
+/// A result line of nearly 1 MiB (the largest stored): tens of thousands of tiny columns,
+/// the shape that costs most as a tree of JSON values.
+fn huge_line(node: &Osqueryd, i: usize) -> Value {
+    let columns: serde_json::Map<String, Value> = (0..60_000)
+        .map(|c| (format!("c{c}"), json!(i.to_string())))
+        .collect();
+    node.result_line("huge", "added", Value::Object(columns))
+}
+
+/// Listing stored lines and polling a query's answers pass the nodes' JSON through
+/// unparsed, and a listing stops at about 4 MiB with a cursor to continue: a viewer's
+/// listing of huge lines, and an admin's polls of huge answers, stay within 64 MiB of what
+/// the server held before, while the CLI still prints every line by following the cursor.
+#[test]
+fn listing_huge_lines_and_answers_costs_the_server_little_memory() {
+    const BOUND_KIB: u64 = 64 << 10;
+    let server = server("");
+    let pid = server.proc.child.id();
+    add_enroll_secret(&server, SECRET);
+    let mut node = enrolled(&server, "web1");
+    node.compress = true;
+    for batch in 0..8 {
+        let lines = (0..5).map(|i| huge_line(&node, batch * 5 + i)).collect();
+        node.log_results(lines).unwrap();
+    }
+    let client = server.client();
+
+    let (before, _) = rss_kib(pid);
+    reset_peak(pid);
+    let first = client
+        .osquery_logs(&LogFilter {
+            limit: Some(100),
+            ..Default::default()
+        })
+        .unwrap();
+    assert!(
+        (1..=5).contains(&first.lines.len()),
+        "{} lines in one page",
+        first.lines.len()
+    );
+    assert_eq!(first.next_after, first.lines.last().map(|l| l.id));
+    // The CLI follows the cursor to the end, one page at a time.
+    let out = server.yeet(&[
+        "osquery", "logs", "--query", "huge", "--limit", "100", "--json",
+    ]);
+    let printed: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(printed.len(), 40);
+    assert_eq!(printed[39]["line"]["columns"]["c7"], "39");
+    let (_, peak) = rss_kib(pid);
+    eprintln!(
+        "listing: peak {} KiB above {before} KiB",
+        peak.saturating_sub(before)
+    );
+    assert!(
+        peak < before + BOUND_KIB,
+        "listing: peak {peak} KiB, {before} KiB before"
+    );
+
+    // A distributed query answered with 6 MiB of tiny rows, polled as `yeet query` does.
+    let campaign = client
+        .start_osquery_query(&StartQuery {
+            query: "SELECT * FROM huge".into(),
+            hosts: vec!["web1".into()],
+            all: false,
+            timeout_secs: 60,
+        })
+        .unwrap();
+    let read = node.distributed_read().unwrap();
+    let id = read.queries.keys().next().unwrap().clone();
+    let rows: Vec<Value> = (0..400_000).map(|i| json!({"r": i.to_string()})).collect();
+    node.call(
+        osquery_tls::paths::DISTRIBUTED_WRITE,
+        json!({"queries": {id.clone(): rows}, "statuses": {id: 0}}),
+        true,
+    )
+    .unwrap();
+    let (before, _) = rss_kib(pid);
+    reset_peak(pid);
+    for _ in 0..5 {
+        let answered = client.osquery_campaign(campaign.id).unwrap();
+        assert_eq!(answered.targets[0].parsed_rows().len(), 400_000);
+    }
+    let (_, peak) = rss_kib(pid);
+    eprintln!(
+        "polls: peak {} KiB above {before} KiB",
+        peak.saturating_sub(before)
+    );
+    assert!(
+        peak < before + BOUND_KIB,
+        "polls: peak {peak} KiB, {before} KiB before"
+    );
 }

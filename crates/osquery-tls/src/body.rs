@@ -2,8 +2,16 @@
 //! `Content-Encoding: gzip`). [`decode`] inflates with a hard limit on the output, so that a
 //! body of a few kilobytes cannot expand into gigabytes of memory (a gzip bomb), and it reads
 //! concatenated gzip members as one stream, as HTTP allows.
+//!
+//! osqueryd puts its credential (`node_key`, `enroll_secret`, a carve's `session_id`) inside
+//! the body, anywhere among the other members. [`credential`] finds it by streaming through
+//! the body (inflating as it goes) and skipping every other value without storing it, so a
+//! server can refuse a stranger before it inflates or parses anything into memory.
 
-use std::io::Read;
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
+use std::borrow::Cow;
+use std::fmt;
+use std::io::{BufReader, Read};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum BodyError {
@@ -13,24 +21,26 @@ pub enum BodyError {
     UnsupportedEncoding(String),
     #[error("the gzip body is corrupt: {0}")]
     CorruptGzip(String),
+    #[error("invalid body: {0}")]
+    Malformed(String),
 }
 
 /// The body as its sender meant it: inflated if `content_encoding` says gzip, and never more
-/// than `limit` bytes either way.
-pub fn decode(
-    body: &[u8],
+/// than `limit` bytes either way. A plain body is not copied.
+pub fn decode<'b>(
+    body: &'b [u8],
     content_encoding: Option<&str>,
     limit: usize,
-) -> Result<Vec<u8>, BodyError> {
+) -> Result<Cow<'b, [u8]>, BodyError> {
     let encoding = content_encoding.map(|e| e.trim().to_ascii_lowercase());
     match encoding.as_deref() {
         None | Some("") | Some("identity") => {
             if body.len() > limit {
                 return Err(BodyError::TooLarge { limit });
             }
-            Ok(body.to_vec())
+            Ok(Cow::Borrowed(body))
         }
-        Some("gzip") | Some("x-gzip") => inflate(body, limit),
+        Some("gzip") | Some("x-gzip") => inflate(body, limit).map(Cow::Owned),
         Some(other) => Err(BodyError::UnsupportedEncoding(other.to_owned())),
     }
 }
@@ -38,7 +48,10 @@ pub fn decode(
 /// Inflates gzip, reading at most one byte past the limit to tell "exactly at" from "over".
 fn inflate(body: &[u8], limit: usize) -> Result<Vec<u8>, BodyError> {
     let decoder = flate2::read::MultiGzDecoder::new(body);
-    let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(limit));
+    // Room for the whole limit at once: the buffer never moves (a move holds the old and the
+    // new copy at once) and never grows past the limit by doubling. Pages that inflating
+    // does not write are never resident, so a small body costs little.
+    let mut out = Vec::with_capacity(limit.saturating_add(1));
     decoder
         .take(limit as u64 + 1)
         .read_to_end(&mut out)
@@ -47,6 +60,126 @@ fn inflate(body: &[u8], limit: usize) -> Result<Vec<u8>, BodyError> {
         return Err(BodyError::TooLarge { limit });
     }
     Ok(out)
+}
+
+/// The string member `field` of the body's top-level object, read without keeping anything
+/// else: `Ok(None)` when the object has no such member. Its memory is a few buffers,
+/// whatever the body holds, except that one key or value is held at a time (both at most
+/// `limit` bytes, like the inflated body). The body is read only up to the member.
+pub fn credential(
+    body: &[u8],
+    content_encoding: Option<&str>,
+    limit: usize,
+    field: &str,
+) -> Result<Option<String>, BodyError> {
+    let encoding = content_encoding.map(|e| e.trim().to_ascii_lowercase());
+    match encoding.as_deref() {
+        None | Some("") | Some("identity") => {
+            if body.len() > limit {
+                return Err(BodyError::TooLarge { limit });
+            }
+            find_member(body, field)
+        }
+        Some("gzip") | Some("x-gzip") => {
+            let mut inflated = Capped {
+                inner: flate2::read::MultiGzDecoder::new(body),
+                left: limit,
+                over: false,
+            };
+            let found = find_member(BufReader::with_capacity(32 << 10, &mut inflated), field);
+            if inflated.over {
+                return Err(BodyError::TooLarge { limit });
+            }
+            found
+        }
+        Some(other) => Err(BodyError::UnsupportedEncoding(other.to_owned())),
+    }
+}
+
+/// A reader that fails once more than `left` bytes came through, and remembers that it did.
+struct Capped<R> {
+    inner: R,
+    left: usize,
+    over: bool,
+}
+
+impl<R: Read> Read for Capped<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n > self.left {
+            self.over = true;
+            return Err(std::io::Error::other("the body is over its limit"));
+        }
+        self.left -= n;
+        Ok(n)
+    }
+}
+
+/// Scans the top-level object for `field`; the search ends at the member, as an error that
+/// carries nothing, with the value kept aside.
+fn find_member(reader: impl Read, field: &str) -> Result<Option<String>, BodyError> {
+    let mut found = None;
+    let mut de = serde_json::Deserializer::from_reader(reader);
+    let scan = MemberScan {
+        field,
+        found: &mut found,
+    };
+    match (&mut de).deserialize_map(scan) {
+        Ok(()) => Ok(found),
+        Err(_) if found.is_some() => Ok(found),
+        Err(e) if e.is_io() => Err(BodyError::CorruptGzip(e.to_string())),
+        Err(e) => Err(BodyError::Malformed(e.to_string())),
+    }
+}
+
+struct MemberScan<'a> {
+    field: &'a str,
+    found: &'a mut Option<String>,
+}
+
+/// The marker error that ends a scan at its member.
+const FOUND: &str = "the member was found";
+
+impl<'de> Visitor<'de> for MemberScan<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(is_field) = map.next_key_seed(KeyIs(self.field))? {
+            if is_field {
+                *self.found = Some(map.next_value::<String>()?);
+                return Err(de::Error::custom(FOUND));
+            }
+            map.next_value::<IgnoredAny>()?;
+        }
+        Ok(())
+    }
+}
+
+/// A key, compared with the member's name without being kept.
+struct KeyIs<'a>(&'a str);
+
+impl<'de> DeserializeSeed<'de> for KeyIs<'_> {
+    type Value = bool;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeyIs<'_> {
+    type Value = bool;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a member name")
+    }
+
+    fn visit_str<E: de::Error>(self, key: &str) -> Result<bool, E> {
+        Ok(key == self.0)
+    }
 }
 
 #[cfg(test)]
@@ -63,9 +196,9 @@ mod tests {
     #[test]
     fn plain_and_gzip_bodies_read_the_same() {
         let body = br#"{"node_key":"k","log_type":"result","data":[]}"#;
-        assert_eq!(decode(body, None, 1024).unwrap(), body);
-        assert_eq!(decode(&gzip(body), Some("gzip"), 1024).unwrap(), body);
-        assert_eq!(decode(&gzip(body), Some(" GZIP "), 1024).unwrap(), body);
+        assert_eq!(*decode(body, None, 1024).unwrap(), *body);
+        assert_eq!(*decode(&gzip(body), Some("gzip"), 1024).unwrap(), *body);
+        assert_eq!(*decode(&gzip(body), Some(" GZIP "), 1024).unwrap(), *body);
     }
 
     #[test]
@@ -105,5 +238,58 @@ mod tests {
             decode(b"x", Some("br"), 1024),
             Err(BodyError::UnsupportedEncoding("br".into()))
         );
+    }
+
+    #[test]
+    fn a_credential_is_found_anywhere_in_the_object() {
+        let body = br#"{"data": [[0], {"a": "b\"}"}], "node_key": "k1", "log_type": "result"}"#;
+        assert_eq!(
+            credential(body, None, 1024, "node_key").unwrap(),
+            Some("k1".into())
+        );
+        assert_eq!(
+            credential(&gzip(body), Some("gzip"), 1024, "node_key").unwrap(),
+            Some("k1".into())
+        );
+        assert_eq!(credential(body, None, 1024, "enroll_secret").unwrap(), None);
+        // The body after the member is not read: garbage there does not matter.
+        assert_eq!(
+            credential(br#"{"node_key": "k2", ]]]"#, None, 1024, "node_key").unwrap(),
+            Some("k2".into())
+        );
+    }
+
+    #[test]
+    fn a_credential_search_keeps_its_limits() {
+        let mut body = b"{\"data\": [".to_vec();
+        for _ in 0..(1 << 20) {
+            body.extend_from_slice(b"[0],");
+        }
+        body.extend_from_slice(b"[0]], \"node_key\": \"late\"}");
+        let bomb = gzip(&body);
+        assert_eq!(
+            credential(&bomb, Some("gzip"), 1 << 20, "node_key"),
+            Err(BodyError::TooLarge { limit: 1 << 20 })
+        );
+        assert_eq!(
+            credential(&bomb, Some("gzip"), 8 << 20, "node_key").unwrap(),
+            Some("late".into())
+        );
+        assert_eq!(
+            credential(&body, None, 1 << 20, "node_key"),
+            Err(BodyError::TooLarge { limit: 1 << 20 })
+        );
+        assert!(matches!(
+            credential(b"[1, 2]", None, 1024, "node_key"),
+            Err(BodyError::Malformed(_))
+        ));
+        assert!(matches!(
+            credential(br#"{"node_key": 7}"#, None, 1024, "node_key"),
+            Err(BodyError::Malformed(_))
+        ));
+        assert!(matches!(
+            credential(b"not gzip", Some("gzip"), 1024, "node_key"),
+            Err(BodyError::CorruptGzip(_))
+        ));
     }
 }

@@ -5,7 +5,6 @@
 //! numbers. Use them with `#[serde(deserialize_with = "lenient::u64")]`.
 
 use serde::de::{self, Deserializer, Visitor};
-use std::collections::BTreeMap;
 use std::fmt;
 
 /// Parses a whole-number string, with surrounding spaces allowed.
@@ -159,14 +158,6 @@ pub fn bool<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
 /// An optional `bool`: absent and `null` are `None`.
 pub fn opt_bool<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
     d.deserialize_any(OptionalVisitor(BoolVisitor))
-}
-
-/// A map of `i64` values, each sent as a number or a string (distributed `statuses`).
-pub fn i64_map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, i64>, D::Error> {
-    #[derive(serde::Deserialize)]
-    struct Value(#[serde(deserialize_with = "i64")] i64);
-    let map: BTreeMap<String, Value> = serde::Deserialize::deserialize(d)?;
-    Ok(map.into_iter().map(|(k, Value(v))| (k, v)).collect())
 }
 
 #[cfg(test)]

@@ -7,21 +7,55 @@
 //! `osquery/core/query.cpp`/`osquery/logger` (the line formats). A failed post keeps the batch
 //! buffered and retries it, so a refusal loses nothing on the node.
 //!
-//! The batch keeps its lines as raw JSON: one malformed line must not reject the others, so
-//! [`ResultLog::parse`] and [`StatusLog::parse`] read them one at a time.
+//! The batch keeps its lines as raw JSON text, borrowed from the body: one malformed line
+//! must not reject the others, and a server that only files a line (by query name and time)
+//! must not build a tree of every row. [`LineSummary::of`] reads just that;
+//! [`ResultLog::parse`] and [`StatusLog::parse`] read a whole line.
 
-use serde::{Deserialize, Serialize};
+use serde::de::{IgnoredAny, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::value::RawValue;
+use std::fmt;
 
 use crate::{Row, lenient};
 
-/// One batch of log lines.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LogRequest {
+/// Most lines one batch may hold: 16 times osqueryd's `--logger_tls_max_lines` default.
+pub const MAX_BATCH_LINES: usize = 16_384;
+
+/// One batch of log lines, borrowing each line's text from the body it was read from.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LogRequest<'a> {
     #[serde(default)]
     pub node_key: String,
     pub log_type: LogType,
-    #[serde(default)]
-    pub data: Vec<serde_json::Value>,
+    #[serde(default, borrow, deserialize_with = "bounded_lines")]
+    pub data: Vec<&'a RawValue>,
+}
+
+/// The `data` array, refused past [`MAX_BATCH_LINES`] before it grows further.
+fn bounded_lines<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<&'de RawValue>, D::Error> {
+    struct Lines;
+    impl<'de> Visitor<'de> for Lines {
+        type Value = Vec<&'de RawValue>;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("an array of log lines")
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut lines = Vec::new();
+            while let Some(line) = seq.next_element::<&'de RawValue>()? {
+                if lines.len() == MAX_BATCH_LINES {
+                    return Err(serde::de::Error::custom(format!(
+                        "a batch holds at most {MAX_BATCH_LINES} lines; lower --logger_tls_max_lines"
+                    )));
+                }
+                lines.push(line);
+            }
+            Ok(lines)
+        }
+    }
+    d.deserialize_seq(Lines)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -133,12 +167,12 @@ pub struct LineError {
 }
 
 impl ResultLog {
-    pub fn parse(line: &serde_json::Value) -> Result<ResultLog, LineError> {
+    pub fn parse(line: &str) -> Result<ResultLog, LineError> {
         let error = |reason: String| LineError {
             kind: "result",
             reason,
         };
-        let raw = RawResult::deserialize(line).map_err(|e| error(e.to_string()))?;
+        let raw: RawResult = serde_json::from_str(line).map_err(|e| error(e.to_string()))?;
         let rows = match (raw.action, raw.columns, raw.diff_results, raw.snapshot) {
             (_, _, _, Some(rows)) => ResultRows::Snapshot(rows),
             (_, _, Some(diff), None) => ResultRows::Differential {
@@ -197,8 +231,8 @@ pub struct StatusLog {
 }
 
 impl StatusLog {
-    pub fn parse(line: &serde_json::Value) -> Result<StatusLog, LineError> {
-        StatusLog::deserialize(line).map_err(|e| LineError {
+    pub fn parse(line: &str) -> Result<StatusLog, LineError> {
+        serde_json::from_str(line).map_err(|e| LineError {
             kind: "status",
             reason: e.to_string(),
         })
@@ -206,12 +240,79 @@ impl StatusLog {
 
     /// The glog severity's name.
     pub fn severity_name(&self) -> &'static str {
-        match self.severity {
-            0 => "info",
-            1 => "warning",
-            2 => "error",
-            3 => "fatal",
-            _ => "unknown",
+        severity_name(self.severity)
+    }
+}
+
+fn severity_name(severity: i64) -> &'static str {
+    match severity {
+        0 => "info",
+        1 => "warning",
+        2 => "error",
+        3 => "fatal",
+        _ => "unknown",
+    }
+}
+
+/// What a line is filed under: a result line's query name or a status line's severity, and
+/// the time it was logged. Reading it keeps nothing else of the line: rows, decorations and
+/// messages are skipped unread.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LineSummary {
+    pub name: String,
+    pub unix_time: u64,
+}
+
+/// The members of a result line that [`LineSummary`] needs, and those that tell its shape.
+#[derive(Deserialize)]
+struct ResultSummary {
+    name: String,
+    #[serde(default, rename = "unixTime", deserialize_with = "lenient::u64")]
+    unix_time: u64,
+    action: Option<IgnoredAny>,
+    columns: Option<IgnoredAny>,
+    #[serde(rename = "diffResults")]
+    diff_results: Option<IgnoredAny>,
+    snapshot: Option<IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+struct StatusSummary {
+    #[serde(default, rename = "unixTime", deserialize_with = "lenient::u64")]
+    unix_time: u64,
+    #[serde(default, deserialize_with = "lenient::i64")]
+    severity: i64,
+}
+
+impl LineSummary {
+    pub fn of(log_type: LogType, line: &str) -> Result<LineSummary, LineError> {
+        let error = |reason: String| LineError {
+            kind: log_type.as_str(),
+            reason,
+        };
+        match log_type {
+            LogType::Result => {
+                let l: ResultSummary =
+                    serde_json::from_str(line).map_err(|e| error(e.to_string()))?;
+                let event = l.action.is_some() && l.columns.is_some();
+                if !(event || l.diff_results.is_some() || l.snapshot.is_some()) {
+                    return Err(error(
+                        "it has none of columns+action, diffResults or snapshot".into(),
+                    ));
+                }
+                Ok(LineSummary {
+                    name: l.name,
+                    unix_time: l.unix_time,
+                })
+            }
+            LogType::Status => {
+                let l: StatusSummary =
+                    serde_json::from_str(line).map_err(|e| error(e.to_string()))?;
+                Ok(LineSummary {
+                    name: severity_name(l.severity).to_owned(),
+                    unix_time: l.unix_time,
+                })
+            }
         }
     }
 }

@@ -6,7 +6,9 @@ use osquery_tls::carve::{BlockRequest, InitRequest};
 use osquery_tls::config::{Config, ScheduledQuery};
 use osquery_tls::distributed::{ReadResponse, WriteRequest};
 use osquery_tls::enroll::EnrollRequest;
-use osquery_tls::log::{Action, LogRequest, LogType, ResultLog, ResultRows, StatusLog};
+use osquery_tls::log::{
+    Action, LineSummary, LogRequest, LogType, ResultLog, ResultRows, StatusLog,
+};
 use serde_json::json;
 
 #[test]
@@ -51,7 +53,7 @@ fn enroll_bodies_of_new_and_old_clients() {
 
 #[test]
 fn result_lines_in_all_three_shapes() {
-    let batch: LogRequest = serde_json::from_value(json!({
+    let body = json!({
         "node_key": "k",
         "log_type": "result",
         "data": [
@@ -70,14 +72,23 @@ fn result_lines_in_all_three_shapes() {
             {"name": "mounts", "hostIdentifier": "web1", "unixTime": 1795464000, "action": "snapshot",
              "snapshot": [{"path": "/"}, {"path": "/boot"}]}
         ]
-    }))
-    .unwrap();
+    })
+    .to_string();
+    let batch: LogRequest = serde_json::from_str(&body).unwrap();
     assert_eq!(batch.log_type, LogType::Result);
     let lines: Vec<ResultLog> = batch
         .data
         .iter()
-        .map(|l| ResultLog::parse(l).unwrap())
+        .map(|l| ResultLog::parse(l.get()).unwrap())
         .collect();
+    // The summary a server files each line under agrees with the whole parse.
+    for (raw, line) in batch.data.iter().zip(&lines) {
+        let summary = LineSummary::of(LogType::Result, raw.get()).unwrap();
+        assert_eq!(
+            (summary.name.as_str(), summary.unix_time),
+            (line.header.name.as_str(), line.header.unix_time)
+        );
+    }
     assert_eq!(
         lines[0].header,
         lines[1].header.clone().with_decorations(&lines[0])
@@ -113,40 +124,80 @@ impl WithDecorations for osquery_tls::log::ResultHeader {
 
 #[test]
 fn a_malformed_line_is_rejected_alone() {
-    let batch: LogRequest = serde_json::from_value(json!({
+    let body = json!({
         "node_key": "k", "log_type": "result",
         "data": [{"name": "q", "columns": {}, "action": "added"}, {"name": "q"}, {"name": "q", "unixTime": "soon", "snapshot": []}, 42]
-    }))
-    .unwrap();
-    let parsed: Vec<_> = batch.data.iter().map(ResultLog::parse).collect();
-    assert!(parsed[0].is_ok());
-    for bad in &parsed[1..] {
-        let err = bad.as_ref().unwrap_err().to_string();
+    })
+    .to_string();
+    let batch: LogRequest = serde_json::from_str(&body).unwrap();
+    let parsed: Vec<_> = batch
+        .data
+        .iter()
+        .map(|l| ResultLog::parse(l.get()))
+        .collect();
+    let summaries: Vec<_> = batch
+        .data
+        .iter()
+        .map(|l| LineSummary::of(LogType::Result, l.get()))
+        .collect();
+    assert!(parsed[0].is_ok() && summaries[0].is_ok());
+    let errors = parsed[1..]
+        .iter()
+        .map(|p| p.as_ref().map(|_| ()))
+        .chain(summaries[1..].iter().map(|s| s.as_ref().map(|_| ())));
+    for bad in errors {
+        let err = bad.unwrap_err().to_string();
         assert!(err.starts_with("malformed result log line"), "{err}");
     }
     assert!(parsed[2].as_ref().unwrap_err().reason.contains("soon"));
 }
 
 #[test]
+fn a_batch_past_its_line_limit_is_refused() {
+    let lines = vec!["{}"; osquery_tls::log::MAX_BATCH_LINES + 1].join(",");
+    let body = format!(r#"{{"node_key": "k", "log_type": "status", "data": [{lines}]}}"#);
+    let err = serde_json::from_str::<LogRequest>(&body).unwrap_err();
+    assert!(err.to_string().contains("logger_tls_max_lines"), "{err}");
+    let fits = body.replacen("{},", "", 1);
+    assert_eq!(
+        serde_json::from_str::<LogRequest>(&fits)
+            .unwrap()
+            .data
+            .len(),
+        osquery_tls::log::MAX_BATCH_LINES
+    );
+}
+
+#[test]
 fn status_lines_of_new_and_old_clients() {
-    let new = StatusLog::parse(&json!({
+    let new = json!({
         "hostIdentifier": "web1", "calendarTime": "Mon Nov 23 20:00:00 2026 UTC", "unixTime": 1795464000,
         "severity": 1, "filename": "scheduler.cpp", "line": 83, "message": "query took long", "version": "5.12.1"
-    }))
-    .unwrap();
-    let old = StatusLog::parse(&json!({
+    })
+    .to_string();
+    let old = json!({
         "hostIdentifier": "web1", "calendarTime": "Mon Nov 23 20:00:00 2026 UTC", "unixTime": "1795464000",
         "severity": "1", "filename": "scheduler.cpp", "line": "83", "message": "query took long", "version": "5.12.1"
-    }))
-    .unwrap();
-    assert_eq!(new, old);
-    assert_eq!(new.severity_name(), "warning");
+    })
+    .to_string();
+    assert_eq!(
+        StatusLog::parse(&new).unwrap(),
+        StatusLog::parse(&old).unwrap()
+    );
+    assert_eq!(StatusLog::parse(&new).unwrap().severity_name(), "warning");
+    assert_eq!(
+        LineSummary::of(LogType::Status, &old).unwrap(),
+        LineSummary {
+            name: "warning".into(),
+            unix_time: 1795464000
+        }
+    );
 }
 
 #[test]
 fn log_types_other_than_result_and_status_are_refused() {
-    let err = serde_json::from_value::<LogRequest>(
-        json!({"node_key": "k", "log_type": "snapshotz", "data": []}),
+    let err = serde_json::from_str::<LogRequest>(
+        r#"{"node_key": "k", "log_type": "snapshotz", "data": []}"#,
     )
     .unwrap_err();
     assert!(err.to_string().contains("snapshotz"), "{err}");
@@ -154,29 +205,44 @@ fn log_types_other_than_result_and_status_are_refused() {
 
 #[test]
 fn distributed_write_with_rows_errors_and_statuses() {
-    let write: WriteRequest = serde_json::from_value(json!({
+    let body = json!({
         "node_key": "k",
         "queries": {"q1": [{"name": "osqueryd"}], "q2": "", "q3": [], "q4": null},
         "statuses": {"q1": 0, "q2": "1", "q3": 0},
         "messages": {"q2": "no such table: nosuch"},
         "stats": {"q1": {"wall_time_ms": 3, "memory": 4096}}
-    }))
-    .unwrap();
+    })
+    .to_string();
+    let write: WriteRequest = serde_json::from_str(&body).unwrap();
     let outcomes = write.outcomes();
     let ids: Vec<&str> = outcomes.iter().map(|o| o.id.as_str()).collect();
     assert_eq!(ids, ["q1", "q2", "q3", "q4"]);
-    assert_eq!(outcomes[0].rows.len(), 1);
+    assert_eq!(outcomes[0].rows, Some(r#"[{"name":"osqueryd"}]"#));
     assert!(outcomes[0].stats.is_some());
     assert_eq!(outcomes[1].status, 1);
     assert_eq!(
         outcomes[1].message.as_deref(),
         Some("no such table: nosuch")
     );
-    assert!(outcomes[2].rows.is_empty() && outcomes[2].status == 0);
-    // Rows that are neither an array nor empty are refused with the query named.
+    assert!(outcomes[2].rows.is_none() && outcomes[2].status == 0);
+    assert!(outcomes[3].rows.is_none());
+    // Rows that are neither an array of objects nor empty are refused with the query named.
+    for bad in [
+        r#"{"queries": {"q9": "rows"}}"#,
+        r#"{"queries": {"q9": [1, 2]}}"#,
+        r#"{"queries": {"q9": {"a": "b"}}}"#,
+    ] {
+        let err = serde_json::from_str::<WriteRequest>(bad).unwrap_err();
+        assert!(err.to_string().contains("q9"), "{bad}: {err}");
+    }
+    // A node answers the queries it was sent, not a million made-up ones.
+    let ids = (0..=osquery_tls::distributed::MAX_QUERIES_PER_WRITE)
+        .map(|i| format!(r#""q{i}": 0"#))
+        .collect::<Vec<_>>()
+        .join(",");
     let err =
-        serde_json::from_value::<WriteRequest>(json!({"queries": {"q9": "rows"}})).unwrap_err();
-    assert!(err.to_string().contains("q9"), "{err}");
+        serde_json::from_str::<WriteRequest>(&format!(r#"{{"statuses": {{{ids}}}}}"#)).unwrap_err();
+    assert!(err.to_string().contains("at most"), "{err}");
 }
 
 #[test]

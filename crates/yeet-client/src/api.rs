@@ -17,7 +17,7 @@ use yeet_proto::secrets::{
 
 use yeet_proto::osquery::paths as oq;
 use yeet_proto::osquery::{
-    Campaign, CarveInfo, LogFilter, OsqueryLogLine, OsqueryNode, OsqueryOption, ScheduledQuery,
+    Campaign, CarveInfo, LogFilter, OsqueryLogPage, OsqueryNode, OsqueryOption, ScheduledQuery,
     SetOption, StartCarve, StartQuery,
 };
 
@@ -227,7 +227,8 @@ impl Client {
             .map(drop)
     }
 
-    pub fn osquery_logs(&self, filter: &LogFilter) -> Result<Vec<OsqueryLogLine>> {
+    /// One page of stored lines; `next_after` says where the next one starts.
+    pub fn osquery_logs(&self, filter: &LogFilter) -> Result<OsqueryLogPage> {
         self.get(&oq::logs(filter))
     }
 

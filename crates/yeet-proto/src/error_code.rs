@@ -137,6 +137,7 @@ error_codes! {
     UnknownCampaign => "unknown_campaign", 404, "No distributed query has this id.";
     InvalidCampaign => "invalid_campaign", 422, "The distributed query names no node, or its SQL or timeout is invalid.";
     // The server itself.
+    Busy => "busy", 503, "The server is busy; retry after the seconds its Retry-After header names.";
     DiskFull => "disk_full", 507, "The server's disk is full; free space or run `yeet cache gc`.";
     Internal => "internal", 500, "The server failed; its log has the details.";
 }

@@ -129,8 +129,18 @@ pub struct LogFilter {
     pub limit: Option<i64>,
 }
 
+/// `GET /v1/osquery/logs`: the lines that fit one answer, oldest first.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OsqueryLogPage {
+    pub lines: Vec<OsqueryLogLine>,
+    /// Set when more lines may match: ask again with `after` set to it. An answer holds at
+    /// most `limit` lines and about 4 MiB of them, so a page of huge lines is short.
+    #[serde(default)]
+    pub next_after: Option<i64>,
+}
+
 /// One stored log line.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct OsqueryLogLine {
     pub id: i64,
     pub node: String,
@@ -139,8 +149,8 @@ pub struct OsqueryLogLine {
     pub name: String,
     pub logged_at: i64,
     pub received_at: i64,
-    /// The line as the node sent it.
-    pub line: serde_json::Value,
+    /// The line as the node sent it: its JSON text, passed through unparsed.
+    pub line: Box<serde_json::value::RawValue>,
 }
 
 /// `POST /v1/osquery/queries`: run SQL on nodes.
@@ -165,7 +175,7 @@ pub struct StartCarve {
 }
 
 /// A distributed query and what its nodes answered so far.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Campaign {
     pub id: i64,
     pub query: String,
@@ -178,7 +188,7 @@ pub struct Campaign {
 }
 
 /// One node's part in a campaign.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CampaignTarget {
     pub node: String,
     pub host: Option<String>,
@@ -188,7 +198,16 @@ pub struct CampaignTarget {
     /// 0: success.
     pub status: Option<i64>,
     pub message: Option<String>,
-    pub rows: Vec<serde_json::Map<String, serde_json::Value>>,
+    /// The rows as the node sent them: a JSON array of objects (`[]` before an answer),
+    /// passed through unparsed. [`CampaignTarget::parsed_rows`] reads them.
+    pub rows: Box<serde_json::value::RawValue>,
+}
+
+impl CampaignTarget {
+    /// The rows as objects; rows that are not an array of objects read as none.
+    pub fn parsed_rows(&self) -> Vec<serde_json::Map<String, serde_json::Value>> {
+        serde_json::from_str(self.rows.get()).unwrap_or_default()
+    }
 }
 
 /// A file carve.

@@ -8,7 +8,8 @@ mod common;
 use common::TestDb;
 use yeet_proto::api::{ActivationResult, Role};
 use yeet_server::store::{
-    ActivationRow, DetachmentRow, HostReport, NewRelease, RegistrationRow, Store, StoreError, Wire,
+    ActivationRow, DetachmentRow, HostReport, LogQuery, NewLogLine, NewRelease, RegistrationRow,
+    Store, StoreError, Wire,
 };
 
 fn registration(key: &str, code: &str, seen: i64) -> RegistrationRow {
@@ -473,7 +474,62 @@ async fn last_attempts_are_read_for_many_hosts_at_once(db: &TestDb) {
     s.close().await;
 }
 
+async fn log_listings_stop_at_their_byte_budget(db: &TestDb) {
+    let s = db.open().await;
+    let line = |node_id: i64, size: usize| NewLogLine {
+        node_id,
+        kind: "result",
+        name: "q".into(),
+        logged_at: 1,
+        line: format!("\"{}\"", "x".repeat(size - 2)),
+    };
+    // Three lines of 100 bytes, one of 1,000, two of 100, from two nodes.
+    let lines = [
+        line(1, 100),
+        line(1, 100),
+        line(2, 100),
+        line(1, 1000),
+        line(1, 100),
+        line(1, 100),
+    ];
+    s.insert_log_lines(&lines, 10).await.unwrap();
+    let all = LogQuery {
+        limit: 100,
+        ..Default::default()
+    };
+    let ids = |rows: &[yeet_server::store::LogRow]| rows.iter().map(|r| r.id).collect::<Vec<_>>();
+    let (rows, more) = s.list_log_lines(&all, 10_000).await.unwrap();
+    assert_eq!((rows.len(), more), (6, false));
+    let every = ids(&rows);
+    // A budget of 350 bytes holds the first three; the big fourth waits for the next page.
+    let (rows, more) = s.list_log_lines(&all, 350).await.unwrap();
+    assert_eq!((ids(&rows), more), (every[..3].to_vec(), true));
+    assert_eq!(rows[0].line.len(), 100);
+    // A line larger than the budget comes alone, so that a listing always moves on.
+    let next = LogQuery {
+        after_id: Some(every[2]),
+        ..all.clone()
+    };
+    let (rows, more) = s.list_log_lines(&next, 350).await.unwrap();
+    assert_eq!((ids(&rows), more), (vec![every[3]], true));
+    // The count limit says "more" too, and filters still apply.
+    let (rows, more) = s
+        .list_log_lines(
+            &LogQuery {
+                limit: 2,
+                node_ids: Some(vec![1]),
+                ..Default::default()
+            },
+            10_000,
+        )
+        .await
+        .unwrap();
+    assert_eq!((ids(&rows), more), (vec![every[0], every[1]], true));
+    s.close().await;
+}
+
 on_both_backends!(
+    log_listings_stop_at_their_byte_budget,
     last_attempts_are_read_for_many_hosts_at_once,
     nonces_are_accepted_once_until_their_signed_time_expires,
     one_open_detachment_per_host,

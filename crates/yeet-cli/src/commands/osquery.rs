@@ -12,7 +12,7 @@ use std::time::Duration;
 use yeet_client::Client;
 use yeet_proto::clock::{ago, unix_now};
 use yeet_proto::osquery::{
-    Campaign, CampaignTarget, LogFilter, ScheduledQuery, StartCarve, StartQuery,
+    Campaign, CampaignTarget, LogFilter, OsqueryLogLine, ScheduledQuery, StartCarve, StartQuery,
 };
 
 use super::{Connection, Json};
@@ -282,30 +282,46 @@ fn logs(client: &Client, args: &LogsArgs) -> Result<()> {
         after: None,
         limit: Some(args.limit),
     };
+    // Pages end at `limit` lines or at the server's byte budget; `next_after` continues.
+    let mut printed = 0;
     loop {
-        for line in client.osquery_logs(&filter)? {
+        let page = client.osquery_logs(&filter)?;
+        for line in &page.lines {
             filter.after = Some(line.id);
-            if args.json {
-                println!("{}", serde_json::to_string(&line)?);
-            } else {
-                let host = line.host.clone().unwrap_or(line.node.clone());
-                let body = line
-                    .line
-                    .get("columns")
-                    .or(line.line.get("message"))
-                    .unwrap_or(&line.line);
-                print_clean(format!(
-                    "{} {host} {} {body}",
-                    ago(Some(line.received_at)),
-                    line.name
-                ));
+            print_log_line(line, args.json)?;
+        }
+        printed += page.lines.len() as i64;
+        if page.next_after.is_some() && (args.follow || printed < args.limit) {
+            if !args.follow {
+                filter.limit = Some(args.limit - printed);
             }
+            continue;
         }
         if !args.follow {
             return Ok(());
         }
         std::thread::sleep(Duration::from_secs(1));
     }
+}
+
+fn print_log_line(line: &OsqueryLogLine, as_json: bool) -> Result<()> {
+    if as_json {
+        println!("{}", serde_json::to_string(line)?);
+        return Ok(());
+    }
+    let host = line.host.clone().unwrap_or(line.node.clone());
+    // One line is parsed at a time, for its columns (results) or message (status).
+    let parsed: serde_json::Value = serde_json::from_str(line.line.get())?;
+    let body = parsed
+        .get("columns")
+        .or(parsed.get("message"))
+        .unwrap_or(&parsed);
+    print_clean(format!(
+        "{} {host} {} {body}",
+        ago(Some(line.received_at)),
+        line.name
+    ));
+    Ok(())
 }
 
 /// `yeet query`: starts the query, prints each node's answer as it arrives, and at the
@@ -354,8 +370,8 @@ fn print_answer(t: &CampaignTarget) {
         ));
         return;
     }
-    let columns: Vec<String> = t
-        .rows
+    let rows = t.parsed_rows();
+    let columns: Vec<String> = rows
         .first()
         .map(|r| r.keys().cloned().collect())
         .unwrap_or_default();
@@ -363,14 +379,14 @@ fn print_answer(t: &CampaignTarget) {
     table
         .load_preset(comfy_table::presets::UTF8_FULL_CONDENSED)
         .set_header(columns.clone());
-    for row in &t.rows {
+    for row in &rows {
         table.add_row(columns.iter().map(|c| match row.get(c) {
             Some(serde_json::Value::String(s)) => s.clone(),
             Some(v) => v.to_string(),
             None => String::new(),
         }));
     }
-    print_clean(format!("{who}: {} rows\n{table}", t.rows.len()));
+    print_clean(format!("{who}: {} rows\n{table}", rows.len()));
 }
 
 fn report_silent(campaign: &Campaign, as_json: bool) -> Result<()> {

@@ -48,8 +48,29 @@ impl From<yeet_proto::AuthError> for ApiError {
     }
 }
 
+/// Seconds a `busy` answer asks the client to wait before it retries.
+pub const BUSY_RETRY_AFTER_SECS: u64 = 2;
+
+impl ApiError {
+    /// The `Retry-After` header a refusal carries: only `busy` has one.
+    pub fn retry_after(&self) -> Option<[(axum::http::HeaderName, String); 1]> {
+        (self.code == ErrorCode::Busy).then(|| {
+            [(
+                axum::http::header::RETRY_AFTER,
+                BUSY_RETRY_AFTER_SECS.to_string(),
+            )]
+        })
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status(), Json(ErrorBody::new(self.code, self.message))).into_response()
+        let retry_after = self.retry_after();
+        (
+            self.status(),
+            retry_after,
+            Json(ErrorBody::new(self.code, self.message)),
+        )
+            .into_response()
     }
 }

@@ -166,7 +166,7 @@ pub fn routes() -> Vec<Route> {
         route(Method::GET, oq::OPTIONS, R(Role::Viewer), "osqueryd options served to every node.", osquery_options),
         route(Method::PUT, &oq::option("{name}"), R(Role::Admin), "Set an osqueryd option.", osquery_option_set),
         route(Method::DELETE, &oq::option("{name}"), R(Role::Admin), "Unset an osqueryd option.", osquery_option_remove),
-        route(Method::GET, oq::LOGS, R(Role::Viewer), "Stored osquery result and status logs (`?host=&query=&kind=&since=&after=&limit=`).", osquery_logs),
+        route(Method::GET, oq::LOGS, R(Role::Viewer), "Stored osquery result and status logs (`?host=&query=&kind=&since=&after=&limit=`), oldest first, in pages of at most `limit` lines and about 4 MiB; `next_after` continues.", osquery_logs),
         route(Method::POST, oq::QUERIES, R(Role::Admin), "Run SQL on nodes: a distributed query they pick up at their next read.", osquery_query_start),
         route(Method::GET, &oq::query("{id}"), R(Role::Admin), "A distributed query with every node's answer so far.", osquery_query_show),
         route(Method::GET, oq::CARVES, R(Role::Viewer), "File carves and their progress.", osquery_carves),
@@ -553,7 +553,7 @@ async fn osquery_logs(
     State(app): State<AppState>,
     p: Principal,
     ApiQuery(filter): ApiQuery<oq::LogFilter>,
-) -> ApiResult<Vec<oq::OsqueryLogLine>> {
+) -> ApiResult<oq::OsqueryLogPage> {
     Ok(Json(app.service.list_osquery_logs(&p, filter).await?))
 }
 

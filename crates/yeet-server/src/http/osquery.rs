@@ -5,20 +5,33 @@
 //! status code and reads the body, so every refusal is JSON. `{"node_invalid": true}` goes
 //! only with an unknown node key or a wrong enroll secret, since it makes osqueryd drop its
 //! key; every other refusal is `{"error": ...}`, which makes it retry and keep its logs.
-//! Bodies are limited before and after gzip, and must arrive within the body timeout.
+//!
+//! Anyone can reach these routes, so a body costs nothing before its sender is known:
+//! 1. while osquery is off (no enroll secret) every request is refused unread;
+//! 2. the body is read within its size limit and time, compressed as sent;
+//! 3. with one of a few parse turns held, the credential (node key, enroll secret or carve
+//!    session) is found by streaming through the body without keeping it, and checked;
+//! 4. only then is the body inflated (within its limit) and parsed, into types that borrow
+//!    its text instead of building a tree of JSON values.
+//!
+//! Enroll, config, distributed read and carve start bodies are small, and are limited to
+//! [`SMALL_BODY_BYTES`]; logs, distributed writes and carve blocks to `max_body_bytes`.
 
 use axum::Json;
 use axum::body::Body;
+use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use tokio::sync::SemaphorePermit;
 
 use super::AppState;
 use super::auth::{ClientIp, read_body};
 use super::error::ApiError;
 use crate::service::ServiceError;
+use crate::service::osquery::Node;
 use osquery_tls::{ErrorBody, NodeInvalid, paths};
 use yeet_proto::ErrorCode;
 
@@ -45,6 +58,7 @@ impl IntoResponse for OsqueryError {
         } else {
             (
                 status,
+                self.0.retry_after(),
                 Json(ErrorBody {
                     error: self.0.message,
                 }),
@@ -55,6 +69,10 @@ impl IntoResponse for OsqueryError {
 }
 
 type Reply<T> = Result<Json<T>, OsqueryError>;
+
+/// The largest enroll, config, distributed read or carve start body: osqueryd's are a few
+/// kilobytes.
+pub const SMALL_BODY_BYTES: usize = 64 << 10;
 
 pub fn routes() -> axum::Router<AppState> {
     axum::Router::new()
@@ -67,25 +85,74 @@ pub fn routes() -> axum::Router<AppState> {
         .route(paths::CARVE_BLOCK, post(carve_block))
 }
 
-/// Reads, inflates and parses a request body within the osquery limits.
-async fn parse<T: DeserializeOwned>(
-    app: &AppState,
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<T, OsqueryError> {
-    let limit = app.service.osquery_settings().max_body_bytes;
-    let raw = read_body(body, limit, app.body_timeout).await?;
-    let encoding = headers
-        .get(axum::http::header::CONTENT_ENCODING)
-        .map(|v| v.to_str().unwrap_or("invalid"));
-    let bytes = osquery_tls::body::decode(&raw, encoding, limit).map_err(|e| {
-        let code = match e {
-            osquery_tls::body::BodyError::TooLarge { .. } => ErrorCode::BodyTooLarge,
-            _ => ErrorCode::InvalidOsqueryRequest,
-        };
-        ApiError::new(code, e.to_string())
-    })?;
-    serde_json::from_slice(&bytes).map_err(|e| {
+/// A node's body, read but not yet inflated or parsed, with the parse turn it holds.
+struct NodeBody<'a> {
+    raw: Bytes,
+    encoding: Option<String>,
+    limit: usize,
+    _turn: SemaphorePermit<'a>,
+}
+
+fn body_error(e: osquery_tls::body::BodyError) -> OsqueryError {
+    let code = match e {
+        osquery_tls::body::BodyError::TooLarge { .. } => ErrorCode::BodyTooLarge,
+        _ => ErrorCode::InvalidOsqueryRequest,
+    };
+    ApiError::new(code, e.to_string()).into()
+}
+
+impl<'a> NodeBody<'a> {
+    /// Steps 1 and 2, and the parse turn: nothing of the body is looked at yet.
+    async fn read(
+        app: &'a AppState,
+        headers: &HeaderMap,
+        body: Body,
+        limit: usize,
+    ) -> Result<NodeBody<'a>, OsqueryError> {
+        app.service.osquery_check_set_up().await?;
+        let raw = read_body(body, limit, app.body_timeout).await?;
+        let encoding = headers
+            .get(axum::http::header::CONTENT_ENCODING)
+            .map(|v| v.to_str().unwrap_or("invalid").to_owned());
+        let turn = app.service.osquery_parse_permit().await?;
+        Ok(NodeBody {
+            raw,
+            encoding,
+            limit,
+            _turn: turn,
+        })
+    }
+
+    /// The string member `field`, found without keeping the rest of the body ("" when the
+    /// body has none, which no credential check accepts).
+    async fn credential(&self, field: &'static str) -> Result<String, OsqueryError> {
+        let (raw, encoding, limit) = (self.raw.clone(), self.encoding.clone(), self.limit);
+        let found = tokio::task::spawn_blocking(move || {
+            osquery_tls::body::credential(&raw, encoding.as_deref(), limit, field)
+        })
+        .await
+        .map_err(|e| ServiceError::System(format!("a body scan failed: {e}")))?;
+        Ok(found.map_err(body_error)?.unwrap_or_default())
+    }
+
+    /// The body as sent: inflated within its limit (a plain body is shared, not copied).
+    async fn inflate(&self) -> Result<Bytes, OsqueryError> {
+        let (raw, encoding, limit) = (self.raw.clone(), self.encoding.clone(), self.limit);
+        tokio::task::spawn_blocking(move || {
+            match osquery_tls::body::decode(&raw, encoding.as_deref(), limit)? {
+                std::borrow::Cow::Borrowed(_) => Ok(raw.clone()),
+                std::borrow::Cow::Owned(inflated) => Ok(Bytes::from(inflated)),
+            }
+        })
+        .await
+        .map_err(|e| ServiceError::System(format!("a body inflate failed: {e}")))?
+        .map_err(body_error)
+    }
+}
+
+/// A whole body as the request type, which may borrow from it.
+fn parse<'b, T: Deserialize<'b>>(bytes: &'b [u8]) -> Result<T, OsqueryError> {
+    serde_json::from_slice(bytes).map_err(|e| {
         ApiError::new(
             ErrorCode::InvalidOsqueryRequest,
             format!("invalid body: {e}"),
@@ -94,15 +161,37 @@ async fn parse<T: DeserializeOwned>(
     })
 }
 
+/// A node request: the node its key names, and the body to parse once it is known.
+async fn node_request<'a>(
+    app: &'a AppState,
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<(Node, NodeBody<'a>), OsqueryError> {
+    let body = NodeBody::read(app, headers, body, limit).await?;
+    let node = app
+        .service
+        .osquery_node(&body.credential("node_key").await?)
+        .await?;
+    Ok((node, body))
+}
+
 async fn enroll(
     State(app): State<AppState>,
     ClientIp(ip): ClientIp,
     headers: HeaderMap,
     body: Body,
 ) -> Reply<osquery_tls::enroll::EnrollResponse> {
-    let req = parse(&app, &headers, body).await?;
+    let body = NodeBody::read(&app, &headers, body, SMALL_BODY_BYTES).await?;
     let source = crate::service::source_of(ip);
-    Ok(Json(app.service.osquery_enroll(req, &source).await?))
+    let admitted = app
+        .service
+        .osquery_admit_enrollment(&body.credential("enroll_secret").await?, &source)
+        .await?;
+    let bytes = body.inflate().await?;
+    Ok(Json(
+        app.service.osquery_enroll(admitted, parse(&bytes)?).await?,
+    ))
 }
 
 async fn config(
@@ -110,8 +199,8 @@ async fn config(
     headers: HeaderMap,
     body: Body,
 ) -> Reply<osquery_tls::config::Config> {
-    let req = parse(&app, &headers, body).await?;
-    Ok(Json(app.service.osquery_config(req).await?))
+    let (node, _) = node_request(&app, &headers, body, SMALL_BODY_BYTES).await?;
+    Ok(Json(app.service.osquery_config(&node).await?))
 }
 
 async fn log(
@@ -119,8 +208,10 @@ async fn log(
     headers: HeaderMap,
     body: Body,
 ) -> Reply<osquery_tls::Empty> {
-    let req = parse(&app, &headers, body).await?;
-    Ok(Json(app.service.osquery_log(req).await?))
+    let limit = app.service.osquery_settings().max_body_bytes;
+    let (node, body) = node_request(&app, &headers, body, limit).await?;
+    let bytes = body.inflate().await?;
+    Ok(Json(app.service.osquery_log(&node, parse(&bytes)?).await?))
 }
 
 async fn read(
@@ -128,8 +219,8 @@ async fn read(
     headers: HeaderMap,
     body: Body,
 ) -> Reply<osquery_tls::distributed::ReadResponse> {
-    let req = parse(&app, &headers, body).await?;
-    Ok(Json(app.service.osquery_read(req).await?))
+    let (node, _) = node_request(&app, &headers, body, SMALL_BODY_BYTES).await?;
+    Ok(Json(app.service.osquery_read(&node).await?))
 }
 
 async fn write(
@@ -137,8 +228,12 @@ async fn write(
     headers: HeaderMap,
     body: Body,
 ) -> Reply<osquery_tls::Empty> {
-    let req = parse(&app, &headers, body).await?;
-    Ok(Json(app.service.osquery_write(req).await?))
+    let limit = app.service.osquery_settings().max_body_bytes;
+    let (node, body) = node_request(&app, &headers, body, limit).await?;
+    let bytes = body.inflate().await?;
+    Ok(Json(
+        app.service.osquery_write(&node, parse(&bytes)?).await?,
+    ))
 }
 
 async fn carve_init(
@@ -146,8 +241,13 @@ async fn carve_init(
     headers: HeaderMap,
     body: Body,
 ) -> Reply<osquery_tls::carve::InitResponse> {
-    let req = parse(&app, &headers, body).await?;
-    Ok(Json(app.service.osquery_carve_init(req).await?))
+    let (node, body) = node_request(&app, &headers, body, SMALL_BODY_BYTES).await?;
+    let bytes = body.inflate().await?;
+    Ok(Json(
+        app.service
+            .osquery_carve_init(&node, parse(&bytes)?)
+            .await?,
+    ))
 }
 
 async fn carve_block(
@@ -155,6 +255,16 @@ async fn carve_block(
     headers: HeaderMap,
     body: Body,
 ) -> Reply<osquery_tls::carve::BlockResponse> {
-    let req = parse(&app, &headers, body).await?;
-    Ok(Json(app.service.osquery_carve_block(req).await?))
+    let limit = app.service.osquery_settings().max_body_bytes;
+    let body = NodeBody::read(&app, &headers, body, limit).await?;
+    let carve = app
+        .service
+        .osquery_carve_session(&body.credential("session_id").await?)
+        .await?;
+    let bytes = body.inflate().await?;
+    Ok(Json(
+        app.service
+            .osquery_carve_block(carve, parse(&bytes)?)
+            .await?,
+    ))
 }

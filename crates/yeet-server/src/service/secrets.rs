@@ -231,6 +231,8 @@ impl Service {
     pub(super) async fn reload_secret_digests(&self) -> Result<(), StoreError> {
         let fresh = load_digests(&self.store).await?;
         *self.secret_digests.write().await = fresh;
+        // The enroll secret may have come or gone: osquery is on exactly while it exists.
+        self.forget_osquery_set_up();
         self.desired_changed.send_modify(|v| *v += 1);
         Ok(())
     }

@@ -90,6 +90,18 @@ const CAMPAIGN_COLUMNS: &str = "id, query, kind, created_at, created_by, deadlin
 const TARGET_COLUMNS: &str = "campaign_id, node_id, sent_at, answered_at, status, message, rows";
 const CARVE_COLUMNS: &str = "id, session_id, node_id, campaign_id, request_id, carve_id, block_count, block_size, carve_size, started_at, completed_at, sha256";
 
+/// Ids spliced into an `IN (...)` list: they are integers, so nothing else can get in. An
+/// empty list matches nothing.
+fn id_list(ids: &[i64]) -> String {
+    if ids.is_empty() {
+        return "NULL".into();
+    }
+    ids.iter()
+        .map(i64::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 impl Store {
     /// Stores a batch of log lines in one transaction.
     pub async fn insert_log_lines(
@@ -100,7 +112,7 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         for l in lines {
             sqlx::query(
-                "INSERT INTO osquery_logs (node_id, kind, name, logged_at, received_at, line) VALUES ($1, $2, $3, $4, $5, $6)",
+                "INSERT INTO osquery_logs (node_id, kind, name, logged_at, received_at, line, bytes) VALUES ($1, $2, $3, $4, $5, $6, $7)",
             )
             .bind(l.node_id)
             .bind(l.kind)
@@ -108,6 +120,7 @@ impl Store {
             .bind(l.logged_at)
             .bind(received_at)
             .bind(&l.line)
+            .bind(l.line.len() as i64)
             .execute(&mut *tx)
             .await?;
         }
@@ -115,10 +128,16 @@ impl Store {
         Ok(())
     }
 
-    /// Log lines matching `q`, oldest first.
-    pub async fn list_log_lines(&self, q: &LogQuery) -> Result<Vec<LogRow>, StoreError> {
+    /// Log lines matching `q`, oldest first, as many as fit in `max_bytes` of line text (at
+    /// least one), and whether more may follow. Sizes are read first, so that lines past
+    /// the budget are never loaded.
+    pub async fn list_log_lines(
+        &self,
+        q: &LogQuery,
+        max_bytes: i64,
+    ) -> Result<(Vec<LogRow>, bool), StoreError> {
         // The filters are constant SQL fragments; only their values are bound.
-        let mut sql = format!("SELECT {LOG_COLUMNS} FROM osquery_logs WHERE id > $1");
+        let mut sql = "SELECT id, bytes FROM osquery_logs WHERE id > $1".to_owned();
         let mut n = 1;
         let mut next = |sql: &mut String, fragment: &str| {
             n += 1;
@@ -134,18 +153,11 @@ impl Store {
             next(&mut sql, " AND received_at >= ?");
         }
         if let Some(ids) = &q.node_ids {
-            // An empty list matches nothing; ids are integers, spliced as such.
-            let list: Vec<String> = ids.iter().map(i64::to_string).collect();
-            let list = if list.is_empty() {
-                "NULL".into()
-            } else {
-                list.join(", ")
-            };
-            sql.push_str(&format!(" AND node_id IN ({list})"));
+            sql.push_str(&format!(" AND node_id IN ({})", id_list(ids)));
         }
         next(&mut sql, " ORDER BY id LIMIT ?");
         let mut query =
-            sqlx::query_as::<_, LogRow>(sqlx::AssertSqlSafe(sql)).bind(q.after_id.unwrap_or(0));
+            sqlx::query_as::<_, (i64, i64)>(sqlx::AssertSqlSafe(sql)).bind(q.after_id.unwrap_or(0));
         if let Some(name) = &q.name {
             query = query.bind(name);
         }
@@ -155,7 +167,27 @@ impl Store {
         if let Some(since) = q.since {
             query = query.bind(since);
         }
-        Ok(query.bind(q.limit).fetch_all(&self.pool).await?)
+        let sizes = query.bind(q.limit).fetch_all(&self.pool).await?;
+        let mut taken = Vec::new();
+        let mut total = 0i64;
+        for (id, bytes) in &sizes {
+            if !taken.is_empty() && total.saturating_add(*bytes) > max_bytes {
+                break;
+            }
+            total = total.saturating_add(*bytes);
+            taken.push(*id);
+        }
+        let more = taken.len() < sizes.len() || sizes.len() as i64 == q.limit;
+        if taken.is_empty() {
+            return Ok((Vec::new(), false));
+        }
+        let rows = sqlx::query_as::<_, LogRow>(sqlx::AssertSqlSafe(format!(
+            "SELECT {LOG_COLUMNS} FROM osquery_logs WHERE id IN ({}) ORDER BY id",
+            id_list(&taken)
+        )))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok((rows, more))
     }
 
     /// Drops log lines received before `before`; returns how many.

@@ -118,8 +118,9 @@ async fn nodes_link_to_their_hosts_once_and_host_names_select_them() {
             Sign::By(&api.viewer),
         )
         .await;
-    assert_eq!(lines.as_array().unwrap().len(), 1);
-    assert_eq!(lines[0]["host"], "host-a");
+    assert_eq!(lines["lines"].as_array().unwrap().len(), 1);
+    assert_eq!(lines["lines"][0]["host"], "host-a");
+    assert_eq!(lines["next_after"], Value::Null);
     let lines = api
         .ok(
             "GET",
@@ -128,7 +129,7 @@ async fn nodes_link_to_their_hosts_once_and_host_names_select_them() {
             Sign::By(&api.viewer),
         )
         .await;
-    assert!(lines.as_array().unwrap().is_empty());
+    assert!(lines["lines"].as_array().unwrap().is_empty());
 }
 
 /// The hardware UUID the agent reports links a node whose names say nothing.

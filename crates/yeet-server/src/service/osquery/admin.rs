@@ -2,12 +2,13 @@
 //! config), stored logs, distributed queries (campaigns) and carves. Viewers read; only
 //! admins change what nodes run, run SQL on them or download carved files.
 
+use serde_json::value::RawValue;
 use std::collections::HashMap;
 use yeet_proto::ErrorCode;
 use yeet_proto::api::Role;
 use yeet_proto::osquery::{
-    Campaign, CampaignTarget, CarveInfo, LogFilter, OsqueryLogLine, OsqueryNode, OsqueryOption,
-    ScheduledQuery, StartCarve, StartQuery,
+    Campaign, CampaignTarget, CarveInfo, LogFilter, OsqueryLogLine, OsqueryLogPage, OsqueryNode,
+    OsqueryOption, ScheduledQuery, StartCarve, StartQuery,
 };
 
 use super::EVENT_CAMPAIGN;
@@ -20,8 +21,10 @@ use crate::store::{
 /// Longest distributed query accepted, and the longest a campaign may wait.
 const MAX_SQL_LEN: usize = 64 << 10;
 const MAX_TIMEOUT_SECS: u64 = 24 * 3600;
-/// Most log lines one listing returns.
+/// Most log lines one listing returns, and about the most bytes of them (a line larger than
+/// this is returned alone).
 const MAX_LOG_LIMIT: i64 = 10_000;
+const MAX_LOG_PAGE_BYTES: i64 = 4 << 20;
 
 /// The wire form of a stored scheduled query.
 pub(super) fn scheduled_query_wire(row: &ScheduledQueryRow) -> osquery_tls::config::ScheduledQuery {
@@ -33,6 +36,16 @@ pub(super) fn scheduled_query_wire(row: &ScheduledQueryRow) -> osquery_tls::conf
         platform: (!row.platform.is_empty()).then(|| row.platform.clone()),
         description: None,
     }
+}
+
+/// Stored JSON text (a log line or rows, kept as the node sent them, which the server checked
+/// when it stored them), passed on without building it into a tree. Text that is somehow not
+/// JSON is passed on as a JSON string instead.
+fn raw_json(text: String) -> Box<RawValue> {
+    RawValue::from_string(text).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "stored osquery JSON is not JSON; passed on as a string");
+        serde_json::value::to_raw_value("(not JSON)").unwrap_or_else(|_| RawValue::NULL.to_owned())
+    })
 }
 
 fn refused(code: ErrorCode, message: impl Into<String>) -> ServiceError {
@@ -274,30 +287,30 @@ impl Service {
         Ok(())
     }
 
-    pub async fn list_osquery_logs(
-        &self,
-        p: &Principal,
-        f: LogFilter,
-    ) -> Result<Vec<OsqueryLogLine>> {
+    pub async fn list_osquery_logs(&self, p: &Principal, f: LogFilter) -> Result<OsqueryLogPage> {
         require_role(p, Role::Viewer)?;
         let directory = self.node_directory().await?;
         let node_ids = match &f.host {
             Some(h) => Some(directory.resolve(std::slice::from_ref(h))?),
             None => None,
         };
-        let rows = self
+        let (rows, more) = self
             .store
-            .list_log_lines(&LogQuery {
-                node_ids,
-                name: f.query,
-                kind: f.kind,
-                since: f.since,
-                after_id: f.after,
-                limit: f.limit.unwrap_or(1000).clamp(1, MAX_LOG_LIMIT),
-            })
+            .list_log_lines(
+                &LogQuery {
+                    node_ids,
+                    name: f.query,
+                    kind: f.kind,
+                    since: f.since,
+                    after_id: f.after,
+                    limit: f.limit.unwrap_or(1000).clamp(1, MAX_LOG_LIMIT),
+                },
+                MAX_LOG_PAGE_BYTES,
+            )
             .await?;
         let by_id = directory.by_id();
-        Ok(rows
+        let next_after = rows.last().map(|r| r.id).filter(|_| more);
+        let lines = rows
             .into_iter()
             .map(|r| {
                 let (node, host) = by_id.get(&r.node_id).copied().unwrap_or(("?", None));
@@ -309,11 +322,11 @@ impl Service {
                     name: r.name,
                     logged_at: r.logged_at,
                     received_at: r.received_at,
-                    line: serde_json::from_str(&r.line)
-                        .unwrap_or(serde_json::Value::String(r.line)),
+                    line: raw_json(r.line),
                 }
             })
-            .collect())
+            .collect();
+        Ok(OsqueryLogPage { lines, next_after })
     }
 
     /// Starts a distributed query on the named nodes (or all); they pick it up at their
@@ -436,10 +449,7 @@ impl Service {
                     answered_at: t.answered_at,
                     status: t.status,
                     message: t.message,
-                    rows: t
-                        .rows
-                        .and_then(|r| serde_json::from_str(&r).ok())
-                        .unwrap_or_default(),
+                    rows: raw_json(t.rows.unwrap_or_else(|| "[]".into())),
                 }
             })
             .collect();

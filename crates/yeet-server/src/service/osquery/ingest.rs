@@ -10,10 +10,10 @@ use yeet_proto::ErrorCode;
 use super::Node;
 use crate::service::{Result, Service, ServiceError, now};
 use crate::store::{CarveRow, NewLogLine, TargetAnswer};
+use osquery_tls::Empty;
 use osquery_tls::carve::{BlockRequest, BlockResponse, InitRequest, InitResponse};
 use osquery_tls::distributed::{ReadResponse, WriteRequest};
-use osquery_tls::log::{LogRequest, LogType, ResultLog, StatusLog};
-use osquery_tls::{Empty, NodeRequest};
+use osquery_tls::log::{LineSummary, LogRequest, LogType};
 
 /// Longest log line stored (osqueryd's own `--logger_tls_max_linesize` default).
 pub const MAX_LOG_LINE_BYTES: usize = 1 << 20;
@@ -40,48 +40,46 @@ fn unknown_carve() -> ServiceError {
     ServiceError::refused(ErrorCode::UnknownCarve, ErrorCode::UnknownCarve.meaning())
 }
 
-/// What the log table keeps of one line: its name (query or severity) and when it was
-/// logged. A line of the wrong shape is kept under the name "" rather than lost.
-fn log_line(node: &Node, log_type: LogType, line: &serde_json::Value) -> Option<NewLogLine> {
-    let text = line.to_string();
-    if text.len() > MAX_LOG_LINE_BYTES {
-        tracing::warn!(node = %node.host_identifier, bytes = text.len(), "an osquery log line is too long; dropped");
+/// What the log table keeps of one line: its text as the node sent it, its name (query or
+/// severity) and when it was logged. A line of the wrong shape is kept under the name ""
+/// rather than lost.
+fn log_line(node: &Node, log_type: LogType, line: &str) -> Option<NewLogLine> {
+    if line.len() > MAX_LOG_LINE_BYTES {
+        tracing::warn!(node = %node.host_identifier, bytes = line.len(), "an osquery log line is too long; dropped");
         return None;
     }
-    let parsed = match log_type {
-        LogType::Result => ResultLog::parse(line).map(|l| (l.header.name, l.header.unix_time)),
-        LogType::Status => {
-            StatusLog::parse(line).map(|l| (l.severity_name().to_owned(), l.unix_time))
-        }
-    };
-    let (name, logged_at) = parsed.unwrap_or_else(|e| {
+    let summary = LineSummary::of(log_type, line).unwrap_or_else(|e| {
         tracing::warn!(node = %node.host_identifier, error = %e, "kept a malformed osquery log line");
-        (String::new(), 0)
+        LineSummary {
+            name: String::new(),
+            unix_time: 0,
+        }
     });
     Some(NewLogLine {
         node_id: node.id,
         kind: log_type.as_str(),
-        name: name.chars().take(255).collect(),
-        logged_at: i64::try_from(logged_at).unwrap_or(i64::MAX),
-        line: text,
+        name: summary.name.chars().take(255).collect(),
+        logged_at: i64::try_from(summary.unix_time).unwrap_or(i64::MAX),
+        line: line.to_owned(),
     })
 }
 
 impl Service {
     /// Stores a batch of log lines.
-    pub async fn osquery_log(&self, req: LogRequest) -> Result<Empty> {
-        let node = self.osquery_node(&req.node_key).await?;
+    pub async fn osquery_log(&self, node: &Node, req: LogRequest<'_>) -> Result<Empty> {
         let lines: Vec<NewLogLine> = req
             .data
             .iter()
-            .filter_map(|line| log_line(&node, req.log_type, line))
+            .filter_map(|line| log_line(node, req.log_type, line.get()))
             .collect();
         let received_at = now();
         self.store.insert_log_lines(&lines, received_at).await?;
         if req.log_type == LogType::Result && self.osquery.forwarder.is_on() {
             let mut batch = String::new();
             for l in &lines {
-                let line: serde_json::Value = serde_json::from_str(&l.line).unwrap_or_default();
+                // The stored text is the node's own JSON, so it goes into the record as is.
+                let line = serde_json::value::RawValue::from_string(l.line.clone())
+                    .map_err(|e| ServiceError::System(format!("a stored log line: {e}")))?;
                 let record = serde_json::json!({"node": node.host_identifier, "received_at": received_at, "line": line});
                 batch.push_str(&record.to_string());
                 batch.push('\n');
@@ -96,8 +94,7 @@ impl Service {
     }
 
     /// The distributed queries this node has not been sent yet.
-    pub async fn osquery_read(&self, req: NodeRequest) -> Result<ReadResponse> {
-        let node = self.osquery_node(&req.node_key).await?;
+    pub async fn osquery_read(&self, node: &Node) -> Result<ReadResponse> {
         let now = now();
         // With no campaign open anywhere, a read costs no database query.
         if self.osquery.campaign_deadline.load(Ordering::Relaxed) <= now {
@@ -115,8 +112,7 @@ impl Service {
 
     /// Stores a node's results for the queries it was sent; results for anything else
     /// (another node's campaign, an unknown id, a second answer) are ignored and logged.
-    pub async fn osquery_write(&self, req: WriteRequest) -> Result<Empty> {
-        let node = self.osquery_node(&req.node_key).await?;
+    pub async fn osquery_write(&self, node: &Node, req: WriteRequest<'_>) -> Result<Empty> {
         let mut answers = Vec::new();
         let mut foreign = Vec::new();
         for outcome in req.outcomes() {
@@ -124,8 +120,8 @@ impl Service {
                 foreign.push(outcome.id);
                 continue;
             };
-            let rows = serde_json::to_string(&outcome.rows)
-                .map_err(|e| ServiceError::System(format!("rows: {e}")))?;
+            // The rows are the node's own JSON, checked to be an array of objects.
+            let rows = outcome.rows.unwrap_or("[]").to_owned();
             answers.push(TargetAnswer {
                 campaign_id,
                 status: outcome.status,
@@ -149,12 +145,11 @@ impl Service {
     }
 
     /// Opens a carve session for a carve that answers a carve campaign sent to this node.
-    pub async fn osquery_carve_init(&self, req: InitRequest) -> Result<InitResponse> {
-        let node = self.osquery_node(&req.node_key).await?;
+    pub async fn osquery_carve_init(&self, node: &Node, req: InitRequest) -> Result<InitResponse> {
         let settings = &self.osquery.settings;
         req.validate(settings.max_block_bytes, settings.max_carve_bytes)
             .map_err(|e| invalid_carve(e.to_string()))?;
-        let campaign = self.carve_campaign_for(&node, &req.request_id).await?;
+        let campaign = self.carve_campaign_for(node, &req.request_id).await?;
         if self.store.open_carves_of(node.id).await? >= settings.max_open_carves {
             return Err(ServiceError::refused(
                 ErrorCode::RateLimited,
@@ -214,13 +209,27 @@ impl Service {
         Ok(campaign_id)
     }
 
-    /// Stores one block of a carve; blocks may come in any order and more than once.
-    pub async fn osquery_carve_block(&self, req: BlockRequest) -> Result<BlockResponse> {
-        let carve = self
-            .store
-            .carve_by_session(&req.session_id)
+    /// The carve a block's session id names: a block's only credential, checked before the
+    /// rest of its body is read.
+    pub async fn osquery_carve_session(&self, session_id: &str) -> Result<CarveRow> {
+        if session_id.is_empty() || session_id.len() > 128 {
+            return Err(unknown_carve());
+        }
+        self.store
+            .carve_by_session(session_id)
             .await?
-            .ok_or_else(unknown_carve)?;
+            .ok_or_else(unknown_carve)
+    }
+
+    /// Stores one block of a carve; blocks may come in any order and more than once.
+    pub async fn osquery_carve_block(
+        &self,
+        carve: CarveRow,
+        req: BlockRequest,
+    ) -> Result<BlockResponse> {
+        if req.session_id != carve.session_id {
+            return Err(unknown_carve());
+        }
         // osqueryd sends no node key with blocks; a client that does must be the owner.
         if let Some(key) = req.node_key.as_deref() {
             let node = self.osquery_node_unlimited(key).await?;

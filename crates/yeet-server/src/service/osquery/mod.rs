@@ -16,14 +16,13 @@ use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::time::Duration;
-use tokio::sync::RwLock;
+use std::time::{Duration, Instant};
+use tokio::sync::{RwLock, Semaphore, SemaphorePermit};
 use yeet_proto::ErrorCode;
 
 use super::rate::RateLimiter;
 use super::{Result, Service, ServiceError, lock, now};
 use crate::store::{NodeEnrollment, NodeRow, StoreError};
-use osquery_tls::NodeRequest;
 use osquery_tls::config::Config;
 use osquery_tls::enroll::{EnrollRequest, EnrollResponse};
 
@@ -37,12 +36,20 @@ pub(crate) const EVENT_NODE: &str = "osquery-node:";
 pub(crate) const EVENT_CAMPAIGN: &str = "osquery-campaign:";
 /// Longest host identifier accepted (osquery's are hostnames or UUIDs).
 const MAX_IDENTIFIER_LEN: usize = 255;
+/// Requests from nodes whose bodies are inflated, scanned and parsed at once. Each holds at
+/// most `max_body_bytes` of inflated body; the rest wait, and after [`PARSE_WAIT`] are told
+/// to retry (osqueryd keeps what it meant to send).
+const PARALLEL_PARSES: usize = 2;
+const PARSE_WAIT: Duration = Duration::from_secs(10);
+/// How long "osquery is (not) set up" is believed before the database is asked again.
+const SET_UP_CHECK_EVERY: Duration = Duration::from_secs(2);
 
 /// The `[osquery]` section of the server config.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OsquerySettings {
-    /// Largest request body from a node, compressed and inflated alike.
+    /// Largest request body from a node, compressed and inflated alike. osqueryd's log
+    /// batches (`--logger_tls_max_lines` 1024) are rarely above a megabyte.
     pub max_body_bytes: usize,
     /// Days log lines are kept.
     pub log_retention_days: u64,
@@ -66,7 +73,7 @@ pub struct OsquerySettings {
 impl Default for OsquerySettings {
     fn default() -> Self {
         OsquerySettings {
-            max_body_bytes: 16 << 20,
+            max_body_bytes: 8 << 20,
             log_retention_days: 30,
             node_burst: 120,
             node_refill_ms: 200,
@@ -102,7 +109,14 @@ pub(crate) struct OsqueryState {
     campaign_deadline: AtomicI64,
     /// Where result lines are forwarded, if anywhere.
     forwarder: forward::Forwarder,
+    /// Bounds the memory that node bodies take while they are read into requests.
+    parses: Semaphore,
+    /// Whether the enroll secret exists, and when that was read.
+    set_up: Mutex<Option<(Instant, bool)>>,
 }
+
+/// Proof that an enrollment presented the enroll secret; only [`Service`] makes one.
+pub struct EnrollAdmission(());
 
 impl OsqueryState {
     pub(crate) fn new(
@@ -125,6 +139,8 @@ impl OsqueryState {
             nodes: RwLock::new(HashMap::new()),
             seen: Mutex::new(HashMap::new()),
             campaign_deadline: AtomicI64::new(campaign_deadline),
+            parses: Semaphore::new(PARALLEL_PARSES),
+            set_up: Mutex::new(None),
         }
     }
 }
@@ -153,6 +169,48 @@ fn fresh_node_key() -> Result<String> {
 impl Service {
     pub(crate) fn osquery_settings(&self) -> &OsquerySettings {
         &self.osquery.settings
+    }
+
+    /// Refuses every node request while osquery is off (no enroll secret), before anything of
+    /// the request is read. The answer is cached for a moment, so a flood costs no queries.
+    pub async fn osquery_check_set_up(&self) -> Result<()> {
+        let cached = *lock(&self.osquery.set_up);
+        let on = match cached {
+            Some((at, on)) if at.elapsed() < SET_UP_CHECK_EVERY => on,
+            _ => {
+                let on = self
+                    .store
+                    .secret_by_name(ENROLL_SECRET_NAME)
+                    .await?
+                    .is_some();
+                *lock(&self.osquery.set_up) = Some((Instant::now(), on));
+                on
+            }
+        };
+        if on {
+            Ok(())
+        } else {
+            Err(ServiceError::refused(
+                ErrorCode::OsqueryNotSetUp,
+                ErrorCode::OsqueryNotSetUp.meaning(),
+            ))
+        }
+    }
+
+    /// Forgets whether osquery is set up (the enroll secret was added or removed here).
+    pub(crate) fn forget_osquery_set_up(&self) {
+        *lock(&self.osquery.set_up) = None;
+    }
+
+    /// A turn to read a node's body into memory; `busy` when none comes within a while.
+    pub async fn osquery_parse_permit(&self) -> Result<SemaphorePermit<'_>> {
+        match tokio::time::timeout(PARSE_WAIT, self.osquery.parses.acquire()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(ServiceError::refused(
+                ErrorCode::Busy,
+                "the server is reading other osquery requests; osqueryd retries later",
+            )),
+        }
     }
 
     /// The node a request's key belongs to, after its rate limit; `NodeInvalid` for an
@@ -205,16 +263,30 @@ impl Service {
         self.osquery.nodes.write().await.clear();
     }
 
-    /// Enrolls a node that knows the enroll secret. A known `host_identifier` gets a new key
-    /// (osqueryd re-enrolls after losing its key) and its old key stops working.
-    pub async fn osquery_enroll(&self, req: EnrollRequest, source: &str) -> Result<EnrollResponse> {
+    /// Admits an enrollment from `source` that presents the enroll secret, within the
+    /// source network's rate limit: the check made before the rest of its body is read.
+    pub async fn osquery_admit_enrollment(
+        &self,
+        presented_secret: &str,
+        source: &str,
+    ) -> Result<EnrollAdmission> {
         if !source.is_empty() && !self.osquery.per_source.take(&source.to_owned()) {
             return Err(ServiceError::refused(
                 ErrorCode::RateLimited,
                 "too many enrollments from this network; osqueryd retries later",
             ));
         }
-        self.check_enroll_secret(&req.enroll_secret).await?;
+        self.check_enroll_secret(presented_secret).await?;
+        Ok(EnrollAdmission(()))
+    }
+
+    /// Enrolls an admitted node. A known `host_identifier` gets a new key (osqueryd
+    /// re-enrolls after losing its key) and its old key stops working.
+    pub async fn osquery_enroll(
+        &self,
+        _admitted: EnrollAdmission,
+        req: EnrollRequest,
+    ) -> Result<EnrollResponse> {
         let identifier = req.host_identifier.trim();
         if identifier.is_empty()
             || identifier.len() > MAX_IDENTIFIER_LEN
@@ -322,9 +394,8 @@ impl Service {
 
     /// The configuration a node is served: the options, and the scheduled queries meant for
     /// it (every node, or its host's name or its identifier), grouped into their packs.
-    pub async fn osquery_config(&self, req: NodeRequest) -> Result<Config> {
-        let node = self.osquery_node(&req.node_key).await?;
-        let names = self.node_names(&node).await?;
+    pub async fn osquery_config(&self, node: &Node) -> Result<Config> {
+        let names = self.node_names(node).await?;
         let mut config = Config::default();
         for option in self.store.list_osquery_options().await? {
             let value = serde_json::from_str(&option.value)
