@@ -97,11 +97,14 @@ fn enrollment_config_and_reenrollment() {
     client
         .add_scheduled_query(&query("secrets", &["db1"], None))
         .unwrap();
-    client
-        .set_osquery_option("distributed_interval", json!(10))
-        .unwrap();
+    // The CLI sets and unsets options (this panicked once: its positional clashed with
+    // the global --key).
+    server.yeet(&["osquery", "options", "set", "distributed_interval", "10"]);
+    server.yeet(&["osquery", "options", "set", "verbose", "true"]);
+    server.yeet(&["osquery", "options", "rm", "verbose"]);
     let config = node.config().unwrap();
     assert_eq!(config.options["distributed_interval"], json!(10));
+    assert!(config.options.get("verbose").is_none());
     assert_eq!(config.schedule.keys().collect::<Vec<_>>(), ["users"]);
     assert_eq!(config.schedule["users"].interval, 300);
     assert_eq!(

@@ -260,3 +260,14 @@ fn status_table(s: &Status) -> comfy_table::Table {
     }
     t
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_command_is_well_formed_and_prints_its_help() {
+        yeet_proto::cli_check::check_command_tree(Cli::command());
+    }
+}

@@ -140,3 +140,13 @@ fn dispatch(cli: Cli) -> Result<()> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_command_is_well_formed_and_prints_its_help() {
+        yeet_proto::cli_check::check_command_tree(Cli::command());
+    }
+}

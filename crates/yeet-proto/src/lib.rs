@@ -4,6 +4,8 @@
 //! exactly one definition.
 
 pub mod api;
+#[cfg(feature = "cli-check")]
+pub mod cli_check;
 pub mod clock;
 pub mod error_code;
 pub mod fields;

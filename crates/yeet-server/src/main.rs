@@ -180,3 +180,14 @@ async fn shutdown_signal() {
     ctrl_c.await.unwrap_or(());
     tracing::info!("shutting down");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_command_is_well_formed_and_prints_its_help() {
+        yeet_proto::cli_check::check_command_tree(Cli::command());
+    }
+}

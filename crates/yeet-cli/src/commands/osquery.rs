@@ -73,12 +73,13 @@ pub struct AddArgs {
 pub enum OptionsCommand {
     /// Set an option; VALUE is read as JSON when it is a number or boolean.
     Set {
-        key: String,
+        /// The osqueryd flag's name, e.g. distributed_interval.
+        name: String,
         value: String,
     },
     List(Json),
     Rm {
-        key: String,
+        name: String,
     },
 }
 
@@ -238,12 +239,12 @@ fn schedule(client: &Client, command: &ScheduleCommand) -> Result<()> {
 
 fn options(client: &Client, command: &OptionsCommand) -> Result<()> {
     match command {
-        OptionsCommand::Set { key, value } => {
+        OptionsCommand::Set { name, value } => {
             let parsed = serde_json::from_str::<serde_json::Value>(value)
                 .ok()
                 .filter(|v| v.is_number() || v.is_boolean())
                 .unwrap_or_else(|| serde_json::Value::String(value.clone()));
-            let o = client.set_osquery_option(key, parsed)?;
+            let o = client.set_osquery_option(name, parsed)?;
             println!("set {} = {}", o.name, o.value);
         }
         OptionsCommand::List(args) => {
@@ -261,9 +262,9 @@ fn options(client: &Client, command: &OptionsCommand) -> Result<()> {
             }
             print_clean(t);
         }
-        OptionsCommand::Rm { key } => {
-            client.remove_osquery_option(key)?;
-            println!("unset {key}");
+        OptionsCommand::Rm { name } => {
+            client.remove_osquery_option(name)?;
+            println!("unset {name}");
         }
     }
     Ok(())
