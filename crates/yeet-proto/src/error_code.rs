@@ -94,7 +94,7 @@ error_codes! {
     MessageTooLong => "message_too_long", 422, "The release message is too long.";
     RevisionTooLong => "revision_too_long", 422, "The source revision is too long.";
     InvalidStorePath => "invalid_store_path", 422, "A store path is malformed.";
-    NothingToRollBack => "nothing_to_roll_back", 422, "The host has no earlier system to go back to.";
+    NothingToRollBack => "nothing_to_roll_back", 422, "The host has no older system that it confirmed to go back to.";
     InvalidRollback => "invalid_rollback", 422, "A rollback names both hosts and a release, or neither.";
     NoActivation => "no_activation", 404, "The host has not reported an activation yet.";
     InvalidLog => "invalid_log", 422, "The activation log is not base64-encoded gzip.";

@@ -229,6 +229,7 @@ async fn releases_and_desired_state(db: &TestDb) {
         message: message.into(),
         revision: revision.map(Into::into),
         dirty,
+        rollback: false,
     };
     let r1 = s
         .insert_release(
@@ -271,8 +272,6 @@ async fn releases_and_desired_state(db: &TestDb) {
     assert_eq!((all[0].revision.as_deref(), all[0].dirty), (None, true));
     assert_eq!(s.release_by_id(r1).await.unwrap().unwrap(), all[1]);
     assert_eq!(s.release_by_id(r2 + 100).await.unwrap(), None);
-    assert_eq!(s.path_before(a, r2).await.unwrap(), Some(p(1)));
-    assert_eq!(s.path_before(a, r1).await.unwrap(), None);
     let for_b = s.list_releases(Some(b), 10).await.unwrap();
     assert_eq!(for_b.iter().map(|r| r.id).collect::<Vec<_>>(), [r1]);
     assert_eq!(s.list_releases(None, 1).await.unwrap().len(), 1);
@@ -528,7 +527,62 @@ async fn log_listings_stop_at_their_byte_budget(db: &TestDb) {
     s.close().await;
 }
 
+async fn rollbacks_walk_back_through_confirmed_systems(db: &TestDb) {
+    let s = db.open().await;
+    let a = host(&s, "ka", "a").await;
+    let p = |n: u8| format!("/nix/store/q322pzff5rm7kwfwfbhcza6wr2b84wlm-sys{n}");
+    let release = |path: String, rollback: bool| {
+        let s = &s;
+        async move {
+            let r = NewRelease {
+                author: "ci".into(),
+                message: "m".into(),
+                rollback,
+                ..Default::default()
+            };
+            s.insert_release(&r, 1, &[(a, "a".into(), path)])
+                .await
+                .unwrap()
+        }
+    };
+    let confirm = |path: String| {
+        let s = &s;
+        async move {
+            let row = ActivationRow {
+                id: 0,
+                host_id: a,
+                host_name: "a".into(),
+                store_path: path,
+                release_id: None,
+                result: Wire(ActivationResult::Confirmed),
+                reason: String::new(),
+                started_at: 1,
+                finished_at: 2,
+                reboot_required: 0,
+            };
+            s.record_activation(&row, b"").await.unwrap();
+        }
+    };
+    let r1 = release(p(1), false).await;
+    confirm(p(1)).await;
+    release(p(2), false).await;
+    confirm(p(2)).await;
+    let r3 = release(p(3), false).await; // never confirmed
+    let r4 = release(p(4), false).await;
+    confirm(p(4)).await;
+    assert_eq!(s.rollback_target(a, r4).await.unwrap(), Some(p(2)));
+    assert_eq!(s.rollback_target(a, r3).await.unwrap(), Some(p(2)));
+    assert_eq!(s.rollback_target(a, r1).await.unwrap(), None);
+    // A rollback release to p(2) is not new: rolling back from it goes further.
+    let back = release(p(2), true).await;
+    assert_eq!(s.rollback_target(a, back).await.unwrap(), Some(p(1)));
+    // A release that does not name the host has nothing to roll back.
+    assert_eq!(s.rollback_target(a + 100, r4).await.unwrap(), None);
+    s.close().await;
+}
+
 on_both_backends!(
+    rollbacks_walk_back_through_confirmed_systems,
     log_listings_stop_at_their_byte_budget,
     last_attempts_are_read_for_many_hosts_at_once,
     nonces_are_accepted_once_until_their_signed_time_expires,

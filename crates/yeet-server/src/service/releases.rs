@@ -102,6 +102,7 @@ impl Service {
             message: clean(&req.message, MAX_MESSAGE_CHARS, true),
             revision: req.revision.map(|r| clean_line(&r, MAX_REVISION_CHARS)),
             dirty: req.dirty,
+            rollback: false,
         };
         self.commit_release(provenance, entries).await
     }
@@ -163,8 +164,10 @@ impl Service {
         Ok(to_api(row))
     }
 
-    /// A new release that points hosts back at the systems they had before: before their
-    /// newest release (`hosts`), or before release `release` (every host it named).
+    /// A new release that points hosts back at the systems they had before: from their
+    /// newest release (`hosts`), or from release `release` (every host it named), each to
+    /// the newest older system it confirmed (see `Store::rollback_target`). Rolling back
+    /// again walks further back.
     pub async fn rollback(&self, principal: &Principal, req: RollbackRequest) -> Result<Release> {
         let author = require_role(principal, Role::Publisher)?;
         let targets: Vec<(i64, String, i64)> = match (req.release, req.hosts.is_empty()) {
@@ -209,8 +212,8 @@ impl Service {
         };
         let mut entries = Vec::new();
         let mut stuck = Vec::new();
-        for (host_id, name, before) in targets {
-            match self.store.path_before(host_id, before).await? {
+        for (host_id, name, from) in targets {
+            match self.store.rollback_target(host_id, from).await? {
                 Some(path) => entries.push((host_id, name, path)),
                 None => stuck.push(name),
             }
@@ -218,7 +221,10 @@ impl Service {
         if !stuck.is_empty() {
             return Err(ServiceError::refused(
                 ErrorCode::NothingToRollBack,
-                format!("no earlier release names {}", stuck.join(", ")),
+                format!(
+                    "no older system that the host confirmed is left for {}; publish the system you want instead",
+                    stuck.join(", ")
+                ),
             ));
         }
         if entries.is_empty() {
@@ -235,6 +241,7 @@ impl Service {
             NewRelease {
                 author: author.to_owned(),
                 message: what,
+                rollback: true,
                 ..Default::default()
             },
             entries,

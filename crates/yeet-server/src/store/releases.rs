@@ -25,6 +25,8 @@ pub struct NewRelease {
     pub message: String,
     pub revision: Option<String>,
     pub dirty: bool,
+    /// A rollback: its systems are not new to its hosts, and rollbacks walk past it.
+    pub rollback: bool,
 }
 
 pub(super) const RELEASE_SELECT: &str = "SELECT r.id, r.author, r.message, r.created_at, r.revision, r.dirty, rh.host_name, rh.store_path
@@ -69,12 +71,13 @@ impl Store {
         entries: &[(i64, String, String)],
     ) -> Result<i64, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let id: i64 = sqlx::query("INSERT INTO releases (author, message, created_at, revision, dirty) VALUES ($1, $2, $3, $4, $5) RETURNING id")
+        let id: i64 = sqlx::query("INSERT INTO releases (author, message, created_at, revision, dirty, rollback) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id")
             .bind(&release.author)
             .bind(&release.message)
             .bind(now)
             .bind(&release.revision)
             .bind(i64::from(release.dirty))
+            .bind(i64::from(release.rollback))
             .fetch_one(&mut *tx)
             .await?
             .try_get("id")?;
@@ -153,18 +156,49 @@ impl Store {
             .collect::<Result<_, _>>()?)
     }
 
-    /// The system a host had in the newest release before `release_id`.
-    pub async fn path_before(
+    /// Where a rollback of a host from its system in release `from_release` goes, as NixOS
+    /// generations do: to the newest system that an ordinary release gave the host before
+    /// the one it rolls back from, and that the host confirmed. "Before" counts from the
+    /// ordinary release that gave the host the system being rolled back from, so a rollback
+    /// of a rollback walks further back instead of returning. `None`: the host has no such
+    /// system, or release `from_release` does not name it.
+    pub async fn rollback_target(
         &self,
         host_id: i64,
-        release_id: i64,
+        from_release: i64,
     ) -> Result<Option<String>, StoreError> {
-        let row = sqlx::query("SELECT store_path FROM release_hosts WHERE host_id = $1 AND release_id < $2 ORDER BY release_id DESC LIMIT 1")
-            .bind(host_id)
-            .bind(release_id)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.map(|r| r.try_get("store_path")).transpose()?)
+        let from: Option<String> = sqlx::query_scalar(
+            "SELECT store_path FROM release_hosts WHERE host_id = $1 AND release_id = $2",
+        )
+        .bind(host_id)
+        .bind(from_release)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(from) = from else {
+            return Ok(None);
+        };
+        let given_in: Option<i64> = sqlx::query_scalar(
+            "SELECT MAX(rh.release_id) FROM release_hosts rh JOIN releases r ON r.id = rh.release_id
+             WHERE rh.host_id = $1 AND rh.store_path = $2 AND rh.release_id <= $3 AND r.rollback = 0",
+        )
+        .bind(host_id)
+        .bind(&from)
+        .bind(from_release)
+        .fetch_one(&self.pool)
+        .await?;
+        let target = sqlx::query_scalar(
+            "SELECT rh.store_path FROM release_hosts rh JOIN releases r ON r.id = rh.release_id
+             WHERE rh.host_id = $1 AND rh.release_id < $2 AND r.rollback = 0 AND rh.store_path <> $3
+               AND EXISTS (SELECT 1 FROM activations a WHERE a.host_id = rh.host_id
+                           AND a.store_path = rh.store_path AND a.result = 'confirmed')
+             ORDER BY rh.release_id DESC LIMIT 1",
+        )
+        .bind(host_id)
+        .bind(given_in.unwrap_or(from_release))
+        .bind(&from)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(target)
     }
 
     /// Every host's newest release entry: the desired state of the whole fleet.

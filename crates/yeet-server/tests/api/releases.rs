@@ -7,6 +7,80 @@ use yeet_server::service::ServiceConfig;
 
 use super::harness::*;
 
+/// `host` reports an activation of `path` that ended with `result`.
+async fn report(api: &Api, host: &yeet_proto::Identity, path: &str, result: &str) {
+    let body = json!({"store_path": path, "release_id": null, "result": result, "reason": "",
+                      "started_at": 10, "finished_at": 20, "reboot_required": false,
+                      "log_gzip_base64": gzip_base64("")});
+    api.ok(
+        "POST",
+        paths::REPORT,
+        &serde_json::to_vec(&body).unwrap(),
+        Sign::By(host),
+    )
+    .await;
+}
+
+/// Publishes `hosts` (name → path) as the publisher.
+async fn publish(api: &Api, hosts: Value) -> Value {
+    let body = serde_json::to_vec(&json!({ "hosts": hosts })).unwrap();
+    api.ok("POST", paths::RELEASES, &body, Sign::By(&api.publisher))
+        .await
+}
+
+async fn rollback(api: &Api, request: Value) -> (StatusCode, Value) {
+    let body = serde_json::to_vec(&request).unwrap();
+    api.call("POST", paths::ROLLBACK, &body, Sign::By(&api.publisher))
+        .await
+}
+
+/// v1…v4 published and confirmed one after another: rolling back walks v4 → v3 → v2 → v1,
+/// never returning to the system it rolled back from (it toggled v4 → v3 → v4 before), and
+/// a system the host never confirmed is skipped.
+#[tokio::test]
+async fn repeated_rollbacks_walk_back_and_never_toggle() {
+    let api = Api::new(ServiceConfig::default()).await;
+    let p = |n: u8| format!("/nix/store/q322pzff5rm7kwfwfbhcza6wr2b84wlm-system-{n}");
+    for n in 1..=4 {
+        publish(&api, json!({"host-a": p(n)})).await;
+        report(&api, &api.host_a, &p(n), "confirmed").await;
+    }
+    // A fifth that rolled back on the host, then a sixth it refused.
+    publish(&api, json!({"host-a": p(5)})).await;
+    report(&api, &api.host_a, &p(5), "rolled-back").await;
+    publish(&api, json!({"host-a": p(6)})).await;
+    report(&api, &api.host_a, &p(6), "untrusted").await;
+    let mut walked = Vec::new();
+    loop {
+        let (status, v) = rollback(&api, json!({"hosts": ["host-a"]})).await;
+        if status != StatusCode::OK {
+            assert_error(
+                status,
+                &v,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "nothing_to_roll_back",
+                "end",
+            );
+            assert!(
+                v["error"]["message"].as_str().unwrap().contains("publish"),
+                "{v}"
+            );
+            break;
+        }
+        let path = v["hosts"]["host-a"].as_str().unwrap().to_owned();
+        // The host switches to it, as an agent would.
+        report(&api, &api.host_a, &path, "confirmed").await;
+        walked.push(path);
+        assert!(walked.len() < 10, "rollbacks never ended: {walked:?}");
+    }
+    assert_eq!(walked, [p(4), p(3), p(2), p(1)]);
+    // Publishing v2 again makes it new: a rollback from it goes to the newest confirmed
+    // system before that publish.
+    publish(&api, json!({"host-a": p(2)})).await;
+    let (_, v) = rollback(&api, json!({"hosts": ["host-a"]})).await;
+    assert_eq!(v["hosts"]["host-a"], p(4).as_str(), "{v}");
+}
+
 #[tokio::test]
 async fn rollback_of_a_release_follows_machines_not_names() {
     let api = Api::new(ServiceConfig::default()).await;
@@ -23,6 +97,8 @@ async fn rollback_of_a_release_follows_machines_not_names() {
         let (s, v) = send("POST", paths::RELEASES.into(), json!({"hosts": hosts})).await;
         assert_eq!(s, StatusCode::OK, "{v}");
     }
+    report(api, &api.host_a, &p(1), "confirmed").await;
+    report(api, &api.host_b, &p(1), "confirmed").await;
     // The two machines swap names.
     for (from, to) in [("host-a", "tmp"), ("host-b", "host-a"), ("tmp", "host-b")] {
         let (s, v) = send("POST", paths::host_rename(from), json!({"new_name": to})).await;
@@ -38,20 +114,21 @@ async fn rollback_of_a_release_follows_machines_not_names() {
 async fn rollback_points_hosts_at_their_previous_systems() {
     let api = Api::new(ServiceConfig::default()).await;
     let p = |n: u8| format!("/nix/store/q322pzff5rm7kwfwfbhcza6wr2b84wlm-system-{n}");
-    let publish = |hosts: Value| serde_json::to_vec(&json!({"hosts": hosts})).unwrap();
     let rollback = |body: Value| serde_json::to_vec(&body).unwrap();
     for hosts in [
         json!({"host-a": p(1), "host-b": p(1)}),
         json!({"host-a": p(2), "host-b": p(2)}),
         json!({"host-a": p(3)}),
     ] {
-        api.ok(
-            "POST",
-            paths::RELEASES,
-            &publish(hosts),
-            Sign::By(&api.publisher),
-        )
-        .await;
+        publish(&api, hosts.clone()).await;
+        for (name, path) in hosts.as_object().unwrap() {
+            let host = if name == "host-a" {
+                &api.host_a
+            } else {
+                &api.host_b
+            };
+            report(&api, host, path.as_str().unwrap(), "confirmed").await;
+        }
     }
     // By host: host-a goes from 3 back to 2.
     let (s, v) = api
@@ -68,7 +145,7 @@ async fn rollback_points_hosts_at_their_previous_systems() {
         "{v}"
     );
     assert_eq!(v["message"], "rollback of host-a");
-    // By release: every host of release 2 back to what it had before release 2.
+    // By release: every host of release 2 back to the system it confirmed before release 2.
     let v = api
         .ok(
             "POST",
