@@ -92,9 +92,9 @@ in
       example = [ "https://yeet.example.org" ];
       description = ''
         URLs agents and operators reach this server by. Every request's signature names the
-        server it is for; with this set, requests signed for any other server (one that
-        shares operator keys, say) are refused. Empty: the signed origin must match the
-        request's Host header.
+        server it is for, and requests signed for any other server (one that shares operator
+        keys, say) are refused. Required unless `address` is a loopback address (the build's
+        config check fails without it); empty on loopback: the server's own address and port.
       '';
     };
     openFirewall = lib.mkOption {

@@ -197,3 +197,115 @@ fn a_tls_handshake_that_never_starts_is_closed() {
     // A real client over TLS is served.
     server.yeet(&["status"]);
 }
+
+/// `GET /v1/whoami` signed by `key` for `origin`, sent to `server` with `Host: host`;
+/// returns the status line and body.
+fn whoami_signed_for(
+    key: &std::path::Path,
+    origin: &str,
+    server: SocketAddr,
+    host: &str,
+) -> String {
+    let identity = yeet_client::load_identity(key).unwrap();
+    let nonce: [u8; 16] =
+        std::array::from_fn(|i| i as u8 ^ (yeet_proto::clock::unix_now_ms() as u8));
+    let signed = yeet_proto::SignatureHeaders::sign(
+        &identity,
+        origin,
+        "GET",
+        yeet_proto::api::paths::WHOAMI,
+        b"",
+        yeet_proto::clock::unix_now(),
+        nonce,
+    );
+    let headers: String = signed
+        .to_pairs()
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
+    let mut s = connect_from([127, 0, 0, 2], server).unwrap();
+    write!(
+        s,
+        "GET {} HTTP/1.1\r\nHost: {host}\r\n{headers}Connection: close\r\n\r\n",
+        yeet_proto::api::paths::WHOAMI
+    )
+    .unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut reply = String::new();
+    let _ = s.read_to_string(&mut reply);
+    reply
+}
+
+/// Staging and production share an admin key and run on their defaults (no public_urls).
+/// A request signed for staging, replayed to production with its `Host` header rewritten
+/// to match what was signed, is refused: production answers only to its own address.
+#[test]
+fn a_request_signed_for_another_server_is_refused_under_the_default_config() {
+    let staging = Server::start(ServerOptions::default());
+    let production = Server::start(ServerOptions::default());
+    // Production's operators add the same admin key, as a team with one key would.
+    let mut add = std::process::Command::new(fleet_sim::bin("yeet-server"));
+    add.arg("--config")
+        .arg(production.dir.path().join("server.toml"))
+        .arg("--state-dir")
+        .arg(production.dir.path().join("state"))
+        .args(["admin", "add", "alice", "--role", "admin", "--key"])
+        .arg(staging.admin_key.with_extension("pub"));
+    assert!(fleet_sim::run(&mut add).status.success());
+
+    let staging_origin = staging.url.clone();
+    let staging_host = staging_origin.trim_start_matches("http://");
+    // Signed for staging: staging accepts it.
+    let reply = whoami_signed_for(
+        &staging.admin_key,
+        &staging_origin,
+        addr(&staging),
+        staging_host,
+    );
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    // Replayed to production, Host rewritten: refused as signed for another server.
+    let reply = whoami_signed_for(
+        &staging.admin_key,
+        &staging_origin,
+        addr(&production),
+        staging_host,
+    );
+    assert!(reply.starts_with("HTTP/1.1 401"), "{reply}");
+    assert!(reply.contains("wrong_server"), "{reply}");
+    // The same key signing for production is served there, by address or by localhost.
+    let production_host = production.url.trim_start_matches("http://");
+    let reply = whoami_signed_for(
+        &staging.admin_key,
+        &production.url,
+        addr(&production),
+        production_host,
+    );
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    let port = addr(&production).port();
+    let reply = whoami_signed_for(
+        &staging.admin_key,
+        &format!("http://localhost:{port}"),
+        addr(&production),
+        &format!("localhost:{port}"),
+    );
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+}
+
+/// A server other machines can reach refuses to start without its URLs, saying what to set.
+#[test]
+fn a_reachable_server_without_public_urls_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = fleet_sim::run(
+        std::process::Command::new(fleet_sim::bin("yeet-server"))
+            .arg("--state-dir")
+            .arg(dir.path())
+            .args(["--listen", "0.0.0.0:0"])
+            .env_remove("YEET_SERVER_PUBLIC_URLS"),
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("set public_urls") && err.contains("--public-url"),
+        "{err}"
+    );
+}

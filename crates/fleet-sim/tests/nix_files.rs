@@ -219,6 +219,9 @@ fn every_server_setting_the_module_writes_is_accepted_and_typos_fail_the_build()
         &server_settings(r#"{ publicUrls = [ "yeet.example.org" ]; }"#),
     );
     assert!(!ok && text.contains("public_urls"), "{text}");
+    // Reachable from other machines, it must know its URLs.
+    let (ok, text) = check_config("yeet-server", &server_settings("{ publicUrls = [ ]; }"));
+    assert!(!ok && text.contains("set public_urls"), "{text}");
 }
 
 /// What `yeet.secrets` writes (the modules' and the test systems' shared code) is what the

@@ -119,16 +119,6 @@ pub fn origin_of(url: &str) -> Result<String, AuthError> {
     Ok(format!("{scheme}://{authority}"))
 }
 
-/// The host and port part of an origin or of a `Host` header, compared the way `Host`
-/// headers are: case-insensitively, with the default port of `scheme` left out.
-pub fn same_authority(origin: &str, host_header: &str) -> bool {
-    let Some((scheme, authority)) = origin.split_once("://") else {
-        return false;
-    };
-    origin_of(&format!("{scheme}://{host_header}"))
-        .is_ok_and(|o| o.split_once("://").is_some_and(|(_, a)| a == authority))
-}
-
 /// The parsed signature headers of one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SignatureHeaders {
@@ -546,13 +536,6 @@ mod tests {
         ] {
             assert!(origin_of(bad).is_err(), "{bad}");
         }
-        assert!(same_authority(
-            "https://yeet.example.org",
-            "Yeet.Example.org:443"
-        ));
-        assert!(same_authority("http://127.0.0.1:8470", "127.0.0.1:8470"));
-        assert!(!same_authority("http://127.0.0.1:8470", "127.0.0.1:8471"));
-        assert!(!same_authority("https://a.example.org", "b.example.org"));
     }
 
     #[test]

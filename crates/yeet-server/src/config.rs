@@ -159,6 +159,34 @@ impl FileConfig {
     }
 }
 
+/// True when `listen` (`HOST:PORT`) can only be reached from this machine: a loopback
+/// address or `localhost`. Wildcards and every other address or name are not.
+fn is_loopback(listen: &str) -> bool {
+    if let Ok(addr) = listen.parse::<std::net::SocketAddr>() {
+        return addr.ip().is_loopback();
+    }
+    listen
+        .rsplit_once(':')
+        .is_some_and(|(host, _)| host.eq_ignore_ascii_case("localhost"))
+}
+
+/// The origins a server listening only on loopback at `addr` answers to: its address and
+/// `localhost`, with the port it bound, under the scheme it serves.
+pub fn loopback_origins(addr: std::net::SocketAddr, tls: bool) -> Vec<String> {
+    let scheme = if tls { "https" } else { "http" };
+    let port = addr.port();
+    let ip = match addr.ip() {
+        std::net::IpAddr::V4(ip) => ip.to_string(),
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+    };
+    [ip, "localhost".to_owned()]
+        .iter()
+        .filter_map(|host| {
+            yeet_proto::signing::origin_of(&format!("{scheme}://{host}:{port}")).ok()
+        })
+        .collect()
+}
+
 /// The defaults of a server with no config file.
 impl Default for ServiceConfig {
     fn default() -> Self {
@@ -187,6 +215,16 @@ pub struct ServerArgs {
     /// PEM private key for --tls-cert.
     #[arg(long, env = "YEET_SERVER_TLS_KEY", global = true)]
     pub tls_key: Option<PathBuf>,
+    /// A URL clients reach this server at (repeatable, or comma-separated in the variable);
+    /// requests signed for any other are refused. Needed unless listening on loopback only.
+    #[arg(
+        long,
+        env = "YEET_SERVER_PUBLIC_URLS",
+        global = true,
+        value_delimiter = ',',
+        value_name = "URL"
+    )]
+    pub public_url: Vec<String>,
 }
 
 /// The resolved configuration.
@@ -223,8 +261,12 @@ impl Config {
     }
 
     pub fn merge(file: FileConfig, args: &ServerArgs) -> Result<Config, ConfigError> {
-        let public_origins = file
-            .public_urls
+        let public_urls = if args.public_url.is_empty() {
+            &file.public_urls
+        } else {
+            &args.public_url
+        };
+        let public_origins = public_urls
             .iter()
             .map(|u| {
                 yeet_proto::signing::origin_of(u).map_err(|_| {
@@ -277,17 +319,23 @@ impl Config {
                 "clock_skew_secs must be at most {MAX_CLOCK_SKEW_SECS}: fix the machines' clocks (NTP) instead of widening it"
             )));
         }
+        let listen = args
+            .listen
+            .clone()
+            .or(file.listen)
+            .unwrap_or_else(|| DEFAULT_LISTEN.into());
+        if service.public_origins.is_empty() && !is_loopback(&listen) {
+            return Err(ConfigError::Invalid(format!(
+                "listen = {listen:?} can be reached from other machines, so the server must know the URLs clients use (a request signed for another server that shares an operator key is refused only then): set public_urls = [\"https://yeet.example.org:8470\"] in the config file, --public-url, or YEET_SERVER_PUBLIC_URLS (NixOS: services.yeet-server.publicUrls)"
+            )));
+        }
         if file.database_max_connections == Some(0) {
             return Err(ConfigError::Invalid(
                 "database_max_connections must be at least 1; leave it out for the default".into(),
             ));
         }
         Ok(Config {
-            listen: args
-                .listen
-                .clone()
-                .or(file.listen)
-                .unwrap_or_else(|| DEFAULT_LISTEN.into()),
+            listen,
             secrets_key: file
                 .secrets_key
                 .unwrap_or_else(|| state_dir.join("secrets.key")),
@@ -410,5 +458,51 @@ mod tests {
         );
         let err = merged("clock_skew_secs = 3000000").unwrap_err();
         assert!(err.to_string().contains("at most 3600"), "{err}");
+    }
+
+    /// Without public_urls, the only origin a server can check a signature against is its
+    /// own loopback address; a server other machines can reach must name its URLs, or a
+    /// request signed for another server sharing an operator key would be accepted.
+    #[test]
+    fn a_reachable_server_must_name_its_public_urls() {
+        let merged =
+            |text: &str, args: &ServerArgs| Config::merge(toml::from_str(text).unwrap(), args);
+        let none = ServerArgs::default();
+        for listen in [
+            "0.0.0.0:8470",
+            "[::]:8470",
+            "10.0.0.5:8470",
+            "yeet.example.org:8470",
+        ] {
+            let err = merged(&format!("listen = {listen:?}"), &none).unwrap_err();
+            assert!(
+                err.to_string().contains("set public_urls"),
+                "{listen}: {err}"
+            );
+        }
+        for listen in ["127.0.0.1:8470", "[::1]:0", "localhost:8470"] {
+            let config = merged(&format!("listen = {listen:?}"), &none).unwrap();
+            assert!(config.service.public_origins.is_empty(), "{listen}");
+        }
+        let config = merged(
+            "listen = \"0.0.0.0:8470\"\npublic_urls = [\"https://Yeet.example.org:443/\"]",
+            &none,
+        )
+        .unwrap();
+        assert_eq!(config.service.public_origins, ["https://yeet.example.org"]);
+        let flags = ServerArgs {
+            listen: Some("0.0.0.0:8470".into()),
+            public_url: vec!["https://a.example.org:8470".into()],
+            ..Default::default()
+        };
+        let config = merged("public_urls = [\"https://b.example.org\"]", &flags).unwrap();
+        assert_eq!(
+            config.service.public_origins,
+            ["https://a.example.org:8470"]
+        );
+        let origins = loopback_origins("127.0.0.1:8470".parse().unwrap(), false);
+        assert_eq!(origins, ["http://127.0.0.1:8470", "http://localhost:8470"]);
+        let origins = loopback_origins("[::1]:443".parse().unwrap(), true);
+        assert_eq!(origins, ["https://[::1]", "https://localhost"]);
     }
 }

@@ -99,10 +99,19 @@ fn spawn_flusher(service: Arc<Service>, every: Duration) -> tokio::task::JoinHan
 }
 
 pub async fn serve(
-    config: Config,
+    mut config: Config,
     on_listening: impl FnOnce(SocketAddr),
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    // Bound first: a server on loopback without public_urls answers to the port it got.
+    let listener = std::net::TcpListener::bind(&config.listen)
+        .map_err(|e| ServeError::Bind(config.listen.clone(), e))?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    if config.service.public_origins.is_empty() {
+        config.service.public_origins = config::loopback_origins(addr, config.tls.is_some());
+    }
+    tracing::info!(origins = ?config.service.public_origins, "requests signed for these origins are accepted");
     let store = open_store(&config).await?;
     let (key_path, may_create) = service::secrets::SecretKeeper::source(&config.secrets_key);
     let keeper = service::secrets::SecretKeeper::load(&key_path, may_create, &store).await?;
@@ -139,10 +148,6 @@ pub async fn serve(
         Some((cert, key)) => Some(listener::tls_acceptor(cert, key).map_err(ServeError::Tls)?),
         None => None,
     };
-    let listener = std::net::TcpListener::bind(&config.listen)
-        .map_err(|e| ServeError::Bind(config.listen.clone(), e))?;
-    listener.set_nonblocking(true)?;
-    let addr = listener.local_addr()?;
     let limits = listener::Limits {
         max_connections: listener::affordable_connections(config.max_connections),
         max_connections_per_network: config.max_connections_per_network,

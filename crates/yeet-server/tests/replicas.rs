@@ -24,7 +24,6 @@ fn checkin(headers: &SignatureHeaders) -> SignedRequest<'_> {
     SignedRequest {
         method: "POST",
         path_and_query: "/v1/agent/checkin",
-        host: Some("yeet.example.org"),
         headers,
     }
 }
@@ -33,9 +32,15 @@ const PATH: &str = "/nix/store/q322pzff5rm7kwfwfbhcza6wr2b84wlm-system-replicate
 
 async fn replica(db: &common::TestDb) -> Arc<Service> {
     let service = Arc::new(
-        Service::new(db.open().await, ServiceConfig::default())
-            .await
-            .unwrap(),
+        Service::new(
+            db.open().await,
+            ServiceConfig {
+                public_origins: vec![ORIGIN.into()],
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap(),
     );
     yeet_server::spawn_event_listener(service.clone())
         .await

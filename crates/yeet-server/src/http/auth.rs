@@ -84,14 +84,6 @@ pub async fn read_body(
     })
 }
 
-/// The `Host` header, which signed origins are compared with when the server has no
-/// configured public URLs.
-pub fn host_of(headers: &axum::http::HeaderMap) -> Option<&str> {
-    headers
-        .get(axum::http::header::HOST)
-        .and_then(|v| v.to_str().ok())
-}
-
 pub async fn authenticate(State(app): State<AppState>, req: Request, next: Next) -> Response {
     // Boxed, so that a held long-poll's middleware future keeps no room for the body read
     // and signature check it finished long ago.
@@ -115,7 +107,6 @@ async fn authenticated(app: &AppState, req: Request) -> Result<Request, ApiError
     let request = SignedRequest {
         method: parts.method.as_str(),
         path_and_query,
-        host: host_of(&parts.headers),
         headers: &headers,
     };
     let principal = app

@@ -55,7 +55,6 @@ async fn upload(
     let request = SignedRequest {
         method: "PUT",
         path_and_query,
-        host: super::auth::host_of(&headers),
         headers: &sig,
     };
     let principal = app.service.authenticate_upload(&request, &declared).await?;

@@ -16,8 +16,6 @@ const KEY_CACHE_SECS: i64 = 30;
 pub struct SignedRequest<'a> {
     pub method: &'a str,
     pub path_and_query: &'a str,
-    /// The `Host` header, if any.
-    pub host: Option<&'a str>,
     pub headers: &'a SignatureHeaders,
 }
 
@@ -110,14 +108,10 @@ impl Service {
     }
 
     /// Refuses requests signed for another server: the signed origin must be one of this
-    /// server's public origins or, when none are configured, match the `Host` header.
-    fn check_origin(&self, headers: &SignatureHeaders, host: Option<&str>) -> Result<()> {
-        let ours = if self.config.public_origins.is_empty() {
-            host.is_some_and(|h| yeet_proto::signing::same_authority(&headers.origin, h))
-        } else {
-            self.config.public_origins.contains(&headers.origin)
-        };
-        if ours {
+    /// server's public origins (`public_urls`, or its own loopback address when it listens
+    /// only there). No header of the request is trusted for this: a replayer sets those.
+    fn check_origin(&self, headers: &SignatureHeaders) -> Result<()> {
+        if self.config.public_origins.contains(&headers.origin) {
             Ok(())
         } else {
             Err(AuthError::WrongServer(headers.origin.clone()).into())
@@ -160,7 +154,7 @@ impl Service {
         registering_body: Option<&[u8]>,
     ) -> Result<Principal> {
         let headers = request.headers;
-        self.check_origin(headers, request.host)?;
+        self.check_origin(headers)?;
         let (principal, public) = self.claimed_signer(headers, registering_body).await?;
         headers.verify_digest(&public, request.method, request.path_and_query, digest)?;
         if !matches!(principal, Principal::Registrant { .. }) {

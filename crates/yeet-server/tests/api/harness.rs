@@ -129,7 +129,9 @@ impl Api {
     }
 
     /// An API whose request bodies may be `max_body_bytes` long.
-    pub async fn with_body_limit(config: ServiceConfig, max_body_bytes: usize) -> Api {
+    pub async fn with_body_limit(mut config: ServiceConfig, max_body_bytes: usize) -> Api {
+        // The origin every request here is signed for, as `public_urls` would name it.
+        config.public_origins.push(TEST_ORIGIN.to_owned());
         let db = common::TestDb::sqlite().await;
         let store = db.open().await;
         let (admin, publisher, viewer) = (identity(), identity(), identity());
