@@ -638,6 +638,12 @@ impl SimHost {
         pids.len()
     }
 
+    /// A file under the host's `/run` (`yeet/secrets/NAME`, say), as root there reads it;
+    /// `None` when it is absent.
+    pub fn run_file(&self, rel: &str) -> Option<String> {
+        std::fs::read_to_string(self.run_path(rel)?).ok()
+    }
+
     /// A path under the host's `/run`, as seen from outside (None while a systemd host is off).
     fn run_path(&self, rel: &str) -> Option<PathBuf> {
         match self.kind {
@@ -1023,6 +1029,60 @@ impl Fleet {
     /// signed, to the cache.
     pub fn system_with_secrets(&self, name: &str, secrets: &str) -> String {
         self.system_from(name, |spec| spec.secrets = secrets)
+    }
+
+    /// How long secret changes take to reach `host`, which runs a system that asks for the
+    /// secret `name` it is granted: `rounds` rotations, each timed from the `yeet secret
+    /// rotate` until the new content is in the host's `/run/yeet/secrets`, then a
+    /// revocation, until the file is gone. Each change waits at most `within`.
+    pub fn secret_change_latencies(
+        &self,
+        host: &str,
+        name: &str,
+        rounds: usize,
+        within: Duration,
+    ) -> (Vec<Duration>, Duration) {
+        let host = self.find_host(host);
+        let file = format!("yeet/secrets/{name}");
+        let mut rotations = Vec::new();
+        for round in 0..rounds {
+            let content = format!("{name}-version-{round}-{}", std::process::id());
+            let mut rotate = self.server.yeet_cmd();
+            rotate
+                .args(["secret", "rotate", name, "--stdin"])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped());
+            let started = Instant::now();
+            let mut child = rotate.spawn().unwrap();
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(format!("{content}\n").as_bytes())
+                .unwrap();
+            let out = child.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            wait_until(
+                within,
+                &format!("rotation {round} to reach {}", host.name),
+                || host.run_file(&file).is_some_and(|c| c.trim() == content),
+            );
+            rotations.push(started.elapsed());
+        }
+        let started = Instant::now();
+        self.server.yeet(&["secret", "revoke", name, &host.name]);
+        wait_until(
+            within,
+            &format!("the revocation to reach {}", host.name),
+            || host.run_file(&file).is_none(),
+        );
+        (rotations, started.elapsed())
     }
 
     /// Lays out the fixture flake in a fresh git repository, configured for `fleet`.

@@ -44,6 +44,18 @@ fn secrets() {
 }
 
 #[test]
+fn secret_latency() {
+    smoke(
+        &["secret-latency", "2", "10"],
+        &[
+            "rotation: first",
+            "revocation:",
+            "ratio max-rotation/interval:",
+        ],
+    );
+}
+
+#[test]
 fn osquery_logs() {
     smoke(&["osquery-logs", "1", "1"], &["gzip/plain"]);
 }

@@ -472,3 +472,36 @@ fn the_secret_command_refuses_bad_input_clearly() {
         "{listed}"
     );
 }
+
+/// After a check-in is answered early (a rotation woke it), the agent holds a new long-poll
+/// at once instead of sleeping out the rest of the check-in interval. With a 60-second
+/// interval, three rotations in a row and then a revocation each reach the host within 20
+/// seconds; before, the second waited for the interval (about a minute).
+#[test]
+fn secret_changes_in_a_row_do_not_wait_out_the_checkin_interval() {
+    let fleet = Fleet::with(
+        &["web-1"],
+        fleet_sim::sim::FleetOptions {
+            server_config: "checkin_interval_secs = 60\n".into(),
+            ..Default::default()
+        },
+    );
+    let token = fleet.dir().join("api-token");
+    std::fs::write(&token, "first\n").unwrap();
+    fleet.server.yeet(&[
+        "secret",
+        "add",
+        "api-token",
+        "--from-file",
+        token.to_str().unwrap(),
+        "--host",
+        "web-1",
+    ]);
+    let system = fleet.system_with_secrets("with-token", "{ api-token = { }; }");
+    fleet.publish(&[("web-1", &system)], "needs api-token");
+    let done = fleet.wait_for_activation("web-1", 1, common::CONVERGE);
+    assert_eq!(done["result"], "confirmed", "{done}");
+    let (rotations, revocation) =
+        fleet.secret_change_latencies("web-1", "api-token", 3, Duration::from_secs(20));
+    eprintln!("rotations took {rotations:?}, the revocation {revocation:?}");
+}

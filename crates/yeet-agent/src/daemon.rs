@@ -209,6 +209,9 @@ struct Agent<'a> {
     /// This loop's status, published to `shared` after every change that matters.
     status: Status,
     shared: Arc<Shared>,
+    /// Held check-ins answered in under `REPOLL_GAP` with nothing new, in a row (see
+    /// `idle_checkin`).
+    quick_answers: u32,
 }
 
 /// A new activation with this agent's settings, for the system the caller fills in.
@@ -245,6 +248,15 @@ pub fn new_activation(config: &Config, key_path: &Path) -> ActivationState {
 
 /// How long a sync of secrets that failed on this host waits before it is tried again.
 const SECRETS_RETRY: Duration = Duration::from_secs(60);
+
+/// After a held check-in is answered with nothing to do (it was woken by a rotated or
+/// revoked secret, a grant, a policy change), the next one starts this soon after the last
+/// began: the new long-poll is the wait, so a release or the next change is seen at once.
+const REPOLL_GAP: Duration = Duration::from_millis(250);
+/// A server that answers held check-ins at once, with nothing new, this many times in a row
+/// (it does not hold them, or keeps waking them for nothing) is polled at its interval
+/// instead, so it cannot make the agent spin.
+const MAX_QUICK_ANSWERS: u32 = 3;
 
 /// Runs until `stop` is set.
 pub fn run(config: &Config, stop: &AtomicBool) -> Result<()> {
@@ -304,6 +316,7 @@ pub fn run(config: &Config, stop: &AtomicBool) -> Result<()> {
         secrets_failed: None,
         status,
         shared: shared.clone(),
+        quick_answers: 0,
     };
     let mut failures = 0u32;
     while !stop.load(Ordering::Relaxed) {
@@ -484,9 +497,12 @@ impl Agent<'_> {
         // system, say) gets them before it waits.
         self.sync_secrets(None)?;
         let started = Instant::now();
+        let held_digest = self.held_secrets_digest();
         let Some(resp) = self.checkin(state, self.config.long_poll)? else {
             return Ok(Duration::ZERO);
         };
+        // An answer that brought this host something new is never "spinning".
+        let brought_news = held_digest.as_deref() != Some(resp.secrets_digest.as_str());
         self.sync_secrets(Some(&resp.secrets_digest))?;
         // The server's word is bounded: a huge interval must not silence the host.
         let next =
@@ -514,8 +530,21 @@ impl Agent<'_> {
                 self.start_activation(store_path, release_id, caches);
                 Ok(Duration::ZERO)
             }
-            // A held check-in already waited; one answered at once (long-poll off) waits the interval.
-            Action::None => Ok(next.saturating_sub(started.elapsed())),
+            // A held check-in already waited, so the next one starts at once; one answered
+            // at once (long-poll off, or a server that does not hold) waits the interval.
+            Action::None => {
+                let elapsed = started.elapsed();
+                self.quick_answers = if elapsed < REPOLL_GAP && !brought_news {
+                    self.quick_answers + 1
+                } else {
+                    0
+                };
+                if self.config.long_poll.is_zero() || self.quick_answers >= MAX_QUICK_ANSWERS {
+                    Ok(next.saturating_sub(elapsed))
+                } else {
+                    Ok(REPOLL_GAP.saturating_sub(elapsed))
+                }
+            }
         }
     }
 

@@ -17,6 +17,9 @@
 //!   each decrypted with the server's key and re-encrypted to the request's one-time
 //!   recipient: the request's time (loopback, so nearly all of it is the server's), against
 //!   a fetch of one secret.
+//! - `secret-latency [ROUNDS] [INTERVAL]`: how long rotations in a row and a revocation take
+//!   to reach a real agent, with the server's check-in interval at INTERVAL seconds (see
+//!   `secret_latency.rs`).
 //! - `osquery-logs [BATCHES] [NODES]`: osquery result-log ingest: NODES emulated osqueryd
 //!   nodes (default 4) each post BATCHES batches (default 20) of 1,000 result lines, plain
 //!   and gzip-compressed: result lines stored per second, and the gzip/plain ratio.
@@ -30,6 +33,7 @@ mod fleet;
 mod hold;
 mod publish;
 mod realnix;
+mod secret_latency;
 
 use fleet_sim::sim::Fleet;
 use std::time::{Duration, Instant};
@@ -405,12 +409,19 @@ fn main() {
             args.get(2).and_then(|a| a.parse().ok()).unwrap_or(4),
             args.get(3).is_some_and(|a| a == "postgres"),
         ),
+        Some("secret-latency") => secret_latency::secret_latency(
+            args.get(1).and_then(|a| a.parse().ok()).unwrap_or(5).max(1),
+            args.get(2)
+                .and_then(|a| a.parse().ok())
+                .unwrap_or(30)
+                .max(1),
+        ),
         Some("osquery-logs") => osquery_logs(
             args.get(1).and_then(|a| a.parse().ok()).unwrap_or(20),
             args.get(2).and_then(|a| a.parse().ok()).unwrap_or(4),
         ),
         _ => eprintln!(
-            "usage: yeet-bench realnix [N] | hold [N] | fleet [N] [REPLICAS] | idle [SECONDS] | publish [MIB] [PATHS] [SMALL] | checkins [SECONDS] [CLIENTS] [postgres] | secrets [SECRETS] [ROUNDS] | osquery-logs [BATCHES] [NODES]"
+            "usage: yeet-bench realnix [N] | hold [N] | fleet [N] [REPLICAS] | idle [SECONDS] | publish [MIB] [PATHS] [SMALL] | checkins [SECONDS] [CLIENTS] [postgres] | secrets [SECRETS] [ROUNDS] | secret-latency [ROUNDS] [INTERVAL] | osquery-logs [BATCHES] [NODES]"
         ),
     }
 }
