@@ -4,7 +4,8 @@
 //! while pending) and triggers a check-in, and is refused a detach; a member of
 //! `yeet-admin` passes that check; a user outside `yeet` cannot open the socket. And as an
 //! attacker in `yeet`: a message that never ends, calls whose replies are never read, and a
-//! pile of idle connections do not keep others from being served.
+//! pile of idle connections do not keep others from being served, and a connection whose
+//! replies are never read is closed at the write deadline.
 
 #![allow(clippy::unwrap_used)]
 
@@ -263,5 +264,14 @@ fn the_socket_serves_an_independent_client_by_group() {
     wait_until(Duration::from_secs(30), "alice to be served again", || {
         call(&host, "alice", "GetStatus", "{}")["ok"].is_object()
     });
+    // A client that never reads its replies does not keep its connection: once the socket's
+    // buffer is full, the agent's write gives up after its deadline (30 s) and closes it.
+    // Looked at 45 s in, past that deadline; before, the write waited for good.
+    let unread = python(&host, "alice", &["unread-then-drain", "20000", "45"]);
+    assert_eq!(unread["closed"], true, "{unread}");
+    assert!(
+        unread["replies"].as_u64().unwrap() < unread["sent"].as_u64().unwrap(),
+        "the buffer never filled: {unread}"
+    );
     drop(fleet);
 }

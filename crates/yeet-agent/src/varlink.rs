@@ -42,6 +42,10 @@ const MAX_CLIENTS_PER_USER: usize = 16;
 /// How long a connection may stay silent while the agent waits for its next call (or for
 /// the rest of one); a switch's progress is unaffected, since the agent writes then.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long one reply may wait for the client to read it. A client that sends calls and
+/// never reads the replies fills the socket's buffer; without this, the agent's write (and
+/// the connection, with its buffers) would wait for good.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// The least time between two check-ins that callers ask for.
 const CHECK_NOW_SPACING: Duration = Duration::from_secs(1);
 /// The largest log `GetLog` returns, and the most log one progress reply carries.
@@ -724,9 +728,16 @@ impl AgentService {
 }
 
 /// A unix stream whose reads fail once a client sends more than `MAX_MESSAGE` bytes
-/// without ending a message (varlink messages end with a NUL byte).
+/// without ending a message (varlink messages end with a NUL byte), or stays silent for
+/// `IDLE_TIMEOUT`, and whose writes fail when the client has not read them within
+/// `WRITE_TIMEOUT`.
 #[derive(Debug)]
 pub struct Guarded(zlink::tokio::unix::Stream);
+
+type StreamWrite = <zlink::tokio::unix::Stream as socket::Socket>::WriteHalf;
+
+#[derive(Debug)]
+pub struct GuardedWrite(StreamWrite);
 
 #[derive(Debug)]
 pub struct GuardedRead {
@@ -736,17 +747,35 @@ pub struct GuardedRead {
 
 impl socket::Socket for Guarded {
     type ReadHalf = GuardedRead;
-    type WriteHalf = <zlink::tokio::unix::Stream as socket::Socket>::WriteHalf;
+    type WriteHalf = GuardedWrite;
 
-    fn split(self) -> (GuardedRead, Self::WriteHalf) {
+    fn split(self) -> (GuardedRead, GuardedWrite) {
         let (inner, write) = self.0.split();
         (
             GuardedRead {
                 inner,
                 since_message_end: 0,
             },
-            write,
+            GuardedWrite(write),
         )
+    }
+}
+
+impl socket::WriteHalf for GuardedWrite {
+    async fn write(
+        &mut self,
+        buf: &[u8],
+        fds: &[impl std::os::fd::AsFd],
+        credentials: Option<&zlink::connection::PassedCredentials>,
+    ) -> zlink::Result<()> {
+        tokio::time::timeout(WRITE_TIMEOUT, self.0.write(buf, fds, credentials))
+            .await
+            .map_err(|_| {
+                zlink::Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the client stopped reading its replies",
+                ))
+            })?
     }
 }
 

@@ -6,6 +6,9 @@ Usage: varlink_client.py SOCKET introspect
        varlink_client.py SOCKET call METHOD [JSON-PARAMETERS]
        varlink_client.py SOCKET oversized          (a message that never ends)
        varlink_client.py SOCKET unread N SECONDS   (N calls, replies never read)
+       varlink_client.py SOCKET unread-then-drain N SECONDS
+                                  (N calls, replies unread for SECONDS, then read: did the
+                                   agent close the connection meanwhile?)
        varlink_client.py SOCKET hog N SECONDS      (N idle connections)
 """
 
@@ -87,6 +90,38 @@ def main():
                 time.sleep(0.05)
         out({"sent": sent})
         time.sleep(max(0, deadline - time.time()))
+    elif mode == "unread-then-drain":
+        n, seconds = int(sys.argv[3]), float(sys.argv[4])
+        s = raw(path)
+        call = json.dumps({"method": INTERFACE + ".GetStatus"}).encode() + b"\0"
+        s.setblocking(False)
+        sent = 0
+        while sent < n:
+            try:
+                s.send(call)
+                sent += 1
+            except BlockingIOError:
+                break
+            except OSError:
+                break
+        time.sleep(seconds)
+        # Whatever the agent wrote before it gave up is still buffered here; then the end.
+        s.setblocking(True)
+        s.settimeout(5)
+        replies, closed = 0, False
+        try:
+            while True:
+                chunk = s.recv(65536)
+                if chunk == b"":
+                    closed = True
+                    break
+                replies += chunk.count(b"\0")
+        except ConnectionResetError:
+            # Closed with calls of ours still unread on its side: a reset, not an end.
+            closed = True
+        except socket.timeout:
+            pass
+        out({"sent": sent, "replies": replies, "closed": closed})
     elif mode == "hog":
         n, seconds = int(sys.argv[3]), float(sys.argv[4])
         held = []
