@@ -162,7 +162,10 @@ fn a_forced_switch_holds_while_the_server_is_away_then_yields() {
     wait_until(CONVERGE, "web-1 to run the release", || {
         fleet.find_host("web-1").current_system().as_deref() == Some(desired.as_str())
     });
-    let local = fleet.system("forced-1", Variant::Good, "6.1");
+    // A new agent package in it, so that the switch restarts the agent (as most do): the
+    // restarted agent must confirm it without the server.
+    let local = fleet
+        .system_with_agent_package("forced-1", fleet_sim::sim::SYSTEMD_HOST_NEXT_AGENT_PACKAGE);
     fleet.find_host("web-1").realise(&fleet.cache, &local, true);
 
     // The server stops answering (as behind a dead link): the switch needs none of it.
@@ -181,6 +184,17 @@ fn a_forced_switch_holds_while_the_server_is_away_then_yields() {
     let out = agent(host, &["switch", "--force", &local]);
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(host.current_system().as_deref(), Some(local.as_str()));
+    let status = host.status().unwrap();
+    assert_eq!(status.attachment, "forced", "{status:?}");
+    // It holds past its confirm window (30 s): the restarted agent and the health check
+    // confirm it, not the server (it was rolled back at the deadline before).
+    std::thread::sleep(Duration::from_secs(45));
+    assert_eq!(
+        host.current_system().as_deref(),
+        Some(local.as_str()),
+        "the forced switch did not hold while the server was away:\n{}",
+        host.agent_log()
+    );
     let status = host.status().unwrap();
     assert_eq!(status.attachment, "forced", "{status:?}");
 

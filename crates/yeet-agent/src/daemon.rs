@@ -349,6 +349,16 @@ impl Agent<'_> {
     fn step(&mut self) -> Result<Duration, ClientError> {
         // Set again by this round if it fails or refuses something.
         self.status.last_error = None;
+        // A switch chosen at the machine goes on before anything asks the server: after the
+        // switch restarted the agent, the server may be away (a registration would hang
+        // until its timeout, past the confirm window). It is reported once the server is back.
+        if self.status.host.is_none()
+            && let Ok(Some(st)) = self.state.load()
+            && st.origin.confirmed_by_host()
+            && st.phase != Phase::Done
+        {
+            return self.tend_activation("", st);
+        }
         // Register until approved; after that only check-ins travel, until the server stops
         // knowing the key (the host was removed) and enrollment starts over.
         let host = match self.status.host.clone() {
@@ -705,9 +715,11 @@ impl Agent<'_> {
             return Ok(Duration::from_millis(500));
         }
         let running_new = system_link(CURRENT_SYSTEM).as_deref() == Some(st.store_path.as_str());
-        // A forced switch is for a host cut off from the server: the health check alone
-        // confirms it, and no request to a server that may hang holds it up.
-        if st.origin != Origin::Forced {
+        // A release's switch is confirmed only once the new system reaches the server. A
+        // switch chosen at the machine is confirmed by the health check alone, and no request
+        // to a server that may be away (and hang) holds it up: a detached host tells the
+        // server afterwards, if it is there; a forced switch is for a host cut off from it.
+        if !st.origin.confirmed_by_host() {
             self.checkin(AgentState::Updating, Duration::ZERO)?;
         }
         if st.phase == Phase::Switched
@@ -730,6 +742,12 @@ impl Agent<'_> {
             if let Err(e) = marked {
                 tracing::error!(error = %e, "cannot record the confirmation");
             }
+        }
+        if st.origin == Origin::Detached
+            && !host.is_empty()
+            && let Err(e) = self.checkin(AgentState::Updating, Duration::ZERO)
+        {
+            tracing::info!(error = %e, "the server did not hear of the local switch yet");
         }
         Ok(Duration::from_millis(500))
     }

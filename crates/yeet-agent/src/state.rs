@@ -76,6 +76,13 @@ pub enum Origin {
 }
 
 impl Origin {
+    /// Whether this host confirms the switch by itself (the restarted agent and the health
+    /// check): a switch chosen at the machine needs no server, which may be away. Only a
+    /// release's switch must prove that the new system reaches the server.
+    pub fn confirmed_by_host(self) -> bool {
+        self != Origin::Server
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Origin::Server => "release",
