@@ -157,16 +157,36 @@ fn detach_switch_locally_then_attach_to_the_newest_release() {
 #[test]
 fn a_forced_switch_holds_while_the_server_is_away_then_yields() {
     let fleet = Fleet::of(HostKind::Systemd, &["web-1"], 30);
-    let desired = fleet.system("desired-1", Variant::Good, "6.1");
+    // A secret the fleet's system uses: the host keeps a copy encrypted to its own key.
+    let token = fleet.dir().join("api-token");
+    std::fs::write(&token, "held-token\n").unwrap();
+    fleet.server.yeet(&[
+        "secret",
+        "add",
+        "api-token",
+        "--from-file",
+        token.to_str().unwrap(),
+        "--host",
+        "web-1",
+    ]);
+    const WITH_TOKEN: &str = "{ api-token = { }; }";
+    let desired = fleet.system_with_secrets("desired-1", WITH_TOKEN);
     fleet.publish(&[("web-1", &desired)], "the fleet's system");
     wait_until(CONVERGE, "web-1 to run the release", || {
         fleet.find_host("web-1").current_system().as_deref() == Some(desired.as_str())
     });
     // A new agent package in it, so that the switch restarts the agent (as most do): the
-    // restarted agent must confirm it without the server.
-    let local = fleet
-        .system_with_agent_package("forced-1", fleet_sim::sim::SYSTEMD_HOST_NEXT_AGENT_PACKAGE);
-    fleet.find_host("web-1").realise(&fleet.cache, &local, true);
+    // restarted agent must confirm it without the server. It needs the secret too.
+    let local = fleet.system_from("forced-1", |spec| {
+        spec.agent_package = fleet_sim::sim::SYSTEMD_HOST_NEXT_AGENT_PACKAGE;
+        spec.secrets = WITH_TOKEN;
+    });
+    // And one that needs a secret this host was never granted.
+    let unheld =
+        fleet.system_with_secrets("forced-unheld", "{ api-token = { }; other-token = { }; }");
+    for path in [&local, &unheld] {
+        fleet.find_host("web-1").realise(&fleet.cache, path, true);
+    }
 
     // The server stops answering (as behind a dead link): the switch needs none of it.
     let server_pid = fleet.server.proc.child.id().to_string();
@@ -181,6 +201,18 @@ fn a_forced_switch_holds_while_the_server_is_away_then_yields() {
     };
     signal("-STOP");
     let host = fleet.find_host("web-1");
+    // The secret it does not hold fails the switch before anything changes, naming it, and
+    // the host does not claim to be forced.
+    let out = agent(host, &["switch", "--force", &unheld]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("other-token") && text(&out).contains("holds no copy"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(host.current_system().as_deref(), Some(desired.as_str()));
+    let status = host.status().unwrap();
+    assert_eq!(status.attachment, "attached", "{status:?}");
     let out = agent(host, &["switch", "--force", &local]);
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(host.current_system().as_deref(), Some(local.as_str()));
@@ -197,6 +229,9 @@ fn a_forced_switch_holds_while_the_server_is_away_then_yields() {
     );
     let status = host.status().unwrap();
     assert_eq!(status.attachment, "forced", "{status:?}");
+    // Its secret came from the host's own copy, with no server.
+    let read = host.exec(&["/bin/cat", "/run/yeet/secrets/api-token"]);
+    assert_eq!(String::from_utf8_lossy(&read.stdout).trim(), "held-token");
 
     // Back: the forced switch is reported, and the host returns to its desired system.
     signal("-CONT");

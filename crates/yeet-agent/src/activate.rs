@@ -14,7 +14,7 @@ use yeet_proto::api::ActivationResult;
 use crate::config::{ActivationMode, BOOTED_SYSTEM, NIX_CONF};
 use crate::fetch::{self, FetchError};
 use crate::secrets::{self, Fetched, Held, SecretStore, SecretsError};
-use crate::state::{ActivationState, Phase, SecretsSwitch, StateDir, StateError};
+use crate::state::{ActivationState, Origin, Phase, SecretsSwitch, StateDir, StateError};
 use crate::system;
 
 pub use yeet_proto::clock::unix_now as now;
@@ -288,6 +288,27 @@ fn prepare_secrets(st: &mut ActivationState, log: &File) -> Result<(), String> {
             missing: Vec::new(),
             digest: held.map(|h| h.digest).unwrap_or_default(),
         }
+    } else if st.origin == Origin::Forced {
+        // A forced switch asks no server (it may be unreachable): the secrets are the copies
+        // this host keeps, encrypted to its key, of what it was granted.
+        note(
+            log,
+            &format!(
+                "secrets from this host's own copies (a forced switch asks no server): {}",
+                manifest.names().join(", ")
+            ),
+        );
+        let access = st
+            .server
+            .as_ref()
+            .ok_or("this activation does not name the host's key")?;
+        let held = store
+            .open_held(&access.key, &manifest.names())
+            .map_err(|e| e.to_string())?;
+        if !held.missing.is_empty() {
+            return Err(SecretsError::NotHeld(held.missing).to_string());
+        }
+        held
     } else {
         note(
             log,

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use thiserror::Error;
 
-use crate::state::{ActivationState, Phase, StateDir, StateError};
+use crate::state::{ActivationState, Origin, Phase, StateDir, StateError};
 
 #[derive(Debug, Error)]
 pub enum LaunchError {
@@ -84,12 +84,19 @@ impl Launcher {
     pub fn start(&self, st: &ActivationState) -> Result<(), LaunchError> {
         let _gate = lock(&self.gate);
         if let Some(current) = self.state.load()? {
-            return Err(LaunchError::Busy(format!(
-                "{} of {} ({})",
-                current.origin.as_str(),
-                current.store_path,
-                current.phase.as_str()
-            )));
+            // A forced switch that changed nothing (its secrets were not held, say) waits to
+            // be reported to a server that is away: another forced switch may go ahead. Its
+            // outcome stays the host's last result, unreported.
+            if st.origin == Origin::Forced && current.is_forced_that_changed_nothing() {
+                self.state.retire(&current)?;
+            } else {
+                return Err(LaunchError::Busy(format!(
+                    "{} of {} ({})",
+                    current.origin.as_str(),
+                    current.store_path,
+                    current.phase.as_str()
+                )));
+            }
         }
         self.state.clear()?;
         self.state.save(st)?;

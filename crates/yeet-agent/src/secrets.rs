@@ -36,6 +36,11 @@ pub enum SecretsError {
         .0.join(", ")
     )]
     Missing(Vec<String>),
+    #[error(
+        "a forced switch asks no server, and this host holds no copy of: {}; switch while the server is reachable, or grant them and let the host fetch them first",
+        .0.join(", ")
+    )]
+    NotHeld(Vec<String>),
     #[error("fetching secrets: {0}")]
     Fetch(#[from] ClientError),
     #[error("the server's answer to the secrets fetch is invalid: {0}")]
@@ -410,6 +415,47 @@ impl SecretStore {
         Ok(())
     }
 
+    /// The held secrets among `names`, decrypted from the copies kept encrypted to the host
+    /// key: what this host was granted when it last fetched, and only that. Names it holds
+    /// no copy of are `missing`.
+    pub fn open_held(
+        &self,
+        host_key_file: &Path,
+        names: &[String],
+    ) -> Result<Fetched, SecretsError> {
+        let held = self.held()?.unwrap_or_default();
+        let mut fetched = Fetched {
+            secrets: BTreeMap::new(),
+            missing: Vec::new(),
+            digest: held.digest.clone(),
+        };
+        let wanted: Vec<(&String, &HeldSecret)> = names
+            .iter()
+            .filter_map(|n| match held.secrets.get_key_value(n) {
+                Some(found) => Some(found),
+                None => {
+                    fetched.missing.push(n.clone());
+                    None
+                }
+            })
+            .collect();
+        if wanted.is_empty() {
+            return Ok(fetched);
+        }
+        let key_text = Zeroizing::new(std::fs::read(host_key_file).map_err(io(host_key_file))?);
+        let identity = age::ssh::Identity::from_buffer(key_text.as_slice(), None).map_err(|e| {
+            SecretsError::Crypto(format!("the host key {}: {e}", host_key_file.display()))
+        })?;
+        for (name, h) in wanted {
+            let path = self.cache_dir.join(format!("{name}.age"));
+            let sealed = std::fs::read(&path).map_err(io(&path))?;
+            let plaintext = yeet_proto::secrets::open(&identity, &sealed)
+                .map_err(|e| SecretsError::Crypto(format!("{}: {e}", path.display())))?;
+            fetched.secrets.insert(name.clone(), (h.version, plaintext));
+        }
+        Ok(fetched)
+    }
+
     /// After a reboot (`/run/yeet/secrets` is gone), rebuilds the live generation from the
     /// files kept encrypted to the host key. False when there was nothing to restore.
     pub fn restore(&self, host_key_file: &Path) -> Result<bool, SecretsError> {
@@ -422,22 +468,8 @@ impl SecretStore {
         if held.secrets.is_empty() {
             return Ok(false);
         }
-        let key_text = Zeroizing::new(std::fs::read(host_key_file).map_err(io(host_key_file))?);
-        let identity = age::ssh::Identity::from_buffer(key_text.as_slice(), None).map_err(|e| {
-            SecretsError::Crypto(format!("the host key {}: {e}", host_key_file.display()))
-        })?;
-        let mut fetched = Fetched {
-            secrets: BTreeMap::new(),
-            missing: Vec::new(),
-            digest: held.digest.clone(),
-        };
-        for (name, h) in &held.secrets {
-            let path = self.cache_dir.join(format!("{name}.age"));
-            let sealed = std::fs::read(&path).map_err(io(&path))?;
-            let plaintext = yeet_proto::secrets::open(&identity, &sealed)
-                .map_err(|e| SecretsError::Crypto(format!("{}: {e}", path.display())))?;
-            fetched.secrets.insert(name.clone(), (h.version, plaintext));
-        }
+        let names: Vec<String> = held.secrets.keys().cloned().collect();
+        let fetched = self.open_held(host_key_file, &names)?;
         let manifest = Manifest {
             secrets: held
                 .secrets

@@ -138,6 +138,18 @@ pub struct ActivationState {
     pub requested_by: Option<String>,
 }
 
+impl ActivationState {
+    /// A forced switch that ended without leaving the host on its system (failed before the
+    /// switch, refused, or rolled back): there is nothing of it to undo.
+    pub fn is_forced_that_changed_nothing(&self) -> bool {
+        self.origin == Origin::Forced
+            && self.phase == Phase::Done
+            && self
+                .result
+                .is_some_and(|r| r != ActivationResult::Confirmed)
+    }
+}
+
 /// The server and the key the agent signs with: what the activation process needs to make
 /// a signed request of its own.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -410,7 +410,14 @@ impl Local {
             reason: l.reason,
             finished_at: l.finished_at,
         });
-        let forced = recorded.is_some_and(|st| st.origin == Origin::Forced);
+        // Forced only while a forced switch is under way or has switched: one that failed or
+        // was rolled back left the host as it was.
+        let forced = recorded.is_some_and(|st| {
+            st.origin == Origin::Forced
+                && st
+                    .result
+                    .is_none_or(|r| r == yeet_proto::api::ActivationResult::Confirmed)
+        });
         status.attachment = match (&status.detached, forced) {
             (Some(_), _) => "detached",
             (None, true) => "forced",
