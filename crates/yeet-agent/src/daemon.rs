@@ -146,13 +146,27 @@ pub fn hostname(config: &Config) -> String {
     })
 }
 
-pub fn facts() -> Facts {
+pub fn facts(config: &Config) -> Facts {
     Facts {
         os: std::env::consts::OS.into(),
         arch: std::env::consts::ARCH.into(),
         agent_version: env!("CARGO_PKG_VERSION").into(),
         hardware_uuid: hardware_uuid().to_owned(),
+        trust_digest: trust_digest(config),
     }
+}
+
+/// A digest of the binary-cache keys this host trusts now (its config's and nix.conf's,
+/// in any order): the server offers a system this host refused as untrusted again once it
+/// changes. nix.conf is read each time, so that a fixed nix.conf counts at once.
+fn trust_digest(config: &Config) -> String {
+    let nix_conf = std::fs::read_to_string(crate::config::NIX_CONF).unwrap_or_default();
+    let mut keys: Vec<String> = crate::fetch::trusted_keys(&config.trusted_keys, &nix_conf)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    keys.sort();
+    yeet_proto::signing::body_digest(keys.join("\n").as_bytes())
 }
 
 /// The DMI product UUID (root may read it), as osquery reports it: upper case. Empty on
@@ -395,7 +409,7 @@ impl Agent<'_> {
         let req = RegisterRequest {
             public_key: self.client.identity().public().to_openssh(),
             hostname_hint: hostname(self.config),
-            facts: facts(),
+            facts: facts(self.config),
         };
         let resp = self.client.register(&req)?;
         self.status.last_checkin = Some(now());
@@ -438,7 +452,7 @@ impl Agent<'_> {
             current_system: system_link(CURRENT_SYSTEM),
             booted_system: system_link(BOOTED_SYSTEM),
             state,
-            facts: facts(),
+            facts: facts(self.config),
             wait_secs: wait.as_secs(),
             secrets_digest: self.held_secrets_digest(),
             detached: self.shared.detached().is_some(),

@@ -64,6 +64,8 @@ enum Command {
     Release(releases::ReleaseCommand),
     /// Point hosts back at their previous systems, as a new release.
     Rollback(releases::RollbackArgs),
+    /// Offer hosts their desired system once more, after fixing why they failed or refused it.
+    Retry(releases::RetryArgs),
     /// Package-level difference between a host's current and desired systems
     /// (`nix store diff-closures`).
     Diff(diff::DiffArgs),
@@ -126,6 +128,7 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Releases(args) => releases::list(args, c),
         Command::Release(command) => releases::show(command, c),
         Command::Rollback(args) => releases::rollback(args, c),
+        Command::Retry(args) => releases::retry(args, c),
         Command::Diff(args) => diff::run(args, c),
         Command::Cache(command) => cache::run(command, c),
         Command::Secret(command) => secret::run(command, c),

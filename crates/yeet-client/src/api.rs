@@ -135,6 +135,13 @@ impl Client {
         self.post(paths::ROLLBACK, req)
     }
 
+    pub fn retry(
+        &self,
+        req: &yeet_proto::api::RetryRequest,
+    ) -> Result<yeet_proto::api::RetryResponse> {
+        self.post(paths::RETRY, req)
+    }
+
     /// Which store path hashes the embedded cache lacks, and the keys it requires.
     pub fn cache_missing(&self, req: &CacheMissingRequest) -> Result<CacheMissingResponse> {
         self.post(paths::CACHE_MISSING, req)

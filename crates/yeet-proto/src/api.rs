@@ -17,6 +17,7 @@ pub mod paths {
     pub const HOSTS: &str = "/v1/hosts";
     pub const RELEASES: &str = "/v1/releases";
     pub const ROLLBACK: &str = "/v1/releases/rollback";
+    pub const RETRY: &str = "/v1/releases/retry";
     pub const CACHE_GC: &str = "/v1/cache/gc";
     pub const CACHE_MISSING: &str = "/v1/cache/missing";
     pub const SECRETS: &str = "/v1/secrets";
@@ -179,6 +180,11 @@ pub struct Facts {
     /// `system_info.uuid`, so that osquery nodes link to their hosts by it.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub hardware_uuid: String,
+    /// A digest of the binary-cache keys the host trusts (its agent config's and its
+    /// nix.conf's): when it changes, a system the host refused as untrusted is offered
+    /// again.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub trust_digest: String,
 }
 
 /// Sent by an agent, signed by the key it registers: proof that it holds the key.
@@ -459,6 +465,19 @@ pub struct RollbackRequest {
     pub hosts: Vec<String>,
     #[serde(default)]
     pub release: Option<i64>,
+}
+
+/// `POST /v1/releases/retry`: offer these hosts their desired system once more, although
+/// they tried it already (after the cause of a failure was fixed by hand).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RetryRequest {
+    pub hosts: Vec<String>,
+}
+
+/// The hosts that will be offered their desired system at their next check-in.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RetryResponse {
+    pub retried: Vec<String>,
 }
 
 /// Garbage-collects the embedded cache.

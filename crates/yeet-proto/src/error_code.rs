@@ -96,6 +96,7 @@ error_codes! {
     InvalidStorePath => "invalid_store_path", 422, "A store path is malformed.";
     NothingToRollBack => "nothing_to_roll_back", 422, "The host has no older system that it confirmed to go back to.";
     InvalidRollback => "invalid_rollback", 422, "A rollback names both hosts and a release, or neither.";
+    NothingToRetry => "nothing_to_retry", 422, "A retry names no host, or a host without a desired system.";
     NoActivation => "no_activation", 404, "The host has not reported an activation yet.";
     InvalidLog => "invalid_log", 422, "The activation log is not base64-encoded gzip.";
     LogTooLarge => "log_too_large", 422, "The activation log is larger than the server keeps.";

@@ -183,6 +183,7 @@ async fn hosts_rename_remove_and_report(db: &TestDb) {
         arch: "aarch64".into(),
         agent_version: "9".into(),
         hardware_uuid: "4C4C4544-0042".into(),
+        trust_digest: "d1".into(),
     };
     s.update_host_report(a, &report, 50).await.unwrap();
     assert_eq!(
@@ -581,7 +582,86 @@ async fn rollbacks_walk_back_through_confirmed_systems(db: &TestDb) {
     s.close().await;
 }
 
+async fn attempts_are_forgotten_for_a_retry_or_a_trust_change(db: &TestDb) {
+    let s = db.open().await;
+    let hosts = [
+        host(&s, "ka", "a").await,
+        host(&s, "kb", "b").await,
+        host(&s, "kc", "c").await,
+    ];
+    let attempt = |host_id: i64, result: ActivationResult| ActivationRow {
+        id: 0,
+        host_id,
+        host_name: "x".into(),
+        store_path: format!("/nix/store/q322pzff5rm7kwfwfbhcza6wr2b84wlm-sys{host_id}"),
+        release_id: None,
+        result: Wire(result),
+        reason: String::new(),
+        started_at: 1,
+        finished_at: 2,
+        reboot_required: 0,
+    };
+    let results = [
+        ActivationResult::Failed,
+        ActivationResult::Untrusted,
+        ActivationResult::RolledBack,
+    ];
+    let record_all = || async {
+        for (id, result) in hosts.iter().zip(results) {
+            s.record_activation(&attempt(*id, result), b"")
+                .await
+                .unwrap();
+        }
+    };
+    let attempted = || async {
+        let mut ids: Vec<i64> = s
+            .last_result_paths(&hosts)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        ids.sort();
+        ids
+    };
+    record_all().await;
+    // Only failed attempts, as a grant does.
+    let forgotten = s
+        .forget_attempts(&hosts, Some(&[ActivationResult::Failed]))
+        .await
+        .unwrap();
+    assert_eq!(forgotten, [hosts[0]]);
+    assert_eq!(attempted().await, [hosts[1], hosts[2]]);
+    // Every named host, as `yeet retry` does; those with nothing to forget are not named.
+    let mut forgotten = s.forget_attempts(&hosts, None).await.unwrap();
+    forgotten.sort();
+    assert_eq!(forgotten, [hosts[1], hosts[2]]);
+    assert!(attempted().await.is_empty());
+    assert!(s.forget_attempts(&[], None).await.unwrap().is_empty());
+    // A changed trust digest forgets an untrusted attempt only; the same digest again
+    // forgets nothing.
+    let report = HostReport {
+        current_system: None,
+        booted_system: None,
+        state: yeet_proto::api::AgentState::Standby,
+        os: String::new(),
+        arch: String::new(),
+        agent_version: String::new(),
+        hardware_uuid: String::new(),
+        trust_digest: "new-keys".into(),
+    };
+    for (round, expected) in [(60, vec![hosts[0], hosts[2]]), (70, hosts.to_vec())] {
+        record_all().await;
+        for id in hosts {
+            s.update_host_report(id, &report, round).await.unwrap();
+        }
+        assert_eq!(attempted().await, expected, "round {round}");
+    }
+    s.close().await;
+}
+
 on_both_backends!(
+    attempts_are_forgotten_for_a_retry_or_a_trust_change,
     rollbacks_walk_back_through_confirmed_systems,
     log_listings_stop_at_their_byte_budget,
     last_attempts_are_read_for_many_hosts_at_once,

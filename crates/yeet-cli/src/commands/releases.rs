@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use clap::Subcommand;
-use yeet_proto::api::{ReleaseFilter, RollbackRequest};
+use yeet_proto::api::{ReleaseFilter, RetryRequest, RollbackRequest};
 use yeet_proto::names::validate_host_name;
 
 use super::{Connection, Json};
@@ -37,6 +37,15 @@ pub struct RollbackArgs {
     /// Roll back every host of this release to what it had before it.
     #[arg(long)]
     pub release: Option<i64>,
+    #[command(flatten)]
+    pub json: Json,
+}
+
+#[derive(clap::Args)]
+pub struct RetryArgs {
+    /// Hosts to offer their desired system once more.
+    #[arg(required = true)]
+    pub hosts: Vec<String>,
     #[command(flatten)]
     pub json: Json,
 }
@@ -108,5 +117,24 @@ pub fn rollback(args: &RollbackArgs, connection: &Connection) -> Result<()> {
     for (h, p) in &created.hosts {
         output::print_clean(format_args!("  {h} -> {p}"));
     }
+    Ok(())
+}
+
+/// `yeet retry`: a host does not try a system again once it failed, rolled back or refused
+/// it; after fixing the cause by hand, this offers it once more.
+pub fn retry(args: &RetryArgs, connection: &Connection) -> Result<()> {
+    for h in &args.hosts {
+        validate_host_name(h)?;
+    }
+    let answer = connection.connect()?.retry(&RetryRequest {
+        hosts: args.hosts.clone(),
+    })?;
+    if args.json.json {
+        return output::json(&answer);
+    }
+    output::print_clean(format_args!(
+        "offered again at the next check-in: {}",
+        answer.retried.join(", ")
+    ));
     Ok(())
 }

@@ -148,6 +148,7 @@ pub fn routes() -> Vec<Route> {
         route(Method::POST, paths::RELEASES, R(Role::Publisher), "Create a release: host → store path, checked in its cache.", create_release),
         route(Method::GET, &paths::release("{id}"), R(Role::Viewer), "One release.", show_release),
         route(Method::POST, paths::ROLLBACK, R(Role::Publisher), "Point hosts back at their previous systems, as a new release.", rollback),
+        route(Method::POST, paths::RETRY, R(Role::Publisher), "Offer hosts their desired system once more, although they tried it.", retry),
         route(Method::POST, paths::CACHE_GC, R(Role::Admin), "Garbage-collect the embedded cache.", cache_gc),
         route(Method::POST, paths::CACHE_MISSING, R(Role::Publisher), "Which of these store paths the embedded cache lacks, and the keys uploads must be signed by.", cache_missing),
         route(Method::GET, paths::SECRETS_RECIPIENT, R(Role::Viewer), "The age recipient secrets are encrypted to.", secret_recipient),
@@ -371,6 +372,14 @@ async fn rollback(
     ApiJson(req): ApiJson<yeet_proto::api::RollbackRequest>,
 ) -> ApiResult<Release> {
     Ok(Json(app.service.rollback(&p, req).await?))
+}
+
+async fn retry(
+    State(app): State<AppState>,
+    p: Principal,
+    ApiJson(req): ApiJson<yeet_proto::api::RetryRequest>,
+) -> ApiResult<yeet_proto::api::RetryResponse> {
+    Ok(Json(app.service.retry(&p, req).await?))
 }
 
 async fn cache_missing(

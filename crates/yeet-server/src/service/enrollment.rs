@@ -213,6 +213,7 @@ impl Service {
                     arch: r.arch,
                     agent_version: r.agent_version,
                     hardware_uuid: String::new(),
+                    trust_digest: String::new(),
                 },
                 first_seen: r.first_seen_ms / 1000,
                 last_seen: r.last_seen_ms / 1000,

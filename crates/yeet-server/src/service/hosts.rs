@@ -72,6 +72,7 @@ impl Service {
                 arch: row.arch,
                 agent_version: row.agent_version,
                 hardware_uuid: row.hardware_uuid,
+                trust_digest: String::new(),
             },
         }
     }
@@ -222,6 +223,7 @@ impl Service {
             arch: clean_line(&req.facts.arch, 64),
             agent_version: clean_line(&req.facts.agent_version, 64),
             hardware_uuid: clean_line(&req.facts.hardware_uuid, 64).to_ascii_uppercase(),
+            trust_digest: clean_line(&req.facts.trust_digest, 64),
         };
         // The awaits before the hold are boxed: a future is laid out for its largest await,
         // and each held poll would otherwise carry their database work's room while it waits.

@@ -3,7 +3,9 @@
 
 use std::collections::BTreeMap;
 use yeet_proto::ErrorCode;
-use yeet_proto::api::{CreateReleaseRequest, Release, Role, RollbackRequest};
+use yeet_proto::api::{
+    CreateReleaseRequest, Release, RetryRequest, RetryResponse, Role, RollbackRequest,
+};
 use yeet_proto::text::{clean, clean_line};
 
 use super::auth::require_role;
@@ -247,6 +249,46 @@ impl Service {
             entries,
         )
         .await
+    }
+
+    /// Offers hosts their desired system once more, although they tried it (a cause fixed
+    /// by hand: a key set, a disk freed). Hosts without a desired system are refused.
+    pub async fn retry(&self, principal: &Principal, req: RetryRequest) -> Result<RetryResponse> {
+        let author = require_role(principal, Role::Publisher)?;
+        if req.hosts.is_empty() {
+            return Err(ServiceError::refused(
+                ErrorCode::NothingToRetry,
+                "name the hosts to retry",
+            ));
+        }
+        let desired = self.desired.read().await.clone();
+        let mut ids = Vec::new();
+        for name in &req.hosts {
+            let h = self.host_named(name).await?;
+            if !desired.contains_key(&h.id) {
+                return Err(ServiceError::refused(
+                    ErrorCode::NothingToRetry,
+                    format!("{name} has no release yet: publish a system for it"),
+                ));
+            }
+            ids.push(h.id);
+        }
+        self.store.forget_attempts(&ids, None).await?;
+        tracing::info!(hosts = ?req.hosts, by = author, "retry: desired systems offered again");
+        self.attempts_forgotten().await;
+        Ok(RetryResponse { retried: req.hosts })
+    }
+
+    /// Wakes held check-ins here and on other replicas, after attempts were forgotten.
+    pub(crate) async fn attempts_forgotten(&self) {
+        self.desired_changed.send_modify(|v| *v += 1);
+        if let Err(e) = self
+            .store
+            .notify(&format!("{}retry", super::EVENT_RELEASE))
+            .await
+        {
+            tracing::warn!(error = %e, "could not tell other replicas of a retry");
+        }
     }
 
     pub async fn list_releases(

@@ -8,7 +8,7 @@ use base64::Engine;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use yeet_proto::ErrorCode;
-use yeet_proto::api::Role;
+use yeet_proto::api::{ActivationResult, Role};
 use yeet_proto::secrets::{
     AddSecretRequest, DeliveredSecret, FetchSecretsRequest, FetchSecretsResponse, MAX_SECRETS,
     SecretChange, SecretGrant, SecretInfo, SecretRecipient, validate_secret_name, versions_digest,
@@ -314,6 +314,7 @@ impl Service {
             other => other?,
         }
         tracing::info!(secret = %req.name, by = admin, hosts = ?req.hosts, "secret added");
+        self.retry_failed_attempts(&host_ids).await?;
         self.secrets_changed().await?;
         self.secret_info(&req.name).await
     }
@@ -343,6 +344,15 @@ impl Service {
             .await?
             .ok_or_else(|| unknown_secret(name))?;
         tracing::info!(secret = name, by = admin, version, "secret rotated");
+        let holders: Vec<i64> = self
+            .store
+            .list_grants()
+            .await?
+            .into_iter()
+            .filter(|g| g.secret == name)
+            .map(|g| g.host_id)
+            .collect();
+        self.retry_failed_attempts(&holders).await?;
         self.secrets_changed().await?;
         self.secret_info(name).await
     }
@@ -379,8 +389,25 @@ impl Service {
             return Err(unknown_secret(name));
         }
         tracing::info!(secret = name, by = admin, ?hosts, "secret {action}");
+        if grant {
+            self.retry_failed_attempts(&host_ids).await?;
+        }
         self.secrets_changed().await?;
         self.secret_info(name).await
+    }
+
+    /// A grant or a new version may be what a host's failed attempt lacked (a failure
+    /// changed nothing on the host): its desired system is offered again, once. The caller
+    /// wakes the hosts (`secrets_changed`).
+    async fn retry_failed_attempts(&self, host_ids: &[i64]) -> Result<()> {
+        let retried = self
+            .store
+            .forget_attempts(host_ids, Some(&[ActivationResult::Failed]))
+            .await?;
+        if !retried.is_empty() {
+            tracing::info!(hosts = ?retried, "a secret changed: hosts whose last attempt failed are offered their system again");
+        }
+        Ok(())
     }
 
     pub async fn remove_secret(&self, principal: &Principal, name: &str) -> Result<()> {

@@ -44,6 +44,7 @@ pub struct HostReport {
     pub arch: String,
     pub agent_version: String,
     pub hardware_uuid: String,
+    pub trust_digest: String,
 }
 
 pub(super) const HOST_COLUMNS: &str = "id, name, key_id, public_key, approved_at, approved_by, last_seen, current_system, booted_system, state, os, arch, agent_version, last_result, last_result_path, allow_detach, hardware_uuid";
@@ -195,19 +196,58 @@ impl Store {
         report: &HostReport,
         now: i64,
     ) -> Result<(), StoreError> {
-        sqlx::query("UPDATE hosts SET current_system = $1, booted_system = $2, state = $3, os = $4, arch = $5, agent_version = $6, last_seen = $7, hardware_uuid = $9 WHERE id = $8")
-            .bind(&report.current_system)
-            .bind(&report.booted_system)
-            .bind(report.state.as_str())
-            .bind(&report.os)
-            .bind(&report.arch)
-            .bind(&report.agent_version)
-            .bind(now)
-            .bind(host_id)
-            .bind(&report.hardware_uuid)
-            .execute(&self.pool)
-            .await?;
+        // A host whose trusted keys changed may now trust a system it refused: its
+        // untrusted attempt is forgotten in the same statement, so it is offered again.
+        sqlx::query(
+            "UPDATE hosts SET current_system = $1, booted_system = $2, state = $3, os = $4, arch = $5, agent_version = $6, last_seen = $7, hardware_uuid = $9,
+                last_result_path = CASE WHEN trust_digest <> $10 AND last_result = 'untrusted' THEN NULL ELSE last_result_path END,
+                trust_digest = $10
+             WHERE id = $8",
+        )
+        .bind(&report.current_system)
+        .bind(&report.booted_system)
+        .bind(report.state.as_str())
+        .bind(&report.os)
+        .bind(&report.arch)
+        .bind(&report.agent_version)
+        .bind(now)
+        .bind(host_id)
+        .bind(&report.hardware_uuid)
+        .bind(&report.trust_digest)
+        .execute(&self.pool)
+        .await?;
         Ok(())
+    }
+
+    /// Forgets what these hosts last tried to activate (only attempts that ended with one of
+    /// `results`, when given), so that their desired system is offered once more; returns
+    /// the hosts it forgot an attempt of.
+    pub async fn forget_attempts(
+        &self,
+        host_ids: &[i64],
+        results: Option<&[yeet_proto::api::ActivationResult]>,
+    ) -> Result<Vec<i64>, StoreError> {
+        if host_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Ids and result names are integers and the protocol's fixed words, spliced as such.
+        let ids: Vec<String> = host_ids.iter().map(i64::to_string).collect();
+        let mut sql = format!(
+            "UPDATE hosts SET last_result_path = NULL WHERE last_result_path IS NOT NULL AND id IN ({})",
+            ids.join(", ")
+        );
+        if let Some(results) = results {
+            let names: Vec<String> = results
+                .iter()
+                .map(|r| format!("'{}'", r.as_str()))
+                .collect();
+            sql.push_str(&format!(" AND last_result IN ({})", names.join(", ")));
+        }
+        sql.push_str(" RETURNING id");
+        let rows = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows)
     }
 
     /// Writes a batch of last-seen times in one transaction.

@@ -312,3 +312,146 @@ async fn a_system_that_failed_on_a_host_is_not_offered_again() {
         .await;
     assert_eq!(host["state"], "standby", "{host}");
 }
+
+/// A host that tried its desired system is offered it again when the cause may be gone:
+/// `yeet retry` (any result), a grant or rotation of a secret (a failed attempt changed
+/// nothing on the host), and new trusted keys on the host (an untrusted attempt). Before,
+/// only a release with another store path helped.
+#[tokio::test]
+async fn a_tried_system_is_offered_again_when_its_cause_may_be_gone() {
+    let api = Api::new(ServiceConfig::default()).await;
+    let checkin = |trust: &str| {
+        serde_json::to_vec(&json!({"current_system": null,
+            "facts": {"os": "", "arch": "", "agent_version": "", "trust_digest": trust}}))
+        .unwrap()
+    };
+    let offered = |trust: &'static str| {
+        let api = &api;
+        async move {
+            let v = api
+                .ok(
+                    "POST",
+                    paths::CHECKIN,
+                    &checkin(trust),
+                    Sign::By(&api.host_a),
+                )
+                .await;
+            v["action"]["type"] == "switch"
+        }
+    };
+    let ends = |result: &'static str| {
+        let api = &api;
+        async move {
+            let report = json!({"store_path": PATH_A, "release_id": 1, "result": result,
+                                "reason": "r", "started_at": 1, "finished_at": 2});
+            api.ok(
+                "POST",
+                paths::REPORT,
+                &serde_json::to_vec(&report).unwrap(),
+                Sign::By(&api.host_a),
+            )
+            .await;
+        }
+    };
+    let retry = |hosts: Value| {
+        let api = &api;
+        async move {
+            let body = serde_json::to_vec(&json!({ "hosts": hosts })).unwrap();
+            api.call("POST", paths::RETRY, &body, Sign::By(&api.publisher))
+                .await
+        }
+    };
+    api.ok(
+        "POST",
+        paths::RELEASES,
+        &serde_json::to_vec(&json!({"hosts": {"host-a": PATH_A}})).unwrap(),
+        Sign::By(&api.publisher),
+    )
+    .await;
+    assert!(offered("keys-1").await);
+
+    // `yeet retry`, after a rollback.
+    ends("rolled-back").await;
+    assert!(!offered("keys-1").await, "offered again before the retry");
+    let (s, v) = retry(json!(["host-a"])).await;
+    assert_eq!(
+        (s, &v["retried"]),
+        (StatusCode::OK, &json!(["host-a"])),
+        "{v}"
+    );
+    assert!(offered("keys-1").await, "not offered after the retry");
+    // Refused: no host, an unknown one, one without a release; and by a viewer.
+    for (hosts, status, code) in [
+        (
+            json!([]),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "nothing_to_retry",
+        ),
+        (json!(["nope"]), StatusCode::NOT_FOUND, "unknown_host"),
+        (
+            json!(["host-b"]),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "nothing_to_retry",
+        ),
+    ] {
+        let (s, v) = retry(hosts.clone()).await;
+        assert_error(s, &v, status, code, &hosts.to_string());
+    }
+    let viewer = build(
+        "POST",
+        paths::RETRY,
+        br#"{"hosts": ["host-a"]}"#,
+        Sign::By(&api.viewer),
+        None,
+    );
+    api.refused(viewer, StatusCode::FORBIDDEN, "forbidden", "viewer")
+        .await;
+
+    // A grant of a secret, after an attempt that failed (a secret was missing).
+    ends("failed").await;
+    assert!(!offered("keys-1").await);
+    api.add_secret("db-password", b"s3cret", &[]).await;
+    assert!(
+        !offered("keys-1").await,
+        "a secret granted to nobody changed nothing"
+    );
+    let grant = serde_json::to_vec(&json!({"hosts": ["host-a"]})).unwrap();
+    api.ok(
+        "POST",
+        &paths::secret_grant("db-password"),
+        &grant,
+        Sign::By(&api.admin),
+    )
+    .await;
+    assert!(offered("keys-1").await, "not offered after the grant");
+    // ... and a rotation of a secret the host holds.
+    ends("failed").await;
+    assert!(!offered("keys-1").await);
+    let rotate = api.add_secret_body("db-password", b"n3w", &[]).await;
+    api.ok(
+        "POST",
+        &paths::secret_rotate("db-password"),
+        &rotate,
+        Sign::By(&api.admin),
+    )
+    .await;
+    assert!(offered("keys-1").await, "not offered after the rotation");
+
+    // Untrusted: offered again once the host trusts other keys, not before.
+    ends("untrusted").await;
+    assert!(!offered("keys-1").await);
+    assert!(
+        offered("keys-2").await,
+        "not offered after the host's keys changed"
+    );
+    // A rollback is not retried by a grant or new keys: the system broke the host.
+    ends("rolled-back").await;
+    api.ok(
+        "POST",
+        &paths::secret_rotate("db-password"),
+        &api.add_secret_body("db-password", b"again", &[]).await,
+        Sign::By(&api.admin),
+    )
+    .await;
+    assert!(!offered("keys-3").await);
+}

@@ -78,6 +78,7 @@ fn sample(method: &Method, template: &str) -> Option<Sample> {
             |_| json_bytes(json!({"hosts": ["host-a"]})),
             StatusCode::UNPROCESSABLE_ENTITY,
         ),
+        ("POST", paths::RETRY) => s(template, |_| json_bytes(json!({"hosts": ["host-a"]})), ok),
         ("GET", "/v1/hosts/{name}") => s(&paths::host("host-a"), empty, ok),
         ("GET", "/v1/releases/{id}") => s(&paths::release("1"), empty, ok),
         ("POST", paths::RELEASES) => s(
