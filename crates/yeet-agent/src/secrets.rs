@@ -11,9 +11,11 @@
 //!
 //! Plaintext is held in wiped buffers, written only to tmpfs files, and never logged.
 
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use thiserror::Error;
@@ -310,33 +312,32 @@ impl SecretStore {
     }
 
     /// `path` → `/run/yeet/secrets/<name>`, replacing only a link (never a file someone
-    /// else put there).
+    /// else put there). The path is walked from `/` without following links (see
+    /// [`open_parent`]), so that a user who owns a directory on the way cannot send root's
+    /// link elsewhere by swapping a component for a link.
     fn link_custom_path(&self, path: &Path, name: &str) -> Result<(), SecretsError> {
-        if let Ok(meta) = std::fs::symlink_metadata(path)
-            && !meta.file_type().is_symlink()
-        {
-            return Err(SecretsError::Io(
-                path.to_owned(),
-                std::io::Error::other(
+        let (parent, file) = open_parent(path, true)?;
+        let refuse =
+            |why: &str| SecretsError::Io(path.to_owned(), std::io::Error::other(why.to_owned()));
+        match rustix::fs::statat(&parent, file, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) if FileType::from_raw_mode(st.st_mode) != FileType::Symlink => {
+                return Err(refuse(
                     "exists and is not a link; move it away so that the secret can be linked there",
-                ),
-            ));
+                ));
+            }
+            Ok(_) | Err(rustix::io::Errno::NOENT) => {}
+            Err(e) => return Err(SecretsError::Io(path.to_owned(), e.into())),
         }
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(io(parent))?;
-        }
-        let tmp = path.with_file_name(format!(
-            ".{}.yeet-new",
-            path.file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or("secret")
-        ));
-        let _ = std::fs::remove_file(&tmp);
-        std::os::unix::fs::symlink(self.link().join(name), &tmp).map_err(io(&tmp))?;
-        std::fs::rename(&tmp, path).map_err(io(path))
+        let tmp = format!(".{}.yeet-new", file.to_string_lossy());
+        let _ = rustix::fs::unlinkat(&parent, tmp.as_str(), AtFlags::empty());
+        rustix::fs::symlinkat(self.link().join(name), &parent, tmp.as_str())
+            .map_err(|e| SecretsError::Io(path.to_owned(), e.into()))?;
+        rustix::fs::renameat(&parent, tmp.as_str(), &parent, file)
+            .map_err(|e| SecretsError::Io(path.to_owned(), e.into()))
     }
 
-    /// Removes the links at custom paths of secrets `before` had and `after` has not.
+    /// Removes the links at custom paths of secrets `before` had and `after` has not (only
+    /// links that point at the secret, reached without following links).
     pub fn unlink_dropped(
         &self,
         before: &BTreeMap<String, HeldSecret>,
@@ -349,9 +350,16 @@ impl SecretStore {
             let still = after
                 .get(name)
                 .is_some_and(|e| e.path.as_ref() == Some(path));
-            let ours = std::fs::read_link(path).is_ok_and(|t| t == self.link().join(name));
-            if !still && ours {
-                let _ = std::fs::remove_file(path);
+            if still {
+                continue;
+            }
+            let Ok((parent, file)) = open_parent(Path::new(path), false) else {
+                continue;
+            };
+            let ours = rustix::fs::readlinkat(&parent, file, Vec::new())
+                .is_ok_and(|t| Path::new(t.to_string_lossy().as_ref()) == self.link().join(name));
+            if ours {
+                let _ = rustix::fs::unlinkat(&parent, file, AtFlags::empty());
             }
         }
     }
@@ -497,6 +505,51 @@ impl SecretStore {
             }
         }
     }
+}
+
+/// The directory that holds `path` (absolute, plain: checked with the manifest), opened by
+/// walking from `/` one component at a time without following links, and its last
+/// component. Missing directories are created (root's, mode 0755) when `create`. A link on
+/// the way is refused, naming it: root must not write where a swapped component points.
+fn open_parent(path: &Path, create: bool) -> Result<(OwnedFd, &std::ffi::OsStr), SecretsError> {
+    let err = |e: rustix::io::Errno| SecretsError::Io(path.to_owned(), e.into());
+    let file = path
+        .file_name()
+        .ok_or_else(|| SecretsError::Io(path.to_owned(), std::io::Error::other("names no file")))?;
+    let flags = OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::RDONLY;
+    let mut dir = rustix::fs::open("/", flags, Mode::empty()).map_err(err)?;
+    let mut walked = PathBuf::from("/");
+    let parents = path
+        .parent()
+        .map(|p| p.components().skip(1))
+        .into_iter()
+        .flatten();
+    for component in parents {
+        let part = component.as_os_str();
+        walked.push(part);
+        let opened = match rustix::fs::openat(&dir, part, flags, Mode::empty()) {
+            Err(rustix::io::Errno::NOENT) if create => {
+                match rustix::fs::mkdirat(&dir, part, Mode::from_raw_mode(0o755)) {
+                    Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                    Err(e) => return Err(err(e)),
+                }
+                rustix::fs::openat(&dir, part, flags, Mode::empty())
+            }
+            other => other,
+        };
+        dir = opened.map_err(|e| match e {
+            // O_NOFOLLOW on a link: ELOOP; a file in the way: ENOTDIR.
+            rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR => SecretsError::Io(
+                path.to_owned(),
+                std::io::Error::other(format!(
+                    "{} is a link or not a directory; a secret's path must lead through real directories (links there could point root's write elsewhere)",
+                    walked.display()
+                )),
+            ),
+            e => err(e),
+        })?;
+    }
+    Ok((dir, file))
 }
 
 /// Resolves a user or group (a name in `/etc/passwd` or `/etc/group`, or a number).
@@ -717,6 +770,52 @@ mod tests {
         let err = store.activate(&g, &m.secrets).unwrap_err().to_string();
         assert!(err.contains("not a link"), "{err}");
         assert_eq!(std::fs::read_to_string(&taken).unwrap(), "precious");
+    }
+
+    /// A local user who owns a directory on a secret's custom path swaps the next component
+    /// for a link to a directory of root's: root must not create its link there (nor
+    /// remove one there when the secret goes), and says which component is a link.
+    #[test]
+    fn a_link_on_a_custom_paths_way_is_refused() {
+        use std::os::unix::fs::{PermissionsExt, symlink};
+        let dir = tempfile::tempdir().unwrap();
+        let store = SecretStore::at(&dir.path().join("run"), &dir.path().join("cache"));
+        let home = dir.path().join("home/alice");
+        std::fs::create_dir_all(&home).unwrap();
+        std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let victim = dir.path().join("etc-of-root");
+        std::fs::create_dir_all(&victim).unwrap();
+        symlink(&victim, home.join("app")).unwrap();
+        let wanted = home.join("app/token");
+        let m = manifest(&format!(
+            r#"{{"secrets": {{"t": {{"path": "{}"}}}}}}"#,
+            wanted.display()
+        ));
+        let g = store
+            .write_generation(&fetched(&[("t", 1, b"x")]), &m)
+            .unwrap();
+        let err = store.activate(&g, &m.secrets).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("{} is a link", home.join("app").display())),
+            "{err}"
+        );
+        assert!(
+            !victim.join("token").exists(),
+            "root's link went through the user's link"
+        );
+        // A link of ours in root's directory is not removed through the user's link either.
+        symlink(store.link().join("t"), victim.join("token")).unwrap();
+        let before = Held::from_fetch(&fetched(&[("t", 1, b"x")]), &m, g.clone()).secrets;
+        store.unlink_dropped(&before, &BTreeMap::new());
+        assert!(std::fs::symlink_metadata(victim.join("token")).is_ok());
+        // Through real directories (created as needed), the link is made.
+        let real = dir.path().join("srv/app/token");
+        let m = manifest(&format!(
+            r#"{{"secrets": {{"t": {{"path": "{}"}}}}}}"#,
+            real.display()
+        ));
+        store.activate(&g, &m.secrets).unwrap();
+        assert_eq!(std::fs::read_link(&real).unwrap(), store.link().join("t"));
     }
 
     #[test]
