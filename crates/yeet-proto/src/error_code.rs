@@ -126,6 +126,7 @@ error_codes! {
     TooManySecrets => "too_many_secrets", 422, "The request names more secrets than one fetch may carry.";
     // osquery.
     OsqueryUnauthorized => "osquery_unauthorized", 401, "osquery: the node key is unknown, or the enroll secret is wrong; osqueryd is told `node_invalid` and enrolls again.";
+    OsqueryNodeInUse => "osquery_node_in_use", 409, "osquery: a node with this host_identifier is still checking in; it keeps its key.";
     OsqueryNotSetUp => "osquery_not_set_up", 503, "osquery enrollment is off until an admin adds the secret `osquery-enroll` (`yeet secret add osquery-enroll`).";
     InvalidOsqueryRequest => "invalid_osquery_request", 400, "osquery: the body is not what osqueryd sends to this endpoint.";
     UnknownCarve => "unknown_carve", 404, "No carve session has this id, or it belongs to another node.";

@@ -61,9 +61,16 @@ pub struct OsqueryNode {
     pub osquery_version: String,
     pub enrolled_at: i64,
     /// How often it enrolled (more than once: it lost its key, or another node took its
-    /// identifier).
+    /// identifier once its key had gone quiet).
     pub enrollments: i64,
     pub last_seen: i64,
+    /// Enrollments refused because they claimed this node's identifier while it was still
+    /// checking in (someone holding the enroll secret, or a reinstall too soon), and the
+    /// latest one's time.
+    #[serde(default)]
+    pub takeovers_refused: i64,
+    #[serde(default)]
+    pub last_refused_at: Option<i64>,
 }
 
 /// A scheduled query, as operators manage it.

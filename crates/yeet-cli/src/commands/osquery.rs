@@ -171,8 +171,13 @@ fn nodes(client: &Client, as_json: bool) -> Result<()> {
         "OSQUERY",
         "ENROLLED",
         "LAST SEEN",
+        "TAKEOVERS REFUSED",
     ]);
     for n in &nodes {
+        let refused = match n.takeovers_refused {
+            0 => String::new(),
+            count => format!("{count}, last {}", ago(n.last_refused_at)),
+        };
         t.add_row([
             n.host_identifier.clone(),
             n.host.clone().unwrap_or_else(|| "(unlinked)".into()),
@@ -181,6 +186,7 @@ fn nodes(client: &Client, as_json: bool) -> Result<()> {
             n.osquery_version.clone(),
             format!("{} ({}x)", ago(Some(n.enrolled_at)), n.enrollments),
             ago(Some(n.last_seen)),
+            refused,
         ]);
     }
     print_clean(t);

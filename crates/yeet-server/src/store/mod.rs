@@ -29,7 +29,7 @@ pub use hosts::{HostReport, HostRow};
 pub use osquery_data::{
     CampaignRow, CarveRow, LogQuery, LogRow, NewLogLine, TargetAnswer, TargetRow,
 };
-pub use osquery_nodes::{NodeEnrollment, NodeRow, OptionRow, ScheduledQueryRow};
+pub use osquery_nodes::{Enrolled, NodeEnrollment, NodeRow, OptionRow, ScheduledQueryRow};
 pub use registrations::RegistrationRow;
 pub use releases::{DesiredRow, NewRelease, ReleaseRow};
 pub use secrets::{Change, ChangeRow, GrantRow, SecretRow};

@@ -16,6 +16,25 @@ pub struct NodeRow {
     pub enrolled_at: i64,
     pub enrollments: i64,
     pub last_seen: i64,
+    pub takeovers_refused: i64,
+    pub last_refused_at: Option<i64>,
+}
+
+/// What became of an enrollment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Enrolled {
+    /// A node not seen before.
+    New(NodeRow),
+    /// A new key for the node of that identifier, whose old key had gone quiet. It keeps its
+    /// link to a yeet host only when it reported the same hardware UUID as before.
+    Again {
+        node: NodeRow,
+        old_key_hash: String,
+        kept_link: bool,
+    },
+    /// Refused: the node of that identifier checked in at `last_seen`, too recently to be
+    /// replaced; its key stays valid.
+    Refused { last_seen: i64 },
 }
 
 /// What an enrollment records about the node.
@@ -54,34 +73,58 @@ pub struct OptionRow {
     pub updated_by: String,
 }
 
-const NODE_COLUMNS: &str = "id, host_identifier, host_id, hostname, hardware_uuid, platform, os_name, osquery_version, enrolled_at, enrollments, last_seen";
+const NODE_COLUMNS: &str = "id, host_identifier, host_id, hostname, hardware_uuid, platform, os_name, osquery_version, enrolled_at, enrollments, last_seen, takeovers_refused, last_refused_at";
 const QUERY_COLUMNS: &str =
     "name, pack, query, interval_secs, snapshot, platform, hosts, created_at, created_by";
 
 impl Store {
-    /// Records an enrollment: a new node, or a new key for the node of that identifier.
-    /// Returns the node and the hash of the key it had before, if any (to forget it).
+    /// Records an enrollment: a new node, or a new key for the node of that identifier when
+    /// its old key has been quiet for `quiet_secs` (otherwise the attempt is counted and
+    /// refused). One transaction, so that two enrollments under one identifier are decided
+    /// one after the other.
     pub async fn enroll_node(
         &self,
         e: &NodeEnrollment,
-    ) -> Result<(NodeRow, Option<String>), StoreError> {
+        quiet_secs: i64,
+    ) -> Result<Enrolled, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let old: Option<String> = sqlx::query_scalar(
-            "SELECT node_key_hash FROM osquery_nodes WHERE host_identifier = $1",
+        let old: Option<(String, i64, String)> = sqlx::query_as(
+            "SELECT node_key_hash, last_seen, hardware_uuid FROM osquery_nodes WHERE host_identifier = $1",
         )
         .bind(&e.host_identifier)
         .fetch_optional(&mut *tx)
         .await?;
-        let sql = if old.is_some() {
-            format!(
-                "UPDATE osquery_nodes SET node_key_hash = $2, hostname = $3, hardware_uuid = $4, platform = $5, os_name = $6, osquery_version = $7, enrolled_at = $8, last_seen = $8, enrollments = enrollments + 1 WHERE host_identifier = $1 RETURNING {NODE_COLUMNS}"
-            )
-        } else {
-            format!(
-                "INSERT INTO osquery_nodes (host_identifier, node_key_hash, hostname, hardware_uuid, platform, os_name, osquery_version, enrolled_at, last_seen) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) RETURNING {NODE_COLUMNS}"
-            )
+        let (sql, kept_link) = match &old {
+            Some((_, last_seen, _)) if e.at.saturating_sub(*last_seen) < quiet_secs => {
+                sqlx::query("UPDATE osquery_nodes SET takeovers_refused = takeovers_refused + 1, last_refused_at = $2 WHERE host_identifier = $1")
+                    .bind(&e.host_identifier)
+                    .bind(e.at)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                return Ok(Enrolled::Refused {
+                    last_seen: *last_seen,
+                });
+            }
+            Some((_, _, uuid)) => {
+                let same_machine = !uuid.is_empty() && *uuid == e.hardware_uuid;
+                (
+                    format!(
+                        "UPDATE osquery_nodes SET node_key_hash = $2, hostname = $3, hardware_uuid = $4, platform = $5, os_name = $6, osquery_version = $7, enrolled_at = $8, last_seen = $8, enrollments = enrollments + 1,
+                            host_id = CASE WHEN $9 = 1 THEN host_id ELSE NULL END
+                         WHERE host_identifier = $1 RETURNING {NODE_COLUMNS}"
+                    ),
+                    same_machine,
+                )
+            }
+            None => (
+                format!(
+                    "INSERT INTO osquery_nodes (host_identifier, node_key_hash, hostname, hardware_uuid, platform, os_name, osquery_version, enrolled_at, last_seen) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) RETURNING {NODE_COLUMNS}"
+                ),
+                false,
+            ),
         };
-        let node = sqlx::query_as::<_, NodeRow>(sqlx::AssertSqlSafe(sql))
+        let mut query = sqlx::query_as::<_, NodeRow>(sqlx::AssertSqlSafe(sql))
             .bind(&e.host_identifier)
             .bind(&e.node_key_hash)
             .bind(&e.hostname)
@@ -89,12 +132,23 @@ impl Store {
             .bind(&e.platform)
             .bind(&e.os_name)
             .bind(&e.osquery_version)
-            .bind(e.at)
+            .bind(e.at);
+        if old.is_some() {
+            query = query.bind(i64::from(kept_link));
+        }
+        let node = query
             .fetch_one(&mut *tx)
             .await
             .map_err(conflict("an osquery node with that identifier"))?;
         tx.commit().await?;
-        Ok((node, old))
+        Ok(match old {
+            Some((old_key_hash, _, _)) => Enrolled::Again {
+                node,
+                old_key_hash,
+                kept_link,
+            },
+            None => Enrolled::New(node),
+        })
     }
 
     /// Links a node to a yeet host unless another node is linked to it already (the unique

@@ -16,20 +16,28 @@ async fn enroll(api: &Api, identifier: &str, hostname: &str) -> String {
     enroll_with_uuid(api, identifier, hostname, "").await
 }
 
-async fn enroll_with_uuid(api: &Api, identifier: &str, hostname: &str, uuid: &str) -> String {
+async fn try_enroll(
+    api: &Api,
+    identifier: &str,
+    hostname: &str,
+    uuid: &str,
+) -> (StatusCode, Value) {
     let body = json!({
         "enroll_secret": "enroll-me", "host_identifier": identifier, "platform_type": "9",
         "host_details": {"system_info": {"hostname": hostname, "uuid": uuid}}
     });
-    let (status, answer) = api
-        .send(build(
-            "POST",
-            osquery_tls::paths::ENROLL,
-            &serde_json::to_vec(&body).unwrap(),
-            Sign::None,
-            None,
-        ))
-        .await;
+    api.send(build(
+        "POST",
+        osquery_tls::paths::ENROLL,
+        &serde_json::to_vec(&body).unwrap(),
+        Sign::None,
+        None,
+    ))
+    .await
+}
+
+async fn enroll_with_uuid(api: &Api, identifier: &str, hostname: &str, uuid: &str) -> String {
+    let (status, answer) = try_enroll(api, identifier, hostname, uuid).await;
     assert_eq!(status, StatusCode::OK, "{answer}");
     answer["node_key"].as_str().unwrap().to_owned()
 }
@@ -177,4 +185,91 @@ async fn nodes_link_by_the_hardware_uuid_the_agent_reports() {
     let host_of = |id: &str| linked_host(&nodes, id);
     assert_eq!(host_of("laptop-7f3a"), "host-b");
     assert_eq!(host_of("stranger"), Value::Null);
+}
+
+/// Anyone holding the enroll secret (every granted host has it) could enroll under another
+/// node's identifier and inherit its key, its link to a yeet host and its queries. Now a
+/// live node cannot be taken over; once its key has gone quiet, a new enrollment gets a key
+/// but keeps the link only by the hardware UUID the host's own agent reports; refused
+/// attempts are counted for operators.
+#[tokio::test]
+async fn a_node_is_not_taken_over_while_it_checks_in_and_keeps_its_host_only_by_hardware() {
+    const REAL: &str = "4C4C4544-0042-3510-8050-B4C04F564732";
+    const FAKE: &str = "00000000-1111-2222-3333-444444444444";
+    let mut settings = ServiceConfig::default();
+    settings.osquery.reenroll_quiet_secs = 2;
+    let api = Api::new(settings).await;
+    api.add_secret("osquery-enroll", SECRET, &[]).await;
+    let checkin = json!({"current_system": null, "booted_system": null,
+        "facts": {"os": "linux", "arch": "x86_64", "agent_version": "1", "hardware_uuid": REAL}});
+    api.ok(
+        "POST",
+        yeet_proto::api::paths::CHECKIN,
+        &serde_json::to_vec(&checkin).unwrap(),
+        Sign::By(&api.host_a),
+    )
+    .await;
+    let real = enroll_with_uuid(&api, "host-a", "host-a", REAL).await;
+    let node_of = |nodes: &Value| {
+        nodes
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["host_identifier"] == "host-a")
+            .cloned()
+            .unwrap()
+    };
+    let nodes = api.ok("GET", oq::NODES, b"", Sign::By(&api.viewer)).await;
+    assert_eq!(node_of(&nodes)["host"], "host-a");
+
+    // The attacker claims the identifier while the real node checks in: refused (not
+    // node_invalid), and the real key keeps working.
+    let (status, answer) = try_enroll(&api, "host-a", "host-a", FAKE).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("keeps its key"),
+        "{answer}"
+    );
+    assert_ne!(answer["node_invalid"], true);
+    config(&api, &real).await;
+    let nodes = api.ok("GET", oq::NODES, b"", Sign::By(&api.viewer)).await;
+    let node = node_of(&nodes);
+    assert_eq!(
+        (node["takeovers_refused"].as_i64(), &node["host"]),
+        (Some(1), &json!("host-a"))
+    );
+    assert!(node["last_refused_at"].is_i64(), "{node}");
+
+    // Once the real key has been silent past the window, a claim with another hardware
+    // UUID gets a key, but not the link; the old key is dead.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let taken = enroll_with_uuid(&api, "host-a", "host-a", FAKE).await;
+    let nodes = api.ok("GET", oq::NODES, b"", Sign::By(&api.viewer)).await;
+    assert_eq!(
+        node_of(&nodes)["host"],
+        Value::Null,
+        "the taken-over node kept its host"
+    );
+    let body = serde_json::to_vec(&json!({"node_key": real})).unwrap();
+    let (status, answer) = api
+        .send(build(
+            "POST",
+            osquery_tls::paths::CONFIG,
+            &body,
+            Sign::None,
+            None,
+        ))
+        .await;
+    assert_eq!(
+        (status, &answer["node_invalid"]),
+        (StatusCode::UNAUTHORIZED, &json!(true))
+    );
+    assert_ne!(taken, real);
+
+    // The real machine enrolls again when that key is quiet: host-a's own agent reports its
+    // hardware UUID, so it is linked again.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    enroll_with_uuid(&api, "host-a", "host-a", REAL).await;
+    let nodes = api.ok("GET", oq::NODES, b"", Sign::By(&api.viewer)).await;
+    assert_eq!(node_of(&nodes)["host"], "host-a");
 }

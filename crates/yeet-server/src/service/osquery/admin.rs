@@ -144,6 +144,8 @@ impl Service {
                 enrolled_at: n.enrolled_at,
                 enrollments: n.enrollments,
                 last_seen: n.last_seen,
+                takeovers_refused: n.takeovers_refused,
+                last_refused_at: n.last_refused_at,
             })
             .collect())
     }

@@ -22,7 +22,7 @@ use yeet_proto::ErrorCode;
 
 use super::rate::RateLimiter;
 use super::{Result, Service, ServiceError, lock, now};
-use crate::store::{NodeEnrollment, NodeRow, StoreError};
+use crate::store::{Enrolled, NodeEnrollment, NodeRow, StoreError};
 use osquery_tls::config::Config;
 use osquery_tls::enroll::{EnrollRequest, EnrollResponse};
 
@@ -68,6 +68,10 @@ pub struct OsquerySettings {
     pub forward_file: Option<std::path::PathBuf>,
     /// Post every result line, as newline-delimited JSON batches, to this URL.
     pub forward_url: Option<String>,
+    /// An enrollment under the identifier of an enrolled node is refused until that node's
+    /// key has been silent this long, so that nobody holding the enroll secret can take
+    /// over a live node.
+    pub reenroll_quiet_secs: u64,
 }
 
 impl Default for OsquerySettings {
@@ -83,6 +87,7 @@ impl Default for OsquerySettings {
             accelerate_secs: 60,
             forward_file: None,
             forward_url: None,
+            reenroll_quiet_secs: 600,
         }
     }
 }
@@ -313,14 +318,46 @@ impl Service {
             osquery_version: clip(details.osquery_version()),
             at: now(),
         };
-        let (node, old_hash) = self.store.enroll_node(&enrollment).await?;
-        if let Some(old) = old_hash {
-            self.forget_node_key(&old).await;
-            if let Err(e) = self.store.notify(&format!("{EVENT_NODE}{old}")).await {
-                tracing::warn!(error = %e, "could not tell other replicas of a node's new key");
+        // The node's last requests here count: its batched last-seen time goes first.
+        self.flush_node_last_seen().await?;
+        let quiet = i64::try_from(self.osquery.settings.reenroll_quiet_secs).unwrap_or(i64::MAX);
+        let node = match self.store.enroll_node(&enrollment, quiet).await? {
+            Enrolled::Refused { last_seen } => {
+                tracing::warn!(node = %identifier, last_seen, "refused an enrollment under the identifier of a node that is still checking in");
+                return Err(ServiceError::refused(
+                    ErrorCode::OsqueryNodeInUse,
+                    format!(
+                        "the node {identifier:?} checked in {}s ago and keeps its key; a reinstalled machine may enroll under it once the old key has been silent for {quiet}s",
+                        now().saturating_sub(last_seen)
+                    ),
+                ));
             }
-        }
-        self.link_node(&node).await?;
+            Enrolled::New(node) => {
+                self.link_node(&node, true).await?;
+                node
+            }
+            Enrolled::Again {
+                node,
+                old_key_hash,
+                kept_link,
+            } => {
+                self.forget_node_key(&old_key_hash).await;
+                if let Err(e) = self
+                    .store
+                    .notify(&format!("{EVENT_NODE}{old_key_hash}"))
+                    .await
+                {
+                    tracing::warn!(error = %e, "could not tell other replicas of a node's new key");
+                }
+                if !kept_link {
+                    tracing::warn!(node = %node.host_identifier, "a node enrolled again without its hardware UUID; it is unlinked from its host unless that host's agent reports the UUID it claims");
+                    // Its name proves nothing: only the hardware UUID a host's own agent
+                    // reports links it again.
+                    self.link_node(&node, false).await?;
+                }
+                node
+            }
+        };
         tracing::info!(node = %node.host_identifier, enrollments = node.enrollments, "osquery node enrolled");
         Ok(EnrollResponse::new(node_key))
     }
@@ -356,8 +393,9 @@ impl Service {
     }
 
     /// Links a node to the yeet host whose agent reports the node's hardware UUID or, failing
-    /// that, whose name is the node's hostname or identifier, when that host has no node yet.
-    async fn link_node(&self, node: &NodeRow) -> Result<()> {
+    /// that and when `by_name`, whose name is the node's hostname or identifier, when that
+    /// host has no node yet.
+    async fn link_node(&self, node: &NodeRow, by_name: bool) -> Result<()> {
         if node.host_id.is_some() {
             return Ok(());
         }
@@ -368,6 +406,9 @@ impl Service {
                 .await?
         {
             return self.link_to(node, host.id, &host.name).await;
+        }
+        if !by_name {
+            return Ok(());
         }
         let short = |n: &str| n.split('.').next().unwrap_or(n).to_owned();
         let mut candidates = vec![node.host_identifier.clone(), short(&node.host_identifier)];
