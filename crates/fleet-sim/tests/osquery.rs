@@ -780,3 +780,80 @@ fn listing_huge_lines_and_answers_costs_the_server_little_memory() {
         "polls: peak {peak} KiB, {before} KiB before"
     );
 }
+
+/// One node wrote 105 MiB of log rows in 3 s from 97 KiB of gzip on the wire, kept for 30
+/// days. Now a node's logs have a budget, per hour and stored: past it, batches are refused
+/// with an error (osqueryd keeps them and retries; never `node_invalid`), the refusals are
+/// shown to operators, and other nodes are not affected.
+#[test]
+fn a_flooding_node_stays_within_its_log_budget() {
+    // Batches of 400 lines of 1 KiB each: about 400 KiB stored, a few KiB on the wire.
+    let flood = |node: &mut Osqueryd, batches: usize| -> Vec<Value> {
+        let mut refusals = Vec::new();
+        for _ in 0..batches {
+            let lines: Vec<Value> = (0..400)
+                .map(|i| {
+                    node.result_line("flood", "added", json!({"i": i, "pad": "z".repeat(1000)}))
+                })
+                .collect();
+            let batch = json!({"log_type": "result", "data": lines});
+            if let Err(answer) = node.call(osquery_tls::paths::LOG, batch, true) {
+                refusals.push(answer);
+            }
+        }
+        refusals
+    };
+    let listed = |server: &Server, name: &str| -> Value {
+        let nodes: Value = server.yeet_json(&["osquery", "nodes"]);
+        nodes
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["host_identifier"] == name)
+            .cloned()
+            .unwrap()
+    };
+    const MIB: i64 = 1 << 20;
+
+    // The stored budget: 2 MiB, with a rate that would allow far more.
+    let server = server(
+        "[osquery]\nmax_body_bytes = 1048576\nnode_log_bytes_per_hour = 629145600\nnode_log_bytes_stored = 2097152\n",
+    );
+    add_enroll_secret(&server, SECRET);
+    let mut noisy = enrolled(&server, "noisy");
+    let refusals = flood(&mut noisy, 12);
+    assert!(refusals.len() >= 6, "{} refusals", refusals.len());
+    for r in &refusals {
+        assert!(error_of(r).contains("node_log_bytes_stored"), "{r}");
+        assert_ne!(r["node_invalid"], true);
+    }
+    let shown = listed(&server, "noisy");
+    assert!(shown["log_bytes"].as_i64().unwrap() <= 2 * MIB, "{shown}");
+    assert_eq!(shown["log_refusals"].as_i64(), Some(refusals.len() as i64));
+    assert!(shown["last_log_refused_at"].is_i64(), "{shown}");
+    let mut quiet = enrolled(&server, "quiet");
+    assert!(flood(&mut quiet, 1).is_empty(), "another node was refused");
+    assert!(
+        noisy.node_key.is_some(),
+        "a refusal made the node enroll again"
+    );
+
+    // The rate: 3 MiB an hour (bursts of one 1 MiB body), with room to store far more.
+    let server = self::server(
+        "[osquery]\nmax_body_bytes = 1048576\nnode_log_bytes_per_hour = 3145728\nnode_log_bytes_stored = 536870912\n",
+    );
+    add_enroll_secret(&server, SECRET);
+    let mut noisy = enrolled(&server, "noisy");
+    let refusals = flood(&mut noisy, 6);
+    assert!(refusals.len() >= 3, "{} refusals", refusals.len());
+    assert!(
+        error_of(&refusals[0]).contains("an hour"),
+        "{}",
+        refusals[0]
+    );
+    let shown = listed(&server, "noisy");
+    assert!(
+        shown["log_bytes"].as_i64().unwrap() <= MIB + MIB / 2,
+        "{shown}"
+    );
+}

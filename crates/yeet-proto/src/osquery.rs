@@ -71,6 +71,14 @@ pub struct OsqueryNode {
     pub takeovers_refused: i64,
     #[serde(default)]
     pub last_refused_at: Option<i64>,
+    /// Log bytes stored for this node, and its log batches refused for being over its rate
+    /// or stored budget (`node_log_bytes_per_hour`, `node_log_bytes_stored`).
+    #[serde(default)]
+    pub log_bytes: i64,
+    #[serde(default)]
+    pub log_refusals: i64,
+    #[serde(default)]
+    pub last_log_refused_at: Option<i64>,
 }
 
 /// A scheduled query, as operators manage it.

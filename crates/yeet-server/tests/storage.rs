@@ -8,8 +8,8 @@ mod common;
 use common::TestDb;
 use yeet_proto::api::{ActivationResult, Role};
 use yeet_server::store::{
-    ActivationRow, DetachmentRow, HostReport, LogQuery, NewLogLine, NewRelease, RegistrationRow,
-    Store, StoreError, Wire,
+    ActivationRow, DetachmentRow, Enrolled, HostReport, LogQuery, NewLogLine, NewRelease,
+    NodeEnrollment, RegistrationRow, Store, StoreError, Wire,
 };
 
 fn registration(key: &str, code: &str, seen: i64) -> RegistrationRow {
@@ -474,8 +474,27 @@ async fn last_attempts_are_read_for_many_hosts_at_once(db: &TestDb) {
     s.close().await;
 }
 
+/// Enrolls an osquery node named `name`; its id.
+async fn node(s: &Store, name: &str) -> i64 {
+    let e = NodeEnrollment {
+        host_identifier: name.into(),
+        node_key_hash: format!("hash-of-{name}"),
+        hostname: name.into(),
+        hardware_uuid: String::new(),
+        platform: "linux".into(),
+        os_name: String::new(),
+        osquery_version: String::new(),
+        at: 1,
+    };
+    match s.enroll_node(&e, 600).await.unwrap() {
+        Enrolled::New(row) => row.id,
+        other => panic!("{name} was not new: {other:?}"),
+    }
+}
+
 async fn log_listings_stop_at_their_byte_budget(db: &TestDb) {
     let s = db.open().await;
+    let (one, two) = (node(&s, "one").await, node(&s, "two").await);
     let line = |node_id: i64, size: usize| NewLogLine {
         node_id,
         kind: "result",
@@ -485,14 +504,14 @@ async fn log_listings_stop_at_their_byte_budget(db: &TestDb) {
     };
     // Three lines of 100 bytes, one of 1,000, two of 100, from two nodes.
     let lines = [
-        line(1, 100),
-        line(1, 100),
-        line(2, 100),
-        line(1, 1000),
-        line(1, 100),
-        line(1, 100),
+        line(one, 100),
+        line(one, 100),
+        line(two, 100),
+        line(one, 1000),
+        line(one, 100),
+        line(one, 100),
     ];
-    s.insert_log_lines(&lines, 10).await.unwrap();
+    assert_eq!(s.insert_log_lines(&lines, 10, 1 << 20).await.unwrap(), None);
     let all = LogQuery {
         limit: 100,
         ..Default::default()
@@ -517,7 +536,7 @@ async fn log_listings_stop_at_their_byte_budget(db: &TestDb) {
         .list_log_lines(
             &LogQuery {
                 limit: 2,
-                node_ids: Some(vec![1]),
+                node_ids: Some(vec![one]),
                 ..Default::default()
             },
             10_000,
@@ -660,7 +679,58 @@ async fn attempts_are_forgotten_for_a_retry_or_a_trust_change(db: &TestDb) {
     s.close().await;
 }
 
+/// A node's stored log bytes are kept with every insert and expiry, and a batch that would
+/// take it past its budget stores nothing and is counted.
+async fn a_nodes_stored_logs_stay_within_its_budget(db: &TestDb) {
+    let s = db.open().await;
+    let (busy, quiet) = (node(&s, "busy").await, node(&s, "quiet").await);
+    let line = |node_id: i64| NewLogLine {
+        node_id,
+        kind: "result",
+        name: "q".into(),
+        logged_at: 1,
+        line: format!("\"{}\"", "x".repeat(398)),
+    };
+    let stored = |name: &'static str| {
+        let s = &s;
+        async move {
+            let nodes = s.list_nodes().await.unwrap();
+            let n = nodes.iter().find(|n| n.host_identifier == name).unwrap();
+            (n.log_bytes, n.log_refusals)
+        }
+    };
+    for at in [10, 20] {
+        assert_eq!(
+            s.insert_log_lines(&[line(busy), line(busy)], at, 1600)
+                .await
+                .unwrap(),
+            None
+        );
+    }
+    assert_eq!(stored("busy").await, (1600, 0));
+    // One more byte than the budget: refused, nothing stored, counted; other nodes go on.
+    assert_eq!(
+        s.insert_log_lines(&[line(busy)], 30, 1600).await.unwrap(),
+        Some(busy)
+    );
+    assert_eq!(stored("busy").await, (1600, 1));
+    assert_eq!(
+        s.insert_log_lines(&[line(quiet)], 30, 1600).await.unwrap(),
+        None
+    );
+    // Expiry gives the budget back.
+    assert_eq!(s.delete_log_lines_before(15).await.unwrap(), 2);
+    assert_eq!(stored("busy").await, (800, 1));
+    assert_eq!(stored("quiet").await, (400, 0));
+    assert_eq!(
+        s.insert_log_lines(&[line(busy)], 40, 1600).await.unwrap(),
+        None
+    );
+    s.close().await;
+}
+
 on_both_backends!(
+    a_nodes_stored_logs_stay_within_its_budget,
     attempts_are_forgotten_for_a_retry_or_a_trust_change,
     rollbacks_walk_back_through_confirmed_systems,
     log_listings_stop_at_their_byte_budget,

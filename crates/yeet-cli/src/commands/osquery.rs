@@ -171,6 +171,7 @@ fn nodes(client: &Client, as_json: bool) -> Result<()> {
         "OSQUERY",
         "ENROLLED",
         "LAST SEEN",
+        "LOGS STORED",
         "TAKEOVERS REFUSED",
     ]);
     for n in &nodes {
@@ -186,6 +187,14 @@ fn nodes(client: &Client, as_json: bool) -> Result<()> {
             n.osquery_version.clone(),
             format!("{} ({}x)", ago(Some(n.enrolled_at)), n.enrollments),
             ago(Some(n.last_seen)),
+            match n.log_refusals {
+                0 => format!("{}", indicatif::HumanBytes(n.log_bytes.max(0) as u64)),
+                count => format!(
+                    "{} ({count} batches refused, last {})",
+                    indicatif::HumanBytes(n.log_bytes.max(0) as u64),
+                    ago(n.last_log_refused_at)
+                ),
+            },
             refused,
         ]);
     }

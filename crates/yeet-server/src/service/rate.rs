@@ -1,5 +1,6 @@
 //! Token buckets by key: a burst of `burst` requests, then one per `refill`. Used for new
-//! registrations per source network and for osquery requests per node and per source.
+//! registrations per source network, for osquery requests per node and per source, and
+//! (a token a byte) for the log bytes each osquery node may send.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -33,6 +34,12 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
 
     /// Takes a token for `key`; false when its bucket is empty.
     pub fn take(&self, key: &K) -> bool {
+        self.take_n(key, 1.0)
+    }
+
+    /// Takes `n` tokens for `key` at once (bytes, say); false, taking none, when its bucket
+    /// holds fewer.
+    pub fn take_n(&self, key: &K, n: f64) -> bool {
         let (burst, refill) = (self.burst, self.refill_secs);
         let mut buckets = lock(&self.buckets);
         if buckets.len() > MAX_BUCKETS {
@@ -45,8 +52,8 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
         });
         b.tokens = (b.tokens + now.duration_since(b.updated).as_secs_f64() / refill).min(burst);
         b.updated = now;
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
+        if b.tokens >= n {
+            b.tokens -= n;
             true
         } else {
             false

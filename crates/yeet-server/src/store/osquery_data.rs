@@ -103,13 +103,41 @@ fn id_list(ids: &[i64]) -> String {
 }
 
 impl Store {
-    /// Stores a batch of log lines in one transaction.
+    /// Stores a batch of log lines in one transaction, unless it would take a node's stored
+    /// log bytes past `max_stored_per_node`: then nothing is stored, the node's refusal is
+    /// counted, and the answer is the node that is over budget.
     pub async fn insert_log_lines(
         &self,
         lines: &[NewLogLine],
         received_at: i64,
-    ) -> Result<(), StoreError> {
+        max_stored_per_node: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        let mut per_node: std::collections::BTreeMap<i64, i64> = Default::default();
+        for l in lines {
+            *per_node.entry(l.node_id).or_default() += l.line.len() as i64;
+        }
         let mut tx = self.pool.begin().await?;
+        for (node_id, bytes) in &per_node {
+            let fits = sqlx::query(
+                "UPDATE osquery_nodes SET log_bytes = log_bytes + $1 WHERE id = $2 AND log_bytes + $1 <= $3",
+            )
+            .bind(*bytes)
+            .bind(*node_id)
+            .bind(max_stored_per_node)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                > 0;
+            if !fits {
+                tx.rollback().await?;
+                sqlx::query("UPDATE osquery_nodes SET log_refusals = log_refusals + 1, last_log_refused_at = $1 WHERE id = $2")
+                    .bind(received_at)
+                    .bind(*node_id)
+                    .execute(&self.pool)
+                    .await?;
+                return Ok(Some(*node_id));
+            }
+        }
         for l in lines {
             sqlx::query(
                 "INSERT INTO osquery_logs (node_id, kind, name, logged_at, received_at, line, bytes) VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -125,6 +153,16 @@ impl Store {
             .await?;
         }
         tx.commit().await?;
+        Ok(None)
+    }
+
+    /// Counts a batch refused for the node's log rate.
+    pub async fn count_log_refusal(&self, node_id: i64, at: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE osquery_nodes SET log_refusals = log_refusals + 1, last_log_refused_at = $1 WHERE id = $2")
+            .bind(at)
+            .bind(node_id)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
@@ -190,12 +228,22 @@ impl Store {
         Ok((rows, more))
     }
 
-    /// Drops log lines received before `before`; returns how many.
+    /// Drops log lines received before `before`, and takes their bytes off their nodes'
+    /// stored totals; returns how many lines.
     pub async fn delete_log_lines_before(&self, before: i64) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE osquery_nodes SET log_bytes = log_bytes - (SELECT COALESCE(SUM(bytes), 0) FROM osquery_logs WHERE osquery_logs.node_id = osquery_nodes.id AND received_at < $1)
+             WHERE id IN (SELECT DISTINCT node_id FROM osquery_logs WHERE received_at < $1)",
+        )
+        .bind(before)
+        .execute(&mut *tx)
+        .await?;
         let done = sqlx::query("DELETE FROM osquery_logs WHERE received_at < $1")
             .bind(before)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(done.rows_affected())
     }
 

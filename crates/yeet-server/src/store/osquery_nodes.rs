@@ -18,6 +18,9 @@ pub struct NodeRow {
     pub last_seen: i64,
     pub takeovers_refused: i64,
     pub last_refused_at: Option<i64>,
+    pub log_bytes: i64,
+    pub log_refusals: i64,
+    pub last_log_refused_at: Option<i64>,
 }
 
 /// What became of an enrollment.
@@ -73,7 +76,7 @@ pub struct OptionRow {
     pub updated_by: String,
 }
 
-const NODE_COLUMNS: &str = "id, host_identifier, host_id, hostname, hardware_uuid, platform, os_name, osquery_version, enrolled_at, enrollments, last_seen, takeovers_refused, last_refused_at";
+const NODE_COLUMNS: &str = "id, host_identifier, host_id, hostname, hardware_uuid, platform, os_name, osquery_version, enrolled_at, enrollments, last_seen, takeovers_refused, last_refused_at, log_bytes, log_refusals, last_log_refused_at";
 const QUERY_COLUMNS: &str =
     "name, pack, query, interval_secs, snapshot, platform, hosts, created_at, created_by";
 

@@ -146,6 +146,9 @@ impl Service {
                 last_seen: n.last_seen,
                 takeovers_refused: n.takeovers_refused,
                 last_refused_at: n.last_refused_at,
+                log_bytes: n.log_bytes,
+                log_refusals: n.log_refusals,
+                last_log_refused_at: n.last_log_refused_at,
             })
             .collect())
     }

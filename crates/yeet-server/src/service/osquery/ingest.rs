@@ -73,7 +73,36 @@ impl Service {
             .filter_map(|line| log_line(node, req.log_type, line.get()))
             .collect();
         let received_at = now();
-        self.store.insert_log_lines(&lines, received_at).await?;
+        // A node's log volume is bounded: per hour here, stored in the database.
+        let bytes: usize = lines.iter().map(|l| l.line.len()).sum();
+        let settings = &self.osquery.settings;
+        if !self.osquery.log_bytes.take_n(&node.id, bytes as f64) {
+            self.store.count_log_refusal(node.id, received_at).await?;
+            tracing::warn!(node = %node.host_identifier, bytes, "an osquery node is over its log rate; batch refused");
+            return Err(ServiceError::refused(
+                ErrorCode::RateLimited,
+                format!(
+                    "this node sends more than {} log bytes an hour (node_log_bytes_per_hour); osqueryd keeps the batch and retries",
+                    settings.node_log_bytes_per_hour
+                ),
+            ));
+        }
+        let cap = i64::try_from(settings.node_log_bytes_stored).unwrap_or(i64::MAX);
+        if self
+            .store
+            .insert_log_lines(&lines, received_at, cap)
+            .await?
+            .is_some()
+        {
+            tracing::warn!(node = %node.host_identifier, bytes, "an osquery node has its stored logs' budget full; batch refused");
+            return Err(ServiceError::refused(
+                ErrorCode::RateLimited,
+                format!(
+                    "this node's stored logs reached {} bytes (node_log_bytes_stored) until older lines expire; osqueryd keeps the batch and retries",
+                    settings.node_log_bytes_stored
+                ),
+            ));
+        }
         if req.log_type == LogType::Result && self.osquery.forwarder.is_on() {
             let mut batch = String::new();
             for l in &lines {

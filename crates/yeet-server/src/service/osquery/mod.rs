@@ -72,6 +72,12 @@ pub struct OsquerySettings {
     /// key has been silent this long, so that nobody holding the enroll secret can take
     /// over a live node.
     pub reenroll_quiet_secs: u64,
+    /// Log bytes one node may send per hour (lines as stored), in bursts of up to ten
+    /// minutes' worth (at least one whole body), and may have stored at once (until
+    /// `log_retention_days` expires them). Over either, its batches are refused and osqueryd
+    /// keeps them buffered and retries.
+    pub node_log_bytes_per_hour: u64,
+    pub node_log_bytes_stored: u64,
 }
 
 impl Default for OsquerySettings {
@@ -88,6 +94,8 @@ impl Default for OsquerySettings {
             forward_file: None,
             forward_url: None,
             reenroll_quiet_secs: 600,
+            node_log_bytes_per_hour: 64 << 20,
+            node_log_bytes_stored: 512 << 20,
         }
     }
 }
@@ -108,6 +116,8 @@ pub(crate) struct OsqueryState {
     /// node id → last request time not yet written.
     seen: Mutex<HashMap<i64, i64>>,
     per_node: RateLimiter<i64>,
+    /// Log bytes per node: a token a byte.
+    log_bytes: RateLimiter<i64>,
     /// Enrollments per source network (the endpoint is open to anyone).
     per_source: RateLimiter<String>,
     /// The latest deadline of any campaign: reads skip the database once it passed.
@@ -136,6 +146,14 @@ impl OsqueryState {
                 Duration::from_millis(settings.node_refill_ms),
             ),
             per_source: RateLimiter::new(enroll_burst, enroll_refill),
+            log_bytes: {
+                let per_hour = settings.node_log_bytes_per_hour.max(1);
+                let burst = (per_hour / 6).max(settings.max_body_bytes as u64);
+                RateLimiter::new(
+                    u32::try_from(burst).unwrap_or(u32::MAX),
+                    Duration::from_secs_f64(3600.0 / per_hour as f64),
+                )
+            },
             forwarder: forward::Forwarder::new(
                 settings.forward_file.clone(),
                 settings.forward_url.clone(),
