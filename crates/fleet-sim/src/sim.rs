@@ -1031,6 +1031,16 @@ impl Fleet {
         self.system_from(name, |spec| spec.secrets = secrets)
     }
 
+    /// Adds the secret `name` with `content`, granted to `host`, through the CLI.
+    pub fn add_secret(&self, name: &str, content: &str, host: &str) {
+        let file = self.dir().join(format!("{name}.plain"));
+        std::fs::write(&file, format!("{content}\n")).unwrap();
+        let file = file.display().to_string();
+        self.server
+            .yeet(&["secret", "add", name, "--from-file", &file, "--host", host]);
+        let _ = std::fs::remove_file(&file);
+    }
+
     /// How long secret changes take to reach `host`, which runs a system that asks for the
     /// secret `name` it is granted: `rounds` rotations, each timed from the `yeet secret
     /// rotate` until the new content is in the host's `/run/yeet/secrets`, then a

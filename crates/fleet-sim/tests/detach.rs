@@ -158,17 +158,7 @@ fn detach_switch_locally_then_attach_to_the_newest_release() {
 fn a_forced_switch_holds_while_the_server_is_away_then_yields() {
     let fleet = Fleet::of(HostKind::Systemd, &["web-1"], 30);
     // A secret the fleet's system uses: the host keeps a copy encrypted to its own key.
-    let token = fleet.dir().join("api-token");
-    std::fs::write(&token, "held-token\n").unwrap();
-    fleet.server.yeet(&[
-        "secret",
-        "add",
-        "api-token",
-        "--from-file",
-        token.to_str().unwrap(),
-        "--host",
-        "web-1",
-    ]);
+    fleet.add_secret("api-token", "held-token", "web-1");
     const WITH_TOKEN: &str = "{ api-token = { }; }";
     let desired = fleet.system_with_secrets("desired-1", WITH_TOKEN);
     fleet.publish(&[("web-1", &desired)], "the fleet's system");

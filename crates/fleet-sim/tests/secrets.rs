@@ -486,17 +486,7 @@ fn secret_changes_in_a_row_do_not_wait_out_the_checkin_interval() {
             ..Default::default()
         },
     );
-    let token = fleet.dir().join("api-token");
-    std::fs::write(&token, "first\n").unwrap();
-    fleet.server.yeet(&[
-        "secret",
-        "add",
-        "api-token",
-        "--from-file",
-        token.to_str().unwrap(),
-        "--host",
-        "web-1",
-    ]);
+    fleet.add_secret("api-token", "first", "web-1");
     let system = fleet.system_with_secrets("with-token", "{ api-token = { }; }");
     fleet.publish(&[("web-1", &system)], "needs api-token");
     let done = fleet.wait_for_activation("web-1", 1, common::CONVERGE);

@@ -436,6 +436,27 @@ async fn nonces_are_accepted_once_until_their_signed_time_expires(db: &TestDb) {
     s.close().await;
 }
 
+/// An activation report as the store records it.
+fn activation(
+    host_id: i64,
+    host_name: &str,
+    path: &str,
+    result: ActivationResult,
+) -> ActivationRow {
+    ActivationRow {
+        id: 0,
+        host_id,
+        host_name: host_name.into(),
+        store_path: path.into(),
+        release_id: None,
+        result: Wire(result),
+        reason: String::new(),
+        started_at: 1,
+        finished_at: 2,
+        reboot_required: 0,
+    }
+}
+
 async fn last_attempts_are_read_for_many_hosts_at_once(db: &TestDb) {
     let s = db.open().await;
     let (a, b, never) = (
@@ -443,19 +464,7 @@ async fn last_attempts_are_read_for_many_hosts_at_once(db: &TestDb) {
         host(&s, "kb", "b").await,
         host(&s, "kc", "c").await,
     );
-    let attempt =
-        |host_id: i64, host_name: &str, path: &str, result: ActivationResult| ActivationRow {
-            id: 0,
-            host_id,
-            host_name: host_name.into(),
-            store_path: path.into(),
-            release_id: None,
-            result: Wire(result),
-            reason: String::new(),
-            started_at: 1,
-            finished_at: 2,
-            reboot_required: 0,
-        };
+    let attempt = activation;
     for row in [
         attempt(a, "a", "/nix/store/p1", ActivationResult::Confirmed),
         attempt(a, "a", "/nix/store/p2", ActivationResult::RolledBack),
@@ -568,18 +577,7 @@ async fn rollbacks_walk_back_through_confirmed_systems(db: &TestDb) {
     let confirm = |path: String| {
         let s = &s;
         async move {
-            let row = ActivationRow {
-                id: 0,
-                host_id: a,
-                host_name: "a".into(),
-                store_path: path,
-                release_id: None,
-                result: Wire(ActivationResult::Confirmed),
-                reason: String::new(),
-                started_at: 1,
-                finished_at: 2,
-                reboot_required: 0,
-            };
+            let row = activation(a, "a", &path, ActivationResult::Confirmed);
             s.record_activation(&row, b"").await.unwrap();
         }
     };
@@ -608,17 +606,9 @@ async fn attempts_are_forgotten_for_a_retry_or_a_trust_change(db: &TestDb) {
         host(&s, "kb", "b").await,
         host(&s, "kc", "c").await,
     ];
-    let attempt = |host_id: i64, result: ActivationResult| ActivationRow {
-        id: 0,
-        host_id,
-        host_name: "x".into(),
-        store_path: format!("/nix/store/q322pzff5rm7kwfwfbhcza6wr2b84wlm-sys{host_id}"),
-        release_id: None,
-        result: Wire(result),
-        reason: String::new(),
-        started_at: 1,
-        finished_at: 2,
-        reboot_required: 0,
+    let attempt = |host_id: i64, result: ActivationResult| {
+        let path = format!("/nix/store/q322pzff5rm7kwfwfbhcza6wr2b84wlm-sys{host_id}");
+        activation(host_id, "x", &path, result)
     };
     let results = [
         ActivationResult::Failed,

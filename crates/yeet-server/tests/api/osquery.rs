@@ -42,17 +42,20 @@ async fn enroll_with_uuid(api: &Api, identifier: &str, hostname: &str, uuid: &st
     answer["node_key"].as_str().unwrap().to_owned()
 }
 
-async fn config(api: &Api, node_key: &str) -> Value {
+async fn try_config(api: &Api, node_key: &str) -> (StatusCode, Value) {
     let body = serde_json::to_vec(&json!({"node_key": node_key})).unwrap();
-    let (status, answer) = api
-        .send(build(
-            "POST",
-            osquery_tls::paths::CONFIG,
-            &body,
-            Sign::None,
-            None,
-        ))
-        .await;
+    api.send(build(
+        "POST",
+        osquery_tls::paths::CONFIG,
+        &body,
+        Sign::None,
+        None,
+    ))
+    .await
+}
+
+async fn config(api: &Api, node_key: &str) -> Value {
+    let (status, answer) = try_config(api, node_key).await;
     assert_eq!(status, StatusCode::OK, "{answer}");
     answer
 }
@@ -250,16 +253,7 @@ async fn a_node_is_not_taken_over_while_it_checks_in_and_keeps_its_host_only_by_
         Value::Null,
         "the taken-over node kept its host"
     );
-    let body = serde_json::to_vec(&json!({"node_key": real})).unwrap();
-    let (status, answer) = api
-        .send(build(
-            "POST",
-            osquery_tls::paths::CONFIG,
-            &body,
-            Sign::None,
-            None,
-        ))
-        .await;
+    let (status, answer) = try_config(&api, &real).await;
     assert_eq!(
         (status, &answer["node_invalid"]),
         (StatusCode::UNAUTHORIZED, &json!(true))

@@ -15,17 +15,7 @@ pub fn secret_latency(rounds: usize, interval: u64) {
             ..Default::default()
         },
     );
-    let content = fleet.dir().join("bench-secret");
-    std::fs::write(&content, "first\n").expect("a temporary file");
-    fleet.server.yeet(&[
-        "secret",
-        "add",
-        "bench-secret",
-        "--from-file",
-        &content.display().to_string(),
-        "--host",
-        "bench-1",
-    ]);
+    fleet.add_secret("bench-secret", "first", "bench-1");
     let system = fleet.system_with_secrets("bench-secret-system", "{ bench-secret = { }; }");
     fleet.publish(&[("bench-1", &system)], "a system with a secret");
     fleet.wait_for_activation("bench-1", 1, Duration::from_secs(300));
