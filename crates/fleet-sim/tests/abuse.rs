@@ -309,3 +309,53 @@ fn a_reachable_server_without_public_urls_refuses_to_start() {
         "{err}"
     );
 }
+
+/// The embedded SQLite server under a write lock held from outside for longer than its busy
+/// timeout (a slow disk, a backup): it answers `busy` with `Retry-After` instead of `500`,
+/// and the CLI waits as told and asks again, so the operator's command still succeeds.
+#[test]
+fn a_busy_database_slows_the_cli_down_instead_of_failing_it() {
+    let server = Server::start(ServerOptions::default());
+    server.yeet(&["status"]);
+    let db = server.dir.path().join("state/yeet.db");
+    let mut holder = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3, sys, time\n\
+             c = sqlite3.connect(sys.argv[1], isolation_level=None)\n\
+             c.execute('BEGIN IMMEDIATE')\n\
+             print('locked', flush=True)\n\
+             time.sleep(8)\n\
+             c.execute('ROLLBACK')",
+        ])
+        .arg(&db)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 with its sqlite3 module");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "locked");
+    let started = Instant::now();
+    let out = fleet_sim::run(server.yeet_cmd().arg("status"));
+    let took = started.elapsed();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(holder.wait().unwrap().success());
+    let log = server.proc.stderr.all().join("\n") + &server.proc.stdout.all().join("\n");
+    assert!(
+        log.contains("database is busy"),
+        "the server was never busy:\n{log}"
+    );
+    assert!(
+        !log.contains("500 Internal"),
+        "a busy database answered 500:\n{log}"
+    );
+    eprintln!("`yeet status` under an 8 s write lock took {took:?}");
+}

@@ -120,6 +120,10 @@ pub fn generate_identity_file(path: &Path, comment: &str) -> Result<Identity, Cl
 /// The longest error code and message a client keeps from a server's refusal.
 const MAX_CODE_CHARS: usize = 64;
 const MAX_MESSAGE_CHARS: usize = 2000;
+/// How often a `busy` answer is retried, and the longest wait before each (whatever the
+/// server's `Retry-After` says: a hostile server cannot park a client).
+const BUSY_RETRIES: u32 = 3;
+const MAX_BUSY_WAIT: Duration = Duration::from_secs(10);
 
 /// A client bound to one server and one identity.
 pub struct Client {
@@ -209,7 +213,9 @@ impl Client {
         self.send("PUT", path, Some(bytes))
     }
 
-    /// Signs and sends raw bytes; the building block of the typed calls in `api.rs`.
+    /// Signs and sends raw bytes; the building block of the typed calls in `api.rs`. A
+    /// `busy` server is asked again after the seconds its `Retry-After` names (at most
+    /// `MAX_BUSY_WAIT` each, `BUSY_RETRIES` times), signed afresh each time.
     fn send_raw(
         &self,
         method: &str,
@@ -219,7 +225,24 @@ impl Client {
         let payload = body.clone().unwrap_or_default();
         let digest = yeet_proto::signing::body_digest(&payload);
         let content_type = body.is_some().then_some("application/json");
-        self.send_signed(method, path_and_query, &digest, content_type, payload)
+        let mut attempt = 0;
+        loop {
+            let (status, retry_after, bytes) = self.send_signed_with_retry_after(
+                method,
+                path_and_query,
+                &digest,
+                content_type,
+                payload.clone(),
+            )?;
+            let busy = status == 503
+                && serde_json::from_slice::<ErrorBody>(&bytes)
+                    .is_ok_and(|e| e.error.code == ErrorCode::Busy.as_str());
+            if !busy || attempt == BUSY_RETRIES {
+                return Ok((status, bytes));
+            }
+            attempt += 1;
+            std::thread::sleep(retry_after.unwrap_or(MAX_BUSY_WAIT).min(MAX_BUSY_WAIT));
+        }
     }
 
     /// Signs with a precomputed body digest and sends `body` (bytes or a streamed file).
@@ -231,8 +254,28 @@ impl Client {
         content_type: Option<&str>,
         body: impl ureq::AsSendBody,
     ) -> Result<(u16, Vec<u8>), ClientError> {
+        let (status, _, bytes) =
+            self.send_signed_with_retry_after(method, path_and_query, digest, content_type, body)?;
+        Ok((status, bytes))
+    }
+
+    /// As `send_signed`, with the answer's `Retry-After` (whole seconds).
+    fn send_signed_with_retry_after(
+        &self,
+        method: &str,
+        path_and_query: &str,
+        digest: &str,
+        content_type: Option<&str>,
+        body: impl ureq::AsSendBody,
+    ) -> Result<(u16, Option<Duration>, Vec<u8>), ClientError> {
         let mut resp = self.signed_response(method, path_and_query, digest, content_type, body)?;
         let status = resp.status().as_u16();
+        let retry_after = resp
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
         let bytes = resp
             .body_mut()
             .with_config()
@@ -242,7 +285,7 @@ impl Client {
                 url: self.base.clone(),
                 reason: e.to_string(),
             })?;
-        Ok((status, bytes))
+        Ok((status, retry_after, bytes))
     }
 
     /// Signs and sends a request; the response's body is not read yet.

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 
-use super::batch::Batcher;
+use super::batch::{BatchError, Batcher};
 use crate::store::Store;
 
 /// Most hosts read in one statement (one bound value each).
@@ -30,7 +30,7 @@ pub(crate) fn start(store: Store) -> AttemptReader {
                 let paths: HashMap<i64, String> = store
                     .last_result_paths(&ids)
                     .await
-                    .map_err(|e| format!("cannot read the hosts' last attempts: {e}"))?
+                    .map_err(|e| BatchError::store("cannot read the hosts' last attempts", &e))?
                     .into_iter()
                     .collect();
                 Ok(host_ids.iter().map(|id| paths.get(id).cloned()).collect())

@@ -176,7 +176,7 @@ impl Service {
         {
             Ok(true) => Ok(()),
             Ok(false) => Err(AuthError::ReplayedNonce.into()),
-            Err(why) => Err(ServiceError::System(why)),
+            Err(e) => Err(e.into()),
         }
     }
 

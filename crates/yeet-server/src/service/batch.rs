@@ -7,7 +7,37 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use tokio::sync::{mpsc, oneshot};
 
-type Pending<Req, Resp> = (Req, oneshot::Sender<Result<Resp, String>>);
+type Pending<Req, Resp> = (Req, oneshot::Sender<Result<Resp, BatchError>>);
+
+/// Why a batch failed; `busy` when the database could not answer in time, which clients are
+/// told to retry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct BatchError {
+    pub busy: bool,
+    pub why: String,
+}
+
+impl std::fmt::Display for BatchError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.why)
+    }
+}
+
+impl From<String> for BatchError {
+    fn from(why: String) -> Self {
+        BatchError { busy: false, why }
+    }
+}
+
+impl BatchError {
+    /// A database failure, `what` doing it.
+    pub(crate) fn store(what: &str, e: &crate::store::StoreError) -> Self {
+        BatchError {
+            busy: e.is_busy(),
+            why: format!("{what}: {e}"),
+        }
+    }
+}
 
 pub(crate) struct Batcher<Req, Resp> {
     tx: mpsc::Sender<Pending<Req, Resp>>,
@@ -21,7 +51,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Batcher<Req, Resp> {
     pub(crate) fn start<F, Fut>(what: &'static str, max_batch: usize, mut run: F) -> Self
     where
         F: FnMut(Vec<Req>) -> Fut + Send + 'static,
-        Fut: Future<Output = Result<Vec<Resp>, String>> + Send,
+        Fut: Future<Output = Result<Vec<Resp>, BatchError>> + Send,
     {
         let (tx, mut rx) = mpsc::channel::<Pending<Req, Resp>>(16 * max_batch);
         tokio::spawn(async move {
@@ -37,7 +67,8 @@ impl<Req: Send + 'static, Resp: Send + 'static> Batcher<Req, Resp> {
                     Ok(future) => AssertUnwindSafe(future).catch_unwind().await,
                     Err(panic) => Err(panic),
                 };
-                let answered = answered.unwrap_or_else(|_| Err(format!("{what} failed")));
+                let answered =
+                    answered.unwrap_or_else(|_| Err(BatchError::from(format!("{what} failed"))));
                 match answered {
                     Ok(answers) if answers.len() == count => {
                         for (reply, answer) in replies.into_iter().zip(answers) {
@@ -47,6 +78,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Batcher<Req, Resp> {
                     result => {
                         let why = result.err().unwrap_or_else(|| {
                             format!("{what} answered a batch with the wrong number of results")
+                                .into()
                         });
                         for reply in replies {
                             let _ = reply.send(Err(why.clone()));
@@ -59,15 +91,15 @@ impl<Req: Send + 'static, Resp: Send + 'static> Batcher<Req, Resp> {
     }
 
     /// Queues a request and waits for its batch's answer.
-    pub(crate) async fn call(&self, request: Req) -> Result<Resp, String> {
+    pub(crate) async fn call(&self, request: Req) -> Result<Resp, BatchError> {
         let (reply, answer) = oneshot::channel();
         self.tx
             .send((request, reply))
             .await
-            .map_err(|_| format!("{} has stopped", self.what))?;
+            .map_err(|_| BatchError::from(format!("{} has stopped", self.what)))?;
         answer
             .await
-            .map_err(|_| format!("{} dropped a request", self.what))?
+            .map_err(|_| BatchError::from(format!("{} dropped a request", self.what)))?
     }
 }
 
@@ -99,11 +131,11 @@ mod tests {
     #[tokio::test]
     async fn a_failed_batch_fails_every_request_in_it() {
         let failing: Batcher<u8, u8> = Batcher::start("the failing step", 8, |_| async {
-            Err("disk full".to_owned())
+            Err("disk full".to_owned().into())
         });
-        assert_eq!(failing.call(1).await, Err("disk full".to_owned()));
+        assert_eq!(failing.call(1).await, Err("disk full".to_owned().into()));
         let short: Batcher<u8, u8> = Batcher::start("the short step", 8, |_| async { Ok(vec![]) });
-        let why = short.call(1).await.unwrap_err();
+        let why = short.call(1).await.unwrap_err().to_string();
         assert!(
             why.contains("the short step") && why.contains("wrong number"),
             "{why}"
@@ -122,7 +154,7 @@ mod tests {
             }
         });
         for poison in [1, 2] {
-            let why = fragile.call(poison).await.unwrap_err();
+            let why = fragile.call(poison).await.unwrap_err().to_string();
             assert!(why.contains("the fragile step failed"), "{why}");
             assert_eq!(fragile.call(7).await, Ok(7));
         }

@@ -152,11 +152,7 @@ impl Service {
     /// a release wakes every held check-in at once), only on check-ins that would start a
     /// switch.
     async fn already_attempted(&self, host_id: i64, path: &str) -> Result<bool> {
-        let last = self
-            .attempts
-            .call(host_id)
-            .await
-            .map_err(ServiceError::System)?;
+        let last = self.attempts.call(host_id).await?;
         Ok(last.as_deref() == Some(path))
     }
 

@@ -76,10 +76,39 @@ pub enum ServiceError {
     #[error("{message}")]
     Refused { code: ErrorCode, message: String },
     #[error("internal error")]
-    Internal(#[from] StoreError),
+    Internal(StoreError),
     /// A failure of this machine (randomness, clock), logged and reported as internal.
     #[error("internal error: {0}")]
     System(String),
+}
+
+/// A database that cannot answer in time (its write lock held too long, its connections all
+/// busy) is a `busy` answer that clients retry, not an internal error.
+impl From<StoreError> for ServiceError {
+    fn from(e: StoreError) -> Self {
+        if e.is_busy() {
+            tracing::warn!(error = %e, "the database is busy; the request is answered 503 busy");
+            return ServiceError::refused(
+                ErrorCode::Busy,
+                "the server's database is busy; retry in a moment",
+            );
+        }
+        ServiceError::Internal(e)
+    }
+}
+
+/// A batch of database work that failed: `busy` as above, anything else internal.
+impl From<batch::BatchError> for ServiceError {
+    fn from(e: batch::BatchError) -> Self {
+        if e.busy {
+            tracing::warn!(error = %e, "the database is busy; the request is answered 503 busy");
+            return ServiceError::refused(
+                ErrorCode::Busy,
+                "the server's database is busy; retry in a moment",
+            );
+        }
+        ServiceError::System(e.why)
+    }
 }
 
 impl ServiceError {

@@ -10,7 +10,7 @@
 
 use std::collections::HashSet;
 
-use super::batch::Batcher;
+use super::batch::{BatchError, Batcher};
 use crate::store::Store;
 
 /// Most nonces written in one statement (3 bound values each, within every backend's limit).
@@ -41,14 +41,14 @@ impl NonceLog {
         key_id: &str,
         nonce: &str,
         signed_at: i64,
-    ) -> Result<bool, String> {
+    ) -> Result<bool, BatchError> {
         self.batches
             .call((key_id.to_owned(), nonce.to_owned(), signed_at))
             .await
     }
 }
 
-async fn commit(store: &Store, batch: Vec<NonceRow>) -> Result<Vec<bool>, String> {
+async fn commit(store: &Store, batch: Vec<NonceRow>) -> Result<Vec<bool>, BatchError> {
     // The same nonce twice in one batch: only the first can be new.
     let mut in_batch = HashSet::new();
     let mut rows = Vec::with_capacity(batch.len());
@@ -64,7 +64,7 @@ async fn commit(store: &Store, batch: Vec<NonceRow>) -> Result<Vec<bool>, String
     let fresh = store
         .record_nonces(&rows)
         .await
-        .map_err(|e| format!("cannot record nonces: {e}"))?;
+        .map_err(|e| BatchError::store("cannot record nonces", &e))?;
     Ok(first
         .into_iter()
         .map(|id| id.is_some_and(|id| fresh.contains(&id)))

@@ -52,6 +52,29 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// True when the database could not answer in time, though nothing is wrong with the
+    /// request: no connection free within the pool's wait, SQLite's write lock held past
+    /// its busy timeout, PostgreSQL out of connections or a lock.
+    pub fn is_busy(&self) -> bool {
+        match self {
+            StoreError::Db(sqlx::Error::PoolTimedOut) => true,
+            StoreError::Db(sqlx::Error::Database(d)) => {
+                // SQLITE_BUSY and SQLITE_LOCKED with their extended codes; PostgreSQL's
+                // too_many_connections and lock_not_available.
+                let busy_code = d.code().is_some_and(|c| {
+                    matches!(
+                        c.as_ref(),
+                        "5" | "6" | "261" | "262" | "517" | "518" | "773" | "53300" | "55P03"
+                    )
+                });
+                busy_code
+                    || d.message().contains("database is locked")
+                    || d.message().contains("database is busy")
+            }
+            _ => false,
+        }
+    }
+
     /// True when a UNIQUE or PRIMARY KEY constraint rejected a write.
     fn is_unique_violation(e: &sqlx::Error) -> bool {
         matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())

@@ -455,3 +455,52 @@ async fn a_tried_system_is_offered_again_when_its_cause_may_be_gone() {
     .await;
     assert!(!offered("keys-3").await);
 }
+
+/// SQLite's write lock held from outside past its busy timeout (a slow SD card, a backup, a
+/// stuck writer): requests answer `503 busy` with `Retry-After`, never `500`; reads of the
+/// fleet still answer; and the report the host sends again afterwards is stored.
+#[tokio::test]
+async fn a_locked_database_answers_busy_and_loses_no_report() {
+    use sqlx::Connection;
+    let api = Api::new(ServiceConfig::default()).await;
+    let report = serde_json::to_vec(&json!({"store_path": PATH_A, "release_id": null,
+        "result": "failed", "reason": "r", "started_at": 1, "finished_at": 2}))
+    .unwrap();
+    sqlx::any::install_default_drivers();
+    let mut holder = sqlx::AnyConnection::connect(api.database_url())
+        .await
+        .unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let (status, headers, answer) = api
+        .send_with_headers(build(
+            "POST",
+            paths::REPORT,
+            &report,
+            Sign::By(&api.host_a),
+            None,
+        ))
+        .await;
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("busy")),
+        "{answer}"
+    );
+    assert!(headers.get("retry-after").is_some(), "{headers:?}");
+    sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
+    drop(holder);
+    // The host sends it again, as the agent does after an error: stored.
+    api.ok("POST", paths::REPORT, &report, Sign::By(&api.host_a))
+        .await;
+    let history = api
+        .ok(
+            "GET",
+            &paths::host_activations("host-a"),
+            b"",
+            Sign::By(&api.viewer),
+        )
+        .await;
+    assert_eq!(history.as_array().map(Vec::len), Some(1), "{history}");
+}

@@ -189,12 +189,26 @@ impl Api {
     }
 
     pub async fn send(&self, req: Request<Body>) -> (StatusCode, Value) {
+        let (status, _, v) = self.send_with_headers(req).await;
+        (status, v)
+    }
+
+    /// As `send`, with the answer's headers.
+    pub async fn send_with_headers(
+        &self,
+        req: Request<Body>,
+    ) -> (StatusCode, axum::http::HeaderMap, Value) {
         let resp = self.router.clone().oneshot(req).await.unwrap();
-        let status = resp.status();
+        let (status, headers) = (resp.status(), resp.headers().clone());
         let bytes = resp.into_body().collect().await.unwrap().to_bytes();
         let v = serde_json::from_slice(&bytes)
             .unwrap_or_else(|_| json!({"raw": String::from_utf8_lossy(&bytes)}));
-        (status, v)
+        (status, headers, v)
+    }
+
+    /// The URL of the database this API runs on.
+    pub fn database_url(&self) -> &str {
+        &self._db.url
     }
 
     pub async fn call(
