@@ -359,3 +359,194 @@ fn a_busy_database_slows_the_cli_down_instead_of_failing_it() {
     );
     eprintln!("`yeet status` under an 8 s write lock took {took:?}");
 }
+
+/// The requests a proxy passed on: each one's first line and body.
+type Seen = std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>;
+
+/// An HTTP proxy on the path to `upstream`, one request per connection: it passes requests
+/// through, records their bodies, and while `swap` is set replaces the server's secrets
+/// recipient in its answer with `attacker`'s.
+struct SwappingProxy {
+    url: String,
+    swap: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    seen: Seen,
+}
+
+impl SwappingProxy {
+    /// Serves on `listener` (bound before the server started, so that the server could be
+    /// told its URL).
+    fn start(
+        listener: std::net::TcpListener,
+        upstream: SocketAddr,
+        attacker: String,
+    ) -> SwappingProxy {
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let swap = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen: Seen = Default::default();
+        let (swapping, log) = (swap.clone(), seen.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut client) = conn else { continue };
+                let (head, body) = read_http(&mut client);
+                let first = head.lines().next().unwrap_or_default().to_owned();
+                log.lock().unwrap().push((first.clone(), body.clone()));
+                // One request per upstream connection, closed after its answer.
+                let head: String = head
+                    .lines()
+                    .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
+                    .map(|l| format!("{l}\r\n"))
+                    .collect();
+                let mut server = TcpStream::connect(upstream).unwrap();
+                write!(server, "{head}Connection: close\r\n\r\n").unwrap();
+                server.write_all(&body).unwrap();
+                let (answer_head, mut answer) = read_http(&mut server);
+                if swapping.load(std::sync::atomic::Ordering::SeqCst)
+                    && first.contains("/v1/secrets-recipient")
+                {
+                    answer = format!(r#"{{"recipient":"{attacker}"}}"#).into_bytes();
+                }
+                let answer_head: String = answer_head
+                    .lines()
+                    .filter(|l| {
+                        let l = l.to_ascii_lowercase();
+                        !l.starts_with("content-length") && !l.starts_with("connection")
+                    })
+                    .map(|l| format!("{l}\r\n"))
+                    .collect();
+                let _ = write!(
+                    client,
+                    "{answer_head}content-length: {}\r\nconnection: close\r\n\r\n",
+                    answer.len()
+                );
+                let _ = client.write_all(&answer);
+            }
+        });
+        SwappingProxy { url, swap, seen }
+    }
+}
+
+/// Reads one HTTP message: its head (the lines before the blank one) and its body (by
+/// Content-Length).
+fn read_http(s: &mut TcpStream) -> (String, Vec<u8>) {
+    let mut data = Vec::new();
+    let mut buf = [0u8; 8192];
+    let end = loop {
+        if let Some(i) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i;
+        }
+        let n = s.read(&mut buf).unwrap_or(0);
+        if n == 0 {
+            return (String::from_utf8_lossy(&data).into_owned(), Vec::new());
+        }
+        data.extend_from_slice(&buf[..n]);
+    };
+    let head = String::from_utf8_lossy(&data[..end]).into_owned();
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    let mut body = data[end + 4..].to_vec();
+    while body.len() < length {
+        let n = s.read(&mut buf).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        body.extend_from_slice(&buf[..n]);
+    }
+    (head, body)
+}
+
+/// The server's secrets recipient comes unsigned. A proxy on the path swapped it for its
+/// own and read the secret that `yeet secret add` then encrypted. Now the CLI pins the
+/// recipient at its first use (or takes it from `--recipient`, as `yeet-server
+/// secrets-recipient` prints it on the server host) and refuses another: the attacker gets
+/// nothing it can decrypt.
+#[test]
+fn a_proxy_swapping_the_secrets_recipient_gets_nothing() {
+    let attacker = age::x25519::Identity::generate();
+    // The proxy's address comes first: clients reach the server through it, so the server
+    // is told that URL (signed requests name it).
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let proxy_url = format!("http://{}", listener.local_addr().unwrap());
+    let server = Server::start(ServerOptions {
+        config: format!("public_urls = [\"{proxy_url}\"]\n"),
+        ..Default::default()
+    });
+    let proxy = SwappingProxy::start(listener, addr(&server), attacker.to_public().to_string());
+    let yeet = |args: &[&str]| {
+        let mut cmd = server.yeet_cmd();
+        cmd.env("YEET_SERVER", &proxy.url).args(args);
+        fleet_sim::run(&mut cmd)
+    };
+    let secret = server.dir.path().join("secret.txt");
+    std::fs::write(&secret, "not-for-the-attacker\n").unwrap();
+    let file = secret.to_str().unwrap();
+
+    // First use, proxy honest: the real recipient is pinned and the secret stored.
+    let out = yeet(&["secret", "add", "one", "--from-file", file]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("pinned its recipient"));
+
+    // The proxy swaps: refused, naming both recipients; nothing is sent.
+    proxy.swap.store(true, std::sync::atomic::Ordering::SeqCst);
+    let before = proxy.seen.lock().unwrap().len();
+    for args in [
+        vec!["secret", "add", "two", "--from-file", file],
+        vec!["secret", "rotate", "one", "--from-file", file],
+    ] {
+        let out = yeet(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded through the swap");
+        assert!(
+            err.contains(&attacker.to_public().to_string()) && err.contains("nothing was sent"),
+            "{err}"
+        );
+    }
+    // An explicit --recipient that is not the server's is refused the same way.
+    let real = {
+        let out = fleet_sim::run(
+            std::process::Command::new(fleet_sim::bin("yeet-server"))
+                .arg("--config")
+                .arg(server.dir.path().join("server.toml"))
+                .arg("--state-dir")
+                .arg(server.dir.path().join("state"))
+                .arg("secrets-recipient"),
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let out = yeet(&[
+        "secret",
+        "add",
+        "three",
+        "--from-file",
+        file,
+        "--recipient",
+        &real,
+    ]);
+    assert!(!out.status.success());
+    let seen = proxy.seen.lock().unwrap();
+    for (request, body) in &seen[before..] {
+        assert!(
+            !request.starts_with("POST /v1/secrets"),
+            "sent through the swap: {request} ({} bytes)",
+            body.len()
+        );
+    }
+    // What the server pinned at first use is what the server host shows.
+    let pins =
+        std::fs::read_to_string(server.dir.path().join(".config/yeet/known_recipients")).unwrap();
+    assert!(pins.contains(&real), "{pins}");
+}

@@ -27,6 +27,44 @@ pub fn config_dir() -> Option<PathBuf> {
         .map(|d| d.join("yeet"))
 }
 
+/// The file of recipients pinned per server: one `ORIGIN RECIPIENT` line each.
+fn recipients_file() -> Result<PathBuf> {
+    config_dir()
+        .map(|d| d.join("known_recipients"))
+        .ok_or_else(|| anyhow::anyhow!("no home directory to keep pinned secrets recipients in; set HOME, or pass --recipient"))
+}
+
+/// The secrets recipient pinned for the server at `origin`, if any.
+pub fn pinned_recipient(origin: &str) -> Result<Option<String>> {
+    let path = recipients_file()?;
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    Ok(text.lines().find_map(|l| {
+        let (o, r) = l.trim().split_once(' ')?;
+        (o == origin).then(|| r.trim().to_owned())
+    }))
+}
+
+/// Pins `recipient` for the server at `origin`, replacing an earlier pin.
+pub fn pin_recipient(origin: &str, recipient: &str) -> Result<()> {
+    let path = recipients_file()?;
+    let old = std::fs::read_to_string(&path).unwrap_or_default();
+    let mut lines: Vec<String> = old
+        .lines()
+        .filter(|l| l.split_once(' ').is_none_or(|(o, _)| o != origin))
+        .map(str::to_owned)
+        .collect();
+    lines.push(format!("{origin} {recipient}"));
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    std::fs::write(&path, lines.join("\n") + "\n")
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
 /// Where `yeet key generate` writes by default, and the first place a key is looked for.
 pub fn default_key_path() -> Option<PathBuf> {
     config_dir().map(|d| d.join("key"))

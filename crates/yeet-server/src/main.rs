@@ -39,6 +39,9 @@ enum Command {
     /// Manage operators directly in the database, on the server host.
     #[command(subcommand)]
     Admin(AdminCommand),
+    /// Print the age recipient secrets are encrypted to, read from the server's own key, for
+    /// operators to compare with what `yeet secret add` pinned (or to pass as --recipient).
+    SecretsRecipient,
 }
 
 #[derive(Subcommand)]
@@ -113,6 +116,16 @@ async fn main() -> Result<()> {
             .await?;
         }
         Command::Admin(cmd) => admin(config()?, cmd).await?,
+        Command::SecretsRecipient => {
+            let config = config()?;
+            let store = yeet_server::open_store(&config).await?;
+            let (key, _) = yeet_server::service::secrets::SecretKeeper::source(&config.secrets_key);
+            let keeper = yeet_server::service::secrets::SecretKeeper::load(&key, false, &store)
+                .await
+                .with_context(|| format!("cannot read the secrets key {}", key.display()))?;
+            println!("{}", keeper.recipient());
+            store.close().await;
+        }
     }
     Ok(())
 }

@@ -18,6 +18,12 @@ pub enum SecretCommand {
     /// Print the server's age recipient (to encrypt files with the age CLI yourself:
     /// `age -r RECIPIENT -o F.age F`, then `yeet secret add NAME --encrypted F.age`).
     Recipient,
+    /// Pin the recipient this machine encrypts to for this server, as `yeet-server
+    /// secrets-recipient` prints it on the server host (replacing a pin made before).
+    PinRecipient {
+        /// The age recipient (age1...).
+        recipient: String,
+    },
     /// Add a secret, encrypted here to the server's recipient, optionally granted to hosts.
     Add(AddArgs),
     /// Store a new version of a secret; hosts that hold it fetch it without a release.
@@ -59,6 +65,11 @@ pub struct ContentArgs {
     name: String,
     #[command(flatten)]
     source: Source,
+    /// Encrypt to this recipient only (as `yeet-server secrets-recipient` prints it on the
+    /// server host), whatever the server sends. Default: the one pinned for this server,
+    /// pinned at the first use.
+    #[arg(long, env = "YEET_SECRETS_RECIPIENT", value_name = "AGE_RECIPIENT")]
+    recipient: Option<String>,
 }
 
 #[derive(Args)]
@@ -83,8 +94,19 @@ pub fn run(command: &SecretCommand, connection: &Connection) -> Result<()> {
     let client = connection.connect()?;
     match command {
         SecretCommand::Recipient => println!("{}", client.secret_recipient()?.recipient),
+        SecretCommand::PinRecipient { recipient } => {
+            yeet_proto::secrets::x25519_recipient(recipient.trim())
+                .context("not an age X25519 recipient (age1...)")?;
+            let origin = yeet_proto::signing::origin_of(client.base_url())?;
+            crate::config::pin_recipient(&origin, recipient.trim())?;
+            println!("pinned {} for {origin}", recipient.trim());
+        }
         SecretCommand::Add(args) => {
-            let ciphertext = ciphertext(&client, &args.content.source)?;
+            let ciphertext = ciphertext(
+                &client,
+                &args.content.source,
+                args.content.recipient.as_deref(),
+            )?;
             let req = AddSecretRequest {
                 name: args.content.name.clone(),
                 ciphertext,
@@ -95,7 +117,7 @@ pub fn run(command: &SecretCommand, connection: &Connection) -> Result<()> {
         }
         SecretCommand::Rotate(args) => {
             let req = RotateSecretRequest {
-                ciphertext: ciphertext(&client, &args.source)?,
+                ciphertext: ciphertext(&client, &args.source, args.recipient.as_deref())?,
             };
             let s = client.rotate_secret(&args.name, &req)?;
             println!(
@@ -130,19 +152,54 @@ fn granted_to(s: &SecretInfo) -> String {
 }
 
 /// The ciphertext to send, base64: the given age file, or the plaintext encrypted here to
-/// the server's recipient.
-fn ciphertext(client: &yeet_client::Client, source: &Source) -> Result<String> {
+/// the server's recipient, once it is known to be the server's (see `trusted_recipient`).
+fn ciphertext(
+    client: &yeet_client::Client,
+    source: &Source,
+    pinned: Option<&str>,
+) -> Result<String> {
     let encode = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
     if let Some(file) = &source.encrypted {
         let bytes =
             std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
         return Ok(encode(&bytes));
     }
+    let recipient = trusted_recipient(client, pinned)?;
     let plaintext = read_plaintext(source)?;
-    let recipient = client.secret_recipient()?.recipient;
     let recipient = yeet_proto::secrets::x25519_recipient(&recipient)
         .context("the server's recipient is not an age X25519 recipient")?;
     Ok(encode(&yeet_proto::secrets::seal(&recipient, &plaintext)?))
+}
+
+/// The recipient to encrypt to. The server's answer is not signed, so an on-path attacker
+/// (plain HTTP, a proxy) could send its own and read the secret: it must equal the one the
+/// operator gave (`--recipient`), or the one pinned for this server at the first use, which
+/// `yeet-server secrets-recipient` shows on the server host for comparison.
+fn trusted_recipient(client: &yeet_client::Client, given: Option<&str>) -> Result<String> {
+    let sent = client.secret_recipient()?.recipient;
+    let origin = yeet_proto::signing::origin_of(client.base_url())?;
+    let expected = match given {
+        Some(r) => Some(r.trim().to_owned()),
+        None => crate::config::pinned_recipient(&origin)?,
+    };
+    match expected {
+        Some(expected) if expected == sent => Ok(sent),
+        Some(expected) => bail!(
+            "the server at {origin} sent the secrets recipient {sent}, not {expected}, the one {}: someone between you and the server may be swapping it to read the secret, so nothing was sent. If the server's secrets key was replaced on purpose, compare with `yeet-server secrets-recipient` on the server host, then `yeet secret pin-recipient RECIPIENT`",
+            if given.is_some() {
+                "given"
+            } else {
+                "pinned for it"
+            }
+        ),
+        None => {
+            crate::config::pin_recipient(&origin, &sent)?;
+            eprintln!(
+                "first secret for {origin}: pinned its recipient {sent}; compare it with `yeet-server secrets-recipient` on the server host (later changes are refused)"
+            );
+            Ok(sent)
+        }
+    }
 }
 
 fn read_plaintext(source: &Source) -> Result<Zeroizing<Vec<u8>>> {
