@@ -701,7 +701,8 @@ fn huge_line(node: &Osqueryd, i: usize) -> Value {
 #[test]
 fn listing_huge_lines_and_answers_costs_the_server_little_memory() {
     const BOUND_KIB: u64 = 64 << 10;
-    let server = server("");
+    // 40 MiB of lines at once: more than a node's default hourly log budget allows.
+    let server = server("[osquery]\nnode_log_bytes_per_hour = 1073741824\n");
     let pid = server.proc.child.id();
     add_enroll_secret(&server, SECRET);
     let mut node = enrolled(&server, "web1");

@@ -360,7 +360,8 @@ fn ingest_rate(server: &fleet_sim::Server, batches: usize, nodes: usize, gzip: b
 
 fn osquery_logs(batches: usize, nodes: usize) {
     let server = fleet_sim::Server::start(fleet_sim::ServerOptions {
-        config: "[osquery]\nnode_burst = 100000\n".into(),
+        // Ingest is measured, not the per-node limits.
+        config: "[osquery]\nnode_burst = 100000\nnode_log_bytes_per_hour = 1099511627776\nnode_log_bytes_stored = 1099511627776\n".into(),
         ..Default::default()
     });
     let secret = server.dir.path().join("enroll-secret");
