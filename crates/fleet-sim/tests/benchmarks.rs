@@ -64,7 +64,12 @@ fn osquery_logs() {
 fn realnix() {
     smoke(
         &["realnix", "2"],
-        &["converged", "confirm  p50", "server's share"],
+        &[
+            "converged",
+            "confirm  p50",
+            "server's share",
+            "transient errors",
+        ],
     );
 }
 

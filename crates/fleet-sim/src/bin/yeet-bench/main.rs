@@ -1,6 +1,7 @@
 //! Benchmarks that print figures, never assert them:
 //! - `realnix [N]`: N real-Nix simulated hosts converging on one release, with the time of
-//!   each phase (wake, fetch, switch, confirm, report; see `realnix.rs`);
+//!   each phase (wake, fetch, switch, confirm, report; see `realnix.rs`) and the transient
+//!   errors it met on the way (counted, not fatal);
 //! - `idle [SECONDS]`: one approved agent left idle (default 600 s): its RSS and CPU use;
 //! - `publish [MIB] [PATHS] [SMALL]`: `yeet publish` of a generated closure against
 //!   `nix copy` with the same compression, and re-publishes of a closure of SMALL paths
