@@ -379,3 +379,42 @@ fn a_malicious_server_cannot_drive_the_operators_terminal() {
     let hosts: serde_json::Value = serde_json::from_str(&yeet(&["status", "--json"])).unwrap();
     assert_eq!(hosts[0]["facts"]["os"], HOSTILE_TEXT);
 }
+
+/// A server that answers every held check-in at once with nothing to run (it does not hold
+/// them) cannot make the agent spin: after a few quick answers the agent asks at its
+/// interval, not every 250 ms as it does after a real wake.
+#[test]
+fn a_server_that_never_holds_cannot_make_the_agent_spin() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = HostileServer::start();
+    let cache = Cache::new(&dir.path().join("fleet-keys"), "fleet-1");
+    let salt = dir.path().display().to_string();
+    let base = build_system(&SystemSpec {
+        name: "base",
+        platform: Platform::NixOS,
+        variant: Variant::Good,
+        kernel: "6.1",
+        server: &server.url,
+        trusted_key: &cache.public_key,
+        confirm_timeout: 20,
+        salt: &salt,
+        extra_agent_config: "max_checkin_interval_secs = 5",
+        agent_package: fleet_sim::sim::SYSTEMD_HOST_AGENT_PACKAGE,
+        secrets: "",
+    });
+    cache.push(&base);
+    // Nothing to run, come back in 5 s: every answer, at once.
+    for _ in 0..200 {
+        server.offer(serde_json::json!({"type": "none"}), 5);
+    }
+    let mut host = SimHost::new(dir.path(), "victim", HostKind::Namespace);
+    host.start(&cache, &base);
+    wait_until(WAIT, "the victim to check in", || server.checkins() > 0);
+    std::thread::sleep(Duration::from_secs(3));
+    let before = server.checkins();
+    std::thread::sleep(Duration::from_secs(10));
+    let asked = server.checkins() - before;
+    // At its 5 s interval that is about 2; spinning every 250 ms, about 40.
+    assert!(asked <= 6, "{asked} check-ins in 10 s");
+    host.power_off();
+}

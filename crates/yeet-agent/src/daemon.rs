@@ -525,8 +525,11 @@ impl Agent<'_> {
         let Some(resp) = self.checkin(state, self.config.long_poll)? else {
             return Ok(Duration::ZERO);
         };
-        // An answer that brought this host something new is never "spinning".
-        let brought_news = held_digest.as_deref() != Some(resp.secrets_digest.as_str());
+        // An answer that brought this host something new is never "spinning". A host that
+        // holds no secrets (no digest sent) is never woken for them, so nothing is news.
+        let brought_news = held_digest
+            .as_deref()
+            .is_some_and(|held| held != resp.secrets_digest);
         self.sync_secrets(Some(&resp.secrets_digest))?;
         // The server's word is bounded: a huge interval must not silence the host.
         let next =
