@@ -510,6 +510,13 @@ fn a_proxy_swapping_the_secrets_recipient_gets_nothing() {
             "{err}"
         );
     }
+    // Nor does `yeet secret recipient` hand the swapped one to `age -r` (then `--encrypted`).
+    let out = yeet(&["secret", "recipient"]);
+    assert!(!out.status.success(), "the swapped recipient was printed");
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains(&attacker.to_public().to_string()),
+        "the swapped recipient was printed"
+    );
     // An explicit --recipient that is not the server's is refused the same way.
     let real = {
         let out = fleet_sim::run(

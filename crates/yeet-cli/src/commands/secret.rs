@@ -16,7 +16,8 @@ use crate::output::{ago, json, print_clean, table};
 #[derive(Subcommand)]
 pub enum SecretCommand {
     /// Print the server's age recipient (to encrypt files with the age CLI yourself:
-    /// `age -r RECIPIENT -o F.age F`, then `yeet secret add NAME --encrypted F.age`).
+    /// `age -r RECIPIENT -o F.age F`, then `yeet secret add NAME --encrypted F.age`),
+    /// checked against the one pinned for this server (pinned at the first use).
     Recipient,
     /// Pin the recipient this machine encrypts to for this server, as `yeet-server
     /// secrets-recipient` prints it on the server host (replacing a pin made before).
@@ -93,7 +94,8 @@ pub struct HostsArgs {
 pub fn run(command: &SecretCommand, connection: &Connection) -> Result<()> {
     let client = connection.connect()?;
     match command {
-        SecretCommand::Recipient => println!("{}", client.secret_recipient()?.recipient),
+        // What `age -r` encrypts to must be the server's too: checked like our own use.
+        SecretCommand::Recipient => println!("{}", trusted_recipient(&client, None)?),
         SecretCommand::PinRecipient { recipient } => {
             yeet_proto::secrets::x25519_recipient(recipient.trim())
                 .context("not an age X25519 recipient (age1...)")?;
