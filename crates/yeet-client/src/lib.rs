@@ -227,7 +227,7 @@ impl Client {
         let content_type = body.is_some().then_some("application/json");
         let mut attempt = 0;
         loop {
-            let (status, retry_after, bytes) = self.send_signed_with_retry_after(
+            let (status, retry_after, bytes) = self.send_signed(
                 method,
                 path_and_query,
                 &digest,
@@ -245,22 +245,9 @@ impl Client {
         }
     }
 
-    /// Signs with a precomputed body digest and sends `body` (bytes or a streamed file).
+    /// Signs with a precomputed body digest and sends `body` (bytes or a streamed file);
+    /// the answer's status, `Retry-After` (whole seconds) and body.
     fn send_signed(
-        &self,
-        method: &str,
-        path_and_query: &str,
-        digest: &str,
-        content_type: Option<&str>,
-        body: impl ureq::AsSendBody,
-    ) -> Result<(u16, Vec<u8>), ClientError> {
-        let (status, _, bytes) =
-            self.send_signed_with_retry_after(method, path_and_query, digest, content_type, body)?;
-        Ok((status, bytes))
-    }
-
-    /// As `send_signed`, with the answer's `Retry-After` (whole seconds).
-    fn send_signed_with_retry_after(
         &self,
         method: &str,
         path_and_query: &str,
@@ -365,7 +352,7 @@ impl Client {
         body: impl ureq::AsSendBody,
     ) -> Result<(), ClientError> {
         let digest = hex::encode(sha256);
-        let (status, bytes) =
+        let (status, _, bytes) =
             self.send_signed("PUT", path, &digest, Some("application/octet-stream"), body)?;
         self.decode::<serde_json::Value>(status, &bytes).map(drop)
     }

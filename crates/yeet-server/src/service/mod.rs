@@ -84,14 +84,18 @@ pub enum ServiceError {
 
 /// A database that cannot answer in time (its write lock held too long, its connections all
 /// busy) is a `busy` answer that clients retry, not an internal error.
+fn database_busy(e: &dyn std::fmt::Display) -> ServiceError {
+    tracing::warn!(error = %e, "the database is busy; the request is answered 503 busy");
+    ServiceError::refused(
+        ErrorCode::Busy,
+        "the server's database is busy; retry in a moment",
+    )
+}
+
 impl From<StoreError> for ServiceError {
     fn from(e: StoreError) -> Self {
         if e.is_busy() {
-            tracing::warn!(error = %e, "the database is busy; the request is answered 503 busy");
-            return ServiceError::refused(
-                ErrorCode::Busy,
-                "the server's database is busy; retry in a moment",
-            );
+            return database_busy(&e);
         }
         ServiceError::Internal(e)
     }
@@ -101,11 +105,7 @@ impl From<StoreError> for ServiceError {
 impl From<batch::BatchError> for ServiceError {
     fn from(e: batch::BatchError) -> Self {
         if e.busy {
-            tracing::warn!(error = %e, "the database is busy; the request is answered 503 busy");
-            return ServiceError::refused(
-                ErrorCode::Busy,
-                "the server's database is busy; retry in a moment",
-            );
+            return database_busy(&e);
         }
         ServiceError::System(e.why)
     }

@@ -231,10 +231,9 @@ impl Store {
             return Ok(Vec::new());
         }
         // Ids and result names are integers and the protocol's fixed words, spliced as such.
-        let ids: Vec<String> = host_ids.iter().map(i64::to_string).collect();
         let mut sql = format!(
             "UPDATE hosts SET last_result_path = NULL WHERE last_result_path IS NOT NULL AND id IN ({})",
-            ids.join(", ")
+            super::id_list(host_ids)
         );
         if let Some(results) = results {
             let names: Vec<String> = results

@@ -81,6 +81,18 @@ impl StoreError {
     }
 }
 
+/// Ids spliced into an `IN (...)` list: they are integers, so nothing else can get in. An
+/// empty list matches nothing.
+pub(super) fn id_list(ids: &[i64]) -> String {
+    if ids.is_empty() {
+        return "NULL".into();
+    }
+    ids.iter()
+        .map(i64::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Maps a unique violation to `Conflict(what)`, everything else to `Db`.
 fn conflict(what: &'static str) -> impl Fn(sqlx::Error) -> StoreError {
     move |e| {

@@ -4,7 +4,7 @@
 
 use sqlx::Row;
 
-use super::{Store, StoreError, conflict};
+use super::{Store, StoreError, conflict, id_list};
 
 /// A log line about to be stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,18 +89,6 @@ const LOG_COLUMNS: &str = "id, node_id, kind, name, logged_at, received_at, line
 const CAMPAIGN_COLUMNS: &str = "id, query, kind, created_at, created_by, deadline";
 const TARGET_COLUMNS: &str = "campaign_id, node_id, sent_at, answered_at, status, message, rows";
 const CARVE_COLUMNS: &str = "id, session_id, node_id, campaign_id, request_id, carve_id, block_count, block_size, carve_size, started_at, completed_at, sha256";
-
-/// Ids spliced into an `IN (...)` list: they are integers, so nothing else can get in. An
-/// empty list matches nothing.
-fn id_list(ids: &[i64]) -> String {
-    if ids.is_empty() {
-        return "NULL".into();
-    }
-    ids.iter()
-        .map(i64::to_string)
-        .collect::<Vec<_>>()
-        .join(", ")
-}
 
 impl Store {
     /// Stores a batch of log lines in one transaction, unless it would take a node's stored
