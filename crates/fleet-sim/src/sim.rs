@@ -301,15 +301,14 @@ pub const SYSTEMD_HOST_NEXT_AGENT_PACKAGE: &str = "/opt/yeet-agent-next";
 const MANAGER_PATH: &str = "/opt/yeet-sim/systemd/bin";
 
 /// Simulated NixOS stage 2 on a systemd host: the booted system is what the profile says.
-const STAGE_2_UNIT: &str = "[Unit]
-Description=Simulated NixOS stage 2: link the booted system
-DefaultDependencies=no
-Before=yeet-agent.service
-
-[Service]
-Type=oneshot
-RemainAfterExit=yes
-ExecStart=/bin/sh -c 'sys=$(/bin/readlink -f /nix/var/nix/profiles/system) && /bin/ln -sfn $sys /run/current-system && /bin/ln -sfn $sys /run/booted-system'
+/// A drop-in that runs before the agent rather than a unit of its own: nspawn's nested
+/// cgroups now and then refuse a unit's first start (status 219/CGROUP), and a separate
+/// oneshot that fails that way left the agent running with no current system. Here the
+/// failure fails the agent's start, which its Restart=always retries. It links once per
+/// boot (/run is fresh each boot), so a restart after a `boot` switch does not change the
+/// running system.
+const STAGE_2_DROP_IN: &str = "[Service]
+ExecStartPre=/bin/sh -c '[ -e /run/booted-system ] || { sys=$(/bin/readlink -f /nix/var/nix/profiles/system) && /bin/ln -sfn $sys /run/current-system && /bin/ln -sfn $sys /run/booted-system; }'
 ";
 
 /// The default target of a systemd host: basic.target and the agent, none of the
@@ -356,7 +355,7 @@ impl SimHost {
 
     /// The container's root: an overlay whose lower layer is the machine's root and whose
     /// upper layer is a tmpfs of its own (it stays across reboots, as a disk would), with
-    /// what makes it a NixOS-like host: the manager's PATH, the stage-2 unit, the default
+    /// what makes it a NixOS-like host: the manager's PATH, the stage-2 drop-in, the default
     /// target, a machine id, a persistent journal, and the machine's sockets and timers
     /// masked.
     fn make_root_fs(&self) {
@@ -403,14 +402,15 @@ impl SimHost {
             "etc/systemd/system.conf.d/yeet-sim.conf",
             &format!("[Manager]\nDefaultEnvironment=PATH={MANAGER_PATH}\n"),
         );
-        write("etc/systemd/system/yeet-sim-stage2.service", STAGE_2_UNIT);
+        write(
+            "etc/systemd/system/yeet-agent.service.d/yeet-sim-stage2.conf",
+            STAGE_2_DROP_IN,
+        );
         write("etc/systemd/system/yeet-sim.target", HOST_TARGET);
-        for unit in ["yeet-sim-stage2.service", "yeet-agent.service"] {
-            link(
-                &format!("../{unit}"),
-                &format!("etc/systemd/system/yeet-sim.target.wants/{unit}"),
-            );
-        }
+        link(
+            "../yeet-agent.service",
+            "etc/systemd/system/yeet-sim.target.wants/yeet-agent.service",
+        );
         // Its own machine id, so that its journal is its own.
         let id = std::fs::read_to_string("/proc/sys/kernel/random/uuid").unwrap();
         write(
