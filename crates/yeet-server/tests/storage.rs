@@ -776,3 +776,40 @@ fn migration_sets_differ_only_in_known_type_substitutions() {
         assert_eq!(expected, without_comments(read("postgres")), "{name}");
     }
 }
+
+/// SQLite keeps the nonce log in a file of its own next to the database (so that a held
+/// write lock on the database never stops a request's authentication): the log outlives a
+/// restart, and a corrupt log stops the server with an error that names the file and says
+/// what to do, instead of an unexplained "file is not a database".
+#[tokio::test]
+async fn the_sqlite_nonce_log_is_its_own_file_and_a_corrupt_one_is_explained() {
+    let db = TestDb::sqlite().await;
+    let row = ("k1".to_owned(), "n1".to_owned(), 100);
+    let s = db.open().await;
+    assert_eq!(s.record_nonces(std::slice::from_ref(&row)).await.unwrap().len(), 1);
+    s.close().await;
+    let log = db.dir().join("yeet.db.nonces");
+    assert!(log.is_file(), "no nonce log at {}", log.display());
+    // After a restart the nonce is still known: a replay is refused.
+    let s = db.open().await;
+    assert!(s.record_nonces(std::slice::from_ref(&row)).await.unwrap().is_empty());
+    s.close().await;
+    for sidecar in ["yeet.db.nonces-wal", "yeet.db.nonces-shm"] {
+        let _ = std::fs::remove_file(db.dir().join(sidecar));
+    }
+    std::fs::write(&log, vec![b'x'; 8192]).unwrap();
+    let err = Store::open(&db.url, None).await.unwrap_err();
+    assert!(matches!(err, StoreError::NonceLog { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains(&log.display().to_string())
+            && text.contains("not a database")
+            && text.contains("move it aside"),
+        "{text}"
+    );
+    // Moved aside, as the error says: the server opens again with an empty log.
+    std::fs::rename(&log, db.dir().join("yeet.db.nonces.corrupt")).unwrap();
+    let s = db.open().await;
+    assert_eq!(s.record_nonces(&[row]).await.unwrap().len(), 1);
+    s.close().await;
+}

@@ -32,7 +32,7 @@ impl Store {
         a: &ActivationRow,
         log_gzip: &[u8],
     ) -> Result<i64, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         let id: i64 = sqlx::query(
             "INSERT INTO activations (host_id, host_name, store_path, release_id, result, reason, started_at, finished_at, reboot_required, log_gzip)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
@@ -69,7 +69,7 @@ impl Store {
         Ok(sqlx::query_as::<_, ActivationRow>(AssertSqlSafe(format!("SELECT {ACTIVATION_COLUMNS} FROM activations WHERE host_id = $1 ORDER BY id DESC LIMIT $2")))
             .bind(host_id)
             .bind(limit)
-            .fetch_all(&self.pool)
+            .fetch_all(&self.reader)
             .await?)
     }
 
@@ -80,7 +80,7 @@ impl Store {
     ) -> Result<Option<(ActivationRow, Vec<u8>)>, StoreError> {
         let row = sqlx::query(AssertSqlSafe(format!("SELECT {ACTIVATION_COLUMNS}, log_gzip FROM activations WHERE host_id = $1 ORDER BY id DESC LIMIT 1")))
             .bind(host_id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.reader)
             .await?;
         Ok(match row {
             Some(r) => Some((ActivationRow::from_row(&r)?, r.try_get("log_gzip")?)),

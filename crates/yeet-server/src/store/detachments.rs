@@ -30,7 +30,7 @@ impl Store {
         let done = sqlx::query("UPDATE hosts SET allow_detach = $1 WHERE id = $2")
             .bind(i64::from(allow))
             .bind(host_id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(done.rows_affected() > 0)
     }
@@ -41,7 +41,7 @@ impl Store {
             sqlx::query_as::<_, DetachmentRow>(sqlx::AssertSqlSafe(format!(
                 "SELECT {DETACHMENT_COLUMNS} FROM detachments WHERE ended_at IS NULL"
             )))
-            .fetch_all(&self.pool)
+            .fetch_all(&self.reader)
             .await?,
         )
     }
@@ -52,7 +52,7 @@ impl Store {
             "SELECT {DETACHMENT_COLUMNS} FROM detachments WHERE host_id = $1 AND ended_at IS NULL"
         )))
         .bind(host_id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.reader)
         .await?)
     }
 
@@ -61,7 +61,7 @@ impl Store {
         Ok(sqlx::query_as::<_, EndedDetachment>(
             "SELECT host_id, since, requested_by, reason, ended_at, ended_by FROM detachments ORDER BY id",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reader)
         .await?)
     }
 
@@ -75,7 +75,7 @@ impl Store {
         .bind(row.since)
         .bind(&row.requested_by)
         .bind(&row.reason)
-        .fetch_one(&self.pool)
+        .fetch_one(&self.writer)
         .await
         .map_err(conflict("an open detachment"));
         match inserted {
@@ -101,7 +101,7 @@ impl Store {
         .bind(at)
         .bind(by)
         .bind(host_id)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(done.rows_affected() > 0)
     }

@@ -64,7 +64,7 @@ impl Store {
             "SELECT {HOST_COLUMNS} FROM hosts WHERE hardware_uuid = $1 LIMIT 2"
         )))
         .bind(uuid)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reader)
         .await?;
         Ok(if rows.len() == 1 { rows.pop() } else { None })
     }
@@ -88,7 +88,7 @@ impl Store {
         for id in ids {
             query = query.bind(*id);
         }
-        let rows = query.fetch_all(&self.pool).await?;
+        let rows = query.fetch_all(&self.reader).await?;
         rows.iter()
             .map(|r| Ok((r.try_get("id")?, r.try_get("last_result_path")?)))
             .collect()
@@ -107,7 +107,7 @@ impl Store {
             "SELECT {HOST_COLUMNS} FROM hosts WHERE {column} = $1"
         )))
         .bind(value)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.reader)
         .await?)
     }
 
@@ -115,7 +115,7 @@ impl Store {
         Ok(sqlx::query_as::<_, HostRow>(AssertSqlSafe(format!(
             "SELECT {HOST_COLUMNS} FROM hosts ORDER BY name"
         )))
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reader)
         .await?)
     }
 
@@ -128,7 +128,7 @@ impl Store {
         approved_by: &str,
         now: i64,
     ) -> Result<Option<HostRow>, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         let Some(reg) = sqlx::query_as::<_, RegistrationRow>(AssertSqlSafe(format!(
             "DELETE FROM registrations WHERE key_id = $1 RETURNING {REGISTRATION_COLUMNS}"
         )))
@@ -162,14 +162,14 @@ impl Store {
         )))
         .bind(new)
         .bind(old)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.writer)
         .await
         .map_err(conflict("a host with this name"))
     }
 
     /// Removes a host and its secret grants, in one transaction.
     pub async fn delete_host(&self, name: &str) -> Result<Option<HostRow>, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         let row = sqlx::query_as::<_, HostRow>(AssertSqlSafe(format!(
             "DELETE FROM hosts WHERE name = $1 RETURNING {HOST_COLUMNS}"
         )))
@@ -214,7 +214,7 @@ impl Store {
         .bind(host_id)
         .bind(&report.hardware_uuid)
         .bind(&report.trust_digest)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -244,14 +244,14 @@ impl Store {
         }
         sql.push_str(" RETURNING id");
         let rows = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql))
-            .fetch_all(&self.pool)
+            .fetch_all(&self.writer)
             .await?;
         Ok(rows)
     }
 
     /// Writes a batch of last-seen times in one transaction.
     pub async fn touch_hosts(&self, seen: &[(i64, i64)]) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         for (host_id, at) in seen {
             sqlx::query("UPDATE hosts SET last_seen = $1 WHERE id = $2 AND (last_seen IS NULL OR last_seen < $1)")
                 .bind(*at)

@@ -6,8 +6,8 @@
 //! One file per table (or pair of tables that change together). Dynamic SQL in them only
 //! splices their constant column lists, never input (`AssertSqlSafe`).
 
-use sqlx::AnyPool;
 use sqlx::any::AnyPoolOptions;
+use sqlx::{AnyPool, Connection};
 use thiserror::Error;
 
 mod activations;
@@ -45,6 +45,10 @@ pub enum StoreError {
     UnsupportedUrl(String),
     #[error("{0} already exists")]
     Conflict(&'static str),
+    #[error(
+        "cannot open the nonce log {path}: {source}; it holds only the nonces of the last minutes' requests, so move it aside and restart (requests from those minutes could be replayed once)"
+    )]
+    NonceLog { path: String, source: sqlx::Error },
     #[error(
         "the database's {0} setting holds {1:?}, which is not a number; delete that row from the settings table and restart the servers"
     )]
@@ -129,19 +133,32 @@ pub enum Backend {
     Postgres,
 }
 
+/// How long a request waits for a database connection before it is answered `503 busy`
+/// (the pool's own default, 30 s, outlasts the clients' patience).
+const CONNECTION_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 #[derive(Clone, Debug)]
 pub struct Store {
-    pool: AnyPool,
+    /// Where reads go. On SQLite: WAL readers of their own (`query_only`), so that no read
+    /// waits behind a write, whatever holds the write lock. On PostgreSQL: the one pool.
+    reader: AnyPool,
+    /// Where writes go. On SQLite: one connection, since SQLite lets one writer in at a
+    /// time anyway; writers queue in the pool (and are answered `busy` after
+    /// `CONNECTION_WAIT`) instead of spinning in SQLite's busy handler. On PostgreSQL: the
+    /// same pool as `reader`.
+    writer: AnyPool,
     /// Where the nonce log is written: one connection that does not wait for the disk on
-    /// commit (see `record_nonces`).
+    /// commit (see `record_nonces`). On SQLite the log is a database file of its own
+    /// (`<database>.nonces`, with the main database attached for its settings), so that
+    /// authenticating a read never waits for the main database's write lock.
     nonce_pool: AnyPool,
     backend: Backend,
     url: String,
 }
 
 impl Store {
-    /// Connects and brings the schema up to date. `max_connections` sizes the request
-    /// pool (`None`: 4 on SQLite, 16 on PostgreSQL).
+    /// Connects and brings the schema up to date. `max_connections` sizes the pool that
+    /// serves reads (`None`: 4 on SQLite, 16 on PostgreSQL, where it serves writes too).
     pub async fn open(url: &str, max_connections: Option<u32>) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("sqlite:") {
@@ -155,65 +172,178 @@ impl Store {
             Backend::Sqlite => 4,
             Backend::Postgres => 16,
         });
-        let pool = AnyPoolOptions::new()
-            .max_connections(max)
-            .connect(url)
-            .await?;
-        // Nonce rows are written without waiting for the disk, on connections of their own.
-        let relaxed = match backend {
-            Backend::Sqlite => "PRAGMA synchronous=NORMAL",
-            Backend::Postgres => "SET synchronous_commit TO OFF",
+        let (reader, writer, nonce_pool) = match backend {
+            Backend::Sqlite => {
+                let writer = AnyPoolOptions::new()
+                    .max_connections(1)
+                    .acquire_timeout(CONNECTION_WAIT)
+                    .connect(url)
+                    .await?;
+                // WAL lets readers proceed while a writer commits; it persists in the file.
+                sqlx::query("PRAGMA journal_mode=WAL")
+                    .execute(&writer)
+                    .await?;
+                sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
+                let reader = AnyPoolOptions::new()
+                    .max_connections(max)
+                    .acquire_timeout(CONNECTION_WAIT)
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            sqlx::query("PRAGMA query_only=ON")
+                                .execute(conn)
+                                .await
+                                .map(drop)
+                        })
+                    })
+                    .connect(url)
+                    .await?;
+                let nonce_pool = sqlite_nonce_log(url, &writer).await?;
+                (reader, writer, nonce_pool)
+            }
+            Backend::Postgres => {
+                let pool = AnyPoolOptions::new()
+                    .max_connections(max)
+                    .acquire_timeout(CONNECTION_WAIT)
+                    .connect(url)
+                    .await?;
+                sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+                // Nonce rows are written without waiting for the disk, on a connection of
+                // their own.
+                let nonce_pool = AnyPoolOptions::new()
+                    .max_connections(1)
+                    .acquire_timeout(CONNECTION_WAIT)
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            sqlx::query("SET synchronous_commit TO OFF")
+                                .execute(conn)
+                                .await
+                                .map(drop)
+                        })
+                    })
+                    .connect(url)
+                    .await?;
+                (pool.clone(), pool, nonce_pool)
+            }
         };
-        let nonce_pool = AnyPoolOptions::new()
-            .max_connections(1)
-            .after_connect(move |conn, _| {
-                Box::pin(async move { sqlx::query(relaxed).execute(conn).await.map(drop) })
-            })
-            .connect(url)
-            .await?;
-        let store = Store {
-            pool,
+        Ok(Store {
+            reader,
+            writer,
             nonce_pool,
             backend,
             url: url.to_owned(),
-        };
-        match backend {
-            Backend::Sqlite => {
-                // WAL lets readers proceed while a writer commits; it persists in the file.
-                sqlx::query("PRAGMA journal_mode=WAL")
-                    .execute(&store.pool)
-                    .await?;
-                sqlx::migrate!("./migrations/sqlite")
-                    .run(&store.pool)
-                    .await?;
-            }
-            Backend::Postgres => {
-                sqlx::migrate!("./migrations/postgres")
-                    .run(&store.pool)
-                    .await?
-            }
-        }
-        Ok(store)
+        })
     }
 
     pub async fn close(&self) {
-        self.pool.close().await;
+        self.reader.close().await;
+        self.writer.close().await;
         self.nonce_pool.close().await;
     }
+}
+
+/// The nonce log of a SQLite database: its own file next to the database, written without
+/// waiting for the disk (`synchronous=NORMAL`), with the main database attached as `yeet`
+/// so that expiry can read the nonce horizon from its settings. Rows an older version kept
+/// in the main database are moved over once. An in-memory database keeps its log inside.
+async fn sqlite_nonce_log(url: &str, writer: &AnyPool) -> Result<AnyPool, StoreError> {
+    let one_connection =
+        |pool: AnyPoolOptions| pool.max_connections(1).acquire_timeout(CONNECTION_WAIT);
+    let main_file: String =
+        sqlx::query_scalar("SELECT file FROM pragma_database_list WHERE name = 'main'")
+            .fetch_one(writer)
+            .await?;
+    if main_file.is_empty() {
+        return Ok(one_connection(AnyPoolOptions::new())
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    sqlx::query("PRAGMA synchronous=NORMAL")
+                        .execute(conn)
+                        .await
+                        .map(drop)
+                })
+            })
+            .connect(url)
+            .await?);
+    }
+    // The URL's path is percent-decoded by sqlx: escape what would otherwise end it.
+    let nonce_file = format!("{main_file}.nonces")
+        .replace('%', "%25")
+        .replace('?', "%3F")
+        .replace('#', "%23");
+    let nonce_url = format!("sqlite://{nonce_file}?mode=rwc");
+    let unusable = |source| StoreError::NonceLog {
+        path: format!("{main_file}.nonces"),
+        source,
+    };
+    // One connection first, whose failure is the file's own error: the pool would only
+    // retry until its wait ran out and then say that it timed out.
+    let mut first = sqlx::AnyConnection::connect(&nonce_url)
+        .await
+        .map_err(unusable)?;
+    prepare_nonce_log(&mut first, main_file.clone())
+        .await
+        .map_err(unusable)?;
+    first.close().await.map_err(unusable)?;
+    let attach = main_file.clone();
+    let pool = one_connection(AnyPoolOptions::new())
+        .after_connect(move |conn, _| Box::pin(prepare_nonce_log(conn, attach.clone())))
+        .connect(&nonce_url)
+        .await
+        .map_err(unusable)?;
+    let left_behind: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM yeet.request_nonces")
+        .fetch_one(&pool)
+        .await?;
+    if left_behind > 0 {
+        sqlx::query("INSERT OR IGNORE INTO request_nonces SELECT signed_at, key_id, nonce FROM yeet.request_nonces")
+            .execute(&pool)
+            .await?;
+        sqlx::query("DELETE FROM request_nonces")
+            .execute(writer)
+            .await?;
+    }
+    Ok(pool)
+}
+
+/// Readies a connection to the nonce log: WAL, commits that do not wait for the disk,
+/// the table, and the main database attached as `yeet`.
+async fn prepare_nonce_log(
+    conn: &mut sqlx::AnyConnection,
+    main_file: String,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("PRAGMA journal_mode=WAL")
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("PRAGMA synchronous=NORMAL")
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS request_nonces (\
+         signed_at BIGINT NOT NULL, key_id TEXT NOT NULL, nonce TEXT NOT NULL, \
+         PRIMARY KEY (signed_at, key_id, nonce)) WITHOUT ROWID",
+    )
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("ATTACH DATABASE $1 AS yeet")
+        .bind(main_file)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// `database_max_connections` reaches the request pool; the nonce log keeps its one.
+    /// `database_max_connections` reaches the readers' pool; SQLite's writer and the nonce
+    /// log keep their one.
     #[tokio::test]
     async fn the_request_pool_is_sized_as_configured() -> Result<(), StoreError> {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}?mode=rwc", dir.path().join("y.db").display());
         for (configured, expected) in [(Some(2), 2), (Some(40), 40), (None, 4)] {
             let store = Store::open(&url, configured).await?;
-            assert_eq!(store.pool.options().get_max_connections(), expected);
+            assert_eq!(store.reader.options().get_max_connections(), expected);
+            assert_eq!(store.writer.options().get_max_connections(), 1);
             assert_eq!(store.nonce_pool.options().get_max_connections(), 1);
             store.close().await;
         }

@@ -58,7 +58,7 @@ impl Store {
         )
         .bind(NONCE_HORIZON)
         .bind(skew_secs.to_string())
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -81,7 +81,7 @@ impl Store {
         .bind(now.saturating_sub(horizon_secs))
         .bind(NONCE_HORIZON)
         .bind(&horizon)
-        .execute(&self.pool)
+        .execute(&self.nonce_pool)
         .await?
         .rows_affected())
     }

@@ -104,7 +104,7 @@ impl Store {
         for l in lines {
             *per_node.entry(l.node_id).or_default() += l.line.len() as i64;
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         for (node_id, bytes) in &per_node {
             let fits = sqlx::query(
                 "UPDATE osquery_nodes SET log_bytes = log_bytes + $1 WHERE id = $2 AND log_bytes + $1 <= $3",
@@ -121,7 +121,7 @@ impl Store {
                 sqlx::query("UPDATE osquery_nodes SET log_refusals = log_refusals + 1, last_log_refused_at = $1 WHERE id = $2")
                     .bind(received_at)
                     .bind(*node_id)
-                    .execute(&self.pool)
+                    .execute(&self.writer)
                     .await?;
                 return Ok(Some(*node_id));
             }
@@ -149,7 +149,7 @@ impl Store {
         sqlx::query("UPDATE osquery_nodes SET log_refusals = log_refusals + 1, last_log_refused_at = $1 WHERE id = $2")
             .bind(at)
             .bind(node_id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -193,7 +193,7 @@ impl Store {
         if let Some(since) = q.since {
             query = query.bind(since);
         }
-        let sizes = query.bind(q.limit).fetch_all(&self.pool).await?;
+        let sizes = query.bind(q.limit).fetch_all(&self.reader).await?;
         let mut taken = Vec::new();
         let mut total = 0i64;
         for (id, bytes) in &sizes {
@@ -211,7 +211,7 @@ impl Store {
             "SELECT {LOG_COLUMNS} FROM osquery_logs WHERE id IN ({}) ORDER BY id",
             id_list(&taken)
         )))
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reader)
         .await?;
         Ok((rows, more))
     }
@@ -219,7 +219,7 @@ impl Store {
     /// Drops log lines received before `before`, and takes their bytes off their nodes'
     /// stored totals; returns how many lines.
     pub async fn delete_log_lines_before(&self, before: i64) -> Result<u64, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         sqlx::query(
             "UPDATE osquery_nodes SET log_bytes = log_bytes - (SELECT COALESCE(SUM(bytes), 0) FROM osquery_logs WHERE osquery_logs.node_id = osquery_nodes.id AND received_at < $1)
              WHERE id IN (SELECT DISTINCT node_id FROM osquery_logs WHERE received_at < $1)",
@@ -241,7 +241,7 @@ impl Store {
         c: &CampaignRow,
         node_ids: &[i64],
     ) -> Result<CampaignRow, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         let row = sqlx::query_as::<_, CampaignRow>(sqlx::AssertSqlSafe(format!(
             "INSERT INTO osquery_campaigns (query, kind, created_at, created_by, deadline) VALUES ($1, $2, $3, $4, $5) RETURNING {CAMPAIGN_COLUMNS}"
         )))
@@ -269,7 +269,7 @@ impl Store {
                 "SELECT {CAMPAIGN_COLUMNS} FROM osquery_campaigns WHERE id = $1"
             )))
             .bind(id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.reader)
             .await?,
         )
     }
@@ -278,7 +278,7 @@ impl Store {
     /// has passed.
     pub async fn latest_campaign_deadline(&self) -> Result<i64, StoreError> {
         let latest: Option<i64> = sqlx::query_scalar("SELECT MAX(deadline) FROM osquery_campaigns")
-            .fetch_one(&self.pool)
+            .fetch_one(&self.reader)
             .await?;
         Ok(latest.unwrap_or(0))
     }
@@ -288,7 +288,7 @@ impl Store {
             "SELECT {TARGET_COLUMNS} FROM osquery_targets WHERE campaign_id = $1 ORDER BY node_id"
         )))
         .bind(campaign_id)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reader)
         .await?)
     }
 
@@ -304,7 +304,7 @@ impl Store {
         )
         .bind(node_id)
         .bind(now)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.writer)
         .await?;
         let mut out = Vec::with_capacity(rows.len());
         for r in rows {
@@ -324,7 +324,7 @@ impl Store {
         answers: &[TargetAnswer],
         now: i64,
     ) -> Result<Vec<i64>, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         let mut stored = Vec::new();
         for a in answers {
             let done = sqlx::query(
@@ -362,7 +362,7 @@ impl Store {
         .bind(c.block_size)
         .bind(c.carve_size)
         .bind(c.started_at)
-        .fetch_one(&self.pool)
+        .fetch_one(&self.writer)
         .await
         .map_err(conflict("a carve session with that id"))
     }
@@ -372,7 +372,7 @@ impl Store {
             "SELECT {CARVE_COLUMNS} FROM osquery_carves WHERE session_id = $1"
         )))
         .bind(session_id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.reader)
         .await?)
     }
 
@@ -381,7 +381,7 @@ impl Store {
             "SELECT {CARVE_COLUMNS} FROM osquery_carves WHERE id = $1"
         )))
         .bind(id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.reader)
         .await?)
     }
 
@@ -389,7 +389,7 @@ impl Store {
         let carves = sqlx::query_as::<_, CarveRow>(sqlx::AssertSqlSafe(format!(
             "SELECT {CARVE_COLUMNS} FROM osquery_carves ORDER BY id"
         )))
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reader)
         .await?;
         let mut out = Vec::with_capacity(carves.len());
         for c in carves {
@@ -405,7 +405,7 @@ impl Store {
             "SELECT COUNT(*) FROM osquery_carves WHERE node_id = $1 AND completed_at IS NULL",
         )
         .bind(node_id)
-        .fetch_one(&self.pool)
+        .fetch_one(&self.reader)
         .await?)
     }
 
@@ -422,7 +422,7 @@ impl Store {
         .bind(carve_id)
         .bind(block_id)
         .bind(data)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(done.rows_affected() > 0)
     }
@@ -431,7 +431,7 @@ impl Store {
         Ok(
             sqlx::query_scalar("SELECT COUNT(*) FROM osquery_carve_blocks WHERE carve_id = $1")
                 .bind(carve_id)
-                .fetch_one(&self.pool)
+                .fetch_one(&self.reader)
                 .await?,
         )
     }
@@ -447,7 +447,7 @@ impl Store {
         )
         .bind(carve_id)
         .bind(block_id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.reader)
         .await?)
     }
 
@@ -458,7 +458,7 @@ impl Store {
             .bind(at)
             .bind(sha256)
             .bind(id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }

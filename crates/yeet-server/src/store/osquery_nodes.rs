@@ -90,7 +90,7 @@ impl Store {
         e: &NodeEnrollment,
         quiet_secs: i64,
     ) -> Result<Enrolled, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         let old: Option<(String, i64, String)> = sqlx::query_as(
             "SELECT node_key_hash, last_seen, hardware_uuid FROM osquery_nodes WHERE host_identifier = $1",
         )
@@ -160,7 +160,7 @@ impl Store {
         match sqlx::query("UPDATE osquery_nodes SET host_id = $1 WHERE id = $2")
             .bind(host_id)
             .bind(node_id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
         {
             Ok(done) => Ok(done.rows_affected() > 0),
@@ -174,7 +174,7 @@ impl Store {
             "SELECT {NODE_COLUMNS} FROM osquery_nodes WHERE node_key_hash = $1"
         )))
         .bind(hash)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.reader)
         .await?)
     }
 
@@ -183,7 +183,7 @@ impl Store {
             "SELECT {NODE_COLUMNS} FROM osquery_nodes WHERE id = $1"
         )))
         .bind(id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.reader)
         .await?)
     }
 
@@ -191,13 +191,13 @@ impl Store {
         Ok(sqlx::query_as::<_, NodeRow>(sqlx::AssertSqlSafe(format!(
             "SELECT {NODE_COLUMNS} FROM osquery_nodes ORDER BY host_identifier"
         )))
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reader)
         .await?)
     }
 
     /// Writes batched last-seen times of nodes.
     pub async fn touch_nodes(&self, seen: &[(i64, i64)]) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         for (id, at) in seen {
             sqlx::query("UPDATE osquery_nodes SET last_seen = $1 WHERE id = $2 AND last_seen < $1")
                 .bind(*at)
@@ -214,7 +214,7 @@ impl Store {
             sqlx::query_as::<_, ScheduledQueryRow>(sqlx::AssertSqlSafe(format!(
                 "SELECT {QUERY_COLUMNS} FROM osquery_queries ORDER BY pack, name"
             )))
-            .fetch_all(&self.pool)
+            .fetch_all(&self.reader)
             .await?,
         )
     }
@@ -233,7 +233,7 @@ impl Store {
         .bind(&q.hosts)
         .bind(q.created_at)
         .bind(&q.created_by)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(conflict("a scheduled query of that name"))?;
         Ok(())
@@ -243,7 +243,7 @@ impl Store {
     pub async fn delete_scheduled_query(&self, name: &str) -> Result<bool, StoreError> {
         let done = sqlx::query("DELETE FROM osquery_queries WHERE name = $1")
             .bind(name)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(done.rows_affected() > 0)
     }
@@ -252,7 +252,7 @@ impl Store {
         Ok(sqlx::query_as::<_, OptionRow>(
             "SELECT name, value, updated_at, updated_by FROM osquery_options ORDER BY name",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reader)
         .await?)
     }
 
@@ -266,7 +266,7 @@ impl Store {
         .bind(&o.value)
         .bind(o.updated_at)
         .bind(&o.updated_by)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -275,7 +275,7 @@ impl Store {
     pub async fn delete_osquery_option(&self, name: &str) -> Result<bool, StoreError> {
         let done = sqlx::query("DELETE FROM osquery_options WHERE name = $1")
             .bind(name)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(done.rows_affected() > 0)
     }

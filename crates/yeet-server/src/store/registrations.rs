@@ -32,7 +32,7 @@ impl Store {
             "SELECT {REGISTRATION_COLUMNS} FROM registrations WHERE key_id = $1"
         )))
         .bind(key_id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.reader)
         .await?)
     }
 
@@ -42,7 +42,7 @@ impl Store {
     ) -> Result<Option<RegistrationRow>, StoreError> {
         Ok(sqlx::query_as::<_, RegistrationRow>(AssertSqlSafe(format!("SELECT {REGISTRATION_COLUMNS} FROM registrations WHERE code = $1 ORDER BY code_expires_at DESC")))
             .bind(code)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.reader)
             .await?)
     }
 
@@ -50,7 +50,7 @@ impl Store {
         Ok(sqlx::query_as::<_, RegistrationRow>(AssertSqlSafe(format!(
             "SELECT {REGISTRATION_COLUMNS} FROM registrations ORDER BY first_seen_ms"
         )))
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reader)
         .await?)
     }
 
@@ -72,14 +72,14 @@ impl Store {
         .bind(r.first_seen_ms)
         .bind(r.last_seen_ms)
         .bind(&r.source)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
 
     pub async fn count_registrations(&self) -> Result<i64, StoreError> {
         Ok(sqlx::query("SELECT COUNT(*) AS n FROM registrations")
-            .fetch_one(&self.pool)
+            .fetch_one(&self.reader)
             .await?
             .try_get("n")?)
     }
@@ -96,7 +96,7 @@ impl Store {
                  ORDER BY COUNT(*) DESC, MAX(first_seen_ms) DESC LIMIT 1)
                ORDER BY last_seen_ms, first_seen_ms DESC LIMIT 1)",
         )
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(done.rows_affected())
     }
@@ -108,7 +108,7 @@ impl Store {
         by: &str,
         now: i64,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         let done = sqlx::query("DELETE FROM registrations WHERE key_id = $1")
             .bind(key_id)
             .execute(&mut *tx)
@@ -130,7 +130,7 @@ impl Store {
         Ok(
             sqlx::query("SELECT key_id FROM rejected_keys WHERE key_id = $1")
                 .bind(key_id)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&self.reader)
                 .await?
                 .is_some(),
         )

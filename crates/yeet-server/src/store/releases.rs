@@ -70,7 +70,7 @@ impl Store {
         now: i64,
         entries: &[(i64, String, String)],
     ) -> Result<i64, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         let id: i64 = sqlx::query("INSERT INTO releases (author, message, created_at, revision, dirty, rollback) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id")
             .bind(&release.author)
             .bind(&release.message)
@@ -107,7 +107,7 @@ impl Store {
         )))
         .bind(host_id.unwrap_or(-1))
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reader)
         .await?;
         Ok(group_releases(rows)?)
     }
@@ -117,7 +117,7 @@ impl Store {
             "{RELEASE_SELECT} WHERE r.id = $1 ORDER BY rh.host_name"
         )))
         .bind(id)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reader)
         .await?;
         Ok(group_releases(rows)?.pop())
     }
@@ -127,7 +127,7 @@ impl Store {
         let rows = sqlx::query(
             "SELECT host_id, store_path FROM release_hosts ORDER BY host_id, release_id DESC",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reader)
         .await?;
         let (mut out, mut current, mut taken) = (Vec::new(), None, 0u32);
         for row in rows {
@@ -148,7 +148,7 @@ impl Store {
         let rows =
             sqlx::query("SELECT host_id FROM release_hosts WHERE release_id = $1 ORDER BY host_id")
                 .bind(release_id)
-                .fetch_all(&self.pool)
+                .fetch_all(&self.reader)
                 .await?;
         Ok(rows
             .iter()
@@ -172,7 +172,7 @@ impl Store {
         )
         .bind(host_id)
         .bind(from_release)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.reader)
         .await?;
         let Some(from) = from else {
             return Ok(None);
@@ -184,7 +184,7 @@ impl Store {
         .bind(host_id)
         .bind(&from)
         .bind(from_release)
-        .fetch_one(&self.pool)
+        .fetch_one(&self.reader)
         .await?;
         let target = sqlx::query_scalar(
             "SELECT rh.store_path FROM release_hosts rh JOIN releases r ON r.id = rh.release_id
@@ -196,7 +196,7 @@ impl Store {
         .bind(host_id)
         .bind(given_in.unwrap_or(from_release))
         .bind(&from)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.reader)
         .await?;
         Ok(target)
     }
@@ -207,7 +207,7 @@ impl Store {
             "SELECT rh.host_id, rh.release_id, rh.store_path FROM release_hosts rh
              WHERE rh.release_id = (SELECT MAX(r2.release_id) FROM release_hosts r2 WHERE r2.host_id = rh.host_id)",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reader)
         .await?;
         rows.iter()
             .map(|r| {

@@ -73,7 +73,7 @@ impl Store {
         host_ids: &[i64],
         change: &Change<'_>,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         sqlx::query("INSERT INTO secrets (name, version, ciphertext, created_at, created_by, updated_at, updated_by) VALUES ($1, 1, $2, $3, $4, $3, $4)")
             .bind(name)
             .bind(ciphertext)
@@ -98,7 +98,7 @@ impl Store {
         ciphertext: &[u8],
         change: &Change<'_>,
     ) -> Result<Option<i64>, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         let version = sqlx::query("UPDATE secrets SET version = version + 1, ciphertext = $1, updated_at = $2, updated_by = $3 WHERE name = $4 RETURNING version")
             .bind(ciphertext)
             .bind(change.at)
@@ -129,7 +129,7 @@ impl Store {
         grant: bool,
         change: &Change<'_>,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         // Touch the secret's row first: it must exist, and concurrent changes to its
         // grants serialise on it.
         let exists =
@@ -162,7 +162,7 @@ impl Store {
 
     /// Removes a secret and its grants, recording the change; false when there was none.
     pub async fn delete_secret(&self, name: &str, change: &Change<'_>) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         let deleted = sqlx::query("DELETE FROM secrets WHERE name = $1")
             .bind(name)
             .execute(&mut *tx)
@@ -184,7 +184,7 @@ impl Store {
         Ok(sqlx::query_as::<_, SecretRow>(sqlx::AssertSqlSafe(format!(
             "SELECT {SECRET_COLUMNS} FROM secrets ORDER BY name"
         )))
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reader)
         .await?)
     }
 
@@ -193,7 +193,7 @@ impl Store {
             "SELECT {SECRET_COLUMNS} FROM secrets WHERE name = $1"
         )))
         .bind(name)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.reader)
         .await?)
     }
 
@@ -202,7 +202,7 @@ impl Store {
         Ok(
             sqlx::query_scalar("SELECT ciphertext FROM secrets WHERE name = $1")
                 .bind(name)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&self.reader)
                 .await?,
         )
     }
@@ -213,7 +213,7 @@ impl Store {
             "SELECT g.secret, g.host_id, h.name AS host, g.granted_at, g.granted_by, g.fetched_version, g.fetched_at
              FROM secret_grants g JOIN hosts h ON h.id = g.host_id ORDER BY g.secret, h.name",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reader)
         .await?)
     }
 
@@ -225,7 +225,7 @@ impl Store {
              ORDER BY c.secret, c.id DESC",
         )
         .bind(per_secret)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reader)
         .await?)
     }
 
@@ -234,7 +234,7 @@ impl Store {
         let rows = sqlx::query(
             "SELECT g.host_id, s.name, s.version FROM secret_grants g JOIN secrets s ON s.name = g.secret",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reader)
         .await?;
         rows.iter()
             .map(|r| {
@@ -260,7 +260,7 @@ impl Store {
             "SELECT s.name, s.version, s.ciphertext FROM secret_grants g JOIN secrets s ON s.name = g.secret WHERE g.host_id = $1",
         )
         .bind(host_id)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reader)
         .await?;
         let wanted: std::collections::HashSet<&str> = names.iter().map(String::as_str).collect();
         let mut out = Vec::new();
@@ -280,7 +280,7 @@ impl Store {
         fetched: &[(String, i64)],
         at: i64,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         for (name, version) in fetched {
             sqlx::query("UPDATE secret_grants SET fetched_version = $1, fetched_at = $2 WHERE secret = $3 AND host_id = $4")
                 .bind(*version)
@@ -316,7 +316,7 @@ impl Store {
     pub async fn setting(&self, name: &str) -> Result<Option<String>, StoreError> {
         let row = sqlx::query("SELECT value FROM settings WHERE name = $1")
             .bind(name)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.reader)
             .await?;
         Ok(row.map(|r| r.try_get("value")).transpose()?)
     }
@@ -329,7 +329,7 @@ impl Store {
         )
         .bind(name)
         .bind(value)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(self
             .setting(name)

@@ -31,7 +31,7 @@ impl Store {
             .bind(public_key)
             .bind(role.as_str())
             .bind(now)
-            .fetch_one(&self.pool)
+            .fetch_one(&self.writer)
             .await
             .map_err(conflict("a user with this name or key"))
     }
@@ -41,7 +41,7 @@ impl Store {
             "SELECT id, name, key_id, public_key, role, created_at FROM users WHERE key_id = $1",
         )
         .bind(key_id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.reader)
         .await?)
     }
 
@@ -49,7 +49,7 @@ impl Store {
         Ok(sqlx::query_as::<_, UserRow>(
             "SELECT id, name, key_id, public_key, role, created_at FROM users ORDER BY name",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reader)
         .await?)
     }
 
@@ -57,7 +57,7 @@ impl Store {
     pub async fn delete_user(&self, name: &str) -> Result<Option<String>, StoreError> {
         let row = sqlx::query("DELETE FROM users WHERE name = $1 RETURNING key_id")
             .bind(name)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.writer)
             .await?;
         Ok(row.map(|r| r.try_get("key_id")).transpose()?)
     }

@@ -456,6 +456,84 @@ async fn a_tried_system_is_offered_again_when_its_cause_may_be_gone() {
     assert!(!offered("keys-3").await);
 }
 
+/// SQLite's write lock held from outside for a moment (a backup, a slow SD card's commit,
+/// a stuck writer): operator reads and check-ins that change nothing still answer while
+/// it is held (they used to write their nonce to the main database first, and wait with
+/// it); a report and a check-in that changes what the host runs wait for the lock and are
+/// stored once it goes; nothing answers 500.
+#[tokio::test]
+async fn a_held_write_lock_slows_writes_and_not_reads() {
+    use sqlx::Connection;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let api = Api::new(ServiceConfig::default()).await;
+    let checkin = br#"{"current_system": null, "facts": {"os":"","arch":"","agent_version":""}}"#;
+    let report = serde_json::to_vec(&json!({"store_path": PATH_A, "release_id": null,
+        "result": "failed", "reason": "r", "started_at": 1, "finished_at": 2}))
+    .unwrap();
+    // host-b's report is known before the lock: its check-ins below change nothing.
+    api.ok("POST", paths::CHECKIN, checkin, Sign::By(&api.host_b))
+        .await;
+    sqlx::any::install_default_drivers();
+    let mut holder = sqlx::AnyConnection::connect(api.database_url())
+        .await
+        .unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let writes_answered = AtomicUsize::new(0);
+    let write = |body: Vec<u8>, path: &'static str| {
+        let (api, writes_answered) = (&api, &writes_answered);
+        async move {
+            let answer = api.call("POST", path, &body, Sign::By(&api.host_a)).await;
+            writes_answered.fetch_add(1, Ordering::SeqCst);
+            answer
+        }
+    };
+    let while_locked = async {
+        // Reads answer, one after another, with the lock held all along.
+        for _ in 0..3 {
+            let hosts = api
+                .ok("GET", paths::HOSTS, b"", Sign::By(&api.viewer))
+                .await;
+            assert!(hosts.to_string().contains("host-a"), "{hosts}");
+            let (status, answer) = api
+                .call("POST", paths::CHECKIN, checkin, Sign::By(&api.host_b))
+                .await;
+            assert_eq!(
+                status,
+                StatusCode::OK,
+                "a check-in under the lock: {answer}"
+            );
+        }
+        // The writes are still waiting: slower, not refused (the busy timeout is 5 s).
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        assert_eq!(
+            writes_answered.load(Ordering::SeqCst),
+            0,
+            "a write was answered while the lock was held"
+        );
+        sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
+    };
+    let (first_checkin, sent_report, ()) = tokio::join!(
+        write(checkin.to_vec(), paths::CHECKIN),
+        write(report, paths::REPORT),
+        while_locked
+    );
+    for (what, (status, answer)) in [("check-in", first_checkin), ("report", sent_report)] {
+        assert_eq!(status, StatusCode::OK, "the waiting {what}: {answer}");
+    }
+    let history = api
+        .ok(
+            "GET",
+            &paths::host_activations("host-a"),
+            b"",
+            Sign::By(&api.viewer),
+        )
+        .await;
+    assert_eq!(history.as_array().map(Vec::len), Some(1), "{history}");
+}
+
 /// SQLite's write lock held from outside past its busy timeout (a slow SD card, a backup, a
 /// stuck writer): requests answer `503 busy` with `Retry-After`, never `500`; reads of the
 /// fleet still answer; and the report the host sends again afterwards is stored.
