@@ -311,12 +311,18 @@ fn a_reachable_server_without_public_urls_refuses_to_start() {
 }
 
 /// The embedded SQLite server under a write lock held from outside for longer than its busy
-/// timeout (a slow disk, a backup): it answers `busy` with `Retry-After` instead of `500`,
-/// and the CLI waits as told and asks again, so the operator's command still succeeds.
+/// timeout (a slow disk, a backup): an operator's read answers at once (reads have their
+/// own connections, and the nonce log its own file); a write is answered `busy` with
+/// `Retry-After` instead of `500`, and the CLI waits as told and asks again, so the
+/// operator's command still succeeds.
 #[test]
 fn a_busy_database_slows_the_cli_down_instead_of_failing_it() {
     let server = Server::start(ServerOptions::default());
     server.yeet(&["status"]);
+    let secret = server.dir.path().join("secret-value");
+    std::fs::write(&secret, "s3cret").unwrap();
+    // Pins the server's recipient first (a file of the CLI's), a read.
+    server.yeet(&["secret", "recipient"]);
     let db = server.dir.path().join("state/yeet.db");
     let mut holder = std::process::Command::new("python3")
         .args([
@@ -339,25 +345,42 @@ fn a_busy_database_slows_the_cli_down_instead_of_failing_it() {
     )
     .unwrap();
     assert_eq!(line.trim(), "locked");
-    let started = Instant::now();
-    let out = fleet_sim::run(server.yeet_cmd().arg("status"));
-    let took = started.elapsed();
+    let log = || server.proc.stderr.all().join("\n") + &server.proc.stdout.all().join("\n");
+    let timed = |args: &[&str]| {
+        let started = Instant::now();
+        let out = fleet_sim::run(server.yeet_cmd().args(args));
+        assert!(
+            out.status.success(),
+            "yeet {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        started.elapsed()
+    };
+    let read = timed(&["status"]);
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        !log().contains("database is busy"),
+        "a read waited for the write lock:\n{}",
+        log()
     );
+    let secret = secret.display().to_string();
+    let write = timed(&["secret", "add", "under-lock", "--from-file", &secret]);
     assert!(holder.wait().unwrap().success());
-    let log = server.proc.stderr.all().join("\n") + &server.proc.stdout.all().join("\n");
     assert!(
-        log.contains("database is busy"),
-        "the server was never busy:\n{log}"
+        log().contains("database is busy"),
+        "the write was never answered busy:\n{}",
+        log()
     );
     assert!(
-        !log.contains("500 Internal"),
-        "a busy database answered 500:\n{log}"
+        !log().contains("500 Internal"),
+        "a busy database answered 500:\n{}",
+        log()
     );
-    eprintln!("`yeet status` under an 8 s write lock took {took:?}");
+    let secrets: Vec<serde_json::Value> = server.yeet_json(&["secret", "list"]);
+    assert!(
+        secrets.iter().any(|s| s["name"] == "under-lock"),
+        "{secrets:?}"
+    );
+    eprintln!("under an 8 s write lock: `yeet status` took {read:?}, `yeet secret add` {write:?}");
 }
 
 /// The requests a proxy passed on: each one's first line and body.
