@@ -105,16 +105,37 @@ fn publishing_checks_before_uploading_and_reports_what_it_did() {
     );
     assert_eq!(cache_files(&cache), Vec::<String>::new());
 
-    // Signed: the closure goes up as zstd, and --json says what happened.
+    // A typo in a host's name is refused before anything is uploaded, naming the fleet.
+    let (ok, _, err) = publish(
+        &fleet,
+        &["--path", &format!("web1={v1}"), "--signing-key", &key],
+        &[],
+    );
+    assert!(
+        !ok && err.contains("not approved in the fleet: web1")
+            && err.contains("approved hosts: web-1"),
+        "{err}"
+    );
+    assert_eq!(
+        cache_files(&cache),
+        Vec::<String>::new(),
+        "uploaded for a host the fleet does not have"
+    );
+
+    // Signed: the closure goes up as zstd, and --json says what happened. The system is
+    // named by its `./result` link, as after `nix build`.
+    let result = fleet.dir().join("result");
+    std::os::unix::fs::symlink(&v1, &result).unwrap();
     let closure = fleet_sim::run(std::process::Command::new("nix-store").args(["-qR", &v1]));
     let closure_size = String::from_utf8_lossy(&closure.stdout).lines().count();
     let (ok, out, err) = publish(
         &fleet,
-        &["--path", &pair, "--json"],
+        &["--path", &format!("web-1={}", result.display()), "--json"],
         &[("YEET_SIGNING_KEY", &key)],
     );
     assert!(ok, "{err}");
     let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["systems"]["web-1"], v1.as_str(), "{report}");
     assert!(report["release"]["id"].is_i64(), "{report}");
     assert_eq!(report["changed_hosts"], serde_json::json!(["web-1"]));
     assert_eq!(report["push"]["closure_paths"], closure_size);

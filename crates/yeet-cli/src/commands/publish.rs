@@ -81,7 +81,7 @@ pub fn run(args: &PublishArgs, connection: &Connection) -> Result<()> {
     let client = connection.connect()?;
     let file = config::load(connection.config.as_deref())?;
     let fleet = client.hosts()?;
-    let (mut systems, built) = if args.paths.is_empty() {
+    let (systems, built) = if args.paths.is_empty() {
         let wanted = if args.all {
             flake::hosts_in(&args.flake)?
         } else {
@@ -92,9 +92,12 @@ pub fn run(args: &PublishArgs, connection: &Connection) -> Result<()> {
         let distinct = distinct_systems(&built.hosts).len();
         (built, distinct)
     } else {
-        (Systems::default(), 0)
+        let mut given = Systems::default();
+        add_given_paths(&mut given.hosts, &args.paths)?;
+        // Before anything is pushed: a typo must not cost an upload.
+        check_approved(&given.hosts.keys().cloned().collect::<Vec<_>>(), &fleet)?;
+        (given, 0)
     };
-    add_given_paths(&mut systems.hosts, &args.paths)?;
     let changed_hosts = changed_hosts(&systems.hosts, &fleet);
     let mut report = PublishReport {
         release: None,
@@ -202,20 +205,47 @@ fn check_approved(wanted: &[String], fleet: &[HostInfo]) -> Result<()> {
     Ok(())
 }
 
-/// Adds `HOST=/nix/store/...` pairs; each host at most once.
+/// Adds `HOST=PATH` pairs, each host at most once. PATH is a store path or a link to one
+/// (`./result`).
 fn add_given_paths(hosts: &mut BTreeMap<String, String>, pairs: &[String]) -> Result<()> {
     for pair in pairs {
         let (host, path) = pair
             .split_once('=')
             .with_context(|| format!("--path {pair:?}: expected HOST=/nix/store/..."))?;
-        path.parse::<nix_meta::StorePath>()
-            .with_context(|| format!("--path {pair:?}"))?;
+        let path = resolve_store_path(path).with_context(|| format!("--path {pair:?}"))?;
         yeet_proto::names::validate_host_name(host)?;
-        if hosts.insert(host.to_owned(), path.to_owned()).is_some() {
+        if hosts.insert(host.to_owned(), path).is_some() {
             bail!("host {host} is given twice");
         }
     }
     Ok(())
+}
+
+/// The store path `given` names: itself, or where the links it is (`./result`, a GC root)
+/// lead, followed until they reach the store, as Nix's own tools do.
+fn resolve_store_path(given: &str) -> Result<String> {
+    let is_store_path = |p: &str| p.parse::<nix_meta::StorePath>().is_ok();
+    if is_store_path(given) {
+        return Ok(given.to_owned());
+    }
+    let mut at = PathBuf::from(given);
+    // As many links as the kernel follows in one path lookup.
+    for _ in 0..40 {
+        let target = std::fs::read_link(&at).with_context(|| {
+            format!(
+                "{} is neither a store path (/nix/store/HASH-NAME) nor a link to one (such as ./result)",
+                at.display()
+            )
+        })?;
+        at = match at.parent() {
+            Some(dir) if target.is_relative() => dir.join(target),
+            _ => target,
+        };
+        if let Some(path) = at.to_str().filter(|p| is_store_path(p)) {
+            return Ok(path.to_owned());
+        }
+    }
+    bail!("{given}: too many levels of links")
 }
 
 /// Each system once, however many hosts run it (one system may serve hundreds).
@@ -303,6 +333,33 @@ mod tests {
             );
         }
         assert_eq!(hosts.len(), 1, "a refused pair added nothing");
+    }
+
+    /// `--path web-1=./result`: the link (and a link to the link) is followed to the
+    /// store path; a link that ends outside the store is refused, naming where it ended.
+    #[test]
+    fn a_result_link_names_its_store_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let result = dir.path().join("result");
+        std::os::unix::fs::symlink(SYSTEM, &result).unwrap();
+        std::os::unix::fs::symlink("result", dir.path().join("again")).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", dir.path().join("elsewhere")).unwrap();
+        let mut hosts = BTreeMap::new();
+        let pair = |host: &str, link: &str| format!("{host}={}", dir.path().join(link).display());
+        add_given_paths(
+            &mut hosts,
+            &[pair("web-1", "result"), pair("web-2", "again")],
+        )
+        .unwrap();
+        assert_eq!(
+            (hosts["web-1"].as_str(), hosts["web-2"].as_str()),
+            (SYSTEM, SYSTEM)
+        );
+        let err = add_given_paths(&mut hosts, &[pair("web-3", "elsewhere")]).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("/etc/passwd is neither a store path"),
+            "{err:#}"
+        );
     }
 
     #[test]
