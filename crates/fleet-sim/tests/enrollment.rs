@@ -232,11 +232,23 @@ fn yeet_vm_runs_the_hosts_vm_whose_agent_enrolls() {
         .env("YEET_VM_AGENT", fleet_sim::bin("yeet-agent"))
         .env("YEET_VM_SERVER", &fleet.server.url)
         .env("YEET_VM_KEY", &key)
-        // The VM's agent learns of its approval within a second.
-        .env("YEET_AGENT_POLL_INTERVAL", "1")
+        // Polling every 10 minutes, the VM's agent still learns of its approval at once:
+        // it holds its registration, and the approval answers it.
+        .env("YEET_AGENT_POLL_INTERVAL", "600")
         .stdout(std::process::Stdio::piped());
     std::os::unix::process::CommandExt::process_group(&mut vm, 0);
     let mut vm = vm.spawn().unwrap();
+    // Stops "the VM" (its process group) however the test ends: a failed wait must not
+    // leave its agent running (and holding the test's output open).
+    struct StopGroup(u32);
+    impl Drop for StopGroup {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", "--", &format!("-{}", self.0)])
+                .status();
+        }
+    }
+    let stop = StopGroup(vm.id());
     // The VM's console shows the code, as a booting NixOS VM's agent would.
     let console = std::io::BufReader::new(vm.stdout.take().unwrap());
     let code = console
@@ -249,16 +261,16 @@ fn yeet_vm_runs_the_hosts_vm_whose_agent_enrolls() {
         pending.iter().any(|p| p["hostname_hint"] == "web-1"),
         "{pending:?}"
     );
+    // Past the agent's quick second registration (a second after it shows a code): from
+    // then on it either holds a registration or sleeps out its 10-minute interval.
+    std::thread::sleep(std::time::Duration::from_secs(3));
     fleet.server.yeet(&["approve", "web-vm", &code]);
     fleet_sim::sim::wait_until(
         std::time::Duration::from_secs(60),
         "the VM to check in",
         || fleet.status()["web-vm"]["last_seen"].is_i64(),
     );
-    // Stop "the VM" (its process group).
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", "--", &format!("-{}", vm.id())])
-        .status();
+    drop(stop);
     let _ = vm.wait();
 
     // A nix-darwin host has no VM.

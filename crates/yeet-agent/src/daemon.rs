@@ -353,6 +353,20 @@ pub fn run(config: &Config, stop: &AtomicBool) -> Result<()> {
     Ok(())
 }
 
+/// Where registration stands after one request.
+enum Enrollment {
+    Approved(String),
+    /// Not yet: register again after `next_in`.
+    Pending {
+        next_in: Duration,
+    },
+}
+
+/// How soon a host registers again after showing a new code: past the server's shortest
+/// re-registration interval (500 ms by default), and soon enough that the held request is
+/// waiting by the time an admin has typed the code.
+const PENDING_RETRY: Duration = Duration::from_secs(1);
+
 impl Agent<'_> {
     /// Shows the loop's status on the local interface.
     fn publish_status(&self) {
@@ -378,8 +392,8 @@ impl Agent<'_> {
         let host = match self.status.host.clone() {
             Some(host) => host,
             None => match self.registered()? {
-                Some(host) => host,
-                None => return Ok(self.config.poll_interval),
+                Enrollment::Approved(host) => host,
+                Enrollment::Pending { next_in } => return Ok(next_in),
             },
         };
         let round = match self.state.load() {
@@ -404,18 +418,27 @@ impl Agent<'_> {
         round
     }
 
-    /// Registers (idempotent); `Some(host name)` once approved.
-    fn registered(&mut self) -> Result<Option<String>, ClientError> {
+    /// Registers (idempotent): approved, with the host's name, or still pending.
+    fn registered(&mut self) -> Result<Enrollment, ClientError> {
+        // Once the code is shown, the server may hold the request until an admin approves
+        // it, so approval reaches the host at once rather than at the next poll.
+        let wait = match self.status.verification_code {
+            Some(_) => self.config.long_poll,
+            None => Duration::ZERO,
+        };
         let req = RegisterRequest {
             public_key: self.client.identity().public().to_openssh(),
             hostname_hint: hostname(self.config),
             facts: facts(self.config),
+            wait_secs: wait.as_secs(),
         };
+        let asked = std::time::Instant::now();
         let resp = self.client.register(&req)?;
         self.status.last_checkin = Some(now());
         match resp {
             RegisterResponse::Pending { code, expires_at } => {
-                if self.status.verification_code.as_deref() != Some(code.as_str()) {
+                let new_code = self.status.verification_code.as_deref() != Some(code.as_str());
+                if new_code {
                     tracing::info!(code = %code, expires_at, "waiting for approval: on an admin machine run `yeet approve NAME {code}`");
                     println!("verification code: {code}");
                 }
@@ -423,7 +446,17 @@ impl Agent<'_> {
                 self.status.state = "pending-approval".into();
                 self.status.verification_code = Some(code);
                 self.status.code_expires_at = Some(expires_at);
-                Ok(None)
+                // Ask again soon after showing a new code (that request is the one the
+                // server holds) and at once after a held one; a server that answered a
+                // shown code at once (one from before held registrations) every interval.
+                let held = !wait.is_zero() && asked.elapsed() >= wait / 2;
+                Ok(Enrollment::Pending {
+                    next_in: match (new_code, held) {
+                        (true, _) => PENDING_RETRY,
+                        (false, true) => Duration::ZERO,
+                        (false, false) => self.config.poll_interval,
+                    },
+                })
             }
             RegisterResponse::Approved { host } => {
                 if self.status.host.as_deref() != Some(host.as_str()) {
@@ -433,7 +466,7 @@ impl Agent<'_> {
                 self.status.verification_code = None;
                 self.status.code_expires_at = None;
                 self.status.host = Some(host.clone());
-                Ok(Some(host))
+                Ok(Enrollment::Approved(host))
             }
         }
     }

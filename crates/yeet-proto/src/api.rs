@@ -194,6 +194,12 @@ pub struct RegisterRequest {
     pub public_key: String,
     pub hostname_hint: String,
     pub facts: Facts,
+    /// Long-poll while pending: the server may hold the request this many seconds (capped
+    /// by the server, and never past the code's expiry) and answers `approved` as soon as
+    /// an admin approves. A registration whose code is new is answered at once, so that
+    /// the host can show the code. Servers from before this field answer at once.
+    #[serde(default)]
+    pub wait_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -1,5 +1,6 @@
 //! Two server replicas on one real PostgreSQL database: a release written through one wakes
-//! the long-polls held by the other (LISTEN/NOTIFY), and a host removed through one stops
+//! the long-polls held by the other (LISTEN/NOTIFY), so does an approval a held
+//! registration, and a host removed through one stops
 //! working on the other at once, not after the key cache expires; so does a detachment
 //! ended through the other.
 
@@ -86,11 +87,41 @@ async fn replicas_share_releases_and_key_removals() {
         public_key: host_key.public().to_openssh(),
         hostname_hint: "h".into(),
         facts: Default::default(),
+        wait_secs: 0,
     };
-    let RegisterResponse::Pending { code, .. } = a.register(&registrant, req, None).await.unwrap()
+    let RegisterResponse::Pending { code, .. } =
+        a.register(&registrant, req.clone(), None).await.unwrap()
     else {
         panic!("not pending")
     };
+    // Having shown its code, the host holds its registration on replica B; the approval
+    // through replica A answers it.
+    tokio::time::sleep(ServiceConfig::default().reregister_interval).await;
+    let held = {
+        let b = b.clone();
+        let registrant = Principal::Registrant {
+            public: host_key.public().clone(),
+            signed: Box::new(SignatureHeaders::sign(
+                &host_key,
+                ORIGIN,
+                "POST",
+                yeet_proto::api::paths::REGISTER,
+                b"",
+                now(),
+                [10; 16],
+            )),
+        };
+        let req = RegisterRequest {
+            wait_secs: 30,
+            ..req
+        };
+        tokio::spawn(async move { b.register(&registrant, req, None).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !held.is_finished(),
+        "replica B answered a shown code's registration at once"
+    );
     a.approve(
         &admin,
         ApproveRequest {
@@ -100,6 +131,10 @@ async fn replicas_share_releases_and_key_removals() {
     )
     .await
     .unwrap();
+    assert_eq!(
+        held.await.unwrap().unwrap(),
+        RegisterResponse::Approved { host: "web".into() }
+    );
 
     // The host authenticates against replica B, and long-polls there.
     let sign = |nonce: u8| {

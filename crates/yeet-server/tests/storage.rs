@@ -786,13 +786,24 @@ async fn the_sqlite_nonce_log_is_its_own_file_and_a_corrupt_one_is_explained() {
     let db = TestDb::sqlite().await;
     let row = ("k1".to_owned(), "n1".to_owned(), 100);
     let s = db.open().await;
-    assert_eq!(s.record_nonces(std::slice::from_ref(&row)).await.unwrap().len(), 1);
+    assert_eq!(
+        s.record_nonces(std::slice::from_ref(&row))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
     s.close().await;
     let log = db.dir().join("yeet.db.nonces");
     assert!(log.is_file(), "no nonce log at {}", log.display());
     // After a restart the nonce is still known: a replay is refused.
     let s = db.open().await;
-    assert!(s.record_nonces(std::slice::from_ref(&row)).await.unwrap().is_empty());
+    assert!(
+        s.record_nonces(std::slice::from_ref(&row))
+            .await
+            .unwrap()
+            .is_empty()
+    );
     s.close().await;
     for sidecar in ["yeet.db.nonces-wal", "yeet.db.nonces-shm"] {
         let _ = std::fs::remove_file(db.dir().join(sidecar));

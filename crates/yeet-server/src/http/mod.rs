@@ -129,7 +129,7 @@ pub fn routes() -> Vec<Route> {
     use Access::{AnyKey, Host, Role as R};
     use yeet_proto::osquery::paths as oq;
     vec![
-        route(Method::POST, paths::REGISTER, AnyKey, "Register this key; answers with an approval code, then with the host's name once approved.", register),
+        route(Method::POST, paths::REGISTER, AnyKey, "Register this key; answers with an approval code, then (held as a long-poll once the code was shown) with the host's name once approved.", register),
         route(Method::POST, paths::CHECKIN, Host, "Report state; answers with what to run (long-polls).", checkin),
         route(Method::POST, paths::REPORT, Host, "Report how an activation ended, with its log.", report),
         route(Method::GET, paths::WHOAMI, R(Role::Viewer), "Who the signing key belongs to.", whoami),

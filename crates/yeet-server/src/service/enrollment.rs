@@ -15,6 +15,7 @@
 //! flood from elsewhere does.
 
 use std::net::IpAddr;
+use std::time::Duration;
 use yeet_proto::ErrorCode;
 use yeet_proto::api::{
     ApproveRequest, HostInfo, PendingRegistration, RegisterRequest, RegisterResponse, Role,
@@ -172,9 +173,9 @@ impl Service {
         };
         // Admitted: only now may this registration's nonce take room in the replay cache.
         self.spend_nonce(signed).await?;
-        let (code, expires) = match &existing {
-            Some(r) if r.code_expires_at > t => (r.code.clone(), r.code_expires_at),
-            _ => (fresh_code()?, t + self.config.code_ttl_secs),
+        let (code, expires, shown_before) = match &existing {
+            Some(r) if r.code_expires_at > t => (r.code.clone(), r.code_expires_at, true),
+            _ => (fresh_code()?, t + self.config.code_ttl_secs, false),
         };
         let first_seen = existing.as_ref().map_or(t_ms, |r| r.first_seen_ms);
         let row = RegistrationRow {
@@ -190,11 +191,58 @@ impl Service {
             last_seen_ms: t_ms,
             source,
         };
+        // Subscribed before the write, so that an approval landing in between wakes us.
+        let mut keys_changed = self.keys_changed.subscribe();
         self.store.upsert_registration(&row).await?;
+        drop(_admission);
+        // A code the host has already shown: hold until an admin approves it, the wait
+        // ends, or the code expires. A new code is answered at once, to be shown.
+        if shown_before && req.wait_secs > 0 {
+            let hold = req.wait_secs.min(self.config.max_long_poll_secs);
+            let until = Duration::from_secs(hold.min(expires.saturating_sub(t).max(0) as u64));
+            if let Some(host) = self
+                .approval_within(public.key_id(), &mut keys_changed, until)
+                .await?
+            {
+                return Ok(RegisterResponse::Approved { host });
+            }
+        }
         Ok(RegisterResponse::Pending {
             code: display_code(&code),
             expires_at: expires,
         })
+    }
+
+    /// Waits up to `hold` for the key to be approved; its host's name once it is. Looks
+    /// at the database on every key change (here or on another replica), so an approval is
+    /// seen within moments. A newer registration of the same key releases this one.
+    async fn approval_within(
+        &self,
+        key_id: &str,
+        keys_changed: &mut tokio::sync::watch::Receiver<u64>,
+        hold: Duration,
+    ) -> Result<Option<String>> {
+        let mut closing = self.closing.subscribe();
+        if *closing.borrow() {
+            return Ok(None);
+        }
+        let held = super::hosts::HeldPoll::claim(&self.held_registrations, key_id.to_owned());
+        let deadline = tokio::time::Instant::now() + hold;
+        loop {
+            tokio::select! {
+                _ = held.released() => return Ok(None),
+                changed = keys_changed.changed() => {
+                    if changed.is_err() {
+                        return Ok(None);
+                    }
+                    if let Some(host) = self.store.host_by_key(key_id).await? {
+                        return Ok(Some(host.name));
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => return Ok(None),
+                _ = closing.changed() => return Ok(None),
+            }
+        }
     }
 
     pub async fn list_pending(&self, principal: &Principal) -> Result<Vec<PendingRegistration>> {

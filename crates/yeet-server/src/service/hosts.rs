@@ -1,5 +1,7 @@
 //! Hosts: listing, renaming, removal, and the check-in that every host makes on every poll.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::Duration;
 use yeet_proto::ErrorCode;
 use yeet_proto::api::{
@@ -231,7 +233,7 @@ impl Service {
         let deadline = tokio::time::Instant::now() + hold;
         // One held check-in per host: a newer one releases this one (the agent restarted,
         // or someone replays its requests), so a host key cannot pile up connections.
-        let held = HeldPoll::claim(self, host_id);
+        let held = HeldPoll::claim(&self.held_polls, host_id);
         loop {
             let desired = self.desired.read().await.get(&host_id).cloned();
             let detached = self.detachment(host_id).await;
@@ -280,30 +282,35 @@ impl Service {
     }
 }
 
-/// A host's claim to the one check-in it may hold; released when a newer one claims it.
-struct HeldPoll<'a> {
-    service: &'a Service,
-    host_id: i64,
+/// A claim to the one long-poll a host (by id) or a pending key (by key id) may hold;
+/// released when a newer request of the same one claims it, so that retries never pile up
+/// held requests.
+pub(super) struct HeldPoll<'a, K: std::hash::Hash + Eq + Clone> {
+    held: &'a Mutex<HashMap<K, std::sync::Arc<tokio::sync::Notify>>>,
+    key: K,
     release: std::sync::Arc<tokio::sync::Notify>,
     superseded: std::sync::atomic::AtomicBool,
 }
 
-impl<'a> HeldPoll<'a> {
-    fn claim(service: &'a Service, host_id: i64) -> HeldPoll<'a> {
+impl<'a, K: std::hash::Hash + Eq + Clone> HeldPoll<'a, K> {
+    pub(super) fn claim(
+        held: &'a Mutex<HashMap<K, std::sync::Arc<tokio::sync::Notify>>>,
+        key: K,
+    ) -> HeldPoll<'a, K> {
         let release = std::sync::Arc::new(tokio::sync::Notify::new());
-        if let Some(older) = lock(&service.held_polls).insert(host_id, release.clone()) {
+        if let Some(older) = lock(held).insert(key.clone(), release.clone()) {
             // Stored as a permit if the older one is between waits.
             older.notify_one();
         }
         HeldPoll {
-            service,
-            host_id,
+            held,
+            key,
             release,
             superseded: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
-    async fn released(&self) {
+    pub(super) async fn released(&self) {
         self.release.notified().await;
         self.superseded
             .store(true, std::sync::atomic::Ordering::Relaxed);
@@ -314,14 +321,14 @@ impl<'a> HeldPoll<'a> {
     }
 }
 
-impl Drop for HeldPoll<'_> {
+impl<K: std::hash::Hash + Eq + Clone> Drop for HeldPoll<'_, K> {
     fn drop(&mut self) {
-        let mut held = lock(&self.service.held_polls);
+        let mut held = lock(self.held);
         if held
-            .get(&self.host_id)
+            .get(&self.key)
             .is_some_and(|n| std::sync::Arc::ptr_eq(n, &self.release))
         {
-            held.remove(&self.host_id);
+            held.remove(&self.key);
         }
     }
 }

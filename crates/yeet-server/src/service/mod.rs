@@ -180,6 +180,9 @@ pub struct Service {
     registration_admission: tokio::sync::Mutex<()>,
     /// Bumped whenever any host's desired system changes; long-polls wait on it.
     desired_changed: tokio::sync::watch::Sender<u64>,
+    /// Bumped whenever a key is approved, removed or changed, here or on another replica;
+    /// pending registrations held as long-polls wait on it.
+    keys_changed: tokio::sync::watch::Sender<u64>,
     /// Set when the server shuts down, so that long-polls answer at once.
     closing: tokio::sync::watch::Sender<bool>,
     /// The embedded binary cache, unless disabled.
@@ -188,6 +191,8 @@ pub struct Service {
     uploads: std::sync::Arc<crate::shares::Shares>,
     /// host id → the release signal of the check-in it holds (at most one per host).
     held_polls: Mutex<HashMap<i64, std::sync::Arc<tokio::sync::Notify>>>,
+    /// key id → the release signal of the registration it holds (at most one per key).
+    held_registrations: Mutex<HashMap<String, std::sync::Arc<tokio::sync::Notify>>>,
     /// The server's age identity; secret endpoints need it.
     secrets: Option<secrets::SecretKeeper>,
     /// host id → digest of the secret versions granted to it (absent: none granted).
@@ -250,9 +255,11 @@ impl Service {
             registration_buckets,
             registration_admission: tokio::sync::Mutex::new(()),
             desired_changed: tokio::sync::watch::Sender::new(0),
+            keys_changed: tokio::sync::watch::Sender::new(0),
             closing: tokio::sync::watch::Sender::new(false),
             cache: None,
             held_polls: Mutex::new(HashMap::new()),
+            held_registrations: Mutex::new(HashMap::new()),
             secrets: None,
             secret_digests: RwLock::new(secret_digests),
             detached: RwLock::new(detached),
@@ -307,11 +314,13 @@ impl Service {
             Some(e) => {
                 if let Some(key) = e.strip_prefix(EVENT_KEY) {
                     self.keys.write().await.remove(key);
+                    self.keys_changed.send_modify(|v| *v += 1);
                 }
                 Ok(())
             }
             None => {
                 self.keys.write().await.clear();
+                self.keys_changed.send_modify(|v| *v += 1);
                 self.forget_node_keys().await;
                 self.note_campaign_deadline(self.store.latest_campaign_deadline().await?);
                 self.reload_secret_digests().await?;
@@ -324,6 +333,7 @@ impl Service {
     /// Tells other replicas that a key changed, so that they drop it from their caches.
     pub(crate) async fn announce_key_change(&self, key_id: &str) {
         self.forget_key(key_id).await;
+        self.keys_changed.send_modify(|v| *v += 1);
         if let Err(e) = self.store.notify(&format!("{EVENT_KEY}{key_id}")).await {
             tracing::warn!(error = %e, "could not notify other replicas of a key change");
         }

@@ -2,7 +2,7 @@
 //! floods that must neither evict nor starve a waiting host.
 
 use axum::http::StatusCode;
-use serde_json::json;
+use serde_json::{Value, json};
 use std::net::SocketAddr;
 use yeet_proto::Identity;
 use yeet_proto::api::paths;
@@ -307,4 +307,71 @@ async fn throwaway_keys_cannot_fill_the_replay_cache() {
         Sign::By(&api.host_a),
     )
     .await;
+}
+
+/// A host that has shown its code holds its registration as a long-poll, and the approval
+/// answers it at once instead of at the host's next poll (30 s later by default). A new
+/// code is never held: the host must show it first. A key holds one registration at a
+/// time: a newer one releases the older, so retries cannot pile up held connections.
+#[tokio::test]
+async fn an_approval_answers_the_held_registration() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let api = Api::new(ServiceConfig {
+        reregister_interval: std::time::Duration::ZERO,
+        ..Default::default()
+    })
+    .await;
+    let host = identity();
+    let mut body: Value = serde_json::from_slice(&Api::register_body(&host, "new")).unwrap();
+    body["wait_secs"] = json!(30);
+    let body = serde_json::to_vec(&body).unwrap();
+    let first = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        api.ok("POST", paths::REGISTER, &body, Sign::By(&host)),
+    )
+    .await
+    .expect("a registration with a new code was held instead of answered");
+    assert_eq!(first["status"], "pending", "{first}");
+    let code = first["code"].as_str().unwrap().to_owned();
+
+    static FIRST_ANSWERED: AtomicBool = AtomicBool::new(false);
+    static SECOND_ANSWERED: AtomicBool = AtomicBool::new(false);
+    let (first_answered, second_answered) = (&FIRST_ANSWERED, &SECOND_ANSWERED);
+    let hold = |flag: &'static AtomicBool| {
+        let (api, body, host) = (&api, &body, &host);
+        async move {
+            let answer = api
+                .call("POST", paths::REGISTER, body, Sign::By(host))
+                .await;
+            flag.store(true, Ordering::SeqCst);
+            answer
+        }
+    };
+    let first = hold(first_answered);
+    let second = async {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(
+            !first_answered.load(Ordering::SeqCst),
+            "the registration of a shown code was answered at once, not held"
+        );
+        hold(second_answered).await
+    };
+    let approve = async {
+        tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+        assert!(
+            first_answered.load(Ordering::SeqCst) && !second_answered.load(Ordering::SeqCst),
+            "a newer registration of the same key did not release the older, or was not held"
+        );
+        let approval = serde_json::to_vec(&json!({"code": code, "name": "new-host"})).unwrap();
+        api.ok("POST", paths::APPROVE, &approval, Sign::By(&api.admin))
+            .await;
+    };
+    let ((_, released), (status, answer), ()) = tokio::join!(first, second, approve);
+    assert_eq!(released["status"], "pending", "{released}");
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(
+        (answer["status"].as_str(), answer["host"].as_str()),
+        (Some("approved"), Some("new-host")),
+        "{answer}"
+    );
 }

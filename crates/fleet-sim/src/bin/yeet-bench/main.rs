@@ -260,6 +260,7 @@ fn approved_host(server: &fleet_sim::Server, name: &str) -> yeet_client::Client 
         public_key: identity.public().to_openssh(),
         hostname_hint: name.into(),
         facts: Default::default(),
+        wait_secs: 0,
     };
     let client =
         yeet_client::Client::new(&server.url, identity, None, Duration::from_secs(60)).unwrap();
