@@ -1,9 +1,10 @@
 //! Test harness for whole-system tests: starts the real `yeet-server`, `yeet-agent` and
 //! `yeet` binaries as separate processes, on loopback, in throwaway directories.
 //!
-//! The binaries are (re)built once per test process with `cargo build --all-targets` (the
-//! feature set `cargo test` uses, so nothing is rebuilt back and forth), so a test
-//! never runs against stale binaries.
+//! The binaries are (re)built once per process, so nothing runs against stale binaries:
+//! for a test with `cargo build --all-targets` (the feature set `cargo test` uses, so
+//! nothing is rebuilt back and forth), for the demo and the benchmarks with `--bins` only
+//! (they need no test target, and building those was most of the demo's first run).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -26,17 +27,19 @@ pub fn bin_dir() -> &'static Path {
         let exe = std::env::current_exe().unwrap();
         // The benchmark runs from a release build and measures release binaries.
         let release = exe.components().any(|c| c.as_os_str() == "release");
+        // Tests run from target/<profile>/deps/, binaries (the demo) from target/<profile>/.
+        let test = exe.parent().is_some_and(|d| d.ends_with("deps"));
         let status = Command::new(cargo)
-            .args(["build", "--quiet", "--workspace", "--all-targets"])
+            .args(["build", "--quiet", "--workspace"])
+            .arg(if test { "--all-targets" } else { "--bins" })
             .args(release.then_some("--release"))
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()
             .expect("cannot run cargo to build the yeet binaries");
         assert!(status.success(), "building the yeet binaries failed");
         nix_database_ready();
-        // Tests run from target/<profile>/deps/, binaries (the demo) from target/<profile>/.
         let dir = exe.parent().unwrap();
-        if dir.ends_with("deps") {
+        if test {
             dir.parent().unwrap().to_owned()
         } else {
             dir.to_owned()
@@ -227,6 +230,17 @@ impl Server {
             out.status.success(),
             "admin add failed: {}",
             String::from_utf8_lossy(&out.stderr)
+        );
+        // It says which database it wrote to (a forgotten --state-dir writes elsewhere).
+        let said = String::from_utf8_lossy(&out.stdout);
+        // The tests' PostgreSQL URLs carry no password, so they are shown whole.
+        let database = opts
+            .database
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}?mode=rwc", state.join("yeet.db").display()));
+        assert!(
+            said.contains(&format!("to the database at {database}")),
+            "{said}"
         );
         Server::serve(dir, &config, opts, admin_key, true)
     }

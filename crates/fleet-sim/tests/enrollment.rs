@@ -9,6 +9,7 @@ use fleet_sim::{
     Server, ServerOptions, code_in, fresh_postgres_database, run, ssh_host_key, test_certificates,
 };
 use serde_json::Value;
+use std::process::Command;
 use std::time::Duration;
 
 #[test]
@@ -174,12 +175,58 @@ fn cli_errors_say_what_to_do_next() {
         !out.status.success() && err.contains("cannot reach"),
         "{err}"
     );
+    // A missing key file: one line, each cause once (it used to repeat the OS error, and
+    // the server printed "Error:" with a backtrace).
+    let out = run(server
+        .yeet_cmd()
+        .env("YEET_KEY", "/nonexistent/key")
+        .arg("status"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.trim()
+                == "error: cannot read key file /nonexistent/key: No such file or directory (os error 2)",
+        "{err}"
+    );
+    let out = run(Command::new(fleet_sim::bin("yeet-server"))
+        .args(["--config", "/nonexistent/server.toml", "admin", "list"])
+        .env("RUST_BACKTRACE", "1"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.trim()
+                == "error: cannot read config file /nonexistent/server.toml: No such file or directory (os error 2)",
+        "{err}"
+    );
+    // https:// to a plain-HTTP server says so, and which URL to use.
+    let plain = server.url.clone();
+    let out = run(server
+        .yeet_cmd()
+        .env("YEET_SERVER", plain.replacen("http://", "https://", 1))
+        .arg("status"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("answered in plain HTTP, not TLS")
+            && err.contains(&format!("use {plain} instead")),
+        "{err}"
+    );
     // A key the server does not know.
     let stranger = ssh_host_key(server.dir.path(), "stranger");
     let out = run(server.yeet_cmd().env("YEET_KEY", &stranger).arg("status"));
     let err = String::from_utf8_lossy(&out.stderr);
+    // It names the key's fingerprint and the command that adds it, with the public key.
+    let public = std::fs::read_to_string(stranger.with_extension("pub")).unwrap();
+    let fingerprint = yeet_proto::PublicIdentity::from_openssh(public.trim())
+        .unwrap()
+        .key_id()
+        .to_owned();
     assert!(
-        !out.status.success() && err.contains("unknown_key"),
+        !out.status.success()
+            && err.contains("unknown_key")
+            && err.contains(&fingerprint)
+            && err.contains("yeet-server admin add NAME")
+            && err.contains(public.split_whitespace().nth(1).unwrap()),
         "{err}"
     );
     let out = run(server

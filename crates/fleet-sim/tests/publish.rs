@@ -80,6 +80,34 @@ fn publishing_checks_before_uploading_and_reports_what_it_did() {
         "files were uploaded"
     );
 
+    // A signing key the server does not trust is refused at once, with the names it trusts.
+    let other = fleet.dir().join("other-key.sec");
+    let out = fleet_sim::run(
+        std::process::Command::new("nix-store")
+            .args(["--generate-binary-cache-key", "other-1"])
+            .arg(&other)
+            .arg(fleet.dir().join("other-key.pub")),
+    );
+    assert!(out.status.success());
+    let (ok, _, err) = publish(
+        &fleet,
+        &[
+            "--path",
+            &pair,
+            "--signing-key",
+            &other.display().to_string(),
+        ],
+        &[],
+    );
+    let trusted_name = fleet.cache.public_key.split(':').next().unwrap();
+    assert!(
+        !ok && err.contains("(other-1) is not one the server trusts")
+            && err.contains(&format!("trusts only keys named {trusted_name}"))
+            && err.contains("nothing was uploaded"),
+        "{err}"
+    );
+    assert_eq!(cache_files(&cache), Vec::<String>::new());
+
     // A store path whose files no longer match what the store registered is never packed.
     let tampered = fresh_store_path(fleet.dir());
     let file = Path::new(&tampered).join("file");

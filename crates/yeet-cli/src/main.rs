@@ -105,13 +105,38 @@ Workflow:
 Only admins change secrets; viewers see names, versions and grants, never content.";
 
 fn main() {
-    if let Err(e) = dispatch(Cli::parse()) {
-        eprintln!("error: {e:#}");
+    let cli = Cli::parse();
+    if let Err(e) = dispatch(&cli) {
+        eprintln!("error: {}", yeet_proto::text::error_chain(e.as_ref()));
+        if let Some(hint) = next_step(&e, &cli.connection) {
+            eprintln!("{hint}");
+        }
         std::process::exit(1);
     }
 }
 
-fn dispatch(cli: Cli) -> Result<()> {
+/// What to do next, for a server's refusal whose fix can be said from here.
+fn next_step(e: &anyhow::Error, connection: &commands::Connection) -> Option<String> {
+    let code = e
+        .chain()
+        .find_map(|cause| cause.downcast_ref::<yeet_client::ClientError>())
+        .and_then(yeet_client::ClientError::api_code)?;
+    match code {
+        yeet_proto::ErrorCode::UnknownKey => {
+            let path = connection.key_path().ok()?;
+            let public = yeet_client::load_identity(&path).ok()?.public().clone();
+            Some(format!(
+                "The server knows no user with the key you signed with, {} ({}). On the server host, an admin adds it:\n  yeet-server admin add NAME --role viewer|publisher|admin --key '{}'",
+                public.key_id(),
+                path.display(),
+                public.to_openssh()
+            ))
+        }
+        _ => None,
+    }
+}
+
+fn dispatch(cli: &Cli) -> Result<()> {
     let c = &cli.connection;
     match &cli.command {
         Command::Key(command) => key::run(command, c),

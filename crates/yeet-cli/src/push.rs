@@ -203,6 +203,34 @@ fn missing_in_cache(
     Ok((missing, trusted))
 }
 
+/// Reads `--signing-key`, refusing at once a key the server would not trust (`trusted`
+/// empty: the server checks no signatures), with the names it does trust.
+fn read_signing_key(file: &Path, trusted: &[nix_meta::PublicKey]) -> Result<nix_meta::SecretKey> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read the signing key {}", file.display()))?;
+    let key: nix_meta::SecretKey = text.trim().parse().with_context(|| {
+        format!(
+            "{} is not a Nix secret key (nix-store --generate-binary-cache-key writes one)",
+            file.display()
+        )
+    })?;
+    let public = key.public();
+    if !trusted.is_empty() && !trusted.contains(&public) {
+        let names: Vec<&str> = trusted.iter().map(|k| k.name.as_str()).collect();
+        let why = if names.contains(&key.name.as_str()) {
+            format!("the server trusts another key named {}", key.name)
+        } else {
+            format!("the server trusts only keys named {}", names.join(", "))
+        };
+        bail!(
+            "the signing key {} ({}) is not one the server trusts: {why}; nothing was uploaded. Add `{public}` to the server's trusted_cache_keys (and to the hosts' trusted_keys), or sign with a key it trusts",
+            file.display(),
+            key.name,
+        );
+    }
+    Ok(key)
+}
+
 /// Refuses, before anything is uploaded, paths no key the server trusts has signed.
 fn check_signed(infos: &[nix_meta::PathInfo], trusted: &[nix_meta::PublicKey]) -> Result<()> {
     if trusted.is_empty() {
@@ -296,17 +324,12 @@ fn push_embedded(
     if missing.is_empty() {
         return Ok(report);
     }
+    let key = signing_key
+        .map(|file| read_signing_key(file, &trusted))
+        .transpose()?;
     let mut infos = store_infos(&missing)?;
-    if let Some(file) = signing_key {
-        let text = std::fs::read_to_string(file)
-            .with_context(|| format!("cannot read the signing key {}", file.display()))?;
-        let key: nix_meta::SecretKey = text.trim().parse().with_context(|| {
-            format!(
-                "{} is not a Nix secret key (nix-store --generate-binary-cache-key writes one)",
-                file.display()
-            )
-        })?;
-        sign(&mut infos, &key);
+    if let Some(key) = &key {
+        sign(&mut infos, key);
     }
     check_signed(&infos, &trusted)?;
     // Largest first, so that one big path does not start last and run alone.

@@ -275,6 +275,27 @@ impl Client {
         Ok((status, retry_after, bytes))
     }
 
+    /// The server could not be talked to: why, in words that say what to change where the
+    /// cause is known (TLS spoken to a plain-HTTP server answers with bytes that are no TLS
+    /// record, which rustls calls a corrupt message).
+    fn unreachable(&self, e: &ureq::Error) -> ClientError {
+        let reason = e.to_string();
+        let plain_http_answer =
+            reason.contains("InvalidContentType") || reason.contains("corrupt message");
+        let reason = if self.base.starts_with("https://") && plain_http_answer {
+            format!(
+                "it answered in plain HTTP, not TLS ({reason}); use {} instead, or give the server a certificate (tls_cert, tls_key)",
+                self.base.replacen("https://", "http://", 1)
+            )
+        } else {
+            reason
+        };
+        ClientError::Unreachable {
+            url: self.base.clone(),
+            reason,
+        }
+    }
+
     /// Signs and sends a request; the response's body is not read yet.
     fn signed_response(
         &self,
@@ -294,10 +315,7 @@ impl Client {
             yeet_proto::clock::unix_now(),
             random::<16>()?,
         );
-        let unreachable = |e: ureq::Error| ClientError::Unreachable {
-            url: self.base.clone(),
-            reason: e.to_string(),
-        };
+        let unreachable = |e: ureq::Error| self.unreachable(&e);
         let mut req = ureq::http::Request::builder().method(method).uri(&url);
         for (k, v) in headers.to_pairs() {
             req = req.header(k, v);
@@ -360,10 +378,7 @@ impl Client {
     /// An unsigned `GET` (cache reads); `Ok(None)` on 404.
     pub fn get_public(&self, path: &str) -> Result<Option<Vec<u8>>, ClientError> {
         let url = format!("{}{}", self.base, path);
-        let unreachable = |e: ureq::Error| ClientError::Unreachable {
-            url: self.base.clone(),
-            reason: e.to_string(),
-        };
+        let unreachable = |e: ureq::Error| self.unreachable(&e);
         let mut resp = self.agent.get(&url).call().map_err(unreachable)?;
         match resp.status().as_u16() {
             200 => Ok(Some(

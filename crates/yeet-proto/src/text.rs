@@ -53,3 +53,54 @@ mod tests {
         }
     }
 }
+
+/// An error and its causes on one line, each said once: `outer: cause: root`. A cause whose
+/// text the line already holds is left out, since many errors repeat their source in
+/// their own message ("cannot read key file K: No such file" caused by "No such file").
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        let text = e.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        cause = e.source();
+    }
+    line
+}
+
+#[cfg(test)]
+mod chain_tests {
+    use super::error_chain;
+
+    #[derive(Debug)]
+    struct Layer(String, Option<Box<Layer>>);
+    impl std::fmt::Display for Layer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(&self.0)
+        }
+    }
+    impl std::error::Error for Layer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|l| l as _)
+        }
+    }
+
+    #[test]
+    fn each_cause_is_said_once() {
+        let root = Layer("No such file or directory (os error 2)".into(), None);
+        let repeating = Layer(
+            "cannot read key file /k: No such file or directory (os error 2)".into(),
+            Some(Box::new(root)),
+        );
+        let outer = Layer("loading the config".into(), Some(Box::new(repeating)));
+        assert_eq!(
+            error_chain(&outer),
+            "loading the config: cannot read key file /k: No such file or directory (os error 2)"
+        );
+        let plain = Layer("outer".into(), Some(Box::new(Layer("inner".into(), None))));
+        assert_eq!(error_chain(&plain), "outer: inner");
+    }
+}

@@ -67,7 +67,18 @@ enum AdminCommand {
 }
 
 #[tokio::main]
-async fn main() -> Result<()> {
+async fn main() -> std::process::ExitCode {
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One line, each cause once (Rust's default prints causes that repeat).
+            eprintln!("error: {}", yeet_proto::text::error_chain(e.as_ref()));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("YEET_LOG")
@@ -141,11 +152,13 @@ async fn admin(config: Config, cmd: AdminCommand) -> Result<()> {
                 key
             };
             let user = yeet_server::service::users::add_user(&store, &name, &line, role).await?;
+            // Which database, since a forgotten --state-dir or --config writes to the default.
             println!(
-                "added {} {} ({})",
+                "added {} {} ({}) to the database at {}",
                 user.role.0.as_str(),
                 user.name,
-                user.key_id
+                user.key_id,
+                yeet_server::store::without_password(&config.database)
             );
         }
         AdminCommand::List { json } => {
@@ -167,7 +180,10 @@ async fn admin(config: Config, cmd: AdminCommand) -> Result<()> {
             }
         }
         AdminCommand::Rm { name } => match store.delete_user(&name).await? {
-            Some(_) => println!("removed {name}"),
+            Some(_) => println!(
+                "removed {name} from the database at {}",
+                yeet_server::store::without_password(&config.database)
+            ),
             None => anyhow::bail!("no user named {name}; see `yeet-server admin list`"),
         },
     }

@@ -46,6 +46,10 @@ pub enum StoreError {
     #[error("{0} already exists")]
     Conflict(&'static str),
     #[error(
+        "cannot connect to the database at {target}: {source}; is it running, and is the database URL right?"
+    )]
+    Connect { target: String, source: sqlx::Error },
+    #[error(
         "cannot open the nonce log {path}: {source}; it holds only the nonces of the last minutes' requests, so move it aside and restart (requests from those minutes could be replayed once)"
     )]
     NonceLog { path: String, source: sqlx::Error },
@@ -172,6 +176,17 @@ impl Store {
             Backend::Sqlite => 4,
             Backend::Postgres => 16,
         });
+        // One connection first: its failure is the database's own error (refused, no such
+        // file, bad password), where the pool would retry until its wait ran out and then
+        // say only that it timed out.
+        let first = tokio::time::timeout(CONNECTION_WAIT, sqlx::AnyConnection::connect(url))
+            .await
+            .unwrap_or(Err(sqlx::Error::PoolTimedOut))
+            .map_err(|source| StoreError::Connect {
+                target: without_password(url),
+                source,
+            })?;
+        let _ = first.close().await;
         let (reader, writer, nonce_pool) = match backend {
             Backend::Sqlite => {
                 let writer = AnyPoolOptions::new()
@@ -238,6 +253,21 @@ impl Store {
         self.reader.close().await;
         self.writer.close().await;
         self.nonce_pool.close().await;
+    }
+}
+
+/// A database URL fit for messages and logs: a password in it is replaced by `***`.
+pub fn without_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((user_info, host)) if user_info.contains(':') => {
+            let user = user_info.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***@{host}{path}")
+        }
+        _ => url.to_owned(),
     }
 }
 
@@ -333,6 +363,47 @@ async fn prepare_nonce_log(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A password never reaches a message; the rest of the URL does.
+    #[test]
+    fn passwords_are_left_out_of_database_urls() {
+        for (url, shown) in [
+            (
+                "postgres://yeet:s3cret@db.internal:5432/yeet",
+                "postgres://yeet:***@db.internal:5432/yeet",
+            ),
+            (
+                "postgres://yeet@db.internal/yeet",
+                "postgres://yeet@db.internal/yeet",
+            ),
+            (
+                "postgresql://a:b:c@h/d?sslmode=require",
+                "postgresql://a:***@h/d?sslmode=require",
+            ),
+            (
+                "sqlite:///var/lib/yeet-server/yeet.db?mode=rwc",
+                "sqlite:///var/lib/yeet-server/yeet.db?mode=rwc",
+            ),
+        ] {
+            assert_eq!(without_password(url), shown);
+        }
+    }
+
+    /// An unreachable PostgreSQL is named with the database's own error at once, not after
+    /// the pool's wait as "pool timed out".
+    #[tokio::test]
+    async fn an_unreachable_database_is_named_with_its_error() {
+        let err = Store::open("postgres://yeet:pw@127.0.0.1:1/yeet", None)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("cannot connect to the database at postgres://yeet:***@127.0.0.1:1/yeet")
+                && err.to_lowercase().contains("refused")
+                && !err.contains("pw@"),
+            "{err}"
+        );
+    }
 
     /// `database_max_connections` reaches the readers' pool; SQLite's writer and the nonce
     /// log keep their one.
