@@ -408,7 +408,13 @@ pub enum HostState {
     New,
     Standby,
     Updating,
+    /// The newest attempt at the desired system switched, then went back.
     RolledBack,
+    /// The newest attempt at the desired system failed before anything changed (the fetch,
+    /// the secrets).
+    Failed,
+    /// The host refused the desired system: not signed by a key it trusts. Nothing switched.
+    Untrusted,
     RebootRequired,
     /// Not seen for longer than the offline threshold.
     Offline,
@@ -572,7 +578,7 @@ wire_names!(AgentState, "agent state" { Standby => "standby", Updating => "updat
 wire_names!(ActivationResult, "activation result" { Confirmed => "confirmed", Failed => "failed", RolledBack => "rolled-back", Untrusted => "untrusted" });
 wire_names!(Role, "role" { Viewer => "viewer", Publisher => "publisher", Admin => "admin" });
 wire_names!(HostState, "host state" {
-    New => "new", Standby => "standby", Updating => "updating", RolledBack => "rolled-back", RebootRequired => "reboot-required", Offline => "offline", Detached => "detached",
+    New => "new", Standby => "standby", Updating => "updating", RolledBack => "rolled-back", Failed => "failed", Untrusted => "untrusted", RebootRequired => "reboot-required", Offline => "offline", Detached => "detached",
 });
 
 #[cfg(test)]

@@ -23,20 +23,23 @@ fn host_state(
     offline_after: i64,
     now: i64,
 ) -> HostState {
+    // How the newest attempt at the desired system ended, when it did not confirm.
     let failed_desired = row
         .last_result
-        .is_some_and(|r| r.0 != ActivationResult::Confirmed)
-        && row.last_result_path.as_deref() == desired;
+        .map(|r| r.0)
+        .filter(|r| *r != ActivationResult::Confirmed)
+        .filter(|_| row.last_result_path.as_deref() == desired);
     match last_seen {
         None => HostState::New,
         Some(t) if now - t > offline_after => HostState::Offline,
         Some(_) if detached => HostState::Detached,
-        Some(_) => match row.state.0 {
-            AgentState::Updating => HostState::Updating,
-            _ if failed_desired => HostState::RolledBack,
-            AgentState::RolledBack => HostState::RolledBack,
-            AgentState::RebootRequired => HostState::RebootRequired,
-            AgentState::Standby => HostState::Standby,
+        Some(_) => match (row.state.0, failed_desired) {
+            (AgentState::Updating, _) => HostState::Updating,
+            (_, Some(ActivationResult::Untrusted)) => HostState::Untrusted,
+            (_, Some(ActivationResult::Failed)) => HostState::Failed,
+            (_, Some(_)) | (AgentState::RolledBack, None) => HostState::RolledBack,
+            (AgentState::RebootRequired, None) => HostState::RebootRequired,
+            (AgentState::Standby, None) => HostState::Standby,
         },
     }
 }

@@ -251,6 +251,39 @@ async fn long_poll_answers_when_a_release_lands() {
     );
 }
 
+/// The host's state says how its newest attempt at the desired system ended: a system the
+/// host refused (`untrusted`) or that failed before switching (`failed`) is not shown as
+/// `rolled-back`, since nothing switched.
+#[tokio::test]
+async fn a_hosts_state_says_how_its_attempt_ended() {
+    let api = Api::new(ServiceConfig::default()).await;
+    let checkin = br#"{"current_system": null, "facts": {"os":"","arch":"","agent_version":""}}"#;
+    for (i, result) in ["untrusted", "failed", "rolled-back"]
+        .into_iter()
+        .enumerate()
+    {
+        let path = format!("/nix/store/q322pzff5rm7kwfwfbhcza6wr2b84wl{i}-system-{result}");
+        let release = serde_json::to_vec(&json!({"hosts": {"host-a": path}})).unwrap();
+        api.ok("POST", paths::RELEASES, &release, Sign::By(&api.publisher))
+            .await;
+        api.ok("POST", paths::CHECKIN, checkin, Sign::By(&api.host_a))
+            .await;
+        let report = json!({"store_path": path, "release_id": null, "result": result,
+                            "reason": "r", "started_at": 1, "finished_at": 2});
+        api.ok(
+            "POST",
+            paths::REPORT,
+            &serde_json::to_vec(&report).unwrap(),
+            Sign::By(&api.host_a),
+        )
+        .await;
+        let host = api
+            .ok("GET", &paths::host("host-a"), b"", Sign::By(&api.viewer))
+            .await;
+        assert_eq!(host["state"], result, "{host}");
+    }
+}
+
 #[tokio::test]
 async fn a_system_that_failed_on_a_host_is_not_offered_again() {
     let api = Api::new(ServiceConfig::default()).await;
