@@ -135,6 +135,17 @@ fn the_socket_serves_an_independent_client_by_group() {
     ] {
         assert!(methods.contains(&m), "{m} is not in {methods:?}");
     }
+    // org.varlink.service.GetInfo names this project (it once named the one yeet grew from).
+    let info = &described["info"];
+    assert_eq!(
+        (
+            info["vendor"].as_str(),
+            info["product"].as_str(),
+            info["url"].as_str()
+        ),
+        (Some("yeet"), Some("yeet-agent"), Some("flake:yeet")),
+        "{info}"
+    );
     let description = described["description"].as_str().unwrap();
     // Every method and error is documented in the interface text itself.
     assert!(

@@ -57,7 +57,8 @@ enum Command {
 #[derive(Subcommand)]
 enum LocalCommand {
     /// Show what the agent does: enrollment (with the verification code while pending),
-    /// systems, attachment, activation, last result. Members of the `yeet` group may.
+    /// systems, attachment, activation, last result. Root and members of the `yeet` group
+    /// may read it.
     Status {
         /// Print JSON (the varlink reply) instead of a table.
         #[arg(long)]

@@ -604,7 +604,8 @@ impl AgentService {
     vendor = "yeet",
     product = "yeet-agent",
     version = env!("CARGO_PKG_VERSION"),
-    url = "https://github.com/srylax/yeet",
+    // The project has no public home; everything names it by its flake reference (README).
+    url = "flake:yeet",
     types = [Status, LocalDetachment, ActivationInfo, LastResult, Progress]
 )]
 impl AgentService {

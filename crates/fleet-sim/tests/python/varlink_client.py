@@ -43,11 +43,13 @@ def main():
             conn = client.open_connection()
             service = client.handler(client._interfaces["org.varlink.service"], conn)
             description = service.GetInterfaceDescription(INTERFACE)["description"]
+            info = dict(service.GetInfo())
             conn.close()
             out({
                 "interfaces": interfaces,
                 "methods": sorted(iface.members.keys()),
                 "description": description,
+                "info": info,
             })
     elif mode == "call":
         method = sys.argv[3]
