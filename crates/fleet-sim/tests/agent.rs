@@ -253,9 +253,20 @@ fn hosts_fetch_from_the_embedded_cache_and_unchanged_paths_are_not_uploaded_agai
         );
     }
     let text: serde_json::Value = fleet.server.yeet_json(&["log", "web-1"]);
+    let log = text["log"].as_str().unwrap();
     assert!(
-        text["log"].as_str().unwrap().contains("/cache"),
+        log.contains("/cache"),
         "fetched from the embedded cache: {text}"
+    );
+    // The fetch roots the system under the agent's state directory, so Nix does not warn
+    // (and a collection before the profile switch cannot delete it).
+    assert!(!log.contains("--add-root"), "{log}");
+    let root = fleet.hosts[0].root.join("var-lib-yeet/fetched-system");
+    assert_eq!(
+        std::fs::read_link(&root).ok().as_deref(),
+        Some(std::path::Path::new(&v1)),
+        "{}",
+        root.display()
     );
 }
 

@@ -69,7 +69,7 @@ pub fn run(dir: &StateDir) -> Result<(), StateError> {
                 }
             ),
         );
-        if let Err(e) = fetch_verified(&st, &log) {
+        if let Err(e) = fetch_verified(&st, &dir.fetched_root(), &log) {
             let result = match &e {
                 FetchError::Untrusted(_) => ActivationResult::Untrusted,
                 FetchError::Failed(_) => ActivationResult::Failed,
@@ -172,8 +172,9 @@ fn await_confirmation(dir: &StateDir, log: &File, st: ActivationState) -> Result
     }
 }
 
-/// Fetches the closure and checks it from this host's own store before anything of it runs.
-fn fetch_verified(st: &ActivationState, log: &File) -> Result<(), FetchError> {
+/// Fetches the closure (rooted at `root`) and checks it from this host's own store before
+/// anything of it runs.
+fn fetch_verified(st: &ActivationState, root: &Path, log: &File) -> Result<(), FetchError> {
     // The agent checked these before recording the activation; the state file could be older.
     let path = fetch::check_store_path(&st.store_path).map_err(FetchError::Failed)?;
     let configured: Vec<nix_meta::PublicKey> = st
@@ -190,7 +191,7 @@ fn fetch_verified(st: &ActivationState, log: &File) -> Result<(), FetchError> {
             "this host trusts no binary-cache key: set trusted_keys in /etc/yeet/agent.toml".into(),
         ));
     }
-    fetch::realise(&path, &st.caches, &keys, log)?;
+    fetch::realise(&path, &st.caches, &keys, root, log)?;
     fetch::verify_closure(&path, &keys, log)
 }
 

@@ -179,12 +179,14 @@ fn last_line(bytes: &[u8]) -> String {
         .to_owned()
 }
 
-/// Realises the closure from the caches, trusting only `keys`. Nix's messages are appended
-/// to `log`. Success only means the paths are valid here; [`verify_closure`] decides trust.
+/// Realises the closure from the caches, trusting only `keys`, with `root` as its
+/// garbage-collector root. Nix's messages are appended to `log`. Success only means the
+/// paths are valid here; [`verify_closure`] decides trust.
 pub fn realise(
     store_path: &StorePath,
     caches: &[String],
     keys: &[PublicKey],
+    root: &Path,
     log: &File,
 ) -> Result<(), FetchError> {
     let keys_opt: Vec<String> = keys.iter().map(ToString::to_string).collect();
@@ -192,6 +194,8 @@ pub fn realise(
         Command::new("nix-store")
             .arg("--realise")
             .arg(store_path.to_string())
+            .arg("--add-root")
+            .arg(root)
             .args(["--option", "substituters", &caches.join(" ")])
             .args(["--option", "trusted-public-keys", &keys_opt.join(" ")])
             .args(["--option", "require-sigs", "true"])

@@ -187,6 +187,13 @@ impl StateDir {
         self.path("activation.log")
     }
 
+    /// The garbage-collector root of the system being activated: set when it is fetched,
+    /// so that a collection between the fetch and the profile switch cannot delete it.
+    /// Replaced by the next activation's; after the switch the profile keeps it alive.
+    pub fn fetched_root(&self) -> PathBuf {
+        self.path("fetched-system")
+    }
+
     fn io(&self, name: &str) -> impl Fn(std::io::Error) -> StateError + '_ {
         let p = self.path(name);
         move |e| StateError::Io(p.clone(), e)
