@@ -42,6 +42,9 @@ enum Command {
     /// Print the age recipient secrets are encrypted to, read from the server's own key, for
     /// operators to compare with what `yeet secret add` pinned (or to pass as --recipient).
     SecretsRecipient,
+    /// Print shell completions, e.g. `yeet-server completions bash >
+    /// /etc/bash_completion.d/yeet-server`.
+    Completions { shell: clap_complete::Shell },
 }
 
 #[derive(Subcommand)]
@@ -127,6 +130,10 @@ async fn run() -> Result<()> {
             .await?;
         }
         Command::Admin(cmd) => admin(config()?, cmd).await?,
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "yeet-server", &mut std::io::stdout());
+        }
         Command::SecretsRecipient => {
             let config = config()?;
             let store = yeet_server::open_store(&config).await?;
@@ -218,5 +225,27 @@ mod tests {
     #[test]
     fn every_command_is_well_formed_and_prints_its_help() {
         yeet_proto::cli_check::check_command_tree(Cli::command());
+    }
+
+    /// The completions know the subcommands and their options.
+    #[test]
+    fn completions_cover_the_commands() {
+        let mut script = Vec::new();
+        clap_complete::generate(
+            clap_complete::Shell::Bash,
+            &mut Cli::command(),
+            "yeet-server",
+            &mut script,
+        );
+        let script = String::from_utf8(script).unwrap();
+        for word in [
+            "admin",
+            "check-config",
+            "secrets-recipient",
+            "--state-dir",
+            "--role",
+        ] {
+            assert!(script.contains(word), "{word} is missing");
+        }
     }
 }
