@@ -60,7 +60,8 @@ enum LocalCommand {
     /// systems, attachment, activation, last result. Root and members of the `yeet` group
     /// may read it.
     Status {
-        /// Print JSON (the varlink reply) instead of a table.
+        /// Print JSON (the varlink reply's fields, in snake_case as `yeet` prints JSON)
+        /// instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -161,13 +162,41 @@ fn run() -> anyhow::Result<()> {
     }
 }
 
+/// The varlink reply's fields as the CLIs print JSON: snake_case (varlink's own casing,
+/// camelCase, stays on the socket).
+fn snake_case_keys(value: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::Object(fields) => Value::Object(
+            fields
+                .into_iter()
+                .map(|(key, value)| {
+                    let mut snake = String::with_capacity(key.len() + 4);
+                    for c in key.chars() {
+                        if c.is_ascii_uppercase() {
+                            snake.push('_');
+                            snake.push(c.to_ascii_lowercase());
+                        } else {
+                            snake.push(c);
+                        }
+                    }
+                    (snake, snake_case_keys(value))
+                })
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.into_iter().map(snake_case_keys).collect()),
+        other => other,
+    }
+}
+
 /// Runs a command against the agent on `socket`.
 fn local_command(socket: &std::path::Path, command: LocalCommand) -> anyhow::Result<()> {
     match command {
         LocalCommand::Status { json } => {
             let status = with_agent(socket, async |c| answer(c.get_status().await))?.status;
             if json {
-                println!("{}", serde_json::to_string_pretty(&status)?);
+                let fields = snake_case_keys(serde_json::to_value(&status)?);
+                println!("{}", serde_json::to_string_pretty(&fields)?);
             } else {
                 print_clean(status_table(&status));
             }
@@ -281,5 +310,16 @@ mod tests {
     #[test]
     fn every_command_is_well_formed_and_prints_its_help() {
         yeet_proto::cli_check::check_command_tree(Cli::command());
+    }
+
+    #[test]
+    fn json_keys_are_snake_case_at_every_depth() {
+        let varlink = serde_json::json!({"verificationCode": "ABCD", "lastResult":
+            {"storePath": "/nix/store/x", "finishedAt": 1}, "hosts": [{"bootedSystem": null}]});
+        assert_eq!(
+            snake_case_keys(varlink),
+            serde_json::json!({"verification_code": "ABCD", "last_result":
+                {"store_path": "/nix/store/x", "finished_at": 1}, "hosts": [{"booted_system": null}]})
+        );
     }
 }
