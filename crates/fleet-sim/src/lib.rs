@@ -25,14 +25,23 @@ pub fn bin_dir() -> &'static Path {
     DIR.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let exe = std::env::current_exe().unwrap();
-        // The benchmark runs from a release build and measures release binaries.
-        let release = exe.components().any(|c| c.as_os_str() == "release");
         // Tests run from target/<profile>/deps/, binaries (the demo) from target/<profile>/.
         let test = exe.parent().is_some_and(|d| d.ends_with("deps"));
+        // The binaries are built with the profile this process was: the benchmark runs
+        // release binaries, the demo its own profile's.
+        let profile_dir = exe
+            .ancestors()
+            .nth(if test { 2 } else { 1 })
+            .and_then(Path::file_name)
+            .and_then(|n| n.to_str())
+            .unwrap_or("debug");
+        let profile = match profile_dir {
+            "debug" => "dev",
+            other => other,
+        };
         let status = Command::new(cargo)
-            .args(["build", "--quiet", "--workspace"])
+            .args(["build", "--quiet", "--workspace", "--profile", profile])
             .arg(if test { "--all-targets" } else { "--bins" })
-            .args(release.then_some("--release"))
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()
             .expect("cannot run cargo to build the yeet binaries");
