@@ -71,7 +71,8 @@ async fn replicas_share_releases_and_key_removals() {
 
     // Enroll a host through replica A.
     let host_key = Identity::from_seed(&[2; 32]);
-    let registrant = Principal::Registrant {
+    // A registration as the HTTP layer hands it over, signed with `nonce`.
+    let registrant = |nonce: u8| Principal::Registrant {
         public: host_key.public().clone(),
         signed: Box::new(SignatureHeaders::sign(
             &host_key,
@@ -79,8 +80,8 @@ async fn replicas_share_releases_and_key_removals() {
             "POST",
             yeet_proto::api::paths::REGISTER,
             b"",
-            yeet_server::service::now(),
-            [9; 16],
+            now(),
+            [nonce; 16],
         )),
     };
     let req = RegisterRequest {
@@ -90,7 +91,7 @@ async fn replicas_share_releases_and_key_removals() {
         wait_secs: 0,
     };
     let RegisterResponse::Pending { code, .. } =
-        a.register(&registrant, req.clone(), None).await.unwrap()
+        a.register(&registrant(9), req.clone(), None).await.unwrap()
     else {
         panic!("not pending")
     };
@@ -99,18 +100,7 @@ async fn replicas_share_releases_and_key_removals() {
     tokio::time::sleep(ServiceConfig::default().reregister_interval).await;
     let held = {
         let b = b.clone();
-        let registrant = Principal::Registrant {
-            public: host_key.public().clone(),
-            signed: Box::new(SignatureHeaders::sign(
-                &host_key,
-                ORIGIN,
-                "POST",
-                yeet_proto::api::paths::REGISTER,
-                b"",
-                now(),
-                [10; 16],
-            )),
-        };
+        let registrant = registrant(10);
         let req = RegisterRequest {
             wait_secs: 30,
             ..req

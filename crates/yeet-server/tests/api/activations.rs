@@ -268,15 +268,7 @@ async fn a_hosts_state_says_how_its_attempt_ended() {
             .await;
         api.ok("POST", paths::CHECKIN, checkin, Sign::By(&api.host_a))
             .await;
-        let report = json!({"store_path": path, "release_id": null, "result": result,
-                            "reason": "r", "started_at": 1, "finished_at": 2});
-        api.ok(
-            "POST",
-            paths::REPORT,
-            &serde_json::to_vec(&report).unwrap(),
-            Sign::By(&api.host_a),
-        )
-        .await;
+        api.report(&api.host_a, &path, result).await;
         let host = api
             .ok("GET", &paths::host("host-a"), b"", Sign::By(&api.viewer))
             .await;
@@ -372,20 +364,7 @@ async fn a_tried_system_is_offered_again_when_its_cause_may_be_gone() {
             v["action"]["type"] == "switch"
         }
     };
-    let ends = |result: &'static str| {
-        let api = &api;
-        async move {
-            let report = json!({"store_path": PATH_A, "release_id": 1, "result": result,
-                                "reason": "r", "started_at": 1, "finished_at": 2});
-            api.ok(
-                "POST",
-                paths::REPORT,
-                &serde_json::to_vec(&report).unwrap(),
-                Sign::By(&api.host_a),
-            )
-            .await;
-        }
-    };
+    let ends = |result: &'static str| api.report(&api.host_a, PATH_A, result);
     let retry = |hosts: Value| {
         let api = &api;
         async move {

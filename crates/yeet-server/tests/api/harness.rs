@@ -256,6 +256,20 @@ impl Api {
         v["code"].as_str().unwrap().to_owned()
     }
 
+    /// `host` reports that its attempt at `path` ended with `result` (wire name).
+    pub async fn report(&self, host: &Identity, path: &str, result: &str) {
+        let body = json!({"store_path": path, "release_id": null, "result": result, "reason": "r",
+                          "started_at": 10, "finished_at": 20, "reboot_required": false,
+                          "log_gzip_base64": gzip_base64("")});
+        self.ok(
+            "POST",
+            paths::REPORT,
+            &serde_json::to_vec(&body).unwrap(),
+            Sign::By(host),
+        )
+        .await;
+    }
+
     pub async fn enroll(&self, id: &Identity, name: &str) {
         let code = self.register(id).await;
         let body = serde_json::to_vec(&json!({"code": code, "name": name})).unwrap();

@@ -8,19 +8,6 @@ use yeet_server::service::ServiceConfig;
 use super::harness::*;
 
 /// `host` reports an activation of `path` that ended with `result`.
-async fn report(api: &Api, host: &yeet_proto::Identity, path: &str, result: &str) {
-    let body = json!({"store_path": path, "release_id": null, "result": result, "reason": "",
-                      "started_at": 10, "finished_at": 20, "reboot_required": false,
-                      "log_gzip_base64": gzip_base64("")});
-    api.ok(
-        "POST",
-        paths::REPORT,
-        &serde_json::to_vec(&body).unwrap(),
-        Sign::By(host),
-    )
-    .await;
-}
-
 /// Publishes `hosts` (name → path) as the publisher.
 async fn publish(api: &Api, hosts: Value) -> Value {
     let body = serde_json::to_vec(&json!({ "hosts": hosts })).unwrap();
@@ -43,13 +30,13 @@ async fn repeated_rollbacks_walk_back_and_never_toggle() {
     let p = |n: u8| format!("/nix/store/q322pzff5rm7kwfwfbhcza6wr2b84wlm-system-{n}");
     for n in 1..=4 {
         publish(&api, json!({"host-a": p(n)})).await;
-        report(&api, &api.host_a, &p(n), "confirmed").await;
+        api.report(&api.host_a, &p(n), "confirmed").await;
     }
     // A fifth that rolled back on the host, then a sixth it refused.
     publish(&api, json!({"host-a": p(5)})).await;
-    report(&api, &api.host_a, &p(5), "rolled-back").await;
+    api.report(&api.host_a, &p(5), "rolled-back").await;
     publish(&api, json!({"host-a": p(6)})).await;
-    report(&api, &api.host_a, &p(6), "untrusted").await;
+    api.report(&api.host_a, &p(6), "untrusted").await;
     let mut walked = Vec::new();
     loop {
         let (status, v) = rollback(&api, json!({"hosts": ["host-a"]})).await;
@@ -69,7 +56,7 @@ async fn repeated_rollbacks_walk_back_and_never_toggle() {
         }
         let path = v["hosts"]["host-a"].as_str().unwrap().to_owned();
         // The host switches to it, as an agent would.
-        report(&api, &api.host_a, &path, "confirmed").await;
+        api.report(&api.host_a, &path, "confirmed").await;
         walked.push(path);
         assert!(walked.len() < 10, "rollbacks never ended: {walked:?}");
     }
@@ -97,8 +84,8 @@ async fn rollback_of_a_release_follows_machines_not_names() {
         let (s, v) = send("POST", paths::RELEASES.into(), json!({"hosts": hosts})).await;
         assert_eq!(s, StatusCode::OK, "{v}");
     }
-    report(api, &api.host_a, &p(1), "confirmed").await;
-    report(api, &api.host_b, &p(1), "confirmed").await;
+    api.report(&api.host_a, &p(1), "confirmed").await;
+    api.report(&api.host_b, &p(1), "confirmed").await;
     // The two machines swap names.
     for (from, to) in [("host-a", "tmp"), ("host-b", "host-a"), ("tmp", "host-b")] {
         let (s, v) = send("POST", paths::host_rename(from), json!({"new_name": to})).await;
@@ -127,7 +114,7 @@ async fn rollback_points_hosts_at_their_previous_systems() {
             } else {
                 &api.host_b
             };
-            report(&api, host, path.as_str().unwrap(), "confirmed").await;
+            api.report(host, path.as_str().unwrap(), "confirmed").await;
         }
     }
     // By host: host-a goes from 3 back to 2.
