@@ -475,7 +475,6 @@ async fn a_tried_system_is_offered_again_when_its_cause_may_be_gone() {
 /// stored once it goes; nothing answers 500.
 #[tokio::test]
 async fn a_held_write_lock_slows_writes_and_not_reads() {
-    use sqlx::Connection;
     use std::sync::atomic::{AtomicUsize, Ordering};
     let api = Api::new(ServiceConfig::default()).await;
     let checkin = br#"{"current_system": null, "facts": {"os":"","arch":"","agent_version":""}}"#;
@@ -485,14 +484,7 @@ async fn a_held_write_lock_slows_writes_and_not_reads() {
     // host-b's report is known before the lock: its check-ins below change nothing.
     api.ok("POST", paths::CHECKIN, checkin, Sign::By(&api.host_b))
         .await;
-    sqlx::any::install_default_drivers();
-    let mut holder = sqlx::AnyConnection::connect(api.database_url())
-        .await
-        .unwrap();
-    sqlx::query("BEGIN IMMEDIATE")
-        .execute(&mut holder)
-        .await
-        .unwrap();
+    let mut holder = api.hold_write_lock().await;
     let writes_answered = AtomicUsize::new(0);
     let write = |body: Vec<u8>, path: &'static str| {
         let (api, writes_answered) = (&api, &writes_answered);
@@ -551,19 +543,11 @@ async fn a_held_write_lock_slows_writes_and_not_reads() {
 /// fleet still answer; and the report the host sends again afterwards is stored.
 #[tokio::test]
 async fn a_locked_database_answers_busy_and_loses_no_report() {
-    use sqlx::Connection;
     let api = Api::new(ServiceConfig::default()).await;
     let report = serde_json::to_vec(&json!({"store_path": PATH_A, "release_id": null,
         "result": "failed", "reason": "r", "started_at": 1, "finished_at": 2}))
     .unwrap();
-    sqlx::any::install_default_drivers();
-    let mut holder = sqlx::AnyConnection::connect(api.database_url())
-        .await
-        .unwrap();
-    sqlx::query("BEGIN IMMEDIATE")
-        .execute(&mut holder)
-        .await
-        .unwrap();
+    let mut holder = api.hold_write_lock().await;
     let (status, headers, answer) = api
         .send_with_headers(build(
             "POST",

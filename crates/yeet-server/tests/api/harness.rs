@@ -256,6 +256,21 @@ impl Api {
         v["code"].as_str().unwrap().to_owned()
     }
 
+    /// Takes SQLite's write lock from outside the server (`BEGIN IMMEDIATE`), as a backup
+    /// or a stuck writer would; held until `ROLLBACK` on the returned connection.
+    pub async fn hold_write_lock(&self) -> sqlx::AnyConnection {
+        use sqlx::Connection;
+        sqlx::any::install_default_drivers();
+        let mut holder = sqlx::AnyConnection::connect(self.database_url())
+            .await
+            .unwrap();
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut holder)
+            .await
+            .unwrap();
+        holder
+    }
+
     /// `host` reports that its attempt at `path` ended with `result` (wire name).
     pub async fn report(&self, host: &Identity, path: &str, result: &str) {
         let body = json!({"store_path": path, "release_id": null, "result": result, "reason": "r",
