@@ -177,4 +177,128 @@ mod tests {
     fn every_command_is_well_formed_and_prints_its_help() {
         yeet_proto::cli_check::check_command_tree(Cli::command());
     }
+
+    /// Words as a POSIX shell splits them, for the README's simple lines: blanks separate,
+    /// single and double quotes group.
+    fn shell_words(line: &str) -> Vec<String> {
+        let (mut words, mut word, mut quote, mut started) =
+            (Vec::new(), String::new(), None, false);
+        for c in line.chars() {
+            match (quote, c) {
+                (Some(q), c) if c == q => quote = None,
+                (Some(_), c) => word.push(c),
+                (None, '\'' | '"') => {
+                    quote = Some(c);
+                    started = true;
+                }
+                (None, c) if c.is_whitespace() => {
+                    if started {
+                        words.push(std::mem::take(&mut word));
+                        started = false;
+                    }
+                }
+                (None, c) => {
+                    word.push(c);
+                    started = true;
+                }
+            }
+        }
+        if started {
+            words.push(word);
+        }
+        words
+    }
+
+    /// The `yeet …` commands in the README's code blocks, with their line numbers and
+    /// whether they are examples (a `sh` block: real values) or synopses (placeholders).
+    /// A line may hold several, separated by wide gaps; a `#` comment and a `< file`
+    /// redirection end one.
+    fn readme_commands() -> Vec<(usize, bool, String)> {
+        let readme = include_str!("../../../README.md");
+        let (mut found, mut block) = (Vec::new(), None::<bool>);
+        for (i, line) in readme.lines().enumerate() {
+            let text = line.trim();
+            if let Some(lang) = text.strip_prefix("```") {
+                block = match block {
+                    None => Some(lang == "sh"),
+                    Some(_) => None,
+                };
+                continue;
+            }
+            let Some(example) = block else { continue };
+            let text = text.strip_prefix("$ ").unwrap_or(text);
+            let text = text.split(" # ").next().unwrap_or(text);
+            for part in text.split("     ") {
+                let part = part.trim();
+                let part = part.split(" < ").next().unwrap_or(part);
+                if part.starts_with("yeet ") {
+                    found.push((i + 1, example, part.to_owned()));
+                }
+            }
+        }
+        found
+    }
+
+    /// Every `yeet` command the README shows is one this CLI accepts: examples parse as
+    /// they are written (optional `[--json]` left out), and in synopses every subcommand
+    /// and `--flag` exists where it is written. The README and the CLI cannot drift apart.
+    #[test]
+    fn the_readmes_commands_are_the_clis() {
+        let commands = readme_commands();
+        assert!(commands.len() > 40, "too few found: {commands:?}");
+        let mut wrong = Vec::new();
+        for (line, example, text) in &commands {
+            if *example {
+                let words: Vec<String> = shell_words(text)
+                    .into_iter()
+                    .filter(|w| !(w.starts_with('[') && w.ends_with(']')))
+                    .collect();
+                if let Err(e) = Cli::try_parse_from(&words) {
+                    wrong.push(format!("README line {line}: `{text}`: {:?}", e.kind()));
+                }
+                continue;
+            }
+            let mut command = Cli::command();
+            command.build();
+            let mut at = &command;
+            let words = shell_words(text);
+            // Alternatives (`[HOST…|--all]`) are checked each.
+            for word in words.iter().skip(1).flat_map(|w| w.split('|')) {
+                let word = word.trim_start_matches(['[', '(']);
+                if let Some(flag) = word.strip_prefix("--") {
+                    let flag: String = flag
+                        .chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+                        .collect();
+                    if !flag.is_empty()
+                        && !at
+                            .get_arguments()
+                            .any(|a| a.get_long() == Some(flag.as_str()))
+                    {
+                        wrong.push(format!(
+                            "README line {line}: `{}` has no --{flag}",
+                            at.get_name()
+                        ));
+                    }
+                } else if let Some(sub) = at.find_subcommand(word) {
+                    at = sub;
+                }
+            }
+            if at.is_subcommand_required_set() {
+                wrong.push(format!(
+                    "README line {line}: `{text}` stops at `{}`, which needs a subcommand",
+                    at.get_name()
+                ));
+            }
+        }
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    }
+
+    #[test]
+    fn shell_words_group_quotes() {
+        assert_eq!(
+            shell_words(r#"yeet query 'SELECT * FROM x' -m "a b"  --all"#),
+            ["yeet", "query", "SELECT * FROM x", "-m", "a b", "--all"]
+        );
+    }
 }
