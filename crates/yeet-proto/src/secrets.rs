@@ -415,6 +415,29 @@ pub struct DeliveredSecret {
 mod tests {
     use super::*;
 
+    /// The manifest the README shows, for systems built without the modules, is one the
+    /// agent accepts, with the fields it says.
+    #[test]
+    fn the_readmes_manifest_parses() {
+        let readme = include_str!("../../../README.md");
+        let start = readme.find("```json").expect("the README shows a manifest") + 7;
+        let end = start + readme[start..].find("```").expect("the block ends");
+        let manifest = Manifest::parse(readme[start..end].as_bytes()).unwrap();
+        let entry = &manifest.secrets["db-password"];
+        assert_eq!(
+            (
+                entry.owner.as_str(),
+                entry.mode.as_str(),
+                entry.restart_units.as_slice()
+            ),
+            (
+                "postgres",
+                "0400",
+                ["postgresql.service".to_owned()].as_slice()
+            )
+        );
+    }
+
     #[test]
     fn names_are_file_names_and_nothing_else() {
         for good in ["db-password", "tls.key", "A1", "osquery-enroll", "x_y"] {
