@@ -422,7 +422,7 @@ mod tests {
         let readme = include_str!("../../../README.md");
         let start = readme.find("```json").expect("the README shows a manifest") + 7;
         let end = start + readme[start..].find("```").expect("the block ends");
-        let manifest = Manifest::parse(readme[start..end].as_bytes()).unwrap();
+        let manifest = Manifest::parse(&readme.as_bytes()[start..end]).unwrap();
         let entry = &manifest.secrets["db-password"];
         assert_eq!(
             (
