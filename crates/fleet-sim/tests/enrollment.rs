@@ -160,6 +160,28 @@ fn the_server_shuts_down_gracefully() {
 #[test]
 fn cli_errors_say_what_to_do_next() {
     let server = Server::start(ServerOptions::default());
+    // Empty listings say what to do, not an empty table.
+    for (listing, hint) in [
+        (&["pending"][..], "yeet-agent starts"),
+        (&["releases"][..], "yeet publish"),
+        (&["secret", "list"][..], "yeet secret add"),
+        (&["osquery", "nodes"][..], "osquery-enroll"),
+        (
+            &["osquery", "schedule", "list"][..],
+            "yeet osquery schedule add",
+        ),
+        (
+            &["osquery", "options", "list"][..],
+            "yeet osquery options set",
+        ),
+        (&["carves", "list"][..], "yeet carve HOST PATH"),
+    ] {
+        let said = server.yeet(listing);
+        assert!(
+            said.contains(hint) && !said.contains('┌'),
+            "yeet {listing:?}: {said}"
+        );
+    }
     let out = run(server.yeet_cmd().env_remove("YEET_SERVER").arg("status"));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -74,6 +74,15 @@ pub fn print_clean(text: impl std::fmt::Display) {
     );
 }
 
+/// For a listing with nothing in it: says so, and what to do, instead of an empty table.
+/// True when it did (the caller prints nothing more).
+pub fn said_empty<T>(items: &[T], nothing: &str) -> bool {
+    if items.is_empty() {
+        println!("{nothing}");
+    }
+    items.is_empty()
+}
+
 /// Prints JSON for scripts. The data stays exact: control characters are already escaped by
 /// JSON, and bidi controls (which JSON leaves raw, and which can appear only inside strings)
 /// are written as `\uXXXX` escapes too, so a terminal shows the text as it is.

@@ -51,6 +51,15 @@ pub fn history(args: &HistoryArgs, connection: &Connection) -> Result<()> {
     if args.json.json {
         return output::json(&history);
     }
+    if output::said_empty(
+        &history,
+        &format!(
+            "{} has reported no activation yet; it tries one when a release names it",
+            args.host
+        ),
+    ) {
+        return Ok(());
+    }
     let mut t = output::table(["WHEN", "RESULT", "SYSTEM", "RELEASE", "REASON"]);
     for a in &history {
         let release = a

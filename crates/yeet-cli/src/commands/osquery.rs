@@ -16,7 +16,7 @@ use yeet_proto::osquery::{
 };
 
 use super::{Connection, Json};
-use crate::output::{json, print_clean, table};
+use crate::output::{json, print_clean, said_empty, table};
 
 /// How often a waiting command asks the server for news.
 const POLL: Duration = Duration::from_millis(500);
@@ -163,6 +163,12 @@ fn nodes(client: &Client, as_json: bool) -> Result<()> {
     if as_json {
         return json(&nodes);
     }
+    if said_empty(
+        &nodes,
+        "no osquery nodes yet; osqueryd enrolls with the secret osquery-enroll (see the README's osquery section)",
+    ) {
+        return Ok(());
+    }
     let mut t = table([
         "NODE",
         "HOST",
@@ -226,6 +232,12 @@ fn schedule(client: &Client, command: &ScheduleCommand) -> Result<()> {
             if args.json {
                 return json(&queries);
             }
+            if said_empty(
+                &queries,
+                "no scheduled queries; add one with `yeet osquery schedule add NAME SQL --interval SECS`",
+            ) {
+                return Ok(());
+            }
             let mut t = table(["NAME", "PACK", "INTERVAL", "HOSTS", "SQL"]);
             for q in &queries {
                 let hosts = if q.hosts.is_empty() {
@@ -266,6 +278,12 @@ fn options(client: &Client, command: &OptionsCommand) -> Result<()> {
             let all = client.osquery_options()?;
             if args.json {
                 return json(&all);
+            }
+            if said_empty(
+                &all,
+                "no options set; set one with `yeet osquery options set NAME VALUE`",
+            ) {
+                return Ok(());
             }
             let mut t = table(["OPTION", "VALUE", "SET BY"]);
             for o in &all {
@@ -476,6 +494,9 @@ pub fn carves(command: &CarvesCommand, connection: &Connection) -> Result<()> {
             let all = client.osquery_carves()?;
             if args.json {
                 return json(&all);
+            }
+            if said_empty(&all, "no carves; start one with `yeet carve HOST PATH`") {
+                return Ok(());
             }
             let mut t = table(["ID", "HOST", "BYTES", "BLOCKS", "STARTED", "SHA-256"]);
             for c in &all {

@@ -10,8 +10,10 @@ pub fn run(args: &Json, connection: &Connection) -> Result<()> {
     if args.json {
         return output::json(&pending);
     }
-    if pending.is_empty() {
-        println!("no hosts are waiting for approval");
+    if output::said_empty(
+        &pending,
+        "no hosts are waiting for approval; a host registers when yeet-agent starts on it with the server's URL",
+    ) {
         return Ok(());
     }
     let mut t = output::table([

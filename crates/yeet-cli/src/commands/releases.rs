@@ -62,6 +62,12 @@ pub fn list(args: &ReleasesArgs, connection: &Connection) -> Result<()> {
     if args.json.json {
         return output::json(&releases);
     }
+    if output::said_empty(
+        &releases,
+        "no releases yet; publish one with `yeet publish HOST…` (or --all, or --path HOST=PATH)",
+    ) {
+        return Ok(());
+    }
     let mut t = output::table(["ID", "WHEN", "AUTHOR", "HOSTS", "MESSAGE"]);
     for r in &releases {
         let hosts: Vec<String> = r

@@ -11,7 +11,7 @@ use yeet_proto::secrets::{AddSecretRequest, MAX_SECRET_BYTES, RotateSecretReques
 use zeroize::Zeroizing;
 
 use super::{Connection, Json};
-use crate::output::{ago, json, print_clean, table};
+use crate::output::{ago, json, print_clean, said_empty, table};
 
 #[derive(Subcommand)]
 pub enum SecretCommand {
@@ -233,8 +233,10 @@ fn list(secrets: &[SecretInfo], as_json: bool) -> Result<()> {
     if as_json {
         return json(&secrets);
     }
-    if secrets.is_empty() {
-        println!("no secrets; add one with `yeet secret add NAME --from-file F --host HOST`");
+    if said_empty(
+        secrets,
+        "no secrets; add one with `yeet secret add NAME --from-file F --host HOST`",
+    ) {
         return Ok(());
     }
     let mut t = table(["SECRET", "VERSION", "HOSTS (FETCHED VERSION)", "CHANGED"]);
