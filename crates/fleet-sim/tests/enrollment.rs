@@ -72,7 +72,18 @@ fn enroll_approve_publish_status(database: Option<String>) {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    server.yeet(&["approve", "web-1", &code.to_lowercase()]);
+    let approved: Value = server.yeet_json(&["approve", "web-1", &code.to_lowercase()]);
+    assert_eq!(approved["name"], "web-1", "{approved}");
+    let key: Value = server.yeet_json(&["key", "show"]);
+    assert!(
+        key["fingerprint"]
+            .as_str()
+            .is_some_and(|f| f.starts_with("SHA256:"))
+            && key["public_key"]
+                .as_str()
+                .is_some_and(|k| k.starts_with("ssh-ed25519 ")),
+        "{key}"
+    );
     let out = server.yeet(&[
         "publish",
         "--path",

@@ -2,7 +2,8 @@
 
 use anyhow::Result;
 
-use super::Connection;
+use super::{Connection, Json};
+use crate::output;
 
 #[derive(clap::Args)]
 pub struct ApproveArgs {
@@ -10,6 +11,8 @@ pub struct ApproveArgs {
     pub name: String,
     /// The code that yeet-agent prints on the host (stdout and its log).
     pub code: String,
+    #[command(flatten)]
+    pub json: Json,
 }
 
 #[derive(clap::Args)]
@@ -19,6 +22,9 @@ pub struct RejectArgs {
 
 pub fn approve(args: &ApproveArgs, connection: &Connection) -> Result<()> {
     let host = connection.connect()?.approve(&args.code, &args.name)?;
+    if args.json.json {
+        return output::json(&host);
+    }
     println!("approved {} ({})", host.name, host.key_id);
     Ok(())
 }

@@ -91,11 +91,16 @@ pub fn run(command: &HostCommand, connection: &Connection) -> Result<()> {
 pub struct AttachArgs {
     /// The detached host.
     pub host: String,
+    #[command(flatten)]
+    pub json: Json,
 }
 
 /// `yeet attach HOST`: ends the host's detachment; it obeys at its next check-in.
 pub fn attach(args: &AttachArgs, connection: &Connection) -> Result<()> {
     let h = connection.connect()?.attach_host(&args.host)?;
+    if args.json.json {
+        return output::json(&h);
+    }
     let target = output::short_path(h.desired_system.as_deref());
     output::print_clean(format_args!(
         "{} is attached again; it returns to its desired system ({target}) at its next check-in",

@@ -4,7 +4,7 @@ use anyhow::{Context, Result};
 use clap::Subcommand;
 use std::path::PathBuf;
 
-use super::Connection;
+use super::{Connection, Json};
 use crate::config;
 
 #[derive(Subcommand)]
@@ -16,14 +16,25 @@ pub enum KeyCommand {
         out: Option<PathBuf>,
     },
     /// Print the public key and fingerprint of your key.
-    Show,
+    Show {
+        #[command(flatten)]
+        json: Json,
+    },
 }
 
 pub fn run(command: &KeyCommand, connection: &Connection) -> Result<()> {
     match command {
         KeyCommand::Generate { out } => generate(out.clone()),
-        KeyCommand::Show => {
-            let id = yeet_client::load_identity(&connection.key_path()?)?;
+        KeyCommand::Show { json } => {
+            let path = connection.key_path()?;
+            let id = yeet_client::load_identity(&path)?;
+            if json.json {
+                return crate::output::json(&serde_json::json!({
+                    "public_key": id.public().to_openssh(),
+                    "fingerprint": id.public().key_id(),
+                    "path": path,
+                }));
+            }
             println!("{}\n{}", id.public().to_openssh(), id.public().key_id());
             Ok(())
         }
