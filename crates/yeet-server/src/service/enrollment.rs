@@ -227,6 +227,11 @@ impl Service {
             return Ok(None);
         }
         let held = super::hosts::HeldPoll::claim(&self.held_registrations, key_id.to_owned());
+        // Approved between this request's authentication and its subscription: no change
+        // would come to say so.
+        if let Some(host) = self.store.host_by_key(key_id).await? {
+            return Ok(Some(host.name));
+        }
         let deadline = tokio::time::Instant::now() + hold;
         loop {
             tokio::select! {
