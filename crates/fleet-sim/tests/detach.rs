@@ -75,8 +75,20 @@ fn detach_switch_locally_then_attach_to_the_newest_release() {
     assert_eq!(shown["detached"]["user"], "root (uid 0)", "{shown}");
     assert_eq!(shown["detached"]["reason"], "try the new kernel", "{shown}");
 
-    // An untrusted closure is refused; nothing is activated.
+    // A path this host's store lacks is refused, saying how to copy it here.
     let host = fleet.find_host("web-1");
+    let missing = "/nix/store/q322pzff5rm7kwfwfbhcza6wr2b84wlm-not-copied-here";
+    let out = agent(host, &["switch", missing]);
+    assert!(
+        !out.status.success()
+            && text(&out).contains("is not in this host's store")
+            && text(&out).contains("nix copy --to"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(host.current_system().as_deref(), Some(base.as_str()));
+
+    // An untrusted closure is refused; nothing is activated.
     let out = agent(host, &["switch", &unsigned]);
     assert!(!out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("untrusted"), "{}", text(&out));

@@ -436,6 +436,14 @@ impl Local {
     ) -> Result<ActivationState, AgentError> {
         crate::fetch::check_store_path(store_path)
             .map_err(|reason| AgentError::InvalidStorePath { reason })?;
+        // A local switch fetches from nowhere: say so before Nix reports a failed "build".
+        if std::fs::symlink_metadata(store_path).is_err() {
+            return Err(AgentError::InvalidStorePath {
+                reason: format!(
+                    "{store_path} is not in this host's store; copy it here first from the machine that has it, e.g. `nix copy --to ssh://root@THIS-HOST {store_path}`"
+                ),
+            });
+        }
         let mut st = crate::daemon::new_activation(&self.config, &self.key_path);
         st.store_path = store_path.to_owned();
         st.origin = origin;
