@@ -199,19 +199,14 @@ impl Store {
                     .execute(&writer)
                     .await?;
                 sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
-                let reader = AnyPoolOptions::new()
-                    .max_connections(max)
-                    .acquire_timeout(CONNECTION_WAIT)
-                    .after_connect(|conn, _| {
-                        Box::pin(async move {
-                            sqlx::query("PRAGMA query_only=ON")
-                                .execute(conn)
-                                .await
-                                .map(drop)
-                        })
-                    })
-                    .connect(url)
-                    .await?;
+                let reader = on_each_connection(
+                    AnyPoolOptions::new()
+                        .max_connections(max)
+                        .acquire_timeout(CONNECTION_WAIT),
+                    "PRAGMA query_only=ON",
+                )
+                .connect(url)
+                .await?;
                 let nonce_pool = sqlite_nonce_log(url, &writer).await?;
                 (reader, writer, nonce_pool)
             }
@@ -224,19 +219,14 @@ impl Store {
                 sqlx::migrate!("./migrations/postgres").run(&pool).await?;
                 // Nonce rows are written without waiting for the disk, on a connection of
                 // their own.
-                let nonce_pool = AnyPoolOptions::new()
-                    .max_connections(1)
-                    .acquire_timeout(CONNECTION_WAIT)
-                    .after_connect(|conn, _| {
-                        Box::pin(async move {
-                            sqlx::query("SET synchronous_commit TO OFF")
-                                .execute(conn)
-                                .await
-                                .map(drop)
-                        })
-                    })
-                    .connect(url)
-                    .await?;
+                let nonce_pool = on_each_connection(
+                    AnyPoolOptions::new()
+                        .max_connections(1)
+                        .acquire_timeout(CONNECTION_WAIT),
+                    "SET synchronous_commit TO OFF",
+                )
+                .connect(url)
+                .await?;
                 (pool.clone(), pool, nonce_pool)
             }
         };
@@ -283,17 +273,12 @@ async fn sqlite_nonce_log(url: &str, writer: &AnyPool) -> Result<AnyPool, StoreE
             .fetch_one(writer)
             .await?;
     if main_file.is_empty() {
-        return Ok(one_connection(AnyPoolOptions::new())
-            .after_connect(|conn, _| {
-                Box::pin(async move {
-                    sqlx::query("PRAGMA synchronous=NORMAL")
-                        .execute(conn)
-                        .await
-                        .map(drop)
-                })
-            })
-            .connect(url)
-            .await?);
+        return Ok(on_each_connection(
+            one_connection(AnyPoolOptions::new()),
+            "PRAGMA synchronous=NORMAL",
+        )
+        .connect(url)
+        .await?);
     }
     // The URL's path is percent-decoded by sqlx: escape what would otherwise end it.
     let nonce_file = format!("{main_file}.nonces")
@@ -332,6 +317,13 @@ async fn sqlite_nonce_log(url: &str, writer: &AnyPool) -> Result<AnyPool, StoreE
             .await?;
     }
     Ok(pool)
+}
+
+/// Pool options that run `statement` (a setting) on every connection the pool opens.
+fn on_each_connection(options: AnyPoolOptions, statement: &'static str) -> AnyPoolOptions {
+    options.after_connect(move |conn, _| {
+        Box::pin(async move { sqlx::query(statement).execute(conn).await.map(drop) })
+    })
 }
 
 /// Readies a connection to the nonce log: WAL, commits that do not wait for the disk,
