@@ -191,8 +191,6 @@ impl Service {
             last_seen_ms: t_ms,
             source,
         };
-        // Subscribed before the write, so that an approval landing in between wakes us.
-        let mut keys_changed = self.keys_changed.subscribe();
         self.store.upsert_registration(&row).await?;
         drop(_admission);
         // A code the host has already shown: hold until an admin approves it, the wait
@@ -200,10 +198,7 @@ impl Service {
         if shown_before && req.wait_secs > 0 {
             let hold = req.wait_secs.min(self.config.max_long_poll_secs);
             let until = Duration::from_secs(hold.min(expires.saturating_sub(t).max(0) as u64));
-            if let Some(host) = self
-                .approval_within(public.key_id(), &mut keys_changed, until)
-                .await?
-            {
+            if let Some(host) = self.approval_within(public.key_id(), until).await? {
                 return Ok(RegisterResponse::Approved { host });
             }
         }
@@ -213,40 +208,34 @@ impl Service {
         })
     }
 
-    /// Waits up to `hold` for the key to be approved; its host's name once it is. Looks
-    /// at the database on every key change (here or on another replica), so an approval is
-    /// seen within moments. A newer registration of the same key releases this one.
-    async fn approval_within(
-        &self,
-        key_id: &str,
-        keys_changed: &mut tokio::sync::watch::Receiver<u64>,
-        hold: Duration,
-    ) -> Result<Option<String>> {
+    /// Waits up to `hold` for the key to be approved; its host's name once it is. Woken
+    /// only for this key: by its approval (here, or on another replica through its key
+    /// event), or by a newer registration of it, which this one then yields to.
+    async fn approval_within(&self, key_id: &str, hold: Duration) -> Result<Option<String>> {
         let mut closing = self.closing.subscribe();
         if *closing.borrow() {
             return Ok(None);
         }
         let held = super::hosts::HeldPoll::claim(&self.held_registrations, key_id.to_owned());
-        // Approved between this request's authentication and its subscription: no change
-        // would come to say so.
+        // Approved between this request's authentication and its claim: no wake-up would
+        // come to say so. A wake-up after the claim is kept as a permit.
         if let Some(host) = self.store.host_by_key(key_id).await? {
             return Ok(Some(host.name));
         }
-        let deadline = tokio::time::Instant::now() + hold;
-        loop {
-            tokio::select! {
-                _ = held.released() => return Ok(None),
-                changed = keys_changed.changed() => {
-                    if changed.is_err() {
-                        return Ok(None);
-                    }
-                    if let Some(host) = self.store.host_by_key(key_id).await? {
-                        return Ok(Some(host.name));
-                    }
-                }
-                _ = tokio::time::sleep_until(deadline) => return Ok(None),
-                _ = closing.changed() => return Ok(None),
-            }
+        tokio::select! {
+            _ = held.released() => Ok(self.store.host_by_key(key_id).await?.map(|h| h.name)),
+            _ = tokio::time::sleep(hold) => Ok(None),
+            _ = closing.changed() => Ok(None),
+        }
+    }
+
+    /// Wakes the registration held for `key` (every held one for `None`: events may have
+    /// been missed), so that it looks whether the key was approved.
+    pub(crate) fn wake_held_registrations(&self, key: Option<&str>) {
+        let held = super::lock(&self.held_registrations);
+        match key {
+            Some(key) => held.get(key).into_iter().for_each(|n| n.notify_one()),
+            None => held.values().for_each(|n| n.notify_one()),
         }
     }
 

@@ -180,9 +180,6 @@ pub struct Service {
     registration_admission: tokio::sync::Mutex<()>,
     /// Bumped whenever any host's desired system changes; long-polls wait on it.
     desired_changed: tokio::sync::watch::Sender<u64>,
-    /// Bumped whenever a key is approved, removed or changed, here or on another replica;
-    /// pending registrations held as long-polls wait on it.
-    keys_changed: tokio::sync::watch::Sender<u64>,
     /// Set when the server shuts down, so that long-polls answer at once.
     closing: tokio::sync::watch::Sender<bool>,
     /// The embedded binary cache, unless disabled.
@@ -191,7 +188,8 @@ pub struct Service {
     uploads: std::sync::Arc<crate::shares::Shares>,
     /// host id → the release signal of the check-in it holds (at most one per host).
     held_polls: Mutex<HashMap<i64, std::sync::Arc<tokio::sync::Notify>>>,
-    /// key id → the release signal of the registration it holds (at most one per key).
+    /// key id → the wake-up signal of the registration it holds (at most one per key): a
+    /// newer registration of the key, or a change of the key (its approval), wakes it.
     held_registrations: Mutex<HashMap<String, std::sync::Arc<tokio::sync::Notify>>>,
     /// The server's age identity; secret endpoints need it.
     secrets: Option<secrets::SecretKeeper>,
@@ -255,7 +253,6 @@ impl Service {
             registration_buckets,
             registration_admission: tokio::sync::Mutex::new(()),
             desired_changed: tokio::sync::watch::Sender::new(0),
-            keys_changed: tokio::sync::watch::Sender::new(0),
             closing: tokio::sync::watch::Sender::new(false),
             cache: None,
             held_polls: Mutex::new(HashMap::new()),
@@ -314,13 +311,13 @@ impl Service {
             Some(e) => {
                 if let Some(key) = e.strip_prefix(EVENT_KEY) {
                     self.keys.write().await.remove(key);
-                    self.keys_changed.send_modify(|v| *v += 1);
+                    self.wake_held_registrations(Some(key));
                 }
                 Ok(())
             }
             None => {
                 self.keys.write().await.clear();
-                self.keys_changed.send_modify(|v| *v += 1);
+                self.wake_held_registrations(None);
                 self.forget_node_keys().await;
                 self.note_campaign_deadline(self.store.latest_campaign_deadline().await?);
                 self.reload_secret_digests().await?;
@@ -333,7 +330,7 @@ impl Service {
     /// Tells other replicas that a key changed, so that they drop it from their caches.
     pub(crate) async fn announce_key_change(&self, key_id: &str) {
         self.forget_key(key_id).await;
-        self.keys_changed.send_modify(|v| *v += 1);
+        self.wake_held_registrations(Some(key_id));
         if let Err(e) = self.store.notify(&format!("{EVENT_KEY}{key_id}")).await {
             tracing::warn!(error = %e, "could not notify other replicas of a key change");
         }
