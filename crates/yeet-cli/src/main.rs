@@ -14,7 +14,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 
 use commands::{
     Connection, Json, approve, cache, diff, host, key, log, osquery, pending, publish, releases,
-    secret, status, vm, whoami,
+    secret, status, vm, wait, whoami,
 };
 
 #[derive(Parser)]
@@ -59,6 +59,9 @@ enum Command {
     Publish(publish::PublishArgs),
     /// List releases, newest first.
     Releases(releases::ReleasesArgs),
+    /// Follow a release until every host it names has switched and confirmed, failed, or
+    /// run out of time; exits 0 when it landed everywhere, 3 when a host failed, 4 on timeout.
+    Wait(wait::WaitArgs),
     /// Show one release: hosts, systems, author, message.
     #[command(subcommand)]
     Release(releases::ReleaseCommand),
@@ -111,7 +114,11 @@ fn main() {
         if let Some(hint) = next_step(&e, &cli.connection) {
             eprintln!("{hint}");
         }
-        std::process::exit(1);
+        // A release that did not land has exit codes of its own, for CI to tell apart.
+        let code = e
+            .downcast_ref::<wait::NotLanded>()
+            .map_or(1, |not_landed| not_landed.exit_code);
+        std::process::exit(code);
     }
 }
 
@@ -150,6 +157,7 @@ fn dispatch(cli: &Cli) -> Result<()> {
         Command::Host(command) => host::run(command, c),
         Command::Attach(args) => host::attach(args, c),
         Command::Publish(args) => publish::run(args, c),
+        Command::Wait(args) => wait::run(args, c),
         Command::Releases(args) => releases::list(args, c),
         Command::Release(command) => releases::show(command, c),
         Command::Rollback(args) => releases::rollback(args, c),

@@ -125,6 +125,16 @@ const MAX_MESSAGE_CHARS: usize = 2000;
 const BUSY_RETRIES: u32 = 3;
 const MAX_BUSY_WAIT: Duration = Duration::from_secs(10);
 
+/// A response, read whole.
+struct Answer {
+    status: u16,
+    /// `Retry-After`, in whole seconds.
+    retry_after: Option<Duration>,
+    /// `ETag`, unquoted.
+    etag: Option<String>,
+    bytes: Vec<u8>,
+}
+
 /// A client bound to one server and one identity.
 pub struct Client {
     base: String,
@@ -220,49 +230,67 @@ impl Client {
         &self,
         method: &str,
         path_and_query: &str,
+        extra_headers: &[(&str, &str)],
         body: Option<Vec<u8>>,
-    ) -> Result<(u16, Vec<u8>), ClientError> {
+    ) -> Result<Answer, ClientError> {
         let payload = body.clone().unwrap_or_default();
         let digest = yeet_proto::signing::body_digest(&payload);
         let content_type = body.is_some().then_some("application/json");
         let mut attempt = 0;
         loop {
-            let (status, retry_after, bytes) = self.send_signed(
+            let answer = self.send_signed(
                 method,
                 path_and_query,
                 &digest,
                 content_type,
+                extra_headers,
                 payload.clone(),
             )?;
-            let busy = status == 503
-                && serde_json::from_slice::<ErrorBody>(&bytes)
+            let busy = answer.status == 503
+                && serde_json::from_slice::<ErrorBody>(&answer.bytes)
                     .is_ok_and(|e| e.error.code == ErrorCode::Busy.as_str());
             if !busy || attempt == BUSY_RETRIES {
-                return Ok((status, bytes));
+                return Ok(answer);
             }
             attempt += 1;
-            std::thread::sleep(retry_after.unwrap_or(MAX_BUSY_WAIT).min(MAX_BUSY_WAIT));
+            std::thread::sleep(
+                answer
+                    .retry_after
+                    .unwrap_or(MAX_BUSY_WAIT)
+                    .min(MAX_BUSY_WAIT),
+            );
         }
     }
 
-    /// Signs with a precomputed body digest and sends `body` (bytes or a streamed file);
-    /// the answer's status, `Retry-After` (whole seconds) and body.
+    /// Signs with a precomputed body digest and sends `body` (bytes or a streamed file).
     fn send_signed(
         &self,
         method: &str,
         path_and_query: &str,
         digest: &str,
         content_type: Option<&str>,
+        extra_headers: &[(&str, &str)],
         body: impl ureq::AsSendBody,
-    ) -> Result<(u16, Option<Duration>, Vec<u8>), ClientError> {
-        let mut resp = self.signed_response(method, path_and_query, digest, content_type, body)?;
+    ) -> Result<Answer, ClientError> {
+        let mut resp = self.signed_response(
+            method,
+            path_and_query,
+            digest,
+            content_type,
+            extra_headers,
+            body,
+        )?;
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| v.trim().to_owned())
+        };
         let status = resp.status().as_u16();
-        let retry_after = resp
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
+        let retry_after = header("retry-after")
+            .and_then(|v| v.parse::<u64>().ok())
             .map(Duration::from_secs);
+        let etag = header("etag").map(|v| v.trim_matches('"').to_owned());
         let bytes = resp
             .body_mut()
             .with_config()
@@ -272,7 +300,12 @@ impl Client {
                 url: self.base.clone(),
                 reason: e.to_string(),
             })?;
-        Ok((status, retry_after, bytes))
+        Ok(Answer {
+            status,
+            retry_after,
+            etag,
+            bytes,
+        })
     }
 
     /// The server could not be talked to: why, in words that say what to change where the
@@ -303,6 +336,7 @@ impl Client {
         path_and_query: &str,
         digest: &str,
         content_type: Option<&str>,
+        extra_headers: &[(&str, &str)],
         body: impl ureq::AsSendBody,
     ) -> Result<ureq::http::Response<ureq::Body>, ClientError> {
         let url = format!("{}{}", self.base, path_and_query);
@@ -325,11 +359,42 @@ impl Client {
         if let Some(ct) = content_type {
             req = req.header("content-type", ct);
         }
+        for (name, value) in extra_headers {
+            req = req.header(*name, *value);
+        }
         let req = req.body(body).map_err(|e| ClientError::Unreachable {
             url: url.clone(),
             reason: e.to_string(),
         })?;
         self.agent.run(req).map_err(unreachable)
+    }
+
+    /// The hosts' listing and its tag. Given the tag of the listing the caller has, the
+    /// server holds the request up to `wait_secs` (at most `MAX_WATCH_SECS`) until the
+    /// listing changes; `None` when it did not.
+    pub fn watch_hosts(
+        &self,
+        seen: Option<&str>,
+        wait_secs: u64,
+    ) -> Result<Option<(Vec<yeet_proto::api::HostInfo>, String)>, ClientError> {
+        let path = format!("{}?wait={wait_secs}", yeet_proto::api::paths::HOSTS);
+        let quoted = seen.map(|tag| format!("\"{tag}\""));
+        let headers: Vec<(&str, &str)> = quoted
+            .iter()
+            .map(|tag| ("if-none-match", tag.as_str()))
+            .collect();
+        let answer = self.send_raw("GET", &path, &headers, None)?;
+        if answer.status == 304 {
+            return Ok(None);
+        }
+        let hosts = self.decode(answer.status, &answer.bytes)?;
+        let Some(tag) = answer.etag else {
+            // A server older than watches answers at once: waiting here keeps a watch
+            // loop from asking it as fast as it can.
+            std::thread::sleep(Duration::from_secs(wait_secs.min(5)));
+            return Ok(Some((hosts, String::new())));
+        };
+        Ok(Some((hosts, tag)))
     }
 
     /// A signed `GET` whose body is streamed into `out` (large downloads); returns the
@@ -340,7 +405,7 @@ impl Client {
         out: &mut dyn std::io::Write,
     ) -> Result<ureq::http::HeaderMap, ClientError> {
         let digest = yeet_proto::signing::body_digest(&[]);
-        let mut resp = self.signed_response("GET", path, &digest, None, ())?;
+        let mut resp = self.signed_response("GET", path, &digest, None, &[], ())?;
         let status = resp.status().as_u16();
         if status != 200 {
             let bytes = resp.body_mut().read_to_vec().unwrap_or_default();
@@ -370,9 +435,16 @@ impl Client {
         body: impl ureq::AsSendBody,
     ) -> Result<(), ClientError> {
         let digest = hex::encode(sha256);
-        let (status, _, bytes) =
-            self.send_signed("PUT", path, &digest, Some("application/octet-stream"), body)?;
-        self.decode::<serde_json::Value>(status, &bytes).map(drop)
+        let answer = self.send_signed(
+            "PUT",
+            path,
+            &digest,
+            Some("application/octet-stream"),
+            &[],
+            body,
+        )?;
+        self.decode::<serde_json::Value>(answer.status, &answer.bytes)
+            .map(drop)
     }
 
     /// An unsigned `GET` (cache reads); `Ok(None)` on 404.
@@ -399,8 +471,8 @@ impl Client {
         path_and_query: &str,
         body: Option<Vec<u8>>,
     ) -> Result<T, ClientError> {
-        let (status, bytes) = self.send_raw(method, path_and_query, body)?;
-        self.decode(status, &bytes)
+        let answer = self.send_raw(method, path_and_query, &[], body)?;
+        self.decode(answer.status, &answer.bytes)
     }
 
     /// A success body as `T`, or the server's JSON error.

@@ -139,6 +139,18 @@ pub struct ReleaseFilter {
     pub limit: Option<i64>,
 }
 
+/// `GET /v1/hosts` as a watch (its query string): with `wait`, and the `ETag` of the
+/// listing the client has in `If-None-Match`, the server holds the request until the
+/// listing differs from that one (last-seen times aside) or `wait` seconds pass (at most
+/// `MAX_WATCH_SECS`), then answers the new listing, or `304 Not Modified`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HostsWatch {
+    pub wait: Option<u64>,
+}
+
+/// The longest the server holds a watch of the hosts' listing.
+pub const MAX_WATCH_SECS: u64 = 25;
+
 /// How many entries a history listing (`GET /v1/hosts/{name}/activations`) returns.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Limit {
@@ -438,6 +450,9 @@ pub struct HostInfo {
     /// How the host's newest activation attempt ended.
     #[serde(default)]
     pub last_result: Option<ActivationResult>,
+    /// The system that attempt was for (cleared by `yeet retry`).
+    #[serde(default)]
+    pub last_result_system: Option<String>,
     /// What the host may do on its own.
     #[serde(default)]
     pub policy: HostPolicy,

@@ -14,6 +14,7 @@ pub mod releases;
 pub mod secret;
 pub mod status;
 pub mod vm;
+pub mod wait;
 pub mod whoami;
 
 use anyhow::{Context, Result};

@@ -51,6 +51,13 @@ pub struct PublishArgs {
     /// Create a release even when no host's system changes.
     #[arg(long)]
     pub allow_empty: bool,
+    /// Then follow the release as `yeet wait` does: exit 0 once every host it changes has
+    /// switched and confirmed, 3 when one failed or rolled back, 4 when one did not finish
+    /// within --timeout.
+    #[arg(long)]
+    pub wait: bool,
+    #[command(flatten)]
+    pub timeout: super::wait::Timeout,
     #[command(flatten)]
     pub json: Json,
 }
@@ -75,6 +82,9 @@ struct PublishReport {
     /// Hosts whose desired system this publish changes.
     changed_hosts: Vec<String>,
     push: PushReport,
+    /// With `--wait`: how the release landed, as `yeet wait --json` prints it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    wait: Option<super::wait::WaitReport>,
 }
 
 pub fn run(args: &PublishArgs, connection: &Connection) -> Result<()> {
@@ -105,6 +115,7 @@ pub fn run(args: &PublishArgs, connection: &Connection) -> Result<()> {
         built,
         changed_hosts,
         push: PushReport::default(),
+        wait: None,
     };
     if report.changed_hosts.is_empty() && !args.allow_empty {
         if args.json.json {
@@ -127,16 +138,42 @@ pub fn run(args: &PublishArgs, connection: &Connection) -> Result<()> {
         revision: systems.revision,
         dirty: systems.dirty,
     })?;
+    if args.wait {
+        // Only the hosts this release changes have something to do; the others run it
+        // already (or were told so by an earlier release).
+        let mut followed = release.clone();
+        followed
+            .hosts
+            .retain(|host, _| report.changed_hosts.contains(host));
+        if !args.json.json {
+            print_created(&release);
+        }
+        let landing =
+            super::wait::follow(&client, &followed, args.timeout.timeout, args.json.json)?;
+        if args.json.json {
+            report.release = Some(release);
+            let verdict = landing.verdict();
+            report.wait = Some(landing);
+            output::json(&report)?;
+            return verdict;
+        }
+        landing.print();
+        return landing.verdict();
+    }
     if args.json.json {
         report.release = Some(release);
         return output::json(&report);
     }
+    print_created(&release);
+    Ok(())
+}
+
+fn print_created(release: &Release) {
     output::print_clean(format_args!(
         "release {} created for {} host(s)",
         release.id,
         release.hosts.len()
     ));
-    Ok(())
 }
 
 /// The summary line of a push, for people.

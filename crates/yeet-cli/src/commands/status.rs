@@ -1,7 +1,8 @@
 //! `yeet status [HOST]`: the fleet at a glance, or one host in detail.
 
 use anyhow::Result;
-use yeet_proto::api::{HostInfo, PendingRegistration};
+use std::io::{IsTerminal, Write};
+use yeet_proto::api::{HostInfo, MAX_WATCH_SECS, PendingRegistration};
 
 use super::{Connection, Json};
 use crate::output;
@@ -10,12 +11,19 @@ use crate::output;
 pub struct StatusArgs {
     /// Show one host only.
     pub host: Option<String>,
+    /// Redraw whenever a host changes, until interrupted (the server holds each request
+    /// until something changes). With --json: one JSON line per change.
+    #[arg(long, short = 'w')]
+    pub watch: bool,
     #[command(flatten)]
     pub json: Json,
 }
 
 pub fn run(args: &StatusArgs, connection: &Connection) -> Result<()> {
     let client = connection.connect()?;
+    if args.watch {
+        return watch(args, &client);
+    }
     let hosts = match &args.host {
         Some(h) => vec![client.host(h)?],
         None => client.hosts()?,
@@ -37,6 +45,46 @@ pub fn run(args: &StatusArgs, connection: &Connection) -> Result<()> {
     }
     output::print_clean(format_args!("{}", fleet_table(&hosts, &pending)));
     Ok(())
+}
+
+/// Draws the fleet (or one host) each time it changes; on a terminal in place, otherwise one
+/// drawing after another. A quiet fleet is still redrawn every `MAX_WATCH_SECS`, so that
+/// last-seen times and waiting registrations stay current.
+fn watch(args: &StatusArgs, client: &yeet_client::Client) -> Result<()> {
+    let in_place = !args.json.json && std::io::stdout().is_terminal();
+    let mut tag: Option<String> = None;
+    let mut hosts: Vec<HostInfo> = Vec::new();
+    loop {
+        let changed = client.watch_hosts(tag.as_deref(), MAX_WATCH_SECS)?;
+        if let Some((fresh, fresh_tag)) = changed {
+            hosts = fresh;
+            tag = Some(fresh_tag);
+        } else if args.json.json {
+            continue;
+        }
+        let shown: Vec<HostInfo> = match &args.host {
+            Some(name) => hosts.iter().filter(|h| &h.name == name).cloned().collect(),
+            None => hosts.clone(),
+        };
+        if args.json.json {
+            println!("{}", serde_json::to_string(&shown)?);
+            continue;
+        }
+        let drawing = match (&args.host, shown.as_slice()) {
+            (Some(name), []) => format!("no host named {name}; see `yeet status` for the fleet"),
+            (Some(_), [h]) => output::host_detail(h).to_string(),
+            _ => fleet_table(&shown, &client.pending()?).to_string(),
+        };
+        if in_place {
+            // Home and clear, then the new drawing: no scrolling history of old tables.
+            print!("\x1b[H\x1b[2J");
+        }
+        output::print_clean(format_args!("{drawing}"));
+        if !in_place {
+            println!();
+        }
+        std::io::stdout().flush()?;
+    }
 }
 
 fn fleet_table(hosts: &[HostInfo], pending: &[PendingRegistration]) -> comfy_table::Table {

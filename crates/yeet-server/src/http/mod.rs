@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 use std::sync::Arc;
 use yeet_proto::api::{
     Activation, ActivationLog, ActivationReport, ApproveRequest, CheckinRequest, CheckinResponse,
-    CreateReleaseRequest, DetachRequest, Detachment, HostInfo, HostPolicy, Limit,
+    CreateReleaseRequest, DetachRequest, Detachment, HostInfo, HostPolicy, HostsWatch, Limit,
     PendingRegistration, RegisterRequest, RegisterResponse, RejectRequest, Release, ReleaseFilter,
     RenameRequest, Role, WhoAmI, paths,
 };
@@ -136,7 +136,7 @@ pub fn routes() -> Vec<Route> {
         route(Method::GET, paths::REGISTRATIONS, R(Role::Viewer), "Registrations waiting for approval.", list_pending),
         route(Method::POST, paths::APPROVE, R(Role::Admin), "Approve a registration by its code, and name the host.", approve),
         route(Method::POST, paths::REJECT, R(Role::Admin), "Reject a registration's key for good.", reject),
-        route(Method::GET, paths::HOSTS, R(Role::Viewer), "Every host's state.", list_hosts),
+        route(Method::GET, paths::HOSTS, R(Role::Viewer), "Every host's state, with its `ETag`; `?wait=SECS` with `If-None-Match` holds the request until it changes (at most 25 s), else `304`.", list_hosts),
         route(Method::GET, &paths::host("{name}"), R(Role::Viewer), "One host's state.", show_host),
         route(Method::DELETE, &paths::host("{name}"), R(Role::Admin), "Remove a host; its key stops working at once.", remove_host),
         route(Method::POST, &paths::host_rename("{name}"), R(Role::Admin), "Rename a host.", rename_host),
@@ -279,8 +279,37 @@ async fn reject(
     Ok(Json(serde_json::json!({})))
 }
 
-async fn list_hosts(State(app): State<AppState>, p: Principal) -> ApiResult<Vec<HostInfo>> {
-    Ok(Json(app.service.list_hosts(&p).await?))
+/// The hosts' listing with its `ETag`; with `?wait=` and `If-None-Match`, a watch: held
+/// until the listing differs from the one the client has, then the new one, or `304`.
+async fn list_hosts(
+    State(app): State<AppState>,
+    p: Principal,
+    ApiQuery(watch): ApiQuery<HostsWatch>,
+    headers: axum::http::HeaderMap,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    let seen = headers
+        .get(axum::http::header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().trim_matches('"'));
+    let wait = watch.wait.unwrap_or(0);
+    let etag = |tag: &str| axum::http::HeaderValue::from_str(&format!("\"{tag}\"")).ok();
+    match app.service.watch_hosts(&p, seen, wait).await? {
+        Some((hosts, tag)) => {
+            let mut response = Json(hosts).into_response();
+            if let Some(v) = etag(&tag) {
+                response.headers_mut().insert(axum::http::header::ETAG, v);
+            }
+            Ok(response)
+        }
+        None => {
+            let mut response = axum::http::StatusCode::NOT_MODIFIED.into_response();
+            if let Some(v) = seen.and_then(etag) {
+                response.headers_mut().insert(axum::http::header::ETAG, v);
+            }
+            Ok(response)
+        }
+    }
 }
 
 async fn show_host(

@@ -84,6 +84,7 @@ impl Service {
             reboot_required: i64::from(report.reboot_required),
         };
         let id = self.store.record_activation(&row, &log_gzip).await?;
+        self.note_fleet_change();
         tracing::info!(host = host_name, result = row.result.0.as_str(), reason = %row.reason, "activation reported");
         Ok(to_api(ActivationRow { id, ..row }))
     }

@@ -148,6 +148,7 @@ impl Service {
         self.store
             .set_allow_detach(row.id, policy.allow_detach)
             .await?;
+        self.note_fleet_change();
         tracing::info!(
             host = name,
             allow_detach = policy.allow_detach,

@@ -6,7 +6,7 @@ use std::time::Duration;
 use yeet_proto::ErrorCode;
 use yeet_proto::api::{
     Action, ActivationResult, AgentState, CheckinRequest, CheckinResponse, Detachment, Facts,
-    HostInfo, HostState, Role,
+    HostInfo, HostState, MAX_WATCH_SECS, Role,
 };
 use yeet_proto::names::validate_host_name;
 use yeet_proto::text::clean_line;
@@ -61,6 +61,7 @@ impl Service {
                 now(),
             ),
             last_result: row.last_result.map(|r| r.0),
+            last_result_system: row.last_result_path.clone(),
             policy: yeet_proto::api::HostPolicy {
                 allow_detach: row.allow_detach != 0,
             },
@@ -98,6 +99,60 @@ impl Service {
             out.push(self.host_info(row).await);
         }
         Ok(out)
+    }
+
+    /// The hosts' listing as a watch: held until it differs from the one tagged `seen`
+    /// (see `fleet_tag`) or `wait_secs` pass; `None` when it is still the same then. Woken by
+    /// this process's changes, by the moment a host goes offline, and, where other
+    /// replicas may change the fleet unseen (PostgreSQL), every few seconds.
+    pub async fn watch_hosts(
+        &self,
+        principal: &Principal,
+        seen: Option<&str>,
+        wait_secs: u64,
+    ) -> Result<Option<(Vec<HostInfo>, String)>> {
+        require_role(principal, Role::Viewer)?;
+        let start = tokio::time::Instant::now();
+        let deadline = start + Duration::from_secs(wait_secs.min(MAX_WATCH_SECS));
+        let mut changes = self.fleet_changed.subscribe();
+        let mut desired = self.desired_changed.subscribe();
+        let mut closing = self.closing.subscribe();
+        loop {
+            let hosts = self.list_hosts(principal).await?;
+            let tag = fleet_tag(&hosts);
+            let now_instant = tokio::time::Instant::now();
+            if seen != Some(tag.as_str()) {
+                return Ok(Some((hosts, tag)));
+            }
+            if now_instant >= deadline || *closing.borrow() {
+                return Ok(None);
+            }
+            // The first online host to pass the offline threshold changes its state.
+            let t = now();
+            let next_offline = hosts
+                .iter()
+                .filter(|h| h.state != HostState::Offline)
+                .filter_map(|h| h.last_seen)
+                .map(|seen| seen + self.config.offline_after_secs + 1 - t)
+                .min()
+                .map(|secs| now_instant + Duration::from_secs(secs.max(0) as u64));
+            let mut wake = deadline.min(next_offline.unwrap_or(deadline));
+            if self.store.is_shared() {
+                wake = wake.min(now_instant + REPLICA_RECHECK);
+            }
+            tokio::select! {
+                _ = changes.changed() => {}
+                _ = desired.changed() => {}
+                _ = closing.changed() => {}
+                _ = tokio::time::sleep_until(wake) => {}
+            }
+            // A release reaching many hosts changes the listing many times in a moment:
+            // one read after the burst, not one per change.
+            tokio::time::sleep(
+                WATCH_SETTLE.min(deadline.saturating_duration_since(tokio::time::Instant::now())),
+            )
+            .await;
+        }
     }
 
     pub async fn show_host(&self, principal: &Principal, name: &str) -> Result<HostInfo> {
@@ -194,6 +249,7 @@ impl Service {
             self.store.update_host_report(host_id, &report, t).await?;
             lock(&self.reports).insert(host_id, report);
             lock(&self.seen).remove(&host_id);
+            self.note_fleet_change();
         } else {
             lock(&self.seen).insert(host_id, t);
         }
@@ -283,6 +339,29 @@ impl Service {
             }
         }
     }
+}
+
+/// How often a held fleet watch reads the fleet again on a shared database, where changes
+/// made through other replicas do not wake it.
+const REPLICA_RECHECK: Duration = Duration::from_secs(5);
+/// How long a woken fleet watch lets further changes gather before it reads the fleet.
+const WATCH_SETTLE: Duration = Duration::from_millis(200);
+
+/// A short digest of what a listing shows, last-seen times aside (every check-in moves
+/// them; a host going offline changes its state instead): the listing's `ETag`.
+pub fn fleet_tag(hosts: &[HostInfo]) -> String {
+    use sha2::Digest;
+    let mut digest = sha2::Sha256::new();
+    for host in hosts {
+        let shown = HostInfo {
+            last_seen: None,
+            ..host.clone()
+        };
+        // Our own types serialise without fail.
+        digest.update(serde_json::to_vec(&shown).unwrap_or_default());
+        digest.update(b"\n");
+    }
+    hex::encode(&digest.finalize()[..16])
 }
 
 /// A claim to the one long-poll a host (by id) or a pending key (by key id) may hold;

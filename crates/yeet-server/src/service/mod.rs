@@ -180,6 +180,9 @@ pub struct Service {
     registration_admission: tokio::sync::Mutex<()>,
     /// Bumped whenever any host's desired system changes; long-polls wait on it.
     desired_changed: tokio::sync::watch::Sender<u64>,
+    /// Bumped whenever what the hosts' listing shows changes here (a report, an
+    /// activation, a host approved, renamed or removed); fleet watches wait on it.
+    fleet_changed: tokio::sync::watch::Sender<u64>,
     /// Set when the server shuts down, so that long-polls answer at once.
     closing: tokio::sync::watch::Sender<bool>,
     /// The embedded binary cache, unless disabled.
@@ -253,6 +256,7 @@ impl Service {
             registration_buckets,
             registration_admission: tokio::sync::Mutex::new(()),
             desired_changed: tokio::sync::watch::Sender::new(0),
+            fleet_changed: tokio::sync::watch::Sender::new(0),
             closing: tokio::sync::watch::Sender::new(false),
             cache: None,
             held_polls: Mutex::new(HashMap::new()),
@@ -330,10 +334,17 @@ impl Service {
     /// Tells other replicas that a key changed, so that they drop it from their caches.
     pub(crate) async fn announce_key_change(&self, key_id: &str) {
         self.forget_key(key_id).await;
+        // A host approved, renamed or removed: the fleet's listing changed.
+        self.note_fleet_change();
         self.wake_held_registrations(Some(key_id));
         if let Err(e) = self.store.notify(&format!("{EVENT_KEY}{key_id}")).await {
             tracing::warn!(error = %e, "could not notify other replicas of a key change");
         }
+    }
+
+    /// Wakes the fleet watches of this process: something the hosts' listing shows changed.
+    pub(crate) fn note_fleet_change(&self) {
+        self.fleet_changed.send_modify(|v| *v += 1);
     }
 
     /// Nonces currently remembered (for flood tests and metrics).

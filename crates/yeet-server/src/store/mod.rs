@@ -239,6 +239,11 @@ impl Store {
         })
     }
 
+    /// True on PostgreSQL, where other replicas may change what this one serves.
+    pub fn is_shared(&self) -> bool {
+        self.backend == Backend::Postgres
+    }
+
     pub async fn close(&self) {
         self.reader.close().await;
         self.writer.close().await;

@@ -575,3 +575,85 @@ async fn a_locked_database_answers_busy_and_loses_no_report() {
         .await;
     assert_eq!(stored_reports(&api, "host-a").await, 1);
 }
+
+/// A fleet watch: the listing carries its tag; asked with that tag, the server holds the
+/// request and answers `304` when nothing changed, at once when the tag is stale or forged,
+/// and with the new listing as soon as a host's report changes. A host key may not watch.
+#[tokio::test]
+async fn a_fleet_watch_is_held_until_the_listing_changes() {
+    let api = Arc::new(Api::new(ServiceConfig::default()).await);
+    let watch = |tag: &str, wait: u64| {
+        let mut req = build(
+            "GET",
+            &format!("{}?wait={wait}", paths::HOSTS),
+            b"",
+            Sign::By(&api.viewer),
+            None,
+        );
+        req.headers_mut()
+            .insert("if-none-match", format!("\"{tag}\"").parse().unwrap());
+        req
+    };
+    let (s, headers, _) = api
+        .send_with_headers(build("GET", paths::HOSTS, b"", Sign::By(&api.viewer), None))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let tag = headers["etag"]
+        .to_str()
+        .unwrap()
+        .trim_matches('"')
+        .to_owned();
+    // Unchanged: held for the wait, then 304.
+    let started = std::time::Instant::now();
+    let (s, _, _) = api.send_with_headers(watch(&tag, 1)).await;
+    assert_eq!(s, StatusCode::NOT_MODIFIED);
+    assert!(started.elapsed() >= std::time::Duration::from_millis(900));
+    // A tag that is not the listing's (stale, forged, garbage) is answered at once.
+    for other in ["0000", "*", "W/\\\"x", &"f".repeat(4096)] {
+        let (s, _, v) = api.send_with_headers(watch(other, 25)).await;
+        assert_eq!(s, StatusCode::OK, "{other:?}: {v}");
+    }
+    // A change while held: answered with the new listing and a new tag.
+    let held = {
+        let api = api.clone();
+        let req = watch(&tag, 25);
+        tokio::spawn(async move { api.send_with_headers(req).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!held.is_finished(), "answered before any change");
+    let checkin = br#"{"current_system": "/nix/store/00000000000000000000000000000000-changed", "facts": {"os":"","arch":"","agent_version":""}}"#;
+    api.ok("POST", paths::CHECKIN, checkin, Sign::By(&api.host_a))
+        .await;
+    let (s, headers, v) = tokio::time::timeout(std::time::Duration::from_secs(10), held)
+        .await
+        .expect("the change did not answer the watch")
+        .unwrap();
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_ne!(headers["etag"].to_str().unwrap().trim_matches('"'), tag);
+    let changed = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["name"] == "host-a")
+        .unwrap();
+    assert!(
+        changed["current_system"]
+            .as_str()
+            .unwrap()
+            .ends_with("-changed"),
+        "{v}"
+    );
+    // Watching is a viewer's: a host key is refused.
+    let mut by_host = build(
+        "GET",
+        &format!("{}?wait=1", paths::HOSTS),
+        b"",
+        Sign::By(&api.host_a),
+        None,
+    );
+    by_host
+        .headers_mut()
+        .insert("if-none-match", format!("\"{tag}\"").parse().unwrap());
+    let (s, v) = api.send(by_host).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+}

@@ -1,0 +1,196 @@
+//! `yeet publish --wait` and `yeet wait` on a real-Nix fleet, as CI gates on them: exit 0
+//! only once every changed host has switched and confirmed; 3, naming the host, when one
+//! rolls back; 4, naming it, when one is off past the timeout. And `yeet status --watch`
+//! draws a change without being asked again.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use fleet_sim::sim::{Fleet, FleetOptions, Variant};
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::time::Duration;
+
+/// Runs `yeet publish --wait --json` of `pairs` with `extra` arguments; returns the exit
+/// code, the parsed report and stderr.
+fn publish_and_wait(fleet: &Fleet, pairs: &[(&str, &str)], extra: &[&str]) -> (i32, Value, String) {
+    let key = fleet.cache.secret_key.display().to_string();
+    let mut cmd = fleet.server.yeet_cmd();
+    cmd.args(["publish", "--wait", "--json", "--signing-key", &key]);
+    for (host, path) in pairs {
+        cmd.arg("--path").arg(format!("{host}={path}"));
+    }
+    cmd.args(extra);
+    let out = fleet_sim::run(&mut cmd);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let report = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("no JSON report ({e}): {stdout}{stderr}"));
+    (out.status.code().unwrap_or(-1), report, stderr)
+}
+
+/// host → outcome, from a wait report.
+fn outcomes(report: &Value) -> Vec<(String, String)> {
+    report["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h["host"].as_str().unwrap().to_owned(),
+                h["outcome"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn publish_wait_gates_on_every_host_confirming_and_names_the_ones_that_did_not() {
+    let mut fleet = Fleet::with(
+        &["web-1", "web-2", "db-1"],
+        FleetOptions {
+            confirm_timeout: 20,
+            ..Default::default()
+        },
+    );
+    // All three confirm: exit 0, and by then each host really runs the system and has
+    // reported the confirmed activation (not merely been told to switch).
+    let v1 = fleet.system_with_agent_config("system-v1", Variant::Good, "# v1");
+    let pairs: Vec<(&str, &str)> = ["web-1", "web-2", "db-1"]
+        .iter()
+        .map(|h| (*h, v1.as_str()))
+        .collect();
+    let (code, report, stderr) = publish_and_wait(&fleet, &pairs, &["--timeout", "3m"]);
+    assert_eq!(code, 0, "{report}\n{stderr}");
+    assert_eq!(report["wait"]["result"], "landed", "{report}");
+    for (host, outcome) in outcomes(&report["wait"]) {
+        assert_eq!(outcome, "confirmed", "{host}: {report}");
+        assert_eq!(
+            fleet.host(&host).current_system().as_deref(),
+            Some(v1.as_str())
+        );
+        let newest = &fleet.history(&host)[0];
+        assert_eq!(
+            (newest["result"].as_str(), newest["store_path"].as_str()),
+            (Some("confirmed"), Some(v1.as_str())),
+            "{host}: {newest}"
+        );
+    }
+
+    // web-1 gets a system whose health check fails, web-2 a good one: exit 3, web-1 named
+    // with its rollback and the reason, web-2 confirmed all the same.
+    let sick = fleet.system("system-sick", Variant::Unhealthy, "6.1");
+    let v2 = fleet.system_with_agent_config("system-v2", Variant::Good, "# v2");
+    let (code, report, stderr) = publish_and_wait(
+        &fleet,
+        &[("web-1", &sick), ("web-2", &v2)],
+        &["--timeout", "3m"],
+    );
+    assert_eq!(code, 3, "{report}\n{stderr}");
+    assert_eq!(
+        outcomes(&report["wait"]),
+        [
+            ("web-1".to_owned(), "rolled-back".to_owned()),
+            ("web-2".to_owned(), "confirmed".to_owned())
+        ],
+        "{report}"
+    );
+    assert!(
+        stderr.contains("web-1 (rolled-back)") && stderr.contains("yeet log"),
+        "{stderr}"
+    );
+    assert!(
+        report["wait"]["hosts"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("health check"),
+        "{report}"
+    );
+    // `yeet wait` of the same release later says the same at once.
+    let release = report["release"]["id"].as_i64().unwrap().to_string();
+    let out = fleet_sim::run(
+        fleet
+            .server
+            .yeet_cmd()
+            .args(["wait", &release, "--timeout", "1m"]),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("web-1 (rolled-back)"), "{stderr}");
+
+    // db-1 is off: a release for it cannot land. Exit 4 once the timeout ran out, naming db-1.
+    fleet.host("db-1").power_off();
+    let v3 = fleet.system_with_agent_config("system-v3", Variant::Good, "# v3");
+    let started = std::time::Instant::now();
+    let (code, report, stderr) = publish_and_wait(&fleet, &[("db-1", &v3)], &["--timeout", "15s"]);
+    assert_eq!(code, 4, "{report}\n{stderr}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(15),
+        "gave up early"
+    );
+    assert_eq!(report["wait"]["result"], "timed-out", "{report}");
+    let outcome = &outcomes(&report["wait"])[0];
+    assert!(
+        outcome.0 == "db-1" && ["waiting", "offline"].contains(&outcome.1.as_str()),
+        "{report}"
+    );
+    assert!(
+        stderr.contains("db-1 (") && stderr.contains("15s"),
+        "{stderr}"
+    );
+}
+
+/// `yeet status --watch --json` prints the fleet, then a line only when something changed:
+/// the switch shows up without a new command, and a quiet fleet prints nothing.
+#[test]
+fn status_watch_draws_changes_as_they_happen() {
+    let fleet = Fleet::new(&["web-1"], 30);
+    let mut watch = fleet
+        .server
+        .yeet_cmd()
+        .args(["status", "--watch", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let (lines_tx, lines) = std::sync::mpsc::channel::<Vec<Value>>();
+    let stdout = watch.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let hosts: Vec<Value> = serde_json::from_str(&line).unwrap();
+            if lines_tx.send(hosts).is_err() {
+                break;
+            }
+        }
+    });
+    // The host's first check-in may come after the first drawing; it is drawn when it does.
+    loop {
+        let hosts = lines.recv_timeout(Duration::from_secs(60)).unwrap();
+        if hosts[0]["current_system"] == fleet.base.as_str() && hosts[0]["state"] == "standby" {
+            break;
+        }
+    }
+    // Quiet: more than one of the server's 25 s holds pass without a line.
+    assert!(
+        lines.recv_timeout(Duration::from_secs(30)).is_err(),
+        "a line without a change"
+    );
+    let v1 = fleet.system_with_agent_config("system-v1", Variant::Good, "# v1");
+    fleet.publish(&[("web-1", &v1)], "v1");
+    let mut drawings = 0;
+    loop {
+        let hosts = lines
+            .recv_timeout(common::CONVERGE)
+            .expect("the switch was never drawn");
+        drawings += 1;
+        if hosts[0]["current_system"] == v1.as_str() && hosts[0]["state"] == "standby" {
+            break;
+        }
+    }
+    // Each drawing is a change (desired, updating, switched, confirmed), not a poll.
+    assert!(drawings <= 8, "{drawings} drawings for one switch");
+    let _ = watch.kill();
+    let _ = watch.wait();
+}
