@@ -1,7 +1,8 @@
 //! `yeet publish --wait` and `yeet wait` on a real-Nix fleet, as CI gates on them: exit 0
 //! only once every changed host has switched and confirmed; 3, naming the host, when one
-//! rolls back; 4, naming it, when one is off past the timeout. And `yeet status --watch`
-//! draws a change without being asked again.
+//! rolls back; 4, naming it, when one is off past the timeout. And the fleet's view as it
+//! changes: `yeet status --watch` draws a change without being asked again, and a host
+//! that vanished mid-poll is shown offline within a poll interval.
 
 #![allow(clippy::unwrap_used)]
 
@@ -193,4 +194,65 @@ fn status_watch_draws_changes_as_they_happen() {
     assert!(drawings <= 8, "{drawings} drawings for one switch");
     let _ = watch.kill();
     let _ = watch.wait();
+}
+
+/// A host whose held check-in's connection closes (the machine lost power) is shown
+/// offline a poll interval later, not after the 10-minute threshold; an agent that merely
+/// restarted checks in again at once and is never shown offline.
+#[test]
+fn a_host_gone_mid_poll_is_offline_within_a_poll_interval() {
+    let mut fleet = Fleet::with(
+        &["web-1", "web-2"],
+        FleetOptions {
+            server_config: "checkin_interval_secs = 5\n".into(),
+            ..Default::default()
+        },
+    );
+    let state =
+        |fleet: &Fleet, host: &str| fleet.status()[host]["state"].as_str().unwrap().to_owned();
+    fleet_sim::sim::wait_until(Duration::from_secs(60), "both hosts in standby", || {
+        state(&fleet, "web-1") == "standby" && state(&fleet, "web-2") == "standby"
+    });
+    // What the hosts report about themselves reaches `yeet host show`: this machine's
+    // kernel and boot time (namespace hosts share them), and an OS version.
+    let shown: Value = fleet.server.yeet_json(&["host", "show", "web-1"]);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let btime: i64 = std::fs::read_to_string("/proc/stat")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(shown["facts"]["kernel"], kernel.trim(), "{shown}");
+    assert_eq!(shown["facts"]["booted_at"], btime, "{shown}");
+    assert!(
+        !shown["facts"]["os_version"].as_str().unwrap().is_empty(),
+        "{shown}"
+    );
+    let table = fleet.server.yeet(&["host", "show", "web-1"]);
+    assert!(
+        table.contains(kernel.trim()) && table.contains("(up "),
+        "{table}"
+    );
+    // web-2's agent restarts (killed; its supervisor starts it again): watched for four
+    // poll intervals, it is never offline.
+    assert!(fleet.host("web-2").kill("yeet-agent run") > 0);
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    while std::time::Instant::now() < until {
+        assert_eq!(state(&fleet, "web-2"), "standby");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // web-1 loses power mid-poll: offline well before the 600 s threshold.
+    fleet.host("web-1").power_off();
+    fleet_sim::sim::wait_until(Duration::from_secs(60), "web-1 shown offline", || {
+        state(&fleet, "web-1") == "offline"
+    });
+    assert_eq!(state(&fleet, "web-2"), "standby");
+    // Back on: online again at its first check-in.
+    fleet.boot("web-1");
+    fleet_sim::sim::wait_until(Duration::from_secs(60), "web-1 back", || {
+        state(&fleet, "web-1") == "standby"
+    });
 }

@@ -153,7 +153,52 @@ pub fn facts(config: &Config) -> Facts {
         agent_version: env!("CARGO_PKG_VERSION").into(),
         hardware_uuid: hardware_uuid().to_owned(),
         trust_digest: trust_digest(config),
+        os_version: os_version(),
+        kernel: read_line("/proc/sys/kernel/osrelease"),
+        booted_at: booted_at(),
     }
+}
+
+/// The running system's NixOS (or nix-darwin) version; on other machines the
+/// distribution's name and version from os-release. Read at each check-in: a switch
+/// changes it.
+fn os_version() -> String {
+    for file in ["nixos-version", "darwin-version"] {
+        let version = read_line(&format!("{CURRENT_SYSTEM}/{file}"));
+        if !version.is_empty() {
+            let os = if file == "nixos-version" {
+                "NixOS"
+            } else {
+                "nix-darwin"
+            };
+            return format!("{os} {version}");
+        }
+    }
+    let os_release = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
+    os_release
+        .lines()
+        .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+        .map(|v| v.trim().trim_matches('"').to_owned())
+        .unwrap_or_default()
+}
+
+/// When the machine booted (Unix seconds), from the kernel's `btime` (Linux).
+fn booted_at() -> Option<i64> {
+    std::fs::read_to_string("/proc/stat")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// A small file's first line, trimmed; empty when it cannot be read.
+fn read_line(path: &str) -> String {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| s.lines().next().map(|l| l.trim().to_owned()))
+        .unwrap_or_default()
 }
 
 /// A digest of the binary-cache keys this host trusts now (its config's and nix.conf's,

@@ -57,6 +57,27 @@ pub fn host_detail(h: &yeet_proto::api::HostInfo) -> Table {
         ),
         ("approved", ago(Some(h.approved_at))),
         ("os/arch", format!("{}/{}", h.facts.os, h.facts.arch)),
+        (
+            "os version",
+            or_dash(Some(h.facts.os_version.clone()).filter(|v| !v.is_empty())),
+        ),
+        (
+            "kernel",
+            or_dash(Some(h.facts.kernel.clone()).filter(|v| !v.is_empty())),
+        ),
+        (
+            "booted",
+            h.facts.booted_at.map_or_else(
+                || "-".to_owned(),
+                |t| {
+                    format!(
+                        "{} (up {})",
+                        yeet_proto::clock::utc_time(t),
+                        ago(Some(t)).trim_end_matches(" ago")
+                    )
+                },
+            ),
+        ),
         ("agent", h.facts.agent_version.clone()),
     ] {
         t.add_row([field.to_owned(), value]);

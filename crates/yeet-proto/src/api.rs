@@ -197,6 +197,16 @@ pub struct Facts {
     /// again.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub trust_digest: String,
+    /// The OS release: the running system's NixOS or nix-darwin version, else the
+    /// distribution's `PRETTY_NAME`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub os_version: String,
+    /// The running kernel's release (`uname -r`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub kernel: String,
+    /// When the machine booted (Unix seconds); its uptime is the time since.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub booted_at: Option<i64>,
 }
 
 /// Sent by an agent, signed by the key it registers: proof that it holds the key.

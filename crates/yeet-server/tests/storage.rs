@@ -184,8 +184,24 @@ async fn hosts_rename_remove_and_report(db: &TestDb) {
         agent_version: "9".into(),
         hardware_uuid: "4C4C4544-0042".into(),
         trust_digest: "d1".into(),
+        os_version: "NixOS 25.05.20250601.abcdef0 (Warbler)".into(),
+        kernel: "6.12.30".into(),
+        booted_at: Some(40),
     };
     s.update_host_report(a, &report, 50).await.unwrap();
+    let stored = s.host_by_name("c").await.unwrap().unwrap();
+    assert_eq!(
+        (
+            stored.os_version.as_str(),
+            stored.kernel.as_str(),
+            stored.booted_at
+        ),
+        (
+            "NixOS 25.05.20250601.abcdef0 (Warbler)",
+            "6.12.30",
+            Some(40)
+        )
+    );
     assert_eq!(
         s.host_by_hardware_uuid("4C4C4544-0042")
             .await
@@ -656,8 +672,8 @@ async fn attempts_are_forgotten_for_a_retry_or_a_trust_change(db: &TestDb) {
         os: String::new(),
         arch: String::new(),
         agent_version: String::new(),
-        hardware_uuid: String::new(),
         trust_digest: "new-keys".into(),
+        ..Default::default()
     };
     for (round, expected) in [(60, vec![hosts[0], hosts[2]]), (70, hosts.to_vec())] {
         record_all().await;

@@ -254,8 +254,7 @@ impl Service {
                     os: r.os,
                     arch: r.arch,
                     agent_version: r.agent_version,
-                    hardware_uuid: String::new(),
-                    trust_digest: String::new(),
+                    ..Default::default()
                 },
                 first_seen: r.first_seen_ms / 1000,
                 last_seen: r.last_seen_ms / 1000,

@@ -15,13 +15,14 @@ use super::auth::{require_host, require_role};
 use super::{Desired, Principal, Result, Service, ServiceError, lock, now};
 use crate::store::{HostReport, HostRow, StoreError};
 
+/// A host's state as the API shows it; `offline` when it has not been seen for the offline
+/// threshold or its held check-in was abandoned a poll interval ago (see `is_offline`).
 fn host_state(
     row: &HostRow,
     desired: Option<&str>,
     detached: bool,
     last_seen: Option<i64>,
-    offline_after: i64,
-    now: i64,
+    offline: bool,
 ) -> HostState {
     // How the newest attempt at the desired system ended, when it did not confirm.
     let failed_desired = row
@@ -31,7 +32,7 @@ fn host_state(
         .filter(|_| row.last_result_path.as_deref() == desired);
     match last_seen {
         None => HostState::New,
-        Some(t) if now - t > offline_after => HostState::Offline,
+        Some(_) if offline => HostState::Offline,
         Some(_) if detached => HostState::Detached,
         Some(_) => match (row.state.0, failed_desired) {
             (AgentState::Updating, _) => HostState::Updating,
@@ -51,14 +52,16 @@ impl Service {
         let last_seen = row.last_seen.max(pending_seen);
         let desired = self.desired.read().await.get(&row.id).cloned();
         let detached = self.detachment(row.id).await;
+        let offline = self
+            .offline_at(row.id, last_seen)
+            .is_some_and(|at| now() >= at);
         HostInfo {
             state: host_state(
                 &row,
                 desired.as_ref().map(|d| d.store_path.as_str()),
                 detached.is_some(),
                 last_seen,
-                self.config.offline_after_secs,
-                now(),
+                offline,
             ),
             last_result: row.last_result.map(|r| r.0),
             last_result_system: row.last_result_path.clone(),
@@ -79,8 +82,27 @@ impl Service {
                 agent_version: row.agent_version,
                 hardware_uuid: row.hardware_uuid,
                 trust_digest: String::new(),
+                os_version: row.os_version,
+                kernel: row.kernel,
+                booted_at: row.booted_at,
             },
         }
+    }
+
+    /// When a host last seen at `last_seen` counts as offline: the offline threshold after
+    /// that, or sooner, a poll interval after its held check-in was abandoned (the
+    /// connection closed without an answer: the machine went down or off the network)
+    /// unless it checked in since. An agent that merely restarted checks in again within
+    /// seconds.
+    fn offline_at(&self, host_id: i64, last_seen: Option<i64>) -> Option<i64> {
+        let seen = last_seen?;
+        let quiet = seen + self.config.offline_after_secs + 1;
+        let abandoned = lock(&self.abandoned_holds)
+            .get(&host_id)
+            .copied()
+            .filter(|at| *at >= seen)
+            .map(|at| at + self.config.checkin_interval_secs as i64);
+        Some(abandoned.map_or(quiet, |at| at.min(quiet)))
     }
 
     pub(crate) async fn host_named(&self, name: &str) -> Result<HostRow> {
@@ -94,11 +116,24 @@ impl Service {
 
     pub async fn list_hosts(&self, principal: &Principal) -> Result<Vec<HostInfo>> {
         require_role(principal, Role::Viewer)?;
-        let mut out = Vec::new();
+        Ok(self.fleet().await?.0)
+    }
+
+    /// Every host, and when the first of those online goes offline (Unix time).
+    async fn fleet(&self) -> Result<(Vec<HostInfo>, Option<i64>)> {
+        let mut hosts = Vec::new();
+        let mut next_offline: Option<i64> = None;
         for row in self.store.list_hosts().await? {
-            out.push(self.host_info(row).await);
+            let id = row.id;
+            let info = self.host_info(row).await;
+            if info.state != HostState::Offline
+                && let Some(at) = self.offline_at(id, info.last_seen)
+            {
+                next_offline = Some(next_offline.map_or(at, |first| first.min(at)));
+            }
+            hosts.push(info);
         }
-        Ok(out)
+        Ok((hosts, next_offline))
     }
 
     /// The hosts' listing as a watch: held until it differs from the one tagged `seen`
@@ -118,7 +153,7 @@ impl Service {
         let mut desired = self.desired_changed.subscribe();
         let mut closing = self.closing.subscribe();
         loop {
-            let hosts = self.list_hosts(principal).await?;
+            let (hosts, next_offline) = self.fleet().await?;
             let tag = fleet_tag(&hosts);
             let now_instant = tokio::time::Instant::now();
             if seen != Some(tag.as_str()) {
@@ -127,15 +162,9 @@ impl Service {
             if now_instant >= deadline || *closing.borrow() {
                 return Ok(None);
             }
-            // The first online host to pass the offline threshold changes its state.
-            let t = now();
-            let next_offline = hosts
-                .iter()
-                .filter(|h| h.state != HostState::Offline)
-                .filter_map(|h| h.last_seen)
-                .map(|seen| seen + self.config.offline_after_secs + 1 - t)
-                .min()
-                .map(|secs| now_instant + Duration::from_secs(secs.max(0) as u64));
+            // The first online host to go offline changes its state.
+            let next_offline = next_offline
+                .map(|at| now_instant + Duration::from_secs((at - now()).max(0) as u64));
             let mut wake = deadline.min(next_offline.unwrap_or(deadline));
             if self.store.is_shared() {
                 wake = wake.min(now_instant + REPLICA_RECHECK);
@@ -244,6 +273,8 @@ impl Service {
     /// batched last-seen flush (most check-ins write nothing).
     async fn record_report(&self, host_id: i64, report: HostReport) -> Result<()> {
         let t = now();
+        // It is back (or never left): an earlier abandoned hold no longer counts.
+        lock(&self.abandoned_holds).remove(&host_id);
         let changed = lock(&self.reports).get(&host_id) != Some(&report);
         if changed {
             self.store.update_host_report(host_id, &report, t).await?;
@@ -281,6 +312,10 @@ impl Service {
             agent_version: clean_line(&req.facts.agent_version, 64),
             hardware_uuid: clean_line(&req.facts.hardware_uuid, 64).to_ascii_uppercase(),
             trust_digest: clean_line(&req.facts.trust_digest, 64),
+            os_version: clean_line(&req.facts.os_version, 64),
+            kernel: clean_line(&req.facts.kernel, 64),
+            // A boot in the future (or before 1970) is a broken clock, not a fact.
+            booted_at: req.facts.booted_at.filter(|t| (0..=now()).contains(t)),
         };
         // The awaits before the hold are boxed: a future is laid out for its largest await,
         // and each held poll would otherwise carry their database work's room while it waits.
@@ -293,50 +328,87 @@ impl Service {
         // One held check-in per host: a newer one releases this one (the agent restarted,
         // or someone replays its requests), so a host key cannot pile up connections.
         let held = HeldPoll::claim(&self.held_polls, host_id);
-        loop {
-            let desired = self.desired.read().await.get(&host_id).cloned();
-            let detached = self.detachment(host_id).await;
-            let action = Box::pin(self.offer(
-                host_id,
-                req.current_system.as_deref(),
-                desired.as_ref(),
-                &detached,
-            ))
-            .await?;
-            let secrets_digest = self.secrets_digest(host_id).await;
-            // A host that holds secrets answers at once when its granted versions moved.
-            let secrets_moved = req
-                .secrets_digest
-                .as_ref()
-                .is_some_and(|held| *held != secrets_digest);
-            // A host that believes otherwise learns of its detachment's start or end at once.
-            let detachment_moved = req.detached != detached.is_some();
-            let done = action != Action::None
-                || secrets_moved
-                || detachment_moved
-                || tokio::time::Instant::now() >= deadline
-                || *closing.borrow()
-                || held.superseded();
-            if done {
-                return Ok(CheckinResponse {
-                    host: host_name.to_owned(),
-                    action,
-                    next_checkin_secs: self.config.checkin_interval_secs,
-                    secrets_digest,
-                    detached,
-                    desired_system: desired.map(|d| d.store_path),
-                });
-            }
-            tokio::select! {
-                changed = changes.changed() => {
-                    if changed.is_err() {
-                        return Err(ServiceError::System("desired-state channel closed".into()));
-                    }
+        let abandoned = AbandonedHold::watch(&self.abandoned_holds, &held);
+        let answer = async {
+            loop {
+                let desired = self.desired.read().await.get(&host_id).cloned();
+                let detached = self.detachment(host_id).await;
+                let action = Box::pin(self.offer(
+                    host_id,
+                    req.current_system.as_deref(),
+                    desired.as_ref(),
+                    &detached,
+                ))
+                .await?;
+                let secrets_digest = self.secrets_digest(host_id).await;
+                // A host that holds secrets answers at once when its granted versions moved.
+                let secrets_moved = req
+                    .secrets_digest
+                    .as_ref()
+                    .is_some_and(|held| *held != secrets_digest);
+                // A host that believes otherwise learns of its detachment's start or end at once.
+                let detachment_moved = req.detached != detached.is_some();
+                let done = action != Action::None
+                    || secrets_moved
+                    || detachment_moved
+                    || tokio::time::Instant::now() >= deadline
+                    || *closing.borrow()
+                    || held.superseded();
+                if done {
+                    return Ok(CheckinResponse {
+                        host: host_name.to_owned(),
+                        action,
+                        next_checkin_secs: self.config.checkin_interval_secs,
+                        secrets_digest,
+                        detached,
+                        desired_system: desired.map(|d| d.store_path),
+                    });
                 }
-                _ = closing.changed() => {}
-                _ = held.released() => {}
-                _ = tokio::time::sleep_until(deadline) => {}
+                tokio::select! {
+                    changed = changes.changed() => {
+                        if changed.is_err() {
+                            return Err(ServiceError::System("desired-state channel closed".into()));
+                        }
+                    }
+                    _ = closing.changed() => {}
+                    _ = held.released() => {}
+                    _ = tokio::time::sleep_until(deadline) => {}
+                }
             }
+        }
+        .await;
+        abandoned.answered();
+        answer
+    }
+}
+
+/// Notes, unless told it was answered, that a host's held check-in ended without an answer:
+/// the request's future was dropped because its connection closed. A hold that a newer
+/// check-in of the host took over notes nothing: the host is still there.
+struct AbandonedHold<'a> {
+    abandoned: &'a Mutex<HashMap<i64, i64>>,
+    held: &'a HeldPoll<'a, i64>,
+    answered: bool,
+}
+
+impl<'a> AbandonedHold<'a> {
+    fn watch(abandoned: &'a Mutex<HashMap<i64, i64>>, held: &'a HeldPoll<'a, i64>) -> Self {
+        AbandonedHold {
+            abandoned,
+            held,
+            answered: false,
+        }
+    }
+
+    fn answered(mut self) {
+        self.answered = true;
+    }
+}
+
+impl Drop for AbandonedHold<'_> {
+    fn drop(&mut self) {
+        if !self.answered && !self.held.superseded() {
+            lock(self.abandoned).insert(self.held.key, now());
         }
     }
 }

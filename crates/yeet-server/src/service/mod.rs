@@ -191,6 +191,9 @@ pub struct Service {
     uploads: std::sync::Arc<crate::shares::Shares>,
     /// host id → the release signal of the check-in it holds (at most one per host).
     held_polls: Mutex<HashMap<i64, std::sync::Arc<tokio::sync::Notify>>>,
+    /// host id → when its held check-in was abandoned (its connection closed unanswered),
+    /// until it checks in again: such a host is shown offline a poll interval later.
+    abandoned_holds: Mutex<HashMap<i64, i64>>,
     /// key id → the wake-up signal of the registration it holds (at most one per key): a
     /// newer registration of the key, or a change of the key (its approval), wakes it.
     held_registrations: Mutex<HashMap<String, std::sync::Arc<tokio::sync::Notify>>>,
@@ -260,6 +263,7 @@ impl Service {
             closing: tokio::sync::watch::Sender::new(false),
             cache: None,
             held_polls: Mutex::new(HashMap::new()),
+            abandoned_holds: Mutex::new(HashMap::new()),
             held_registrations: Mutex::new(HashMap::new()),
             secrets: None,
             secret_digests: RwLock::new(secret_digests),

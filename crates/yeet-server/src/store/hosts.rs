@@ -31,6 +31,9 @@ pub struct HostRow {
     pub allow_detach: i64,
     /// The DMI UUID the agent reports ('' when none): osquery nodes link by it.
     pub hardware_uuid: String,
+    pub os_version: String,
+    pub kernel: String,
+    pub booted_at: Option<i64>,
 }
 
 /// What a host last reported; written only when it changes.
@@ -45,9 +48,12 @@ pub struct HostReport {
     pub agent_version: String,
     pub hardware_uuid: String,
     pub trust_digest: String,
+    pub os_version: String,
+    pub kernel: String,
+    pub booted_at: Option<i64>,
 }
 
-pub(super) const HOST_COLUMNS: &str = "id, name, key_id, public_key, approved_at, approved_by, last_seen, current_system, booted_system, state, os, arch, agent_version, last_result, last_result_path, allow_detach, hardware_uuid";
+pub(super) const HOST_COLUMNS: &str = "id, name, key_id, public_key, approved_at, approved_by, last_seen, current_system, booted_system, state, os, arch, agent_version, last_result, last_result_path, allow_detach, hardware_uuid, os_version, kernel, booted_at";
 
 impl Store {
     pub async fn host_by_key(&self, key_id: &str) -> Result<Option<HostRow>, StoreError> {
@@ -199,7 +205,7 @@ impl Store {
         // A host whose trusted keys changed may now trust a system it refused: its
         // untrusted attempt is forgotten in the same statement, so it is offered again.
         sqlx::query(
-            "UPDATE hosts SET current_system = $1, booted_system = $2, state = $3, os = $4, arch = $5, agent_version = $6, last_seen = $7, hardware_uuid = $9,
+            "UPDATE hosts SET current_system = $1, booted_system = $2, state = $3, os = $4, arch = $5, agent_version = $6, last_seen = $7, hardware_uuid = $9, os_version = $11, kernel = $12, booted_at = $13,
                 last_result_path = CASE WHEN trust_digest <> $10 AND last_result = 'untrusted' THEN NULL ELSE last_result_path END,
                 trust_digest = $10
              WHERE id = $8",
@@ -214,6 +220,9 @@ impl Store {
         .bind(host_id)
         .bind(&report.hardware_uuid)
         .bind(&report.trust_digest)
+        .bind(&report.os_version)
+        .bind(&report.kernel)
+        .bind(report.booted_at)
         .execute(&self.writer)
         .await?;
         Ok(())
