@@ -70,24 +70,38 @@ pub async fn spawn_event_listener(
     })))
 }
 
-/// Runs the server until `shutdown` resolves, then drains requests and flushes state.
-/// `on_listening` receives the bound address (useful with port 0).
 /// Writes batched last-seen times every `every`, and drops stale nonces once a minute.
+/// Also says so in the log when a database writer connection has been out of the pool at
+/// every tick for `WRITER_HELD_WARNING`: something holds it.
 fn spawn_flusher(service: Arc<Service>, every: Duration) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         let mut last_expiry = std::time::Instant::now();
+        let mut writer_held_since: Option<std::time::Instant> = None;
         loop {
             tick.tick().await;
+            if service.store().writer_is_idle() {
+                writer_held_since = None;
+            } else {
+                let since = *writer_held_since.get_or_insert_with(std::time::Instant::now);
+                if since.elapsed() >= WRITER_HELD_WARNING {
+                    tracing::warn!(
+                        held_secs = since.elapsed().as_secs(),
+                        pools = service.store().pool_state(),
+                        "a database writer connection has not been back in its pool for a while; writes may wait, then be answered busy"
+                    );
+                    writer_held_since = Some(std::time::Instant::now());
+                }
+            }
             if let Err(e) = service.flush_last_seen().await {
-                tracing::warn!(error = %e, "could not write last-seen times; will retry");
+                tracing::warn!(error = %e, pools = service.store().pool_state(), "could not write last-seen times; will retry");
             }
             if let Err(e) = service.flush_node_last_seen().await {
                 tracing::warn!(error = %e, "could not write osquery nodes' last-seen times");
             }
             if last_expiry.elapsed() >= Duration::from_secs(60) {
                 if let Err(e) = service.expire_osquery_logs().await {
-                    tracing::warn!(error = %e, "could not drop expired osquery logs; will retry");
+                    tracing::warn!(error = %e, pools = service.store().pool_state(), "could not drop expired osquery logs; will retry");
                 }
                 last_expiry = std::time::Instant::now();
                 if let Err(e) = service.expire_nonces().await {
@@ -98,6 +112,11 @@ fn spawn_flusher(service: Arc<Service>, every: Duration) -> tokio::task::JoinHan
     })
 }
 
+/// How long a database writer connection may stay out of its pool before the log says so.
+const WRITER_HELD_WARNING: Duration = Duration::from_secs(30);
+
+/// Runs the server until `shutdown` resolves, then drains requests and flushes state.
+/// `on_listening` receives the bound address (useful with port 0).
 pub async fn serve(
     mut config: Config,
     on_listening: impl FnOnce(SocketAddr),
