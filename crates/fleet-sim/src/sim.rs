@@ -229,6 +229,10 @@ pub struct SimHost {
     proc: Option<Proc>,
     /// The container's PID 1 (global pid), while a systemd host runs.
     leader: Option<u32>,
+    /// A namespace host's agent: arguments after `run --hostname NAME`, and the directory
+    /// it runs in (as a person would start it from a shell there).
+    pub agent_args: Vec<String>,
+    pub agent_dir: Option<PathBuf>,
 }
 
 /// Processes in PID namespace `ns` whose command line contains `needle`.
@@ -276,14 +280,14 @@ echo "$sys"
 /// restarts the agent as systemd would.
 const NAMESPACE_HOST: &str = r#"
 set -e
-R="$1"; AGENT="$2"; NAME="$3"
+R="$1"; AGENT="$2"; NAME="$3"; shift 3
 mount --bind "$R/nix" /nix
 mount --bind "$R/run" /run
 mount --bind "$R/etc-yeet" /etc/yeet
 mount --bind "$R/var-lib-yeet" /var/lib/yeet
 export XDG_CACHE_HOME="$R/home-cache"
 while [ ! -e "$R/stop" ]; do
-  "$AGENT" run --hostname "$NAME" >>"$R/agent.log" 2>&1 || true
+  "$AGENT" run --hostname "$NAME" "$@" >>"$R/agent.log" 2>&1 || true
   sleep 0.2
 done
 "#;
@@ -346,6 +350,8 @@ impl SimHost {
             kind,
             proc: None,
             leader: None,
+            agent_args: Vec::new(),
+            agent_dir: None,
         };
         if kind == HostKind::Systemd {
             host.make_root_fs();
@@ -477,7 +483,11 @@ impl SimHost {
                 ])
                 .arg(&self.root)
                 .arg(bin("yeet-agent"))
-                .arg(&self.name);
+                .arg(&self.name)
+                .args(&self.agent_args);
+                if let Some(dir) = &self.agent_dir {
+                    c.current_dir(dir);
+                }
                 self.proc = Some(Proc::spawn(c, "host"));
             }
             HostKind::Systemd => self.boot_container(),

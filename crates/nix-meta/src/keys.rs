@@ -79,6 +79,22 @@ impl fmt::Debug for PublicKey {
 }
 
 impl PublicKey {
+    /// A key as people pass it on a command line: the key itself, or the path of a file
+    /// that holds it (the `.pub` file `nix-store --generate-binary-cache-key` writes). The
+    /// error says which of the two it was not.
+    pub fn from_key_or_file(given: &str) -> Result<PublicKey, String> {
+        if let Ok(key) = given.trim().parse() {
+            return Ok(key);
+        }
+        let in_file = std::fs::read_to_string(given).map_err(|e| {
+            format!("{given:?} is neither a key (name:base64) nor a readable file ({e})")
+        })?;
+        in_file
+            .trim()
+            .parse()
+            .map_err(|e| format!("{given} holds no Nix public key: {e}"))
+    }
+
     /// Verifies a detached signature made by this key over `message`. A signature made by a
     /// key of another name never verifies, as in Nix.
     pub fn verifies(&self, message: &[u8], sig: &Signature) -> bool {

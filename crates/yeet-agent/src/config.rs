@@ -35,7 +35,7 @@ pub enum ConfigError {
         "invalid trusted key {0:?}: {1} (expected `name:base64`, as in nix.conf's trusted-public-keys{hint})",
         hint = if .0.contains("REPLACE") { "; replace the template's placeholder with the content of your cache-key.pub" } else { "" }
     )]
-    TrustedKey(String, nix_meta::KeyError),
+    TrustedKey(String, String),
     #[error(
         "`{0}` is {1}, in the Nix store, which every user can read: a private key must never be there. Give the path of a file outside the store (deployed as a secret), not a Nix path"
     )]
@@ -146,6 +146,16 @@ pub struct AgentArgs {
     /// switch (activate now) or boot (next boot).
     #[arg(long, env = "YEET_AGENT_ACTIVATION_MODE")]
     pub activation_mode: Option<ActivationMode>,
+    /// A Nix signing key (`name:base64`, or a file holding one) whose signature makes a
+    /// closure trusted, as `trusted_keys` of the config file, which it replaces
+    /// (repeatable, or comma-separated in the variable). nix.conf's keys count too.
+    #[arg(
+        long,
+        env = "YEET_AGENT_TRUSTED_KEYS",
+        value_delimiter = ',',
+        value_name = "KEY|FILE"
+    )]
+    pub trusted_key: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -179,11 +189,24 @@ impl Config {
             }
             None => FileConfig::default(),
         };
-        let trusted_keys = file
-            .trusted_keys
-            .iter()
-            .map(|k| k.parse().map_err(|e| ConfigError::TrustedKey(k.clone(), e)))
-            .collect::<Result<_, _>>()?;
+        let trusted_keys = if args.trusted_key.is_empty() {
+            file.trusted_keys
+                .iter()
+                .map(|k| {
+                    k.parse().map_err(|e: nix_meta::KeyError| {
+                        ConfigError::TrustedKey(k.clone(), e.to_string())
+                    })
+                })
+                .collect::<Result<_, _>>()?
+        } else {
+            args.trusted_key
+                .iter()
+                .map(|k| {
+                    nix_meta::PublicKey::from_key_or_file(k)
+                        .map_err(|why| ConfigError::TrustedKey(k.clone(), why))
+                })
+                .collect::<Result<_, _>>()?
+        };
         let allowed_cache_schemes = file.allowed_cache_schemes;
         if let Some(bad) = allowed_cache_schemes.iter().find(|s| {
             s.is_empty()

@@ -225,6 +225,18 @@ pub struct ServerArgs {
         value_name = "URL"
     )]
     pub public_url: Vec<String>,
+    /// A Nix signing key (`name:base64`, or a file holding one, such as the `.pub` that
+    /// `nix-store --generate-binary-cache-key` writes) whose signature every release's
+    /// closures must carry (repeatable, or comma-separated in the variable). Replaces
+    /// `trusted_cache_keys` of the config file.
+    #[arg(
+        long,
+        env = "YEET_SERVER_TRUSTED_CACHE_KEYS",
+        global = true,
+        value_delimiter = ',',
+        value_name = "KEY|FILE"
+    )]
+    pub trusted_cache_key: Vec<String>,
 }
 
 /// The resolved configuration.
@@ -276,14 +288,24 @@ impl Config {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let trusted_cache_keys = file
-            .trusted_cache_keys
-            .iter()
-            .map(|k| {
-                k.parse()
-                    .map_err(|e| ConfigError::Invalid(format!("trusted_cache_keys: {k:?}: {e}")))
-            })
-            .collect::<Result<_, _>>()?;
+        let trusted_cache_keys = if args.trusted_cache_key.is_empty() {
+            file.trusted_cache_keys
+                .iter()
+                .map(|k| {
+                    k.parse().map_err(|e| {
+                        ConfigError::Invalid(format!("trusted_cache_keys: {k:?}: {e}"))
+                    })
+                })
+                .collect::<Result<_, _>>()?
+        } else {
+            args.trusted_cache_key
+                .iter()
+                .map(|k| {
+                    nix_meta::PublicKey::from_key_or_file(k)
+                        .map_err(|why| ConfigError::Invalid(format!("--trusted-cache-key: {why}")))
+                })
+                .collect::<Result<_, _>>()?
+        };
         let service = file.service(public_origins, trusted_cache_keys);
         let state_dir = args
             .state_dir
@@ -458,6 +480,50 @@ mod tests {
         );
         let err = merged("clock_skew_secs = 3000000").unwrap_err();
         assert!(err.to_string().contains("at most 3600"), "{err}");
+    }
+
+    /// `--trusted-cache-key` (and its variable) takes the key or the `.pub` file Nix wrote,
+    /// replaces the file's list, and names what it could not read.
+    #[test]
+    fn trusted_cache_keys_come_from_flags_as_keys_or_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = "fleet-1:mrlkVBNy1v0CfvqN8ajZqqIqJW9vjJhPfnR3b5BqKqQ=";
+        let file = dir.path().join("cache-key.pub");
+        std::fs::write(&file, format!("{key}\n")).unwrap();
+        let merged = |text: &str, keys: Vec<String>| {
+            Config::merge(
+                toml::from_str(text).unwrap(),
+                &ServerArgs {
+                    trusted_cache_key: keys,
+                    ..Default::default()
+                },
+            )
+        };
+        let in_file =
+            "trusted_cache_keys = [\"other:mrlkVBNy1v0CfvqN8ajZqqIqJW9vjJhPfnR3b5BqKqQ=\"]";
+        for given in [key.to_owned(), file.display().to_string()] {
+            let config = merged(in_file, vec![given.clone()]).unwrap();
+            let names: Vec<String> = config
+                .service
+                .trusted_cache_keys
+                .iter()
+                .map(|k| k.to_string())
+                .collect();
+            assert_eq!(names, [key], "{given}");
+        }
+        let config = merged(in_file, vec![]).unwrap();
+        assert!(
+            config.service.trusted_cache_keys[0]
+                .to_string()
+                .starts_with("other:")
+        );
+        let err = merged("", vec!["/no/such/cache-key.pub".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--trusted-cache-key") && err.contains("/no/such/cache-key.pub"),
+            "{err}"
+        );
     }
 
     /// Without public_urls, the only origin a server can check a signature against is its
