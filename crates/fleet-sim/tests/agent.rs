@@ -480,6 +480,16 @@ fn yeet_diff_shows_package_changes_between_current_and_desired() {
     });
     let diff = fleet.server.yeet(&["diff", "web-1"]);
     assert!(diff.contains("linux: 6.1 → 6.6"), "{diff}");
+    let report: serde_json::Value = fleet.server.yeet_json(&["diff", "web-1"]);
+    assert_eq!(report["current_system"], fleet.base.as_str(), "{report}");
+    assert!(
+        report["changes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c.as_str().unwrap().contains("linux: 6.1 → 6.6")),
+        "{report}"
+    );
 }
 
 #[test]

@@ -559,6 +559,16 @@ fn yeet_query_fans_out_and_names_the_silent_and_carves_come_back_identical() {
         listed[0].sha256.as_deref(),
         Some(hex::encode(Sha256::digest(&archive)).as_str())
     );
+    let again: yeet_proto::osquery::CarveInfo =
+        server.yeet_json(&["carve", "web2", "/etc/hosts", "--timeout", "20"]);
+    assert_eq!(
+        (again.id, again.carve_size, again.sha256.as_deref()),
+        (
+            2,
+            25000,
+            Some(hex::encode(Sha256::digest(&archive)).as_str())
+        )
+    );
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for t in answering {
         t.join().unwrap();

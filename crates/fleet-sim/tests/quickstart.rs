@@ -175,5 +175,8 @@ fn the_readmes_quickstart_reaches_a_confirmed_switch() {
     let log = host.agent_log();
     assert!(log.contains("confirmed"), "{log}");
     let server = server.as_mut().expect("the quickstart starts the server");
-    assert!(server.child.try_wait().unwrap().is_none(), "the server exited");
+    assert!(
+        server.child.try_wait().unwrap().is_none(),
+        "the server exited"
+    );
 }

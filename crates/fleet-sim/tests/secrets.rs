@@ -315,10 +315,32 @@ fn secrets_reach_granted_hosts_rotate_and_survive_a_reboot() {
             .success()
     );
 
+    // Revoking a secret web-1's running system uses is refused without --yes (no terminal
+    // to ask at), naming the host; nothing changes. With --yes it is done, and said.
+    let out = fleet_sim::run(
+        fleet
+            .server
+            .yeet_cmd()
+            .args(["secret", "revoke", "db-password", "web-1"])
+            .stdin(std::process::Stdio::null()),
+    );
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && said.contains("web-1 fetched db-password")
+            && said.contains("--yes"),
+        "{said}"
+    );
+    let listed: serde_json::Value = fleet.server.yeet_json(&["secret", "list"]);
+    assert_eq!(listed[0]["hosts"][0]["host"], "web-1", "{listed}");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(secret_on(web1).as_deref(), Some(SECOND));
     // Revoked: deleted from the host at its next check-in, the kept copy too.
-    fleet
-        .server
-        .yeet(&["secret", "revoke", "db-password", "web-1"]);
+    let revoked: serde_json::Value =
+        fleet
+            .server
+            .yeet_json(&["secret", "revoke", "db-password", "web-1", "--yes"]);
+    assert_eq!(revoked["hosts"], serde_json::json!([]), "{revoked}");
     wait_until(
         Duration::from_secs(90),
         "the revoked secret to leave web-1",

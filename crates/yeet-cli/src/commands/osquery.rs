@@ -133,6 +133,8 @@ pub struct CarveArgs {
     /// Seconds to wait for the upload.
     #[arg(long, default_value_t = 600)]
     timeout: u64,
+    #[command(flatten)]
+    json: Json,
 }
 
 #[derive(Subcommand)]
@@ -458,6 +460,9 @@ pub fn carve(args: &CarveArgs, connection: &Connection) -> Result<()> {
             .into_iter()
             .find(|c| c.campaign_id == Some(campaign.id));
         if let Some(c) = carve.as_ref().filter(|c| c.completed_at.is_some()) {
+            if args.json.json {
+                return crate::output::json(c);
+            }
             println!(
                 "carve {} complete: {} bytes, sha256 {}",
                 c.id,

@@ -40,6 +40,10 @@ pub enum SecretCommand {
     Rm {
         /// The secret's name.
         name: String,
+        /// Remove it even when hosts' running systems use it (asked on a terminal, refused
+        /// otherwise).
+        #[arg(long)]
+        yes: bool,
     },
 }
 
@@ -71,6 +75,8 @@ pub struct ContentArgs {
     /// pinned at the first use.
     #[arg(long, env = "YEET_SECRETS_RECIPIENT", value_name = "AGE_RECIPIENT")]
     recipient: Option<String>,
+    #[command(flatten)]
+    json: Json,
 }
 
 #[derive(Args)]
@@ -89,6 +95,12 @@ pub struct HostsArgs {
     /// Hosts, by their fleet names.
     #[arg(required = true, value_name = "HOST")]
     hosts: Vec<String>,
+    /// Revoke even from hosts whose running systems use it (asked on a terminal, refused
+    /// otherwise).
+    #[arg(long)]
+    yes: bool,
+    #[command(flatten)]
+    json: Json,
 }
 
 pub fn run(command: &SecretCommand, connection: &Connection) -> Result<()> {
@@ -115,6 +127,9 @@ pub fn run(command: &SecretCommand, connection: &Connection) -> Result<()> {
                 hosts: args.hosts.clone(),
             };
             let s = client.add_secret(&req)?;
+            if args.content.json.json {
+                return json(&s);
+            }
             println!("added {} (version {}){}", s.name, s.version, granted_to(&s));
         }
         SecretCommand::Rotate(args) => {
@@ -122,6 +137,9 @@ pub fn run(command: &SecretCommand, connection: &Connection) -> Result<()> {
                 ciphertext: ciphertext(&client, &args.source, args.recipient.as_deref())?,
             };
             let s = client.rotate_secret(&args.name, &req)?;
+            if args.json.json {
+                return json(&s);
+            }
             println!(
                 "rotated {} to version {}{}",
                 s.name,
@@ -131,15 +149,75 @@ pub fn run(command: &SecretCommand, connection: &Connection) -> Result<()> {
         }
         SecretCommand::Grant(args) | SecretCommand::Revoke(args) => {
             let grant = matches!(command, SecretCommand::Grant(_));
+            if !grant {
+                let users = in_use(&client, &args.name, Some(&args.hosts))?;
+                confirm_loss(&args.name, &users, "Revoke", args.yes)?;
+            }
             let s = client.set_secret_hosts(&args.name, &args.hosts, grant)?;
+            if args.json.json {
+                return json(&s);
+            }
             let verb = if grant { "granted" } else { "revoked" };
             println!("{verb} {}: {}", s.name, args.hosts.join(", "));
         }
         SecretCommand::List(args) => list(&client.secrets()?, args.json)?,
-        SecretCommand::Rm { name } => {
+        SecretCommand::Rm { name, yes } => {
+            let users = in_use(&client, name, None)?;
+            confirm_loss(name, &users, "Remove", *yes)?;
             client.remove_secret(name)?;
             println!("removed {name}; hosts delete it at their next check-in");
         }
+    }
+    Ok(())
+}
+
+/// The hosts (of `among`, or all) that fetched secret `name`: their running systems asked
+/// for it, so they lose a file their services read at their next check-in.
+fn in_use(
+    client: &yeet_client::Client,
+    name: &str,
+    among: Option<&[String]>,
+) -> Result<Vec<String>> {
+    let secrets = client.secrets()?;
+    let Some(secret) = secrets.iter().find(|s| s.name == name) else {
+        // The server names an unknown secret in its refusal.
+        return Ok(Vec::new());
+    };
+    Ok(secret
+        .hosts
+        .iter()
+        .filter(|g| g.fetched_version.is_some())
+        .filter(|g| among.is_none_or(|hosts| hosts.contains(&g.host)))
+        .map(|g| g.host.clone())
+        .collect())
+}
+
+/// Before a secret is taken from hosts that use it: says which, then goes on only with
+/// `--yes` or a "y" typed at a terminal.
+fn confirm_loss(name: &str, users: &[String], verb: &str, yes: bool) -> Result<()> {
+    if users.is_empty() {
+        return Ok(());
+    }
+    let warning = format!(
+        "warning: {} fetched {name} for the system it runs; it deletes /run/yeet/secrets/{name} at its next check-in, and what reads it there will fail",
+        users.join(", ")
+    );
+    eprintln!("{}", yeet_proto::text::clean_line(&warning, 4096));
+    if yes {
+        return Ok(());
+    }
+    use std::io::IsTerminal;
+    if !std::io::stdin().is_terminal() {
+        bail!(
+            "not done: pass --yes to {} {name} anyway, or publish systems that no longer ask for it first",
+            verb.to_lowercase()
+        );
+    }
+    eprint!("{verb} it anyway? [y/N] ");
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    if !matches!(answer.trim(), "y" | "Y" | "yes") {
+        bail!("not done");
     }
     Ok(())
 }
