@@ -217,3 +217,134 @@ fn publishing_checks_before_uploading_and_reports_what_it_did() {
         Some(v2.as_str())
     );
 }
+
+/// A publish killed mid-upload keeps what it finished: the re-run uploads only the rest
+/// (counted in paths and bytes), and the release it then creates converges.
+#[test]
+fn an_interrupted_publish_resumes_where_it_stopped() {
+    let fleet = Fleet::new(&["web-1"], 30);
+    let cache = fleet.server.dir.path().join("state/cache");
+    // 40 paths of 4 MiB of random bytes (no compressor shrinks them), all referenced by
+    // one top path: 160 MiB, enough to stop part-way.
+    let expr = fleet.dir().join("resume.nix");
+    std::fs::write(
+        &expr,
+        format!(
+            r#"let
+  part = i: derivation {{
+    name = "resume-part-${{toString i}}"; system = builtins.currentSystem; builder = "/bin/sh";
+    PATH = "/bin:/usr/bin"; salt = "{}";
+    args = [ "-c" "mkdir $out && head -c 4194304 /dev/urandom > $out/data" ];
+  }};
+in derivation {{
+  name = "resume-top"; system = builtins.currentSystem; builder = "/bin/sh"; PATH = "/bin:/usr/bin";
+  parts = builtins.genList part 40;
+  args = [ "-c" "echo $parts > $out" ];
+}}
+"#,
+            fleet.dir().display()
+        ),
+    )
+    .unwrap();
+    let built = fleet_sim::run(std::process::Command::new("nix-build").arg(&expr).args([
+        "--no-out-link",
+        "--max-jobs",
+        "4",
+    ]));
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let top = String::from_utf8(built.stdout).unwrap().trim().to_owned();
+    let key = fleet.cache.secret_key.display().to_string();
+    let path_arg = format!("web-1={top}");
+    let args = ["publish", "--path", &path_arg, "--signing-key", &key];
+
+    let files = |dir: &std::path::Path, suffix: &str| {
+        std::fs::read_dir(dir)
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(suffix))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    let narinfos = || files(&cache, ".narinfo");
+    let nars = || files(&cache.join("nar"), ".nar.zst");
+    let (before, nars_before) = (narinfos(), nars());
+    let mut first = fleet
+        .server
+        .yeet_cmd()
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Killed (as by Ctrl-C, or a CI runner stopped) while NARs are still going up: once a
+    // quarter of them are there.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while nars() < nars_before + 10 {
+        assert!(
+            first.try_wait().unwrap().is_none(),
+            "the publish ended before it could be interrupted"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no path was published"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let kept = narinfos() - before;
+    assert!(
+        (5..41).contains(&kept),
+        "{kept} paths visible after the kill, with {} NARs up",
+        nars() - nars_before
+    );
+
+    let (ok, stdout, stderr) = publish(&fleet, &[&args[1..], &["--json"]].concat(), &[]);
+    assert!(ok, "{stderr}");
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    let push = &report["push"];
+    let (pushed, skipped) = (
+        push["pushed_paths"].as_u64().unwrap(),
+        push["skipped_paths"].as_u64().unwrap(),
+    );
+    assert_eq!(
+        pushed + skipped,
+        push["closure_paths"].as_u64().unwrap(),
+        "{report}"
+    );
+    // Every path the killed publish made visible is skipped, with its bytes.
+    assert!(skipped >= kept as u64, "{kept} kept, {report}");
+    assert_eq!(pushed as usize, 41 - kept, "{report}");
+    let left = (41 - kept as u64) * (4 << 20);
+    assert!(
+        push["pushed_nar_bytes"].as_u64().unwrap() < left,
+        "{report}"
+    );
+    assert!(report["release"]["id"].as_i64().is_some(), "{report}");
+    // The cache holds the whole closure, signed: Nix copies it into an empty store.
+    let fresh = fleet.dir().join("fresh-store");
+    let copied = fleet_sim::run(
+        std::process::Command::new("nix")
+            .args([
+                "--extra-experimental-features",
+                "nix-command",
+                "copy",
+                "--from",
+            ])
+            .arg(format!("{}/cache", fleet.server.url))
+            .arg("--to")
+            .arg(format!("local?root={}", fresh.display()))
+            .args(["--option", "trusted-public-keys", &fleet.cache.public_key])
+            .arg(&top),
+    );
+    assert!(
+        copied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&copied.stderr)
+    );
+}

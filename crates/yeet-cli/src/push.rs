@@ -336,10 +336,10 @@ fn push_embedded(
     infos.sort_by_key(|i| std::cmp::Reverse(i.nar_size));
     report.pushed_nar_bytes = infos.iter().map(|i| i.nar_size).sum();
     let bar = ProgressBar::new(report.pushed_nar_bytes).with_style(
-        ProgressStyle::with_template("packing and uploading {binary_bytes}/{binary_total_bytes} [{bar:30}] {binary_bytes_per_sec}")
+        ProgressStyle::with_template("packing and uploading {binary_bytes}/{binary_total_bytes} [{bar:30}] {binary_bytes_per_sec}, {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let narinfos = std::sync::Mutex::new(BTreeMap::new());
+    let publisher = NarinfoPublisher::new(client, &infos, &bar);
     let workers = std::thread::available_parallelism()
         .map_or(2, |n| n.get())
         .min(UPLOAD_WORKERS);
@@ -352,80 +352,141 @@ fn push_embedded(
                 }
                 Spooled::File(file) => client.put_hashed(&url, &packed.file_sha256, file)?,
             }
-            let hash = packed.narinfo.store_path.hash_part().to_owned();
-            narinfos
-                .lock()
-                .map_err(|_| anyhow::anyhow!("an upload thread panicked"))?
-                .insert(hash, packed.narinfo);
-            Ok(())
+            publisher.nar_uploaded(packed.narinfo)
         })
     })?;
     bar.finish_and_clear();
-    let narinfos = narinfos
-        .into_inner()
-        .map_err(|_| anyhow::anyhow!("an upload thread panicked"))?;
-    report.pushed_bytes = narinfos.values().map(|n| n.file_size.unwrap_or(0)).sum();
-    // NARs first, narinfos last and dependencies first: a visible narinfo always has its
-    // NAR and, once its level is done, its references.
-    for level in dependency_levels(&narinfos) {
-        in_parallel(&level, UPLOAD_WORKERS, |hash| {
-            let text = narinfos[hash].to_text();
-            let digest: [u8; 32] = sha2::Sha256::digest(text.as_bytes()).into();
-            Ok(client.put_hashed(&format!("/cache/{hash}.narinfo"), &digest, text.as_bytes())?)
-        })?;
-    }
+    report.pushed_bytes = publisher.finish()?;
     Ok(report)
 }
 
-/// Groups narinfos into levels: each path's references (within the set) are in earlier
-/// levels, so each level can be uploaded in parallel.
-fn dependency_levels(infos: &BTreeMap<String, nix_meta::NarInfo>) -> Vec<Vec<String>> {
-    let mut level_of: BTreeMap<&str, usize> = BTreeMap::new();
-    for hash in dependencies_first(infos) {
-        let level = infos[&hash]
-            .references
-            .iter()
-            .filter(|r| r.hash_part() != hash)
-            .filter_map(|r| level_of.get(r.hash_part()))
-            .map(|l| l + 1)
-            .max()
-            .unwrap_or(0);
-        if let Some((key, _)) = infos.get_key_value(&hash) {
-            level_of.insert(key.as_str(), level);
-        }
-    }
-    let mut levels: Vec<Vec<String>> = Vec::new();
-    for (hash, level) in level_of {
-        if levels.len() <= level {
-            levels.resize(level + 1, Vec::new());
-        }
-        levels[level].push(hash.to_owned());
-    }
-    levels
+/// Publishes narinfos as soon as they may be seen: a path's narinfo goes up once its NAR is
+/// uploaded and the narinfos of the paths it references (among those pushed) are up, so a
+/// visible narinfo always has its NAR and its closure. A publish that is interrupted leaves
+/// every path published so far in the cache, whole, and the next one skips them.
+struct NarinfoPublisher<'a> {
+    client: &'a Client,
+    /// Shows the paths done on a terminal; without one, a plain line every quarter.
+    progress: &'a ProgressBar,
+    state: std::sync::Mutex<Publishing>,
 }
 
-/// Orders narinfos so that every path comes after the paths it references.
-fn dependencies_first(infos: &BTreeMap<String, nix_meta::NarInfo>) -> Vec<String> {
-    let mut done = BTreeSet::new();
-    let mut order = Vec::new();
-    while order.len() < infos.len() {
-        let before = order.len();
-        for (hash, info) in infos {
-            let ready = info.references.iter().all(|r| {
-                r.hash_part() == hash
-                    || !infos.contains_key(r.hash_part())
-                    || done.contains(r.hash_part())
-            });
-            if !done.contains(hash.as_str()) && ready {
-                done.insert(hash.clone());
-                order.push(hash.clone());
-            }
-        }
-        if order.len() == before {
-            // A reference cycle cannot occur in a Nix store; upload the rest as they come.
-            order.extend(infos.keys().filter(|h| !done.contains(h.as_str())).cloned());
-            break;
+#[derive(Default)]
+struct Publishing {
+    /// hash → the hashes it references among those pushed (itself left out).
+    needs: BTreeMap<String, BTreeSet<String>>,
+    /// NAR uploaded, narinfo not yet.
+    uploaded: BTreeMap<String, nix_meta::NarInfo>,
+    published: BTreeSet<String>,
+    /// Compressed bytes of the NARs whose narinfos are up.
+    published_bytes: u64,
+}
+
+impl Publishing {
+    /// Takes the narinfos that may go up now: NAR uploaded, references published.
+    fn take_ready(&mut self) -> Vec<nix_meta::NarInfo> {
+        let ready: Vec<String> = self
+            .uploaded
+            .keys()
+            .filter(|h| {
+                self.needs
+                    .get(*h)
+                    .is_none_or(|refs| refs.iter().all(|r| self.published.contains(r)))
+            })
+            .cloned()
+            .collect();
+        ready
+            .iter()
+            .filter_map(|h| self.uploaded.remove(h))
+            .collect()
+    }
+}
+
+impl<'a> NarinfoPublisher<'a> {
+    fn new(client: &'a Client, infos: &[nix_meta::PathInfo], progress: &'a ProgressBar) -> Self {
+        let pushed: BTreeSet<&str> = infos.iter().map(|i| i.store_path.hash_part()).collect();
+        let needs = infos
+            .iter()
+            .map(|i| {
+                let own = i.store_path.hash_part();
+                let refs = i
+                    .references
+                    .iter()
+                    .map(|r| r.hash_part())
+                    .filter(|r| *r != own && pushed.contains(r))
+                    .map(str::to_owned)
+                    .collect();
+                (own.to_owned(), refs)
+            })
+            .collect();
+        progress.set_message(format!("0/{} paths", infos.len()));
+        NarinfoPublisher {
+            client,
+            progress,
+            state: std::sync::Mutex::new(Publishing {
+                needs,
+                ..Publishing::default()
+            }),
         }
     }
-    order
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Publishing>> {
+        self.state
+            .lock()
+            .map_err(|_| anyhow::anyhow!("an upload thread panicked"))
+    }
+
+    /// Notes an uploaded NAR and publishes every narinfo that may go up now, this one's
+    /// dependents included; the uploads run outside the lock, on the calling thread.
+    fn nar_uploaded(&self, narinfo: nix_meta::NarInfo) -> Result<()> {
+        let hash = narinfo.store_path.hash_part().to_owned();
+        let mut ready = {
+            let mut state = self.lock()?;
+            state.uploaded.insert(hash, narinfo);
+            state.take_ready()
+        };
+        while !ready.is_empty() {
+            for info in &ready {
+                let text = info.to_text();
+                let digest: [u8; 32] = sha2::Sha256::digest(text.as_bytes()).into();
+                let hash = info.store_path.hash_part();
+                self.client.put_hashed(
+                    &format!("/cache/{hash}.narinfo"),
+                    &digest,
+                    text.as_bytes(),
+                )?;
+            }
+            let mut state = self.lock()?;
+            let total = state.needs.len();
+            let quarter_before = 4 * state.published.len() / total.max(1);
+            for info in &ready {
+                state
+                    .published
+                    .insert(info.store_path.hash_part().to_owned());
+                state.published_bytes += info.file_size.unwrap_or(0);
+            }
+            let done = state.published.len();
+            self.progress.set_message(format!("{done}/{total} paths"));
+            if self.progress.is_hidden() && 4 * done / total.max(1) > quarter_before {
+                eprintln!(
+                    "uploaded {done} of {total} store paths ({:.1} MiB)",
+                    state.published_bytes as f64 / (1 << 20) as f64
+                );
+            }
+            ready = state.take_ready();
+        }
+        Ok(())
+    }
+
+    /// The compressed bytes published; an error if a narinfo could not go up (a reference
+    /// never uploaded, which a Nix store's closure cannot cause).
+    fn finish(&self) -> Result<u64> {
+        let state = self.lock()?;
+        if let Some(stuck) = state.uploaded.keys().next() {
+            bail!(
+                "the narinfo of {stuck} was not published: a path it references was not uploaded"
+            );
+        }
+        Ok(state.published_bytes)
+    }
 }
