@@ -3,6 +3,7 @@
 //! module under `commands/`; this file declares the command line and dispatches.
 
 mod commands;
+mod completion;
 mod config;
 mod flake;
 mod output;
@@ -108,6 +109,11 @@ Workflow:
 Only admins change secrets; viewers see names, versions and grants, never content.";
 
 fn main() {
+    // A shell asking for completions (through the script `yeet completions` printed) is
+    // answered here, and the process ends.
+    clap_complete::CompleteEnv::with_factory(Cli::command)
+        .var(completion::COMPLETE_VAR)
+        .complete();
     let cli = Cli::parse();
     if let Err(e) = dispatch(&cli) {
         eprintln!("error: {}", yeet_proto::text::error_chain(e.as_ref()));
@@ -170,10 +176,7 @@ fn dispatch(cli: &Cli) -> Result<()> {
         Command::Carve(args) => osquery::carve(args, c),
         Command::Carves(command) => osquery::carves(command, c),
         Command::Vm(args) => vm::run(args),
-        Command::Completions { shell } => {
-            clap_complete::generate(*shell, &mut Cli::command(), "yeet", &mut std::io::stdout());
-            Ok(())
-        }
+        Command::Completions { shell } => completion::print_registration(*shell),
     }
 }
 

@@ -8,6 +8,7 @@ use crate::{output, push};
 
 #[derive(clap::Args)]
 pub struct DiffArgs {
+    #[arg(add = crate::completion::host_arg())]
     pub host: String,
     #[command(flatten)]
     pub json: Json,

@@ -11,6 +11,7 @@ use crate::output;
 pub enum HostCommand {
     /// Show one host in detail: state, systems, detachment and policy.
     Show {
+        #[arg(add = crate::completion::host_arg())]
         name: String,
         #[command(flatten)]
         json: Json,
@@ -22,6 +23,7 @@ on the host with `yeet-agent detach` and `yeet-agent switch PATH`. Releases publ
 meanwhile are recorded and applied once it attaches again (`yeet-agent attach` there, or
 `yeet attach HOST` here). Denying detachment does not end an open one: `yeet attach` does.")]
     Policy {
+        #[arg(add = crate::completion::host_arg())]
         name: String,
         /// Let people at the host detach it.
         #[arg(long, conflicts_with = "deny_detach")]
@@ -33,9 +35,16 @@ meanwhile are recorded and applied once it attaches again (`yeet-agent attach` t
         json: Json,
     },
     /// Rename a host; its history follows it.
-    Rename { old: String, new: String },
+    Rename {
+        #[arg(add = crate::completion::host_arg())]
+        old: String,
+        new: String,
+    },
     /// Remove a host; its key stops working at once.
-    Rm { name: String },
+    Rm {
+        #[arg(add = crate::completion::host_arg())]
+        name: String,
+    },
 }
 
 pub fn run(command: &HostCommand, connection: &Connection) -> Result<()> {
@@ -90,6 +99,7 @@ pub fn run(command: &HostCommand, connection: &Connection) -> Result<()> {
 #[derive(clap::Args)]
 pub struct AttachArgs {
     /// The detached host.
+    #[arg(add = crate::completion::host_arg())]
     pub host: String,
     #[command(flatten)]
     pub json: Json,

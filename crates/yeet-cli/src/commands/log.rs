@@ -9,6 +9,7 @@ use crate::output;
 
 #[derive(clap::Args)]
 pub struct LogArgs {
+    #[arg(add = crate::completion::host_arg())]
     pub host: String,
     #[command(flatten)]
     pub json: Json,
@@ -16,6 +17,7 @@ pub struct LogArgs {
 
 #[derive(clap::Args)]
 pub struct HistoryArgs {
+    #[arg(add = crate::completion::host_arg())]
     pub host: String,
     #[arg(long, default_value_t = 20)]
     pub limit: i64,

@@ -56,7 +56,7 @@ pub struct AddArgs {
     #[arg(long)]
     interval: u64,
     /// Only on this host or node (repeatable). Default: every node.
-    #[arg(long = "host", value_name = "HOST")]
+    #[arg(add = crate::completion::host_arg(), long = "host", value_name = "HOST")]
     hosts: Vec<String>,
     /// Put it in this pack (logged as pack_<PACK>_<NAME>).
     #[arg(long)]
@@ -86,7 +86,7 @@ pub enum OptionsCommand {
 #[derive(Args)]
 pub struct LogsArgs {
     /// Only this host or node.
-    #[arg(long)]
+    #[arg(add = crate::completion::host_arg(), long)]
     host: Option<String>,
     /// Only this scheduled query's results.
     #[arg(long)]
@@ -112,7 +112,7 @@ pub struct QueryArgs {
     /// The SQL, e.g. 'SELECT * FROM os_version'.
     sql: String,
     /// Run on this host or node (repeatable).
-    #[arg(long = "host", value_name = "HOST", conflicts_with = "all")]
+    #[arg(add = crate::completion::host_arg(), long = "host", value_name = "HOST", conflicts_with = "all")]
     hosts: Vec<String>,
     /// Run on every node.
     #[arg(long)]
@@ -127,6 +127,7 @@ pub struct QueryArgs {
 #[derive(Args)]
 pub struct CarveArgs {
     /// The host (or node) to carve from.
+    #[arg(add = crate::completion::host_arg())]
     host: String,
     /// The file; `%` makes it a LIKE pattern (e.g. /var/log/%).
     path: String,

@@ -15,6 +15,7 @@ use crate::{config, flake, output, push};
 #[derive(clap::Args)]
 pub struct PublishArgs {
     /// Hosts to build and publish (names in the flake and in the fleet).
+    #[arg(add = crate::completion::host_arg())]
     pub hosts: Vec<String>,
     /// Every host the flake defines.
     #[arg(long, conflicts_with = "hosts")]
@@ -91,6 +92,7 @@ pub fn run(args: &PublishArgs, connection: &Connection) -> Result<()> {
     let client = connection.connect()?;
     let file = config::load(connection.config.as_deref())?;
     let fleet = client.hosts()?;
+    crate::completion::remember_hosts(&fleet);
     let (systems, built) = if args.paths.is_empty() {
         let wanted = if args.all {
             flake::hosts_in(&args.flake)?

@@ -11,7 +11,7 @@ use crate::output;
 #[derive(clap::Args)]
 pub struct ReleasesArgs {
     /// Only releases that name this host.
-    #[arg(long)]
+    #[arg(add = crate::completion::host_arg(), long)]
     pub host: Option<String>,
     #[arg(long, default_value_t = 20)]
     pub limit: i64,
@@ -32,7 +32,7 @@ pub enum ReleaseCommand {
 #[derive(clap::Args)]
 pub struct RollbackArgs {
     /// Hosts to roll back to the system before their newest release.
-    #[arg(required_unless_present = "release", conflicts_with = "release")]
+    #[arg(add = crate::completion::host_arg(), required_unless_present = "release", conflicts_with = "release")]
     pub hosts: Vec<String>,
     /// Roll back every host of this release to what it had before it.
     #[arg(long)]
@@ -44,7 +44,7 @@ pub struct RollbackArgs {
 #[derive(clap::Args)]
 pub struct RetryArgs {
     /// Hosts to offer their desired system once more.
-    #[arg(required = true)]
+    #[arg(add = crate::completion::host_arg(), required = true)]
     pub hosts: Vec<String>,
     #[command(flatten)]
     pub json: Json,

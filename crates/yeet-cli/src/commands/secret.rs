@@ -84,7 +84,7 @@ pub struct AddArgs {
     #[command(flatten)]
     content: ContentArgs,
     /// Grant it to this host (repeatable).
-    #[arg(long = "host", value_name = "HOST")]
+    #[arg(add = crate::completion::host_arg(), long = "host", value_name = "HOST")]
     hosts: Vec<String>,
 }
 
@@ -93,7 +93,7 @@ pub struct HostsArgs {
     /// The secret's name.
     name: String,
     /// Hosts, by their fleet names.
-    #[arg(required = true, value_name = "HOST")]
+    #[arg(add = crate::completion::host_arg(), required = true, value_name = "HOST")]
     hosts: Vec<String>,
     /// Revoke even from hosts whose running systems use it (asked on a terminal, refused
     /// otherwise).

@@ -10,6 +10,7 @@ use crate::output;
 #[derive(clap::Args)]
 pub struct StatusArgs {
     /// Show one host only.
+    #[arg(add = crate::completion::host_arg())]
     pub host: Option<String>,
     /// Redraw whenever a host changes, until interrupted (the server holds each request
     /// until something changes). With --json: one JSON line per change.
@@ -26,7 +27,11 @@ pub fn run(args: &StatusArgs, connection: &Connection) -> Result<()> {
     }
     let hosts = match &args.host {
         Some(h) => vec![client.host(h)?],
-        None => client.hosts()?,
+        None => {
+            let hosts = client.hosts()?;
+            crate::completion::remember_hosts(&hosts);
+            hosts
+        }
     };
     if args.json.json {
         return output::json(&hosts);
@@ -57,6 +62,7 @@ fn watch(args: &StatusArgs, client: &yeet_client::Client) -> Result<()> {
     loop {
         let changed = client.watch_hosts(tag.as_deref(), MAX_WATCH_SECS)?;
         if let Some((fresh, fresh_tag)) = changed {
+            crate::completion::remember_hosts(&fresh);
             hosts = fresh;
             tag = Some(fresh_tag);
         } else if args.json.json {

@@ -16,6 +16,7 @@ machine running the VM is 10.0.2.2). It registers like any host: `yeet pending` 
 is also on the VM's console). Arguments after `--` go to the VM runner, e.g. `-- -m 4096`.")]
 pub struct VmArgs {
     /// The host, as named in the flake's nixosConfigurations.
+    #[arg(add = crate::completion::host_arg())]
     pub host: String,
     /// The flake to build from.
     #[arg(long, default_value = ".")]
