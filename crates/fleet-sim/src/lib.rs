@@ -205,6 +205,41 @@ pub struct Server {
 }
 
 impl Server {
+    /// A new host key, registered and approved as `name`: a client that signs as that host
+    /// (for tests and benchmarks that speak the agent's protocol themselves).
+    pub fn approved_host(&self, name: &str) -> yeet_client::Client {
+        self.host_client(&self.approved_host_seed(name), Duration::from_secs(60))
+    }
+
+    /// A client signing as the host whose key `seed` makes, giving up after `timeout`.
+    pub fn host_client(&self, seed: &[u8; 32], timeout: Duration) -> yeet_client::Client {
+        let identity = yeet_proto::Identity::from_seed(seed);
+        yeet_client::Client::new(&self.url, identity, None, timeout).unwrap()
+    }
+
+    /// As `approved_host`; the key's seed, for clients of its own (`host_client`).
+    pub fn approved_host_seed(&self, name: &str) -> [u8; 32] {
+        let mut seed = [0u8; 32];
+        std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom").unwrap(), &mut seed)
+            .unwrap();
+        let identity = yeet_proto::Identity::from_seed(&seed);
+        let req = yeet_proto::api::RegisterRequest {
+            public_key: identity.public().to_openssh(),
+            hostname_hint: name.into(),
+            facts: Default::default(),
+            wait_secs: 0,
+        };
+        let client =
+            yeet_client::Client::new(&self.url, identity, None, Duration::from_secs(60)).unwrap();
+        let yeet_proto::api::RegisterResponse::Pending { code, .. } =
+            client.register(&req).unwrap()
+        else {
+            panic!("a new key was approved at once");
+        };
+        self.yeet(&["approve", name, &code]);
+        seed
+    }
+
     pub fn start(opts: ServerOptions) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("state");

@@ -580,3 +580,96 @@ fn a_proxy_swapping_the_secrets_recipient_gets_nothing() {
         std::fs::read_to_string(server.dir.path().join(".config/yeet/known_recipients")).unwrap();
     assert!(pins.contains(&real), "{pins}");
 }
+
+/// Hosts that hang up mid-request (a power cut, a dropped link, a client's own timeout),
+/// thousands of times, at every point of their check-ins and reports: the server keeps
+/// every database writer connection. Afterwards writes go through at once, and past the
+/// 30 s after which the server reports a writer held outside its pool, it never did.
+#[test]
+fn clients_that_hang_up_mid_request_never_keep_a_database_writer() {
+    let server = Server::start(Default::default());
+    let hosts: Vec<(String, [u8; 32])> = (0..6)
+        .map(|i| {
+            let name = format!("cut-{i}");
+            let seed = server.approved_host_seed(&name);
+            (name, seed)
+        })
+        .collect();
+    let paths = [
+        "/nix/store/00000000000000000000000000000000-one",
+        "/nix/store/11111111111111111111111111111111-two",
+    ];
+    let storm_until = std::time::Instant::now() + Duration::from_secs(20);
+    let cut = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        for (i, (_, seed)) in hosts.iter().enumerate() {
+            let (cut, server) = (&cut, &server);
+            scope.spawn(move || {
+                let mut round = 0u64;
+                while std::time::Instant::now() < storm_until {
+                    round += 1;
+                    // A client that gives up after 1 to 8 ms: most requests are cut
+                    // somewhere inside the server's handling.
+                    let patience =
+                        Duration::from_micros(1000 + (round * 7919 + i as u64 * 104_729) % 7000);
+                    let impatient = server.host_client(seed, patience);
+                    // Each check-in changes the host's report, so each writes.
+                    let checkin = yeet_proto::api::CheckinRequest {
+                        current_system: Some(paths[(round % 2) as usize].to_owned()),
+                        ..Default::default()
+                    };
+                    let answered = if round.is_multiple_of(5) {
+                        impatient
+                            .report(&yeet_proto::api::ActivationReport {
+                                store_path: paths[0].to_owned(),
+                                release_id: None,
+                                result: yeet_proto::api::ActivationResult::Failed,
+                                reason: "cut".into(),
+                                started_at: 1,
+                                finished_at: 2,
+                                reboot_required: false,
+                                log_gzip_base64: String::new(),
+                            })
+                            .is_ok()
+                    } else {
+                        impatient.checkin(&checkin).is_ok()
+                    };
+                    if !answered {
+                        cut.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+    });
+    let cut = cut.into_inner();
+    assert!(cut > 500, "only {cut} requests were cut short");
+    // Every host can write at once, one after another.
+    let hosts: Vec<(&String, yeet_client::Client)> = hosts
+        .iter()
+        .map(|(name, seed)| (name, server.host_client(seed, Duration::from_secs(60))))
+        .collect();
+    for (name, host) in &hosts {
+        for path in paths {
+            let req = yeet_proto::api::CheckinRequest {
+                current_system: Some(path.to_owned()),
+                ..Default::default()
+            };
+            host.checkin(&req)
+                .unwrap_or_else(|e| panic!("{name}: a write after the storm failed: {e}"));
+        }
+    }
+    std::thread::sleep(Duration::from_secs(35));
+    let log = server.proc.stderr.all().join("\n");
+    assert!(
+        !log.contains("has not been back in its pool"),
+        "a writer stayed out of its pool after {cut} cut requests:\n{log}"
+    );
+    for (name, host) in &hosts {
+        let req = yeet_proto::api::CheckinRequest {
+            current_system: Some(paths[0].to_owned()),
+            ..Default::default()
+        };
+        host.checkin(&req)
+            .unwrap_or_else(|e| panic!("{name}: a write after the storm failed: {e}"));
+    }
+}

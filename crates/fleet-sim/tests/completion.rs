@@ -37,7 +37,11 @@ printf '%s\n' "${{COMPREPLY[@]}}""#,
                 ),
             ),
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout)
         .unwrap()
         .lines()
@@ -62,7 +66,11 @@ fn bash_completes_subcommands_and_the_fleets_host_names_offline() {
         ["web-1", "web-2"]
     );
     assert_eq!(
-        complete(home, &never_asked, &["yeet", "secret", "revoke", "token", "d"]),
+        complete(
+            home,
+            &never_asked,
+            &["yeet", "secret", "revoke", "token", "d"]
+        ),
         ["db-1"]
     );
     assert!(complete(home, &never_asked, &["yeet", "st"]).contains(&"status".to_owned()));

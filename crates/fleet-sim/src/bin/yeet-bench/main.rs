@@ -6,6 +6,9 @@
 //! - `publish [MIB] [PATHS] [SMALL]`: `yeet publish` of a generated closure against
 //!   `nix copy` with the same compression, and re-publishes of a closure of SMALL paths
 //!   (see `publish.rs`);
+//! - `publish-random [PATHS] [MIB_PER_PATH...]`: the fixed cost of a publish: PATHS paths
+//!   of incompressible random bytes, each size (default 1 and 5 MiB), `yeet publish`
+//!   against `nix copy`, the median of 3 rounds each;
 //! - `fleet [N] [REPLICAS]`: release-to-wake latency of N protocol-level agents over
 //!   replicas on PostgreSQL (see `fleet.rs`);
 //! - `hold [N]`: the server's RSS with N held long-polls, per held poll (see `hold.rs`);
@@ -251,31 +254,10 @@ fn checkins(secs: u64, clients: usize, postgres: bool) {
 }
 
 /// An approved host's client: registered with its own key, approved by the admin.
-fn approved_host(server: &fleet_sim::Server, name: &str) -> yeet_client::Client {
-    let mut seed = [0u8; 32];
-    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom").unwrap(), &mut seed)
-        .unwrap();
-    let identity = yeet_proto::Identity::from_seed(&seed);
-    let req = yeet_proto::api::RegisterRequest {
-        public_key: identity.public().to_openssh(),
-        hostname_hint: name.into(),
-        facts: Default::default(),
-        wait_secs: 0,
-    };
-    let client =
-        yeet_client::Client::new(&server.url, identity, None, Duration::from_secs(60)).unwrap();
-    let yeet_proto::api::RegisterResponse::Pending { code, .. } = client.register(&req).unwrap()
-    else {
-        panic!("a new key was approved at once");
-    };
-    server.yeet(&["approve", name, &code]);
-    client
-}
-
 fn secrets(count: usize, rounds: usize) {
     use base64::Engine;
     let server = fleet_sim::Server::start(Default::default());
-    let host = approved_host(&server, "bench-host");
+    let host = server.approved_host("bench-host");
     let admin = server.client();
     let recipient = admin.secret_recipient().unwrap().recipient;
     let recipient = yeet_proto::secrets::x25519_recipient(&recipient).unwrap();
@@ -403,6 +385,13 @@ fn main() {
             args.get(2).and_then(|a| a.parse().ok()).unwrap_or(300),
             args.get(3).and_then(|a| a.parse().ok()).unwrap_or(10_000),
         ),
+        Some("publish-random") => publish::publish_random(
+            args.get(1).and_then(|a| a.parse().ok()).unwrap_or(100),
+            args.get(2..)
+                .map(|sizes| sizes.iter().filter_map(|s| s.parse().ok()).collect())
+                .filter(|sizes: &Vec<u64>| !sizes.is_empty())
+                .unwrap_or_else(|| vec![1, 5]),
+        ),
         Some("secrets") => secrets(
             args.get(1).and_then(|a| a.parse().ok()).unwrap_or(100),
             args.get(2).and_then(|a| a.parse().ok()).unwrap_or(20),
@@ -424,7 +413,7 @@ fn main() {
             args.get(2).and_then(|a| a.parse().ok()).unwrap_or(4),
         ),
         _ => eprintln!(
-            "usage: yeet-bench realnix [N] | hold [N] | fleet [N] [REPLICAS] | idle [SECONDS] | publish [MIB] [PATHS] [SMALL] | checkins [SECONDS] [CLIENTS] [postgres] | secrets [SECRETS] [ROUNDS] | secret-latency [ROUNDS] [INTERVAL] | osquery-logs [BATCHES] [NODES]"
+            "usage: yeet-bench realnix [N] | hold [N] | fleet [N] [REPLICAS] | idle [SECONDS] | publish [MIB] [PATHS] [SMALL] | publish-random [PATHS] [MIB_PER_PATH...] | checkins [SECONDS] [CLIENTS] [postgres] | secrets [SECRETS] [ROUNDS] | secret-latency [ROUNDS] [INTERVAL] | osquery-logs [BATCHES] [NODES]"
         ),
     }
 }

@@ -157,7 +157,7 @@ pub fn publish(mib: u64, paths: usize, small: usize) {
         ..Default::default()
     });
     for host in ["bench-1", "bench-2", "bench-3"] {
-        crate::approved_host(&server, host);
+        server.approved_host(host);
     }
     let key_arg = key.display().to_string();
     let signed = ["--signing-key", key_arg.as_str()];
@@ -195,4 +195,99 @@ pub fn publish(mib: u64, paths: usize, small: usize) {
     println!("  first publish:                                  {first:>9.3} s");
     println!("  unchanged re-publish (no host changes):         {unchanged:>9.3} s");
     println!("  to another host (all checked, none uploaded):   {forced:>9.3} s");
+}
+
+/// A closure of `paths` paths of `mib` MiB of random bytes each under one top path, unique
+/// to `salt`; returns the top.
+fn random_closure(paths: usize, mib: u64, salt: &str, dir: &Path) -> String {
+    let expr = dir.join(format!("random-{mib}.nix"));
+    std::fs::write(
+        &expr,
+        format!(
+            r#"let
+  part = i: derivation {{
+    name = "random-part-${{toString i}}"; system = builtins.currentSystem; builder = "/bin/sh";
+    PATH = "/bin:/usr/bin"; salt = "{salt}";
+    args = [ "-c" "mkdir $out && head -c {bytes} /dev/urandom > $out/data" ];
+  }};
+in derivation {{
+  name = "random-top"; system = builtins.currentSystem; builder = "/bin/sh"; PATH = "/bin:/usr/bin";
+  parts = builtins.genList part {paths};
+  args = [ "-c" "echo $parts > $out" ];
+}}
+"#,
+            bytes = mib << 20
+        ),
+    )
+    .unwrap();
+    run_ok(
+        Command::new("nix-build")
+            .arg(&expr)
+            .args(["--no-out-link", "--max-jobs", "4"]),
+    )
+    .trim()
+    .to_owned()
+}
+
+/// The fixed cost of a publish, with data no compressor shrinks: for each size, `paths`
+/// paths of it published to a fresh embedded cache against `nix copy` of the same closure
+/// to a fresh `file://` cache (zstd, signed); medians of 3 rounds, each on a new closure.
+pub fn publish_random(paths: usize, sizes: Vec<u64>) {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("cache-key");
+    run_ok(
+        Command::new("nix-store")
+            .args(["--generate-binary-cache-key", "bench-1"])
+            .arg(&key)
+            .arg(dir.path().join("cache-key.pub")),
+    );
+    let public = std::fs::read_to_string(dir.path().join("cache-key.pub")).unwrap();
+    let server = fleet_sim::Server::start(fleet_sim::ServerOptions {
+        config: format!("trusted_cache_keys = [\"{}\"]\n", public.trim()),
+        ..Default::default()
+    });
+    let hosts: Vec<String> = (0..sizes.len() * 3).map(|i| format!("bench-{i}")).collect();
+    for host in &hosts {
+        server.approved_host(host);
+    }
+    let key_arg = key.display().to_string();
+    let mut hosts = hosts.iter();
+    for mib in sizes {
+        let (mut copies, mut publishes) = (Vec::new(), Vec::new());
+        for round in 0..3 {
+            let salt = format!("{}-{round}", dir.path().display());
+            let top = random_closure(paths, mib, &salt, dir.path());
+            let to = format!(
+                "file://{}?compression=zstd&secret-key={}",
+                dir.path().join(format!("copy-{mib}-{round}")).display(),
+                key.display()
+            );
+            let started = Instant::now();
+            run_ok(Command::new("nix").args([
+                "--extra-experimental-features",
+                "nix-command",
+                "copy",
+                "--to",
+                &to,
+                &top,
+            ]));
+            copies.push(started.elapsed().as_secs_f64());
+            let host = hosts.next().unwrap();
+            publishes.push(time_publish(
+                &server,
+                host,
+                &top,
+                &["--signing-key", &key_arg],
+            ));
+        }
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let (copy, publish) = (median(&mut copies), median(&mut publishes));
+        println!(
+            "{paths} paths of {mib} MiB random: nix copy {copy:.2} s, yeet publish {publish:.2} s, ratio {:.2}",
+            publish / copy
+        );
+    }
 }
