@@ -584,3 +584,38 @@ pub fn fresh_postgres_database() -> String {
 pub fn code_in(line: &str) -> Option<String> {
     line.strip_prefix("verification code: ").map(str::to_owned)
 }
+
+/// Builds, with real Nix, a closure of `paths` paths of `mib` MiB of random bytes each
+/// (which no compressor shrinks) under one top path, unique to `salt`; returns the top.
+pub fn random_closure(paths: usize, mib: u64, salt: &str, dir: &Path) -> String {
+    let expr = dir.join(format!("random-{paths}x{mib}.nix"));
+    std::fs::write(
+        &expr,
+        format!(
+            r#"let
+  part = i: derivation {{
+    name = "random-part-${{toString i}}"; system = builtins.currentSystem; builder = "/bin/sh";
+    PATH = "/bin:/usr/bin"; salt = "{salt}";
+    args = [ "-c" "mkdir $out && head -c {bytes} /dev/urandom > $out/data" ];
+  }};
+in derivation {{
+  name = "random-top"; system = builtins.currentSystem; builder = "/bin/sh"; PATH = "/bin:/usr/bin";
+  parts = builtins.genList part {paths};
+  args = [ "-c" "echo $parts > $out" ];
+}}
+"#,
+            bytes = mib << 20
+        ),
+    )
+    .unwrap();
+    let out = run(Command::new("nix-build")
+        .arg(&expr)
+        .args(["--no-out-link", "--max-jobs", "4"]));
+    assert!(
+        out.status.success(),
+        "building {}: {}",
+        expr.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}

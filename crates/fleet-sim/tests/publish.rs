@@ -226,37 +226,7 @@ fn an_interrupted_publish_resumes_where_it_stopped() {
     let cache = fleet.server.dir.path().join("state/cache");
     // 40 paths of 4 MiB of random bytes (no compressor shrinks them), all referenced by
     // one top path: 160 MiB, enough to stop part-way.
-    let expr = fleet.dir().join("resume.nix");
-    std::fs::write(
-        &expr,
-        format!(
-            r#"let
-  part = i: derivation {{
-    name = "resume-part-${{toString i}}"; system = builtins.currentSystem; builder = "/bin/sh";
-    PATH = "/bin:/usr/bin"; salt = "{}";
-    args = [ "-c" "mkdir $out && head -c 4194304 /dev/urandom > $out/data" ];
-  }};
-in derivation {{
-  name = "resume-top"; system = builtins.currentSystem; builder = "/bin/sh"; PATH = "/bin:/usr/bin";
-  parts = builtins.genList part 40;
-  args = [ "-c" "echo $parts > $out" ];
-}}
-"#,
-            fleet.dir().display()
-        ),
-    )
-    .unwrap();
-    let built = fleet_sim::run(std::process::Command::new("nix-build").arg(&expr).args([
-        "--no-out-link",
-        "--max-jobs",
-        "4",
-    ]));
-    assert!(
-        built.status.success(),
-        "{}",
-        String::from_utf8_lossy(&built.stderr)
-    );
-    let top = String::from_utf8(built.stdout).unwrap().trim().to_owned();
+    let top = fleet_sim::random_closure(40, 4, &fleet.dir().display().to_string(), fleet.dir());
     let key = fleet.cache.secret_key.display().to_string();
     let path_arg = format!("web-1={top}");
     let args = ["publish", "--path", &path_arg, "--signing-key", &key];

@@ -129,6 +129,26 @@ fn nar_mib(top: &str) -> (usize, f64) {
     (count, closure_size / (1 << 20) as f64)
 }
 
+/// Seconds `nix copy` of `top`'s closure to a `file://` cache at `target` takes, with the
+/// embedded cache's compression (zstd) and signed with `key`, as a publish signs.
+fn time_nix_copy(top: &str, target: &Path, key: &Path) -> f64 {
+    let to = format!(
+        "file://{}?compression=zstd&secret-key={}",
+        target.display(),
+        key.display()
+    );
+    let started = Instant::now();
+    run_ok(Command::new("nix").args([
+        "--extra-experimental-features",
+        "nix-command",
+        "copy",
+        "--to",
+        &to,
+        top,
+    ]));
+    started.elapsed().as_secs_f64()
+}
+
 /// Seconds `yeet publish --path HOST=TOP EXTRA...` takes; asserts it succeeded.
 fn time_publish(server: &fleet_sim::Server, host: &str, top: &str, extra: &[&str]) -> f64 {
     let started = Instant::now();
@@ -144,18 +164,7 @@ pub fn publish(mib: u64, paths: usize, small: usize) {
     let started = Instant::now();
     let (large, small_top) = generate(mib, paths, small, dir.path());
     let generated = started.elapsed().as_secs_f64();
-    let key = dir.path().join("cache-key");
-    run_ok(
-        Command::new("nix-store")
-            .args(["--generate-binary-cache-key", "bench-1"])
-            .arg(&key)
-            .arg(dir.path().join("cache-key.pub")),
-    );
-    let public = std::fs::read_to_string(dir.path().join("cache-key.pub")).unwrap();
-    let server = fleet_sim::Server::start(fleet_sim::ServerOptions {
-        config: format!("trusted_cache_keys = [\"{}\"]\n", public.trim()),
-        ..Default::default()
-    });
+    let (key, server) = signing_server(dir.path());
     for host in ["bench-1", "bench-2", "bench-3"] {
         server.approved_host(host);
     }
@@ -163,22 +172,7 @@ pub fn publish(mib: u64, paths: usize, small: usize) {
     let signed = ["--signing-key", key_arg.as_str()];
 
     let (count, nar) = nar_mib(&large);
-    let target = dir.path().join("nix-copy");
-    let to = format!(
-        "file://{}?compression=zstd&secret-key={}",
-        target.display(),
-        key.display()
-    );
-    let copy_started = Instant::now();
-    run_ok(Command::new("nix").args([
-        "--extra-experimental-features",
-        "nix-command",
-        "copy",
-        "--to",
-        &to,
-        &large,
-    ]));
-    let nix_copy = copy_started.elapsed().as_secs_f64();
+    let nix_copy = time_nix_copy(&large, &dir.path().join("nix-copy"), &key);
     let yeet = time_publish(&server, "bench-1", &large, &signed);
     println!(
         "generated closure: {count} paths, {nar:.0} MiB of NARs ({generated:.1} s to generate or find)"
@@ -197,36 +191,21 @@ pub fn publish(mib: u64, paths: usize, small: usize) {
     println!("  to another host (all checked, none uploaded):   {forced:>9.3} s");
 }
 
-/// A closure of `paths` paths of `mib` MiB of random bytes each under one top path, unique
-/// to `salt`; returns the top.
-fn random_closure(paths: usize, mib: u64, salt: &str, dir: &Path) -> String {
-    let expr = dir.join(format!("random-{mib}.nix"));
-    std::fs::write(
-        &expr,
-        format!(
-            r#"let
-  part = i: derivation {{
-    name = "random-part-${{toString i}}"; system = builtins.currentSystem; builder = "/bin/sh";
-    PATH = "/bin:/usr/bin"; salt = "{salt}";
-    args = [ "-c" "mkdir $out && head -c {bytes} /dev/urandom > $out/data" ];
-  }};
-in derivation {{
-  name = "random-top"; system = builtins.currentSystem; builder = "/bin/sh"; PATH = "/bin:/usr/bin";
-  parts = builtins.genList part {paths};
-  args = [ "-c" "echo $parts > $out" ];
-}}
-"#,
-            bytes = mib << 20
-        ),
-    )
-    .unwrap();
+/// A signing key in `dir` (`cache-key`, `cache-key.pub`) and a server that requires it.
+fn signing_server(dir: &Path) -> (PathBuf, fleet_sim::Server) {
+    let key = dir.join("cache-key");
     run_ok(
-        Command::new("nix-build")
-            .arg(&expr)
-            .args(["--no-out-link", "--max-jobs", "4"]),
-    )
-    .trim()
-    .to_owned()
+        Command::new("nix-store")
+            .args(["--generate-binary-cache-key", "bench-1"])
+            .arg(&key)
+            .arg(dir.join("cache-key.pub")),
+    );
+    let public = std::fs::read_to_string(dir.join("cache-key.pub")).unwrap();
+    let server = fleet_sim::Server::start(fleet_sim::ServerOptions {
+        config: format!("trusted_cache_keys = [\"{}\"]\n", public.trim()),
+        ..Default::default()
+    });
+    (key, server)
 }
 
 /// The fixed cost of a publish, with data no compressor shrinks: for each size, `paths`
@@ -234,18 +213,7 @@ in derivation {{
 /// to a fresh `file://` cache (zstd, signed); medians of 3 rounds, each on a new closure.
 pub fn publish_random(paths: usize, sizes: Vec<u64>) {
     let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("cache-key");
-    run_ok(
-        Command::new("nix-store")
-            .args(["--generate-binary-cache-key", "bench-1"])
-            .arg(&key)
-            .arg(dir.path().join("cache-key.pub")),
-    );
-    let public = std::fs::read_to_string(dir.path().join("cache-key.pub")).unwrap();
-    let server = fleet_sim::Server::start(fleet_sim::ServerOptions {
-        config: format!("trusted_cache_keys = [\"{}\"]\n", public.trim()),
-        ..Default::default()
-    });
+    let (key, server) = signing_server(dir.path());
     let hosts: Vec<String> = (0..sizes.len() * 3).map(|i| format!("bench-{i}")).collect();
     for host in &hosts {
         server.approved_host(host);
@@ -256,22 +224,9 @@ pub fn publish_random(paths: usize, sizes: Vec<u64>) {
         let (mut copies, mut publishes) = (Vec::new(), Vec::new());
         for round in 0..3 {
             let salt = format!("{}-{round}", dir.path().display());
-            let top = random_closure(paths, mib, &salt, dir.path());
-            let to = format!(
-                "file://{}?compression=zstd&secret-key={}",
-                dir.path().join(format!("copy-{mib}-{round}")).display(),
-                key.display()
-            );
-            let started = Instant::now();
-            run_ok(Command::new("nix").args([
-                "--extra-experimental-features",
-                "nix-command",
-                "copy",
-                "--to",
-                &to,
-                &top,
-            ]));
-            copies.push(started.elapsed().as_secs_f64());
+            let top = fleet_sim::random_closure(paths, mib, &salt, dir.path());
+            let target = dir.path().join(format!("copy-{mib}-{round}"));
+            copies.push(time_nix_copy(&top, &target, &key));
             let host = hosts.next().unwrap();
             publishes.push(time_publish(
                 &server,
