@@ -193,7 +193,9 @@ pub fn follow(
     let mut outcomes: BTreeMap<String, Outcome> = BTreeMap::new();
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let wait = left.as_secs().min(MAX_WATCH_SECS);
+        // Whole seconds, at least one: the last wait may end up to a second after the
+        // deadline, rather than ask again and again in its final second.
+        let wait = left.as_secs().clamp(1, MAX_WATCH_SECS);
         if let Some((hosts, tag)) = client.watch_hosts(seen_tag.as_deref(), wait)? {
             seen_tag = Some(tag);
             for (name, system) in &release.hosts {
