@@ -73,7 +73,9 @@ fn watch(args: &StatusArgs, client: &yeet_client::Client) -> Result<()> {
             None => hosts.clone(),
         };
         if args.json.json {
-            println!("{}", serde_json::to_string(&shown)?);
+            if !emit(&format!("{}\n", serde_json::to_string(&shown)?))? {
+                return Ok(());
+            }
             continue;
         }
         let drawing = match (&args.host, shown.as_slice()) {
@@ -81,15 +83,23 @@ fn watch(args: &StatusArgs, client: &yeet_client::Client) -> Result<()> {
             (Some(_), [h]) => output::host_detail(h).to_string(),
             _ => fleet_table(&shown, &client.pending()?).to_string(),
         };
-        if in_place {
-            // Home and clear, then the new drawing: no scrolling history of old tables.
-            print!("\x1b[H\x1b[2J");
+        // Home and clear first on a terminal: no scrolling history of old tables.
+        let clear = if in_place { "\x1b[H\x1b[2J" } else { "" };
+        let gap = if in_place { "" } else { "\n" };
+        let clean = yeet_proto::text::clean(&drawing, usize::MAX, true);
+        if !emit(&format!("{clear}{clean}\n{gap}"))? {
+            return Ok(());
         }
-        output::print_clean(format_args!("{drawing}"));
-        if !in_place {
-            println!();
-        }
-        std::io::stdout().flush()?;
+    }
+}
+
+/// Writes a drawing out at once; `false` when the reader went away (`| head -1`), which
+/// ends a watch rather than failing it.
+fn emit(text: &str) -> Result<bool> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+        result => result.map(|()| true).map_err(Into::into),
     }
 }
 

@@ -16,7 +16,7 @@ use super::{Desired, Principal, Result, Service, ServiceError, lock, now};
 use crate::store::{HostReport, HostRow, StoreError};
 
 /// A host's state as the API shows it; `offline` when it has not been seen for the offline
-/// threshold or its held check-in was abandoned a poll interval ago (see `is_offline`).
+/// threshold or its held check-in was abandoned a poll interval ago (see `offline_at`).
 fn host_state(
     row: &HostRow,
     desired: Option<&str>,
