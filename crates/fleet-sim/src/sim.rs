@@ -1096,7 +1096,9 @@ impl Fleet {
             rotations.push(started.elapsed());
         }
         let started = Instant::now();
-        self.server.yeet(&["secret", "revoke", name, &host.name]);
+        // The host's system uses it: revoking it anyway is the point.
+        self.server
+            .yeet(&["secret", "revoke", name, &host.name, "--yes"]);
         wait_until(
             within,
             &format!("the revocation to reach {}", host.name),
