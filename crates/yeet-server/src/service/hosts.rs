@@ -147,6 +147,19 @@ impl Service {
         wait_secs: u64,
     ) -> Result<Option<(Vec<HostInfo>, String)>> {
         require_role(principal, Role::Viewer)?;
+        // Each held watch reads the whole fleet at every change: one key may not multiply
+        // that without bound.
+        let _watch = match principal {
+            Principal::User { key_id, .. } if wait_secs > 0 => {
+                Some(self.watches.take(key_id).map_err(|held| {
+                    ServiceError::refused(
+                        ErrorCode::RateLimited,
+                        format!("this key already holds {held} fleet watches; end one first"),
+                    )
+                })?)
+            }
+            _ => None,
+        };
         let start = tokio::time::Instant::now();
         let deadline = start + Duration::from_secs(wait_secs.min(MAX_WATCH_SECS));
         let mut changes = self.fleet_changed.subscribe();
@@ -412,6 +425,10 @@ impl Drop for AbandonedHold<'_> {
         }
     }
 }
+
+/// Fleet watches (`GET /v1/hosts?wait=`) one key may hold at once: a few terminals and CI
+/// jobs, not a flood.
+pub(crate) const WATCHES_PER_KEY: usize = 8;
 
 /// How often a held fleet watch reads the fleet again on a shared database, where changes
 /// made through other replicas do not wake it.

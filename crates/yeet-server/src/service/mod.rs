@@ -189,6 +189,8 @@ pub struct Service {
     cache: Option<cache::EmbeddedCache>,
     /// Uploads running now, per key.
     uploads: std::sync::Arc<crate::shares::Shares>,
+    /// Fleet watches held now, per key: each costs a read of the fleet at every change.
+    watches: std::sync::Arc<crate::shares::Shares>,
     /// host id → the release signal of the check-in it holds (at most one per host).
     held_polls: Mutex<HashMap<i64, std::sync::Arc<tokio::sync::Notify>>>,
     /// host id → when its held check-in was abandoned (its connection closed unanswered),
@@ -250,6 +252,7 @@ impl Service {
             nonce_log: nonces::NonceLog::start(store.clone()),
             attempts: attempts::start(store.clone()),
             uploads: crate::shares::Shares::new(usize::MAX, config.max_uploads_per_key),
+            watches: crate::shares::Shares::new(usize::MAX, hosts::WATCHES_PER_KEY),
             store,
             config,
             keys: RwLock::new(HashMap::new()),

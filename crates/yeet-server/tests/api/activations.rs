@@ -657,3 +657,66 @@ async fn a_fleet_watch_is_held_until_the_listing_changes() {
     let (s, v) = api.send(by_host).await;
     assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
 }
+
+/// A key that floods the server with fleet watches holds at most 8: the ninth is refused at
+/// once (each held watch reads the whole fleet at every change), and ending one frees its
+/// place.
+#[tokio::test]
+async fn one_key_cannot_hold_a_flood_of_fleet_watches() {
+    let api = Arc::new(Api::new(ServiceConfig::default()).await);
+    let (_, headers, _) = api
+        .send_with_headers(build("GET", paths::HOSTS, b"", Sign::By(&api.viewer), None))
+        .await;
+    let tag = headers["etag"].to_str().unwrap().to_owned();
+    let watch_for = |wait: u64| {
+        let mut req = build(
+            "GET",
+            &format!("{}?wait={wait}", paths::HOSTS),
+            b"",
+            Sign::By(&api.viewer),
+            None,
+        );
+        req.headers_mut()
+            .insert("if-none-match", tag.parse().unwrap());
+        req
+    };
+    let held: Vec<_> = (0..8)
+        .map(|_| {
+            let (api, req) = (api.clone(), watch_for(25));
+            tokio::spawn(async move { api.send_with_headers(req).await })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        held.iter().all(|h| !h.is_finished()),
+        "a watch was not held"
+    );
+    let (s, v) = tokio::time::timeout(std::time::Duration::from_secs(2), api.send(watch_for(25)))
+        .await
+        .expect("the ninth watch was held too");
+    assert_error(
+        s,
+        &v,
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        "ninth watch",
+    );
+    // Another key is not limited by this one's watches.
+    let (s, _) = api
+        .call("GET", paths::HOSTS, b"", Sign::By(&api.admin))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    // A watch that ends (its client gone) gives its place back: a one-second watch is then
+    // held and answered 304.
+    held[0].abort();
+    let freed = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while api.send(watch_for(1)).await.0 != StatusCode::NOT_MODIFIED {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(freed.is_ok(), "an ended watch kept its place");
+    for h in held {
+        h.abort();
+    }
+}
