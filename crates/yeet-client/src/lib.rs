@@ -388,12 +388,13 @@ impl Client {
             return Ok(None);
         }
         let hosts = self.decode(answer.status, &answer.bytes)?;
-        let Some(tag) = answer.etag else {
-            // A server older than watches answers at once: waiting here keeps a watch
-            // loop from asking it as fast as it can.
+        // A server older than watches (no tag) answers at once, and one that answers the
+        // very listing it was shown as new does not hold either: waiting here keeps a
+        // watch loop from asking it as fast as it can.
+        let tag = answer.etag.unwrap_or_default();
+        if tag.is_empty() || seen == Some(tag.as_str()) {
             std::thread::sleep(Duration::from_secs(wait_secs.min(5)));
-            return Ok(Some((hosts, String::new())));
-        };
+        }
         Ok(Some((hosts, tag)))
     }
 
@@ -560,5 +561,45 @@ mod tests {
             &yeet_proto::PublicIdentity::from_openssh(&pub_line).unwrap(),
             loaded.public()
         );
+    }
+
+    /// A server that answers every watch at once with the listing the client already has
+    /// (hostile, or broken) is not asked as fast as the client can: counted over 3 s of a
+    /// watch loop, a handful of requests, not thousands.
+    #[test]
+    fn a_server_that_never_holds_a_watch_is_not_asked_in_a_loop() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = asked.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { break };
+                let mut buf = [0u8; 4096];
+                let _ = conn.read(&mut buf);
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let _ = conn.write_all(
+                    b"HTTP/1.1 200 OK\r\netag: \"same\"\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n[]",
+                );
+            }
+        });
+        let client = Client::new(
+            &url,
+            Identity::from_seed(&[7; 32]),
+            None,
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        let until = std::time::Instant::now() + Duration::from_secs(3);
+        while std::time::Instant::now() < until {
+            let answer = client.watch_hosts(Some("same"), 25).unwrap();
+            assert_eq!(
+                answer.map(|(h, tag)| (h.len(), tag)),
+                Some((0, "same".into()))
+            );
+        }
+        let asked = asked.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(asked <= 2, "asked {asked} times in 3 s");
     }
 }
