@@ -70,6 +70,18 @@ in
       system's own tools).
     '';
   };
+  suggestTags = mkOption {
+    type = types.listOf types.str;
+    default = [ ];
+    example = [ "kiosk" "eu" ];
+    description = ''
+      Tags this host suggests for itself (a-z, 0-9, `-`, `_`, `:`; at most 32). Only
+      suggestions: operators see them in `yeet host show` and accept them with
+      `yeet host tag HOST --accept-suggested`, or the server's `accept_suggested_tags`
+      gives them at approval. A host never chooses its own tags, because tags decide who
+      may act on it.
+    '';
+  };
   activationMode = mkOption {
     type = types.enum [ "switch" "boot" ];
     default = "switch";

@@ -22,4 +22,5 @@ in
 // optional "health_check" cfg.healthCheck
 // optional "allowed_cache_schemes" cfg.allowedCacheSchemes
 // optional "max_checkin_interval_secs" cfg.maxCheckinInterval
+// (if cfg.suggestTags == [ ] then { } else { suggest_tags = cfg.suggestTags; })
 // cfg.settings

@@ -18,6 +18,7 @@ rec {
     [ "offlineAfter" "offline_after_secs" "int" "600" "Seconds without a check-in after which a host is shown offline." ]
     [ "maxLongPoll" "max_long_poll_secs" "int" "55" "The longest the server holds a check-in open." ]
     [ "lastSeenFlushMs" "last_seen_flush_ms" "int" "2000" "Milliseconds between writes of the hosts' last-seen times." ]
+    [ "acceptSuggestedTags" "accept_suggested_tags" "bool" "false" "Give a host the tags its agent suggests when an admin approves it (otherwise they are shown, and accepted with yeet host tag --accept-suggested)." ]
     [ "embeddedCache" "embedded_cache" "bool" "true" "Serve the embedded binary cache under /cache." ]
     [ "maxUploadBytes" "max_upload_bytes" "int" "8589934592" "Largest NAR the embedded cache accepts, in bytes." ]
     [ "maxConnections" "max_connections" "int" "16384" "Open connections the server accepts (lowered to fit its file limit)." ]

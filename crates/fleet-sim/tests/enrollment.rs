@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use fleet_sim::sim::{Fleet, Variant, wait_until};
+use fleet_sim::sim::{Fleet, FleetOptions, Variant, wait_until};
 use fleet_sim::{
     Server, ServerOptions, code_in, fresh_postgres_database, run, ssh_host_key, test_certificates,
 };
@@ -25,7 +25,16 @@ fn enroll_approve_publish_status_on_postgres() {
 /// The agent runs in a simulated host (its own /nix, /run, /etc/yeet, /var/lib/yeet), since
 /// once approved it really activates what is published.
 fn enroll_approve_publish_status(database: Option<String>) {
-    let fleet = Fleet::with_database(&[], 30, database);
+    let fleet = Fleet::with(
+        &[],
+        FleetOptions {
+            confirm_timeout: 30,
+            database,
+            // Suggestions only: the host must not get these by itself.
+            agent_config: "suggest_tags = [\"kiosk\", \"eu\"]".into(),
+            ..Default::default()
+        },
+    );
     let system = fleet.system("nixos-system-web-1", Variant::Good, "6.1");
     let host = fleet.boot_new_host("web-1");
     let mut code = String::new();
@@ -72,8 +81,16 @@ fn enroll_approve_publish_status(database: Option<String>) {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let approved: Value = server.yeet_json(&["approve", "web-1", &code.to_lowercase()]);
+    let pending: Vec<Value> = server.yeet_json(&["pending"]);
+    assert_eq!(
+        pending[0]["facts"]["suggested_tags"],
+        serde_json::json!(["eu", "kiosk"])
+    );
+    let approved: Value =
+        server.yeet_json(&["approve", "web-1", &code.to_lowercase(), "--tag", "prod"]);
     assert_eq!(approved["name"], "web-1", "{approved}");
+    assert_eq!(approved["tags"], serde_json::json!(["prod"]), "{approved}");
+    tags_from_the_cli(server);
     let key: Value = server.yeet_json(&["key", "show"]);
     assert!(
         key["fingerprint"]
@@ -159,6 +176,47 @@ fn enroll_approve_publish_status(database: Option<String>) {
             hosts[0]["current_system"] == system.as_str() && hosts[0]["state"] == "standby"
         },
     );
+}
+
+/// `yeet host tag`, `host list --tag` and `status --tag` on web-1, tagged `prod` at approval
+/// and suggesting `eu` and `kiosk`; it ends tagged `prod` again.
+fn tags_from_the_cli(server: &Server) {
+    let hosts: Vec<Value> = server.yeet_json(&["host", "list"]);
+    assert_eq!(hosts[0]["tags"], serde_json::json!(["prod"]));
+    let table = server.yeet(&["host", "list"]);
+    assert!(
+        table.contains("prod") && table.contains("eu, kiosk"),
+        "{table}"
+    );
+    // -TAG is a removal, not an option, wherever options stand.
+    let h: Value = server.yeet_json(&["host", "tag", "web-1", "--accept-suggested", "-eu"]);
+    assert_eq!(h["tags"], serde_json::json!(["kiosk", "prod"]), "{h}");
+    let out = server.yeet(&["host", "tag", "web-1", "+canary", "-kiosk"]);
+    assert!(out.contains("canary, prod"), "{out}");
+    let kiosks: Vec<Value> = server.yeet_json(&["status", "--tag", "kiosk"]);
+    assert!(kiosks.is_empty(), "{kiosks:?}");
+    let canaries: Vec<Value> = server.yeet_json(&["host", "list", "--tag", "canary", "--tag", "x"]);
+    assert_eq!(canaries.len(), 1);
+    let none = server.yeet(&["status", "--tag", "nothing"]);
+    assert!(none.contains("no host carries nothing"), "{none}");
+    for (args, says) in [
+        (vec!["host", "tag", "web-1"], "+TAG to add"),
+        (vec!["host", "tag", "web-1", "+Bad"], "invalid tag"),
+        (
+            vec!["host", "tag", "web-1", "--bogus"],
+            "put options before the tags",
+        ),
+    ] {
+        let out = run(server.yeet_cmd().args(&args));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains(says),
+            "yeet {args:?}: {stderr}"
+        );
+    }
+    server.yeet(&["host", "tag", "web-1", "-canary"]);
+    let table = server.yeet(&["status"]);
+    assert!(table.contains("TAGS") && table.contains("prod"), "{table}");
 }
 
 #[test]

@@ -129,6 +129,7 @@ fn agent_settings(overrides: &str) -> serde_json::Value {
           maxCheckinInterval = 300;
           socketGroup = "yeet";
           adminGroup = "wheel";
+          suggestTags = [ "kiosk" "eu" ];
           settings = {{ }};
         }} // {overrides})"#,
         file.display()
@@ -165,6 +166,15 @@ fn every_agent_setting_the_module_writes_is_accepted_and_typos_fail_the_build() 
     // A value of the wrong type.
     let (ok, text) = check_config("yeet-agent", &agent_settings(r#"{ longPoll = "soon"; }"#));
     assert!(!ok && text.contains("long_poll_secs"), "{text}");
+    // A tag outside the alphabet is named at build time, not dropped at run time.
+    let (ok, text) = check_config(
+        "yeet-agent",
+        &agent_settings(r#"{ suggestTags = [ "Kiosk" ]; }"#),
+    );
+    assert!(
+        !ok && text.contains("Kiosk") && text.contains("suggest_tags"),
+        "{text}"
+    );
 }
 
 /// The server module, with every option set: `overrides` is merged over that.

@@ -40,6 +40,8 @@ pub enum ConfigError {
         "`{0}` is {1}, in the Nix store, which every user can read: a private key must never be there. Give the path of a file outside the store (deployed as a secret), not a Nix path"
     )]
     SecretInStore(&'static str, PathBuf),
+    #[error("suggest_tags: {0}")]
+    Tags(#[from] yeet_proto::names::InvalidTags),
     #[error(
         "invalid entry {0:?} in allowed_cache_schemes: expected a URL scheme such as \"https\" or \"s3\""
     )]
@@ -92,6 +94,8 @@ pub struct FileConfig {
     /// The group whose members may also change the system through the socket (detach,
     /// switch, force, attach); root always may.
     pub admin_group: String,
+    /// Tags this host suggests for itself; an operator decides (see `Facts`).
+    pub suggest_tags: Vec<String>,
 }
 
 impl Default for FileConfig {
@@ -114,6 +118,7 @@ impl Default for FileConfig {
             max_checkin_interval_secs: 300,
             socket_group: "yeet".into(),
             admin_group: "yeet-admin".into(),
+            suggest_tags: Vec::new(),
         }
     }
 }
@@ -178,6 +183,8 @@ pub struct Config {
     pub max_checkin_interval: Duration,
     pub socket_group: String,
     pub admin_group: String,
+    /// Sorted, checked against the tag alphabet.
+    pub suggested_tags: Vec<String>,
 }
 
 impl Config {
@@ -241,6 +248,9 @@ impl Config {
             max_checkin_interval: Duration::from_secs(file.max_checkin_interval_secs.max(1)),
             socket_group: file.socket_group,
             admin_group: file.admin_group,
+            suggested_tags: yeet_proto::names::tag_set(&file.suggest_tags)?
+                .into_iter()
+                .collect(),
         })
     }
 }

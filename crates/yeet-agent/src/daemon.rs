@@ -156,6 +156,7 @@ pub fn facts(config: &Config) -> Facts {
         os_version: os_version(),
         kernel: read_line("/proc/sys/kernel/osrelease"),
         booted_at: booted_at(),
+        suggested_tags: config.suggested_tags.clone(),
     }
 }
 

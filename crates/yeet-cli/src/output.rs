@@ -14,15 +14,24 @@ pub fn short_path(p: Option<&str>) -> String {
     }
 }
 
-pub fn table<const N: usize>(header: [&str; N]) -> Table {
+pub fn table<'a>(header: impl IntoIterator<Item = &'a str>) -> Table {
     let mut t = Table::new();
     t.load_preset(presets::UTF8_FULL_CONDENSED)
         .set_content_arrangement(ContentArrangement::Dynamic)
-        .set_header(header);
+        .set_header(header.into_iter().collect::<Vec<_>>());
     t
 }
 
 /// One host, field by field, with full store paths.
+/// Tags as a table cell: `prod, eu`, or `-`.
+pub fn tag_list(tags: &[String]) -> String {
+    if tags.is_empty() {
+        "-".to_owned()
+    } else {
+        tags.join(", ")
+    }
+}
+
 pub fn host_detail(h: &yeet_proto::api::HostInfo) -> Table {
     let mut t = Table::new();
     t.load_preset(presets::UTF8_FULL_CONDENSED);
@@ -31,6 +40,8 @@ pub fn host_detail(h: &yeet_proto::api::HostInfo) -> Table {
         ("host", h.name.clone()),
         ("state", h.state.as_str().to_owned()),
         ("key", h.key_id.clone()),
+        ("tags", tag_list(&h.tags)),
+        ("suggests tags", tag_list(&h.facts.suggested_tags)),
         ("current system", or_dash(h.current_system.clone())),
         ("desired system", or_dash(h.desired_system.clone())),
         (

@@ -7,7 +7,7 @@ use yeet_proto::api::{
     CacheMissingRequest, CacheMissingResponse, CheckinRequest, CheckinResponse,
     CreateReleaseRequest, DetachRequest, Detachment, HostInfo, HostPolicy, Limit,
     PendingRegistration, RegisterRequest, RegisterResponse, RejectRequest, Release, ReleaseFilter,
-    RenameRequest, RollbackRequest, WhoAmI, paths,
+    RenameRequest, RollbackRequest, TagHostRequest, WhoAmI, paths,
 };
 
 use yeet_proto::secrets::{
@@ -64,10 +64,11 @@ impl Client {
         self.get(paths::REGISTRATIONS)
     }
 
-    pub fn approve(&self, code: &str, name: &str) -> Result<HostInfo> {
+    pub fn approve(&self, code: &str, name: &str, tags: &[String]) -> Result<HostInfo> {
         let req = ApproveRequest {
             code: code.to_owned(),
             name: name.to_owned(),
+            tags: tags.to_vec(),
         };
         self.post(paths::APPROVE, &req)
     }
@@ -92,6 +93,10 @@ impl Client {
             new_name: new_name.to_owned(),
         };
         self.post(&paths::host_rename(&paths::segment(name)), &req)
+    }
+
+    pub fn tag_host(&self, name: &str, req: &TagHostRequest) -> Result<HostInfo> {
+        self.post(&paths::host_tags(&paths::segment(name)), req)
     }
 
     pub fn set_host_policy(&self, name: &str, policy: &HostPolicy) -> Result<HostInfo> {

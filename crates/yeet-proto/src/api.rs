@@ -67,6 +67,11 @@ pub mod paths {
         format!("{HOSTS}/{name}/policy")
     }
 
+    /// `/v1/hosts/{name}/tags`: add and remove the host's tags.
+    pub fn host_tags(name: &str) -> String {
+        format!("{HOSTS}/{name}/tags")
+    }
+
     /// `/v1/hosts/{name}/attach`: end the host's detachment from the operator's side.
     pub fn host_attach(name: &str) -> String {
         format!("{HOSTS}/{name}/attach")
@@ -207,6 +212,10 @@ pub struct Facts {
     /// When the machine booted (Unix seconds); its uptime is the time since.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub booted_at: Option<i64>,
+    /// Tags the host's own config suggests. Only suggestions: a host never chooses its
+    /// tags, because tags decide who may act on it; an operator accepts them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub suggested_tags: Vec<String>,
 }
 
 /// Sent by an agent, signed by the key it registers: proof that it holds the key.
@@ -415,6 +424,21 @@ pub struct PendingRegistration {
 pub struct ApproveRequest {
     pub code: String,
     pub name: String,
+    /// Tags the host starts with (see `names::validate_tag`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+}
+
+/// Changes to a host's tags: `add` first, then `remove`; a tag in both ends up removed.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TagHostRequest {
+    #[serde(default)]
+    pub add: Vec<String>,
+    #[serde(default)]
+    pub remove: Vec<String>,
+    /// Add the tags the host's agent suggests (before `remove`).
+    #[serde(default)]
+    pub accept_suggested: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -456,6 +480,9 @@ pub struct HostInfo {
     pub desired_release: Option<i64>,
     pub last_seen: Option<i64>,
     pub approved_at: i64,
+    /// Set by operators only, sorted: they decide who may act on the host.
+    #[serde(default)]
+    pub tags: Vec<String>,
     pub facts: Facts,
     /// How the host's newest activation attempt ended.
     #[serde(default)]

@@ -78,6 +78,9 @@ pub struct FileConfig {
     pub trusted_cache_keys: Vec<String>,
     /// How often batched last-seen times are written.
     pub last_seen_flush_ms: u64,
+    /// Give a host the tags its agent suggests when it is approved (off: an admin accepts
+    /// them with `yeet host tag HOST --accept-suggested`).
+    pub accept_suggested_tags: bool,
     /// Serve an embedded binary cache under /cache.
     pub embedded_cache: bool,
     /// Largest NAR accepted by the embedded cache.
@@ -121,6 +124,7 @@ impl Default for FileConfig {
             caches: Vec::new(),
             trusted_cache_keys: Vec::new(),
             last_seen_flush_ms: 2000,
+            accept_suggested_tags: false,
             embedded_cache: true,
             max_upload_bytes: 8 << 30,
             max_connections: 16_384,
@@ -154,6 +158,7 @@ impl FileConfig {
             max_long_poll_secs: self.max_long_poll_secs,
             caches: self.caches.clone(),
             trusted_cache_keys,
+            accept_suggested_tags: self.accept_suggested_tags,
             osquery: self.osquery.clone(),
         }
     }

@@ -117,6 +117,7 @@ async fn replicas_share_releases_and_key_removals() {
         ApproveRequest {
             code,
             name: "web".into(),
+            tags: Vec::new(),
         },
     )
     .await

@@ -25,6 +25,7 @@ fn registration(key: &str, code: &str, seen: i64) -> RegistrationRow {
         first_seen_ms: seen,
         last_seen_ms: seen,
         source: "10.0.0.1".into(),
+        suggested_tags: String::new(),
     }
 }
 
@@ -34,7 +35,7 @@ async fn host(store: &Store, key: &str, name: &str) -> i64 {
         .await
         .unwrap();
     store
-        .approve_registration(key, name, "alice", 10)
+        .approve_registration(key, name, "alice", &Default::default(), false, 10)
         .await
         .unwrap()
         .unwrap()
@@ -135,7 +136,7 @@ async fn approval_moves_a_registration_to_a_host_once(db: &TestDb) {
         .await
         .unwrap();
     let h = s
-        .approve_registration("k1", "web-1", "alice", 10)
+        .approve_registration("k1", "web-1", "alice", &Default::default(), false, 10)
         .await
         .unwrap()
         .unwrap();
@@ -150,18 +151,63 @@ async fn approval_moves_a_registration_to_a_host_once(db: &TestDb) {
     );
     assert_eq!(s.registration_by_key("k1").await.unwrap(), None);
     assert_eq!(
-        s.approve_registration("k1", "web-2", "alice", 10)
+        s.approve_registration("k1", "web-2", "alice", &Default::default(), false, 10)
             .await
             .unwrap(),
         None
     );
     // A name clash rolls the whole approval back: the registration survives.
     assert!(matches!(
-        s.approve_registration("k2", "web-1", "alice", 10).await,
+        s.approve_registration("k2", "web-1", "alice", &Default::default(), false, 10)
+            .await,
         Err(StoreError::Conflict(_))
     ));
     assert!(s.registration_by_key("k2").await.unwrap().is_some());
     assert_eq!(s.host_by_key("k1").await.unwrap().unwrap().name, "web-1");
+    s.close().await;
+}
+
+async fn tags_are_given_at_approval_and_changed_only_from_what_was_read(db: &TestDb) {
+    let s = db.open().await;
+    let mut reg = registration("k1", "AAAA", 1);
+    reg.suggested_tags = "eu kiosk".into();
+    s.upsert_registration(&reg).await.unwrap();
+    let mut reg2 = registration("k2", "BBBB", 1);
+    reg2.suggested_tags = "kiosk".into();
+    s.upsert_registration(&reg2).await.unwrap();
+    let given: std::collections::BTreeSet<String> = ["prod".to_owned()].into();
+    let plain = s
+        .approve_registration("k1", "a", "alice", &given, false, 10)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (plain.tags.as_str(), plain.suggested_tags.as_str()),
+        ("prod", "eu kiosk")
+    );
+    let with = s
+        .approve_registration("k2", "b", "alice", &given, true, 10)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(with.tags, "kiosk prod");
+    // Compare-and-set: a change from a stale read is not applied, and says so.
+    let (done, row) = s
+        .replace_host_tags("a", "prod", "eu prod")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(done);
+    assert_eq!(row.tags, "eu prod");
+    let (done, row) = s.replace_host_tags("a", "prod", "").await.unwrap().unwrap();
+    assert!(!done);
+    assert_eq!(row.tags, "eu prod");
+    assert!(
+        s.replace_host_tags("nobody", "", "x")
+            .await
+            .unwrap()
+            .is_none()
+    );
     s.close().await;
 }
 
@@ -187,9 +233,11 @@ async fn hosts_rename_remove_and_report(db: &TestDb) {
         os_version: "NixOS 25.05.20250601.abcdef0 (Warbler)".into(),
         kernel: "6.12.30".into(),
         booted_at: Some(40),
+        suggested_tags: "eu kiosk".into(),
     };
     s.update_host_report(a, &report, 50).await.unwrap();
     let stored = s.host_by_name("c").await.unwrap().unwrap();
+    assert_eq!(stored.suggested_tags, "eu kiosk");
     assert_eq!(
         (
             stored.os_version.as_str(),
@@ -748,6 +796,7 @@ on_both_backends!(
     users_are_unique_by_name_and_key,
     registrations_upsert_evict_and_reject,
     approval_moves_a_registration_to_a_host_once,
+    tags_are_given_at_approval_and_changed_only_from_what_was_read,
     hosts_rename_remove_and_report,
     releases_and_desired_state,
 );

@@ -11,6 +11,9 @@ pub struct ApproveArgs {
     pub name: String,
     /// The code that yeet-agent prints on the host (stdout and its log).
     pub code: String,
+    /// Tag the host at once (repeatable); see `yeet host tag --help`.
+    #[arg(long = "tag", value_name = "TAG")]
+    pub tags: Vec<String>,
     #[command(flatten)]
     pub json: Json,
 }
@@ -21,11 +24,22 @@ pub struct RejectArgs {
 }
 
 pub fn approve(args: &ApproveArgs, connection: &Connection) -> Result<()> {
-    let host = connection.connect()?.approve(&args.code, &args.name)?;
+    let host = connection
+        .connect()?
+        .approve(&args.code, &args.name, &args.tags)?;
     if args.json.json {
         return output::json(&host);
     }
-    println!("approved {} ({})", host.name, host.key_id);
+    if host.tags.is_empty() {
+        println!("approved {} ({})", host.name, host.key_id);
+    } else {
+        println!(
+            "approved {} ({}), tagged {}",
+            host.name,
+            host.key_id,
+            output::tag_list(&host.tags)
+        );
+    }
     Ok(())
 }
 

@@ -69,7 +69,7 @@ impl Connection {
 }
 
 /// `--json` for every listing.
-#[derive(clap::Args)]
+#[derive(clap::Args, Default)]
 pub struct Json {
     /// Print JSON instead of a table.
     #[arg(long)]

@@ -17,6 +17,8 @@ pub struct StatusArgs {
     #[arg(long, short = 'w')]
     pub watch: bool,
     #[command(flatten)]
+    pub tags: super::host::TagFilter,
+    #[command(flatten)]
     pub json: Json,
 }
 
@@ -30,7 +32,7 @@ pub fn run(args: &StatusArgs, connection: &Connection) -> Result<()> {
         None => {
             let hosts = client.hosts()?;
             crate::completion::remember_hosts(&hosts);
-            hosts
+            args.tags.keep(hosts)
         }
     };
     if args.json.json {
@@ -40,12 +42,15 @@ pub fn run(args: &StatusArgs, connection: &Connection) -> Result<()> {
         output::print_clean(format_args!("{}", output::host_detail(h)));
         return Ok(());
     }
-    // Hosts waiting for approval are part of the fleet's picture too.
-    let pending = client.pending()?;
+    // Hosts waiting for approval are part of the fleet's picture too, when the whole
+    // fleet is asked for (they have no tags yet).
+    let pending = if args.tags.is_set() {
+        Vec::new()
+    } else {
+        client.pending()?
+    };
     if hosts.is_empty() && pending.is_empty() {
-        output::print_clean(format_args!(
-            "no hosts yet: start yeet-agent on a host, then `yeet pending` and `yeet approve`"
-        ));
+        output::print_clean(format_args!("{}", args.tags.nothing_found()));
         return Ok(());
     }
     output::print_clean(format_args!("{}", fleet_table(&hosts, &pending)));
@@ -70,7 +75,7 @@ fn watch(args: &StatusArgs, client: &yeet_client::Client) -> Result<()> {
         }
         let shown: Vec<HostInfo> = match &args.host {
             Some(name) => hosts.iter().filter(|h| &h.name == name).cloned().collect(),
-            None => hosts.clone(),
+            None => args.tags.keep(hosts.clone()),
         };
         if args.json.json {
             if !emit(&format!("{}\n", serde_json::to_string(&shown)?))? {
@@ -81,6 +86,7 @@ fn watch(args: &StatusArgs, client: &yeet_client::Client) -> Result<()> {
         let drawing = match (&args.host, shown.as_slice()) {
             (Some(name), []) => format!("no host named {name}; see `yeet status` for the fleet"),
             (Some(_), [h]) => output::host_detail(h).to_string(),
+            _ if args.tags.is_set() => fleet_table(&shown, &[]).to_string(),
             _ => fleet_table(&shown, &client.pending()?).to_string(),
         };
         // Home and clear first on a terminal: no scrolling history of old tables.
@@ -103,8 +109,10 @@ fn emit(text: &str) -> Result<bool> {
     }
 }
 
+/// The fleet's table; a TAGS column once any host carries a tag.
 fn fleet_table(hosts: &[HostInfo], pending: &[PendingRegistration]) -> comfy_table::Table {
-    let mut t = output::table([
+    let tagged = hosts.iter().any(|h| !h.tags.is_empty());
+    let mut header = vec![
         "HOST",
         "STATE",
         "CURRENT",
@@ -112,21 +120,29 @@ fn fleet_table(hosts: &[HostInfo], pending: &[PendingRegistration]) -> comfy_tab
         "LAST RESULT",
         "LAST SEEN",
         "AGENT",
-    ]);
+    ];
+    if tagged {
+        header.push("TAGS");
+    }
+    let mut t = output::table(header);
     for h in hosts {
         let desired = match (&h.desired_system, &h.current_system) {
             (Some(d), Some(c)) if d == c => "= current".to_owned(),
             (d, _) => output::short_path(d.as_deref()),
         };
-        t.add_row([
-            &h.name,
-            h.state.as_str(),
-            &output::short_path(h.current_system.as_deref()),
-            &desired,
-            h.last_result.map(|r| r.as_str()).unwrap_or("-"),
-            &output::ago(h.last_seen),
-            &h.facts.agent_version,
-        ]);
+        let mut row = vec![
+            h.name.clone(),
+            h.state.as_str().to_owned(),
+            output::short_path(h.current_system.as_deref()),
+            desired,
+            h.last_result.map(|r| r.as_str()).unwrap_or("-").to_owned(),
+            output::ago(h.last_seen),
+            h.facts.agent_version.clone(),
+        ];
+        if tagged {
+            row.push(output::tag_list(&h.tags));
+        }
+        t.add_row(row);
     }
     for p in pending {
         let name = format!("({})", p.hostname_hint);

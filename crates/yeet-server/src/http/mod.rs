@@ -16,7 +16,7 @@ use yeet_proto::api::{
     Activation, ActivationLog, ActivationReport, ApproveRequest, CheckinRequest, CheckinResponse,
     CreateReleaseRequest, DetachRequest, Detachment, HostInfo, HostPolicy, HostsWatch, Limit,
     PendingRegistration, RegisterRequest, RegisterResponse, RejectRequest, Release, ReleaseFilter,
-    RenameRequest, Role, WhoAmI, paths,
+    RenameRequest, Role, TagHostRequest, WhoAmI, paths,
 };
 
 use yeet_proto::secrets::{
@@ -140,6 +140,7 @@ pub fn routes() -> Vec<Route> {
         route(Method::GET, &paths::host("{name}"), R(Role::Viewer), "One host's state.", show_host),
         route(Method::DELETE, &paths::host("{name}"), R(Role::Admin), "Remove a host; its key stops working at once.", remove_host),
         route(Method::POST, &paths::host_rename("{name}"), R(Role::Admin), "Rename a host.", rename_host),
+        route(Method::POST, &paths::host_tags("{name}"), R(Role::Admin), "Add and remove a host's tags (`add`, `remove`, `accept_suggested`); answers the host.", tag_host),
         route(Method::PUT, &paths::host_policy("{name}"), R(Role::Admin), "Set what a host may do on its own (`allow_detach`).", set_host_policy),
         route(Method::POST, &paths::host_attach("{name}"), R(Role::Admin), "End a host's detachment; it returns to its desired system.", attach_host),
         route(Method::GET, &paths::host_activations("{name}"), R(Role::Viewer), "A host's past activations, newest first (`?limit=`).", list_activations),
@@ -329,6 +330,15 @@ async fn rename_host(
     Ok(Json(
         app.service.rename_host(&p, &name, &req.new_name).await?,
     ))
+}
+
+async fn tag_host(
+    State(app): State<AppState>,
+    p: Principal,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(req): ApiJson<TagHostRequest>,
+) -> ApiResult<HostInfo> {
+    Ok(Json(app.service.tag_host(&p, &name, &req).await?))
 }
 
 async fn remove_host(

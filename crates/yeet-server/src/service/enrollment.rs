@@ -190,6 +190,7 @@ impl Service {
             first_seen_ms: first_seen,
             last_seen_ms: t_ms,
             source,
+            suggested_tags: super::hosts::suggested_tags(&req.facts.suggested_tags),
         };
         self.store.upsert_registration(&row).await?;
         drop(_admission);
@@ -254,6 +255,7 @@ impl Service {
                     os: r.os,
                     arch: r.arch,
                     agent_version: r.agent_version,
+                    suggested_tags: crate::store::split_tags(&r.suggested_tags),
                     ..Default::default()
                 },
                 first_seen: r.first_seen_ms / 1000,
@@ -267,6 +269,8 @@ impl Service {
         let admin = require_role(principal, Role::Admin)?;
         validate_host_name(&req.name)
             .map_err(|e| ServiceError::refused(ErrorCode::InvalidName, e.to_string()))?;
+        let tags = yeet_proto::names::tag_set(&req.tags)
+            .map_err(|e| ServiceError::refused(ErrorCode::InvalidTag, e.to_string()))?;
         let code = normalize_code(&req.code);
         let reg = self.store.registration_by_code(&code).await?.ok_or_else(|| {
             ServiceError::refused(ErrorCode::UnknownCode, format!("no pending registration has code {}; check the code that yeet-agent prints on the host", req.code))
@@ -291,7 +295,14 @@ impl Service {
         }
         let host = match self
             .store
-            .approve_registration(&reg.key_id, &req.name, admin, now())
+            .approve_registration(
+                &reg.key_id,
+                &req.name,
+                admin,
+                &tags,
+                self.config.accept_suggested_tags,
+                now(),
+            )
             .await
         {
             Ok(Some(h)) => h,

@@ -1,19 +1,21 @@
 //! Hosts: listing, renaming, removal, and the check-in that every host makes on every poll.
 
+use std::collections::BTreeSet;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 use yeet_proto::ErrorCode;
+use yeet_proto::api::TagHostRequest;
 use yeet_proto::api::{
     Action, ActivationResult, AgentState, CheckinRequest, CheckinResponse, Detachment, Facts,
     HostInfo, HostState, MAX_WATCH_SECS, Role,
 };
-use yeet_proto::names::validate_host_name;
+use yeet_proto::names::{MAX_TAGS, tag_set, validate_host_name};
 use yeet_proto::text::clean_line;
 
 use super::auth::{require_host, require_role};
 use super::{Desired, Principal, Result, Service, ServiceError, lock, now};
-use crate::store::{HostReport, HostRow, StoreError};
+use crate::store::{HostReport, HostRow, StoreError, join_tags, split_tags};
 
 /// A host's state as the API shows it; `offline` when it has not been seen for the offline
 /// threshold or its held check-in was abandoned a poll interval ago (see `offline_at`).
@@ -76,6 +78,7 @@ impl Service {
             desired_release: desired.map(|d| d.release_id),
             last_seen,
             approved_at: row.approved_at,
+            tags: crate::store::split_tags(&row.tags),
             facts: Facts {
                 os: row.os,
                 arch: row.arch,
@@ -85,6 +88,7 @@ impl Service {
                 os_version: row.os_version,
                 kernel: row.kernel,
                 booted_at: row.booted_at,
+                suggested_tags: crate::store::split_tags(&row.suggested_tags),
             },
         }
     }
@@ -232,6 +236,51 @@ impl Service {
         Ok(self.host_info(row).await)
     }
 
+    /// Adds and removes a host's tags (`accept_suggested` adds those its agent suggests).
+    pub async fn tag_host(
+        &self,
+        principal: &Principal,
+        name: &str,
+        req: &TagHostRequest,
+    ) -> Result<HostInfo> {
+        let admin = require_role(principal, Role::Admin)?;
+        let invalid = |e: yeet_proto::names::InvalidTags| {
+            ServiceError::refused(ErrorCode::InvalidTag, e.to_string())
+        };
+        let add = tag_set(&req.add).map_err(invalid)?;
+        let remove = tag_set(&req.remove).map_err(invalid)?;
+        // Compare-and-set: another operator's change in between is read again, not lost.
+        loop {
+            let row = self.host_named(name).await?;
+            let mut tags: BTreeSet<String> = split_tags(&row.tags).into_iter().collect();
+            if req.accept_suggested {
+                tags.extend(split_tags(&row.suggested_tags));
+            }
+            tags.extend(add.iter().cloned());
+            tags.retain(|t| !remove.contains(t));
+            if tags.len() > MAX_TAGS {
+                return Err(invalid(yeet_proto::names::InvalidTags::TooMany(tags.len())));
+            }
+            let new = join_tags(&tags);
+            if new == row.tags {
+                return Ok(self.host_info(row).await);
+            }
+            match self.store.replace_host_tags(name, &row.tags, &new).await? {
+                None => {
+                    return Err(self.host_named(name).await.err().unwrap_or_else(|| {
+                        ServiceError::refused(ErrorCode::UnknownHost, name.to_owned())
+                    }));
+                }
+                Some((false, _)) => continue,
+                Some((true, row)) => {
+                    self.note_fleet_change();
+                    tracing::info!(host = name, tags = %new, by = admin, "host tags changed");
+                    return Ok(self.host_info(row).await);
+                }
+            }
+        }
+    }
+
     /// Removes a host. Its key stops working at once; its releases stay as history.
     pub async fn remove_host(&self, principal: &Principal, name: &str) -> Result<()> {
         let admin = require_role(principal, Role::Admin)?;
@@ -329,6 +378,7 @@ impl Service {
             kernel: clean_line(&req.facts.kernel, 64),
             // A boot in the future (or before 1970) is a broken clock, not a fact.
             booted_at: req.facts.booted_at.filter(|t| (0..=now()).contains(t)),
+            suggested_tags: suggested_tags(&req.facts.suggested_tags),
         };
         // The awaits before the hold are boxed: a future is laid out for its largest await,
         // and each held poll would otherwise carry their database work's room while it waits.
@@ -433,6 +483,18 @@ pub(crate) const WATCHES_PER_KEY: usize = 8;
 /// How often a held fleet watch reads the fleet again on a shared database, where changes
 /// made through other replicas do not wake it.
 const REPLICA_RECHECK: Duration = Duration::from_secs(5);
+/// The tags a host suggests, as stored: the valid ones, at most `MAX_TAGS` (a host may
+/// send anything; its suggestions are only shown, so the rest are dropped, not refused).
+pub(super) fn suggested_tags(sent: &[String]) -> String {
+    let valid: std::collections::BTreeSet<String> = sent
+        .iter()
+        .filter(|t| yeet_proto::names::validate_tag(t).is_ok())
+        .take(yeet_proto::names::MAX_TAGS)
+        .cloned()
+        .collect();
+    crate::store::join_tags(&valid)
+}
+
 /// How long a woken fleet watch lets further changes gather before it reads the fleet.
 const WATCH_SETTLE: Duration = Duration::from_millis(200);
 

@@ -64,6 +64,8 @@ pub struct ServiceConfig {
     pub caches: Vec<String>,
     /// Keys whose narinfo signatures a release must carry (checked when non-empty).
     pub trusted_cache_keys: Vec<nix_meta::PublicKey>,
+    /// An approved host starts with the tags its agent suggested, besides the admin's.
+    pub accept_suggested_tags: bool,
     /// The osquery remote API's limits and retention.
     pub osquery: osquery::OsquerySettings,
 }

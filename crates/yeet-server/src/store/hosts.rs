@@ -34,6 +34,23 @@ pub struct HostRow {
     pub os_version: String,
     pub kernel: String,
     pub booted_at: Option<i64>,
+    /// Set by operators (space-separated, sorted; see `split_tags`).
+    pub tags: String,
+    /// What the host's agent suggests, validated (space-separated, sorted).
+    pub suggested_tags: String,
+}
+
+/// A stored tag list (space-separated; the tag alphabet has no space) as tags.
+pub fn split_tags(stored: &str) -> Vec<String> {
+    stored.split_whitespace().map(str::to_owned).collect()
+}
+
+/// Tags as stored: sorted and without repeats, as `names::tag_set` returns them.
+pub fn join_tags(tags: &std::collections::BTreeSet<String>) -> String {
+    tags.iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// What a host last reported; written only when it changes.
@@ -51,9 +68,11 @@ pub struct HostReport {
     pub os_version: String,
     pub kernel: String,
     pub booted_at: Option<i64>,
+    /// Stored as `join_tags` writes them.
+    pub suggested_tags: String,
 }
 
-pub(super) const HOST_COLUMNS: &str = "id, name, key_id, public_key, approved_at, approved_by, last_seen, current_system, booted_system, state, os, arch, agent_version, last_result, last_result_path, allow_detach, hardware_uuid, os_version, kernel, booted_at";
+pub(super) const HOST_COLUMNS: &str = "id, name, key_id, public_key, approved_at, approved_by, last_seen, current_system, booted_system, state, os, arch, agent_version, last_result, last_result_path, allow_detach, hardware_uuid, os_version, kernel, booted_at, tags, suggested_tags";
 
 impl Store {
     pub async fn host_by_key(&self, key_id: &str) -> Result<Option<HostRow>, StoreError> {
@@ -125,13 +144,39 @@ impl Store {
         .await?)
     }
 
+    /// Sets a host's tags to `new` if they are still `old` (as stored), so that two
+    /// operators' changes never overwrite each other; `None` when the host is gone, `Some`
+    /// with the row as it is when it changed in between.
+    pub async fn replace_host_tags(
+        &self,
+        name: &str,
+        old: &str,
+        new: &str,
+    ) -> Result<Option<(bool, HostRow)>, StoreError> {
+        let updated = sqlx::query_as::<_, HostRow>(AssertSqlSafe(format!(
+            "UPDATE hosts SET tags = $1 WHERE name = $2 AND tags = $3 RETURNING {HOST_COLUMNS}"
+        )))
+        .bind(new)
+        .bind(name)
+        .bind(old)
+        .fetch_optional(&self.writer)
+        .await?;
+        match updated {
+            Some(row) => Ok(Some((true, row))),
+            None => Ok(self.host_by_name(name).await?.map(|row| (false, row))),
+        }
+    }
+
     /// Turns a registration into a host, in one transaction: the registration must still
-    /// exist, so two admins approving the same code cannot create two hosts.
+    /// exist, so two admins approving the same code cannot create two hosts. `tags` are
+    /// the host's first tags; `with_suggested` adds those the registration suggested.
     pub async fn approve_registration(
         &self,
         key_id: &str,
         name: &str,
         approved_by: &str,
+        tags: &std::collections::BTreeSet<String>,
+        with_suggested: bool,
         now: i64,
     ) -> Result<Option<HostRow>, StoreError> {
         let mut tx = self.writer.begin().await?;
@@ -144,8 +189,18 @@ impl Store {
         else {
             return Ok(None);
         };
+        let mut tags = tags.clone();
+        if with_suggested {
+            let room = yeet_proto::names::MAX_TAGS.saturating_sub(tags.len());
+            let suggested = split_tags(&reg.suggested_tags);
+            let new: Vec<String> = suggested
+                .into_iter()
+                .filter(|t| !tags.contains(t))
+                .collect();
+            tags.extend(new.into_iter().take(room));
+        }
         let host = sqlx::query_as::<_, HostRow>(AssertSqlSafe(format!(
-            "INSERT INTO hosts (name, key_id, public_key, approved_at, approved_by, os, arch, agent_version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {HOST_COLUMNS}"
+            "INSERT INTO hosts (name, key_id, public_key, approved_at, approved_by, os, arch, agent_version, tags, suggested_tags) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING {HOST_COLUMNS}"
         )))
         .bind(name)
         .bind(&reg.key_id)
@@ -155,6 +210,8 @@ impl Store {
         .bind(&reg.os)
         .bind(&reg.arch)
         .bind(&reg.agent_version)
+        .bind(join_tags(&tags))
+        .bind(&reg.suggested_tags)
         .fetch_one(&mut *tx)
         .await
         .map_err(conflict("a host with this name"))?;
@@ -205,7 +262,7 @@ impl Store {
         // A host whose trusted keys changed may now trust a system it refused: its
         // untrusted attempt is forgotten in the same statement, so it is offered again.
         sqlx::query(
-            "UPDATE hosts SET current_system = $1, booted_system = $2, state = $3, os = $4, arch = $5, agent_version = $6, last_seen = $7, hardware_uuid = $9, os_version = $11, kernel = $12, booted_at = $13,
+            "UPDATE hosts SET current_system = $1, booted_system = $2, state = $3, os = $4, arch = $5, agent_version = $6, last_seen = $7, hardware_uuid = $9, os_version = $11, kernel = $12, booted_at = $13, suggested_tags = $14,
                 last_result_path = CASE WHEN trust_digest <> $10 AND last_result = 'untrusted' THEN NULL ELSE last_result_path END,
                 trust_digest = $10
              WHERE id = $8",
@@ -223,6 +280,7 @@ impl Store {
         .bind(&report.os_version)
         .bind(&report.kernel)
         .bind(report.booted_at)
+        .bind(&report.suggested_tags)
         .execute(&self.writer)
         .await?;
         Ok(())

@@ -25,7 +25,7 @@ mod users;
 pub use activations::ActivationRow;
 pub use detachments::{DetachmentRow, EndedDetachment};
 pub use events::{EVENTS_CHANNEL, EventStream};
-pub use hosts::{HostReport, HostRow};
+pub use hosts::{HostReport, HostRow, join_tags, split_tags};
 pub use osquery_data::{
     CampaignRow, CarveRow, LogQuery, LogRow, NewLogLine, TargetAnswer, TargetRow,
 };

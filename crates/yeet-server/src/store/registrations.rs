@@ -19,9 +19,11 @@ pub struct RegistrationRow {
     pub last_seen_ms: i64,
     /// The network it registered from (see `service::enrollment::source_of`).
     pub source: String,
+    /// The tags the host suggests for itself, validated (as `join_tags` stores them).
+    pub suggested_tags: String,
 }
 
-pub(super) const REGISTRATION_COLUMNS: &str = "key_id, public_key, hostname_hint, os, arch, agent_version, code, code_expires_at, first_seen_ms, last_seen_ms, source";
+pub(super) const REGISTRATION_COLUMNS: &str = "key_id, public_key, hostname_hint, os, arch, agent_version, code, code_expires_at, first_seen_ms, last_seen_ms, source, suggested_tags";
 
 impl Store {
     pub async fn registration_by_key(
@@ -57,9 +59,9 @@ impl Store {
     /// Inserts or refreshes a registration (one row per key).
     pub async fn upsert_registration(&self, r: &RegistrationRow) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO registrations (key_id, public_key, hostname_hint, os, arch, agent_version, code, code_expires_at, first_seen_ms, last_seen_ms, source)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-             ON CONFLICT (key_id) DO UPDATE SET hostname_hint = $3, os = $4, arch = $5, agent_version = $6, code = $7, code_expires_at = $8, last_seen_ms = $10, source = $11",
+            "INSERT INTO registrations (key_id, public_key, hostname_hint, os, arch, agent_version, code, code_expires_at, first_seen_ms, last_seen_ms, source, suggested_tags)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+             ON CONFLICT (key_id) DO UPDATE SET hostname_hint = $3, os = $4, arch = $5, agent_version = $6, code = $7, code_expires_at = $8, last_seen_ms = $10, source = $11, suggested_tags = $12",
         )
         .bind(&r.key_id)
         .bind(&r.public_key)
@@ -72,6 +74,7 @@ impl Store {
         .bind(r.first_seen_ms)
         .bind(r.last_seen_ms)
         .bind(&r.source)
+        .bind(&r.suggested_tags)
         .execute(&self.writer)
         .await?;
         Ok(())

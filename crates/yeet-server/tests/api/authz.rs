@@ -95,6 +95,11 @@ fn sample(method: &Method, template: &str) -> Option<Sample> {
             ok,
         ),
         ("DELETE", "/v1/hosts/{name}") => s(&paths::host("spare-2"), empty, ok),
+        ("POST", "/v1/hosts/{name}/tags") => s(
+            &paths::host_tags("host-b"),
+            |_| json_bytes(json!({"add": ["matrix"]})),
+            ok,
+        ),
         ("PUT", "/v1/hosts/{name}/policy") => s(
             &paths::host_policy("host-b"),
             |_| json_bytes(json!({"allow_detach": true})),

@@ -18,3 +18,4 @@ mod input;
 mod osquery;
 mod releases;
 mod secrets;
+mod tags;

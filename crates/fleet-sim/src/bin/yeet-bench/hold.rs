@@ -48,7 +48,7 @@ fn enroll(server: &fleet_sim::Server, range: std::ops::Range<usize>) {
         let reply: serde_json::Value = serde_json::from_slice(&reply).unwrap();
         server
             .client()
-            .approve(reply["code"].as_str().unwrap(), &format!("hold-{i}"))
+            .approve(reply["code"].as_str().unwrap(), &format!("hold-{i}"), &[])
             .unwrap();
     }
 }
