@@ -219,6 +219,100 @@ fn tags_from_the_cli(server: &Server) {
     assert!(table.contains("TAGS") && table.contains("prod"), "{table}");
 }
 
+/// `yeet user …` over the API against a real server, and the offline `yeet-server admin`
+/// commands on the same database: keys work and stop at once, nobody changes their own
+/// rights, the last unscoped admin stays.
+#[test]
+fn users_are_managed_from_the_cli() {
+    let server = Server::start(ServerOptions::default());
+    let bob_key = fleet_sim::operator_key(&server.dir.path().join("bob_key"));
+    let bob_pub = bob_key.with_extension("pub").display().to_string();
+    let added: Value = server.yeet_json(&[
+        "user",
+        "add",
+        "bob",
+        "--public-key",
+        &bob_pub,
+        "--role",
+        "publisher",
+        "--tag",
+        "staging",
+    ]);
+    assert_eq!(added["tags"], serde_json::json!(["staging"]), "{added}");
+    let as_bob = |args: &[&str]| run(server.yeet_cmd().env("YEET_KEY", &bob_key).args(args));
+    let me = as_bob(&["whoami"]);
+    let said = String::from_utf8_lossy(&me.stdout);
+    assert!(
+        said.contains("bob (publisher, hosts tagged staging)"),
+        "{said}"
+    );
+    let table = server.yeet(&["user", "list"]);
+    assert!(
+        table.contains("all hosts") && table.contains("hosts tagged staging"),
+        "{table}"
+    );
+    let users: Vec<Value> = server.yeet_json(&["user", "list"]);
+    assert_eq!(users.len(), 2);
+    for (args, says) in [
+        (
+            vec!["user", "set-role", "admin", "viewer"],
+            "ask another admin",
+        ),
+        (vec!["user", "rm", "admin"], "ask another admin"),
+        (
+            vec!["user", "set-tags", "bob", "--tag", "Bad"],
+            "invalid tag",
+        ),
+        (
+            vec![
+                "user",
+                "add",
+                "carl",
+                "--public-key",
+                "/nonexistent.pub",
+                "--role",
+                "viewer",
+            ],
+            "cannot read the key file",
+        ),
+    ] {
+        let out = run(server.yeet_cmd().args(&args));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains(says),
+            "yeet {args:?}: {stderr}"
+        );
+    }
+    // Bob, a publisher, cannot make himself an admin.
+    let out = as_bob(&["user", "set-role", "bob", "admin"]);
+    assert!(!out.status.success(), "a publisher promoted himself");
+    // Offline, on the server host: the last unscoped admin cannot be removed either.
+    let offline = |args: &[&str]| {
+        run(Command::new(fleet_sim::bin("yeet-server"))
+            .arg("--config")
+            .arg(server.dir.path().join("server.toml"))
+            .arg("--state-dir")
+            .arg(server.dir.path().join("state"))
+            .args(args))
+    };
+    let out = offline(&["admin", "rm", "admin"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("last admin"),
+        "{stderr}"
+    );
+    let listed = offline(&["admin", "list", "--json"]);
+    let listed: Vec<Value> = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    server.yeet(&["user", "rm", "bob"]);
+    let out = as_bob(&["whoami"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("unknown_key"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn the_server_shuts_down_gracefully() {
     let mut server = Server::start(ServerOptions::default());

@@ -15,7 +15,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 
 use commands::{
     Connection, Json, approve, cache, diff, host, key, log, osquery, pending, publish, releases,
-    secret, status, vm, wait, whoami,
+    secret, status, user, vm, wait, whoami,
 };
 
 #[derive(Parser)]
@@ -56,6 +56,9 @@ enum Command {
     Host(host::HostCommand),
     /// End a detached host's detachment: it returns to its desired system.
     Attach(host::AttachArgs),
+    /// Manage users: roles, scopes by tag, keys (admins who act on the whole fleet).
+    #[command(subcommand)]
+    User(user::UserCommand),
     /// Build hosts' systems from a flake (or take built paths), push them, create a release.
     Publish(publish::PublishArgs),
     /// List releases, newest first.
@@ -162,6 +165,7 @@ fn dispatch(cli: &Cli) -> Result<()> {
         Command::History(args) => log::history(args, c),
         Command::Host(command) => host::run(command, c),
         Command::Attach(args) => host::attach(args, c),
+        Command::User(command) => user::run(command, c),
         Command::Publish(args) => publish::run(args, c),
         Command::Wait(args) => wait::run(args, c),
         Command::Releases(args) => releases::list(args, c),

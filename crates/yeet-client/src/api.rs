@@ -9,6 +9,9 @@ use yeet_proto::api::{
     PendingRegistration, RegisterRequest, RegisterResponse, RejectRequest, Release, ReleaseFilter,
     RenameRequest, RollbackRequest, TagHostRequest, WhoAmI, paths,
 };
+use yeet_proto::api::{
+    AddKeyRequest, AddUserRequest, RemoveKeyRequest, Role, SetRoleRequest, SetTagsRequest, UserInfo,
+};
 
 use yeet_proto::secrets::{
     AddSecretRequest, FetchSecretsRequest, FetchSecretsResponse, RotateSecretRequest,
@@ -58,6 +61,51 @@ impl Client {
 
     pub fn whoami(&self) -> Result<WhoAmI> {
         self.get(paths::WHOAMI)
+    }
+
+    pub fn users(&self) -> Result<Vec<UserInfo>> {
+        self.get(paths::USERS)
+    }
+
+    pub fn user(&self, name: &str) -> Result<UserInfo> {
+        self.get(&paths::user(&paths::segment(name)))
+    }
+
+    pub fn add_user(&self, req: &AddUserRequest) -> Result<UserInfo> {
+        self.post(paths::USERS, req)
+    }
+
+    pub fn remove_user(&self, name: &str) -> Result<()> {
+        self.delete::<Done>(&paths::user(&paths::segment(name)))
+            .map(drop)
+    }
+
+    pub fn set_user_role(&self, name: &str, role: Role) -> Result<UserInfo> {
+        self.put(
+            &paths::user_role(&paths::segment(name)),
+            &SetRoleRequest { role },
+        )
+    }
+
+    pub fn set_user_tags(&self, name: &str, tags: &[String]) -> Result<UserInfo> {
+        let req = SetTagsRequest {
+            tags: tags.to_vec(),
+        };
+        self.put(&paths::user_tags(&paths::segment(name)), &req)
+    }
+
+    pub fn add_user_key(&self, name: &str, public_key: &str) -> Result<UserInfo> {
+        let req = AddKeyRequest {
+            public_key: public_key.to_owned(),
+        };
+        self.post(&paths::user_keys(&paths::segment(name)), &req)
+    }
+
+    pub fn remove_user_key(&self, name: &str, key_id: &str) -> Result<UserInfo> {
+        let req = RemoveKeyRequest {
+            key_id: key_id.to_owned(),
+        };
+        self.post(&paths::user_keys_remove(&paths::segment(name)), &req)
     }
 
     pub fn pending(&self) -> Result<Vec<PendingRegistration>> {

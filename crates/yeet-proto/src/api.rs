@@ -26,6 +26,33 @@ pub mod paths {
     pub const AGENT_SECRETS: &str = "/v1/agent/secrets";
     pub const AGENT_DETACH: &str = "/v1/agent/detach";
     pub const AGENT_ATTACH: &str = "/v1/agent/attach";
+    pub const USERS: &str = "/v1/users";
+
+    /// `/v1/users/{name}`
+    pub fn user(name: &str) -> String {
+        format!("{USERS}/{name}")
+    }
+
+    /// `/v1/users/{name}/role`
+    pub fn user_role(name: &str) -> String {
+        format!("{USERS}/{name}/role")
+    }
+
+    /// `/v1/users/{name}/tags`: the user's scope.
+    pub fn user_tags(name: &str) -> String {
+        format!("{USERS}/{name}/tags")
+    }
+
+    /// `/v1/users/{name}/keys`: add a key.
+    pub fn user_keys(name: &str) -> String {
+        format!("{USERS}/{name}/keys")
+    }
+
+    /// `/v1/users/{name}/keys/remove`: remove a key (key ids hold `/`, so they go in the
+    /// body, not the path).
+    pub fn user_keys_remove(name: &str) -> String {
+        format!("{USERS}/{name}/keys/remove")
+    }
 
     /// `/v1/secrets/{name}`
     pub fn secret(name: &str) -> String {
@@ -405,6 +432,60 @@ pub enum Role {
 pub struct WhoAmI {
     pub name: String,
     pub role: Role,
+    pub key_id: String,
+    /// The user's scope: hosts carrying any of these tags. Empty: the whole fleet.
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+/// An operator, as admins see it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UserInfo {
+    pub name: String,
+    pub role: Role,
+    /// The user's scope; empty: the whole fleet.
+    pub tags: Vec<String>,
+    pub keys: Vec<UserKey>,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UserKey {
+    /// The OpenSSH fingerprint (`SHA256:...`).
+    pub key_id: String,
+    pub public_key: String,
+    pub added_at: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AddUserRequest {
+    pub name: String,
+    /// An OpenSSH ed25519 public key line.
+    pub public_key: String,
+    pub role: Role,
+    /// Scope the user to hosts carrying any of these tags; empty: the whole fleet.
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SetRoleRequest {
+    pub role: Role,
+}
+
+/// A user's new scope, replacing the old; empty: the whole fleet.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SetTagsRequest {
+    pub tags: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AddKeyRequest {
+    pub public_key: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RemoveKeyRequest {
     pub key_id: String,
 }
 

@@ -83,6 +83,9 @@ error_codes! {
     UnknownRegistration => "unknown_registration", 404, "No pending registration has this key.";
     NameTaken => "name_taken", 409, "Another host already has this name.";
     InvalidName => "invalid_name", 422, "The name is not a valid host or user name.";
+    UnknownUser => "unknown_user", 404, "No user has this name.";
+    LastAdmin => "last_admin", 409, "The change would leave no admin who acts on the whole fleet.";
+    OwnRights => "own_rights", 403, "Users cannot change their own role, scope or existence; another admin can.";
     InvalidTag => "invalid_tag", 422, "A tag is outside the tag alphabet or too long, or there are too many.";
     InvalidKey => "invalid_key", 422, "The public key is not an OpenSSH ed25519 key.";
     KeyInUse => "key_in_use", 409, "The key already belongs to a host or user.";

@@ -158,41 +158,62 @@ async fn admin(config: Config, cmd: AdminCommand) -> Result<()> {
             } else {
                 key
             };
-            let user = yeet_server::service::users::add_user(&store, &name, &line, role).await?;
+            let user =
+                yeet_server::service::users::add_user(&store, &name, &line, role, &[]).await?;
+            let key_id = yeet_proto::PublicIdentity::from_openssh(&line)
+                .map(|p| p.key_id().to_owned())
+                .unwrap_or_default();
             // Which database, since a forgotten --state-dir or --config writes to the default.
             println!(
-                "added {} {} ({}) to the database at {}",
+                "added {} {} ({key_id}) to the database at {}",
                 user.role.0.as_str(),
                 user.name,
-                user.key_id,
                 yeet_server::store::without_password(&config.database)
             );
         }
         AdminCommand::List { json } => {
             let users = store.list_users().await?;
+            let keys = store.list_user_keys().await?;
+            let keys_of = |id: i64| -> Vec<&str> {
+                keys.iter()
+                    .filter(|k| k.user_id == id)
+                    .map(|k| k.key_id.as_str())
+                    .collect()
+            };
             if json {
                 let v: Vec<_> = users
                     .iter()
-                    .map(|u| serde_json::json!({"name": u.name, "role": u.role.0, "key_id": u.key_id, "created_at": u.created_at}))
+                    .map(|u| serde_json::json!({"name": u.name, "role": u.role.0, "tags": yeet_server::store::split_tags(&u.tags), "key_ids": keys_of(u.id), "created_at": u.created_at}))
                     .collect();
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 let mut t = Table::new();
                 t.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED)
-                    .set_header(["NAME", "ROLE", "KEY"]);
+                    .set_header(["NAME", "ROLE", "SCOPE", "KEYS"]);
                 for u in &users {
-                    t.add_row([u.name.as_str(), u.role.0.as_str(), u.key_id.as_str()]);
+                    let scope = if u.tags.is_empty() {
+                        "all hosts"
+                    } else {
+                        u.tags.as_str()
+                    };
+                    t.add_row([
+                        u.name.as_str(),
+                        u.role.0.as_str(),
+                        scope,
+                        &keys_of(u.id).join("\n"),
+                    ]);
                 }
                 println!("{t}");
             }
         }
-        AdminCommand::Rm { name } => match store.delete_user(&name).await? {
-            Some(_) => println!(
+        AdminCommand::Rm { name } => {
+            use yeet_server::store::UserChange;
+            yeet_server::service::users::change_user(&store, &name, &UserChange::Remove).await?;
+            println!(
                 "removed {name} from the database at {}",
                 yeet_server::store::without_password(&config.database)
-            ),
-            None => anyhow::bail!("no user named {name}; see `yeet-server admin list`"),
-        },
+            );
+        }
     }
     store.close().await;
     Ok(())

@@ -37,9 +37,15 @@ fn is_replay(r: Result<(), ServiceError>) -> bool {
 async fn captured(db: &common::TestDb) -> SignatureHeaders {
     let admin = Identity::from_seed(&[7; 32]);
     let store = db.open().await;
-    add_user(&store, "alice", &admin.public().to_openssh(), Role::Admin)
-        .await
-        .unwrap();
+    add_user(
+        &store,
+        "alice",
+        &admin.public().to_openssh(),
+        Role::Admin,
+        &[],
+    )
+    .await
+    .unwrap();
     store.close().await;
     whoami_signed(now(), 42)
 }

@@ -58,6 +58,7 @@ async fn replicas_share_releases_and_key_removals() {
         name: "alice".into(),
         role: Role::Admin,
         key_id: "SHA256:alice".into(),
+        tags: Vec::new(),
     };
     let admin_key = Identity::from_seed(&[1; 32]);
     add_user(
@@ -65,6 +66,7 @@ async fn replicas_share_releases_and_key_removals() {
         "alice",
         &admin_key.public().to_openssh(),
         Role::Admin,
+        &[],
     )
     .await
     .unwrap();

@@ -9,7 +9,7 @@ use common::TestDb;
 use yeet_proto::api::{ActivationResult, Role};
 use yeet_server::store::{
     ActivationRow, DetachmentRow, Enrolled, HostReport, LogQuery, NewLogLine, NewRelease,
-    NodeEnrollment, RegistrationRow, Store, StoreError, Wire,
+    NodeEnrollment, RegistrationRow, Store, StoreError, UserChange, UserRefusal, Wire,
 };
 
 fn registration(key: &str, code: &str, seen: i64) -> RegistrationRow {
@@ -53,27 +53,130 @@ async fn migrations_are_idempotent(db: &TestDb) {
 async fn users_are_unique_by_name_and_key(db: &TestDb) {
     let s = db.open().await;
     let u = s
-        .insert_user("alice", "SHA256:a", "ssh-ed25519 A", Role::Admin, 5)
+        .insert_user("alice", "SHA256:a", "ssh-ed25519 A", Role::Admin, "", 5)
         .await
         .unwrap();
-    assert_eq!(s.user_by_key("SHA256:a").await.unwrap(), Some(u));
+    let (found, key) = s.user_by_key("SHA256:a").await.unwrap().unwrap();
+    assert_eq!((found, key.public_key.as_str()), (u, "ssh-ed25519 A"));
     assert!(matches!(
-        s.insert_user("alice", "SHA256:b", "k", Role::Viewer, 5)
+        s.insert_user("alice", "SHA256:b", "k", Role::Viewer, "", 5)
             .await,
         Err(StoreError::Conflict(_))
     ));
     assert!(matches!(
-        s.insert_user("bob", "SHA256:a", "k", Role::Viewer, 5).await,
+        s.insert_user("bob", "SHA256:a", "k", Role::Viewer, "", 5)
+            .await,
         Err(StoreError::Conflict(_))
     ));
+    // A refused insert leaves no half-made user behind.
     assert_eq!(s.list_users().await.unwrap().len(), 1);
-    assert_eq!(
-        s.delete_user("alice").await.unwrap(),
-        Some("SHA256:a".into())
-    );
-    assert_eq!(s.delete_user("alice").await.unwrap(), None);
-    assert_eq!(s.user_by_key("SHA256:a").await.unwrap(), None);
+    assert_eq!(s.list_user_keys().await.unwrap().len(), 1);
     s.close().await;
+}
+
+/// The rules a change to users must keep, checked in the same exclusive transaction that
+/// writes it: an unscoped admin remains, every user keeps a key.
+async fn users_keep_an_unscoped_admin_and_a_key(db: &TestDb) {
+    let s = db.open().await;
+    s.insert_user("alice", "SHA256:a", "ssh-ed25519 A", Role::Admin, "", 5)
+        .await
+        .unwrap();
+    s.insert_user("bob", "SHA256:b", "ssh-ed25519 B", Role::Admin, "prod", 5)
+        .await
+        .unwrap();
+    for change in [
+        UserChange::Remove,
+        UserChange::Role(Role::Publisher),
+        UserChange::Tags("prod".into()),
+    ] {
+        assert_eq!(
+            s.change_user("alice", &change, 6).await.unwrap(),
+            Err(UserRefusal::LastUnscopedAdmin),
+            "{change:?}"
+        );
+    }
+    assert_eq!(
+        s.change_user("alice", &UserChange::RemoveKey("SHA256:a".into()), 6)
+            .await
+            .unwrap(),
+        Err(UserRefusal::LastKey)
+    );
+    assert_eq!(
+        s.change_user("alice", &UserChange::RemoveKey("SHA256:x".into()), 6)
+            .await
+            .unwrap(),
+        Err(UserRefusal::NoSuchKey)
+    );
+    let add = UserChange::AddKey {
+        key_id: "SHA256:a2".into(),
+        public_key: "ssh-ed25519 A2".into(),
+    };
+    s.change_user("alice", &add, 6).await.unwrap().unwrap();
+    assert!(matches!(
+        s.change_user("bob", &add, 6).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let (gone, _) = s
+        .change_user("alice", &UserChange::RemoveKey("SHA256:a".into()), 6)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(gone, ["SHA256:a"]);
+    assert!(s.user_by_key("SHA256:a").await.unwrap().is_none());
+    // bob becomes unscoped: now alice may go, and her keys with her.
+    s.change_user("bob", &UserChange::Tags(String::new()), 6)
+        .await
+        .unwrap()
+        .unwrap();
+    let (gone, user) = s
+        .change_user("alice", &UserChange::Remove, 6)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((gone, user), (vec!["SHA256:a2".to_owned()], None));
+    assert!(s.user_by_key("SHA256:a2").await.unwrap().is_none());
+    assert_eq!(
+        s.change_user("alice", &UserChange::Remove, 6)
+            .await
+            .unwrap(),
+        Err(UserRefusal::NoSuchUser)
+    );
+    s.close().await;
+}
+
+/// Two unscoped admins demote each other at the same moment, through two stores (as two
+/// replicas): one demotion wins, the other finds its target the last unscoped admin.
+async fn concurrent_demotions_leave_an_unscoped_admin(db: &TestDb) {
+    for round in 0..10 {
+        let (a, b) = (db.open().await, db.open().await);
+        let (x, y) = (format!("x{round}"), format!("y{round}"));
+        for name in [&x, &y] {
+            a.insert_user(name, &format!("SHA256:{name}"), "k", Role::Admin, "", 5)
+                .await
+                .unwrap();
+        }
+        // Earlier rounds' admins are scoped away first, so that these two are the only
+        // unscoped ones.
+        for u in a.list_users().await.unwrap() {
+            if u.name != x && u.name != y && u.tags.is_empty() {
+                a.change_user(&u.name, &UserChange::Tags("old".into()), 6)
+                    .await
+                    .unwrap()
+                    .unwrap();
+            }
+        }
+        let demote = UserChange::Role(Role::Viewer);
+        let (one, two) = tokio::join!(a.change_user(&x, &demote, 7), b.change_user(&y, &demote, 7));
+        let outcomes = [one.unwrap(), two.unwrap()];
+        assert_eq!(
+            outcomes.iter().filter(|o| o.is_ok()).count(),
+            1,
+            "round {round}: {outcomes:?}"
+        );
+        assert!(outcomes.contains(&Err(UserRefusal::LastUnscopedAdmin)));
+        a.close().await;
+        b.close().await;
+    }
 }
 
 async fn registrations_upsert_evict_and_reject(db: &TestDb) {
@@ -351,7 +454,7 @@ async fn releases_and_desired_state(db: &TestDb) {
 async fn corrupt_enum_columns_are_errors(db: &TestDb) {
     let s = db.open().await;
     host(&s, "k1", "a").await;
-    s.insert_user("alice", "SHA256:a", "ssh-ed25519 A", Role::Admin, 5)
+    s.insert_user("alice", "SHA256:a", "ssh-ed25519 A", Role::Admin, "", 5)
         .await
         .unwrap();
     let raw = sqlx::AnyPool::connect(&db.url).await.unwrap();
@@ -796,6 +899,8 @@ on_both_backends!(
     users_are_unique_by_name_and_key,
     registrations_upsert_evict_and_reject,
     approval_moves_a_registration_to_a_host_once,
+    users_keep_an_unscoped_admin_and_a_key,
+    concurrent_demotions_leave_an_unscoped_admin,
     tags_are_given_at_approval_and_changed_only_from_what_was_read,
     hosts_rename_remove_and_report,
     releases_and_desired_state,

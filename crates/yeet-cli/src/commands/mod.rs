@@ -13,6 +13,7 @@ pub mod publish;
 pub mod releases;
 pub mod secret;
 pub mod status;
+pub mod user;
 pub mod vm;
 pub mod wait;
 pub mod whoami;

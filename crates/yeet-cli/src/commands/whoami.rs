@@ -10,6 +10,16 @@ pub fn run(args: &Json, connection: &Connection) -> Result<()> {
     if args.json {
         return output::json(&me);
     }
-    println!("{} ({}) {}", me.name, me.role.as_str(), me.key_id);
+    let scope = if me.tags.is_empty() {
+        "all hosts".to_owned()
+    } else {
+        format!("hosts tagged {}", me.tags.join(" or "))
+    };
+    output::print_clean(format_args!(
+        "{} ({}, {scope}) {}",
+        me.name,
+        me.role.as_str(),
+        me.key_id
+    ));
     Ok(())
 }

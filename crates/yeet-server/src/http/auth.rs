@@ -34,6 +34,22 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Principal {
     }
 }
 
+/// Refuses users scoped by tags on a route that serves the whole fleet (`Scoped::Refused`),
+/// before its handler reads anything.
+pub async fn refuse_scoped(req: Request, next: Next) -> Response {
+    match req.extensions().get::<Principal>() {
+        Some(Principal::User { tags, .. }) if !tags.is_empty() => ApiError::new(
+            ErrorCode::Forbidden,
+            format!(
+                "you act on hosts tagged {} only, and this acts on the whole fleet; ask a user without tags",
+                tags.join(" or ")
+            ),
+        )
+        .into_response(),
+        _ => next.run(req).await,
+    }
+}
+
 /// The client address, when the server knows it (absent in in-process tests).
 pub struct ClientIp(pub Option<std::net::IpAddr>);
 

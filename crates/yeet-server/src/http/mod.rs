@@ -18,6 +18,9 @@ use yeet_proto::api::{
     PendingRegistration, RegisterRequest, RegisterResponse, RejectRequest, Release, ReleaseFilter,
     RenameRequest, Role, TagHostRequest, WhoAmI, paths,
 };
+use yeet_proto::api::{
+    AddKeyRequest, AddUserRequest, RemoveKeyRequest, SetRoleRequest, SetTagsRequest, UserInfo,
+};
 
 use yeet_proto::secrets::{
     AddSecretRequest, FetchSecretsRequest, FetchSecretsResponse, RotateSecretRequest,
@@ -112,13 +115,47 @@ impl Access {
     }
 }
 
+/// What a route does for a user scoped by tags (see `yeet user`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scoped {
+    /// Refused, before the handler runs: the route acts on the whole fleet, or has no
+    /// scope rule yet. A route is this unless its row says otherwise, so that a new
+    /// route never serves scoped users by accident.
+    Refused,
+    /// Served, with the answer limited to (and actions allowed on) the user's hosts: a
+    /// host outside the scope is answered as if it did not exist.
+    TheirHosts,
+    /// Served as to anyone: it tells nothing about hosts (`whoami`).
+    NoHostData,
+}
+
+impl Scoped {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Scoped::Refused => "refused",
+            Scoped::TheirHosts => "their hosts only",
+            Scoped::NoHostData => "served",
+        }
+    }
+}
+
 /// One signed `/v1` endpoint: method, path template, who may call it, what it does.
 pub struct Route {
     pub method: Method,
     pub path: String,
     pub access: Access,
+    /// What it does for a user scoped by tags.
+    pub scoped: Scoped,
     pub summary: &'static str,
     handler: MethodRouter<AppState>,
+}
+
+impl Route {
+    /// Marks a row as serving scoped users (see `Scoped`).
+    fn scoped(mut self, scoped: Scoped) -> Route {
+        self.scoped = scoped;
+        self
+    }
 }
 
 /// Every signed endpoint. The router is built from this table and the authorization matrix
@@ -132,12 +169,20 @@ pub fn routes() -> Vec<Route> {
         route(Method::POST, paths::REGISTER, AnyKey, "Register this key; answers with an approval code, then (held as a long-poll once the code was shown) with the host's name once approved.", register),
         route(Method::POST, paths::CHECKIN, Host, "Report state; answers with what to run (long-polls).", checkin),
         route(Method::POST, paths::REPORT, Host, "Report how an activation ended, with its log.", report),
-        route(Method::GET, paths::WHOAMI, R(Role::Viewer), "Who the signing key belongs to.", whoami),
+        route(Method::GET, paths::WHOAMI, R(Role::Viewer), "Who the signing key belongs to.", whoami).scoped(Scoped::NoHostData),
+        route(Method::GET, paths::USERS, R(Role::Admin), "Users, their roles, scopes and keys (unscoped admins only, as every user route).", list_users),
+        route(Method::POST, paths::USERS, R(Role::Admin), "Add a user with a key, a role and optionally a scope (`tags`).", add_user),
+        route(Method::GET, &paths::user("{name}"), R(Role::Admin), "One user.", show_user),
+        route(Method::DELETE, &paths::user("{name}"), R(Role::Admin), "Remove a user (not oneself, not the last unscoped admin); its keys stop working at once.", remove_user),
+        route(Method::PUT, &paths::user_role("{name}"), R(Role::Admin), "Set a user's role (not one's own).", set_user_role),
+        route(Method::PUT, &paths::user_tags("{name}"), R(Role::Admin), "Set a user's scope (`tags`; empty: the whole fleet; not one's own).", set_user_tags),
+        route(Method::POST, &paths::user_keys("{name}"), R(Role::Admin), "Add a key to a user.", add_user_key),
+        route(Method::POST, &paths::user_keys_remove("{name}"), R(Role::Admin), "Remove one of a user's keys (`key_id`); a user keeps at least one.", remove_user_key),
         route(Method::GET, paths::REGISTRATIONS, R(Role::Viewer), "Registrations waiting for approval.", list_pending),
         route(Method::POST, paths::APPROVE, R(Role::Admin), "Approve a registration by its code, and name the host.", approve),
         route(Method::POST, paths::REJECT, R(Role::Admin), "Reject a registration's key for good.", reject),
-        route(Method::GET, paths::HOSTS, R(Role::Viewer), "Every host's state, with its `ETag`; `?wait=SECS` with `If-None-Match` holds the request until it changes (at most 25 s), else `304`.", list_hosts),
-        route(Method::GET, &paths::host("{name}"), R(Role::Viewer), "One host's state.", show_host),
+        route(Method::GET, paths::HOSTS, R(Role::Viewer), "Every host's state, with its `ETag`; `?wait=SECS` with `If-None-Match` holds the request until it changes (at most 25 s), else `304`.", list_hosts).scoped(Scoped::TheirHosts),
+        route(Method::GET, &paths::host("{name}"), R(Role::Viewer), "One host's state.", show_host).scoped(Scoped::TheirHosts),
         route(Method::DELETE, &paths::host("{name}"), R(Role::Admin), "Remove a host; its key stops working at once.", remove_host),
         route(Method::POST, &paths::host_rename("{name}"), R(Role::Admin), "Rename a host.", rename_host),
         route(Method::POST, &paths::host_tags("{name}"), R(Role::Admin), "Add and remove a host's tags (`add`, `remove`, `accept_suggested`); answers the host.", tag_host),
@@ -151,7 +196,7 @@ pub fn routes() -> Vec<Route> {
         route(Method::POST, paths::ROLLBACK, R(Role::Publisher), "Point hosts back at their previous systems, as a new release.", rollback),
         route(Method::POST, paths::RETRY, R(Role::Publisher), "Offer hosts their desired system once more, although they tried it.", retry),
         route(Method::POST, paths::CACHE_GC, R(Role::Admin), "Garbage-collect the embedded cache.", cache_gc),
-        route(Method::POST, paths::CACHE_MISSING, R(Role::Publisher), "Which of these store paths the embedded cache lacks, and the keys uploads must be signed by.", cache_missing),
+        route(Method::POST, paths::CACHE_MISSING, R(Role::Publisher), "Which of these store paths the embedded cache lacks, and the keys uploads must be signed by.", cache_missing).scoped(Scoped::NoHostData),
         route(Method::GET, paths::SECRETS_RECIPIENT, R(Role::Viewer), "The age recipient secrets are encrypted to.", secret_recipient),
         route(Method::GET, paths::SECRETS, R(Role::Viewer), "Secrets' metadata: versions, grants, fetched versions, history; never content.", list_secrets),
         route(Method::POST, paths::SECRETS, R(Role::Admin), "Add a secret (age ciphertext for the server's recipient), granted to hosts.", add_secret),
@@ -200,6 +245,7 @@ where
         method,
         path: path.to_owned(),
         access,
+        scoped: Scoped::Refused,
         summary,
         handler,
     }
@@ -208,7 +254,15 @@ where
 pub fn router(state: AppState) -> Router {
     let api = routes()
         .into_iter()
-        .fold(Router::new(), |api, r| api.route(&r.path, r.handler))
+        .fold(Router::new(), |api, r| {
+            let handler = match r.scoped {
+                Scoped::Refused => r
+                    .handler
+                    .route_layer(middleware::from_fn(auth::refuse_scoped)),
+                Scoped::TheirHosts | Scoped::NoHostData => r.handler,
+            };
+            api.route(&r.path, handler)
+        })
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate,
@@ -329,6 +383,75 @@ async fn rename_host(
 ) -> ApiResult<HostInfo> {
     Ok(Json(
         app.service.rename_host(&p, &name, &req.new_name).await?,
+    ))
+}
+
+async fn list_users(State(app): State<AppState>, p: Principal) -> ApiResult<Vec<UserInfo>> {
+    Ok(Json(app.service.list_users(&p).await?))
+}
+
+async fn add_user(
+    State(app): State<AppState>,
+    p: Principal,
+    ApiJson(req): ApiJson<AddUserRequest>,
+) -> ApiResult<UserInfo> {
+    Ok(Json(app.service.add_user(&p, &req).await?))
+}
+
+async fn show_user(
+    State(app): State<AppState>,
+    p: Principal,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<UserInfo> {
+    Ok(Json(app.service.show_user(&p, &name).await?))
+}
+
+async fn remove_user(
+    State(app): State<AppState>,
+    p: Principal,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<serde_json::Value> {
+    app.service.remove_user(&p, &name).await?;
+    Ok(Json(serde_json::json!({})))
+}
+
+async fn set_user_role(
+    State(app): State<AppState>,
+    p: Principal,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(req): ApiJson<SetRoleRequest>,
+) -> ApiResult<UserInfo> {
+    Ok(Json(app.service.set_user_role(&p, &name, req.role).await?))
+}
+
+async fn set_user_tags(
+    State(app): State<AppState>,
+    p: Principal,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(req): ApiJson<SetTagsRequest>,
+) -> ApiResult<UserInfo> {
+    Ok(Json(app.service.set_user_tags(&p, &name, &req.tags).await?))
+}
+
+async fn add_user_key(
+    State(app): State<AppState>,
+    p: Principal,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(req): ApiJson<AddKeyRequest>,
+) -> ApiResult<UserInfo> {
+    Ok(Json(
+        app.service.add_user_key(&p, &name, &req.public_key).await?,
+    ))
+}
+
+async fn remove_user_key(
+    State(app): State<AppState>,
+    p: Principal,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(req): ApiJson<RemoveKeyRequest>,
+) -> ApiResult<UserInfo> {
+    Ok(Json(
+        app.service.remove_user_key(&p, &name, &req.key_id).await?,
     ))
 }
 

@@ -26,6 +26,8 @@ pub enum Principal {
         name: String,
         role: Role,
         key_id: String,
+        /// The user's scope: hosts carrying any of these tags. Empty: the whole fleet.
+        tags: Vec<String>,
     },
     Host {
         id: i64,
@@ -81,12 +83,13 @@ impl Service {
                 public,
                 loaded_at: t,
             })
-        } else if let Some(u) = self.store.user_by_key(key_id).await? {
-            parse(&u.public_key).map(|public| KnownKey {
+        } else if let Some((u, key)) = self.store.user_by_key(key_id).await? {
+            parse(&key.public_key).map(|public| KnownKey {
                 principal: Principal::User {
                     name: u.name,
                     role: u.role.0,
-                    key_id: u.key_id,
+                    key_id: key.key_id,
+                    tags: crate::store::split_tags(&u.tags),
                 },
                 public,
                 loaded_at: t,
@@ -202,15 +205,59 @@ impl Service {
         digest: &str,
     ) -> Result<Principal> {
         let principal = self.verify_request(request, digest, None).await?;
-        require_role(&principal, Role::Publisher)?;
+        // Store paths belong to no host: a publisher scoped by tags uploads like any other.
+        require_role_in_scope(&principal, Role::Publisher)?;
         Ok(principal)
     }
 }
 
-/// Allows users whose role is at least `min`; hosts and registrants are refused.
+/// Allows users whose role is at least `min` and who act on the whole fleet; users scoped
+/// by tags are refused (a function that serves them limits itself to their hosts and calls
+/// `require_role_in_scope` instead); hosts and registrants are refused.
 pub(crate) fn require_role(principal: &Principal, min: Role) -> Result<&str> {
+    match require_role_in_scope(principal, min)? {
+        (name, Scope::Fleet) => Ok(name),
+        (_, Scope::Tags(tags)) => Err(ServiceError::refused(
+            ErrorCode::Forbidden,
+            format!(
+                "you act on hosts tagged {} only, and this acts on the whole fleet; ask a user without tags",
+                tags.join(" or ")
+            ),
+        )),
+    }
+}
+
+/// Which hosts a user acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Scope<'a> {
+    Fleet,
+    /// Hosts carrying at least one of these tags.
+    Tags(&'a [String]),
+}
+
+impl Scope<'_> {
+    /// True when a host with `host_tags` is in this scope.
+    pub(crate) fn covers(self, host_tags: &[String]) -> bool {
+        match self {
+            Scope::Fleet => true,
+            Scope::Tags(tags) => host_tags.iter().any(|t| tags.contains(t)),
+        }
+    }
+}
+
+/// As `require_role`, for functions that serve scoped users: the user's name and scope.
+pub(crate) fn require_role_in_scope(principal: &Principal, min: Role) -> Result<(&str, Scope<'_>)> {
     match principal {
-        Principal::User { name, role, .. } if *role >= min => Ok(name),
+        Principal::User {
+            name, role, tags, ..
+        } if *role >= min => Ok((
+            name,
+            if tags.is_empty() {
+                Scope::Fleet
+            } else {
+                Scope::Tags(tags)
+            },
+        )),
         Principal::User { role, .. } => Err(ServiceError::refused(
             ErrorCode::Forbidden,
             format!(

@@ -12,7 +12,7 @@ use yeet_proto::api::{
     MAX_CACHE_QUERY_PATHS, Role,
 };
 
-use super::auth::require_role;
+use super::auth::{require_role, require_role_in_scope};
 use super::{Principal, Result, Service, ServiceError};
 use crate::shares::Share;
 
@@ -196,7 +196,8 @@ impl Service {
         tmp: &Path,
         sha256: &[u8; 32],
     ) -> Result<()> {
-        require_role(principal, Role::Publisher)?;
+        // Store paths belong to no host: scoped publishers upload too.
+        require_role_in_scope(principal, Role::Publisher)?;
         let cache = self.embedded_cache()?;
         let target = match file {
             CacheFile::Nar(name) => {
@@ -271,7 +272,7 @@ impl Service {
         principal: &Principal,
         req: CacheMissingRequest,
     ) -> Result<CacheMissingResponse> {
-        require_role(principal, Role::Publisher)?;
+        require_role_in_scope(principal, Role::Publisher)?;
         if req.hashes.len() > MAX_CACHE_QUERY_PATHS {
             return Err(ServiceError::refused(
                 ErrorCode::TooManyPaths,

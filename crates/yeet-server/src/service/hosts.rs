@@ -13,7 +13,7 @@ use yeet_proto::api::{
 use yeet_proto::names::{MAX_TAGS, tag_set, validate_host_name};
 use yeet_proto::text::clean_line;
 
-use super::auth::{require_host, require_role};
+use super::auth::{Scope, require_host, require_role, require_role_in_scope};
 use super::{Desired, Principal, Result, Service, ServiceError, lock, now};
 use crate::store::{HostReport, HostRow, StoreError, join_tags, split_tags};
 
@@ -110,17 +110,7 @@ impl Service {
     }
 
     pub(crate) async fn host_named(&self, name: &str) -> Result<HostRow> {
-        self.store.host_by_name(name).await?.ok_or_else(|| {
-            ServiceError::refused(
-                ErrorCode::UnknownHost,
-                format!("no host named {name}; see `yeet status` for the fleet"),
-            )
-        })
-    }
-
-    pub async fn list_hosts(&self, principal: &Principal) -> Result<Vec<HostInfo>> {
-        require_role(principal, Role::Viewer)?;
-        Ok(self.fleet().await?.0)
+        self.host_in_scope(Scope::Fleet, name).await
     }
 
     /// Every host, and when the first of those online goes offline (Unix time).
@@ -150,7 +140,7 @@ impl Service {
         seen: Option<&str>,
         wait_secs: u64,
     ) -> Result<Option<(Vec<HostInfo>, String)>> {
-        require_role(principal, Role::Viewer)?;
+        let (_, scope) = require_role_in_scope(principal, Role::Viewer)?;
         // Each held watch reads the whole fleet at every change: one key may not multiply
         // that without bound.
         let _watch = match principal {
@@ -170,7 +160,9 @@ impl Service {
         let mut desired = self.desired_changed.subscribe();
         let mut closing = self.closing.subscribe();
         loop {
-            let (hosts, next_offline) = self.fleet().await?;
+            let (mut hosts, next_offline) = self.fleet().await?;
+            // The tag covers what this caller sees only: a change elsewhere answers nothing.
+            hosts.retain(|h| scope.covers(&h.tags));
             let tag = fleet_tag(&hosts);
             let now_instant = tokio::time::Instant::now();
             if seen != Some(tag.as_str()) {
@@ -202,9 +194,21 @@ impl Service {
     }
 
     pub async fn show_host(&self, principal: &Principal, name: &str) -> Result<HostInfo> {
-        require_role(principal, Role::Viewer)?;
-        let row = self.host_named(name).await?;
+        let (_, scope) = require_role_in_scope(principal, Role::Viewer)?;
+        let row = self.host_in_scope(scope, name).await?;
         Ok(self.host_info(row).await)
+    }
+
+    /// The host named `name`, if the caller's scope covers it; a host outside the scope is
+    /// refused exactly as a host that does not exist, so that no answer tells them apart.
+    pub(crate) async fn host_in_scope(&self, scope: Scope<'_>, name: &str) -> Result<HostRow> {
+        match self.store.host_by_name(name).await? {
+            Some(row) if scope.covers(&split_tags(&row.tags)) => Ok(row),
+            _ => Err(ServiceError::refused(
+                ErrorCode::UnknownHost,
+                format!("no host named {name}; see `yeet status` for the fleet"),
+            )),
+        }
     }
 
     pub async fn rename_host(

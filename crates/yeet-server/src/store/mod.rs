@@ -33,7 +33,7 @@ pub use osquery_nodes::{Enrolled, NodeEnrollment, NodeRow, OptionRow, ScheduledQ
 pub use registrations::RegistrationRow;
 pub use releases::{DesiredRow, NewRelease, ReleaseRow};
 pub use secrets::{Change, ChangeRow, GrantRow, SecretRow};
-pub use users::UserRow;
+pub use users::{UserChange, UserKeyRow, UserRefusal, UserRow};
 
 #[derive(Debug, Error)]
 pub enum StoreError {
@@ -260,6 +260,28 @@ impl Store {
     /// True when every open writer connection is in its pool now.
     pub fn writer_is_idle(&self) -> bool {
         self.writer.num_idle() >= self.writer.size() as usize
+    }
+
+    /// A write transaction that runs alone among those taking the same `lock`, for rules
+    /// that read before they write (the last admin; later, the audit chain): on SQLite
+    /// `BEGIN IMMEDIATE` takes the database's write lock from the start, so no other
+    /// writer's commit can slip between the read and the write; on PostgreSQL a
+    /// transaction-scoped advisory lock serialises it across replicas.
+    pub(crate) async fn exclusive(
+        &self,
+        lock: i64,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
+        match self.backend {
+            Backend::Sqlite => Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?),
+            Backend::Postgres => {
+                let mut tx = self.writer.begin().await?;
+                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(lock)
+                    .execute(&mut *tx)
+                    .await?;
+                Ok(tx)
+            }
+        }
     }
 
     /// True on PostgreSQL, where other replicas may change what this one serves.

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use yeet_proto::Identity;
 use yeet_proto::api::{Role, paths};
 use yeet_proto::osquery::paths as oq;
-use yeet_server::http::{Access, Route, routes};
+use yeet_server::http::{Access, Route, Scoped, routes};
 use yeet_server::service::ServiceConfig;
 use yeet_server::service::users::add_user;
 
@@ -95,6 +95,40 @@ fn sample(method: &Method, template: &str) -> Option<Sample> {
             ok,
         ),
         ("DELETE", "/v1/hosts/{name}") => s(&paths::host("spare-2"), empty, ok),
+        ("GET", paths::USERS) => s(template, empty, ok),
+        ("POST", paths::USERS) => s(
+            template,
+            |_| {
+                json_bytes(
+                    json!({"name": "matrix-user", "public_key": identity().public().to_openssh(), "role": "viewer"}),
+                )
+            },
+            ok,
+        ),
+        ("GET", "/v1/users/{name}") => s(&paths::user("val"), empty, ok),
+        // Users of their own, like the spare hosts.
+        ("DELETE", "/v1/users/{name}") => s(&paths::user("spare-user-1"), empty, ok),
+        ("PUT", "/v1/users/{name}/role") => s(
+            &paths::user_role("spare-user-2"),
+            |_| json_bytes(json!({"role": "publisher"})),
+            ok,
+        ),
+        ("PUT", "/v1/users/{name}/tags") => s(
+            &paths::user_tags("spare-user-2"),
+            |_| json_bytes(json!({"tags": ["matrix"]})),
+            ok,
+        ),
+        ("POST", "/v1/users/{name}/keys") => s(
+            &paths::user_keys("spare-user-2"),
+            |_| json_bytes(json!({"public_key": identity().public().to_openssh()})),
+            ok,
+        ),
+        // Reaches the handler, which finds no such key.
+        ("POST", "/v1/users/{name}/keys/remove") => s(
+            &paths::user_keys_remove("spare-user-2"),
+            |_| json_bytes(json!({"key_id": "SHA256:nope"})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
         ("POST", "/v1/hosts/{name}/tags") => s(
             &paths::host_tags("host-b"),
             |_| json_bytes(json!({"add": ["matrix"]})),
@@ -222,10 +256,17 @@ async fn dead_keys(api: &Api) -> (Identity, Identity) {
         "gone",
         &gone_operator.public().to_openssh(),
         Role::Admin,
+        &[],
     )
     .await
     .unwrap();
-    store.delete_user("gone").await.unwrap();
+    yeet_server::service::users::change_user(
+        store,
+        "gone",
+        &yeet_server::store::UserChange::Remove,
+    )
+    .await
+    .unwrap();
     (rejected, gone_operator)
 }
 
@@ -312,6 +353,17 @@ async fn authorization_matrix() {
     for (name, id) in [("spare-1", identity()), ("spare-2", identity())] {
         api.enroll(&id, name).await;
     }
+    for name in ["spare-user-1", "spare-user-2"] {
+        add_user(
+            api.service.store(),
+            name,
+            &identity().public().to_openssh(),
+            Role::Viewer,
+            &[],
+        )
+        .await
+        .unwrap();
+    }
     for name in ["matrix-a", "matrix-b", "matrix-gone"] {
         api.add_secret(name, b"matrix", &["host-a"]).await;
     }
@@ -320,10 +372,48 @@ async fn authorization_matrix() {
     let detach = json_bytes(json!({"reason": "matrix"}));
     api.ok("POST", paths::AGENT_DETACH, &detach, Sign::By(&api.host_a))
         .await;
+    // A user scoped by tags, with the highest role, whose scope covers host-a (every
+    // sample's host): the scope dimension of the matrix.
+    let scoped = identity();
+    add_user(
+        api.service.store(),
+        "scoped-admin",
+        &scoped.public().to_openssh(),
+        Role::Admin,
+        &["matrix-scope".to_owned()],
+    )
+    .await
+    .unwrap();
+    for host in ["host-a", "host-b"] {
+        let tag = json_bytes(json!({"add": ["matrix-scope"]}));
+        api.ok("POST", &paths::host_tags(host), &tag, Sign::By(&api.admin))
+            .await;
+    }
     let before = api.snapshot().await;
     let table = routes();
     for route in &table {
         assert_refusals(&api, route, &dead).await;
+        // A route that does not serve scoped users refuses them before anything happens,
+        // even for hosts in their scope.
+        if route.scoped == Scoped::Refused
+            && let (Access::Role(_), Some(sample)) =
+                (route.access, sample(&route.method, &route.path))
+        {
+            let body = (sample.body)(&scoped);
+            api.refused(
+                build(
+                    route.method.as_str(),
+                    &sample.path,
+                    &body,
+                    Sign::By(&scoped),
+                    None,
+                ),
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                &format!("{} {} [scoped user]", route.method, sample.path),
+            )
+            .await;
+        }
     }
     assert_eq!(
         api.snapshot().await,

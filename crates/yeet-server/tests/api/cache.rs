@@ -465,6 +465,7 @@ async fn the_cache_says_what_it_lacks_and_accepts_only_trusted_narinfos() {
         name: "ci".into(),
         role: yeet_proto::api::Role::Publisher,
         key_id: "ci".into(),
+        tags: Vec::new(),
     };
     let refused = api
         .service

@@ -25,22 +25,23 @@ fn workspace() -> PathBuf {
 fn render() -> String {
     let mut out = String::new();
     out.push_str("### Endpoints\n\nEvery `/v1` request is signed (below); the server checks who may call what.\n\n");
-    out.push_str("| method | path | who may call it | what it does |\n|---|---|---|---|\n");
+    out.push_str("| method | path | who may call it | users scoped by tag | what it does |\n|---|---|---|---|---|\n");
     for r in routes() {
         let _ = writeln!(
             out,
-            "| {} | `{}` | {} | {} |",
+            "| {} | `{}` | {} | {} | {} |",
             r.method,
             r.path,
             r.access.describe(),
+            r.scoped.describe(),
             r.summary
         );
     }
-    out.push_str("| GET | `/healthz` | anyone | Liveness: `ok`. |\n");
-    out.push_str("| GET | `/cache/...` | anyone | The embedded binary cache, as a Nix substituter reads it. |\n");
+    out.push_str("| GET | `/healthz` | anyone | - | Liveness: `ok`. |\n");
+    out.push_str("| GET | `/cache/...` | anyone | - | The embedded binary cache, as a Nix substituter reads it. |\n");
     let _ = writeln!(
         out,
-        "| PUT | `/cache/...` | publisher | Upload a narinfo or NAR; signed over the body's SHA-256 in `{HEADER_CONTENT_SHA256}`. |"
+        "| PUT | `/cache/...` | publisher | refused | Upload a narinfo or NAR; signed over the body's SHA-256 in `{HEADER_CONTENT_SHA256}`. |"
     );
     out.push_str("\n### Signatures\n\nEvery request carries these headers, made with the caller's OpenSSH ed25519 key:\n\n| header | value |\n|---|---|\n");
     for (header, value) in [

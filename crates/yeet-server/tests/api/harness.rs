@@ -140,7 +140,7 @@ impl Api {
             ("ci", &publisher, Role::Publisher),
             ("val", &viewer, Role::Viewer),
         ] {
-            add_user(&store, name, &id.public().to_openssh(), role)
+            add_user(&store, name, &id.public().to_openssh(), role, &[])
                 .await
                 .unwrap();
         }

@@ -17,5 +17,7 @@ mod harness;
 mod input;
 mod osquery;
 mod releases;
+mod scopes;
 mod secrets;
 mod tags;
+mod users;
