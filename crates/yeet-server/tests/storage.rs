@@ -429,6 +429,7 @@ async fn releases_and_desired_state(db: &TestDb) {
         all[1].entries,
         [("a".to_string(), p(1)), ("b".to_string(), p(1))]
     );
+    assert_eq!(all[1].host_ids, [a, b]);
     assert_eq!(
         (
             all[1].message.as_str(),
@@ -440,7 +441,7 @@ async fn releases_and_desired_state(db: &TestDb) {
     assert_eq!((all[0].revision.as_deref(), all[0].dirty), (None, true));
     assert_eq!(s.release_by_id(r1).await.unwrap().unwrap(), all[1]);
     assert_eq!(s.release_by_id(r2 + 100).await.unwrap(), None);
-    let for_b = s.list_releases(Some(b), 10).await.unwrap();
+    let for_b = s.list_releases(Some(&[b]), 10).await.unwrap();
     assert_eq!(for_b.iter().map(|r| r.id).collect::<Vec<_>>(), [r1]);
     assert_eq!(s.list_releases(None, 1).await.unwrap().len(), 1);
     // Releases outlive the hosts they name.

@@ -5,7 +5,7 @@ use std::io::Read;
 use yeet_proto::ErrorCode;
 use yeet_proto::api::{Activation, ActivationLog, ActivationReport, Role};
 
-use super::auth::{require_host, require_role};
+use super::auth::{require_host, require_role_in_scope};
 use super::{Principal, Result, Service, ServiceError};
 use crate::store::ActivationRow;
 
@@ -95,8 +95,8 @@ impl Service {
         host: &str,
         limit: Option<i64>,
     ) -> Result<Vec<Activation>> {
-        require_role(principal, Role::Viewer)?;
-        let row = self.host_named(host).await?;
+        let (_, scope) = require_role_in_scope(principal, Role::Viewer)?;
+        let row = self.host_in_scope(scope, host).await?;
         let limit = limit.unwrap_or(DEFAULT_HISTORY).clamp(1, 1000);
         Ok(self
             .store
@@ -108,8 +108,8 @@ impl Service {
     }
 
     pub async fn latest_log(&self, principal: &Principal, host: &str) -> Result<ActivationLog> {
-        require_role(principal, Role::Viewer)?;
-        let row = self.host_named(host).await?;
+        let (_, scope) = require_role_in_scope(principal, Role::Viewer)?;
+        let row = self.host_in_scope(scope, host).await?;
         let (activation, log_gzip) =
             self.store
                 .latest_activation_log(row.id)

@@ -23,7 +23,7 @@ use yeet_proto::api::{
 use yeet_proto::names::validate_host_name;
 use yeet_proto::text::clean_line;
 
-use super::auth::require_role;
+use super::auth::{Scope, require_role, require_role_in_scope};
 use super::{Principal, Result, Service, ServiceError, now};
 use crate::store::{RegistrationRow, StoreError};
 
@@ -241,7 +241,9 @@ impl Service {
     }
 
     pub async fn list_pending(&self, principal: &Principal) -> Result<Vec<PendingRegistration>> {
-        require_role(principal, Role::Viewer)?;
+        // Waiting machines are no host of anyone's yet: scoped users see them too, since a
+        // scoped admin may approve one (into their scope).
+        require_role_in_scope(principal, Role::Viewer)?;
         let t = now();
         Ok(self
             .store
@@ -266,11 +268,16 @@ impl Service {
     }
 
     pub async fn approve(&self, principal: &Principal, req: ApproveRequest) -> Result<HostInfo> {
-        let admin = require_role(principal, Role::Admin)?;
+        let (admin, scope) = require_role_in_scope(principal, Role::Admin)?;
         validate_host_name(&req.name)
             .map_err(|e| ServiceError::refused(ErrorCode::InvalidName, e.to_string()))?;
-        let tags = yeet_proto::names::tag_set(&req.tags)
+        let mut tags = yeet_proto::names::tag_set(&req.tags)
             .map_err(|e| ServiceError::refused(ErrorCode::InvalidTag, e.to_string()))?;
+        // A scoped admin's new host carries their tags, so that it is in their scope and
+        // they cannot create hosts nobody scoped like them sees.
+        if let Scope::Tags(own) = scope {
+            tags.extend(own.iter().cloned());
+        }
         let code = normalize_code(&req.code);
         let reg = self.store.registration_by_code(&code).await?.ok_or_else(|| {
             ServiceError::refused(ErrorCode::UnknownCode, format!("no pending registration has code {}; check the code that yeet-agent prints on the host", req.code))

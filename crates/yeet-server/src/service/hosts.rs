@@ -199,6 +199,25 @@ impl Service {
         Ok(self.host_info(row).await)
     }
 
+    /// The ids of the hosts a scope covers; `None` for the whole fleet (no list needed).
+    pub(crate) async fn host_ids_in_scope(
+        &self,
+        scope: Scope<'_>,
+    ) -> Result<Option<BTreeSet<i64>>> {
+        if scope == Scope::Fleet {
+            return Ok(None);
+        }
+        Ok(Some(
+            self.store
+                .list_hosts()
+                .await?
+                .into_iter()
+                .filter(|h| scope.covers(&split_tags(&h.tags)))
+                .map(|h| h.id)
+                .collect(),
+        ))
+    }
+
     /// The host named `name`, if the caller's scope covers it; a host outside the scope is
     /// refused exactly as a host that does not exist, so that no answer tells them apart.
     pub(crate) async fn host_in_scope(&self, scope: Scope<'_>, name: &str) -> Result<HostRow> {

@@ -8,7 +8,7 @@ use yeet_proto::api::{
 };
 use yeet_proto::text::{clean, clean_line};
 
-use super::auth::require_role;
+use super::auth::{Scope, require_role_in_scope};
 use super::{Desired, Principal, Result, Service, ServiceError};
 use crate::store::{NewRelease, ReleaseRow};
 
@@ -36,7 +36,7 @@ impl Service {
         principal: &Principal,
         req: CreateReleaseRequest,
     ) -> Result<Release> {
-        let author = require_role(principal, Role::Publisher)?;
+        let (author, scope) = require_role_in_scope(principal, Role::Publisher)?;
         if req.hosts.is_empty() {
             return Err(ServiceError::refused(
                 ErrorCode::EmptyRelease,
@@ -64,11 +64,13 @@ impl Service {
                 ServiceError::refused(ErrorCode::InvalidStorePath, format!("host {host}: {e}"))
             })?;
         }
+        // A host outside a scoped publisher's scope is unknown to them, as a missing one.
         let known: BTreeMap<String, i64> = self
             .store
             .list_hosts()
             .await?
             .into_iter()
+            .filter(|h| scope.covers(&crate::store::split_tags(&h.tags)))
             .map(|h| (h.name, h.id))
             .collect();
         let unknown: Vec<&str> = req
@@ -155,15 +157,25 @@ impl Service {
         })
     }
 
+    /// One release; for a scoped user, its entries for their hosts, and a release naming
+    /// none of them is unknown to them.
     pub async fn show_release(&self, principal: &Principal, id: i64) -> Result<Release> {
-        require_role(principal, Role::Viewer)?;
-        let row = self.store.release_by_id(id).await?.ok_or_else(|| {
-            ServiceError::refused(
-                ErrorCode::UnknownRelease,
-                format!("no release {id}; see `yeet releases`"),
-            )
-        })?;
-        Ok(to_api(row))
+        let (_, scope) = require_role_in_scope(principal, Role::Viewer)?;
+        Ok(to_api(self.release_in_scope(scope, id).await?))
+    }
+
+    async fn release_in_scope(&self, scope: Scope<'_>, id: i64) -> Result<ReleaseRow> {
+        let visible = self.host_ids_in_scope(scope).await?;
+        self.store
+            .release_by_id(id)
+            .await?
+            .and_then(|r| r.only_hosts(|h| visible.as_ref().is_none_or(|v| v.contains(&h))))
+            .ok_or_else(|| {
+                ServiceError::refused(
+                    ErrorCode::UnknownRelease,
+                    format!("no release {id}; see `yeet releases`"),
+                )
+            })
     }
 
     /// A new release that points hosts back at the systems they had before: from their
@@ -171,20 +183,19 @@ impl Service {
     /// the newest older system it confirmed (see `Store::rollback_target`). Rolling back
     /// again walks further back.
     pub async fn rollback(&self, principal: &Principal, req: RollbackRequest) -> Result<Release> {
-        let author = require_role(principal, Role::Publisher)?;
+        let (author, scope) = require_role_in_scope(principal, Role::Publisher)?;
         let targets: Vec<(i64, String, i64)> = match (req.release, req.hosts.is_empty()) {
             (Some(id), true) => {
-                if self.store.release_by_id(id).await?.is_none() {
-                    return Err(ServiceError::refused(
-                        ErrorCode::UnknownRelease,
-                        format!("no release {id}"),
-                    ));
-                }
+                // A scoped user rolls back the release's entries for their hosts: the part
+                // of it they can see.
+                let release = self.release_in_scope(scope, id).await?;
                 let mut t = Vec::new();
                 // By host id: a name may belong to another machine since (renames, swaps).
-                // Hosts removed since then are skipped.
-                for host_id in self.store.release_host_ids(id).await? {
-                    if let Some(h) = self.store.host_by_id(host_id).await? {
+                // Hosts removed since then, or out of scope now, are skipped.
+                for host_id in release.host_ids {
+                    if let Some(h) = self.store.host_by_id(host_id).await?
+                        && scope.covers(&crate::store::split_tags(&h.tags))
+                    {
                         t.push((h.id, h.name, id));
                     }
                 }
@@ -194,7 +205,7 @@ impl Service {
                 let desired = self.desired.read().await.clone();
                 let mut t = Vec::new();
                 for name in &req.hosts {
-                    let h = self.host_named(name).await?;
+                    let h = self.host_in_scope(scope, name).await?;
                     let newest = desired.get(&h.id).map(|d| d.release_id).ok_or_else(|| {
                         ServiceError::refused(
                             ErrorCode::NothingToRollBack,
@@ -254,7 +265,7 @@ impl Service {
     /// Offers hosts their desired system once more, although they tried it (a cause fixed
     /// by hand: a key set, a disk freed). Hosts without a desired system are refused.
     pub async fn retry(&self, principal: &Principal, req: RetryRequest) -> Result<RetryResponse> {
-        let author = require_role(principal, Role::Publisher)?;
+        let (author, scope) = require_role_in_scope(principal, Role::Publisher)?;
         if req.hosts.is_empty() {
             return Err(ServiceError::refused(
                 ErrorCode::NothingToRetry,
@@ -264,7 +275,7 @@ impl Service {
         let desired = self.desired.read().await.clone();
         let mut ids = Vec::new();
         for name in &req.hosts {
-            let h = self.host_named(name).await?;
+            let h = self.host_in_scope(scope, name).await?;
             if !desired.contains_key(&h.id) {
                 return Err(ServiceError::refused(
                     ErrorCode::NothingToRetry,
@@ -297,28 +308,21 @@ impl Service {
         host: Option<&str>,
         limit: Option<i64>,
     ) -> Result<Vec<Release>> {
-        require_role(principal, Role::Viewer)?;
-        let host_id = match host {
-            Some(name) => Some(
-                self.store
-                    .host_by_name(name)
-                    .await?
-                    .ok_or_else(|| {
-                        ServiceError::refused(
-                            ErrorCode::UnknownHost,
-                            format!("no host named {name}"),
-                        )
-                    })?
-                    .id,
-            ),
-            None => None,
+        let (_, scope) = require_role_in_scope(principal, Role::Viewer)?;
+        let visible = self.host_ids_in_scope(scope).await?;
+        // The releases naming the host asked for, or any the caller may see; each shows
+        // only the caller's hosts.
+        let naming: Option<Vec<i64>> = match host {
+            Some(name) => Some(vec![self.host_in_scope(scope, name).await?.id]),
+            None => visible.as_ref().map(|v| v.iter().copied().collect()),
         };
         let limit = limit.unwrap_or(DEFAULT_RELEASE_LIMIT).clamp(1, 1000);
         Ok(self
             .store
-            .list_releases(host_id, limit)
+            .list_releases(naming.as_deref(), limit)
             .await?
             .into_iter()
+            .filter_map(|r| r.only_hosts(|h| visible.as_ref().is_none_or(|v| v.contains(&h))))
             .map(to_api)
             .collect())
     }

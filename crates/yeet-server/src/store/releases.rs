@@ -16,6 +16,23 @@ pub struct ReleaseRow {
     pub dirty: bool,
     /// (host name at release time, store path), sorted by host name.
     pub entries: Vec<(String, String)>,
+    /// The host id of each entry, in the same order (names change; ids do not).
+    pub host_ids: Vec<i64>,
+}
+
+impl ReleaseRow {
+    /// Keeps the entries of the hosts `keep` accepts (by id); `None` when none is left.
+    pub fn only_hosts(mut self, keep: impl Fn(i64) -> bool) -> Option<ReleaseRow> {
+        let (entries, host_ids) = self
+            .entries
+            .into_iter()
+            .zip(self.host_ids)
+            .filter(|(_, id)| keep(*id))
+            .unzip();
+        self.entries = entries;
+        self.host_ids = host_ids;
+        (!self.entries.is_empty()).then_some(self)
+    }
 }
 
 /// The provenance of a release about to be written.
@@ -29,7 +46,7 @@ pub struct NewRelease {
     pub rollback: bool,
 }
 
-pub(super) const RELEASE_SELECT: &str = "SELECT r.id, r.author, r.message, r.created_at, r.revision, r.dirty, rh.host_name, rh.store_path
+pub(super) const RELEASE_SELECT: &str = "SELECT r.id, r.author, r.message, r.created_at, r.revision, r.dirty, rh.host_name, rh.store_path, rh.host_id
      FROM releases r JOIN release_hosts rh ON rh.release_id = r.id";
 
 /// Folds joined release rows (ordered by release) into releases with their entries.
@@ -38,8 +55,12 @@ pub(super) fn group_releases(rows: Vec<AnyRow>) -> Result<Vec<ReleaseRow>, sqlx:
     for row in rows {
         let id: i64 = row.try_get("id")?;
         let entry = (row.try_get("host_name")?, row.try_get("store_path")?);
+        let host_id: i64 = row.try_get("host_id")?;
         match out.last_mut() {
-            Some(last) if last.id == id => last.entries.push(entry),
+            Some(last) if last.id == id => {
+                last.entries.push(entry);
+                last.host_ids.push(host_id);
+            }
             _ => out.push(ReleaseRow {
                 id,
                 author: row.try_get("author")?,
@@ -48,6 +69,7 @@ pub(super) fn group_releases(rows: Vec<AnyRow>) -> Result<Vec<ReleaseRow>, sqlx:
                 revision: row.try_get("revision")?,
                 dirty: row.try_get::<i64, _>("dirty")? != 0,
                 entries: vec![entry],
+                host_ids: vec![host_id],
             }),
         }
     }
@@ -94,18 +116,26 @@ impl Store {
         Ok(id)
     }
 
-    /// The newest `limit` releases, newest first; only those naming `host_id` if given.
+    /// The newest `limit` releases, newest first; with `hosts`, only those naming one of
+    /// these host ids (with all their entries: the caller filters what it shows).
     pub async fn list_releases(
         &self,
-        host_id: Option<i64>,
+        hosts: Option<&[i64]>,
         limit: i64,
     ) -> Result<Vec<ReleaseRow>, StoreError> {
+        // Ids are integers, spliced as such; everything else is bound.
+        let naming = match hosts {
+            None => String::new(),
+            Some(ids) => format!(
+                "WHERE id IN (SELECT release_id FROM release_hosts WHERE host_id IN ({}))",
+                super::id_list(ids)
+            ),
+        };
         let rows = sqlx::query(AssertSqlSafe(format!(
             "{RELEASE_SELECT}
-             WHERE r.id IN (SELECT id FROM releases WHERE $1 < 0 OR id IN (SELECT release_id FROM release_hosts WHERE host_id = $1) ORDER BY id DESC LIMIT $2)
+             WHERE r.id IN (SELECT id FROM releases {naming} ORDER BY id DESC LIMIT $1)
              ORDER BY r.id DESC, rh.host_name"
         )))
-        .bind(host_id.unwrap_or(-1))
         .bind(limit)
         .fetch_all(&self.reader)
         .await?;
@@ -141,19 +171,6 @@ impl Store {
             }
         }
         Ok(out)
-    }
-
-    /// The ids of the hosts a release names (they follow renames; names do not).
-    pub async fn release_host_ids(&self, release_id: i64) -> Result<Vec<i64>, StoreError> {
-        let rows =
-            sqlx::query("SELECT host_id FROM release_hosts WHERE release_id = $1 ORDER BY host_id")
-                .bind(release_id)
-                .fetch_all(&self.reader)
-                .await?;
-        Ok(rows
-            .iter()
-            .map(|r| r.try_get("host_id"))
-            .collect::<Result<_, _>>()?)
     }
 
     /// Where a rollback of a host from its system in release `from_release` goes, as NixOS

@@ -100,36 +100,212 @@ async fn a_scoped_user_sees_only_their_hosts_and_the_rest_look_missing() {
     assert_eq!(names(&listed), ["host-a"]);
 
     // What kim may not do yet is refused, naming the reason; whoami tells the scope.
-    let (s, v) = api.call("GET", paths::RELEASES, b"", Sign::By(&kim)).await;
-    assert_error(s, &v, StatusCode::FORBIDDEN, "forbidden", "releases");
+    let (s, v) = api.call("GET", paths::SECRETS, b"", Sign::By(&kim)).await;
+    assert_error(s, &v, StatusCode::FORBIDDEN, "forbidden", "secrets");
     let said = v["error"]["message"].as_str().unwrap();
     assert!(said.contains("eu or prod"), "{v}");
     let me = api.ok("GET", paths::WHOAMI, b"", Sign::By(&kim)).await;
     assert_eq!(me["tags"], json!(["eu", "prod"]));
 }
 
+/// Two calls that must be refused alike: one naming an out-of-scope host, one a host that
+/// does not exist; their answers differ only by the name they echo.
+async fn alike(
+    api: &Api,
+    who: &Identity,
+    method: &str,
+    out_of_scope: (&str, &str),
+    missing: (&str, &str),
+) {
+    let call = |path: &str, body: &str| {
+        let req = build(method, path, body.as_bytes(), Sign::By(who), None);
+        api.send(req)
+    };
+    let (s1, v1) = call(out_of_scope.0, out_of_scope.1).await;
+    let (s2, v2) = call(missing.0, missing.1).await;
+    assert!(
+        s1.is_client_error(),
+        "{method} {}: {s1} {v1}",
+        out_of_scope.0
+    );
+    assert_eq!(
+        (s1, v1.to_string().replace("host-b", "NAME")),
+        (s2, v2.to_string().replace("ghost", "NAME")),
+        "{method} {}",
+        out_of_scope.0
+    );
+}
+
 #[tokio::test]
-async fn a_scoped_publisher_uploads_but_changes_no_host_outside_its_scope() {
+async fn a_scoped_publisher_acts_on_its_hosts_only_and_sees_their_releases() {
     let api = Api::new(ServiceConfig::default()).await;
     tag(&api, "host-a", "staging").await;
+    tag(&api, "host-b", "prod").await;
     let ci = scoped_user(&api, "ci-staging", Role::Publisher, &["staging"]).await;
     // Store paths belong to no host: asking what the cache lacks is allowed.
     let body = serde_json::to_vec(&json!({"hashes": []})).unwrap();
     api.ok("POST", paths::CACHE_MISSING, &body, Sign::By(&ci))
         .await;
-    // Releasing, even to a host in scope, waits for its scope rule: refused, unchanged.
+    let own = api
+        .ok(
+            "POST",
+            paths::RELEASES,
+            br#"{"hosts": {"host-a": "/nix/store/00000000000000000000000000000000-a"}}"#,
+            Sign::By(&ci),
+        )
+        .await;
+    assert_eq!(
+        own["hosts"],
+        json!({"host-a": "/nix/store/00000000000000000000000000000000-a"})
+    );
+
+    // Out of scope is indistinguishable from missing, and changes nothing.
     let before = api.snapshot().await;
-    let release =
-        serde_json::to_vec(&json!({"hosts": {"host-b": PATH_A}, "message": "m"})).unwrap();
+    let path = "/nix/store/00000000000000000000000000000000-b";
+    alike(
+        &api,
+        &ci,
+        "POST",
+        (
+            paths::RELEASES,
+            &format!(r#"{{"hosts": {{"host-b": "{path}"}}}}"#),
+        ),
+        (
+            paths::RELEASES,
+            &format!(r#"{{"hosts": {{"ghost": "{path}"}}}}"#),
+        ),
+    )
+    .await;
+    alike(
+        &api,
+        &ci,
+        "POST",
+        (
+            paths::RELEASES,
+            &format!(r#"{{"hosts": {{"host-a": "{path}", "host-b": "{path}"}}}}"#),
+        ),
+        (
+            paths::RELEASES,
+            &format!(r#"{{"hosts": {{"host-a": "{path}", "ghost": "{path}"}}}}"#),
+        ),
+    )
+    .await;
+    for route in [paths::ROLLBACK, paths::RETRY] {
+        alike(
+            &api,
+            &ci,
+            "POST",
+            (route, r#"{"hosts": ["host-b"]}"#),
+            (route, r#"{"hosts": ["ghost"]}"#),
+        )
+        .await;
+    }
+    for (out, missing) in [
+        (paths::host_log("host-b"), paths::host_log("ghost")),
+        (
+            paths::host_activations("host-b"),
+            paths::host_activations("ghost"),
+        ),
+        (
+            format!("{}?host=host-b", paths::RELEASES),
+            format!("{}?host=ghost", paths::RELEASES),
+        ),
+    ] {
+        alike(&api, &ci, "GET", (&out, ""), (&missing, "")).await;
+    }
+    assert_eq!(
+        api.snapshot().await,
+        before,
+        "a refused request changed something"
+    );
+
+    // An unscoped admin's release naming both: the scoped user sees its staging half; one
+    // naming only host-b is, to them, no release at all.
+    let both = api
+        .ok(
+            "POST",
+            paths::RELEASES,
+            format!(r#"{{"hosts": {{"host-a": "{path}", "host-b": "{path}"}}}}"#).as_bytes(),
+            Sign::By(&api.admin),
+        )
+        .await;
+    let prod_only = api
+        .ok(
+            "POST",
+            paths::RELEASES,
+            format!(r#"{{"hosts": {{"host-b": "{path}"}}}}"#).as_bytes(),
+            Sign::By(&api.admin),
+        )
+        .await;
+    let listed = api.ok("GET", paths::RELEASES, b"", Sign::By(&ci)).await;
+    let ids: Vec<i64> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["id"].as_i64())
+        .collect();
+    assert_eq!(
+        ids,
+        [both["id"].as_i64().unwrap(), own["id"].as_i64().unwrap()]
+    );
+    assert_eq!(listed[0]["hosts"], json!({"host-a": path}));
+    let shown = api
+        .ok(
+            "GET",
+            &paths::release(&both["id"].to_string()),
+            b"",
+            Sign::By(&ci),
+        )
+        .await;
+    assert_eq!(shown["hosts"], json!({"host-a": path}));
+    let hidden = prod_only["id"].as_i64().unwrap();
+    let (s1, v1) = api
+        .call(
+            "GET",
+            &paths::release(&hidden.to_string()),
+            b"",
+            Sign::By(&ci),
+        )
+        .await;
+    let (s2, v2) = api
+        .call("GET", &paths::release("998"), b"", Sign::By(&ci))
+        .await;
+    assert_eq!(
+        (s1, v1.to_string().replace(&hidden.to_string(), "N")),
+        (s2, v2.to_string().replace("998", "N"))
+    );
+    let body = serde_json::to_vec(&json!({"release": hidden})).unwrap();
     let (s, v) = api
-        .call("POST", paths::RELEASES, &release, Sign::By(&ci))
+        .call("POST", paths::ROLLBACK, &body, Sign::By(&ci))
         .await;
     assert_error(
         s,
         &v,
-        StatusCode::FORBIDDEN,
-        "forbidden",
-        "release by a scoped publisher",
+        StatusCode::NOT_FOUND,
+        "unknown_release",
+        "rollback of a hidden release",
     );
-    assert_eq!(api.snapshot().await, before);
+    // The unscoped see everything.
+    let all = api
+        .ok("GET", paths::RELEASES, b"", Sign::By(&api.viewer))
+        .await;
+    assert_eq!(all.as_array().unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn a_scoped_admin_approves_hosts_into_their_scope() {
+    let api = Api::new(ServiceConfig::default()).await;
+    let sam = scoped_user(&api, "sam", Role::Admin, &["kiosk"]).await;
+    let machine = identity();
+    let code = api.register(&machine).await;
+    let pending = api
+        .ok("GET", paths::REGISTRATIONS, b"", Sign::By(&sam))
+        .await;
+    assert_eq!(pending.as_array().unwrap().len(), 1);
+    let body =
+        serde_json::to_vec(&json!({"code": code, "name": "kiosk-1", "tags": ["eu"]})).unwrap();
+    let host = api.ok("POST", paths::APPROVE, &body, Sign::By(&sam)).await;
+    assert_eq!(host["tags"], json!(["eu", "kiosk"]));
+    let listed = api.ok("GET", paths::HOSTS, b"", Sign::By(&sam)).await;
+    assert_eq!(names(&listed), ["kiosk-1"]);
 }
