@@ -7,7 +7,7 @@ use yeet_proto::ErrorCode;
 use yeet_proto::api::{DetachRequest, Detachment, HostInfo, HostPolicy, Role};
 use yeet_proto::text::clean_line;
 
-use super::auth::{require_host, require_role};
+use super::auth::{require_host, require_role_in_scope};
 use super::{EVENT_DETACH, Principal, Result, Service, ServiceError, now};
 use crate::store::{DetachmentRow, Store, StoreError};
 
@@ -121,8 +121,8 @@ impl Service {
     /// An admin ends a host's detachment; the host returns to its desired system at its
     /// next check-in (held check-ins answer at once).
     pub async fn attach_host(&self, principal: &Principal, name: &str) -> Result<HostInfo> {
-        let admin = require_role(principal, Role::Admin)?;
-        let row = self.host_named(name).await?;
+        let (admin, scope) = require_role_in_scope(principal, Role::Admin)?;
+        let row = self.host_in_scope(scope, name).await?;
         let by = format!("operator {admin}");
         if !self.store.end_detachment(row.id, now(), &by).await? {
             return Err(ServiceError::refused(
@@ -143,8 +143,8 @@ impl Service {
         name: &str,
         policy: HostPolicy,
     ) -> Result<HostInfo> {
-        let admin = require_role(principal, Role::Admin)?;
-        let row = self.host_named(name).await?;
+        let (admin, scope) = require_role_in_scope(principal, Role::Admin)?;
+        let row = self.host_in_scope(scope, name).await?;
         self.store
             .set_allow_detach(row.id, policy.allow_detach)
             .await?;

@@ -236,9 +236,12 @@ impl Service {
         old: &str,
         new: &str,
     ) -> Result<HostInfo> {
-        let admin = require_role(principal, Role::Admin)?;
+        let (admin, scope) = require_role_in_scope(principal, Role::Admin)?;
         validate_host_name(new)
             .map_err(|e| ServiceError::refused(ErrorCode::InvalidName, e.to_string()))?;
+        // Only tags change a host's scope, and only unscoped admins set them: the host
+        // checked here is the host renamed.
+        self.host_in_scope(scope, old).await?;
         let row = match self.store.rename_host(old, new).await {
             Ok(Some(row)) => row,
             Ok(None) => {
@@ -306,7 +309,8 @@ impl Service {
 
     /// Removes a host. Its key stops working at once; its releases stay as history.
     pub async fn remove_host(&self, principal: &Principal, name: &str) -> Result<()> {
-        let admin = require_role(principal, Role::Admin)?;
+        let (admin, scope) = require_role_in_scope(principal, Role::Admin)?;
+        self.host_in_scope(scope, name).await?;
         let row = self.store.delete_host(name).await?.ok_or_else(|| {
             ServiceError::refused(ErrorCode::UnknownHost, format!("no host named {name}"))
         })?;

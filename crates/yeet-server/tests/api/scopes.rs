@@ -309,3 +309,75 @@ async fn a_scoped_admin_approves_hosts_into_their_scope() {
     let listed = api.ok("GET", paths::HOSTS, b"", Sign::By(&sam)).await;
     assert_eq!(names(&listed), ["kiosk-1"]);
 }
+
+#[tokio::test]
+async fn a_scoped_admin_manages_their_hosts_and_cannot_touch_the_rest() {
+    let api = Api::new(ServiceConfig::default()).await;
+    tag(&api, "host-a", "kiosk").await;
+    tag(&api, "host-b", "db").await;
+    let sam = scoped_user(&api, "sam", Role::Admin, &["kiosk"]).await;
+    let before = api.snapshot().await;
+    for (method, out, missing, body) in [
+        (
+            "PUT",
+            paths::host_policy("host-b"),
+            paths::host_policy("ghost"),
+            r#"{"allow_detach": true}"#,
+        ),
+        (
+            "POST",
+            paths::host_attach("host-b"),
+            paths::host_attach("ghost"),
+            "{}",
+        ),
+        (
+            "POST",
+            paths::host_rename("host-b"),
+            paths::host_rename("ghost"),
+            r#"{"new_name": "mine"}"#,
+        ),
+        ("DELETE", paths::host("host-b"), paths::host("ghost"), ""),
+    ] {
+        alike(&api, &sam, method, (&out, body), (&missing, body)).await;
+    }
+    // Tags decide scopes: only admins without tags set them.
+    let (s, v) = api
+        .call(
+            "POST",
+            &paths::host_tags("host-a"),
+            br#"{"remove": ["kiosk"]}"#,
+            Sign::By(&sam),
+        )
+        .await;
+    assert_error(
+        s,
+        &v,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        "a scoped admin retags",
+    );
+    assert_eq!(
+        api.snapshot().await,
+        before,
+        "a refused request changed something"
+    );
+    // Their own host: policy, rename and removal work.
+    api.ok(
+        "PUT",
+        &paths::host_policy("host-a"),
+        br#"{"allow_detach": true}"#,
+        Sign::By(&sam),
+    )
+    .await;
+    api.ok(
+        "POST",
+        &paths::host_rename("host-a"),
+        br#"{"new_name": "kiosk-a"}"#,
+        Sign::By(&sam),
+    )
+    .await;
+    api.ok("DELETE", &paths::host("kiosk-a"), b"", Sign::By(&sam))
+        .await;
+    let all = api.ok("GET", paths::HOSTS, b"", Sign::By(&api.admin)).await;
+    assert_eq!(names(&all), ["host-b"]);
+}
