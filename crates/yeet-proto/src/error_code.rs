@@ -122,6 +122,7 @@ error_codes! {
     UncheckableCache => "uncheckable_cache", 422, "The named cache's URL scheme cannot be checked by the server.";
     InvalidKeep => "invalid_keep", 422, "Garbage collection must keep at least one release per host.";
     // Secrets.
+    UngrantedSecret => "ungranted_secret", 422, "A user scoped by tags keeps each of their secrets granted to at least one of their hosts.";
     UnknownSecret => "unknown_secret", 404, "No secret has this name.";
     SecretExists => "secret_exists", 409, "A secret with this name exists; `yeet secret rotate` stores a new version.";
     InvalidSecretName => "invalid_secret_name", 422, "The name is not a valid secret name.";

@@ -14,7 +14,7 @@ use yeet_proto::secrets::{
     SecretChange, SecretGrant, SecretInfo, SecretRecipient, validate_secret_name, versions_digest,
 };
 
-use super::auth::{require_host, require_role};
+use super::auth::{Scope, require_host, require_role_in_scope};
 use super::{EVENT_SECRETS, Principal, Result, Service, ServiceError, now};
 use crate::store::{Change, Store, StoreError};
 
@@ -238,7 +238,8 @@ impl Service {
     }
 
     pub fn secret_recipient(&self, principal: &Principal) -> Result<SecretRecipient> {
-        require_role(principal, Role::Viewer)?;
+        // The server's public key: nothing about hosts.
+        require_role_in_scope(principal, Role::Viewer)?;
         Ok(SecretRecipient {
             recipient: self.keeper()?.recipient.clone(),
         })
@@ -262,11 +263,12 @@ impl Service {
         Ok(bytes)
     }
 
-    /// Host names → ids; an unknown name is refused.
-    async fn host_ids(&self, names: &[String]) -> Result<Vec<i64>> {
+    /// Host names → ids; an unknown name, or one outside the caller's scope, is refused
+    /// alike.
+    async fn host_ids(&self, scope: Scope<'_>, names: &[String]) -> Result<Vec<i64>> {
         let mut ids = Vec::with_capacity(names.len());
         for name in names {
-            let row = self.store.host_by_name(name).await?.ok_or_else(|| {
+            let row = self.host_in_scope(scope, name).await.map_err(|_| {
                 ServiceError::refused(
                     ErrorCode::UnknownHostInRequest,
                     format!("no host named {name}; see `yeet status` for the fleet"),
@@ -277,15 +279,51 @@ impl Service {
         Ok(ids)
     }
 
+    /// May a scoped admin change this secret? Only when it is theirs: granted to at least
+    /// one host, all in their scope. One they cannot see is unknown to them; one also
+    /// granted outside their scope is refused, since changing it would reach other hosts
+    /// (and granting it would hand another team's secret to their own hosts).
+    async fn require_own_secret(&self, scope: Scope<'_>, name: &str) -> Result<()> {
+        let Some(visible) = self.host_ids_in_scope(scope).await? else {
+            return Ok(());
+        };
+        let holders: Vec<i64> = self
+            .store
+            .list_grants()
+            .await?
+            .into_iter()
+            .filter(|g| g.secret == name)
+            .map(|g| g.host_id)
+            .collect();
+        if !holders.iter().any(|h| visible.contains(h)) {
+            return Err(unknown_secret(name));
+        }
+        if !holders.iter().all(|h| visible.contains(h)) {
+            return Err(ServiceError::refused(
+                ErrorCode::Forbidden,
+                format!(
+                    "{name} is also granted to hosts outside your scope; ask a user without tags"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     pub async fn add_secret(
         &self,
         principal: &Principal,
         req: AddSecretRequest,
     ) -> Result<SecretInfo> {
-        let admin = require_role(principal, Role::Admin)?;
+        let (admin, scope) = require_role_in_scope(principal, Role::Admin)?;
         check_name(&req.name)?;
+        if scope != Scope::Fleet && req.hosts.is_empty() {
+            return Err(ServiceError::refused(
+                ErrorCode::UngrantedSecret,
+                "grant the secret to at least one of your hosts (--host): a secret of no host is nobody's in a scope",
+            ));
+        }
         let ciphertext = self.check_ciphertext(&req.ciphertext)?;
-        let host_ids = self.host_ids(&req.hosts).await?;
+        let host_ids = self.host_ids(scope, &req.hosts).await?;
         let detail = if req.hosts.is_empty() {
             "version 1".to_owned()
         } else {
@@ -316,7 +354,7 @@ impl Service {
         tracing::info!(secret = %req.name, by = admin, hosts = ?req.hosts, "secret added");
         self.retry_failed_attempts(&host_ids).await?;
         self.secrets_changed().await?;
-        self.secret_info(&req.name).await
+        self.secret_info(scope, &req.name).await
     }
 
     pub async fn rotate_secret(
@@ -325,11 +363,12 @@ impl Service {
         name: &str,
         ciphertext: &str,
     ) -> Result<SecretInfo> {
-        let admin = require_role(principal, Role::Admin)?;
+        let (admin, scope) = require_role_in_scope(principal, Role::Admin)?;
         check_name(name)?;
         if self.store.secret_by_name(name).await?.is_none() {
             return Err(unknown_secret(name));
         }
+        self.require_own_secret(scope, name).await?;
         let ciphertext = self.check_ciphertext(ciphertext)?;
         // The store names the version it wrote: concurrent rotations each record their own.
         let change = Change {
@@ -354,7 +393,7 @@ impl Service {
             .collect();
         self.retry_failed_attempts(&holders).await?;
         self.secrets_changed().await?;
-        self.secret_info(name).await
+        self.secret_info(scope, name).await
     }
 
     /// Grants (`grant`) or revokes a secret for hosts.
@@ -365,7 +404,7 @@ impl Service {
         hosts: &[String],
         grant: bool,
     ) -> Result<SecretInfo> {
-        let admin = require_role(principal, Role::Admin)?;
+        let (admin, scope) = require_role_in_scope(principal, Role::Admin)?;
         check_name(name)?;
         if hosts.is_empty() {
             return Err(ServiceError::refused(
@@ -373,7 +412,25 @@ impl Service {
                 "name at least one host",
             ));
         }
-        let host_ids = self.host_ids(hosts).await?;
+        self.require_own_secret(scope, name).await?;
+        let host_ids = self.host_ids(scope, hosts).await?;
+        if !grant && scope != Scope::Fleet {
+            let left = self
+                .store
+                .list_grants()
+                .await?
+                .into_iter()
+                .filter(|g| g.secret == name && !host_ids.contains(&g.host_id))
+                .count();
+            if left == 0 {
+                return Err(ServiceError::refused(
+                    ErrorCode::UngrantedSecret,
+                    format!(
+                        "that would leave {name} granted to no host, which in a scope is nobody's secret; remove it instead (`yeet secret rm {name}`)"
+                    ),
+                ));
+            }
+        }
         let action = if grant { "granted" } else { "revoked" };
         let change = Change {
             author: admin,
@@ -393,7 +450,7 @@ impl Service {
             self.retry_failed_attempts(&host_ids).await?;
         }
         self.secrets_changed().await?;
-        self.secret_info(name).await
+        self.secret_info(scope, name).await
     }
 
     /// A grant or a new version may be what a host's failed attempt lacked (a failure
@@ -411,8 +468,9 @@ impl Service {
     }
 
     pub async fn remove_secret(&self, principal: &Principal, name: &str) -> Result<()> {
-        let admin = require_role(principal, Role::Admin)?;
+        let (admin, scope) = require_role_in_scope(principal, Role::Admin)?;
         check_name(name)?;
+        self.require_own_secret(scope, name).await?;
         let change = Change {
             author: admin,
             action: "removed",
@@ -426,13 +484,45 @@ impl Service {
         self.secrets_changed().await
     }
 
+    /// Secrets' metadata. A scoped user sees the secrets granted to one of their hosts,
+    /// with those grants only, and no history (its entries name hosts and people outside
+    /// the scope).
     pub async fn list_secrets(&self, principal: &Principal) -> Result<Vec<SecretInfo>> {
-        require_role(principal, Role::Viewer)?;
-        self.secret_infos(None).await
+        let (_, scope) = require_role_in_scope(principal, Role::Viewer)?;
+        self.visible_secret_infos(scope, None).await
     }
 
-    async fn secret_info(&self, name: &str) -> Result<SecretInfo> {
-        self.secret_infos(Some(name))
+    /// `secret_infos`, as `scope` sees them (see `list_secrets`).
+    async fn visible_secret_infos(
+        &self,
+        scope: Scope<'_>,
+        only: Option<&str>,
+    ) -> Result<Vec<SecretInfo>> {
+        let infos = self.secret_infos(only).await?;
+        let Some(visible) = self.host_ids_in_scope(scope).await? else {
+            return Ok(infos);
+        };
+        let names: std::collections::BTreeSet<String> = self
+            .store
+            .list_hosts()
+            .await?
+            .into_iter()
+            .filter(|h| visible.contains(&h.id))
+            .map(|h| h.name)
+            .collect();
+        Ok(infos
+            .into_iter()
+            .filter_map(|mut info| {
+                info.hosts.retain(|g| names.contains(&g.host));
+                info.history.clear();
+                (!info.hosts.is_empty()).then_some(info)
+            })
+            .collect())
+    }
+
+    /// One secret, as `scope` sees it.
+    async fn secret_info(&self, scope: Scope<'_>, name: &str) -> Result<SecretInfo> {
+        self.visible_secret_infos(scope, Some(name))
             .await?
             .pop()
             .ok_or_else(|| unknown_secret(name))

@@ -100,8 +100,15 @@ async fn a_scoped_user_sees_only_their_hosts_and_the_rest_look_missing() {
     assert_eq!(names(&listed), ["host-a"]);
 
     // What kim may not do yet is refused, naming the reason; whoami tells the scope.
-    let (s, v) = api.call("GET", paths::SECRETS, b"", Sign::By(&kim)).await;
-    assert_error(s, &v, StatusCode::FORBIDDEN, "forbidden", "secrets");
+    let (s, v) = api
+        .call(
+            "GET",
+            yeet_proto::osquery::paths::NODES,
+            b"",
+            Sign::By(&kim),
+        )
+        .await;
+    assert_error(s, &v, StatusCode::FORBIDDEN, "forbidden", "osquery nodes");
     let said = v["error"]["message"].as_str().unwrap();
     assert!(said.contains("eu or prod"), "{v}");
     let me = api.ok("GET", paths::WHOAMI, b"", Sign::By(&kim)).await;
@@ -380,4 +387,107 @@ async fn a_scoped_admin_manages_their_hosts_and_cannot_touch_the_rest() {
         .await;
     let all = api.ok("GET", paths::HOSTS, b"", Sign::By(&api.admin)).await;
     assert_eq!(names(&all), ["host-b"]);
+}
+
+#[tokio::test]
+async fn a_scoped_admin_keeps_to_their_secrets() {
+    let api = Api::new(ServiceConfig::default()).await;
+    tag(&api, "host-a", "kiosk").await;
+    tag(&api, "host-b", "db").await;
+    let sam = scoped_user(&api, "sam", Role::Admin, &["kiosk"]).await;
+    api.add_secret("db-pass", b"x", &["host-b"]).await;
+    api.add_secret("shared", b"y", &["host-a", "host-b"]).await;
+
+    let listed = api.ok("GET", paths::SECRETS, b"", Sign::By(&sam)).await;
+    let listed = listed.as_array().unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["name"], "shared");
+    let grants: Vec<&str> = listed[0]["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|g| g["host"].as_str())
+        .collect();
+    assert_eq!(grants, ["host-a"]);
+    assert_eq!(listed[0]["history"], json!([]));
+
+    let before = api.snapshot().await;
+    // Another team's secret is, to sam, no secret; one shared with other teams is refused.
+    let grant_a = r#"{"hosts": ["host-a"]}"#;
+    let (s1, v1) = api
+        .call(
+            "POST",
+            &paths::secret_grant("db-pass"),
+            grant_a.as_bytes(),
+            Sign::By(&sam),
+        )
+        .await;
+    let (s2, v2) = api
+        .call(
+            "POST",
+            &paths::secret_grant("nope"),
+            grant_a.as_bytes(),
+            Sign::By(&sam),
+        )
+        .await;
+    assert_eq!(
+        (s1, v1.to_string().replace("db-pass", "N")),
+        (s2, v2.to_string().replace("nope", "N"))
+    );
+    for (method, path) in [
+        ("POST", paths::secret_grant("shared")),
+        ("POST", paths::secret_revoke("shared")),
+        ("DELETE", paths::secret("shared")),
+    ] {
+        let body = if method == "DELETE" { "" } else { grant_a };
+        let (s, v) = api
+            .call(method, &path, body.as_bytes(), Sign::By(&sam))
+            .await;
+        assert_error(
+            s,
+            &v,
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            &format!("{method} {path}"),
+        );
+    }
+    // A new secret goes to their hosts only.
+    let to_b = api.add_secret_body("kiosk-wifi", b"z", &["host-b"]).await;
+    let to_ghost = api.add_secret_body("kiosk-wifi", b"z", &["ghost"]).await;
+    let (s1, v1) = api
+        .call("POST", paths::SECRETS, &to_b, Sign::By(&sam))
+        .await;
+    let (s2, v2) = api
+        .call("POST", paths::SECRETS, &to_ghost, Sign::By(&sam))
+        .await;
+    assert_eq!(
+        (s1, v1.to_string().replace("host-b", "N")),
+        (s2, v2.to_string().replace("ghost", "N"))
+    );
+    assert_eq!(
+        api.snapshot().await,
+        before,
+        "a refused request changed something"
+    );
+
+    let own = api.add_secret_body("kiosk-wifi", b"z", &["host-a"]).await;
+    let made = api.ok("POST", paths::SECRETS, &own, Sign::By(&sam)).await;
+    assert_eq!(made["name"], "kiosk-wifi");
+    let (s, v) = api
+        .call(
+            "POST",
+            &paths::secret_revoke("kiosk-wifi"),
+            grant_a.as_bytes(),
+            Sign::By(&sam),
+        )
+        .await;
+    assert_error(
+        s,
+        &v,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "ungranted_secret",
+        "revoking the last grant",
+    );
+    api.ok("DELETE", &paths::secret("kiosk-wifi"), b"", Sign::By(&sam))
+        .await;
 }
