@@ -267,3 +267,151 @@ async fn a_node_is_not_taken_over_while_it_checks_in_and_keeps_its_host_only_by_
     let nodes = api.ok("GET", oq::NODES, b"", Sign::By(&api.viewer)).await;
     assert_eq!(node_of(&nodes)["host"], "host-a");
 }
+
+/// A user scoped by tags sees and acts on the nodes of their hosts only: nodes, logs,
+/// queries (`--all` is all of theirs), campaigns and carves; the rest answer as missing.
+#[tokio::test]
+async fn a_scoped_user_reaches_only_their_hosts_nodes() {
+    let api = Api::new(ServiceConfig::default()).await;
+    api.add_secret("osquery-enroll", SECRET, &[]).await;
+    let kiosk = enroll(&api, "host-a", "host-a").await;
+    let db = enroll(&api, "host-b", "host-b").await;
+    enroll(&api, "stray", "nowhere").await;
+    for (host, tag) in [("host-a", "kiosk"), ("host-b", "db")] {
+        let body = serde_json::to_vec(&json!({"add": [tag]})).unwrap();
+        api.ok(
+            "POST",
+            &yeet_proto::api::paths::host_tags(host),
+            &body,
+            Sign::By(&api.admin),
+        )
+        .await;
+    }
+    let sam = identity();
+    yeet_server::service::users::add_user(
+        api.service.store(),
+        "sam",
+        &sam.public().to_openssh(),
+        yeet_proto::api::Role::Admin,
+        &["kiosk".to_owned()],
+    )
+    .await
+    .unwrap();
+    let nodes = api.ok("GET", oq::NODES, b"", Sign::By(&sam)).await;
+    let ids: Vec<&str> = nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|n| n["host_identifier"].as_str())
+        .collect();
+    assert_eq!(ids, ["host-a"]);
+    for key in [&kiosk, &db] {
+        let log = json!({"node_key": key, "log_type": "status", "data": [{"severity": 0, "message": "hi"}]});
+        let (status, _) = api
+            .send(build(
+                "POST",
+                osquery_tls::paths::LOG,
+                &serde_json::to_vec(&log).unwrap(),
+                Sign::None,
+                None,
+            ))
+            .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let lines = api.ok("GET", oq::LOGS, b"", Sign::By(&sam)).await;
+    let hosts: Vec<&str> = lines["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l["host"].as_str())
+        .collect();
+    assert_eq!(hosts, ["host-a"]);
+    let (s1, v1) = api
+        .call("GET", "/v1/osquery/logs?host=host-b", b"", Sign::By(&sam))
+        .await;
+    let (s2, v2) = api
+        .call("GET", "/v1/osquery/logs?host=ghost", b"", Sign::By(&sam))
+        .await;
+    assert_eq!(
+        (s1, v1.to_string().replace("host-b", "N")),
+        (s2, v2.to_string().replace("ghost", "N"))
+    );
+    assert_error(
+        s1,
+        &v1,
+        StatusCode::NOT_FOUND,
+        "unknown_node",
+        "logs of an out-of-scope host",
+    );
+
+    // --all is all of sam's nodes; naming another team's host is naming nothing.
+    let all = json!({"query": "SELECT 1", "all": true, "timeout_secs": 60});
+    let mine = api
+        .ok(
+            "POST",
+            oq::QUERIES,
+            &serde_json::to_vec(&all).unwrap(),
+            Sign::By(&sam),
+        )
+        .await;
+    let targets: Vec<&str> = mine["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["node"].as_str())
+        .collect();
+    assert_eq!(targets, ["host-a"]);
+    let theirs = json!({"query": "SELECT 1", "hosts": ["host-b"], "timeout_secs": 60});
+    let (s, v) = api
+        .call(
+            "POST",
+            oq::QUERIES,
+            &serde_json::to_vec(&theirs).unwrap(),
+            Sign::By(&sam),
+        )
+        .await;
+    assert_error(
+        s,
+        &v,
+        StatusCode::NOT_FOUND,
+        "unknown_node",
+        "a query on an out-of-scope host",
+    );
+    let carve = json!({"host": "host-b", "path": "/etc/shadow", "timeout_secs": 60});
+    let (s, v) = api
+        .call(
+            "POST",
+            oq::CARVES,
+            &serde_json::to_vec(&carve).unwrap(),
+            Sign::By(&sam),
+        )
+        .await;
+    assert_error(
+        s,
+        &v,
+        StatusCode::NOT_FOUND,
+        "unknown_node",
+        "a carve on an out-of-scope host",
+    );
+    // The fleet admin's campaign on host-b only is, to sam, no campaign.
+    let admins = api
+        .ok(
+            "POST",
+            oq::QUERIES,
+            &serde_json::to_vec(&theirs).unwrap(),
+            Sign::By(&api.admin),
+        )
+        .await;
+    let id = admins["id"].as_i64().unwrap().to_string();
+    let (s, v) = api.call("GET", &oq::query(&id), b"", Sign::By(&sam)).await;
+    assert_error(
+        s,
+        &v,
+        StatusCode::NOT_FOUND,
+        "unknown_campaign",
+        "another team's campaign",
+    );
+    // Fleet-wide configuration stays with users without tags.
+    let (s, v) = api.call("GET", oq::SCHEDULE, b"", Sign::By(&sam)).await;
+    assert_error(s, &v, StatusCode::FORBIDDEN, "forbidden", "the schedule");
+}

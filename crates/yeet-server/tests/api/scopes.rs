@@ -99,16 +99,22 @@ async fn a_scoped_user_sees_only_their_hosts_and_the_rest_look_missing() {
     let listed = api.ok("GET", paths::HOSTS, b"", Sign::By(&kim)).await;
     assert_eq!(names(&listed), ["host-a"]);
 
-    // What kim may not do yet is refused, naming the reason; whoami tells the scope.
+    // What serves the whole fleet refuses kim, naming the reason; whoami tells the scope.
     let (s, v) = api
         .call(
             "GET",
-            yeet_proto::osquery::paths::NODES,
+            yeet_proto::osquery::paths::SCHEDULE,
             b"",
             Sign::By(&kim),
         )
         .await;
-    assert_error(s, &v, StatusCode::FORBIDDEN, "forbidden", "osquery nodes");
+    assert_error(
+        s,
+        &v,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        "osquery schedule",
+    );
     let said = v["error"]["message"].as_str().unwrap();
     assert!(said.contains("eu or prod"), "{v}");
     let me = api.ok("GET", paths::WHOAMI, b"", Sign::By(&kim)).await;

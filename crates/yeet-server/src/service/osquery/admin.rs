@@ -12,7 +12,7 @@ use yeet_proto::osquery::{
 };
 
 use super::EVENT_CAMPAIGN;
-use crate::service::auth::require_role;
+use crate::service::auth::{Scope, require_role, require_role_in_scope};
 use crate::service::{Principal, Result, Service, ServiceError, now};
 use crate::store::{
     CampaignRow, CarveRow, LogQuery, NodeRow, OptionRow, ScheduledQueryRow, StoreError,
@@ -107,12 +107,15 @@ impl Directory {
 }
 
 impl Service {
-    async fn node_directory(&self) -> Result<Directory, StoreError> {
+    /// The nodes a scope covers, each with its host's name: for a user scoped by tags, the
+    /// nodes linked to their hosts (a node linked to no host is in no scope).
+    async fn node_directory(&self, scope: Scope<'_>) -> Result<Directory, StoreError> {
         let hosts: HashMap<i64, String> = self
             .store
             .list_hosts()
             .await?
             .into_iter()
+            .filter(|h| scope.covers(&crate::store::split_tags(&h.tags)))
             .map(|h| (h.id, h.name))
             .collect();
         let nodes = self.store.list_nodes().await?;
@@ -123,14 +126,15 @@ impl Service {
                     let host = n.host_id.and_then(|id| hosts.get(&id).cloned());
                     (n, host)
                 })
+                .filter(|(_, host)| scope == Scope::Fleet || host.is_some())
                 .collect(),
         })
     }
 
     pub async fn list_osquery_nodes(&self, p: &Principal) -> Result<Vec<OsqueryNode>> {
-        require_role(p, Role::Viewer)?;
+        let (_, scope) = require_role_in_scope(p, Role::Viewer)?;
         Ok(self
-            .node_directory()
+            .node_directory(scope)
             .await?
             .nodes
             .into_iter()
@@ -293,11 +297,12 @@ impl Service {
     }
 
     pub async fn list_osquery_logs(&self, p: &Principal, f: LogFilter) -> Result<OsqueryLogPage> {
-        require_role(p, Role::Viewer)?;
-        let directory = self.node_directory().await?;
+        let (_, scope) = require_role_in_scope(p, Role::Viewer)?;
+        let directory = self.node_directory(scope).await?;
         let node_ids = match &f.host {
             Some(h) => Some(directory.resolve(std::slice::from_ref(h))?),
-            None => None,
+            None if scope == Scope::Fleet => None,
+            None => Some(directory.nodes.iter().map(|(n, _)| n.id).collect()),
         };
         let (rows, more) = self
             .store
@@ -337,7 +342,8 @@ impl Service {
     /// Starts a distributed query on the named nodes (or all); they pick it up at their
     /// next read.
     pub async fn start_osquery_query(&self, p: &Principal, q: StartQuery) -> Result<Campaign> {
-        let author = require_role(p, Role::Admin)?.to_owned();
+        let (author, scope) = require_role_in_scope(p, Role::Admin)?;
+        let author = author.to_owned();
         let invalid = |m: &str| refused(ErrorCode::InvalidCampaign, m);
         if q.query.trim().is_empty() || q.query.len() > MAX_SQL_LEN {
             return Err(invalid("the SQL is empty or longer than 64 KiB"));
@@ -347,7 +353,8 @@ impl Service {
                 "name hosts, or ask for all of them (--all), not both or neither",
             ));
         }
-        let directory = self.node_directory().await?;
+        // `--all`, for a scoped admin, is all of their nodes.
+        let directory = self.node_directory(scope).await?;
         let ids = if q.all {
             directory.nodes.iter().map(|(n, _)| n.id).collect()
         } else {
@@ -356,13 +363,14 @@ impl Service {
         if ids.is_empty() {
             return Err(invalid("no osquery node is enrolled"));
         }
-        self.create_campaign(&author, &q.query, "query", q.timeout_secs, &ids)
+        self.create_campaign(&author, &q.query, "query", q.timeout_secs, &ids, scope)
             .await
     }
 
     /// Starts a carve of `path` on one host: a distributed query on the `carves` table.
     pub async fn start_osquery_carve(&self, p: &Principal, c: StartCarve) -> Result<Campaign> {
-        let author = require_role(p, Role::Admin)?.to_owned();
+        let (author, scope) = require_role_in_scope(p, Role::Admin)?;
+        let author = author.to_owned();
         let sql = osquery_tls::carve::carve_query(&c.path, c.path.contains('%'))
             .filter(|_| !c.path.is_empty() && c.path.len() <= 4096)
             .ok_or_else(|| {
@@ -372,10 +380,10 @@ impl Service {
                 )
             })?;
         let ids = self
-            .node_directory()
+            .node_directory(scope)
             .await?
             .resolve(std::slice::from_ref(&c.host))?;
-        self.create_campaign(&author, &sql, "carve", c.timeout_secs, &ids)
+        self.create_campaign(&author, &sql, "carve", c.timeout_secs, &ids, scope)
             .await
     }
 
@@ -386,6 +394,7 @@ impl Service {
         kind: &str,
         timeout: u64,
         ids: &[i64],
+        scope: Scope<'_>,
     ) -> Result<Campaign> {
         if !(1..=MAX_TIMEOUT_SECS).contains(&timeout) {
             return Err(refused(
@@ -423,28 +432,36 @@ impl Service {
             by = author,
             "osquery campaign started"
         );
-        self.campaign_view(row).await
+        self.campaign_view(row, scope).await
     }
 
     pub async fn show_osquery_campaign(&self, p: &Principal, id: i64) -> Result<Campaign> {
-        require_role(p, Role::Admin)?;
-        let row = self.store.campaign_by_id(id).await?.ok_or_else(|| {
+        let (_, scope) = require_role_in_scope(p, Role::Admin)?;
+        let unknown = || {
             refused(
                 ErrorCode::UnknownCampaign,
                 format!("no distributed query has id {id}"),
             )
-        })?;
-        self.campaign_view(row).await
+        };
+        let row = self.store.campaign_by_id(id).await?.ok_or_else(unknown)?;
+        let campaign = self.campaign_view(row, scope).await?;
+        // A campaign on none of a scoped admin's nodes is, to them, no campaign.
+        if campaign.targets.is_empty() {
+            return Err(unknown());
+        }
+        Ok(campaign)
     }
 
-    async fn campaign_view(&self, row: CampaignRow) -> Result<Campaign> {
-        let directory = self.node_directory().await?;
+    /// A campaign with the answers of the nodes `scope` covers.
+    async fn campaign_view(&self, row: CampaignRow, scope: Scope<'_>) -> Result<Campaign> {
+        let directory = self.node_directory(scope).await?;
         let by_id = directory.by_id();
         let targets = self
             .store
             .campaign_targets(row.id)
             .await?
             .into_iter()
+            .filter(|t| scope == Scope::Fleet || by_id.contains_key(&t.node_id))
             .map(|t| {
                 let (node, host) = by_id.get(&t.node_id).copied().unwrap_or(("?", None));
                 CampaignTarget {
@@ -470,14 +487,15 @@ impl Service {
     }
 
     pub async fn list_osquery_carves(&self, p: &Principal) -> Result<Vec<CarveInfo>> {
-        require_role(p, Role::Viewer)?;
-        let directory = self.node_directory().await?;
+        let (_, scope) = require_role_in_scope(p, Role::Viewer)?;
+        let directory = self.node_directory(scope).await?;
         let by_id = directory.by_id();
         Ok(self
             .store
             .list_carves()
             .await?
             .into_iter()
+            .filter(|(c, _)| scope == Scope::Fleet || by_id.contains_key(&c.node_id))
             .map(|(c, received)| {
                 let (node, host) = by_id.get(&c.node_id).copied().unwrap_or(("?", None));
                 CarveInfo {
@@ -498,12 +516,26 @@ impl Service {
 
     /// A complete carve an admin may download (its blocks are read by the HTTP layer).
     pub async fn carve_for_download(&self, p: &Principal, id: i64) -> Result<CarveRow> {
-        require_role(p, Role::Admin)?;
-        let carve = self
-            .store
-            .carve_by_id(id)
-            .await?
-            .ok_or_else(|| refused(ErrorCode::UnknownCarve, format!("no carve has id {id}")))?;
+        let (_, scope) = require_role_in_scope(p, Role::Admin)?;
+        let carve = match self.store.carve_by_id(id).await? {
+            Some(carve) if scope == Scope::Fleet => carve,
+            Some(carve)
+                if self
+                    .node_directory(scope)
+                    .await?
+                    .nodes
+                    .iter()
+                    .any(|(n, _)| n.id == carve.node_id) =>
+            {
+                carve
+            }
+            _ => {
+                return Err(refused(
+                    ErrorCode::UnknownCarve,
+                    format!("no carve has id {id}"),
+                ));
+            }
+        };
         if carve.completed_at.is_none() {
             return Err(refused(
                 ErrorCode::InvalidCarve,
