@@ -304,6 +304,38 @@ fn users_are_managed_from_the_cli() {
     let listed = offline(&["admin", "list", "--json"]);
     let listed: Vec<Value> = serde_json::from_slice(&listed.stdout).unwrap();
     assert_eq!(listed.len(), 2, "{listed:?}");
+    // Bob, scoped to staging, publishes to his host, and another team's host is to him a
+    // host that does not exist: refused before anything is uploaded.
+    for (host, tag) in [("stg-1", "+staging"), ("prod-1", "+prod")] {
+        server.approved_host(host);
+        server.yeet(&["host", "tag", host, tag]);
+    }
+    let system = fleet_sim::random_closure(1, 1, "scoped-publish", server.dir.path());
+    let out = as_bob(&["publish", "--path", &format!("prod-1={system}")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("prod-1"),
+        "{stderr}"
+    );
+    let missing: Value = server.yeet_json(&["status"]);
+    assert!(
+        missing
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|h| h["desired_system"].is_null())
+    );
+    let out = as_bob(&["publish", "--path", &format!("stg-1={system}"), "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen = as_bob(&["status", "--json"]);
+    let seen: Vec<Value> = serde_json::from_slice(&seen.stdout).unwrap();
+    let names: Vec<&str> = seen.iter().filter_map(|h| h["name"].as_str()).collect();
+    assert_eq!(names, ["stg-1"]);
+    assert_eq!(seen[0]["desired_system"], system.as_str());
     server.yeet(&["user", "rm", "bob"]);
     let out = as_bob(&["whoami"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
