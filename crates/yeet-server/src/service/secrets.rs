@@ -279,6 +279,18 @@ impl Service {
         Ok(ids)
     }
 
+    /// The ids of the hosts a secret is granted to.
+    async fn secret_holders(&self, name: &str) -> Result<Vec<i64>> {
+        Ok(self
+            .store
+            .list_grants()
+            .await?
+            .into_iter()
+            .filter(|g| g.secret == name)
+            .map(|g| g.host_id)
+            .collect())
+    }
+
     /// May a scoped admin change this secret? Only when it is theirs: granted to at least
     /// one host, all in their scope. One they cannot see is unknown to them; one also
     /// granted outside their scope is refused, since changing it would reach other hosts
@@ -287,14 +299,7 @@ impl Service {
         let Some(visible) = self.host_ids_in_scope(scope).await? else {
             return Ok(());
         };
-        let holders: Vec<i64> = self
-            .store
-            .list_grants()
-            .await?
-            .into_iter()
-            .filter(|g| g.secret == name)
-            .map(|g| g.host_id)
-            .collect();
+        let holders = self.secret_holders(name).await?;
         if !holders.iter().any(|h| visible.contains(h)) {
             return Err(unknown_secret(name));
         }
@@ -383,14 +388,7 @@ impl Service {
             .await?
             .ok_or_else(|| unknown_secret(name))?;
         tracing::info!(secret = name, by = admin, version, "secret rotated");
-        let holders: Vec<i64> = self
-            .store
-            .list_grants()
-            .await?
-            .into_iter()
-            .filter(|g| g.secret == name)
-            .map(|g| g.host_id)
-            .collect();
+        let holders = self.secret_holders(name).await?;
         self.retry_failed_attempts(&holders).await?;
         self.secrets_changed().await?;
         self.secret_info(scope, name).await
@@ -416,11 +414,10 @@ impl Service {
         let host_ids = self.host_ids(scope, hosts).await?;
         if !grant && scope != Scope::Fleet {
             let left = self
-                .store
-                .list_grants()
+                .secret_holders(name)
                 .await?
-                .into_iter()
-                .filter(|g| g.secret == name && !host_ids.contains(&g.host_id))
+                .iter()
+                .filter(|h| !host_ids.contains(h))
                 .count();
             if left == 0 {
                 return Err(ServiceError::refused(

@@ -54,6 +54,27 @@ pub enum UserChange {
 /// demoting each other at once cannot leave the fleet without an unscoped admin.
 const USERS_LOCK: i64 = 0x7965_6574_7573; // "yeetus"
 
+/// Adds a key to a user, within the caller's transaction; a key in use is a conflict.
+async fn insert_key(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    user_id: i64,
+    key_id: &str,
+    public_key: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO user_keys (key_id, user_id, public_key, added_at) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(key_id)
+    .bind(user_id)
+    .bind(public_key)
+    .bind(now)
+    .execute(&mut **tx)
+    .await
+    .map_err(conflict("a user with this key"))?;
+    Ok(())
+}
+
 impl Store {
     /// Adds a user with its first key, in one transaction.
     pub async fn insert_user(
@@ -78,16 +99,7 @@ impl Store {
         .fetch_one(&mut *tx)
         .await
         .map_err(conflict("a user with this name or key"))?;
-        sqlx::query(
-            "INSERT INTO user_keys (key_id, user_id, public_key, added_at) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(key_id)
-        .bind(user.id)
-        .bind(public_key)
-        .bind(now)
-        .execute(&mut *tx)
-        .await
-        .map_err(conflict("a user with this key"))?;
+        insert_key(&mut tx, user.id, key_id, public_key, now).await?;
         tx.commit().await?;
         Ok(user)
     }
@@ -212,16 +224,7 @@ impl Store {
                 gone = keys;
             }
             UserChange::AddKey { key_id, public_key } => {
-                sqlx::query(
-                    "INSERT INTO user_keys (key_id, user_id, public_key, added_at) VALUES ($1, $2, $3, $4)",
-                )
-                .bind(key_id)
-                .bind(user.id)
-                .bind(public_key)
-                .bind(now)
-                .execute(&mut *tx)
-                .await
-                .map_err(conflict("a user with this key"))?;
+                insert_key(&mut tx, user.id, key_id, public_key, now).await?;
             }
             UserChange::RemoveKey(key_id) => {
                 if !keys.contains(key_id) {

@@ -362,37 +362,16 @@ async fn a_scoped_user_reaches_only_their_hosts_nodes() {
         .collect();
     assert_eq!(targets, ["host-a"]);
     let theirs = json!({"query": "SELECT 1", "hosts": ["host-b"], "timeout_secs": 60});
-    let (s, v) = api
-        .call(
-            "POST",
-            oq::QUERIES,
-            &serde_json::to_vec(&theirs).unwrap(),
-            Sign::By(&sam),
-        )
-        .await;
-    assert_error(
-        s,
-        &v,
-        StatusCode::NOT_FOUND,
-        "unknown_node",
-        "a query on an out-of-scope host",
-    );
     let carve = json!({"host": "host-b", "path": "/etc/shadow", "timeout_secs": 60});
-    let (s, v) = api
-        .call(
-            "POST",
-            oq::CARVES,
-            &serde_json::to_vec(&carve).unwrap(),
-            Sign::By(&sam),
-        )
-        .await;
-    assert_error(
-        s,
-        &v,
-        StatusCode::NOT_FOUND,
-        "unknown_node",
-        "a carve on an out-of-scope host",
-    );
+    for (path, body, case) in [
+        (oq::QUERIES, &theirs, "a query on an out-of-scope host"),
+        (oq::CARVES, &carve, "a carve on an out-of-scope host"),
+    ] {
+        let bytes = serde_json::to_vec(body).unwrap();
+        let req = build("POST", path, &bytes, Sign::By(&sam), None);
+        api.refused(req, StatusCode::NOT_FOUND, "unknown_node", case)
+            .await;
+    }
     // The fleet admin's campaign on host-b only is, to sam, no campaign.
     let admins = api
         .ok(
