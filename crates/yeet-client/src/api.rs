@@ -222,15 +222,17 @@ impl Client {
         self.post(&paths::secret_rotate(&paths::segment(name)), req)
     }
 
-    /// Grants `name` to `hosts` (`grant`), or revokes it from them.
+    /// Grants `name` to `hosts` and `tags` (`grant`), or revokes it from them.
     pub fn set_secret_hosts(
         &self,
         name: &str,
         hosts: &[String],
+        tags: &[String],
         grant: bool,
     ) -> Result<SecretInfo> {
         let req = SecretHostsRequest {
             hosts: hosts.to_vec(),
+            tags: tags.to_vec(),
         };
         let name = paths::segment(name);
         let path = if grant {

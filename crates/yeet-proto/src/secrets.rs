@@ -347,7 +347,11 @@ pub struct RotateSecretRequest {
 /// `POST /v1/secrets/{name}/grant` and `.../revoke`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SecretHostsRequest {
+    #[serde(default)]
     pub hosts: Vec<String>,
+    /// Tags: every host carrying one holds the secret while it carries it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
 }
 
 /// A secret's metadata, as listed: never its content.
@@ -360,6 +364,9 @@ pub struct SecretInfo {
     pub updated_at: i64,
     pub updated_by: String,
     pub hosts: Vec<SecretGrant>,
+    /// The tags it is granted to (their hosts are among `hosts`).
+    #[serde(default)]
+    pub tags: Vec<String>,
     /// Every change, newest first.
     pub history: Vec<SecretChange>,
 }
@@ -372,6 +379,9 @@ pub struct SecretGrant {
     pub granted_by: String,
     pub fetched_version: Option<i64>,
     pub fetched_at: Option<i64>,
+    /// The tag the host holds it by; absent for a direct grant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via_tag: Option<String>,
 }
 
 /// One recorded change to a secret.

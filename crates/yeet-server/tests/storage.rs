@@ -7,6 +7,7 @@ mod common;
 
 use common::TestDb;
 use yeet_proto::api::{ActivationResult, Role};
+use yeet_server::store::Change;
 use yeet_server::store::{
     ActivationRow, DetachmentRow, Enrolled, HostReport, LogQuery, NewLogLine, NewRelease,
     NodeEnrollment, RegistrationRow, Store, StoreError, UserChange, UserRefusal, Wire,
@@ -296,21 +297,99 @@ async fn tags_are_given_at_approval_and_changed_only_from_what_was_read(db: &Tes
     assert_eq!(with.tags, "kiosk prod");
     // Compare-and-set: a change from a stale read is not applied, and says so.
     let (done, row) = s
-        .replace_host_tags("a", "prod", "eu prod")
+        .replace_host_tags("a", "prod", "eu prod", 20)
         .await
         .unwrap()
         .unwrap();
     assert!(done);
     assert_eq!(row.tags, "eu prod");
-    let (done, row) = s.replace_host_tags("a", "prod", "").await.unwrap().unwrap();
+    let (done, row) = s
+        .replace_host_tags("a", "prod", "", 20)
+        .await
+        .unwrap()
+        .unwrap();
     assert!(!done);
     assert_eq!(row.tags, "eu prod");
     assert!(
-        s.replace_host_tags("nobody", "", "x")
+        s.replace_host_tags("nobody", "", "x", 20)
             .await
             .unwrap()
             .is_none()
     );
+    s.close().await;
+}
+
+/// A secret granted to a tag is held by exactly the hosts carrying the tag, as tags change;
+/// a direct grant outlasts the tag; `_` in a tag is a letter, not a wildcard.
+async fn secrets_granted_to_a_tag_follow_the_hosts_tags(db: &TestDb) {
+    let s = db.open().await;
+    let (a, b, c) = (
+        host(&s, "ka", "a").await,
+        host(&s, "kb", "b").await,
+        host(&s, "kc", "c").await,
+    );
+    s.replace_host_tags("a", "", "prod", 1).await.unwrap();
+    s.replace_host_tags("b", "", "prodxeu", 1).await.unwrap();
+    let change = |action: &'static str| Change {
+        author: "alice",
+        action,
+        detail: String::new(),
+        at: 2,
+    };
+    s.insert_secret("token", b"ciphertext", &[], &change("added"))
+        .await
+        .unwrap();
+    let holders = |s: &Store| {
+        let s = s.clone();
+        async move {
+            let mut h: Vec<(i64, String)> = s
+                .list_grants()
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|g| (g.host_id, g.via_tag))
+                .collect();
+            h.sort();
+            h
+        }
+    };
+    assert!(
+        s.set_tag_grants("token", &["prod_eu".into()], true, &change("granted"))
+            .await
+            .unwrap()
+    );
+    assert_eq!(holders(&s).await, [], "prod_eu matched prodxeu");
+    s.set_tag_grants("token", &["prod".into()], true, &change("granted"))
+        .await
+        .unwrap();
+    assert_eq!(holders(&s).await, [(a, "prod".to_owned())]);
+    s.replace_host_tags("c", "", "eu prod", 3).await.unwrap();
+    s.replace_host_tags("a", "prod", "", 3).await.unwrap();
+    assert_eq!(holders(&s).await, [(c, "prod".to_owned())]);
+    // A direct grant stays when the tag goes; a revoke of a host still tagged keeps it.
+    s.set_grants("token", &[c], true, &change("granted"))
+        .await
+        .unwrap();
+    s.replace_host_tags("c", "eu prod", "eu", 4).await.unwrap();
+    assert_eq!(holders(&s).await, [(c, String::new())]);
+    s.replace_host_tags("b", "prodxeu", "prod", 4)
+        .await
+        .unwrap();
+    s.set_grants("token", &[b], false, &change("revoked"))
+        .await
+        .unwrap();
+    assert_eq!(
+        holders(&s).await,
+        [(b, "prod".to_owned()), (c, String::new())]
+    );
+    // Revoking the tag takes it from the hosts that held it by the tag only.
+    s.set_tag_grants("token", &["prod".into()], false, &change("revoked"))
+        .await
+        .unwrap();
+    assert_eq!(holders(&s).await, [(c, String::new())]);
+    assert_eq!(s.list_tag_grants().await.unwrap().len(), 1);
+    s.delete_secret("token", &change("removed")).await.unwrap();
+    assert!(s.list_tag_grants().await.unwrap().is_empty());
     s.close().await;
 }
 
@@ -903,6 +982,7 @@ on_both_backends!(
     users_keep_an_unscoped_admin_and_a_key,
     concurrent_demotions_leave_an_unscoped_admin,
     tags_are_given_at_approval_and_changed_only_from_what_was_read,
+    secrets_granted_to_a_tag_follow_the_hosts_tags,
     hosts_rename_remove_and_report,
     releases_and_desired_state,
 );

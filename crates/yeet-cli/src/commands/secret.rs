@@ -93,8 +93,12 @@ pub struct HostsArgs {
     /// The secret's name.
     name: String,
     /// Hosts, by their fleet names.
-    #[arg(add = crate::completion::host_arg(), required = true, value_name = "HOST")]
+    #[arg(add = crate::completion::host_arg(), required_unless_present = "tags", value_name = "HOST")]
     hosts: Vec<String>,
+    /// A tag (repeatable): every host carrying it holds the secret while it does; revoking
+    /// the tag takes it from hosts that hold it only by that tag.
+    #[arg(long = "tag", value_name = "TAG")]
+    tags: Vec<String>,
     /// Revoke even from hosts whose running systems use it (asked on a terminal, refused
     /// otherwise).
     #[arg(long)]
@@ -153,12 +157,14 @@ pub fn run(command: &SecretCommand, connection: &Connection) -> Result<()> {
                 let users = in_use(&client, &args.name, Some(&args.hosts))?;
                 confirm_loss(&args.name, &users, "Revoke", args.yes)?;
             }
-            let s = client.set_secret_hosts(&args.name, &args.hosts, grant)?;
+            let s = client.set_secret_hosts(&args.name, &args.hosts, &args.tags, grant)?;
             if args.json.json {
                 return json(&s);
             }
             let verb = if grant { "granted" } else { "revoked" };
-            println!("{verb} {}: {}", s.name, args.hosts.join(", "));
+            let mut named = args.hosts.clone();
+            named.extend(args.tags.iter().map(|t| format!("tag {t}")));
+            println!("{verb} {}: {}", s.name, named.join(", "));
         }
         SecretCommand::List(args) => list(&client.secrets()?, args.json)?,
         SecretCommand::Rm { name, yes } => {
@@ -322,10 +328,18 @@ fn list(secrets: &[SecretInfo], as_json: bool) -> Result<()> {
         let hosts: Vec<String> = s
             .hosts
             .iter()
-            .map(|g| match g.fetched_version {
-                Some(v) => format!("{} (v{v})", g.host),
-                None => format!("{} (not yet)", g.host),
+            .map(|g| {
+                let by = g
+                    .via_tag
+                    .as_ref()
+                    .map(|t| format!(", by tag {t}"))
+                    .unwrap_or_default();
+                match g.fetched_version {
+                    Some(v) => format!("{} (v{v}{by})", g.host),
+                    None => format!("{} (not yet{by})", g.host),
+                }
             })
+            .chain(s.tags.iter().map(|t| format!("tag {t}")))
             .collect();
         let changed = s
             .history

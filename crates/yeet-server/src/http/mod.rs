@@ -202,8 +202,8 @@ pub fn routes() -> Vec<Route> {
         route(Method::POST, paths::SECRETS, R(Role::Admin), "Add a secret (age ciphertext for the server's recipient), granted to hosts.", add_secret).scoped(Scoped::TheirHosts),
         route(Method::DELETE, &paths::secret("{name}"), R(Role::Admin), "Remove a secret; hosts delete it at their next check-in.", remove_secret).scoped(Scoped::TheirHosts),
         route(Method::POST, &paths::secret_rotate("{name}"), R(Role::Admin), "Store a new version of a secret; hosts fetch it without a release.", rotate_secret).scoped(Scoped::TheirHosts),
-        route(Method::POST, &paths::secret_grant("{name}"), R(Role::Admin), "Grant a secret to hosts.", grant_secret).scoped(Scoped::TheirHosts),
-        route(Method::POST, &paths::secret_revoke("{name}"), R(Role::Admin), "Revoke a secret from hosts.", revoke_secret).scoped(Scoped::TheirHosts),
+        route(Method::POST, &paths::secret_grant("{name}"), R(Role::Admin), "Grant a secret to hosts, and to tags (`tags`: every host carrying one holds it while it does).", grant_secret).scoped(Scoped::TheirHosts),
+        route(Method::POST, &paths::secret_revoke("{name}"), R(Role::Admin), "Revoke a secret from hosts, or from tags; a host still carrying a granted tag keeps it.", revoke_secret).scoped(Scoped::TheirHosts),
         route(Method::POST, paths::AGENT_DETACH, Host, "Ask to run a locally chosen system; permitted by the host's policy, or refused.", detach),
         route(Method::POST, paths::AGENT_ATTACH, Host, "End this host's detachment.", attach_self),
         route(Method::GET, oq::NODES, R(Role::Viewer), "osquery nodes, linked to hosts or not.", osquery_nodes).scoped(Scoped::TheirHosts),
@@ -605,9 +605,7 @@ async fn grant_secret(
     ApiJson(req): ApiJson<SecretHostsRequest>,
 ) -> ApiResult<SecretInfo> {
     Ok(Json(
-        app.service
-            .set_secret_hosts(&p, &name, &req.hosts, true)
-            .await?,
+        app.service.set_secret_hosts(&p, &name, &req, true).await?,
     ))
 }
 
@@ -618,9 +616,7 @@ async fn revoke_secret(
     ApiJson(req): ApiJson<SecretHostsRequest>,
 ) -> ApiResult<SecretInfo> {
     Ok(Json(
-        app.service
-            .set_secret_hosts(&p, &name, &req.hosts, false)
-            .await?,
+        app.service.set_secret_hosts(&p, &name, &req, false).await?,
     ))
 }
 

@@ -328,6 +328,10 @@ impl Service {
             Err(e) => return Err(e.into()),
         };
         self.announce_key_change(&host.key_id).await;
+        if !host.tags.is_empty() {
+            // Its tags may carry secrets granted to them.
+            self.secrets_changed().await?;
+        }
         tracing::info!(host = %host.name, key = %host.key_id, by = admin, "host approved");
         Ok(self.host_info(host).await)
     }

@@ -291,7 +291,11 @@ impl Service {
             if new == row.tags {
                 return Ok(self.host_info(row).await);
             }
-            match self.store.replace_host_tags(name, &row.tags, &new).await? {
+            match self
+                .store
+                .replace_host_tags(name, &row.tags, &new, now())
+                .await?
+            {
                 None => {
                     return Err(self.host_named(name).await.err().unwrap_or_else(|| {
                         ServiceError::refused(ErrorCode::UnknownHost, name.to_owned())
@@ -300,6 +304,8 @@ impl Service {
                 Some((false, _)) => continue,
                 Some((true, row)) => {
                     self.note_fleet_change();
+                    // Secrets granted to a tag follow it: hosts hear of the change at once.
+                    self.secrets_changed().await?;
                     tracing::info!(host = name, tags = %new, by = admin, "host tags changed");
                     return Ok(self.host_info(row).await);
                 }

@@ -11,7 +11,8 @@ use yeet_proto::ErrorCode;
 use yeet_proto::api::{ActivationResult, Role};
 use yeet_proto::secrets::{
     AddSecretRequest, DeliveredSecret, FetchSecretsRequest, FetchSecretsResponse, MAX_SECRETS,
-    SecretChange, SecretGrant, SecretInfo, SecretRecipient, validate_secret_name, versions_digest,
+    SecretChange, SecretGrant, SecretHostsRequest, SecretInfo, SecretRecipient,
+    validate_secret_name, versions_digest,
 };
 
 use super::auth::{Scope, require_host, require_role_in_scope};
@@ -220,7 +221,7 @@ impl Service {
     }
 
     /// Re-reads every host's digest and wakes held check-ins, here and on other replicas.
-    async fn secrets_changed(&self) -> Result<()> {
+    pub(super) async fn secrets_changed(&self) -> Result<()> {
         self.reload_secret_digests().await?;
         if let Err(e) = self.store.notify(EVENT_SECRETS).await {
             tracing::warn!(error = %e, "could not notify other replicas of a secret change");
@@ -394,24 +395,38 @@ impl Service {
         self.secret_info(scope, name).await
     }
 
-    /// Grants (`grant`) or revokes a secret for hosts.
+    /// Grants (`grant`) or revokes a secret for hosts and tags.
     pub async fn set_secret_hosts(
         &self,
         principal: &Principal,
         name: &str,
-        hosts: &[String],
+        req: &SecretHostsRequest,
         grant: bool,
     ) -> Result<SecretInfo> {
         let (admin, scope) = require_role_in_scope(principal, Role::Admin)?;
         check_name(name)?;
-        if hosts.is_empty() {
+        if req.hosts.is_empty() && req.tags.is_empty() {
             return Err(ServiceError::refused(
                 ErrorCode::InvalidJson,
-                "name at least one host",
+                "name at least one host or tag",
+            ));
+        }
+        let tags = yeet_proto::names::tag_set(&req.tags)
+            .map_err(|e| ServiceError::refused(ErrorCode::InvalidTag, e.to_string()))?;
+        // A scoped admin's tags are the only ones whose hosts are all in their scope.
+        if let Scope::Tags(own) = scope
+            && let Some(foreign) = tags.iter().find(|t| !own.contains(t))
+        {
+            return Err(ServiceError::refused(
+                ErrorCode::Forbidden,
+                format!(
+                    "{foreign} is not one of your tags; you may grant to {} only",
+                    own.join(", ")
+                ),
             ));
         }
         self.require_own_secret(scope, name).await?;
-        let host_ids = self.host_ids(scope, hosts).await?;
+        let host_ids = self.host_ids(scope, &req.hosts).await?;
         if !grant && scope != Scope::Fleet {
             let left = self
                 .secret_holders(name)
@@ -429,22 +444,42 @@ impl Service {
             }
         }
         let action = if grant { "granted" } else { "revoked" };
-        let change = Change {
+        let change = |detail: String| Change {
             author: admin,
             action,
-            detail: hosts.join(", "),
+            detail,
             at: now(),
         };
-        if !self
-            .store
-            .set_grants(name, &host_ids, grant, &change)
-            .await?
-        {
+        let before = self.secret_holders(name).await?;
+        let tags: Vec<String> = tags.into_iter().collect();
+        let hosts_done = host_ids.is_empty()
+            || self
+                .store
+                .set_grants(name, &host_ids, grant, &change(req.hosts.join(", ")))
+                .await?;
+        let tags_done = tags.is_empty()
+            || self
+                .store
+                .set_tag_grants(
+                    name,
+                    &tags,
+                    grant,
+                    &change(format!("tag {}", tags.join(", tag "))),
+                )
+                .await?;
+        let done = hosts_done && tags_done;
+        if !done {
             return Err(unknown_secret(name));
         }
-        tracing::info!(secret = name, by = admin, ?hosts, "secret {action}");
+        tracing::info!(secret = name, by = admin, hosts = ?req.hosts, ?tags, "secret {action}");
         if grant {
-            self.retry_failed_attempts(&host_ids).await?;
+            let gained: Vec<i64> = self
+                .secret_holders(name)
+                .await?
+                .into_iter()
+                .filter(|h| !before.contains(h))
+                .collect();
+            self.retry_failed_attempts(&gained).await?;
         }
         self.secrets_changed().await?;
         self.secret_info(scope, name).await
@@ -511,6 +546,9 @@ impl Service {
             .into_iter()
             .filter_map(|mut info| {
                 info.hosts.retain(|g| names.contains(&g.host));
+                if let Scope::Tags(own) = scope {
+                    info.tags.retain(|t| own.contains(t));
+                }
                 info.history.clear();
                 (!info.hosts.is_empty()).then_some(info)
             })
@@ -535,7 +573,12 @@ impl Service {
                 granted_by: g.granted_by,
                 fetched_version: g.fetched_version,
                 fetched_at: g.fetched_at,
+                via_tag: (!g.via_tag.is_empty()).then_some(g.via_tag),
             });
+        }
+        let mut tag_grants: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for t in self.store.list_tag_grants().await? {
+            tag_grants.entry(t.secret).or_default().push(t.tag);
         }
         let mut history: BTreeMap<String, Vec<SecretChange>> = BTreeMap::new();
         for c in self.store.list_secret_changes(HISTORY_SHOWN).await? {
@@ -554,6 +597,7 @@ impl Service {
             .filter(|s| only.is_none_or(|n| n == s.name))
             .map(|s| SecretInfo {
                 hosts: grants.remove(&s.name).unwrap_or_default(),
+                tags: tag_grants.remove(&s.name).unwrap_or_default(),
                 history: history.remove(&s.name).unwrap_or_default(),
                 name: s.name,
                 version: s.version,

@@ -152,18 +152,29 @@ impl Store {
         name: &str,
         old: &str,
         new: &str,
+        now: i64,
     ) -> Result<Option<(bool, HostRow)>, StoreError> {
+        let mut tx = self.writer.begin().await?;
         let updated = sqlx::query_as::<_, HostRow>(AssertSqlSafe(format!(
             "UPDATE hosts SET tags = $1 WHERE name = $2 AND tags = $3 RETURNING {HOST_COLUMNS}"
         )))
         .bind(new)
         .bind(name)
         .bind(old)
-        .fetch_optional(&self.writer)
+        .fetch_optional(&mut *tx)
         .await?;
         match updated {
-            Some(row) => Ok(Some((true, row))),
-            None => Ok(self.host_by_name(name).await?.map(|row| (false, row))),
+            Some(row) => {
+                // The secrets granted to tags follow the host's new tags, in the same
+                // transaction.
+                super::secrets::sync_tag_grants(&mut tx, now).await?;
+                tx.commit().await?;
+                Ok(Some((true, row)))
+            }
+            None => {
+                drop(tx);
+                Ok(self.host_by_name(name).await?.map(|row| (false, row)))
+            }
         }
     }
 
@@ -215,6 +226,7 @@ impl Store {
         .fetch_one(&mut *tx)
         .await
         .map_err(conflict("a host with this name"))?;
+        super::secrets::sync_tag_grants(&mut tx, now).await?;
         tx.commit().await?;
         Ok(Some(host))
     }

@@ -32,7 +32,7 @@ pub use osquery_data::{
 pub use osquery_nodes::{Enrolled, NodeEnrollment, NodeRow, OptionRow, ScheduledQueryRow};
 pub use registrations::RegistrationRow;
 pub use releases::{DesiredRow, NewRelease, ReleaseRow};
-pub use secrets::{Change, ChangeRow, GrantRow, SecretRow};
+pub use secrets::{Change, ChangeRow, GrantRow, SecretRow, TagGrantRow};
 pub use users::{UserChange, UserKeyRow, UserRefusal, UserRow};
 
 #[derive(Debug, Error)]

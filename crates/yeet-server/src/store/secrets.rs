@@ -26,6 +26,17 @@ pub struct GrantRow {
     pub granted_by: String,
     pub fetched_version: Option<i64>,
     pub fetched_at: Option<i64>,
+    /// The tag that gave it; '' for a direct grant.
+    pub via_tag: String,
+}
+
+/// A secret granted to a tag.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct TagGrantRow {
+    pub secret: String,
+    pub tag: String,
+    pub granted_at: i64,
+    pub granted_by: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -155,6 +166,8 @@ impl Store {
                     .await?;
             }
         }
+        // A revoked host that carries a tag the secret is granted to keeps it, by the tag.
+        sync_tag_grants(&mut tx, change.at).await?;
         record(&mut tx, name, change).await?;
         tx.commit().await?;
         Ok(true)
@@ -170,10 +183,14 @@ impl Store {
             .rows_affected()
             > 0;
         if deleted {
-            sqlx::query("DELETE FROM secret_grants WHERE secret = $1")
+            for table in ["secret_grants", "secret_tag_grants"] {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DELETE FROM {table} WHERE secret = $1"
+                )))
                 .bind(name)
                 .execute(&mut *tx)
                 .await?;
+            }
             record(&mut tx, name, change).await?;
             tx.commit().await?;
         }
@@ -210,7 +227,7 @@ impl Store {
     /// Every grant, with host names, ordered by secret and host.
     pub async fn list_grants(&self) -> Result<Vec<GrantRow>, StoreError> {
         Ok(sqlx::query_as::<_, GrantRow>(
-            "SELECT g.secret, g.host_id, h.name AS host, g.granted_at, g.granted_by, g.fetched_version, g.fetched_at
+            "SELECT g.secret, g.host_id, h.name AS host, g.granted_at, g.granted_by, g.fetched_version, g.fetched_at, g.via_tag
              FROM secret_grants g JOIN hosts h ON h.id = g.host_id ORDER BY g.secret, h.name",
         )
         .fetch_all(&self.reader)
@@ -301,7 +318,9 @@ async fn insert_grant(
     host_id: i64,
     change: &Change<'_>,
 ) -> Result<(), StoreError> {
-    sqlx::query("INSERT INTO secret_grants (secret, host_id, granted_at, granted_by) VALUES ($1, $2, $3, $4) ON CONFLICT (secret, host_id) DO NOTHING")
+    // A direct grant of a secret the host holds through a tag makes it direct: it stays
+    // when the host loses the tag.
+    sqlx::query("INSERT INTO secret_grants (secret, host_id, granted_at, granted_by) VALUES ($1, $2, $3, $4) ON CONFLICT (secret, host_id) DO UPDATE SET via_tag = ''")
         .bind(name)
         .bind(host_id)
         .bind(change.at)
@@ -311,7 +330,85 @@ async fn insert_grant(
     Ok(())
 }
 
+/// Brings the grants that tags give in line with the tag grants and the hosts' current
+/// tags, within the caller's transaction: grants no tag justifies any more go, grants a tag
+/// now gives arrive (a direct grant stays as it is). Tags are matched as whole words of the
+/// space-separated `hosts.tags`, with `_` escaped (it is a LIKE wildcard and a tag letter).
+pub(super) async fn sync_tag_grants(tx: &mut Tx<'_>, now: i64) -> Result<(), StoreError> {
+    const HOLDS: &str =
+        "(' ' || h.tags || ' ') LIKE ('% ' || replace(t.tag, '_', '\\_') || ' %') ESCAPE '\\'";
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DELETE FROM secret_grants WHERE via_tag <> '' AND NOT EXISTS (
+           SELECT 1 FROM secret_tag_grants t, hosts h
+           WHERE h.id = secret_grants.host_id AND t.secret = secret_grants.secret AND {HOLDS})"
+    )))
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO secret_grants (secret, host_id, granted_at, granted_by, via_tag)
+         SELECT t.secret, h.id, $1, MIN(t.granted_by), MIN(t.tag)
+         FROM secret_tag_grants t JOIN hosts h ON {HOLDS}
+         GROUP BY t.secret, h.id
+         ON CONFLICT (secret, host_id) DO NOTHING"
+    )))
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 impl Store {
+    /// Grants (`grant = true`) or revokes a secret for every host carrying one of `tags`,
+    /// now and later, recording the change; false when there is no such secret.
+    pub async fn set_tag_grants(
+        &self,
+        name: &str,
+        tags: &[String],
+        grant: bool,
+        change: &Change<'_>,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let exists =
+            sqlx::query("UPDATE secrets SET updated_at = $1, updated_by = $2 WHERE name = $3")
+                .bind(change.at)
+                .bind(change.author)
+                .bind(name)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                > 0;
+        if !exists {
+            return Ok(false);
+        }
+        for tag in tags {
+            let query = if grant {
+                sqlx::query("INSERT INTO secret_tag_grants (secret, tag, granted_at, granted_by) VALUES ($1, $2, $3, $4) ON CONFLICT (secret, tag) DO NOTHING")
+                    .bind(name)
+                    .bind(tag)
+                    .bind(change.at)
+                    .bind(change.author)
+            } else {
+                sqlx::query("DELETE FROM secret_tag_grants WHERE secret = $1 AND tag = $2")
+                    .bind(name)
+                    .bind(tag)
+            };
+            query.execute(&mut *tx).await?;
+        }
+        sync_tag_grants(&mut tx, change.at).await?;
+        record(&mut tx, name, change).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Every secret's tag grants, by secret and tag.
+    pub async fn list_tag_grants(&self) -> Result<Vec<TagGrantRow>, StoreError> {
+        Ok(sqlx::query_as::<_, TagGrantRow>(
+            "SELECT secret, tag, granted_at, granted_by FROM secret_tag_grants ORDER BY secret, tag",
+        )
+        .fetch_all(&self.reader)
+        .await?)
+    }
+
     /// A server-wide setting, if recorded.
     pub async fn setting(&self, name: &str) -> Result<Option<String>, StoreError> {
         let row = sqlx::query("SELECT value FROM settings WHERE name = $1")

@@ -618,3 +618,115 @@ async fn the_secrets_key_must_be_private_and_the_fleets() {
         .unwrap();
     assert!(matches!(err, SecretKeyError::Invalid(..)), "{err}");
 }
+
+async fn retag(api: &Api, host: &str, body: Value) {
+    let bytes = serde_json::to_vec(&body).unwrap();
+    api.ok(
+        "POST",
+        &paths::host_tags(host),
+        &bytes,
+        Sign::By(&api.admin),
+    )
+    .await;
+}
+
+/// The digest of the secrets granted to `host` now, as its check-in answer gives it.
+async fn granted_digest(api: &Api, host: &yeet_proto::Identity) -> String {
+    let v = api
+        .ok(
+            "POST",
+            paths::CHECKIN,
+            &checkin_body(None, 0),
+            Sign::By(host),
+        )
+        .await;
+    v["secrets_digest"].as_str().unwrap_or_default().to_owned()
+}
+
+/// A secret granted to a tag reaches the hosts that carry it, as their tags change, and
+/// their check-in digests change with it; a scoped admin grants only to their own tags.
+#[tokio::test]
+async fn a_secret_granted_to_a_tag_follows_the_hosts_tags() {
+    let api = Api::new(ServiceConfig::default()).await;
+    api.add_secret("wifi", b"pass", &[]).await;
+    retag(&api, "host-a", json!({"add": ["kiosk"]})).await;
+    let a_before = granted_digest(&api, &api.host_a).await;
+    let b_before = granted_digest(&api, &api.host_b).await;
+    let granted = api
+        .ok(
+            "POST",
+            &paths::secret_grant("wifi"),
+            br#"{"tags": ["kiosk"]}"#,
+            Sign::By(&api.admin),
+        )
+        .await;
+    assert_eq!(granted["tags"], json!(["kiosk"]));
+    assert_eq!(granted["hosts"][0]["host"], "host-a");
+    assert_eq!(granted["hosts"][0]["via_tag"], "kiosk");
+    assert_ne!(
+        granted_digest(&api, &api.host_a).await,
+        a_before,
+        "host-a was not told"
+    );
+    assert_eq!(granted_digest(&api, &api.host_b).await, b_before);
+    // host-b gains the tag and the secret; host-a loses both.
+    retag(&api, "host-b", json!({"add": ["kiosk"]})).await;
+    retag(&api, "host-a", json!({"remove": ["kiosk"]})).await;
+    let listed = api
+        .ok("GET", paths::SECRETS, b"", Sign::By(&api.viewer))
+        .await;
+    let holders: Vec<&str> = listed[0]["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|g| g["host"].as_str())
+        .collect();
+    assert_eq!(holders, ["host-b"]);
+    assert_eq!(
+        granted_digest(&api, &api.host_a).await,
+        a_before,
+        "host-a kept a secret its tag gave"
+    );
+    assert_ne!(granted_digest(&api, &api.host_b).await, b_before);
+    // A scoped admin may grant to their own tags only.
+    let sam = identity();
+    yeet_server::service::users::add_user(
+        api.service.store(),
+        "sam",
+        &sam.public().to_openssh(),
+        yeet_proto::api::Role::Admin,
+        &["kiosk".to_owned()],
+    )
+    .await
+    .unwrap();
+    let (s, v) = api
+        .call(
+            "POST",
+            &paths::secret_grant("wifi"),
+            br#"{"tags": ["db"]}"#,
+            Sign::By(&sam),
+        )
+        .await;
+    assert_error(
+        s,
+        &v,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        "a scoped admin grants to a foreign tag",
+    );
+    let (s, v) = api
+        .call(
+            "POST",
+            &paths::secret_grant("wifi"),
+            br#"{"tags": ["Bad Tag"]}"#,
+            Sign::By(&api.admin),
+        )
+        .await;
+    assert_error(
+        s,
+        &v,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_tag",
+        "a bad tag",
+    );
+}
