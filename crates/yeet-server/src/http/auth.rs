@@ -38,14 +38,9 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Principal {
 /// before its handler reads anything.
 pub async fn refuse_scoped(req: Request, next: Next) -> Response {
     match req.extensions().get::<Principal>() {
-        Some(Principal::User { tags, .. }) if !tags.is_empty() => ApiError::new(
-            ErrorCode::Forbidden,
-            format!(
-                "you act on hosts tagged {} only, and this acts on the whole fleet; ask a user without tags",
-                tags.join(" or ")
-            ),
-        )
-        .into_response(),
+        Some(Principal::User { tags, .. }) if !tags.is_empty() => {
+            ApiError::from(crate::service::fleet_wide_refusal(tags)).into_response()
+        }
         _ => next.run(req).await,
     }
 }

@@ -217,14 +217,19 @@ impl Service {
 pub(crate) fn require_role(principal: &Principal, min: Role) -> Result<&str> {
     match require_role_in_scope(principal, min)? {
         (name, Scope::Fleet) => Ok(name),
-        (_, Scope::Tags(tags)) => Err(ServiceError::refused(
-            ErrorCode::Forbidden,
-            format!(
-                "you act on hosts tagged {} only, and this acts on the whole fleet; ask a user without tags",
-                tags.join(" or ")
-            ),
-        )),
+        (_, Scope::Tags(tags)) => Err(fleet_wide_refusal(tags)),
     }
+}
+
+/// The refusal of a user scoped by `tags` where the whole fleet is acted on.
+pub fn fleet_wide_refusal(tags: &[String]) -> ServiceError {
+    ServiceError::refused(
+        ErrorCode::Forbidden,
+        format!(
+            "you act on hosts tagged {} only, and this acts on the whole fleet; ask a user without tags",
+            tags.join(" or ")
+        ),
+    )
 }
 
 /// Which hosts a user acts on.

@@ -277,6 +277,12 @@ impl Service {
         // they cannot create hosts nobody scoped like them sees.
         if let Scope::Tags(own) = scope {
             tags.extend(own.iter().cloned());
+            if tags.len() > yeet_proto::names::MAX_TAGS {
+                return Err(ServiceError::refused(
+                    ErrorCode::InvalidTag,
+                    yeet_proto::names::InvalidTags::TooMany(tags.len()).to_string(),
+                ));
+            }
         }
         let code = normalize_code(&req.code);
         let reg = self.store.registration_by_code(&code).await?.ok_or_else(|| {

@@ -20,7 +20,7 @@ mod releases;
 pub mod secrets;
 pub mod users;
 
-pub use auth::{Principal, SignedRequest};
+pub use auth::{Principal, SignedRequest, fleet_wide_refusal};
 pub use enrollment::{normalize_code, source_of};
 
 use std::collections::HashMap;
