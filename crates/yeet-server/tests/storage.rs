@@ -51,6 +51,18 @@ async fn migrations_are_idempotent(db: &TestDb) {
     b.close().await;
 }
 
+/// A server starting while `yeet-server admin add` runs (or two replicas starting at
+/// once) opens the same fresh database twice at the same moment: each migration runs
+/// once, and every opener gets the finished schema.
+async fn stores_opened_at_once_on_a_fresh_database_migrate_once(db: &TestDb) {
+    let opened = futures_util::future::join_all((0..4).map(|_| Store::open(&db.url, None))).await;
+    for store in opened {
+        let store = store.unwrap();
+        assert!(store.list_hosts().await.unwrap().is_empty());
+        store.close().await;
+    }
+}
+
 async fn users_are_unique_by_name_and_key(db: &TestDb) {
     let s = db.open().await;
     let u = s
@@ -976,6 +988,7 @@ on_both_backends!(
     one_open_detachment_per_host,
     corrupt_enum_columns_are_errors,
     migrations_are_idempotent,
+    stores_opened_at_once_on_a_fresh_database_migrate_once,
     users_are_unique_by_name_and_key,
     registrations_upsert_evict_and_reject,
     approval_moves_a_registration_to_a_host_once,

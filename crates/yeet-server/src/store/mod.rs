@@ -54,6 +54,13 @@ pub enum StoreError {
     )]
     NonceLog { path: String, source: sqlx::Error },
     #[error(
+        "cannot lock {path} to bring the database's schema up to date: {source}; is the database's directory writable?"
+    )]
+    MigrationLock {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(
         "the database's {0} setting holds {1:?}, which is not a number; delete that row from the settings table and restart the servers"
     )]
     CorruptSetting(&'static str, String),
@@ -200,11 +207,16 @@ impl Store {
                     .acquire_timeout(CONNECTION_WAIT)
                     .connect(url)
                     .await?;
+                // SQLite's migrator takes no lock of its own: a server starting while
+                // `yeet-server admin add` opens the same fresh file would run each
+                // migration twice ("table already exists").
+                let lock = sqlite_migration_lock(&writer).await?;
                 // WAL lets readers proceed while a writer commits; it persists in the file.
                 sqlx::query("PRAGMA journal_mode=WAL")
                     .execute(&writer)
                     .await?;
                 sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
+                drop(lock);
                 let reader = on_each_connection(
                     AnyPoolOptions::new()
                         .max_connections(max)
@@ -315,21 +327,54 @@ pub fn without_password(url: &str) -> String {
 /// waiting for the disk (`synchronous=NORMAL`), with the main database attached as `yeet`
 /// so that expiry can read the nonce horizon from its settings. Rows an older version kept
 /// in the main database are moved over once. An in-memory database keeps its log inside.
-async fn sqlite_nonce_log(url: &str, writer: &AnyPool) -> Result<AnyPool, StoreError> {
-    let one_connection =
-        |pool: AnyPoolOptions| pool.max_connections(1).acquire_timeout(CONNECTION_WAIT);
+/// The file of the SQLite database behind `writer`, or `None` for an in-memory one.
+async fn sqlite_main_file(writer: &AnyPool) -> Result<Option<String>, StoreError> {
     let main_file: String =
         sqlx::query_scalar("SELECT file FROM pragma_database_list WHERE name = 'main'")
             .fetch_one(writer)
             .await?;
-    if main_file.is_empty() {
+    Ok(Some(main_file).filter(|f| !f.is_empty()))
+}
+
+/// An exclusive lock, across processes, on migrating the SQLite database behind `writer`:
+/// a `flock` on `<database>.migrate-lock`, released when the returned file is dropped (or
+/// the process dies). `None` for an in-memory database, which no other process can open.
+async fn sqlite_migration_lock(writer: &AnyPool) -> Result<Option<std::fs::File>, StoreError> {
+    let Some(main_file) = sqlite_main_file(writer).await? else {
+        return Ok(None);
+    };
+    let path = format!("{main_file}.migrate-lock");
+    let locked = tokio::task::spawn_blocking({
+        let path = path.clone();
+        move || -> std::io::Result<std::fs::File> {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)?;
+            rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)?;
+            Ok(file)
+        }
+    })
+    .await
+    .map_err(|e| std::io::Error::other(e.to_string()))
+    .and_then(|r| r);
+    locked
+        .map(Some)
+        .map_err(|source| StoreError::MigrationLock { path, source })
+}
+
+async fn sqlite_nonce_log(url: &str, writer: &AnyPool) -> Result<AnyPool, StoreError> {
+    let one_connection =
+        |pool: AnyPoolOptions| pool.max_connections(1).acquire_timeout(CONNECTION_WAIT);
+    let Some(main_file) = sqlite_main_file(writer).await? else {
         return Ok(on_each_connection(
             one_connection(AnyPoolOptions::new()),
             "PRAGMA synchronous=NORMAL",
         )
         .connect(url)
         .await?);
-    }
+    };
     // The URL's path is percent-decoded by sqlx: escape what would otherwise end it.
     let nonce_file = format!("{main_file}.nonces")
         .replace('%', "%25")
