@@ -366,12 +366,12 @@ async fn secrets_granted_to_a_tag_follow_the_hosts_tags(db: &TestDb) {
         }
     };
     assert!(
-        s.set_tag_grants("token", &["prod_eu".into()], true, &change("granted"))
+        s.set_grants("token", &[], &["prod_eu".into()], true, &change("granted"))
             .await
             .unwrap()
     );
     assert_eq!(holders(&s).await, [], "prod_eu matched prodxeu");
-    s.set_tag_grants("token", &["prod".into()], true, &change("granted"))
+    s.set_grants("token", &[], &["prod".into()], true, &change("granted"))
         .await
         .unwrap();
     assert_eq!(holders(&s).await, [(a, "prod".to_owned())]);
@@ -379,7 +379,7 @@ async fn secrets_granted_to_a_tag_follow_the_hosts_tags(db: &TestDb) {
     s.replace_host_tags("a", "prod", "", 3).await.unwrap();
     assert_eq!(holders(&s).await, [(c, "prod".to_owned())]);
     // A direct grant stays when the tag goes; a revoke of a host still tagged keeps it.
-    s.set_grants("token", &[c], true, &change("granted"))
+    s.set_grants("token", &[c], &[], true, &change("granted"))
         .await
         .unwrap();
     s.replace_host_tags("c", "eu prod", "eu", 4).await.unwrap();
@@ -387,7 +387,7 @@ async fn secrets_granted_to_a_tag_follow_the_hosts_tags(db: &TestDb) {
     s.replace_host_tags("b", "prodxeu", "prod", 4)
         .await
         .unwrap();
-    s.set_grants("token", &[b], false, &change("revoked"))
+    s.set_grants("token", &[b], &[], false, &change("revoked"))
         .await
         .unwrap();
     assert_eq!(
@@ -395,7 +395,7 @@ async fn secrets_granted_to_a_tag_follow_the_hosts_tags(db: &TestDb) {
         [(b, "prod".to_owned()), (c, String::new())]
     );
     // Revoking the tag takes it from the hosts that held it by the tag only.
-    s.set_tag_grants("token", &["prod".into()], false, &change("revoked"))
+    s.set_grants("token", &[], &["prod".into()], false, &change("revoked"))
         .await
         .unwrap();
     assert_eq!(holders(&s).await, [(c, String::new())]);

@@ -444,30 +444,20 @@ impl Service {
             }
         }
         let action = if grant { "granted" } else { "revoked" };
-        let change = |detail: String| Change {
+        let tags: Vec<String> = tags.into_iter().collect();
+        let mut named = req.hosts.clone();
+        named.extend(tags.iter().map(|t| format!("tag {t}")));
+        let change = Change {
             author: admin,
             action,
-            detail,
+            detail: named.join(", "),
             at: now(),
         };
         let before = self.secret_holders(name).await?;
-        let tags: Vec<String> = tags.into_iter().collect();
-        let hosts_done = host_ids.is_empty()
-            || self
-                .store
-                .set_grants(name, &host_ids, grant, &change(req.hosts.join(", ")))
-                .await?;
-        let tags_done = tags.is_empty()
-            || self
-                .store
-                .set_tag_grants(
-                    name,
-                    &tags,
-                    grant,
-                    &change(format!("tag {}", tags.join(", tag "))),
-                )
-                .await?;
-        let done = hosts_done && tags_done;
+        let done = self
+            .store
+            .set_grants(name, &host_ids, &tags, grant, &change)
+            .await?;
         if !done {
             return Err(unknown_secret(name));
         }

@@ -130,13 +130,14 @@ impl Store {
         Ok(version)
     }
 
-    /// Grants (`grant = true`) or revokes a secret for hosts, recording the change; false
-    /// when there is no such secret. Granting twice or revoking what was not granted is a
-    /// no-op for that host.
+    /// Grants (`grant = true`) or revokes a secret for hosts and for tags (every host
+    /// carrying one, now and later), recording the change, in one transaction; false when
+    /// there is no such secret. Granting twice or revoking what was not granted is a no-op.
     pub async fn set_grants(
         &self,
         name: &str,
         host_ids: &[i64],
+        tags: &[String],
         grant: bool,
         change: &Change<'_>,
     ) -> Result<bool, StoreError> {
@@ -165,6 +166,20 @@ impl Store {
                     .execute(&mut *tx)
                     .await?;
             }
+        }
+        for tag in tags {
+            let query = if grant {
+                sqlx::query("INSERT INTO secret_tag_grants (secret, tag, granted_at, granted_by) VALUES ($1, $2, $3, $4) ON CONFLICT (secret, tag) DO NOTHING")
+                    .bind(name)
+                    .bind(tag)
+                    .bind(change.at)
+                    .bind(change.author)
+            } else {
+                sqlx::query("DELETE FROM secret_tag_grants WHERE secret = $1 AND tag = $2")
+                    .bind(name)
+                    .bind(tag)
+            };
+            query.execute(&mut *tx).await?;
         }
         // A revoked host that carries a tag the secret is granted to keeps it, by the tag.
         sync_tag_grants(&mut tx, change.at).await?;
@@ -358,48 +373,6 @@ pub(super) async fn sync_tag_grants(tx: &mut Tx<'_>, now: i64) -> Result<(), Sto
 }
 
 impl Store {
-    /// Grants (`grant = true`) or revokes a secret for every host carrying one of `tags`,
-    /// now and later, recording the change; false when there is no such secret.
-    pub async fn set_tag_grants(
-        &self,
-        name: &str,
-        tags: &[String],
-        grant: bool,
-        change: &Change<'_>,
-    ) -> Result<bool, StoreError> {
-        let mut tx = self.writer.begin().await?;
-        let exists =
-            sqlx::query("UPDATE secrets SET updated_at = $1, updated_by = $2 WHERE name = $3")
-                .bind(change.at)
-                .bind(change.author)
-                .bind(name)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected()
-                > 0;
-        if !exists {
-            return Ok(false);
-        }
-        for tag in tags {
-            let query = if grant {
-                sqlx::query("INSERT INTO secret_tag_grants (secret, tag, granted_at, granted_by) VALUES ($1, $2, $3, $4) ON CONFLICT (secret, tag) DO NOTHING")
-                    .bind(name)
-                    .bind(tag)
-                    .bind(change.at)
-                    .bind(change.author)
-            } else {
-                sqlx::query("DELETE FROM secret_tag_grants WHERE secret = $1 AND tag = $2")
-                    .bind(name)
-                    .bind(tag)
-            };
-            query.execute(&mut *tx).await?;
-        }
-        sync_tag_grants(&mut tx, change.at).await?;
-        record(&mut tx, name, change).await?;
-        tx.commit().await?;
-        Ok(true)
-    }
-
     /// Every secret's tag grants, by secret and tag.
     pub async fn list_tag_grants(&self) -> Result<Vec<TagGrantRow>, StoreError> {
         Ok(sqlx::query_as::<_, TagGrantRow>(
