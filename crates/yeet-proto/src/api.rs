@@ -27,6 +27,8 @@ pub mod paths {
     pub const AGENT_DETACH: &str = "/v1/agent/detach";
     pub const AGENT_ATTACH: &str = "/v1/agent/attach";
     pub const USERS: &str = "/v1/users";
+    /// The audit log (`yeet audit`).
+    pub const AUDIT: &str = "/v1/audit";
 
     /// `/v1/users/{name}`
     pub fn user(name: &str) -> String {

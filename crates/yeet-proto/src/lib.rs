@@ -4,6 +4,7 @@
 //! exactly one definition.
 
 pub mod api;
+pub mod audit;
 #[cfg(feature = "cli-check")]
 pub mod cli_check;
 pub mod clock;

@@ -158,8 +158,9 @@ async fn admin(config: Config, cmd: AdminCommand) -> Result<()> {
             } else {
                 key
             };
-            let user =
-                yeet_server::service::users::add_user(&store, &name, &line, role, &[]).await?;
+            use yeet_server::service::{audit, users};
+            let event = audit::local_entry("user.add", users::add_event(&name, &line, role, &[]));
+            let user = users::add_user(&store, &name, &line, role, &[], &event).await?;
             let key_id = yeet_proto::PublicIdentity::from_openssh(&line)
                 .map(|p| p.key_id().to_owned())
                 .unwrap_or_default();
@@ -207,8 +208,11 @@ async fn admin(config: Config, cmd: AdminCommand) -> Result<()> {
             }
         }
         AdminCommand::Rm { name } => {
+            use yeet_server::service::{audit, users};
             use yeet_server::store::UserChange;
-            yeet_server::service::users::change_user(&store, &name, &UserChange::Remove).await?;
+            let (action, details) = users::change_event(&name, &UserChange::Remove);
+            let event = audit::local_entry(action, details);
+            users::change_user(&store, &name, &UserChange::Remove, &event).await?;
             println!(
                 "removed {name} from the database at {}",
                 yeet_server::store::without_password(&config.database)

@@ -43,6 +43,7 @@ async fn captured(db: &common::TestDb) -> SignatureHeaders {
         &admin.public().to_openssh(),
         Role::Admin,
         &[],
+        &yeet_server::service::audit::local_entry("user.add", serde_json::json!({})),
     )
     .await
     .unwrap();

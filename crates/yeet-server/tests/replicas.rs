@@ -67,6 +67,7 @@ async fn replicas_share_releases_and_key_removals() {
         &admin_key.public().to_openssh(),
         Role::Admin,
         &[],
+        &yeet_server::service::audit::local_entry("user.add", serde_json::json!({})),
     )
     .await
     .unwrap();

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::TestDb;
+use common::{TestDb, ev};
 use yeet_proto::api::{ActivationResult, Role};
 use yeet_server::store::Change;
 use yeet_server::store::{
@@ -36,7 +36,7 @@ async fn host(store: &Store, key: &str, name: &str) -> i64 {
         .await
         .unwrap();
     store
-        .approve_registration(key, name, "alice", &Default::default(), false, 10)
+        .approve_registration(key, name, "alice", &Default::default(), false, &ev())
         .await
         .unwrap()
         .unwrap()
@@ -66,18 +66,18 @@ async fn stores_opened_at_once_on_a_fresh_database_migrate_once(db: &TestDb) {
 async fn users_are_unique_by_name_and_key(db: &TestDb) {
     let s = db.open().await;
     let u = s
-        .insert_user("alice", "SHA256:a", "ssh-ed25519 A", Role::Admin, "", 5)
+        .insert_user("alice", "SHA256:a", "ssh-ed25519 A", Role::Admin, "", &ev())
         .await
         .unwrap();
     let (found, key) = s.user_by_key("SHA256:a").await.unwrap().unwrap();
     assert_eq!((found, key.public_key.as_str()), (u, "ssh-ed25519 A"));
     assert!(matches!(
-        s.insert_user("alice", "SHA256:b", "k", Role::Viewer, "", 5)
+        s.insert_user("alice", "SHA256:b", "k", Role::Viewer, "", &ev())
             .await,
         Err(StoreError::Conflict(_))
     ));
     assert!(matches!(
-        s.insert_user("bob", "SHA256:a", "k", Role::Viewer, "", 5)
+        s.insert_user("bob", "SHA256:a", "k", Role::Viewer, "", &ev())
             .await,
         Err(StoreError::Conflict(_))
     ));
@@ -91,31 +91,38 @@ async fn users_are_unique_by_name_and_key(db: &TestDb) {
 /// writes it: an unscoped admin remains, every user keeps a key.
 async fn users_keep_an_unscoped_admin_and_a_key(db: &TestDb) {
     let s = db.open().await;
-    s.insert_user("alice", "SHA256:a", "ssh-ed25519 A", Role::Admin, "", 5)
+    s.insert_user("alice", "SHA256:a", "ssh-ed25519 A", Role::Admin, "", &ev())
         .await
         .unwrap();
-    s.insert_user("bob", "SHA256:b", "ssh-ed25519 B", Role::Admin, "prod", 5)
-        .await
-        .unwrap();
+    s.insert_user(
+        "bob",
+        "SHA256:b",
+        "ssh-ed25519 B",
+        Role::Admin,
+        "prod",
+        &ev(),
+    )
+    .await
+    .unwrap();
     for change in [
         UserChange::Remove,
         UserChange::Role(Role::Publisher),
         UserChange::Tags("prod".into()),
     ] {
         assert_eq!(
-            s.change_user("alice", &change, 6).await.unwrap(),
+            s.change_user("alice", &change, 6, &ev()).await.unwrap(),
             Err(UserRefusal::LastUnscopedAdmin),
             "{change:?}"
         );
     }
     assert_eq!(
-        s.change_user("alice", &UserChange::RemoveKey("SHA256:a".into()), 6)
+        s.change_user("alice", &UserChange::RemoveKey("SHA256:a".into()), 6, &ev())
             .await
             .unwrap(),
         Err(UserRefusal::LastKey)
     );
     assert_eq!(
-        s.change_user("alice", &UserChange::RemoveKey("SHA256:x".into()), 6)
+        s.change_user("alice", &UserChange::RemoveKey("SHA256:x".into()), 6, &ev())
             .await
             .unwrap(),
         Err(UserRefusal::NoSuchKey)
@@ -124,32 +131,35 @@ async fn users_keep_an_unscoped_admin_and_a_key(db: &TestDb) {
         key_id: "SHA256:a2".into(),
         public_key: "ssh-ed25519 A2".into(),
     };
-    s.change_user("alice", &add, 6).await.unwrap().unwrap();
+    s.change_user("alice", &add, 6, &ev())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(matches!(
-        s.change_user("bob", &add, 6).await,
+        s.change_user("bob", &add, 6, &ev()).await,
         Err(StoreError::Conflict(_))
     ));
     let (gone, _) = s
-        .change_user("alice", &UserChange::RemoveKey("SHA256:a".into()), 6)
+        .change_user("alice", &UserChange::RemoveKey("SHA256:a".into()), 6, &ev())
         .await
         .unwrap()
         .unwrap();
     assert_eq!(gone, ["SHA256:a"]);
     assert!(s.user_by_key("SHA256:a").await.unwrap().is_none());
     // bob becomes unscoped: now alice may go, and her keys with her.
-    s.change_user("bob", &UserChange::Tags(String::new()), 6)
+    s.change_user("bob", &UserChange::Tags(String::new()), 6, &ev())
         .await
         .unwrap()
         .unwrap();
     let (gone, user) = s
-        .change_user("alice", &UserChange::Remove, 6)
+        .change_user("alice", &UserChange::Remove, 6, &ev())
         .await
         .unwrap()
         .unwrap();
     assert_eq!((gone, user), (vec!["SHA256:a2".to_owned()], None));
     assert!(s.user_by_key("SHA256:a2").await.unwrap().is_none());
     assert_eq!(
-        s.change_user("alice", &UserChange::Remove, 6)
+        s.change_user("alice", &UserChange::Remove, 6, &ev())
             .await
             .unwrap(),
         Err(UserRefusal::NoSuchUser)
@@ -164,7 +174,7 @@ async fn concurrent_demotions_leave_an_unscoped_admin(db: &TestDb) {
         let (a, b) = (db.open().await, db.open().await);
         let (x, y) = (format!("x{round}"), format!("y{round}"));
         for name in [&x, &y] {
-            a.insert_user(name, &format!("SHA256:{name}"), "k", Role::Admin, "", 5)
+            a.insert_user(name, &format!("SHA256:{name}"), "k", Role::Admin, "", &ev())
                 .await
                 .unwrap();
         }
@@ -172,14 +182,18 @@ async fn concurrent_demotions_leave_an_unscoped_admin(db: &TestDb) {
         // unscoped ones.
         for u in a.list_users().await.unwrap() {
             if u.name != x && u.name != y && u.tags.is_empty() {
-                a.change_user(&u.name, &UserChange::Tags("old".into()), 6)
+                a.change_user(&u.name, &UserChange::Tags("old".into()), 6, &ev())
                     .await
                     .unwrap()
                     .unwrap();
             }
         }
         let demote = UserChange::Role(Role::Viewer);
-        let (one, two) = tokio::join!(a.change_user(&x, &demote, 7), b.change_user(&y, &demote, 7));
+        let event = (ev(), ev());
+        let (one, two) = tokio::join!(
+            a.change_user(&x, &demote, 7, &event.0),
+            b.change_user(&y, &demote, 7, &event.1)
+        );
         let outcomes = [one.unwrap(), two.unwrap()];
         assert_eq!(
             outcomes.iter().filter(|o| o.is_ok()).count(),
@@ -227,10 +241,22 @@ async fn registrations_upsert_evict_and_reject(db: &TestDb) {
     assert_eq!(s.evict_one_registration().await.unwrap(), 1);
     assert_eq!(s.registration_by_key("k2").await.unwrap(), None);
     assert!(s.registration_by_key("k0").await.unwrap().is_some());
-    assert!(s.reject_registration("k0", "alice", 7).await.unwrap());
-    assert!(s.reject_registration("k3", "alice", 7).await.unwrap());
+    assert!(
+        s.reject_registration("k0", "alice", 7, &ev())
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.reject_registration("k3", "alice", 7, &ev())
+            .await
+            .unwrap()
+    );
     assert!(s.is_rejected("k3").await.unwrap());
-    assert!(!s.reject_registration("k3", "alice", 7).await.unwrap());
+    assert!(
+        !s.reject_registration("k3", "alice", 7, &ev())
+            .await
+            .unwrap()
+    );
     assert!(!s.is_rejected("k1").await.unwrap());
     let listed: Vec<String> = s
         .list_registrations()
@@ -252,7 +278,7 @@ async fn approval_moves_a_registration_to_a_host_once(db: &TestDb) {
         .await
         .unwrap();
     let h = s
-        .approve_registration("k1", "web-1", "alice", &Default::default(), false, 10)
+        .approve_registration("k1", "web-1", "alice", &Default::default(), false, &ev())
         .await
         .unwrap()
         .unwrap();
@@ -267,14 +293,14 @@ async fn approval_moves_a_registration_to_a_host_once(db: &TestDb) {
     );
     assert_eq!(s.registration_by_key("k1").await.unwrap(), None);
     assert_eq!(
-        s.approve_registration("k1", "web-2", "alice", &Default::default(), false, 10)
+        s.approve_registration("k1", "web-2", "alice", &Default::default(), false, &ev())
             .await
             .unwrap(),
         None
     );
     // A name clash rolls the whole approval back: the registration survives.
     assert!(matches!(
-        s.approve_registration("k2", "web-1", "alice", &Default::default(), false, 10)
+        s.approve_registration("k2", "web-1", "alice", &Default::default(), false, &ev())
             .await,
         Err(StoreError::Conflict(_))
     ));
@@ -293,7 +319,7 @@ async fn tags_are_given_at_approval_and_changed_only_from_what_was_read(db: &Tes
     s.upsert_registration(&reg2).await.unwrap();
     let given: std::collections::BTreeSet<String> = ["prod".to_owned()].into();
     let plain = s
-        .approve_registration("k1", "a", "alice", &given, false, 10)
+        .approve_registration("k1", "a", "alice", &given, false, &ev())
         .await
         .unwrap()
         .unwrap();
@@ -302,28 +328,28 @@ async fn tags_are_given_at_approval_and_changed_only_from_what_was_read(db: &Tes
         ("prod", "eu kiosk")
     );
     let with = s
-        .approve_registration("k2", "b", "alice", &given, true, 10)
+        .approve_registration("k2", "b", "alice", &given, true, &ev())
         .await
         .unwrap()
         .unwrap();
     assert_eq!(with.tags, "kiosk prod");
     // Compare-and-set: a change from a stale read is not applied, and says so.
     let (done, row) = s
-        .replace_host_tags("a", "prod", "eu prod", 20)
+        .replace_host_tags("a", "prod", "eu prod", 20, &ev())
         .await
         .unwrap()
         .unwrap();
     assert!(done);
     assert_eq!(row.tags, "eu prod");
     let (done, row) = s
-        .replace_host_tags("a", "prod", "", 20)
+        .replace_host_tags("a", "prod", "", 20, &ev())
         .await
         .unwrap()
         .unwrap();
     assert!(!done);
     assert_eq!(row.tags, "eu prod");
     assert!(
-        s.replace_host_tags("nobody", "", "x", 20)
+        s.replace_host_tags("nobody", "", "x", 20, &ev())
             .await
             .unwrap()
             .is_none()
@@ -340,13 +366,18 @@ async fn secrets_granted_to_a_tag_follow_the_hosts_tags(db: &TestDb) {
         host(&s, "kb", "b").await,
         host(&s, "kc", "c").await,
     );
-    s.replace_host_tags("a", "", "prod", 1).await.unwrap();
-    s.replace_host_tags("b", "", "prodxeu", 1).await.unwrap();
+    s.replace_host_tags("a", "", "prod", 1, &ev())
+        .await
+        .unwrap();
+    s.replace_host_tags("b", "", "prodxeu", 1, &ev())
+        .await
+        .unwrap();
     let change = |action: &'static str| Change {
         author: "alice",
         action,
         detail: String::new(),
         at: 2,
+        audit: None,
     };
     s.insert_secret("token", b"ciphertext", &[], &change("added"))
         .await
@@ -375,16 +406,22 @@ async fn secrets_granted_to_a_tag_follow_the_hosts_tags(db: &TestDb) {
         .await
         .unwrap();
     assert_eq!(holders(&s).await, [(a, "prod".to_owned())]);
-    s.replace_host_tags("c", "", "eu prod", 3).await.unwrap();
-    s.replace_host_tags("a", "prod", "", 3).await.unwrap();
+    s.replace_host_tags("c", "", "eu prod", 3, &ev())
+        .await
+        .unwrap();
+    s.replace_host_tags("a", "prod", "", 3, &ev())
+        .await
+        .unwrap();
     assert_eq!(holders(&s).await, [(c, "prod".to_owned())]);
     // A direct grant stays when the tag goes; a revoke of a host still tagged keeps it.
     s.set_grants("token", &[c], &[], true, &change("granted"))
         .await
         .unwrap();
-    s.replace_host_tags("c", "eu prod", "eu", 4).await.unwrap();
+    s.replace_host_tags("c", "eu prod", "eu", 4, &ev())
+        .await
+        .unwrap();
     assert_eq!(holders(&s).await, [(c, String::new())]);
-    s.replace_host_tags("b", "prodxeu", "prod", 4)
+    s.replace_host_tags("b", "prodxeu", "prod", 4, &ev())
         .await
         .unwrap();
     s.set_grants("token", &[b], &[], false, &change("revoked"))
@@ -410,11 +447,11 @@ async fn hosts_rename_remove_and_report(db: &TestDb) {
     let a = host(&s, "ka", "a").await;
     host(&s, "kb", "b").await;
     assert!(matches!(
-        s.rename_host("a", "b").await,
+        s.rename_host("a", "b", &ev()).await,
         Err(StoreError::Conflict(_))
     ));
-    assert_eq!(s.rename_host("a", "c").await.unwrap().unwrap().id, a);
-    assert_eq!(s.rename_host("zzz", "y").await.unwrap(), None);
+    assert_eq!(s.rename_host("a", "c", &ev()).await.unwrap().unwrap().id, a);
+    assert_eq!(s.rename_host("zzz", "y", &ev()).await.unwrap(), None);
     let report = HostReport {
         current_system: Some("/nix/store/q322pzff5rm7kwfwfbhcza6wr2b84wlm-sys".into()),
         booted_system: None,
@@ -465,8 +502,8 @@ async fn hosts_rename_remove_and_report(db: &TestDb) {
         s.host_by_name("c").await.unwrap().unwrap().last_seen,
         Some(70)
     );
-    assert_eq!(s.delete_host("c").await.unwrap().unwrap().id, a);
-    assert_eq!(s.delete_host("c").await.unwrap(), None);
+    assert_eq!(s.delete_host("c", &ev()).await.unwrap().unwrap().id, a);
+    assert_eq!(s.delete_host("c", &ev()).await.unwrap(), None);
     let names: Vec<String> = s
         .list_hosts()
         .await
@@ -495,6 +532,7 @@ async fn releases_and_desired_state(db: &TestDb) {
             &release("first", Some("8c95a2f"), false),
             100,
             &[(a, "a".into(), p(1)), (b, "b".into(), p(1))],
+            &ev(),
         )
         .await
         .unwrap();
@@ -503,6 +541,7 @@ async fn releases_and_desired_state(db: &TestDb) {
             &release("only a", None, true),
             200,
             &[(a, "a".into(), p(2))],
+            &ev(),
         )
         .await
         .unwrap();
@@ -536,7 +575,7 @@ async fn releases_and_desired_state(db: &TestDb) {
     assert_eq!(for_b.iter().map(|r| r.id).collect::<Vec<_>>(), [r1]);
     assert_eq!(s.list_releases(None, 1).await.unwrap().len(), 1);
     // Releases outlive the hosts they name.
-    s.delete_host("b").await.unwrap();
+    s.delete_host("b", &ev()).await.unwrap();
     assert_eq!(s.list_releases(None, 10).await.unwrap().len(), 2);
     s.close().await;
 }
@@ -546,7 +585,7 @@ async fn releases_and_desired_state(db: &TestDb) {
 async fn corrupt_enum_columns_are_errors(db: &TestDb) {
     let s = db.open().await;
     host(&s, "k1", "a").await;
-    s.insert_user("alice", "SHA256:a", "ssh-ed25519 A", Role::Admin, "", 5)
+    s.insert_user("alice", "SHA256:a", "ssh-ed25519 A", Role::Admin, "", &ev())
         .await
         .unwrap();
     let raw = sqlx::AnyPool::connect(&db.url).await.unwrap();
@@ -592,32 +631,36 @@ async fn one_open_detachment_per_host(db: &TestDb) {
     let s = db.open().await;
     let a = host(&s, "ka", "a").await;
     assert_eq!(s.host_by_id(a).await.unwrap().unwrap().allow_detach, 0);
-    assert!(s.set_allow_detach(a, true).await.unwrap());
+    assert!(s.set_allow_detach(a, true, &ev()).await.unwrap());
     assert_eq!(s.host_by_id(a).await.unwrap().unwrap().allow_detach, 1);
-    assert!(!s.set_allow_detach(9999, true).await.unwrap());
+    assert!(!s.set_allow_detach(9999, true, &ev()).await.unwrap());
     let first = DetachmentRow {
         host_id: a,
         since: 100,
         requested_by: "alice (uid 1000)".into(),
         reason: "testing a kernel".into(),
     };
-    assert_eq!(s.start_detachment(&first).await.unwrap(), first);
+    assert_eq!(s.start_detachment(&first, &ev()).await.unwrap(), first);
     // A second request while one is open gets the open one (the unique index decides).
     let again = DetachmentRow {
         since: 200,
         reason: "again".into(),
         ..first.clone()
     };
-    assert_eq!(s.start_detachment(&again).await.unwrap(), first);
+    assert_eq!(s.start_detachment(&again, &ev()).await.unwrap(), first);
     assert_eq!(
         s.open_detachments().await.unwrap(),
         std::slice::from_ref(&first)
     );
-    assert!(s.end_detachment(a, 300, "operator alice").await.unwrap());
-    assert!(!s.end_detachment(a, 301, "host").await.unwrap());
+    assert!(
+        s.end_detachment(a, 300, "operator alice", &ev())
+            .await
+            .unwrap()
+    );
+    assert!(!s.end_detachment(a, 301, "host", &ev()).await.unwrap());
     assert!(s.open_detachments().await.unwrap().is_empty());
     // Ended ones stay as history; a new one may open.
-    assert_eq!(s.start_detachment(&again).await.unwrap(), again);
+    assert_eq!(s.start_detachment(&again, &ev()).await.unwrap(), again);
     let history = s.list_detachments().await.unwrap();
     assert_eq!(history.len(), 2);
     assert_eq!(
@@ -626,7 +669,7 @@ async fn one_open_detachment_per_host(db: &TestDb) {
     );
     assert_eq!(history[1].ended_at, None);
     // They go with the host.
-    s.delete_host("a").await.unwrap();
+    s.delete_host("a", &ev()).await.unwrap();
     assert!(s.list_detachments().await.unwrap().is_empty());
     s.close().await;
 }
@@ -828,7 +871,7 @@ async fn rollbacks_walk_back_through_confirmed_systems(db: &TestDb) {
                 rollback,
                 ..Default::default()
             };
-            s.insert_release(&r, 1, &[(a, "a".into(), path)])
+            s.insert_release(&r, 1, &[(a, "a".into(), path)], &ev())
                 .await
                 .unwrap()
         }
@@ -895,17 +938,17 @@ async fn attempts_are_forgotten_for_a_retry_or_a_trust_change(db: &TestDb) {
     record_all().await;
     // Only failed attempts, as a grant does.
     let forgotten = s
-        .forget_attempts(&hosts, Some(&[ActivationResult::Failed]))
+        .forget_attempts(&hosts, Some(&[ActivationResult::Failed]), None)
         .await
         .unwrap();
     assert_eq!(forgotten, [hosts[0]]);
     assert_eq!(attempted().await, [hosts[1], hosts[2]]);
     // Every named host, as `yeet retry` does; those with nothing to forget are not named.
-    let mut forgotten = s.forget_attempts(&hosts, None).await.unwrap();
+    let mut forgotten = s.forget_attempts(&hosts, None, Some(&ev())).await.unwrap();
     forgotten.sort();
     assert_eq!(forgotten, [hosts[1], hosts[2]]);
     assert!(attempted().await.is_empty());
-    assert!(s.forget_attempts(&[], None).await.unwrap().is_empty());
+    assert!(s.forget_attempts(&[], None, None).await.unwrap().is_empty());
     // A changed trust digest forgets an untrusted attempt only; the same digest again
     // forgets nothing.
     let report = HostReport {

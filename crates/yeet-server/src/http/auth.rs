@@ -12,6 +12,7 @@ use yeet_proto::api::paths;
 
 use super::AppState;
 use super::error::ApiError;
+use crate::service::audit::{REQUEST, RequestOrigin};
 use crate::service::{Principal, ServiceError, SignedRequest};
 use yeet_proto::ErrorCode;
 
@@ -99,12 +100,50 @@ pub async fn authenticate(State(app): State<AppState>, req: Request, next: Next)
     // Boxed, so that a held long-poll's middleware future keeps no room for the body read
     // and signature check it finished long ago.
     match Box::pin(authenticated(&app, req)).await {
-        Ok(req) => next.run(req).await,
+        Ok((req, origin)) => REQUEST.scope(origin, next.run(req)).await,
         Err(e) => e.into_response(),
     }
 }
 
-async fn authenticated(app: &AppState, req: Request) -> Result<Request, ApiError> {
+/// Records a refused call of a route whose calls the audit log records (`Audited::Action`),
+/// and reports a route that answered success without recording its event. Runs inside the
+/// signature layer, outside the scope refusal, so that refusals of both are recorded.
+pub async fn audit_refusals(
+    State((app, action)): State<(AppState, &'static str)>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let principal = req.extensions().get::<Principal>().cloned();
+    let method = req.method().as_str().to_owned();
+    let path = req.uri().path().to_owned();
+    let response = next.run(req).await;
+    let refused = response
+        .extensions()
+        .get::<ErrorCode>()
+        .copied()
+        .filter(|_| response.status().is_client_error());
+    match (refused, principal) {
+        (Some(code), Some(principal)) => {
+            if let Err(e) = app
+                .service
+                .record_refusal(&principal, action, code, &method, &path)
+                .await
+            {
+                tracing::warn!(error = %e, action, "could not record a refusal in the audit log");
+            }
+        }
+        _ if response.status().is_success() => {
+            let recorded = crate::service::Service::events_recorded();
+            if recorded != Some(1) {
+                tracing::error!(action, ?recorded, %path, "a state-changing request did not record exactly one audit event");
+            }
+        }
+        _ => {}
+    }
+    response
+}
+
+async fn authenticated(app: &AppState, req: Request) -> Result<(Request, RequestOrigin), ApiError> {
     let (parts, body) = req.into_parts();
     let bytes = read_body(body, app.max_body_bytes, app.body_timeout).await?;
     let headers =
@@ -124,9 +163,18 @@ async fn authenticated(app: &AppState, req: Request) -> Result<Request, ApiError
         .service
         .authenticate(&request, &bytes, registering)
         .await?;
+    let origin = RequestOrigin {
+        address: parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip().to_string())
+            .unwrap_or_default(),
+        nonce: headers.nonce.clone(),
+        events: Default::default(),
+    };
     let mut req = Request::from_parts(parts, Body::from(bytes));
     req.extensions_mut().insert(principal);
-    Ok(req)
+    Ok((req, origin))
 }
 
 #[cfg(test)]

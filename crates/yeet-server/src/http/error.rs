@@ -66,11 +66,15 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let retry_after = self.retry_after();
-        (
+        // The code rides along for the audit layer, which records refusals by it.
+        let code = self.code;
+        let mut response = (
             self.status(),
             retry_after,
             Json(ErrorBody::new(self.code, self.message)),
         )
-            .into_response()
+            .into_response();
+        response.extensions_mut().insert(code);
+        response
     }
 }

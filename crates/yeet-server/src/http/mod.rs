@@ -139,6 +139,18 @@ impl Scoped {
     }
 }
 
+/// What the audit log records of a route's calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Audited {
+    /// It reads only: nothing to record.
+    Reads,
+    /// Every call records exactly one event with this action: the change's, in its
+    /// transaction, or the refusal's (with its error code).
+    Action(&'static str),
+    /// It changes state that is deliberately not recorded, for this reason.
+    Unrecorded(&'static str),
+}
+
 /// One signed `/v1` endpoint: method, path template, who may call it, what it does.
 pub struct Route {
     pub method: Method,
@@ -146,6 +158,9 @@ pub struct Route {
     pub access: Access,
     /// What it does for a user scoped by tags.
     pub scoped: Scoped,
+    /// What the audit log records of it; `None` for a route that may change state but has
+    /// not said (a test refuses that).
+    pub audited: Option<Audited>,
     pub summary: &'static str,
     handler: MethodRouter<AppState>,
 }
@@ -154,6 +169,18 @@ impl Route {
     /// Marks a row as serving scoped users (see `Scoped`).
     fn scoped(mut self, scoped: Scoped) -> Route {
         self.scoped = scoped;
+        self
+    }
+
+    /// Marks a row's calls as recorded in the audit log under `action`.
+    fn audited(mut self, action: &'static str) -> Route {
+        self.audited = Some(Audited::Action(action));
+        self
+    }
+
+    /// Marks a row that changes state as deliberately not recorded, and says why.
+    fn unrecorded(mut self, why: &'static str) -> Route {
+        self.audited = Some(Audited::Unrecorded(why));
         self
     }
 }
@@ -166,60 +193,61 @@ pub fn routes() -> Vec<Route> {
     use Access::{AnyKey, Host, Role as R};
     use yeet_proto::osquery::paths as oq;
     vec![
-        route(Method::POST, paths::REGISTER, AnyKey, "Register this key; answers with an approval code, then (held as a long-poll once the code was shown) with the host's name once approved.", register),
-        route(Method::POST, paths::CHECKIN, Host, "Report state; answers with what to run (long-polls).", checkin),
-        route(Method::POST, paths::REPORT, Host, "Report how an activation ended, with its log.", report),
+        route(Method::POST, paths::REGISTER, AnyKey, "Register this key; answers with an approval code, then (held as a long-poll once the code was shown) with the host's name once approved.", register).unrecorded("a host registering itself: pending until an admin approves (the approval is recorded); unauthenticated keys must not fill the log"),
+        route(Method::POST, paths::CHECKIN, Host, "Report state; answers with what to run (long-polls).", checkin).unrecorded("check-ins: every host, every poll; what they report is the hosts' state, not an action"),
+        route(Method::POST, paths::REPORT, Host, "Report how an activation ended, with its log.", report).unrecorded("activation outcomes: the host's history (`yeet log`) records them"),
         route(Method::GET, paths::WHOAMI, R(Role::Viewer), "Who the signing key belongs to.", whoami).scoped(Scoped::NoHostData),
         route(Method::GET, paths::USERS, R(Role::Admin), "Users, their roles, scopes and keys (unscoped admins only, as every user route).", list_users),
-        route(Method::POST, paths::USERS, R(Role::Admin), "Add a user with a key, a role and optionally a scope (`tags`).", add_user),
+        route(Method::POST, paths::USERS, R(Role::Admin), "Add a user with a key, a role and optionally a scope (`tags`).", add_user).audited("user.add"),
         route(Method::GET, &paths::user("{name}"), R(Role::Admin), "One user.", show_user),
-        route(Method::DELETE, &paths::user("{name}"), R(Role::Admin), "Remove a user (not oneself, not the last unscoped admin); its keys stop working at once.", remove_user),
-        route(Method::PUT, &paths::user_role("{name}"), R(Role::Admin), "Set a user's role (not one's own).", set_user_role),
-        route(Method::PUT, &paths::user_tags("{name}"), R(Role::Admin), "Set a user's scope (`tags`; empty: the whole fleet; not one's own).", set_user_tags),
-        route(Method::POST, &paths::user_keys("{name}"), R(Role::Admin), "Add a key to a user.", add_user_key),
-        route(Method::POST, &paths::user_keys_remove("{name}"), R(Role::Admin), "Remove one of a user's keys (`key_id`); a user keeps at least one.", remove_user_key),
+        route(Method::DELETE, &paths::user("{name}"), R(Role::Admin), "Remove a user (not oneself, not the last unscoped admin); its keys stop working at once.", remove_user).audited("user.remove"),
+        route(Method::PUT, &paths::user_role("{name}"), R(Role::Admin), "Set a user's role (not one's own).", set_user_role).audited("user.role"),
+        route(Method::PUT, &paths::user_tags("{name}"), R(Role::Admin), "Set a user's scope (`tags`; empty: the whole fleet; not one's own).", set_user_tags).audited("user.tags"),
+        route(Method::POST, &paths::user_keys("{name}"), R(Role::Admin), "Add a key to a user.", add_user_key).audited("user.key.add"),
+        route(Method::POST, &paths::user_keys_remove("{name}"), R(Role::Admin), "Remove one of a user's keys (`key_id`); a user keeps at least one.", remove_user_key).audited("user.key.remove"),
+        route(Method::GET, paths::AUDIT, R(Role::Viewer), "The audit log, oldest first (`?host=&user=&action=&since_ms=&after=&limit=&newest=`), in pages (`next_after`): unscoped admins see every event, anyone else the events about hosts they can see.", list_audit).scoped(Scoped::TheirHosts),
         route(Method::GET, paths::REGISTRATIONS, R(Role::Viewer), "Registrations waiting for approval.", list_pending).scoped(Scoped::NoHostData),
-        route(Method::POST, paths::APPROVE, R(Role::Admin), "Approve a registration by its code, and name the host (a scoped admin's host gets their tags).", approve).scoped(Scoped::TheirHosts),
-        route(Method::POST, paths::REJECT, R(Role::Admin), "Reject a registration's key for good.", reject),
+        route(Method::POST, paths::APPROVE, R(Role::Admin), "Approve a registration by its code, and name the host (a scoped admin's host gets their tags).", approve).scoped(Scoped::TheirHosts).audited("host.approve"),
+        route(Method::POST, paths::REJECT, R(Role::Admin), "Reject a registration's key for good.", reject).audited("host.reject"),
         route(Method::GET, paths::HOSTS, R(Role::Viewer), "Every host's state, with its `ETag`; `?wait=SECS` with `If-None-Match` holds the request until it changes (at most 25 s), else `304`.", list_hosts).scoped(Scoped::TheirHosts),
         route(Method::GET, &paths::host("{name}"), R(Role::Viewer), "One host's state.", show_host).scoped(Scoped::TheirHosts),
-        route(Method::DELETE, &paths::host("{name}"), R(Role::Admin), "Remove a host; its key stops working at once.", remove_host).scoped(Scoped::TheirHosts),
-        route(Method::POST, &paths::host_rename("{name}"), R(Role::Admin), "Rename a host.", rename_host).scoped(Scoped::TheirHosts),
-        route(Method::POST, &paths::host_tags("{name}"), R(Role::Admin), "Add and remove a host's tags (`add`, `remove`, `accept_suggested`); answers the host.", tag_host),
-        route(Method::PUT, &paths::host_policy("{name}"), R(Role::Admin), "Set what a host may do on its own (`allow_detach`).", set_host_policy).scoped(Scoped::TheirHosts),
-        route(Method::POST, &paths::host_attach("{name}"), R(Role::Admin), "End a host's detachment; it returns to its desired system.", attach_host).scoped(Scoped::TheirHosts),
+        route(Method::DELETE, &paths::host("{name}"), R(Role::Admin), "Remove a host; its key stops working at once.", remove_host).scoped(Scoped::TheirHosts).audited("host.remove"),
+        route(Method::POST, &paths::host_rename("{name}"), R(Role::Admin), "Rename a host.", rename_host).scoped(Scoped::TheirHosts).audited("host.rename"),
+        route(Method::POST, &paths::host_tags("{name}"), R(Role::Admin), "Add and remove a host's tags (`add`, `remove`, `accept_suggested`); answers the host.", tag_host).audited("host.tag"),
+        route(Method::PUT, &paths::host_policy("{name}"), R(Role::Admin), "Set what a host may do on its own (`allow_detach`).", set_host_policy).scoped(Scoped::TheirHosts).audited("host.policy"),
+        route(Method::POST, &paths::host_attach("{name}"), R(Role::Admin), "End a host's detachment; it returns to its desired system.", attach_host).scoped(Scoped::TheirHosts).audited("host.attach"),
         route(Method::GET, &paths::host_activations("{name}"), R(Role::Viewer), "A host's past activations, newest first (`?limit=`).", list_activations).scoped(Scoped::TheirHosts),
         route(Method::GET, &paths::host_log("{name}"), R(Role::Viewer), "A host's latest activation with its log.", latest_log).scoped(Scoped::TheirHosts),
         route(Method::GET, paths::RELEASES, R(Role::Viewer), "Releases, newest first (`?host=`, `?limit=`).", list_releases).scoped(Scoped::TheirHosts),
-        route(Method::POST, paths::RELEASES, R(Role::Publisher), "Create a release: host → store path, checked in its cache.", create_release).scoped(Scoped::TheirHosts),
+        route(Method::POST, paths::RELEASES, R(Role::Publisher), "Create a release: host → store path, checked in its cache.", create_release).scoped(Scoped::TheirHosts).audited("release.create"),
         route(Method::GET, &paths::release("{id}"), R(Role::Viewer), "One release.", show_release).scoped(Scoped::TheirHosts),
-        route(Method::POST, paths::ROLLBACK, R(Role::Publisher), "Point hosts back at their previous systems, as a new release.", rollback).scoped(Scoped::TheirHosts),
-        route(Method::POST, paths::RETRY, R(Role::Publisher), "Offer hosts their desired system once more, although they tried it.", retry).scoped(Scoped::TheirHosts),
-        route(Method::POST, paths::CACHE_GC, R(Role::Admin), "Garbage-collect the embedded cache.", cache_gc),
-        route(Method::POST, paths::CACHE_MISSING, R(Role::Publisher), "Which of these store paths the embedded cache lacks, and the keys uploads must be signed by.", cache_missing).scoped(Scoped::NoHostData),
+        route(Method::POST, paths::ROLLBACK, R(Role::Publisher), "Point hosts back at their previous systems, as a new release.", rollback).scoped(Scoped::TheirHosts).audited("release.rollback"),
+        route(Method::POST, paths::RETRY, R(Role::Publisher), "Offer hosts their desired system once more, although they tried it.", retry).scoped(Scoped::TheirHosts).audited("release.retry"),
+        route(Method::POST, paths::CACHE_GC, R(Role::Admin), "Garbage-collect the embedded cache.", cache_gc).audited("cache.gc"),
+        route(Method::POST, paths::CACHE_MISSING, R(Role::Publisher), "Which of these store paths the embedded cache lacks, and the keys uploads must be signed by.", cache_missing).scoped(Scoped::NoHostData).unrecorded("a question (which paths the cache lacks); changes nothing"),
         route(Method::GET, paths::SECRETS_RECIPIENT, R(Role::Viewer), "The age recipient secrets are encrypted to.", secret_recipient).scoped(Scoped::NoHostData),
         route(Method::GET, paths::SECRETS, R(Role::Viewer), "Secrets' metadata: versions, grants, fetched versions, history; never content.", list_secrets).scoped(Scoped::TheirHosts),
-        route(Method::POST, paths::SECRETS, R(Role::Admin), "Add a secret (age ciphertext for the server's recipient), granted to hosts.", add_secret).scoped(Scoped::TheirHosts),
-        route(Method::DELETE, &paths::secret("{name}"), R(Role::Admin), "Remove a secret; hosts delete it at their next check-in.", remove_secret).scoped(Scoped::TheirHosts),
-        route(Method::POST, &paths::secret_rotate("{name}"), R(Role::Admin), "Store a new version of a secret; hosts fetch it without a release.", rotate_secret).scoped(Scoped::TheirHosts),
-        route(Method::POST, &paths::secret_grant("{name}"), R(Role::Admin), "Grant a secret to hosts, and to tags (`tags`: every host carrying one holds it while it does).", grant_secret).scoped(Scoped::TheirHosts),
-        route(Method::POST, &paths::secret_revoke("{name}"), R(Role::Admin), "Revoke a secret from hosts, or from tags; a host still carrying a granted tag keeps it.", revoke_secret).scoped(Scoped::TheirHosts),
-        route(Method::POST, paths::AGENT_DETACH, Host, "Ask to run a locally chosen system; permitted by the host's policy, or refused.", detach),
-        route(Method::POST, paths::AGENT_ATTACH, Host, "End this host's detachment.", attach_self),
+        route(Method::POST, paths::SECRETS, R(Role::Admin), "Add a secret (age ciphertext for the server's recipient), granted to hosts.", add_secret).scoped(Scoped::TheirHosts).audited("secret.add"),
+        route(Method::DELETE, &paths::secret("{name}"), R(Role::Admin), "Remove a secret; hosts delete it at their next check-in.", remove_secret).scoped(Scoped::TheirHosts).audited("secret.remove"),
+        route(Method::POST, &paths::secret_rotate("{name}"), R(Role::Admin), "Store a new version of a secret; hosts fetch it without a release.", rotate_secret).scoped(Scoped::TheirHosts).audited("secret.rotate"),
+        route(Method::POST, &paths::secret_grant("{name}"), R(Role::Admin), "Grant a secret to hosts, and to tags (`tags`: every host carrying one holds it while it does).", grant_secret).scoped(Scoped::TheirHosts).audited("secret.grant"),
+        route(Method::POST, &paths::secret_revoke("{name}"), R(Role::Admin), "Revoke a secret from hosts, or from tags; a host still carrying a granted tag keeps it.", revoke_secret).scoped(Scoped::TheirHosts).audited("secret.revoke"),
+        route(Method::POST, paths::AGENT_DETACH, Host, "Ask to run a locally chosen system; permitted by the host's policy, or refused.", detach).audited("host.detach"),
+        route(Method::POST, paths::AGENT_ATTACH, Host, "End this host's detachment.", attach_self).audited("host.attach"),
         route(Method::GET, oq::NODES, R(Role::Viewer), "osquery nodes, linked to hosts or not.", osquery_nodes).scoped(Scoped::TheirHosts),
         route(Method::GET, oq::SCHEDULE, R(Role::Viewer), "Scheduled osquery queries.", osquery_schedule),
-        route(Method::POST, oq::SCHEDULE, R(Role::Admin), "Schedule a query on every node, or on named hosts.", osquery_schedule_add),
-        route(Method::DELETE, &oq::scheduled_query("{name}"), R(Role::Admin), "Remove a scheduled query.", osquery_schedule_remove),
+        route(Method::POST, oq::SCHEDULE, R(Role::Admin), "Schedule a query on every node, or on named hosts.", osquery_schedule_add).audited("osquery.schedule.add"),
+        route(Method::DELETE, &oq::scheduled_query("{name}"), R(Role::Admin), "Remove a scheduled query.", osquery_schedule_remove).audited("osquery.schedule.remove"),
         route(Method::GET, oq::OPTIONS, R(Role::Viewer), "osqueryd options served to every node.", osquery_options),
-        route(Method::PUT, &oq::option("{name}"), R(Role::Admin), "Set an osqueryd option.", osquery_option_set),
-        route(Method::DELETE, &oq::option("{name}"), R(Role::Admin), "Unset an osqueryd option.", osquery_option_remove),
+        route(Method::PUT, &oq::option("{name}"), R(Role::Admin), "Set an osqueryd option.", osquery_option_set).audited("osquery.option.set"),
+        route(Method::DELETE, &oq::option("{name}"), R(Role::Admin), "Unset an osqueryd option.", osquery_option_remove).audited("osquery.option.remove"),
         route(Method::GET, oq::LOGS, R(Role::Viewer), "Stored osquery result and status logs (`?host=&query=&kind=&since=&after=&limit=`), oldest first, in pages of at most `limit` lines and about 4 MiB; `next_after` continues.", osquery_logs).scoped(Scoped::TheirHosts),
-        route(Method::POST, oq::QUERIES, R(Role::Admin), "Run SQL on nodes: a distributed query they pick up at their next read.", osquery_query_start).scoped(Scoped::TheirHosts),
+        route(Method::POST, oq::QUERIES, R(Role::Admin), "Run SQL on nodes: a distributed query they pick up at their next read.", osquery_query_start).scoped(Scoped::TheirHosts).audited("osquery.query"),
         route(Method::GET, &oq::query("{id}"), R(Role::Admin), "A distributed query with every node's answer so far.", osquery_query_show).scoped(Scoped::TheirHosts),
         route(Method::GET, oq::CARVES, R(Role::Viewer), "File carves and their progress.", osquery_carves).scoped(Scoped::TheirHosts),
-        route(Method::POST, oq::CARVES, R(Role::Admin), "Carve a file from a host.", osquery_carve_start).scoped(Scoped::TheirHosts),
+        route(Method::POST, oq::CARVES, R(Role::Admin), "Carve a file from a host.", osquery_carve_start).scoped(Scoped::TheirHosts).audited("osquery.carve"),
         route(Method::GET, &oq::carve_archive("{id}"), R(Role::Admin), "Download a complete carve's archive (`X-Yeet-Sha256` has its checksum).", osquery_carve_archive).scoped(Scoped::TheirHosts),
-        route(Method::POST, paths::AGENT_SECRETS, Host, "Fetch the named secrets, re-encrypted to the request's one-time recipient.", fetch_secrets),
+        route(Method::POST, paths::AGENT_SECRETS, Host, "Fetch the named secrets, re-encrypted to the request's one-time recipient.", fetch_secrets).unrecorded("hosts fetching what they were granted; the grant is recorded, and `yeet secret list` shows fetched versions"),
     ]
 }
 
@@ -241,11 +269,13 @@ where
         // which the authorization matrix's success pass reports.
         Err(_) => MethodRouter::new(),
     };
+    let audited = (method == Method::GET).then_some(Audited::Reads);
     Route {
         method,
         path: path.to_owned(),
         access,
         scoped: Scoped::Refused,
+        audited,
         summary,
         handler,
     }
@@ -260,6 +290,13 @@ pub fn router(state: AppState) -> Router {
                     .handler
                     .route_layer(middleware::from_fn(auth::refuse_scoped)),
                 Scoped::TheirHosts | Scoped::NoHostData => r.handler,
+            };
+            // Outside the scope refusal, so that its refusals are recorded too.
+            let handler = match r.audited {
+                Some(Audited::Action(action)) => handler.route_layer(
+                    middleware::from_fn_with_state((state.clone(), action), auth::audit_refusals),
+                ),
+                _ => handler,
             };
             api.route(&r.path, handler)
         })
@@ -304,6 +341,14 @@ async fn checkin(
     ApiJson(req): ApiJson<CheckinRequest>,
 ) -> ApiResult<CheckinResponse> {
     Ok(Json(app.service.checkin(&p, req).await?))
+}
+
+async fn list_audit(
+    State(app): State<AppState>,
+    p: Principal,
+    ApiQuery(filter): ApiQuery<yeet_proto::audit::AuditFilter>,
+) -> ApiResult<yeet_proto::audit::AuditPage> {
+    Ok(Json(app.service.list_audit(&p, filter).await?))
 }
 
 async fn whoami(State(app): State<AppState>, p: Principal) -> ApiResult<WhoAmI> {

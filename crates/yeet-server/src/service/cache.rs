@@ -385,9 +385,18 @@ impl Service {
         let cache = self.embedded_cache()?.clone();
         let roots = self.store.paths_of_newest_releases(req.keep).await?;
         let grace = std::time::Duration::from_secs(req.grace_secs);
-        tokio::task::spawn_blocking(move || cache.collect(&roots, grace))
+        let report = tokio::task::spawn_blocking(move || cache.collect(&roots, grace))
             .await
-            .map_err(|e| ServiceError::System(e.to_string()))?
+            .map_err(|e| ServiceError::System(e.to_string()))??;
+        // The files are gone whatever the database says: the event follows, with what went.
+        let audit = self.audit_entry(
+            principal,
+            "cache.gc",
+            Vec::new(),
+            serde_json::json!({ "keep": req.keep, "grace_secs": req.grace_secs, "report": report }),
+        );
+        self.store.record_audit(&audit).await?;
+        Ok(report)
     }
 
     /// Refuses a release unless every top-level path has its narinfo in the cache it was

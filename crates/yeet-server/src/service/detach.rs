@@ -94,15 +94,19 @@ impl Service {
                 ),
             ));
         }
-        let open = self
-            .store
-            .start_detachment(&DetachmentRow {
-                host_id,
-                since: now(),
-                requested_by: clean_line(&req.user, MAX_USER),
-                reason: clean_line(&req.reason, MAX_REASON),
-            })
-            .await?;
+        let row = DetachmentRow {
+            host_id,
+            since: now(),
+            requested_by: clean_line(&req.user, MAX_USER),
+            reason: clean_line(&req.reason, MAX_REASON),
+        };
+        let audit = self.audit_entry(
+            principal,
+            "host.detach",
+            vec![host_name.to_owned()],
+            serde_json::json!({ "user": row.requested_by, "reason": row.reason }),
+        );
+        let open = self.store.start_detachment(&row, &audit).await?;
         self.detachment_changed(host_id).await?;
         tracing::info!(host = host_name, user = %open.requested_by, reason = %open.reason, "host detached");
         Ok(to_api(open))
@@ -111,9 +115,22 @@ impl Service {
     /// The host attaches again; a no-op when it was not detached.
     pub async fn attach_self(&self, principal: &Principal) -> Result<()> {
         let (host_id, host_name) = require_host(principal)?;
-        if self.store.end_detachment(host_id, now(), "host").await? {
+        let audit = self.audit_entry(
+            principal,
+            "host.attach",
+            vec![host_name.to_owned()],
+            serde_json::json!({}),
+        );
+        if self
+            .store
+            .end_detachment(host_id, now(), "host", &audit)
+            .await?
+        {
             self.detachment_changed(host_id).await?;
             tracing::info!(host = host_name, "host attached");
+        } else {
+            // Not detached: nothing changed, but the request is recorded as every other.
+            self.store.record_audit(&audit).await?;
         }
         Ok(())
     }
@@ -124,7 +141,17 @@ impl Service {
         let (admin, scope) = require_role_in_scope(principal, Role::Admin)?;
         let row = self.host_in_scope(scope, name).await?;
         let by = format!("operator {admin}");
-        if !self.store.end_detachment(row.id, now(), &by).await? {
+        let audit = self.audit_entry(
+            principal,
+            "host.attach",
+            vec![name.to_owned()],
+            serde_json::json!({}),
+        );
+        if !self
+            .store
+            .end_detachment(row.id, now(), &by, &audit)
+            .await?
+        {
             return Err(ServiceError::refused(
                 ErrorCode::NotDetached,
                 format!("{name} is not detached"),
@@ -145,9 +172,21 @@ impl Service {
     ) -> Result<HostInfo> {
         let (admin, scope) = require_role_in_scope(principal, Role::Admin)?;
         let row = self.host_in_scope(scope, name).await?;
-        self.store
-            .set_allow_detach(row.id, policy.allow_detach)
-            .await?;
+        let audit = self.audit_entry(
+            principal,
+            "host.policy",
+            vec![name.to_owned()],
+            serde_json::json!({ "allow_detach": policy.allow_detach }),
+        );
+        if !self
+            .store
+            .set_allow_detach(row.id, policy.allow_detach, &audit)
+            .await?
+        {
+            return Err(self.host_named(name).await.err().unwrap_or_else(|| {
+                ServiceError::refused(ErrorCode::UnknownHost, name.to_owned())
+            }));
+        }
         self.note_fleet_change();
         tracing::info!(
             host = name,

@@ -306,6 +306,12 @@ impl Service {
                 ),
             ));
         }
+        let audit = self.audit_entry(
+            principal,
+            "host.approve",
+            vec![req.name.clone()],
+            serde_json::json!({ "key_id": reg.key_id, "hostname_hint": reg.hostname_hint }),
+        );
         let host = match self
             .store
             .approve_registration(
@@ -314,7 +320,7 @@ impl Service {
                 admin,
                 &tags,
                 self.config.accept_suggested_tags,
-                now(),
+                &audit,
             )
             .await
         {
@@ -344,7 +350,17 @@ impl Service {
 
     pub async fn reject(&self, principal: &Principal, key_id: &str) -> Result<()> {
         let admin = require_role(principal, Role::Admin)?;
-        if !self.store.reject_registration(key_id, admin, now()).await? {
+        let audit = self.audit_entry(
+            principal,
+            "host.reject",
+            Vec::new(),
+            serde_json::json!({ "key_id": key_id }),
+        );
+        if !self
+            .store
+            .reject_registration(key_id, admin, now(), &audit)
+            .await?
+        {
             return Err(ServiceError::refused(
                 ErrorCode::UnknownRegistration,
                 format!("no pending registration for key {key_id}; see `yeet pending`"),

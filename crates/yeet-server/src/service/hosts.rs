@@ -242,7 +242,13 @@ impl Service {
         // Only tags change a host's scope, and only unscoped admins set them: the host
         // checked here is the host renamed.
         self.host_in_scope(scope, old).await?;
-        let row = match self.store.rename_host(old, new).await {
+        let audit = self.audit_entry(
+            principal,
+            "host.rename",
+            vec![old.to_owned(), new.to_owned()],
+            serde_json::json!({ "from": old, "to": new }),
+        );
+        let row = match self.store.rename_host(old, new, &audit).await {
             Ok(Some(row)) => row,
             Ok(None) => {
                 return Err(self.host_named(old).await.err().unwrap_or_else(|| {
@@ -288,12 +294,23 @@ impl Service {
                 return Err(invalid(yeet_proto::names::InvalidTags::TooMany(tags.len())));
             }
             let new = join_tags(&tags);
+            let audit = self.audit_entry(
+                principal,
+                "host.tag",
+                vec![name.to_owned()],
+                serde_json::json!({
+                    "add": add, "remove": remove, "accept_suggested": req.accept_suggested,
+                    "from": split_tags(&row.tags), "to": split_tags(&new),
+                }),
+            );
             if new == row.tags {
+                // Nothing to change, but the request is recorded as every other.
+                self.store.record_audit(&audit).await?;
                 return Ok(self.host_info(row).await);
             }
             match self
                 .store
-                .replace_host_tags(name, &row.tags, &new, now())
+                .replace_host_tags(name, &row.tags, &new, now(), &audit)
                 .await?
             {
                 None => {
@@ -317,7 +334,13 @@ impl Service {
     pub async fn remove_host(&self, principal: &Principal, name: &str) -> Result<()> {
         let (admin, scope) = require_role_in_scope(principal, Role::Admin)?;
         self.host_in_scope(scope, name).await?;
-        let row = self.store.delete_host(name).await?.ok_or_else(|| {
+        let audit = self.audit_entry(
+            principal,
+            "host.remove",
+            vec![name.to_owned()],
+            serde_json::json!({}),
+        );
+        let row = self.store.delete_host(name, &audit).await?.ok_or_else(|| {
             ServiceError::refused(ErrorCode::UnknownHost, format!("no host named {name}"))
         })?;
         self.announce_key_change(&row.key_id).await;

@@ -7,6 +7,7 @@
 
 mod activations;
 mod attempts;
+pub mod audit;
 mod auth;
 mod batch;
 pub mod cache;

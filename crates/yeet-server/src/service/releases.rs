@@ -108,20 +108,39 @@ impl Service {
             dirty: req.dirty,
             rollback: false,
         };
-        self.commit_release(provenance, entries).await
+        self.commit_release(principal, provenance, entries).await
     }
 
     /// Writes a validated release, updates the desired state and wakes every waiting host
     /// (here and, through the database, on other replicas).
     async fn commit_release(
         &self,
+        principal: &Principal,
         release: NewRelease,
         entries: Vec<(i64, String, String)>,
     ) -> Result<Release> {
         let created_at = super::now();
+        let audit = self.audit_entry(
+            principal,
+            if release.rollback {
+                "release.rollback"
+            } else {
+                "release.create"
+            },
+            entries.iter().map(|(_, name, _)| name.clone()).collect(),
+            serde_json::json!({
+                "message": release.message,
+                "revision": release.revision,
+                "dirty": release.dirty,
+                "systems": entries
+                    .iter()
+                    .map(|(_, name, path)| (name.clone(), path.clone()))
+                    .collect::<std::collections::BTreeMap<_, _>>(),
+            }),
+        );
         let id = self
             .store
-            .insert_release(&release, created_at, &entries)
+            .insert_release(&release, created_at, &entries, &audit)
             .await?;
         {
             let mut desired = self.desired.write().await;
@@ -251,6 +270,7 @@ impl Service {
             None => format!("rollback of {}", req.hosts.join(", ")),
         };
         self.commit_release(
+            principal,
             NewRelease {
                 author: author.to_owned(),
                 message: what,
@@ -284,7 +304,13 @@ impl Service {
             }
             ids.push(h.id);
         }
-        self.store.forget_attempts(&ids, None).await?;
+        let audit = self.audit_entry(
+            principal,
+            "release.retry",
+            req.hosts.clone(),
+            serde_json::json!({}),
+        );
+        self.store.forget_attempts(&ids, None, Some(&audit)).await?;
         tracing::info!(hosts = ?req.hosts, by = author, "retry: desired systems offered again");
         self.attempts_forgotten().await;
         Ok(RetryResponse { retried: req.hosts })

@@ -335,11 +335,18 @@ impl Service {
         } else {
             format!("version 1, granted to {}", req.hosts.join(", "))
         };
+        let audit = self.audit_entry(
+            principal,
+            "secret.add",
+            req.hosts.clone(),
+            serde_json::json!({ "secret": req.name }),
+        );
         let change = Change {
             author: admin,
             action: "added",
             detail,
             at: now(),
+            audit: Some(&audit),
         };
         match self
             .store
@@ -377,11 +384,18 @@ impl Service {
         self.require_own_secret(scope, name).await?;
         let ciphertext = self.check_ciphertext(ciphertext)?;
         // The store names the version it wrote: concurrent rotations each record their own.
+        let audit = self.audit_entry(
+            principal,
+            "secret.rotate",
+            Vec::new(),
+            serde_json::json!({ "secret": name }),
+        );
         let change = Change {
             author: admin,
             action: "rotated",
             detail: String::new(),
             at: now(),
+            audit: Some(&audit),
         };
         let version = self
             .store
@@ -447,11 +461,22 @@ impl Service {
         let tags: Vec<String> = tags.into_iter().collect();
         let mut named = req.hosts.clone();
         named.extend(tags.iter().map(|t| format!("tag {t}")));
+        let audit = self.audit_entry(
+            principal,
+            if grant {
+                "secret.grant"
+            } else {
+                "secret.revoke"
+            },
+            req.hosts.clone(),
+            serde_json::json!({ "secret": name, "tags": tags }),
+        );
         let change = Change {
             author: admin,
             action,
             detail: named.join(", "),
             at: now(),
+            audit: Some(&audit),
         };
         let before = self.secret_holders(name).await?;
         let done = self
@@ -481,7 +506,7 @@ impl Service {
     async fn retry_failed_attempts(&self, host_ids: &[i64]) -> Result<()> {
         let retried = self
             .store
-            .forget_attempts(host_ids, Some(&[ActivationResult::Failed]))
+            .forget_attempts(host_ids, Some(&[ActivationResult::Failed]), None)
             .await?;
         if !retried.is_empty() {
             tracing::info!(hosts = ?retried, "a secret changed: hosts whose last attempt failed are offered their system again");
@@ -493,11 +518,18 @@ impl Service {
         let (admin, scope) = require_role_in_scope(principal, Role::Admin)?;
         check_name(name)?;
         self.require_own_secret(scope, name).await?;
+        let audit = self.audit_entry(
+            principal,
+            "secret.remove",
+            Vec::new(),
+            serde_json::json!({ "secret": name }),
+        );
         let change = Change {
             author: admin,
             action: "removed",
             detail: String::new(),
             at: now(),
+            audit: Some(&audit),
         };
         if !self.store.delete_secret(name, &change).await? {
             return Err(unknown_secret(name));

@@ -11,7 +11,8 @@ use yeet_proto::names::{tag_set, validate_host_name};
 use super::auth::require_role;
 use super::{Principal, Result, Service, ServiceError, now};
 use crate::store::{
-    Store, StoreError, UserChange, UserKeyRow, UserRefusal, UserRow, join_tags, split_tags,
+    AuditEntry, Store, StoreError, UserChange, UserKeyRow, UserRefusal, UserRow, join_tags,
+    split_tags,
 };
 
 /// A public key line as an identity, refused with what is wrong.
@@ -45,6 +46,7 @@ pub async fn add_user(
     public_key_line: &str,
     role: Role,
     tags: &[String],
+    audit: &AuditEntry,
 ) -> Result<UserRow> {
     // User names follow the host-name rules: short, lower-case, printable in tables.
     validate_host_name(name).map_err(|_| {
@@ -63,7 +65,7 @@ pub async fn add_user(
             &public.to_openssh(),
             role,
             &scope,
-            now(),
+            audit,
         )
         .await
     {
@@ -85,8 +87,9 @@ pub async fn change_user(
     store: &Store,
     name: &str,
     change: &UserChange,
+    audit: &AuditEntry,
 ) -> Result<(Vec<String>, Option<UserRow>)> {
-    let outcome = match store.change_user(name, change, now()).await {
+    let outcome = match store.change_user(name, change, now(), audit).await {
         Err(StoreError::Conflict(_)) => {
             return Err(ServiceError::refused(
                 ErrorCode::KeyInUse,
@@ -115,6 +118,42 @@ pub async fn change_user(
             format!("{name} has no key with this fingerprint; `yeet user show {name}` lists its keys"),
         ),
     })
+}
+
+/// The audit action and details of a change to the user `name`.
+pub fn change_event(name: &str, change: &UserChange) -> (&'static str, serde_json::Value) {
+    match change {
+        UserChange::Role(role) => (
+            "user.role",
+            serde_json::json!({ "user": name, "role": role }),
+        ),
+        UserChange::Tags(tags) => (
+            "user.tags",
+            serde_json::json!({ "user": name, "tags": split_tags(tags) }),
+        ),
+        UserChange::AddKey { key_id, .. } => (
+            "user.key.add",
+            serde_json::json!({ "user": name, "key_id": key_id }),
+        ),
+        UserChange::RemoveKey(key_id) => (
+            "user.key.remove",
+            serde_json::json!({ "user": name, "key_id": key_id }),
+        ),
+        UserChange::Remove => ("user.remove", serde_json::json!({ "user": name })),
+    }
+}
+
+/// The details of adding a user.
+pub fn add_event(
+    name: &str,
+    public_key_line: &str,
+    role: Role,
+    tags: &[String],
+) -> serde_json::Value {
+    let key_id = PublicIdentity::from_openssh(public_key_line.trim())
+        .map(|p| p.key_id().to_owned())
+        .unwrap_or_default();
+    serde_json::json!({ "user": name, "role": role, "tags": tags, "key_id": key_id })
 }
 
 /// A user with its keys, as the API shows it.
@@ -199,7 +238,21 @@ impl Service {
         req: &yeet_proto::api::AddUserRequest,
     ) -> Result<UserInfo> {
         let admin = self.require_user_manager(principal)?;
-        let user = add_user(&self.store, &req.name, &req.public_key, req.role, &req.tags).await?;
+        let audit = self.audit_entry(
+            principal,
+            "user.add",
+            Vec::new(),
+            add_event(&req.name, &req.public_key, req.role, &req.tags),
+        );
+        let user = add_user(
+            &self.store,
+            &req.name,
+            &req.public_key,
+            req.role,
+            &req.tags,
+            &audit,
+        )
+        .await?;
         tracing::info!(user = %user.name, role = req.role.as_str(), by = admin, "user added");
         self.show_user(principal, &req.name).await
     }
@@ -279,7 +332,9 @@ impl Service {
                 "you cannot change your own role, scope or account; ask another admin",
             ));
         }
-        let (gone, user) = change_user(&self.store, name, &change).await?;
+        let (action, details) = change_event(name, &change);
+        let audit = self.audit_entry(principal, action, Vec::new(), details);
+        let (gone, user) = change_user(&self.store, name, &change, &audit).await?;
         // The keys' cached principals carry the old role and scope: drop them here, and
         // tell the other replicas.
         for key in &gone {

@@ -1,7 +1,7 @@
 //! The `detachments` table and the hosts' detach policy: when a host ran a locally chosen
 //! system with the server's permission, who asked, why, and who ended it.
 
-use super::{Store, StoreError, conflict};
+use super::{AuditEntry, Store, StoreError, conflict};
 
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct DetachmentRow {
@@ -26,13 +26,24 @@ const DETACHMENT_COLUMNS: &str = "host_id, since, requested_by, reason";
 
 impl Store {
     /// Sets whether people at the host may detach it; false when there is no such host.
-    pub async fn set_allow_detach(&self, host_id: i64, allow: bool) -> Result<bool, StoreError> {
+    pub async fn set_allow_detach(
+        &self,
+        host_id: i64,
+        allow: bool,
+        audit: &AuditEntry,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.writer.begin().await?;
         let done = sqlx::query("UPDATE hosts SET allow_detach = $1 WHERE id = $2")
             .bind(i64::from(allow))
             .bind(host_id)
-            .execute(&self.writer)
+            .execute(&mut *tx)
             .await?;
-        Ok(done.rows_affected() > 0)
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        self.append_audit(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     /// Every open detachment.
@@ -66,8 +77,14 @@ impl Store {
     }
 
     /// Opens a detachment for the host, or returns the one already open (a retried
-    /// request, or another replica that answered first: the unique index decides).
-    pub async fn start_detachment(&self, row: &DetachmentRow) -> Result<DetachmentRow, StoreError> {
+    /// request, or another replica that answered first: the unique index decides). The
+    /// event is recorded either way: with the new detachment, or on its own.
+    pub async fn start_detachment(
+        &self,
+        row: &DetachmentRow,
+        audit: &AuditEntry,
+    ) -> Result<DetachmentRow, StoreError> {
+        let mut tx = self.writer.begin().await?;
         let inserted = sqlx::query_as::<_, DetachmentRow>(sqlx::AssertSqlSafe(format!(
             "INSERT INTO detachments (host_id, since, requested_by, reason) VALUES ($1, $2, $3, $4) RETURNING {DETACHMENT_COLUMNS}"
         )))
@@ -75,16 +92,26 @@ impl Store {
         .bind(row.since)
         .bind(&row.requested_by)
         .bind(&row.reason)
-        .fetch_one(&self.writer)
+        .fetch_one(&mut *tx)
         .await
         .map_err(conflict("an open detachment"));
         match inserted {
-            // Ended again between the two statements: the caller's request stands.
-            Err(StoreError::Conflict(_)) => self
-                .open_detachment(row.host_id)
-                .await?
-                .ok_or(StoreError::Conflict("an open detachment")),
-            other => other,
+            Ok(inserted) => {
+                self.append_audit(&mut tx, audit).await?;
+                tx.commit().await?;
+                Ok(inserted)
+            }
+            Err(StoreError::Conflict(_)) => {
+                drop(tx);
+                let open = self
+                    .open_detachment(row.host_id)
+                    .await?
+                    // Ended again between the two statements: the caller's request stands.
+                    .ok_or(StoreError::Conflict("an open detachment"))?;
+                self.record_audit(audit).await?;
+                Ok(open)
+            }
+            Err(e) => Err(e),
         }
     }
 
@@ -94,15 +121,22 @@ impl Store {
         host_id: i64,
         at: i64,
         by: &str,
+        audit: &AuditEntry,
     ) -> Result<bool, StoreError> {
+        let mut tx = self.writer.begin().await?;
         let done = sqlx::query(
             "UPDATE detachments SET ended_at = $1, ended_by = $2 WHERE host_id = $3 AND ended_at IS NULL",
         )
         .bind(at)
         .bind(by)
         .bind(host_id)
-        .execute(&self.writer)
+        .execute(&mut *tx)
         .await?;
-        Ok(done.rows_affected() > 0)
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        self.append_audit(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 }

@@ -3,7 +3,7 @@
 use sqlx::{AssertSqlSafe, Row};
 
 use super::registrations::{REGISTRATION_COLUMNS, RegistrationRow};
-use super::{Store, StoreError, Wire, conflict};
+use super::{AuditEntry, Store, StoreError, Wire, conflict};
 use yeet_proto::api::{ActivationResult, AgentState};
 
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -153,6 +153,7 @@ impl Store {
         old: &str,
         new: &str,
         now: i64,
+        audit: &AuditEntry,
     ) -> Result<Option<(bool, HostRow)>, StoreError> {
         let mut tx = self.writer.begin().await?;
         let updated = sqlx::query_as::<_, HostRow>(AssertSqlSafe(format!(
@@ -168,6 +169,7 @@ impl Store {
                 // The secrets granted to tags follow the host's new tags, in the same
                 // transaction.
                 super::secrets::sync_tag_grants(&mut tx, now).await?;
+                self.append_audit(&mut tx, audit).await?;
                 tx.commit().await?;
                 Ok(Some((true, row)))
             }
@@ -188,8 +190,10 @@ impl Store {
         approved_by: &str,
         tags: &std::collections::BTreeSet<String>,
         with_suggested: bool,
-        now: i64,
+        audit: &AuditEntry,
     ) -> Result<Option<HostRow>, StoreError> {
+        // The change happens when its event says.
+        let now = audit.at_ms / 1000;
         let mut tx = self.writer.begin().await?;
         let Some(reg) = sqlx::query_as::<_, RegistrationRow>(AssertSqlSafe(format!(
             "DELETE FROM registrations WHERE key_id = $1 RETURNING {REGISTRATION_COLUMNS}"
@@ -227,23 +231,44 @@ impl Store {
         .await
         .map_err(conflict("a host with this name"))?;
         super::secrets::sync_tag_grants(&mut tx, now).await?;
+        // The event names the tags the host got, which the admin may not have listed.
+        let mut audit = audit.clone();
+        if let Some(details) = audit.details.as_object_mut() {
+            details.insert("tags".into(), serde_json::json!(split_tags(&host.tags)));
+        }
+        self.append_audit(&mut tx, &audit).await?;
         tx.commit().await?;
         Ok(Some(host))
     }
 
-    pub async fn rename_host(&self, old: &str, new: &str) -> Result<Option<HostRow>, StoreError> {
-        sqlx::query_as::<_, HostRow>(AssertSqlSafe(format!(
+    pub async fn rename_host(
+        &self,
+        old: &str,
+        new: &str,
+        audit: &AuditEntry,
+    ) -> Result<Option<HostRow>, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let row = sqlx::query_as::<_, HostRow>(AssertSqlSafe(format!(
             "UPDATE hosts SET name = $1 WHERE name = $2 RETURNING {HOST_COLUMNS}"
         )))
         .bind(new)
         .bind(old)
-        .fetch_optional(&self.writer)
+        .fetch_optional(&mut *tx)
         .await
-        .map_err(conflict("a host with this name"))
+        .map_err(conflict("a host with this name"))?;
+        if row.is_some() {
+            self.append_audit(&mut tx, audit).await?;
+            tx.commit().await?;
+        }
+        Ok(row)
     }
 
     /// Removes a host and its secret grants, in one transaction.
-    pub async fn delete_host(&self, name: &str) -> Result<Option<HostRow>, StoreError> {
+    pub async fn delete_host(
+        &self,
+        name: &str,
+        audit: &AuditEntry,
+    ) -> Result<Option<HostRow>, StoreError> {
         let mut tx = self.writer.begin().await?;
         let row = sqlx::query_as::<_, HostRow>(AssertSqlSafe(format!(
             "DELETE FROM hosts WHERE name = $1 RETURNING {HOST_COLUMNS}"
@@ -260,6 +285,7 @@ impl Store {
                 .bind(row.id)
                 .execute(&mut *tx)
                 .await?;
+            self.append_audit(&mut tx, audit).await?;
         }
         tx.commit().await?;
         Ok(row)
@@ -300,11 +326,13 @@ impl Store {
 
     /// Forgets what these hosts last tried to activate (only attempts that ended with one of
     /// `results`, when given), so that their desired system is offered once more; returns
-    /// the hosts it forgot an attempt of.
+    /// the hosts it forgot an attempt of. `audit`: the event of the operator's request
+    /// (`yeet retry`), in the same transaction.
     pub async fn forget_attempts(
         &self,
         host_ids: &[i64],
         results: Option<&[yeet_proto::api::ActivationResult]>,
+        audit: Option<&AuditEntry>,
     ) -> Result<Vec<i64>, StoreError> {
         if host_ids.is_empty() {
             return Ok(Vec::new());
@@ -322,9 +350,14 @@ impl Store {
             sql.push_str(&format!(" AND last_result IN ({})", names.join(", ")));
         }
         sql.push_str(" RETURNING id");
+        let mut tx = self.writer.begin().await?;
         let rows = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql))
-            .fetch_all(&self.writer)
+            .fetch_all(&mut *tx)
             .await?;
+        if let Some(audit) = audit {
+            self.append_audit(&mut tx, audit).await?;
+        }
+        tx.commit().await?;
         Ok(rows)
     }
 

@@ -11,6 +11,7 @@ use sqlx::{AnyPool, Connection};
 use thiserror::Error;
 
 mod activations;
+mod audit;
 mod detachments;
 mod events;
 mod hosts;
@@ -23,6 +24,7 @@ mod secrets;
 mod users;
 
 pub use activations::ActivationRow;
+pub use audit::{AuditEntry, REQUEST, RequestOrigin};
 pub use detachments::{DetachmentRow, EndedDetachment};
 pub use events::{EVENTS_CHANNEL, EventStream};
 pub use hosts::{HostReport, HostRow, join_tags, split_tags};

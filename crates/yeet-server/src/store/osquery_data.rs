@@ -240,6 +240,7 @@ impl Store {
         &self,
         c: &CampaignRow,
         node_ids: &[i64],
+        audit: &super::AuditEntry,
     ) -> Result<CampaignRow, StoreError> {
         let mut tx = self.writer.begin().await?;
         let row = sqlx::query_as::<_, CampaignRow>(sqlx::AssertSqlSafe(format!(
@@ -259,6 +260,11 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         }
+        let mut audit = audit.clone();
+        if let Some(details) = audit.details.as_object_mut() {
+            details.insert("campaign".into(), row.id.into());
+        }
+        self.append_audit(&mut tx, &audit).await?;
         tx.commit().await?;
         Ok(row)
     }

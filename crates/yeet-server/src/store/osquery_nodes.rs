@@ -220,7 +220,12 @@ impl Store {
     }
 
     /// Adds a scheduled query; `Conflict` when the name is taken.
-    pub async fn insert_scheduled_query(&self, q: &ScheduledQueryRow) -> Result<(), StoreError> {
+    pub async fn insert_scheduled_query(
+        &self,
+        q: &ScheduledQueryRow,
+        audit: &super::AuditEntry,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.writer.begin().await?;
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO osquery_queries ({QUERY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
         )))
@@ -233,19 +238,40 @@ impl Store {
         .bind(&q.hosts)
         .bind(q.created_at)
         .bind(&q.created_by)
-        .execute(&self.writer)
+        .execute(&mut *tx)
         .await
         .map_err(conflict("a scheduled query of that name"))?;
+        self.append_audit(&mut tx, audit).await?;
+        tx.commit().await?;
         Ok(())
     }
 
     /// Removes a scheduled query; false when there was none.
-    pub async fn delete_scheduled_query(&self, name: &str) -> Result<bool, StoreError> {
-        let done = sqlx::query("DELETE FROM osquery_queries WHERE name = $1")
-            .bind(name)
-            .execute(&self.writer)
-            .await?;
-        Ok(done.rows_affected() > 0)
+    pub async fn delete_scheduled_query(
+        &self,
+        name: &str,
+        audit: &super::AuditEntry,
+    ) -> Result<bool, StoreError> {
+        self.delete_audited("DELETE FROM osquery_queries WHERE name = $1", name, audit)
+            .await
+    }
+
+    /// Runs a `DELETE` of one row by name and, when it deleted one, appends `audit` in the
+    /// same transaction; false when there was none.
+    async fn delete_audited(
+        &self,
+        sql: &'static str,
+        name: &str,
+        audit: &super::AuditEntry,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let done = sqlx::query(sql).bind(name).execute(&mut *tx).await?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        self.append_audit(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     pub async fn list_osquery_options(&self) -> Result<Vec<OptionRow>, StoreError> {
@@ -257,7 +283,12 @@ impl Store {
     }
 
     /// Sets an option (insert or replace).
-    pub async fn set_osquery_option(&self, o: &OptionRow) -> Result<(), StoreError> {
+    pub async fn set_osquery_option(
+        &self,
+        o: &OptionRow,
+        audit: &super::AuditEntry,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.writer.begin().await?;
         sqlx::query(
             "INSERT INTO osquery_options (name, value, updated_at, updated_by) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at, updated_by = excluded.updated_by",
@@ -266,17 +297,20 @@ impl Store {
         .bind(&o.value)
         .bind(o.updated_at)
         .bind(&o.updated_by)
-        .execute(&self.writer)
+        .execute(&mut *tx)
         .await?;
+        self.append_audit(&mut tx, audit).await?;
+        tx.commit().await?;
         Ok(())
     }
 
     /// Removes an option; false when it was not set.
-    pub async fn delete_osquery_option(&self, name: &str) -> Result<bool, StoreError> {
-        let done = sqlx::query("DELETE FROM osquery_options WHERE name = $1")
-            .bind(name)
-            .execute(&self.writer)
-            .await?;
-        Ok(done.rows_affected() > 0)
+    pub async fn delete_osquery_option(
+        &self,
+        name: &str,
+        audit: &super::AuditEntry,
+    ) -> Result<bool, StoreError> {
+        self.delete_audited("DELETE FROM osquery_options WHERE name = $1", name, audit)
+            .await
     }
 }

@@ -110,6 +110,7 @@ impl Store {
         key_id: &str,
         by: &str,
         now: i64,
+        audit: &super::AuditEntry,
     ) -> Result<bool, StoreError> {
         let mut tx = self.writer.begin().await?;
         let done = sqlx::query("DELETE FROM registrations WHERE key_id = $1")
@@ -125,6 +126,7 @@ impl Store {
             .bind(by)
             .execute(&mut *tx)
             .await?;
+        self.append_audit(&mut tx, audit).await?;
         tx.commit().await?;
         Ok(true)
     }

@@ -91,6 +91,7 @@ impl Store {
         release: &NewRelease,
         now: i64,
         entries: &[(i64, String, String)],
+        audit: &super::AuditEntry,
     ) -> Result<i64, StoreError> {
         let mut tx = self.writer.begin().await?;
         let id: i64 = sqlx::query("INSERT INTO releases (author, message, created_at, revision, dirty, rollback) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id")
@@ -112,6 +113,12 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         }
+        // The event names the release it created.
+        let mut audit = audit.clone();
+        if let Some(details) = audit.details.as_object_mut() {
+            details.insert("release".into(), id.into());
+        }
+        self.append_audit(&mut tx, &audit).await?;
         tx.commit().await?;
         Ok(id)
     }

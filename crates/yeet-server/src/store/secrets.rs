@@ -54,11 +54,32 @@ pub struct Change<'a> {
     pub action: &'a str,
     pub detail: String,
     pub at: i64,
+    /// Its audit event, appended in the same transaction with `detail` added.
+    pub audit: Option<&'a super::AuditEntry>,
 }
 
 const SECRET_COLUMNS: &str = "name, version, created_at, created_by, updated_at, updated_by";
 
 type Tx<'c> = sqlx::Transaction<'c, sqlx::Any>;
+
+impl Store {
+    /// Records a change in the secret's history and, with its audit event, in the audit log.
+    async fn record_change(
+        &self,
+        tx: &mut Tx<'_>,
+        secret: &str,
+        change: &Change<'_>,
+    ) -> Result<(), StoreError> {
+        if let Some(audit) = change.audit {
+            let mut audit = audit.clone();
+            if let Some(details) = audit.details.as_object_mut() {
+                details.insert("change".into(), change.detail.clone().into());
+            }
+            self.append_audit(tx, &audit).await?;
+        }
+        record(tx, secret, change).await
+    }
+}
 
 async fn record(tx: &mut Tx<'_>, secret: &str, change: &Change<'_>) -> Result<(), StoreError> {
     sqlx::query(
@@ -96,7 +117,7 @@ impl Store {
         for id in host_ids {
             insert_grant(&mut tx, name, *id, change).await?;
         }
-        record(&mut tx, name, change).await?;
+        self.record_change(&mut tx, name, change).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -124,7 +145,7 @@ impl Store {
                 detail: format!("version {v}"),
                 ..*change
             };
-            record(&mut tx, name, &change).await?;
+            self.record_change(&mut tx, name, &change).await?;
             tx.commit().await?;
         }
         Ok(version)
@@ -183,7 +204,7 @@ impl Store {
         }
         // A revoked host that carries a tag the secret is granted to keeps it, by the tag.
         sync_tag_grants(&mut tx, change.at).await?;
-        record(&mut tx, name, change).await?;
+        self.record_change(&mut tx, name, change).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -206,7 +227,7 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             }
-            record(&mut tx, name, change).await?;
+            self.record_change(&mut tx, name, change).await?;
             tx.commit().await?;
         }
         Ok(deleted)

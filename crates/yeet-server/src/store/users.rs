@@ -84,8 +84,10 @@ impl Store {
         public_key: &str,
         role: Role,
         tags: &str,
-        now: i64,
+        audit: &super::AuditEntry,
     ) -> Result<UserRow, StoreError> {
+        // The change happens when its event says.
+        let now = audit.at_ms / 1000;
         let mut tx = self.exclusive(USERS_LOCK).await?;
         let user = sqlx::query_as::<_, UserRow>(AssertSqlSafe(format!(
             "INSERT INTO users (name, role, tags, created_at, key_id, public_key) VALUES ($1, $2, $3, $4, $5, $6) RETURNING {USER_COLUMNS}"
@@ -100,6 +102,7 @@ impl Store {
         .await
         .map_err(conflict("a user with this name or key"))?;
         insert_key(&mut tx, user.id, key_id, public_key, now).await?;
+        self.append_audit(&mut tx, audit).await?;
         tx.commit().await?;
         Ok(user)
     }
@@ -168,6 +171,7 @@ impl Store {
         name: &str,
         change: &UserChange,
         now: i64,
+        audit: &super::AuditEntry,
     ) -> Result<Result<(Vec<String>, Option<UserRow>), UserRefusal>, StoreError> {
         let mut tx = self.exclusive(USERS_LOCK).await?;
         let Some(user) = sqlx::query_as::<_, UserRow>(AssertSqlSafe(format!(
@@ -255,6 +259,7 @@ impl Store {
                     .bind(user.id)
                     .execute(&mut *tx)
                     .await?;
+                self.append_audit(&mut tx, audit).await?;
                 tx.commit().await?;
                 return Ok(Ok((keys, None)));
             }
@@ -265,6 +270,7 @@ impl Store {
         .bind(user.id)
         .fetch_one(&mut *tx)
         .await?;
+        self.append_audit(&mut tx, audit).await?;
         tx.commit().await?;
         Ok(Ok((gone, Some(now_user))))
     }

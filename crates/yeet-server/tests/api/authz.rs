@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use yeet_proto::Identity;
 use yeet_proto::api::{Role, paths};
 use yeet_proto::osquery::paths as oq;
-use yeet_server::http::{Access, Route, Scoped, routes};
+use yeet_server::http::{Access, Audited, Route, Scoped, routes};
 use yeet_server::service::ServiceConfig;
 use yeet_server::service::users::add_user;
 
@@ -59,9 +59,10 @@ fn sample(method: &Method, template: &str) -> Option<Sample> {
         ),
         ("GET", "/v1/hosts/{name}/activations") => s(&paths::host_activations("host-a"), empty, ok),
         ("GET", "/v1/hosts/{name}/log") => s(&paths::host_log("host-a"), empty, ok),
-        ("GET", paths::WHOAMI | paths::REGISTRATIONS | paths::HOSTS | paths::RELEASES) => {
-            s(template, empty, ok)
-        }
+        (
+            "GET",
+            paths::WHOAMI | paths::REGISTRATIONS | paths::HOSTS | paths::RELEASES | paths::AUDIT,
+        ) => s(template, empty, ok),
         // Approve, reject and rollback reach their handlers and find nothing to act on.
         ("POST", paths::APPROVE) => s(
             template,
@@ -257,6 +258,7 @@ async fn dead_keys(api: &Api) -> (Identity, Identity) {
         &gone_operator.public().to_openssh(),
         Role::Admin,
         &[],
+        &crate::common::ev(),
     )
     .await
     .unwrap();
@@ -264,6 +266,7 @@ async fn dead_keys(api: &Api) -> (Identity, Identity) {
         store,
         "gone",
         &yeet_server::store::UserChange::Remove,
+        &crate::common::ev(),
     )
     .await
     .unwrap();
@@ -316,6 +319,7 @@ async fn assert_refusals(api: &Api, route: &Route, dead: &(Identity, Identity)) 
         ));
     }
     for (signer, sign, status, code, case) in cases {
+        let recorded = api.audit_events().await.len();
         let body = (sample.body)(signer);
         api.refused(
             build(method, &sample.path, &body, sign, None),
@@ -324,7 +328,20 @@ async fn assert_refusals(api: &Api, route: &Route, dead: &(Identity, Identity)) 
             &ctx(case),
         )
         .await;
+        if status == unauthorized {
+            // No key, a bad signature, an unknown key: nothing is recorded (such
+            // requests must not fill the audit log).
+            assert_eq!(
+                api.audit_events().await.len(),
+                recorded,
+                "{}: an unauthenticated request was recorded",
+                ctx(case)
+            );
+        } else {
+            assert_recorded(api, route, recorded, None, code, &ctx(case)).await;
+        }
     }
+    let recorded = api.audit_events().await.len();
     // The wrong principal, then the same bytes again: refused, then a replay.
     let (wrong, status, code) = wrong_principal(api, route.access);
     let body = (sample.body)(wrong);
@@ -345,6 +362,51 @@ async fn assert_refusals(api: &Api, route: &Route, dead: &(Identity, Identity)) 
         "replayed_nonce",
         &ctx("replayed nonce"),
     );
+    // An authenticated refusal of a recorded route is one event, with the refusal's code;
+    // the replay, unauthenticated, is none.
+    assert_recorded(
+        api,
+        route,
+        recorded,
+        Some(wrong.public().key_id()),
+        code,
+        &ctx("wrong principal"),
+    )
+    .await;
+}
+
+/// Checks that since `recorded` events, `route` recorded exactly one event (its action,
+/// with `outcome`, signed by `key_id` when given) if it is a recorded route, and none
+/// otherwise.
+async fn assert_recorded(
+    api: &Api,
+    route: &Route,
+    recorded: usize,
+    key_id: Option<&str>,
+    outcome: &str,
+    ctx: &str,
+) {
+    let events = api.audit_events().await;
+    let new = &events[recorded.min(events.len())..];
+    match route.audited {
+        Some(Audited::Action(action)) => {
+            assert_eq!(new.len(), 1, "{ctx}: want exactly one audit event: {new:?}");
+            let event = &new[0];
+            assert_eq!(event.action, action, "{ctx}: {event:?}");
+            assert_eq!(event.outcome, outcome, "{ctx}: {event:?}");
+            if let Some(key_id) = key_id {
+                assert_eq!(event.key_id, key_id, "{ctx}: {event:?}");
+            }
+            assert!(!event.nonce.is_empty(), "{ctx}: no nonce: {event:?}");
+        }
+        Some(Audited::Reads | Audited::Unrecorded(_)) => {
+            assert!(
+                new.is_empty(),
+                "{ctx}: an unrecorded route recorded {new:?}"
+            );
+        }
+        None => panic!("{ctx}: the route does not say what the audit log records of it"),
+    }
 }
 
 #[tokio::test]
@@ -360,6 +422,7 @@ async fn authorization_matrix() {
             &identity().public().to_openssh(),
             Role::Viewer,
             &[],
+            &crate::common::ev(),
         )
         .await
         .unwrap();
@@ -381,6 +444,7 @@ async fn authorization_matrix() {
         &scoped.public().to_openssh(),
         Role::Admin,
         &["matrix-scope".to_owned()],
+        &crate::common::ev(),
     )
     .await
     .unwrap();
@@ -399,6 +463,7 @@ async fn authorization_matrix() {
             && let (Access::Role(_), Some(sample)) =
                 (route.access, sample(&route.method, &route.path))
         {
+            let recorded = api.audit_events().await.len();
             let body = (sample.body)(&scoped);
             api.refused(
                 build(
@@ -409,6 +474,15 @@ async fn authorization_matrix() {
                     None,
                 ),
                 StatusCode::FORBIDDEN,
+                "forbidden",
+                &format!("{} {} [scoped user]", route.method, sample.path),
+            )
+            .await;
+            assert_recorded(
+                &api,
+                route,
+                recorded,
+                Some(scoped.public().key_id()),
                 "forbidden",
                 &format!("{} {} [scoped user]", route.method, sample.path),
             )
@@ -435,6 +509,7 @@ async fn authorization_matrix() {
             Access::Role(Role::Admin) => &api.admin,
         };
         let body = (sample.body)(who);
+        let recorded = api.audit_events().await.len();
         let (s, v) = api
             .call(route.method.as_str(), &sample.path, &body, Sign::By(who))
             .await;
@@ -443,5 +518,22 @@ async fn authorization_matrix() {
             "{} {}: {v}",
             route.method, sample.path
         );
+        // Every call of a recorded route is one event: done, or refused with its code.
+        let outcome = v["error"]["code"].as_str().unwrap_or("done");
+        // A registering key is not known yet: its event, if any, names no user key.
+        let key_id = (route.access != Access::AnyKey).then(|| who.public().key_id());
+        assert_recorded(
+            &api,
+            route,
+            recorded,
+            key_id,
+            outcome,
+            &format!("{} {}", route.method, sample.path),
+        )
+        .await;
     }
+    // The chain the matrix wrote verifies.
+    let events = api.audit_events().await;
+    assert!(events.len() > 40, "{}", events.len());
+    yeet_proto::audit::verify_chain(&events).unwrap();
 }

@@ -140,9 +140,16 @@ impl Api {
             ("ci", &publisher, Role::Publisher),
             ("val", &viewer, Role::Viewer),
         ] {
-            add_user(&store, name, &id.public().to_openssh(), role, &[])
-                .await
-                .unwrap();
+            add_user(
+                &store,
+                name,
+                &id.public().to_openssh(),
+                role,
+                &[],
+                &common::ev(),
+            )
+            .await
+            .unwrap();
         }
         let cache_dir = tempfile::tempdir().unwrap();
         let cache = EmbeddedCache::open(cache_dir.path()).unwrap();
@@ -293,6 +300,27 @@ impl Api {
     }
 
     /// Everything the API can change, as one comparable value.
+    /// Every audit event, oldest first, as the store holds them.
+    pub async fn audit_events(&self) -> Vec<yeet_proto::audit::AuditEvent> {
+        let mut all = Vec::new();
+        loop {
+            let filter = yeet_proto::audit::AuditFilter {
+                after: all.last().map(|e: &yeet_proto::audit::AuditEvent| e.seq),
+                ..Default::default()
+            };
+            let (page, more) = self
+                .service
+                .store()
+                .list_audit(&filter, None, 1000, usize::MAX)
+                .await
+                .unwrap();
+            all.extend(page);
+            if !more {
+                return all;
+            }
+        }
+    }
+
     pub async fn snapshot(&self) -> String {
         self.service.flush_last_seen().await.unwrap();
         let st = self.service.store();

@@ -294,6 +294,7 @@ async fn a_scoped_user_reaches_only_their_hosts_nodes() {
         &sam.public().to_openssh(),
         yeet_proto::api::Role::Admin,
         &["kiosk".to_owned()],
+        &crate::common::ev(),
     )
     .await
     .unwrap();

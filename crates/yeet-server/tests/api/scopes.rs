@@ -20,6 +20,7 @@ async fn scoped_user(api: &Api, name: &str, role: Role, tags: &[&str]) -> Identi
         &id.public().to_openssh(),
         role,
         &tags,
+        &crate::common::ev(),
     )
     .await
     .unwrap();

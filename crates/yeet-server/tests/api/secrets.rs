@@ -696,6 +696,7 @@ async fn a_secret_granted_to_a_tag_follows_the_hosts_tags() {
         &sam.public().to_openssh(),
         yeet_proto::api::Role::Admin,
         &["kiosk".to_owned()],
+        &crate::common::ev(),
     )
     .await
     .unwrap();

@@ -22,6 +22,11 @@ fn unique(prefix: &str) -> String {
     )
 }
 
+/// An audit event for store calls made by a test, as `yeet-server admin` would record it.
+pub fn ev() -> yeet_server::store::AuditEntry {
+    yeet_server::service::audit::local_entry("test", serde_json::json!({}))
+}
+
 /// A database that lives as long as the test; dropped databases are removed best-effort.
 pub struct TestDb {
     pub url: String,

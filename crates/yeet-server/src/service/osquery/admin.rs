@@ -209,8 +209,17 @@ impl Service {
             created_at: now(),
             created_by: author,
         };
+        let audit = self.audit_entry(
+            p,
+            "osquery.schedule.add",
+            q.hosts.clone(),
+            serde_json::json!({
+                "name": q.name, "pack": q.pack, "query": q.query,
+                "interval_secs": q.interval_secs, "platform": q.platform,
+            }),
+        );
         self.store
-            .insert_scheduled_query(&row)
+            .insert_scheduled_query(&row, &audit)
             .await
             .map_err(|e| match e {
                 StoreError::Conflict(_) => refused(
@@ -231,7 +240,13 @@ impl Service {
 
     pub async fn remove_scheduled_query(&self, p: &Principal, name: &str) -> Result<()> {
         require_role(p, Role::Admin)?;
-        if !self.store.delete_scheduled_query(name).await? {
+        let audit = self.audit_entry(
+            p,
+            "osquery.schedule.remove",
+            Vec::new(),
+            serde_json::json!({ "name": name }),
+        );
+        if !self.store.delete_scheduled_query(name, &audit).await? {
             return Err(refused(
                 ErrorCode::UnknownScheduledQuery,
                 format!("no scheduled query is named {name:?}"),
@@ -276,7 +291,13 @@ impl Service {
             updated_at: now(),
             updated_by: author,
         };
-        self.store.set_osquery_option(&row).await?;
+        let audit = self.audit_entry(
+            p,
+            "osquery.option.set",
+            Vec::new(),
+            serde_json::json!({ "name": name, "value": value }),
+        );
+        self.store.set_osquery_option(&row, &audit).await?;
         Ok(OsqueryOption {
             name: row.name,
             value,
@@ -287,7 +308,13 @@ impl Service {
 
     pub async fn remove_osquery_option(&self, p: &Principal, name: &str) -> Result<()> {
         require_role(p, Role::Admin)?;
-        if !self.store.delete_osquery_option(name).await? {
+        let audit = self.audit_entry(
+            p,
+            "osquery.option.remove",
+            Vec::new(),
+            serde_json::json!({ "name": name }),
+        );
+        if !self.store.delete_osquery_option(name, &audit).await? {
             return Err(refused(
                 ErrorCode::InvalidOsqueryOption,
                 format!("the option {name:?} is not set"),
@@ -363,7 +390,7 @@ impl Service {
         if ids.is_empty() {
             return Err(invalid("no osquery node is enrolled"));
         }
-        self.create_campaign(&author, &q.query, "query", q.timeout_secs, &ids, scope)
+        self.create_campaign(p, &author, &q.query, "query", q.timeout_secs, &ids, scope)
             .await
     }
 
@@ -383,12 +410,14 @@ impl Service {
             .node_directory(scope)
             .await?
             .resolve(std::slice::from_ref(&c.host))?;
-        self.create_campaign(&author, &sql, "carve", c.timeout_secs, &ids, scope)
+        self.create_campaign(p, &author, &sql, "carve", c.timeout_secs, &ids, scope)
             .await
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn create_campaign(
         &self,
+        p: &Principal,
         author: &str,
         sql: &str,
         kind: &str,
@@ -403,6 +432,23 @@ impl Service {
             ));
         }
         let created_at = now();
+        let directory = self.node_directory(scope).await?;
+        let by_id = directory.by_id();
+        let hosts = ids
+            .iter()
+            .filter_map(|id| by_id.get(id).and_then(|(_, host)| *host))
+            .map(str::to_owned)
+            .collect();
+        let audit = self.audit_entry(
+            p,
+            if kind == "carve" {
+                "osquery.carve"
+            } else {
+                "osquery.query"
+            },
+            hosts,
+            serde_json::json!({ "query": sql, "nodes": ids.len(), "timeout_secs": timeout }),
+        );
         let row = self
             .store
             .insert_campaign(
@@ -415,6 +461,7 @@ impl Service {
                     deadline: created_at + timeout as i64,
                 },
                 ids,
+                &audit,
             )
             .await?;
         self.note_campaign_deadline(row.deadline);
