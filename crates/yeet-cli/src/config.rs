@@ -27,16 +27,17 @@ pub fn config_dir() -> Option<PathBuf> {
         .map(|d| d.join("yeet"))
 }
 
-/// The file of recipients pinned per server: one `ORIGIN RECIPIENT` line each.
-fn recipients_file() -> Result<PathBuf> {
+/// A file of values pinned per server (`~/.config/yeet/NAME`): one `ORIGIN VALUE` line
+/// each. `what` names its values in errors.
+fn pins_file(name: &str, what: &str) -> Result<PathBuf> {
     config_dir()
-        .map(|d| d.join("known_recipients"))
-        .ok_or_else(|| anyhow::anyhow!("no home directory to keep pinned secrets recipients in; set HOME, or pass --recipient"))
+        .map(|d| d.join(name))
+        .ok_or_else(|| anyhow::anyhow!("no home directory to keep {what} in; set HOME"))
 }
 
-/// The secrets recipient pinned for the server at `origin`, if any.
-pub fn pinned_recipient(origin: &str) -> Result<Option<String>> {
-    let path = recipients_file()?;
+/// The value pinned in pin file `name` for the server at `origin`, if any.
+fn pinned(name: &str, what: &str, origin: &str) -> Result<Option<String>> {
+    let path = pins_file(name, what)?;
     let text = match std::fs::read_to_string(&path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -48,21 +49,57 @@ pub fn pinned_recipient(origin: &str) -> Result<Option<String>> {
     }))
 }
 
-/// Pins `recipient` for the server at `origin`, replacing an earlier pin.
-pub fn pin_recipient(origin: &str, recipient: &str) -> Result<()> {
-    let path = recipients_file()?;
+/// Pins `value` in pin file `name` for the server at `origin`, replacing an earlier pin.
+fn pin(name: &str, what: &str, origin: &str, value: &str) -> Result<()> {
+    let path = pins_file(name, what)?;
     let old = std::fs::read_to_string(&path).unwrap_or_default();
     let mut lines: Vec<String> = old
         .lines()
         .filter(|l| l.split_once(' ').is_none_or(|(o, _)| o != origin))
         .map(str::to_owned)
         .collect();
-    lines.push(format!("{origin} {recipient}"));
+    lines.push(format!("{origin} {value}"));
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
     std::fs::write(&path, lines.join("\n") + "\n")
         .with_context(|| format!("cannot write {}", path.display()))
+}
+
+const RECIPIENTS: (&str, &str) = (
+    "known_recipients",
+    "pinned secrets recipients (or pass --recipient)",
+);
+
+/// The secrets recipient pinned for the server at `origin`, if any.
+pub fn pinned_recipient(origin: &str) -> Result<Option<String>> {
+    pinned(RECIPIENTS.0, RECIPIENTS.1, origin)
+}
+
+/// Pins `recipient` for the server at `origin`, replacing an earlier pin.
+pub fn pin_recipient(origin: &str, recipient: &str) -> Result<()> {
+    pin(RECIPIENTS.0, RECIPIENTS.1, origin, recipient)
+}
+
+const AUDIT_HEADS: (&str, &str) = ("known_audit_heads", "verified audit-log heads");
+
+/// The newest audit event `yeet audit verify` verified on the server at `origin`:
+/// its `seq` and hash.
+pub fn pinned_audit_head(origin: &str) -> Result<Option<(i64, String)>> {
+    Ok(pinned(AUDIT_HEADS.0, AUDIT_HEADS.1, origin)?.and_then(|v| {
+        let (seq, hash) = v.split_once(' ')?;
+        Some((seq.parse().ok()?, hash.to_owned()))
+    }))
+}
+
+/// Pins the newest verified audit event of the server at `origin`.
+pub fn pin_audit_head(origin: &str, seq: i64, hash: &str) -> Result<()> {
+    pin(
+        AUDIT_HEADS.0,
+        AUDIT_HEADS.1,
+        origin,
+        &format!("{seq} {hash}"),
+    )
 }
 
 /// Where `yeet key generate` writes by default, and the first place a key is looked for.

@@ -14,8 +14,8 @@ use anyhow::Result;
 use clap::{CommandFactory, Parser, Subcommand};
 
 use commands::{
-    Connection, Json, approve, cache, diff, host, key, log, osquery, pending, publish, releases,
-    secret, status, user, vm, wait, whoami,
+    Connection, Json, approve, audit, cache, diff, host, key, log, osquery, pending, publish,
+    releases, secret, status, user, vm, wait, whoami,
 };
 
 #[derive(Parser)]
@@ -96,6 +96,9 @@ enum Command {
     /// Try a host's configuration in a VM (NixOS only): builds
     /// nixosConfigurations.HOST.config.system.build.vm from the flake and runs it.
     Vm(vm::VmArgs),
+    /// The audit log: who did what, when, from where; newest last. `yeet audit verify`
+    /// checks its hash chain.
+    Audit(audit::AuditArgs),
     /// Print shell completions, e.g. `yeet completions bash > /etc/bash_completion.d/yeet`.
     Completions { shell: clap_complete::Shell },
 }
@@ -180,6 +183,7 @@ fn dispatch(cli: &Cli) -> Result<()> {
         Command::Carve(args) => osquery::carve(args, c),
         Command::Carves(command) => osquery::carves(command, c),
         Command::Vm(args) => vm::run(args),
+        Command::Audit(args) => audit::run(args, c),
         Command::Completions { shell } => completion::print_registration(*shell),
     }
 }

@@ -172,6 +172,14 @@ impl Client {
         self.get(&paths::host_log(&paths::segment(host)))
     }
 
+    /// One page of the audit log.
+    pub fn audit(
+        &self,
+        filter: &yeet_proto::audit::AuditFilter,
+    ) -> Result<yeet_proto::audit::AuditPage> {
+        self.get(&filter.path())
+    }
+
     pub fn releases(&self, filter: &ReleaseFilter) -> Result<Vec<Release>> {
         self.get(&paths::releases(filter))
     }

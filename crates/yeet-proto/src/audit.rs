@@ -76,6 +76,24 @@ pub struct AuditFilter {
     pub newest: bool,
 }
 
+impl AuditFilter {
+    /// `GET /v1/audit` with the fields that are set.
+    pub fn path(&self) -> String {
+        crate::api::paths::with_query(
+            crate::api::paths::AUDIT,
+            &[
+                ("host", self.host.clone()),
+                ("user", self.user.clone()),
+                ("action", self.action.clone()),
+                ("since_ms", self.since_ms.map(|v| v.to_string())),
+                ("after", self.after.map(|v| v.to_string())),
+                ("limit", self.limit.map(|v| v.to_string())),
+                ("newest", self.newest.then(|| "true".to_owned())),
+            ],
+        )
+    }
+}
+
 /// The hash of an event whose fields are these, following `prev_hash`: SHA-256, in hex,
 /// over `prev_hash`, a newline, and a JSON array of the other hashed fields in a fixed
 /// order (`details` as its compact JSON text, keys sorted).
@@ -178,6 +196,26 @@ impl std::fmt::Display for ChainBreak {
                 "event {seq}, verified earlier, is gone or changed: the newest events were removed or the history rewritten"
             ),
         }
+    }
+}
+
+/// Checks that the event a client verified before (`seq` with `hash`) is still in
+/// `events` unchanged, or was dropped by retention (a checkpoint names a later event's
+/// predecessor and `seq` is older than every kept event).
+pub fn check_pinned_head(events: &[AuditEvent], seq: i64, hash: &str) -> Result<(), ChainBreak> {
+    if let Some(event) = events.iter().find(|e| e.seq == seq) {
+        return if event.hash == hash {
+            Ok(())
+        } else {
+            Err(ChainBreak::PinnedHeadGone { seq })
+        };
+    }
+    let dropped_by_retention = events.first().is_some_and(|first| first.seq > seq)
+        && events.iter().any(|e| e.checkpoint_anchor().is_some());
+    if dropped_by_retention {
+        Ok(())
+    } else {
+        Err(ChainBreak::PinnedHeadGone { seq })
     }
 }
 

@@ -39,12 +39,25 @@ enum Command {
     /// Manage operators directly in the database, on the server host.
     #[command(subcommand)]
     Admin(AdminCommand),
+    /// The audit log, read from the database directly.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Print the age recipient secrets are encrypted to, read from the server's own key, for
     /// operators to compare with what `yeet secret add` pinned (or to pass as --recipient).
     SecretsRecipient,
     /// Print shell completions, e.g. `yeet-server completions bash >
     /// /etc/bash_completion.d/yeet-server`.
     Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the whole hash chain in the database (no server needed): exits 1 naming the
+    /// first event that was altered, removed, inserted or moved.
+    Verify {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -114,6 +127,34 @@ async fn run() -> Result<()> {
                         "http"
                     }
                 );
+            }
+        }
+        Command::Audit(AuditCommand::Verify { json }) => {
+            let store = yeet_server::open_store(&config()?).await?;
+            let events = store.audit_chain().await?;
+            let outcome = yeet_proto::audit::verify_chain(&events);
+            if json {
+                let head = events.last();
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "intact": outcome.is_ok(),
+                        "events": events.len(),
+                        "first_seq": events.first().map(|e| e.seq),
+                        "last_seq": head.map(|e| e.seq),
+                        "head": head.map(|e| &e.hash),
+                        "problem": outcome.as_ref().err(),
+                    })
+                );
+            }
+            match outcome {
+                Ok(()) if !json => println!(
+                    "the audit log is intact: {} events, head {}",
+                    events.len(),
+                    events.last().map_or("(none)", |e| e.hash.as_str())
+                ),
+                Ok(()) => {}
+                Err(problem) => anyhow::bail!("the audit log was tampered with: {problem}"),
             }
         }
         Command::Serve => {

@@ -230,3 +230,47 @@ async fn replicas_share_releases_and_key_removals() {
     b.store().close().await;
     db.cleanup().await;
 }
+
+/// Two replicas each record 500 audited actions at once, eight at a time, into one
+/// PostgreSQL database: the audit log is one chain that verifies, with every event, and
+/// no two events follow the same one (a fork).
+#[tokio::test]
+async fn replicas_append_to_one_audit_chain() {
+    let db = common::TestDb::postgres().await;
+    let (a, b) = (replica(&db).await, replica(&db).await);
+    let admin = Principal::User {
+        name: "alice".into(),
+        role: Role::Admin,
+        key_id: "SHA256:alice".into(),
+        tags: Vec::new(),
+    };
+    let act = |replica: Arc<Service>, prefix: &'static str| {
+        let admin = admin.clone();
+        async move {
+            use futures_util::StreamExt;
+            futures_util::stream::iter(0..500)
+                .map(|i| {
+                    let (replica, admin) = (replica.clone(), admin.clone());
+                    async move {
+                        replica
+                            .set_osquery_option(&admin, &format!("{prefix}_{i}"), i.into())
+                            .await
+                            .unwrap();
+                    }
+                })
+                .buffer_unordered(8)
+                .collect::<Vec<()>>()
+                .await;
+        }
+    };
+    tokio::join!(act(a.clone(), "a"), act(b.clone(), "b"));
+    let events = a.store().audit_chain().await.unwrap();
+    assert_eq!(events.len(), 1000);
+    let links: std::collections::HashSet<&str> =
+        events.iter().map(|e| e.prev_hash.as_str()).collect();
+    assert_eq!(links.len(), 1000, "two events follow the same one: a fork");
+    yeet_proto::audit::verify_chain(&events).unwrap();
+    a.store().close().await;
+    b.store().close().await;
+    db.cleanup().await;
+}

@@ -2,6 +2,7 @@
 //! arguments and the connection settings; `main` only dispatches.
 
 pub mod approve;
+pub mod audit;
 pub mod cache;
 pub mod diff;
 pub mod host;

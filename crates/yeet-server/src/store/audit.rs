@@ -241,4 +241,20 @@ impl Store {
         }
         Ok((events, more))
     }
+
+    /// The whole chain, oldest first, in pages (for verification).
+    pub async fn audit_chain(&self) -> Result<Vec<AuditEvent>, StoreError> {
+        let mut events: Vec<AuditEvent> = Vec::new();
+        loop {
+            let filter = AuditFilter {
+                after: events.last().map(|e| e.seq),
+                ..Default::default()
+            };
+            let (page, more) = self.list_audit(&filter, None, 1000, usize::MAX).await?;
+            events.extend(page);
+            if !more {
+                return Ok(events);
+            }
+        }
+    }
 }

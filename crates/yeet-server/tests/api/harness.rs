@@ -302,23 +302,7 @@ impl Api {
     /// Everything the API can change, as one comparable value.
     /// Every audit event, oldest first, as the store holds them.
     pub async fn audit_events(&self) -> Vec<yeet_proto::audit::AuditEvent> {
-        let mut all = Vec::new();
-        loop {
-            let filter = yeet_proto::audit::AuditFilter {
-                after: all.last().map(|e: &yeet_proto::audit::AuditEvent| e.seq),
-                ..Default::default()
-            };
-            let (page, more) = self
-                .service
-                .store()
-                .list_audit(&filter, None, 1000, usize::MAX)
-                .await
-                .unwrap();
-            all.extend(page);
-            if !more {
-                return all;
-            }
-        }
+        self.service.store().audit_chain().await.unwrap()
     }
 
     pub async fn snapshot(&self) -> String {
