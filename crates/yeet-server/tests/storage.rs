@@ -63,6 +63,117 @@ async fn stores_opened_at_once_on_a_fresh_database_migrate_once(db: &TestDb) {
     }
 }
 
+/// The audit chain names each way its rows can be tampered with in the database: an
+/// event's details edited, an event deleted, one inserted, two swapped; each undone
+/// before the next, after which the chain verifies again.
+async fn audit_tampering_is_named(db: &TestDb) {
+    use yeet_proto::audit::{ChainBreak, verify_chain};
+    let s = db.open().await;
+    for i in 0..6 {
+        let mut entry = ev();
+        entry.action = "host.rename".into();
+        entry.details = serde_json::json!({ "to": format!("web-{i}") });
+        s.record_audit(&entry).await.unwrap();
+    }
+    let events = s.audit_chain().await.unwrap();
+    assert_eq!(events.len(), 6);
+    verify_chain(&events).unwrap();
+    let seq: Vec<i64> = events.iter().map(|e| e.seq).collect();
+    sqlx::any::install_default_drivers();
+    let raw = sqlx::AnyPool::connect(&db.url).await.unwrap();
+    let sql = |q: String| {
+        let raw = raw.clone();
+        async move {
+            sqlx::query(sqlx::AssertSqlSafe(q))
+                .execute(&raw)
+                .await
+                .unwrap();
+        }
+    };
+    let verdict = || async { verify_chain(&s.audit_chain().await.unwrap()) };
+
+    sql(format!(
+        "UPDATE audit_events SET details = '{{\"to\":\"evil\"}}' WHERE id = {}",
+        seq[2]
+    ))
+    .await;
+    assert_eq!(verdict().await, Err(ChainBreak::Altered { seq: seq[2] }));
+    sql(format!(
+        "UPDATE audit_events SET details = '{}' WHERE id = {}",
+        events[2].details, seq[2]
+    ))
+    .await;
+    verify_chain(&s.audit_chain().await.unwrap()).unwrap();
+
+    sql(format!(
+        "UPDATE audit_events SET id = -1 WHERE id = {}",
+        seq[2]
+    ))
+    .await;
+    assert_eq!(
+        verdict().await,
+        Err(ChainBreak::Removed {
+            seq: seq[3],
+            after_seq: Some(seq[1])
+        })
+    );
+    sql(format!(
+        "UPDATE audit_events SET id = {} WHERE id = -1",
+        seq[2]
+    ))
+    .await;
+    verify_chain(&s.audit_chain().await.unwrap()).unwrap();
+
+    // Inserted before the newest event, with a hash that links to its predecessor.
+    let last = seq[5];
+    sql(format!(
+        "UPDATE audit_events SET id = {} WHERE id = {last}",
+        last + 1
+    ))
+    .await;
+    let mut forged = events[5].clone();
+    forged.prev_hash = events[4].hash.clone();
+    forged.details = serde_json::json!({ "to": "forged" });
+    forged.hash = forged.computed_hash();
+    sql(format!(
+        "INSERT INTO audit_events (id, at_ms, actor, key_id, action, outcome, hosts, details, address, nonce, prev_hash, hash) VALUES ({last}, {}, '{}', '', '{}', '{}', '', '{}', '', '', '{}', '{}')",
+        forged.at_ms, forged.actor, forged.action, forged.outcome, forged.details, forged.prev_hash, forged.hash
+    ))
+    .await;
+    assert_eq!(verdict().await, Err(ChainBreak::Inserted { seq: last }));
+    sql(format!("DELETE FROM audit_events WHERE id = {last}")).await;
+    sql(format!(
+        "UPDATE audit_events SET id = {last} WHERE id = {}",
+        last + 1
+    ))
+    .await;
+    verify_chain(&s.audit_chain().await.unwrap()).unwrap();
+
+    let swap = |a: i64, b: i64| {
+        [
+            format!("UPDATE audit_events SET id = -1 WHERE id = {a}"),
+            format!("UPDATE audit_events SET id = {a} WHERE id = {b}"),
+            format!("UPDATE audit_events SET id = {b} WHERE id = -1"),
+        ]
+    };
+    for q in swap(seq[1], seq[2]) {
+        sql(q).await;
+    }
+    assert_eq!(
+        verdict().await,
+        Err(ChainBreak::Reordered {
+            seq: seq[1],
+            follows_seq: seq[2]
+        })
+    );
+    for q in swap(seq[1], seq[2]) {
+        sql(q).await;
+    }
+    verify_chain(&s.audit_chain().await.unwrap()).unwrap();
+    raw.close().await;
+    s.close().await;
+}
+
 async fn users_are_unique_by_name_and_key(db: &TestDb) {
     let s = db.open().await;
     let u = s
@@ -1031,6 +1142,7 @@ on_both_backends!(
     one_open_detachment_per_host,
     corrupt_enum_columns_are_errors,
     migrations_are_idempotent,
+    audit_tampering_is_named,
     stores_opened_at_once_on_a_fresh_database_migrate_once,
     users_are_unique_by_name_and_key,
     registrations_upsert_evict_and_reject,
