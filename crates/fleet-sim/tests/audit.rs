@@ -9,6 +9,7 @@
 use fleet_sim::{Server, ServerOptions, bin, run};
 use serde_json::Value;
 use std::process::{Command, Output};
+use std::time::Duration;
 
 /// Runs SQL on the server's SQLite database with Python's sqlite3 module.
 fn tamper(server: &Server, sql: &str) {
@@ -44,9 +45,28 @@ fn says(out: &Output) -> String {
     )
 }
 
+/// The lines of the audit file, once it has `n` of them.
+fn audit_file_lines(path: &std::path::Path, n: usize) -> Vec<yeet_proto::audit::AuditEvent> {
+    let mut lines = Vec::new();
+    fleet_sim::sim::wait_until(Duration::from_secs(30), "the audit file", || {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        lines = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        lines.len() >= n
+    });
+    lines
+}
+
 #[test]
 fn operators_actions_are_recorded_listed_and_tampering_is_named() {
-    let server = Server::start(ServerOptions::default());
+    let siem = tempfile::tempdir().unwrap();
+    let audit_file = siem.path().join("audit.jsonl");
+    let server = Server::start(ServerOptions {
+        config: format!("audit_log_file = \"{}\"\n", audit_file.display()),
+        ..Default::default()
+    });
     let bob_key = fleet_sim::operator_key(&server.dir.path().join("bob_key"));
     let bob_pub = bob_key.with_extension("pub").display().to_string();
     server.yeet(&[
@@ -121,9 +141,22 @@ fn operators_actions_are_recorded_listed_and_tampering_is_named() {
         says(&bob_verifies)
     );
 
+    // The file a SIEM follows holds the same chain, verified on its own.
+    let copied = audit_file_lines(&audit_file, 4);
+    assert_eq!(copied.len(), 4);
+    yeet_proto::audit::verify_chain(&copied).unwrap();
+    assert_eq!(copied[2].seq, events[2]["seq"].as_i64().unwrap());
+    // Rotated away (as logrotate does): a new file continues after the last event.
+    std::fs::rename(&audit_file, siem.path().join("audit.jsonl.1")).unwrap();
+    server.yeet(&["user", "set-role", "bob", "viewer"]);
+    let continued = audit_file_lines(&audit_file, 1);
+    assert_eq!(continued.len(), 1, "{continued:#?}");
+    assert_eq!(continued[0].prev_hash, copied[3].hash);
+    let events: Vec<Value> = server.yeet_json(&["audit"]);
+
     // Intact: both verifiers say so, and the CLI pins the newest event.
     let intact = server.yeet(&["audit", "verify"]);
-    assert!(intact.contains("intact: 4 events"), "{intact}");
+    assert!(intact.contains("intact: 5 events"), "{intact}");
     assert!(verify_offline(&server).status.success());
 
     let seq = role["seq"].as_i64().unwrap();
@@ -155,7 +188,7 @@ fn operators_actions_are_recorded_listed_and_tampering_is_named() {
 
     // The newest event deleted: the chain that is left is consistent, which only the
     // pinned head shows.
-    let newest = events[3]["seq"].as_i64().unwrap();
+    let newest = events[4]["seq"].as_i64().unwrap();
     tamper(
         &server,
         &format!("DELETE FROM audit_events WHERE id = {newest}"),

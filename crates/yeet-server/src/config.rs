@@ -96,6 +96,11 @@ pub struct FileConfig {
     /// The osquery remote API (`[osquery]`): body and carve limits, per-node rate limit,
     /// log retention.
     pub osquery: crate::service::osquery::OsquerySettings,
+    /// Also write every audit event to this file, one JSON object per line, for a SIEM.
+    pub audit_log_file: Option<PathBuf>,
+    /// Drop audit events older than this many days (a checkpoint event keeps the chain
+    /// verifiable); 0 keeps them forever.
+    pub audit_retention_days: u32,
 }
 
 impl Default for FileConfig {
@@ -132,6 +137,8 @@ impl Default for FileConfig {
             header_timeout_secs: 15,
             body_timeout_secs: 60,
             osquery: Default::default(),
+            audit_log_file: None,
+            audit_retention_days: 0,
         }
     }
 }
@@ -263,6 +270,9 @@ pub struct Config {
     pub header_timeout: Duration,
     pub body_timeout: Duration,
     pub service: ServiceConfig,
+    pub audit_log_file: Option<PathBuf>,
+    /// 0: forever.
+    pub audit_retention_days: u32,
 }
 
 impl Config {
@@ -378,6 +388,8 @@ impl Config {
             max_connections_per_network: file.max_connections_per_network.max(1),
             header_timeout: Duration::from_secs(file.header_timeout_secs.max(1)),
             body_timeout: Duration::from_secs(file.body_timeout_secs.max(1)),
+            audit_log_file: file.audit_log_file,
+            audit_retention_days: file.audit_retention_days,
             service,
         })
     }

@@ -1,6 +1,7 @@
 //! yeet-server as a library: configuration, storage, the domain service and the HTTP API,
 //! plus `serve`, which the binary and the tests both run.
 
+mod audit_file;
 pub mod config;
 pub mod http;
 pub mod listener;
@@ -73,7 +74,11 @@ pub async fn spawn_event_listener(
 /// Writes batched last-seen times every `every`, and drops stale nonces once a minute.
 /// Also says so in the log when a database writer connection has been out of the pool at
 /// every tick for `WRITER_HELD_WARNING`: something holds it.
-fn spawn_flusher(service: Arc<Service>, every: Duration) -> tokio::task::JoinHandle<()> {
+fn spawn_flusher(
+    service: Arc<Service>,
+    every: Duration,
+    audit_retention_days: u32,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         let mut last_expiry = std::time::Instant::now();
@@ -106,6 +111,21 @@ fn spawn_flusher(service: Arc<Service>, every: Duration) -> tokio::task::JoinHan
                 last_expiry = std::time::Instant::now();
                 if let Err(e) = service.expire_nonces().await {
                     tracing::warn!(error = %e, "could not expire old nonces; will retry");
+                }
+                if audit_retention_days > 0 {
+                    match service.expire_audit_events(audit_retention_days).await {
+                        Ok(0) => {}
+                        Ok(dropped) => {
+                            tracing::info!(
+                                dropped,
+                                days = audit_retention_days,
+                                "old audit events dropped, with a checkpoint"
+                            );
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "could not drop old audit events; will retry");
+                        }
+                    }
                 }
             }
         }
@@ -152,7 +172,15 @@ pub async fn serve(
     })
     .layer(tower_http::trace::TraceLayer::new_for_http());
 
-    let flusher = spawn_flusher(service.clone(), config.last_seen_flush);
+    let flusher = spawn_flusher(
+        service.clone(),
+        config.last_seen_flush,
+        config.audit_retention_days,
+    );
+    let audit_file = config
+        .audit_log_file
+        .clone()
+        .map(|path| audit_file::spawn(service.clone(), path, Duration::from_secs(1)));
     let events = spawn_event_listener(service.clone()).await?;
     // Held check-ins must answer before a graceful shutdown can finish.
     let shutdown = {
@@ -187,6 +215,9 @@ pub async fn serve(
     )
     .await?;
     flusher.abort();
+    if let Some(audit_file) = audit_file {
+        audit_file.abort();
+    }
     if let Some(events) = events {
         events.abort();
     }

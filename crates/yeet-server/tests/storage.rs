@@ -174,6 +174,44 @@ async fn audit_tampering_is_named(db: &TestDb) {
     s.close().await;
 }
 
+/// Retention drops the oldest events, never the newest, and appends a checkpoint that
+/// anchors the first kept event: the chain still verifies, and an earlier client's pin
+/// on a dropped event is accepted; without the checkpoint, the same gap is a removal.
+async fn audit_retention_keeps_the_chain_verifiable(db: &TestDb) {
+    use yeet_proto::audit::{CHECKPOINT, check_pinned_head, verify_chain};
+    let s = db.open().await;
+    for at_ms in [1_000, 2_000, 3_000, 4_000] {
+        let mut entry = ev();
+        entry.at_ms = at_ms;
+        s.record_audit(&entry).await.unwrap();
+    }
+    let before = s.audit_chain().await.unwrap();
+    let mut checkpoint = ev();
+    checkpoint.action = CHECKPOINT.into();
+    // Everything is old: all but the newest go.
+    assert_eq!(
+        s.drop_audit_before(10_000, &checkpoint).await.unwrap(),
+        Some(3)
+    );
+    let after = s.audit_chain().await.unwrap();
+    assert_eq!(after.len(), 2, "{after:#?}");
+    assert_eq!(after[0].seq, before[3].seq);
+    assert_eq!(after[1].action, CHECKPOINT);
+    assert_eq!(
+        after[1].details["last_dropped_hash"],
+        before[2].hash.as_str()
+    );
+    verify_chain(&after).unwrap();
+    check_pinned_head(&after, before[1].seq, &before[1].hash).unwrap();
+    // Nothing older left (the newest event and the checkpoint stay).
+    assert_eq!(s.drop_audit_before(3_500, &checkpoint).await.unwrap(), None);
+    assert!(
+        verify_chain(&after[..1]).is_err(),
+        "a gap without its checkpoint verified"
+    );
+    s.close().await;
+}
+
 async fn users_are_unique_by_name_and_key(db: &TestDb) {
     let s = db.open().await;
     let u = s
@@ -1143,6 +1181,7 @@ on_both_backends!(
     corrupt_enum_columns_are_errors,
     migrations_are_idempotent,
     audit_tampering_is_named,
+    audit_retention_keeps_the_chain_verifiable,
     stores_opened_at_once_on_a_fresh_database_migrate_once,
     users_are_unique_by_name_and_key,
     registrations_upsert_evict_and_reject,

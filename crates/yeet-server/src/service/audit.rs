@@ -33,6 +33,9 @@ fn actor_of(principal: &Principal) -> (String, String) {
     }
 }
 
+/// The actor of what the server does by itself (retention).
+pub const SERVER_ACTOR: &str = "yeet-server";
+
 /// The event of a `yeet-server admin` command, run on the server host: its actor is
 /// `local:` and the Unix user who ran it (`SUDO_USER` before `USER`).
 pub fn local_entry(action: &str, details: serde_json::Value) -> AuditEntry {
@@ -150,5 +153,21 @@ impl Service {
             .then(|| events.last().map(|e| e.seq))
             .flatten();
         Ok(AuditPage { events, next_after })
+    }
+
+    /// Drops audit events older than `days` (with a checkpoint event that keeps the
+    /// chain verifiable); returns how many went.
+    pub async fn expire_audit_events(&self, days: u32) -> Result<i64> {
+        let cutoff_ms = super::now_ms().saturating_sub(i64::from(days).saturating_mul(86_400_000));
+        let mut checkpoint = local_entry(
+            yeet_proto::audit::CHECKPOINT,
+            serde_json::json!({ "retention_days": days }),
+        );
+        checkpoint.actor = SERVER_ACTOR.to_owned();
+        Ok(self
+            .store
+            .drop_audit_before(cutoff_ms, &checkpoint)
+            .await?
+            .unwrap_or(0))
     }
 }

@@ -257,4 +257,64 @@ impl Store {
             }
         }
     }
+
+    /// Retention: drops the events recorded before `cutoff_ms` (the oldest ones, always
+    /// keeping the newest event so that the chain goes on from it), and appends
+    /// `checkpoint` with what was dropped and the hash of the last dropped event, which
+    /// the first kept event links to. One exclusive transaction; `None` when nothing was
+    /// old enough.
+    pub async fn drop_audit_before(
+        &self,
+        cutoff_ms: i64,
+        checkpoint: &AuditEntry,
+    ) -> Result<Option<i64>, StoreError> {
+        // Most runs find nothing: checked without the lock first.
+        let old: Option<i64> =
+            sqlx::query_scalar("SELECT id FROM audit_events WHERE at_ms < $1 LIMIT 1")
+                .bind(cutoff_ms)
+                .fetch_optional(&self.reader)
+                .await?;
+        if old.is_none() {
+            return Ok(None);
+        }
+        let mut tx = self.exclusive(AUDIT_LOCK).await?;
+        let last: Option<(i64, String)> = sqlx::query(
+            "SELECT id, hash FROM audit_events WHERE at_ms < $1 AND id < (SELECT MAX(id) FROM audit_events) ORDER BY id DESC LIMIT 1",
+        )
+        .bind(cutoff_ms)
+        .fetch_optional(&mut *tx)
+        .await?
+        .map(|row| Ok::<_, sqlx::Error>((row.try_get("id")?, row.try_get("hash")?)))
+        .transpose()?;
+        let Some((last_seq, last_hash)) = last else {
+            return Ok(None);
+        };
+        sqlx::query("DELETE FROM audit_hosts WHERE event_id <= $1")
+            .bind(last_seq)
+            .execute(&mut *tx)
+            .await?;
+        let dropped = sqlx::query("DELETE FROM audit_events WHERE id <= $1")
+            .bind(last_seq)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected() as i64;
+        let mut checkpoint = checkpoint.clone();
+        if let Some(details) = checkpoint.details.as_object_mut() {
+            details.insert("dropped".into(), dropped.into());
+            details.insert("last_dropped_seq".into(), last_seq.into());
+            details.insert("last_dropped_hash".into(), last_hash.into());
+        }
+        self.append_audit(&mut tx, &checkpoint).await?;
+        tx.commit().await?;
+        Ok(Some(dropped))
+    }
+
+    /// Events after `after`, oldest first, at most `limit` (for the audit file).
+    pub async fn audit_after(&self, after: i64, limit: u32) -> Result<Vec<AuditEvent>, StoreError> {
+        let filter = AuditFilter {
+            after: Some(after),
+            ..Default::default()
+        };
+        Ok(self.list_audit(&filter, None, limit, usize::MAX).await?.0)
+    }
 }
