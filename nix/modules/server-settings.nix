@@ -26,6 +26,7 @@ rec {
     [ "databaseMaxConnections" "database_max_connections" "int" "4 on SQLite, 16 on PostgreSQL" "Database connections for requests, per server process; each also holds two more (nonce log, replica events), so replicas × (this + 2) must fit PostgreSQL's max_connections." ]
     [ "headerTimeout" "header_timeout_secs" "int" "15" "Seconds allowed for a TLS handshake and for each request's headers." ]
     [ "bodyTimeout" "body_timeout_secs" "int" "60" "Seconds a request body may take to arrive, and an upload may stall." ]
+    [ "auditRetentionDays" "audit_retention_days" "int" "0: forever" "Drop audit events older than this many days; a checkpoint event keeps the hash chain verifiable." ]
   ];
   render = cfg:
     let
@@ -44,6 +45,7 @@ rec {
     // optional "database" cfg.database
     // optional "tls_cert" cfg.tls.certificate
     // optional "tls_key" cfg.tls.key
+    // optional "audit_log_file" cfg.auditLogFile
     // set
     // cfg.settings;
 }

@@ -114,6 +114,18 @@ in
       '';
     };
 
+    auditLogFile = lib.mkOption {
+      type = lib.types.nullOr lib.types.str;
+      default = null;
+      example = "/var/log/yeet-server/audit.jsonl";
+      description = ''
+        Also write every audit event to this file, one JSON object per line, for a SIEM to
+        follow (at least once; `<file>.seq` holds how far it got, so rotating the file away
+        is safe). Its directory is made writable for the service; /var/log/yeet-server
+        exists for it.
+      '';
+    };
+
     settings = lib.mkOption {
       type = toml.type;
       default = { };
@@ -151,6 +163,9 @@ in
         DynamicUser = true;
         StateDirectory = "yeet-server";
         StateDirectoryMode = "0700";
+        LogsDirectory = "yeet-server";
+        LogsDirectoryMode = "0750";
+        ReadWritePaths = lib.optional (cfg.auditLogFile != null) (dirOf cfg.auditLogFile);
         NoNewPrivileges = true;
         ProtectSystem = "strict";
         ProtectHome = true;

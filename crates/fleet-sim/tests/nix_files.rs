@@ -196,6 +196,7 @@ fn server_settings(overrides: &str) -> serde_json::Value {
           caches = [ "https://cache.example.org" ];
           publicUrls = [ "https://yeet.example.org" ];
           osquery = {{ log_retention_days = 90; max_open_carves = 2; }};
+          auditLogFile = "/var/log/yeet-server/audit.jsonl";
           settings = {{ }};
         }} // tuning // {overrides})"#,
         file.display()
