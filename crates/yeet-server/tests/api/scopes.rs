@@ -232,6 +232,47 @@ async fn a_scoped_publisher_acts_on_its_hosts_only_and_sees_their_releases() {
         before,
         "a refused request changed something"
     );
+    // Each refusal is recorded, under the scoped user's name, with its code.
+    let events = api.audit_events().await;
+    let refused: Vec<(&str, &str)> = events
+        .iter()
+        .filter(|e| e.actor == "ci-staging" && e.outcome != "done")
+        .map(|e| (e.action.as_str(), e.outcome.as_str()))
+        .collect();
+    assert_eq!(
+        refused,
+        [
+            ("release.create", "unknown_host"),
+            ("release.create", "unknown_host"),
+            ("release.create", "unknown_host"),
+            ("release.create", "unknown_host"),
+            ("release.rollback", "unknown_host"),
+            ("release.rollback", "unknown_host"),
+            ("release.retry", "unknown_host"),
+            ("release.retry", "unknown_host"),
+        ],
+        "{events:#?}"
+    );
+    // The scoped user's own view of the log: their own actions and those about their
+    // hosts (host-a's tagging), never host-b's.
+    let seen = api.ok("GET", paths::AUDIT, b"", Sign::By(&ci)).await;
+    let seen = seen["events"].as_array().unwrap();
+    assert!(
+        seen.iter()
+            .any(|e| e["action"] == "host.tag" && e["hosts"] == json!(["host-a"])),
+        "{seen:#?}"
+    );
+    assert!(
+        seen.iter().all(|e| e["actor"] == "ci-staging"
+            || e["hosts"].as_array().unwrap().iter().all(|h| h == "host-a")),
+        "{seen:#?}"
+    );
+    assert!(
+        !seen
+            .iter()
+            .any(|e| e["hosts"].to_string().contains("host-b")),
+        "{seen:#?}"
+    );
 
     // An unscoped admin's release naming both: the scoped user sees its staging half; one
     // naming only host-b is, to them, no release at all.
