@@ -56,6 +56,18 @@ fn secret_latency() {
 }
 
 #[test]
+fn audit() {
+    smoke(
+        &["audit", "20", "2"],
+        &["naming the hosts and systems in the event:", "of its own:"],
+    );
+    smoke(
+        &["audit", "20", "2", "postgres"],
+        &["(PostgreSQL, medians of 2)"],
+    );
+}
+
+#[test]
 fn osquery_logs() {
     smoke(&["osquery-logs", "1", "1"], &["gzip/plain"]);
 }

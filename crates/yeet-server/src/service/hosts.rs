@@ -47,6 +47,11 @@ fn host_state(
     }
 }
 
+/// Compare-and-set attempts of a tag change before it is answered busy: each failed one
+/// means another change to the host's tags committed, so only a flood of changes to one
+/// host runs out of them.
+const TAG_ATTEMPTS: usize = 64;
+
 impl Service {
     /// The API view of a host, with unflushed check-ins and cached desired state applied.
     pub(crate) async fn host_info(&self, row: HostRow) -> HostInfo {
@@ -269,6 +274,7 @@ impl Service {
     }
 
     /// Adds and removes a host's tags (`accept_suggested` adds those its agent suggests).
+    /// Tried `TAG_ATTEMPTS` times against concurrent changes.
     pub async fn tag_host(
         &self,
         principal: &Principal,
@@ -281,8 +287,9 @@ impl Service {
         };
         let add = tag_set(&req.add).map_err(invalid)?;
         let remove = tag_set(&req.remove).map_err(invalid)?;
-        // Compare-and-set: another operator's change in between is read again, not lost.
-        loop {
+        // Compare-and-set: another operator's change in between is read again, not lost;
+        // a host whose tags change under every attempt is answered busy, not looped on.
+        for _ in 0..TAG_ATTEMPTS {
             let row = self.host_named(name).await?;
             let mut tags: BTreeSet<String> = split_tags(&row.tags).into_iter().collect();
             if req.accept_suggested {
@@ -328,6 +335,10 @@ impl Service {
                 }
             }
         }
+        Err(ServiceError::refused(
+            ErrorCode::Busy,
+            format!("{name}'s tags kept changing while this change was applied; retry"),
+        ))
     }
 
     /// Removes a host. Its key stops working at once; its releases stay as history.

@@ -32,6 +32,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod audit;
 mod bare;
 mod fleet;
 mod hold;
@@ -408,12 +409,17 @@ fn main() {
                 .unwrap_or(30)
                 .max(1),
         ),
+        Some("audit") => audit::audit(
+            args.get(1).and_then(|a| a.parse().ok()).unwrap_or(1000),
+            args.get(2).and_then(|a| a.parse().ok()).unwrap_or(20),
+            args.get(3).is_some_and(|a| a == "postgres"),
+        ),
         Some("osquery-logs") => osquery_logs(
             args.get(1).and_then(|a| a.parse().ok()).unwrap_or(20),
             args.get(2).and_then(|a| a.parse().ok()).unwrap_or(4),
         ),
         _ => eprintln!(
-            "usage: yeet-bench realnix [N] | hold [N] | fleet [N] [REPLICAS] | idle [SECONDS] | publish [MIB] [PATHS] [SMALL] | publish-random [PATHS] [MIB_PER_PATH...] | checkins [SECONDS] [CLIENTS] [postgres] | secrets [SECRETS] [ROUNDS] | secret-latency [ROUNDS] [INTERVAL] | osquery-logs [BATCHES] [NODES]"
+            "usage: yeet-bench realnix [N] | hold [N] | fleet [N] [REPLICAS] | idle [SECONDS] | publish [MIB] [PATHS] [SMALL] | publish-random [PATHS] [MIB_PER_PATH...] | checkins [SECONDS] [CLIENTS] [postgres] | secrets [SECRETS] [ROUNDS] | secret-latency [ROUNDS] [INTERVAL] | osquery-logs [BATCHES] [NODES] | audit [HOSTS] [ROUNDS] [postgres]"
         ),
     }
 }
