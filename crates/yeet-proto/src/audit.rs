@@ -219,6 +219,23 @@ pub fn check_pinned_head(events: &[AuditEvent], seq: i64, hash: &str) -> Result<
     }
 }
 
+/// What both verifiers print with `--json`: whether the chain is intact, its extent, its
+/// head, and the break when there is one.
+pub fn verification_json(
+    events: &[AuditEvent],
+    outcome: &Result<(), ChainBreak>,
+) -> serde_json::Value {
+    let head = events.last();
+    serde_json::json!({
+        "intact": outcome.is_ok(),
+        "events": events.len(),
+        "first_seq": events.first().map(|e| e.seq),
+        "last_seq": head.map(|e| e.seq),
+        "head": head.map(|e| &e.hash),
+        "problem": outcome.as_ref().err(),
+    })
+}
+
 /// Checks a whole chain, given oldest first (by `seq`), and names the first break. The
 /// oldest event links to `GENESIS`, or to the dropped event a later checkpoint names.
 ///

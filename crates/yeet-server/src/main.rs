@@ -134,17 +134,9 @@ async fn run() -> Result<()> {
             let events = store.audit_chain().await?;
             let outcome = yeet_proto::audit::verify_chain(&events);
             if json {
-                let head = events.last();
                 println!(
                     "{}",
-                    serde_json::json!({
-                        "intact": outcome.is_ok(),
-                        "events": events.len(),
-                        "first_seq": events.first().map(|e| e.seq),
-                        "last_seq": head.map(|e| e.seq),
-                        "head": head.map(|e| &e.hash),
-                        "problem": outcome.as_ref().err(),
-                    })
+                    yeet_proto::audit::verification_json(&events, &outcome)
                 );
             }
             match outcome {

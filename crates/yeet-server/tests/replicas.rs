@@ -50,16 +50,21 @@ async fn replica(db: &common::TestDb) -> Arc<Service> {
     service
 }
 
-#[tokio::test]
-async fn replicas_share_releases_and_key_removals() {
-    let db = common::TestDb::postgres().await;
-    let (a, b) = (replica(&db).await, replica(&db).await);
-    let admin = Principal::User {
+/// The unscoped admin the replicas are driven as.
+fn alice() -> Principal {
+    Principal::User {
         name: "alice".into(),
         role: Role::Admin,
         key_id: "SHA256:alice".into(),
         tags: Vec::new(),
-    };
+    }
+}
+
+#[tokio::test]
+async fn replicas_share_releases_and_key_removals() {
+    let db = common::TestDb::postgres().await;
+    let (a, b) = (replica(&db).await, replica(&db).await);
+    let admin = alice();
     let admin_key = Identity::from_seed(&[1; 32]);
     add_user(
         a.store(),
@@ -238,12 +243,7 @@ async fn replicas_share_releases_and_key_removals() {
 async fn replicas_append_to_one_audit_chain() {
     let db = common::TestDb::postgres().await;
     let (a, b) = (replica(&db).await, replica(&db).await);
-    let admin = Principal::User {
-        name: "alice".into(),
-        role: Role::Admin,
-        key_id: "SHA256:alice".into(),
-        tags: Vec::new(),
-    };
+    let admin = alice();
     let act = |replica: Arc<Service>, prefix: &'static str| {
         let admin = admin.clone();
         async move {

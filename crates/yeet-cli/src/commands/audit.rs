@@ -145,14 +145,7 @@ fn verify(json: bool, connection: &Connection) -> Result<()> {
         crate::config::pin_audit_head(&origin, head.seq, &head.hash)?;
     }
     if json {
-        output::json(&serde_json::json!({
-            "intact": outcome.is_ok(),
-            "events": events.len(),
-            "first_seq": events.first().map(|e| e.seq),
-            "last_seq": head.map(|e| e.seq),
-            "head": head.map(|e| &e.hash),
-            "problem": outcome.as_ref().err(),
-        }))?;
+        output::json(&yeet_proto::audit::verification_json(&events, &outcome))?;
     }
     match outcome {
         Ok(()) => {

@@ -12,7 +12,7 @@ use yeet_proto::audit::{AuditFilter, AuditPage, DONE};
 
 use super::auth::require_role_in_scope;
 use super::{Principal, Result, Service, ServiceError};
-use crate::store::{AuditEntry, split_tags};
+use crate::store::AuditEntry;
 use yeet_proto::ErrorCode;
 use yeet_proto::api::Role;
 
@@ -126,18 +126,20 @@ impl Service {
             principal,
             Principal::User { role: Role::Admin, tags, .. } if tags.is_empty()
         );
-        let visible = if sees_all {
+        let visible: Option<Vec<i64>> = if sees_all {
             None
         } else {
-            Some(
-                self.store
+            Some(match self.host_ids_in_scope(scope).await? {
+                Some(ids) => ids.into_iter().collect(),
+                // An unscoped viewer or publisher: every host.
+                None => self
+                    .store
                     .list_hosts()
                     .await?
-                    .into_iter()
-                    .filter(|h| scope.covers(&split_tags(&h.tags)))
+                    .iter()
                     .map(|h| h.id)
-                    .collect::<Vec<_>>(),
-            )
+                    .collect(),
+            })
         };
         let limit = filter.limit.unwrap_or(100).clamp(1, MAX_AUDIT_PAGE);
         let (events, more) = self
