@@ -12,6 +12,10 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 /// name the hash of the last dropped event, which the first kept event links to.
 pub const CHECKPOINT: &str = "audit.checkpoint";
 
+/// The action of a refused read (an operator asking for a host outside their scope, say);
+/// reads that are answered are not recorded.
+pub const READ_REFUSED: &str = "read";
+
 /// The `outcome` of an action that was carried out; a refused one holds the error code.
 pub const DONE: &str = "done";
 

@@ -105,11 +105,13 @@ pub async fn authenticate(State(app): State<AppState>, req: Request, next: Next)
     }
 }
 
-/// Records a refused call of a route whose calls the audit log records (`Audited::Action`),
-/// and reports a route that answered success without recording its event. Runs inside the
-/// signature layer, outside the scope refusal, so that refusals of both are recorded.
+/// Records a refused call of a route whose calls the audit log records (`Audited::Action`)
+/// or that reads (`Audited::Reads`, recorded as `read` when refused: an attempt at another
+/// team's host is worth knowing of), and reports a state-changing route that answered
+/// success without recording its event. Runs inside the signature layer, outside the scope
+/// refusal, so that refusals of both are recorded.
 pub async fn audit_refusals(
-    State((app, action)): State<(AppState, &'static str)>,
+    State((app, action, changes_state)): State<(AppState, &'static str, bool)>,
     req: Request,
     next: Next,
 ) -> Response {
@@ -132,7 +134,7 @@ pub async fn audit_refusals(
                 tracing::warn!(error = %e, action, "could not record a refusal in the audit log");
             }
         }
-        _ if response.status().is_success() => {
+        _ if changes_state && response.status().is_success() => {
             let recorded = crate::service::Service::events_recorded();
             if recorded != Some(1) {
                 tracing::error!(action, ?recorded, %path, "a state-changing request did not record exactly one audit event");

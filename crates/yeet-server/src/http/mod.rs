@@ -142,7 +142,7 @@ impl Scoped {
 /// What the audit log records of a route's calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Audited {
-    /// It reads only: nothing to record.
+    /// It reads only: recorded only when refused, as `read`.
     Reads,
     /// Every call records exactly one event with this action: the change's, in its
     /// transaction, or the refusal's (with its error code).
@@ -292,11 +292,19 @@ pub fn router(state: AppState) -> Router {
                 Scoped::TheirHosts | Scoped::NoHostData => r.handler,
             };
             // Outside the scope refusal, so that its refusals are recorded too.
-            let handler = match r.audited {
-                Some(Audited::Action(action)) => handler.route_layer(
-                    middleware::from_fn_with_state((state.clone(), action), auth::audit_refusals),
-                ),
-                _ => handler,
+            let recorded = match r.audited {
+                Some(Audited::Action(action)) => Some((action, true)),
+                Some(Audited::Reads) => Some((yeet_proto::audit::READ_REFUSED, false)),
+                Some(Audited::Unrecorded(_)) | None => None,
+            };
+            let handler = match recorded {
+                Some((action, changes_state)) => {
+                    handler.route_layer(middleware::from_fn_with_state(
+                        (state.clone(), action, changes_state),
+                        auth::audit_refusals,
+                    ))
+                }
+                None => handler,
             };
             api.route(&r.path, handler)
         })

@@ -399,6 +399,16 @@ async fn assert_recorded(
             }
             assert!(!event.nonce.is_empty(), "{ctx}: no nonce: {event:?}");
         }
+        // A read is recorded only when refused.
+        Some(Audited::Reads) if outcome != "done" => {
+            assert_eq!(
+                new.len(),
+                1,
+                "{ctx}: want one event for a refused read: {new:?}"
+            );
+            assert_eq!(new[0].action, yeet_proto::audit::READ_REFUSED, "{ctx}");
+            assert_eq!(new[0].outcome, outcome, "{ctx}");
+        }
         Some(Audited::Reads | Audited::Unrecorded(_)) => {
             assert!(
                 new.is_empty(),

@@ -29,7 +29,7 @@ fn render() -> String {
     for r in routes() {
         let audited = match r.audited {
             Some(Audited::Action(action)) => format!("`{action}`"),
-            Some(Audited::Reads) => "-".to_owned(),
+            Some(Audited::Reads) => "refusals, as `read`".to_owned(),
             Some(Audited::Unrecorded(why)) => format!("not recorded: {why}"),
             None => panic!(
                 "{} {} does not say what the audit log records of it",
