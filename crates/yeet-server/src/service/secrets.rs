@@ -5,7 +5,7 @@
 //! Logs and errors name secrets, never their content.
 
 use base64::Engine;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use yeet_proto::ErrorCode;
 use yeet_proto::api::{ActivationResult, Role};
@@ -292,6 +292,48 @@ impl Service {
             .collect())
     }
 
+    /// How many hosts would still hold `name` after revoking it from `host_ids` and from
+    /// `tags`: a host keeps a direct grant it is not revoked from, and a grant by any tag it
+    /// carries that stays granted.
+    async fn holders_after_revoke(
+        &self,
+        name: &str,
+        host_ids: &[i64],
+        tags: &BTreeSet<String>,
+    ) -> Result<usize> {
+        let kept_tags: BTreeSet<String> = self
+            .store
+            .list_tag_grants()
+            .await?
+            .into_iter()
+            .filter(|g| g.secret == name && !tags.contains(&g.tag))
+            .map(|g| g.tag)
+            .collect();
+        let carries_kept_tag: BTreeSet<i64> = self
+            .store
+            .list_hosts()
+            .await?
+            .into_iter()
+            .filter(|h| {
+                crate::store::split_tags(&h.tags)
+                    .iter()
+                    .any(|t| kept_tags.contains(t))
+            })
+            .map(|h| h.id)
+            .collect();
+        Ok(self
+            .store
+            .list_grants()
+            .await?
+            .iter()
+            .filter(|g| g.secret == name)
+            .filter(|g| {
+                (g.via_tag.is_empty() && !host_ids.contains(&g.host_id))
+                    || carries_kept_tag.contains(&g.host_id)
+            })
+            .count())
+    }
+
     /// May a scoped admin change this secret? Only when it is theirs: granted to at least
     /// one host, all in their scope. One they cannot see is unknown to them; one also
     /// granted outside their scope is refused, since changing it would reach other hosts
@@ -442,12 +484,7 @@ impl Service {
         self.require_own_secret(scope, name).await?;
         let host_ids = self.host_ids(scope, &req.hosts).await?;
         if !grant && scope != Scope::Fleet {
-            let left = self
-                .secret_holders(name)
-                .await?
-                .iter()
-                .filter(|h| !host_ids.contains(h))
-                .count();
+            let left = self.holders_after_revoke(name, &host_ids, &tags).await?;
             if left == 0 {
                 return Err(ServiceError::refused(
                     ErrorCode::UngrantedSecret,

@@ -543,6 +543,38 @@ async fn a_scoped_admin_keeps_to_their_secrets() {
         "ungranted_secret",
         "revoking the last grant",
     );
+    // Granted to their tag as well, then directly revoked: host-a keeps it by the tag.
+    let by_tag = r#"{"tags": ["kiosk"]}"#;
+    api.ok(
+        "POST",
+        &paths::secret_grant("kiosk-wifi"),
+        by_tag.as_bytes(),
+        Sign::By(&sam),
+    )
+    .await;
+    api.ok(
+        "POST",
+        &paths::secret_revoke("kiosk-wifi"),
+        grant_a.as_bytes(),
+        Sign::By(&sam),
+    )
+    .await;
+    // Revoking the tag now would leave it granted to nobody, as revoking the last host would.
+    let (s, v) = api
+        .call(
+            "POST",
+            &paths::secret_revoke("kiosk-wifi"),
+            by_tag.as_bytes(),
+            Sign::By(&sam),
+        )
+        .await;
+    assert_error(
+        s,
+        &v,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "ungranted_secret",
+        "revoking the last tag grant",
+    );
     api.ok("DELETE", &paths::secret("kiosk-wifi"), b"", Sign::By(&sam))
         .await;
 }
