@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use std::net::SocketAddr;
 use yeet_proto::SignatureHeaders;
 use yeet_proto::api::paths;
+use yeet_proto::signing::HEADER_NONCE;
 
 use super::AppState;
 use super::error::ApiError;
@@ -55,13 +56,15 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientIp {
         parts: &mut axum::http::request::Parts,
         _: &S,
     ) -> Result<Self, Self::Rejection> {
-        Ok(ClientIp(
-            parts
-                .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|c| c.0.ip()),
-        ))
+        Ok(ClientIp(client_ip(&parts.extensions)))
     }
+}
+
+/// The client address, when the server knows it.
+fn client_ip(extensions: &axum::http::Extensions) -> Option<std::net::IpAddr> {
+    extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
 }
 
 /// Reads a body of at most `limit` bytes within `deadline`; distinguishes "too large",
@@ -100,7 +103,7 @@ pub async fn authenticate(State(app): State<AppState>, req: Request, next: Next)
     // Boxed, so that a held long-poll's middleware future keeps no room for the body read
     // and signature check it finished long ago.
     match Box::pin(authenticated(&app, req)).await {
-        Ok((req, origin)) => REQUEST.scope(origin, next.run(req)).await,
+        Ok(req) => next.run(req).await,
         Err(e) => e.into_response(),
     }
 }
@@ -110,6 +113,9 @@ pub async fn authenticate(State(app): State<AppState>, req: Request, next: Next)
 /// team's host is worth knowing of), and reports a state-changing route that answered
 /// success without recording its event. Runs inside the signature layer, outside the scope
 /// refusal, so that refusals of both are recorded.
+///
+/// Only these routes carry the request's origin (address, nonce) for its events: the
+/// check-ins, which record nothing, pay nothing for it while they are held.
 pub async fn audit_refusals(
     State((app, action, changes_state)): State<(AppState, &'static str, bool)>,
     req: Request,
@@ -118,34 +124,51 @@ pub async fn audit_refusals(
     let principal = req.extensions().get::<Principal>().cloned();
     let method = req.method().as_str().to_owned();
     let path = req.uri().path().to_owned();
-    let response = next.run(req).await;
-    let refused = response
-        .extensions()
-        .get::<ErrorCode>()
-        .copied()
-        .filter(|_| response.status().is_client_error());
-    match (refused, principal) {
-        (Some(code), Some(principal)) => {
-            if let Err(e) = app
-                .service
-                .record_refusal(&principal, action, code, &method, &path)
-                .await
-            {
-                tracing::warn!(error = %e, action, "could not record a refusal in the audit log");
+    let origin = RequestOrigin {
+        address: client_ip(req.extensions())
+            .map(|ip| ip.to_string())
+            .unwrap_or_default(),
+        // Verified and spent by the signature layer, which this runs inside.
+        nonce: req
+            .headers()
+            .get(HEADER_NONCE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned(),
+        events: Default::default(),
+    };
+    REQUEST
+        .scope(origin, async move {
+            let response = next.run(req).await;
+            let refused = response
+                .extensions()
+                .get::<ErrorCode>()
+                .copied()
+                .filter(|_| response.status().is_client_error());
+            match (refused, principal) {
+                (Some(code), Some(principal)) => {
+                    if let Err(e) = app
+                        .service
+                        .record_refusal(&principal, action, code, &method, &path)
+                        .await
+                    {
+                        tracing::warn!(error = %e, action, "could not record a refusal in the audit log");
+                    }
+                }
+                _ if changes_state && response.status().is_success() => {
+                    let recorded = crate::service::Service::events_recorded();
+                    if recorded != Some(1) {
+                        tracing::error!(action, ?recorded, %path, "a state-changing request did not record exactly one audit event");
+                    }
+                }
+                _ => {}
             }
-        }
-        _ if changes_state && response.status().is_success() => {
-            let recorded = crate::service::Service::events_recorded();
-            if recorded != Some(1) {
-                tracing::error!(action, ?recorded, %path, "a state-changing request did not record exactly one audit event");
-            }
-        }
-        _ => {}
-    }
-    response
+            response
+        })
+        .await
 }
 
-async fn authenticated(app: &AppState, req: Request) -> Result<(Request, RequestOrigin), ApiError> {
+async fn authenticated(app: &AppState, req: Request) -> Result<Request, ApiError> {
     let (parts, body) = req.into_parts();
     let bytes = read_body(body, app.max_body_bytes, app.body_timeout).await?;
     let headers =
@@ -165,18 +188,9 @@ async fn authenticated(app: &AppState, req: Request) -> Result<(Request, Request
         .service
         .authenticate(&request, &bytes, registering)
         .await?;
-    let origin = RequestOrigin {
-        address: parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip().to_string())
-            .unwrap_or_default(),
-        nonce: headers.nonce.clone(),
-        events: Default::default(),
-    };
     let mut req = Request::from_parts(parts, Body::from(bytes));
     req.extensions_mut().insert(principal);
-    Ok((req, origin))
+    Ok(req)
 }
 
 #[cfg(test)]
