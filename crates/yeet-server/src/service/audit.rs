@@ -22,6 +22,10 @@ const MAX_AUDIT_PAGE_BYTES: usize = 4 << 20;
 
 pub use crate::store::{REQUEST, RequestOrigin};
 
+/// Refusals one key may have recorded at once, before one a second (the authorization
+/// matrix has one key refused on every operator route in a second or two).
+pub(crate) const REFUSAL_BURST: u32 = 100;
+
 /// The actor and key an event names for `principal`.
 fn actor_of(principal: &Principal) -> (String, String) {
     match principal {
@@ -84,7 +88,9 @@ impl Service {
     }
 
     /// Records that `principal` was refused `action` (with the error's `code`), in a
-    /// transaction of its own: nothing else was changed.
+    /// transaction of its own: nothing else was changed. Past `REFUSAL_BURST` at once, a
+    /// key's refusals are counted instead, and the next one recorded names how many were
+    /// not (`unrecorded_before`).
     pub async fn record_refusal(
         &self,
         principal: &Principal,
@@ -93,12 +99,19 @@ impl Service {
         method: &str,
         path: &str,
     ) -> Result<()> {
-        let mut entry = self.audit_entry(
-            principal,
-            action,
-            Vec::new(),
-            serde_json::json!({ "method": method, "path": path }),
-        );
+        let (_, key_id) = actor_of(principal);
+        if !self.refusal_buckets.take(&key_id) {
+            *super::lock(&self.refusals_unrecorded)
+                .entry(key_id)
+                .or_default() += 1;
+            return Ok(());
+        }
+        let mut details = serde_json::json!({ "method": method, "path": path });
+        let skipped = super::lock(&self.refusals_unrecorded).remove(&key_id);
+        if let (Some(skipped), Some(map)) = (skipped, details.as_object_mut()) {
+            map.insert("unrecorded_before".into(), skipped.into());
+        }
+        let mut entry = self.audit_entry(principal, action, Vec::new(), details);
         entry.outcome = code.as_str().to_owned();
         self.store.record_audit(&entry).await?;
         Ok(())

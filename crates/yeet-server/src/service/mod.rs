@@ -179,6 +179,11 @@ pub struct Service {
     attempts: attempts::AttemptReader,
     /// Source network → its token bucket for new registrations.
     registration_buckets: rate::RateLimiter<String>,
+    /// Refusals recorded in the audit log per key: a burst, then one a second (a key
+    /// flooding refused requests must not fill the log or hold its write lock).
+    refusal_buckets: rate::RateLimiter<String>,
+    /// Refusals per key left out of the audit log since its last recorded one.
+    refusals_unrecorded: Mutex<HashMap<String, u64>>,
     /// Held while a new key is admitted (count, evict, insert), so the cap is exact.
     registration_admission: tokio::sync::Mutex<()>,
     /// Bumped whenever any host's desired system changes; long-polls wait on it.
@@ -263,6 +268,8 @@ impl Service {
             reports: Mutex::new(HashMap::new()),
             seen: Mutex::new(HashMap::new()),
             registration_buckets,
+            refusal_buckets: rate::RateLimiter::new(audit::REFUSAL_BURST, Duration::from_secs(1)),
+            refusals_unrecorded: Mutex::new(HashMap::new()),
             registration_admission: tokio::sync::Mutex::new(()),
             desired_changed: tokio::sync::watch::Sender::new(0),
             fleet_changed: tokio::sync::watch::Sender::new(0),

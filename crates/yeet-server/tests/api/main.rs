@@ -8,6 +8,7 @@
 mod common;
 
 mod activations;
+mod audit;
 mod authz;
 mod cache;
 mod detach;
