@@ -585,10 +585,10 @@ pub fn code_in(line: &str) -> Option<String> {
     line.strip_prefix("verification code: ").map(str::to_owned)
 }
 
-/// Builds, with real Nix, a closure of `paths` paths of `mib` MiB of random bytes each
-/// (which no compressor shrinks) under one top path, unique to `salt`; returns the top.
-pub fn random_closure(paths: usize, mib: u64, salt: &str, dir: &Path) -> String {
-    let expr = dir.join(format!("random-{paths}x{mib}.nix"));
+/// Builds, with real Nix, a closure of `paths` paths of `bytes` random bytes each (which no
+/// compressor shrinks) under one top path, unique to `salt`; returns the top.
+pub fn random_closure(paths: usize, bytes: u64, salt: &str, dir: &Path) -> String {
+    let expr = dir.join(format!("random-{paths}x{bytes}.nix"));
     std::fs::write(
         &expr,
         format!(
@@ -604,7 +604,6 @@ in derivation {{
   args = [ "-c" "echo $parts > $out" ];
 }}
 "#,
-            bytes = mib << 20
         ),
     )
     .unwrap();

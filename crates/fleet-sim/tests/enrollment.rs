@@ -310,7 +310,7 @@ fn users_are_managed_from_the_cli() {
         server.approved_host(host);
         server.yeet(&["host", "tag", host, tag]);
     }
-    let system = fleet_sim::random_closure(1, 1, "scoped-publish", server.dir.path());
+    let system = fleet_sim::random_closure(1, 1 << 20, "scoped-publish", server.dir.path());
     let out = as_bob(&["publish", "--path", &format!("prod-1={system}")]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -226,7 +226,8 @@ fn an_interrupted_publish_resumes_where_it_stopped() {
     let cache = fleet.server.dir.path().join("state/cache");
     // 40 paths of 4 MiB of random bytes (no compressor shrinks them), all referenced by
     // one top path: 160 MiB, enough to stop part-way.
-    let top = fleet_sim::random_closure(40, 4, &fleet.dir().display().to_string(), fleet.dir());
+    let top =
+        fleet_sim::random_closure(40, 4 << 20, &fleet.dir().display().to_string(), fleet.dir());
     let key = fleet.cache.secret_key.display().to_string();
     let path_arg = format!("web-1={top}");
     let args = ["publish", "--path", &path_arg, "--signing-key", &key];

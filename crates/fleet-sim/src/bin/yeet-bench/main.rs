@@ -7,7 +7,8 @@
 //!   `nix copy` with the same compression, and re-publishes of a closure of SMALL paths
 //!   (see `publish.rs`);
 //! - `publish-random [PATHS] [MIB_PER_PATH...]`: the fixed cost of a publish: PATHS paths
-//!   of incompressible random bytes, each size (default 1 and 5 MiB), `yeet publish`
+//!   of incompressible random bytes, each size (default 1 and 5 MiB; fractions such as
+//!   0.01 measure the per-path cost alone), `yeet publish`
 //!   against `nix copy`, the median of 3 rounds each;
 //! - `fleet [N] [REPLICAS]`: release-to-wake latency of N protocol-level agents over
 //!   replicas on PostgreSQL (see `fleet.rs`);
@@ -390,8 +391,8 @@ fn main() {
             args.get(1).and_then(|a| a.parse().ok()).unwrap_or(100),
             args.get(2..)
                 .map(|sizes| sizes.iter().filter_map(|s| s.parse().ok()).collect())
-                .filter(|sizes: &Vec<u64>| !sizes.is_empty())
-                .unwrap_or_else(|| vec![1, 5]),
+                .filter(|sizes: &Vec<f64>| !sizes.is_empty())
+                .unwrap_or_else(|| vec![1.0, 5.0]),
         ),
         Some("secrets") => secrets(
             args.get(1).and_then(|a| a.parse().ok()).unwrap_or(100),

@@ -211,7 +211,7 @@ fn signing_server(dir: &Path) -> (PathBuf, fleet_sim::Server) {
 /// The fixed cost of a publish, with data no compressor shrinks: for each size, `paths`
 /// paths of it published to a fresh embedded cache against `nix copy` of the same closure
 /// to a fresh `file://` cache (zstd, signed); medians of 3 rounds, each on a new closure.
-pub fn publish_random(paths: usize, sizes: Vec<u64>) {
+pub fn publish_random(paths: usize, sizes: Vec<f64>) {
     let dir = tempfile::tempdir().unwrap();
     let (key, server) = signing_server(dir.path());
     let hosts: Vec<String> = (0..sizes.len() * 3).map(|i| format!("bench-{i}")).collect();
@@ -224,7 +224,12 @@ pub fn publish_random(paths: usize, sizes: Vec<u64>) {
         let (mut copies, mut publishes) = (Vec::new(), Vec::new());
         for round in 0..3 {
             let salt = format!("{}-{round}", dir.path().display());
-            let top = fleet_sim::random_closure(paths, mib, &salt, dir.path());
+            let top = fleet_sim::random_closure(
+                paths,
+                (mib * (1 << 20) as f64) as u64,
+                &salt,
+                dir.path(),
+            );
             let target = dir.path().join(format!("copy-{mib}-{round}"));
             copies.push(time_nix_copy(&top, &target, &key));
             let host = hosts.next().unwrap();
