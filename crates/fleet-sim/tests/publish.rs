@@ -319,3 +319,44 @@ fn an_interrupted_publish_resumes_where_it_stopped() {
         String::from_utf8_lossy(&copied.stderr)
     );
 }
+
+/// An upload the server refuses part-way through a closure ends the publish at once with
+/// the server's reason, although `nix-store --export` still has megabytes to send: the
+/// export is cut off, not waited for (a publish used to hang here forever).
+#[test]
+fn a_refused_upload_ends_the_publish_with_the_servers_reason() {
+    let server = fleet_sim::Server::start(fleet_sim::ServerOptions {
+        config: "max_upload_bytes = 1048576\n".into(),
+        ..Default::default()
+    });
+    server.approved_host("web-1");
+    // 12 paths of 2 MiB of random bytes: each NAR is over the limit, and each export
+    // stream has far more than a pipe holds behind the first.
+    let top = fleet_sim::random_closure(12, 2 << 20, "refused-upload", server.dir.path());
+    let mut publish = server
+        .yeet_cmd()
+        .args(["publish", "--path", &format!("web-1={top}")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while publish.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            publish.kill().unwrap();
+            panic!("the publish still ran 60 s after its first upload was refused");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = publish.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("limited to 1048576 bytes") && stderr.contains("max_upload_bytes"),
+        "{stderr}"
+    );
+    // The export's own complaint about the pipe closed on it is not what is shown.
+    assert!(!stderr.contains("Broken pipe"), "{stderr}");
+    let desired: Value = server.yeet_json(&["status"]);
+    assert!(desired[0]["desired_system"].is_null(), "{desired}");
+}

@@ -1,11 +1,11 @@
 //! Packing store paths for the embedded cache without a staging store. Each path's NAR is
-//! cut out of a `nix-store --export` stream and streamed through the compressor while its
-//! NAR hash and the compressed file's hash are computed; the compressed bytes stay in
-//! memory (or, past [`IN_MEMORY_BYTES`], in one temporary file) only until uploaded. The narinfo is
-//! written from the local store's own registration (`nix-store --dump-db`, the signatures
-//! `nix path-info` lists), and the NAR is checked against that registration, so a corrupt
-//! store path is never published.
-
+//! cut out of a `nix-store --export` stream and streamed through the compressor while the
+//! compressed file's hash is computed; the compressed bytes stay in memory (or, past
+//! [`IN_MEMORY_BYTES`], in one temporary file) only until uploaded. The narinfo is written
+//! from the local store's own registration (`nix-store --dump-db`, the signatures
+//! `nix path-info` lists). The NAR is checked against that registration by the export
+//! itself, which hashes what it dumps and fails before a path's trailer if the hash
+//! differs, so a corrupt store path never completes here and is never published.
 use anyhow::{Context, Result, bail};
 use indicatif::ProgressBar;
 use nix_meta::{NarHash, NarInfo, PathInfo, SecretKey};
@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use std::io::{Seek, Write};
 use std::process::{Command, Stdio};
 
-use crate::push::run;
+use crate::push::{collect_output, run, spawn_captured};
 
 /// How NARs are compressed in the embedded cache.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
@@ -59,19 +59,21 @@ const PATHS_PER_CALL: usize = 1000;
 pub fn store_infos(paths: &[String]) -> Result<Vec<PathInfo>> {
     let mut infos = Vec::with_capacity(paths.len());
     for part in paths.chunks(PATHS_PER_CALL) {
-        let dump = run(
-            Command::new("nix-store").arg("--dump-db").args(part),
-            "nix-store --dump-db",
-        )?;
-        let mut chunk =
-            nix_meta::path_info::parse_registrations(nix_meta::DEFAULT_STORE_DIR, &dump)?;
-        let json = run(
+        // Both at once: each is mostly its process's start-up (about 30 ms).
+        let signatures = spawn_captured(
             Command::new("nix")
                 .args(["--extra-experimental-features", "nix-command"])
                 .args(["path-info", "--json"])
                 .args(part),
             "nix path-info --json",
         )?;
+        let dump = run(
+            Command::new("nix-store").arg("--dump-db").args(part),
+            "nix-store --dump-db",
+        )?;
+        let json = collect_output(signatures, "nix path-info --json")?;
+        let mut chunk =
+            nix_meta::path_info::parse_registrations(nix_meta::DEFAULT_STORE_DIR, &dump)?;
         let mut sigs = nix_meta::path_info::parse_signatures(nix_meta::DEFAULT_STORE_DIR, &json)?;
         for info in &mut chunk {
             info.sigs = sigs.remove(&info.store_path).unwrap_or_default();
@@ -135,13 +137,17 @@ impl Write for Spool {
     }
 }
 
-/// Where a NAR streams while it is cut out of an export: the NAR hash, the progress bar,
-/// and the compressor (or straight into the spool).
+/// Where a NAR streams while it is cut out of an export: its length, the progress bar,
+/// and the compressor (or straight into the spool). The NAR is not hashed here again:
+/// `nix-store --export` hashes it as it dumps it and, if that differs from the store's
+/// registration, fails before the path's trailer, so such a NAR never completes.
 struct NarSink<'a> {
-    hasher: Sha256,
     len: u64,
     progress: &'a ProgressBar,
     out: Compressing,
+    /// Whether the compressor or spool refused a write (a full temporary directory): then
+    /// the stream stopped because of us, not because of the export.
+    refused: bool,
 }
 
 enum Compressing {
@@ -151,14 +157,14 @@ enum Compressing {
 
 impl Write for NarSink<'_> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.hasher.update(buf);
         self.len += buf.len() as u64;
         self.progress.inc(buf.len() as u64);
-        match &mut self.out {
-            Compressing::Zstd(e) => e.write_all(buf)?,
-            Compressing::None(s) => s.write_all(buf)?,
-        }
-        Ok(buf.len())
+        let written = match &mut self.out {
+            Compressing::Zstd(e) => e.write_all(buf),
+            Compressing::None(s) => s.write_all(buf),
+        };
+        self.refused |= written.is_err();
+        written.map(|()| buf.len())
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
@@ -166,9 +172,13 @@ impl Write for NarSink<'_> {
     }
 }
 
-fn new_spool() -> Spool {
+/// A spool with room for `expected` bytes (up to [`IN_MEMORY_BYTES`]): growing one by
+/// doubling would copy every NAR about twice more.
+fn new_spool(expected: u64) -> Spool {
     Spool {
-        memory: Vec::new(),
+        memory: Vec::with_capacity(
+            usize::try_from(expected).map_or(IN_MEMORY_BYTES, |n| n.min(IN_MEMORY_BYTES)),
+        ),
         file: None,
         hasher: Sha256::new(),
         len: 0,
@@ -203,41 +213,27 @@ pub fn pack_all(
             std::io::BufReader::with_capacity(1 << 16, stdout),
             nix_meta::DEFAULT_STORE_DIR,
         );
-        let streamed = (|| -> Result<()> {
-            loop {
-                let mut sink = NarSink {
-                    hasher: Sha256::new(),
-                    len: 0,
-                    progress,
-                    out: match compression {
-                        Compression::Zstd => Compressing::Zstd(zstd::stream::write::Encoder::new(
-                            new_spool(),
-                            ZSTD_LEVEL,
-                        )?),
-                        Compression::None => Compressing::None(new_spool()),
-                    },
-                };
-                let Some(exported) = reader.next_into(&mut sink)? else {
-                    return Ok(());
-                };
-                let info = wanted.remove(&exported.store_path).with_context(|| {
-                    format!(
-                        "nix-store --export sent {}, which was not asked for",
-                        exported.store_path
-                    )
-                })?;
-                packed(finish(info, sink, compression)?)?;
-            }
-        })();
+        let streamed = unpack_export(&mut reader, &mut wanted, compression, progress, packed);
+        // Closed before waiting: an export we stopped reading ends on a broken pipe instead
+        // of waiting forever for room in a full one.
+        drop(reader);
         let out = child.wait_with_output().context("nix-store --export")?;
-        if !out.status.success() {
-            bail!(
+        let export_failed = || {
+            anyhow::anyhow!(
                 "nix-store --export failed: {}",
                 String::from_utf8_lossy(&out.stderr).trim()
-            );
+            )
+        };
+        match streamed {
+            // Ours is the cause; the export only failed to write to the pipe we closed.
+            Err(ExportStop::Packing(e)) => return Err(e),
+            Err(ExportStop::Stream(_)) if !out.status.success() => return Err(export_failed()),
+            Err(ExportStop::Stream(e)) => {
+                return Err(e.context("cannot read the exported store paths"));
+            }
+            Ok(()) if !out.status.success() => return Err(export_failed()),
+            Ok(()) => {}
         }
-        streamed
-            .context("cannot pack the exported store paths (is the temporary directory full?)")?;
         if let Some(left) = wanted.keys().next() {
             bail!("nix-store --export left out {left}");
         }
@@ -245,15 +241,69 @@ pub fn pack_all(
     Ok(())
 }
 
+/// Why unpacking an export stopped early: its stream (which the export's own error may
+/// explain), or a path packed or handed over (whose error is the cause).
+enum ExportStop {
+    Stream(anyhow::Error),
+    Packing(anyhow::Error),
+}
+
+/// Packs each path of an export stream, in the stream's order, until it ends.
+fn unpack_export<R: std::io::Read>(
+    reader: &mut nix_meta::export::ExportReader<R>,
+    wanted: &mut std::collections::HashMap<&nix_meta::StorePath, &PathInfo>,
+    compression: Compression,
+    progress: &ProgressBar,
+    packed: &mut dyn FnMut(Packed) -> Result<()>,
+) -> Result<(), ExportStop> {
+    let stream = |e: anyhow::Error| ExportStop::Stream(e);
+    // The next NAR's path is known only after it (Nix orders an export itself): room for
+    // the largest, plus zstd's framing of incompressible data, is reserved for each. Pages
+    // never written are never allocated.
+    let largest = wanted.values().map(|i| i.nar_size).max().unwrap_or(0);
+    let largest = largest + largest / 1024 + 1024;
+    loop {
+        let mut sink = NarSink {
+            len: 0,
+            progress,
+            out: match compression {
+                Compression::Zstd => Compressing::Zstd(
+                    zstd::stream::write::Encoder::new(new_spool(largest), ZSTD_LEVEL)
+                        .map_err(|e| ExportStop::Packing(e.into()))?,
+                ),
+                Compression::None => Compressing::None(new_spool(largest)),
+            },
+            refused: false,
+        };
+        let next = reader.next_into(&mut sink);
+        let Some(exported) = next.map_err(|e| match sink.refused {
+            true => ExportStop::Packing(anyhow::Error::new(e).context(
+                "cannot pack the exported store paths (is the temporary directory full?)",
+            )),
+            false => stream(e.into()),
+        })?
+        else {
+            return Ok(());
+        };
+        let info = wanted.remove(&exported.store_path).ok_or_else(|| {
+            stream(anyhow::anyhow!(
+                "nix-store --export sent {}, which was not asked for",
+                exported.store_path
+            ))
+        })?;
+        finish(info, sink, compression)
+            .and_then(&mut *packed)
+            .map_err(ExportStop::Packing)?;
+    }
+}
+
 /// The narinfo and NAR file of one path whose NAR has streamed into `sink`.
 fn finish(info: &PathInfo, sink: NarSink<'_>, compression: Compression) -> Result<Packed> {
     let path = info.store_path.in_store(&info.store_dir);
-    let nar_hash = NarHash(sink.hasher.finalize().into());
-    if nar_hash != info.nar_hash || sink.len != info.nar_size {
+    if sink.len != info.nar_size {
         bail!(
-            "{path} does not match the store's registration (NAR {nar_hash}, {} bytes; registered {}, {} bytes): the store is corrupt; run `nix-store --verify --check-contents --repair`",
+            "{path} does not match the store's registration (NAR of {} bytes; registered {} bytes): the store is corrupt; run `nix-store --verify --check-contents --repair`",
             sink.len,
-            info.nar_hash,
             info.nar_size
         );
     }
@@ -281,7 +331,7 @@ fn finish(info: &PathInfo, sink: NarSink<'_>, compression: Compression) -> Resul
         compression: compression.narinfo_name().to_owned(),
         file_hash: Some(NarHash(file_sha256)),
         file_size: Some(spool.len),
-        nar_hash,
+        nar_hash: info.nar_hash,
         nar_size: sink.len,
         references: info.references.clone(),
         deriver: None,

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use yeet_client::Client;
 
-use crate::pack::{Compression, Spooled, pack_all, sign, store_infos};
+use crate::pack::{Compression, Packed, Spooled, pack_all, sign, store_infos};
 
 pub enum Target {
     Embedded {
@@ -24,9 +24,23 @@ pub enum Target {
 
 /// Runs a Nix command (or a push tool) and returns its stdout; its stderr on failure.
 pub fn run(cmd: &mut Command, what: &str) -> Result<String> {
-    let out = cmd
-        .output()
-        .with_context(|| format!("cannot run {what} (is Nix installed?)"))?;
+    collect_output(spawn_captured(cmd, what)?, what)
+}
+
+/// Starts a command whose output [`collect_output`] collects, so that several run at once.
+pub fn spawn_captured(cmd: &mut Command, what: &str) -> Result<std::process::Child> {
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot run {what} (is Nix installed?)"))
+}
+
+/// Waits for a command [`spawn_captured`] started; its stdout, or its stderr on failure.
+pub fn collect_output(child: std::process::Child, what: &str) -> Result<String> {
+    let out = child
+        .wait_with_output()
+        .with_context(|| format!("waiting for {what}"))?;
     if !out.status.success() {
         bail!(
             "{what} failed: {}",
@@ -253,42 +267,8 @@ fn check_signed(infos: &[nix_meta::PathInfo], trusted: &[nix_meta::PublicKey]) -
     Ok(())
 }
 
-/// Runs `work` on every item from `workers` threads; stops at the first error.
-fn in_parallel<T: Sync>(
-    items: &[T],
-    workers: usize,
-    work: impl Fn(&T) -> Result<()> + Sync,
-) -> Result<()> {
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let failed = std::sync::atomic::AtomicBool::new(false);
-    let ordering = std::sync::atomic::Ordering::SeqCst;
-    std::thread::scope(|scope| {
-        let threads: Vec<_> = (0..workers.max(1))
-            .map(|_| {
-                scope.spawn(|| -> Result<()> {
-                    while !failed.load(ordering) {
-                        let Some(item) = items.get(next.fetch_add(1, ordering)) else {
-                            return Ok(());
-                        };
-                        work(item).inspect_err(|_| failed.store(true, ordering))?;
-                    }
-                    Ok(())
-                })
-            })
-            .collect();
-        threads
-            .into_iter()
-            .map(|t| {
-                t.join()
-                    .unwrap_or_else(|_| bail!("an upload thread panicked"))
-            })
-            .collect::<Result<Vec<()>>>()
-            .map(drop)
-    })
-}
-
 /// Splits `infos` (largest first) into `shares` lists of about equal NAR bytes: each is
-/// packed by one export stream and uploaded by one thread.
+/// packed by one export stream.
 fn balanced(infos: &[nix_meta::PathInfo], shares: usize) -> Vec<Vec<&nix_meta::PathInfo>> {
     let mut lists: Vec<(u64, Vec<&nix_meta::PathInfo>)> = vec![(0, Vec::new()); shares.max(1)];
     for info in infos {
@@ -304,10 +284,14 @@ fn balanced(infos: &[nix_meta::PathInfo], shares: usize) -> Vec<Vec<&nix_meta::P
         .collect()
 }
 
-/// Uploads in parallel: as many as the server lets one key run at once (4 by default),
-/// whatever the number of cores: each upload waits for the server's check and `fsync` about
-/// as long as it computes (on 2 cores, 4 of them took the fixed cost of 100 paths of 1 MiB
-/// from 2.06 to 1.69 times `nix copy`'s).
+/// Export streams packing at once: one per core of a small machine. Each is a
+/// `nix-store --export` process (about 30 ms to start, so more cost more than they gain on
+/// 2 cores) and a thread that compresses and hashes what it sends.
+const PACKING_STREAMS: usize = 2;
+
+/// Uploads in flight: as many as the server lets one key run at once (4 by default),
+/// whatever the number of cores, because each upload mostly waits for the server's checks
+/// and `fsync`.
 const UPLOAD_WORKERS: usize = 4;
 
 fn push_embedded(
@@ -343,9 +327,11 @@ fn push_embedded(
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let publisher = NarinfoPublisher::new(client, &infos, &bar);
-    let workers = UPLOAD_WORKERS;
-    in_parallel(&balanced(&infos, workers), workers, |share| {
-        pack_all(share, compression, &bar, &mut |packed| {
+    pack_and_upload(
+        &balanced(&infos, PACKING_STREAMS),
+        compression,
+        &bar,
+        |packed| {
             let url = format!("/cache/{}", packed.narinfo.url);
             match packed.file {
                 Spooled::Memory(bytes) => {
@@ -354,11 +340,102 @@ fn push_embedded(
                 Spooled::File(file) => client.put_hashed(&url, &packed.file_sha256, file)?,
             }
             publisher.nar_uploaded(packed.narinfo)
-        })
-    })?;
+        },
+    )?;
     bar.finish_and_clear();
     report.pushed_bytes = publisher.finish()?;
     Ok(report)
+}
+
+/// Packs each share on a thread of its own and uploads what they pack from
+/// [`UPLOAD_WORKERS`] threads, so that packing (CPU) and uploads (waiting for the server)
+/// overlap. A packed path is handed over only when an uploader takes it, so at most one per
+/// stream waits in memory. Stops at the first error, which is the one returned.
+fn pack_and_upload(
+    shares: &[Vec<&nix_meta::PathInfo>],
+    compression: Compression,
+    progress: &ProgressBar,
+    upload: impl Fn(Packed) -> Result<()> + Sync,
+) -> Result<()> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex, mpsc};
+    let failed = AtomicBool::new(false);
+    let (handover, packed) = mpsc::sync_channel::<Packed>(0);
+    // Owned by the uploaders alone: once the last one stops, the receiver is gone and a
+    // packer waiting to hand over learns it at once instead of waiting forever.
+    let packed = Arc::new(Mutex::new(packed));
+    std::thread::scope(|scope| {
+        let (failed, upload) = (&failed, &upload);
+        let packers: Vec<_> = shares
+            .iter()
+            .map(|share| {
+                let handover = handover.clone();
+                scope.spawn(move || -> Result<()> {
+                    let packing = pack_all(share, compression, progress, &mut |item| {
+                        if failed.load(Ordering::SeqCst) || handover.send(item).is_err() {
+                            bail!(Stopped);
+                        }
+                        Ok(())
+                    });
+                    stop_on_error(packing, failed)
+                })
+            })
+            .collect();
+        drop(handover);
+        let uploaders: Vec<_> = (0..UPLOAD_WORKERS)
+            .map(|_| {
+                let packed = Arc::clone(&packed);
+                scope.spawn(move || -> Result<()> {
+                    loop {
+                        let next = match packed.lock() {
+                            Ok(receiver) => receiver.recv(),
+                            Err(_) => bail!("an upload thread panicked"),
+                        };
+                        // Every packer is done (or stopped): nothing more will come.
+                        let Ok(item) = next else { return Ok(()) };
+                        if failed.load(Ordering::SeqCst) {
+                            return Ok(());
+                        }
+                        stop_on_error(upload(item), failed)?;
+                    }
+                })
+            })
+            .collect();
+        drop(packed);
+        let mut first_error = None;
+        for thread in packers.into_iter().chain(uploaders) {
+            let outcome = thread
+                .join()
+                .unwrap_or_else(|_| bail!("a packing or upload thread panicked"));
+            if let Err(e) = outcome
+                && !e.is::<Stopped>()
+                && first_error.is_none()
+            {
+                first_error = Some(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    })
+}
+
+/// A thread that stopped because another failed; the other's error is the one reported.
+#[derive(Debug)]
+struct Stopped;
+
+impl std::fmt::Display for Stopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("stopped because another upload failed")
+    }
+}
+
+impl std::error::Error for Stopped {}
+
+/// Passes `outcome` on, telling the other threads to stop if it failed.
+fn stop_on_error(outcome: Result<()>, failed: &std::sync::atomic::AtomicBool) -> Result<()> {
+    if outcome.is_err() {
+        failed.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+    outcome
 }
 
 /// Publishes narinfos as soon as they may be seen: a path's narinfo goes up once its NAR is
