@@ -34,6 +34,14 @@ fn publish() {
 }
 
 #[test]
+fn publish_random() {
+    smoke(
+        &["publish-random", "3", "0.01", "split"],
+        &["3 paths of 0.01 MiB random (publisher on CPU 0, server on CPU 1): nix copy"],
+    );
+}
+
+#[test]
 fn checkins() {
     smoke(&["checkins", "1", "2"], &["ratio signed/bare:"]);
 }

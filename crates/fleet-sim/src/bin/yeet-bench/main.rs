@@ -6,10 +6,11 @@
 //! - `publish [MIB] [PATHS] [SMALL]`: `yeet publish` of a generated closure against
 //!   `nix copy` with the same compression, and re-publishes of a closure of SMALL paths
 //!   (see `publish.rs`);
-//! - `publish-random [PATHS] [MIB_PER_PATH...]`: the fixed cost of a publish: PATHS paths
-//!   of incompressible random bytes, each size (default 1 and 5 MiB; fractions such as
-//!   0.01 measure the per-path cost alone), `yeet publish`
-//!   against `nix copy`, the median of 3 rounds each;
+//! - `publish-random [PATHS] [MIB_PER_PATH...] [split]`: the fixed cost of a publish: PATHS
+//!   paths of incompressible random bytes, each size (default 1 and 5 MiB; fractions such
+//!   as 0.01 measure the per-path cost alone), `yeet publish` against `nix copy`, the
+//!   median of 3 rounds each; with `split`, the server on one CPU and the publisher on the
+//!   other, as on two machines;
 //! - `fleet [N] [REPLICAS]`: release-to-wake latency of N protocol-level agents over
 //!   replicas on PostgreSQL (see `fleet.rs`);
 //! - `hold [N]`: the server's RSS with N held long-polls, per held poll (see `hold.rs`);
@@ -393,6 +394,7 @@ fn main() {
                 .map(|sizes| sizes.iter().filter_map(|s| s.parse().ok()).collect())
                 .filter(|sizes: &Vec<f64>| !sizes.is_empty())
                 .unwrap_or_else(|| vec![1.0, 5.0]),
+            args.iter().any(|a| a == "split"),
         ),
         Some("secrets") => secrets(
             args.get(1).and_then(|a| a.parse().ok()).unwrap_or(100),
@@ -420,7 +422,7 @@ fn main() {
             args.get(2).and_then(|a| a.parse().ok()).unwrap_or(4),
         ),
         _ => eprintln!(
-            "usage: yeet-bench realnix [N] | hold [N] | fleet [N] [REPLICAS] | idle [SECONDS] | publish [MIB] [PATHS] [SMALL] | publish-random [PATHS] [MIB_PER_PATH...] | checkins [SECONDS] [CLIENTS] [postgres] | secrets [SECRETS] [ROUNDS] | secret-latency [ROUNDS] [INTERVAL] | osquery-logs [BATCHES] [NODES] | audit [HOSTS] [ROUNDS] [postgres]"
+            "usage: yeet-bench realnix [N] | hold [N] | fleet [N] [REPLICAS] | idle [SECONDS] | publish [MIB] [PATHS] [SMALL] | publish-random [PATHS] [MIB_PER_PATH...] [split] | checkins [SECONDS] [CLIENTS] [postgres] | secrets [SECRETS] [ROUNDS] | secret-latency [ROUNDS] [INTERVAL] | osquery-logs [BATCHES] [NODES] | audit [HOSTS] [ROUNDS] [postgres]"
         ),
     }
 }

@@ -131,14 +131,14 @@ fn nar_mib(top: &str) -> (usize, f64) {
 
 /// Seconds `nix copy` of `top`'s closure to a `file://` cache at `target` takes, with the
 /// embedded cache's compression (zstd) and signed with `key`, as a publish signs.
-fn time_nix_copy(top: &str, target: &Path, key: &Path) -> f64 {
+fn time_nix_copy(top: &str, target: &Path, key: &Path, core: Option<usize>) -> f64 {
     let to = format!(
         "file://{}?compression=zstd&secret-key={}",
         target.display(),
         key.display()
     );
     let started = Instant::now();
-    run_ok(Command::new("nix").args([
+    run_ok(pinned(Command::new("nix"), core).args([
         "--extra-experimental-features",
         "nix-command",
         "copy",
@@ -149,14 +149,38 @@ fn time_nix_copy(top: &str, target: &Path, key: &Path) -> f64 {
     started.elapsed().as_secs_f64()
 }
 
-/// Seconds `yeet publish --path HOST=TOP EXTRA...` takes; asserts it succeeded.
-fn time_publish(server: &fleet_sim::Server, host: &str, top: &str, extra: &[&str]) -> f64 {
+/// Seconds `yeet publish --path HOST=TOP EXTRA...` takes (on CPU `core` alone, with the
+/// Nix processes it starts, if given); asserts it succeeded.
+fn time_publish(
+    server: &fleet_sim::Server,
+    host: &str,
+    top: &str,
+    extra: &[&str],
+    core: Option<usize>,
+) -> f64 {
     let started = Instant::now();
     let pair = format!("{host}={top}");
-    let mut args = vec!["publish", "--path", &pair];
-    args.extend_from_slice(extra);
-    server.yeet(&args);
+    let yeet = server.yeet_cmd();
+    let mut cmd = pinned(Command::new(yeet.get_program()), core);
+    for (name, value) in yeet.get_envs() {
+        match value {
+            Some(value) => cmd.env(name, value),
+            None => cmd.env_remove(name),
+        };
+    }
+    run_ok(cmd.args(["publish", "--path", &pair]).args(extra));
     started.elapsed().as_secs_f64()
+}
+
+/// `program`, run by `taskset` on CPU `core` alone (its children inherit it), if given.
+fn pinned(program: Command, core: Option<usize>) -> Command {
+    let Some(core) = core else {
+        return program;
+    };
+    let mut cmd = Command::new("taskset");
+    cmd.args(["-c", &core.to_string()])
+        .arg(program.get_program());
+    cmd
 }
 
 pub fn publish(mib: u64, paths: usize, small: usize) {
@@ -172,8 +196,8 @@ pub fn publish(mib: u64, paths: usize, small: usize) {
     let signed = ["--signing-key", key_arg.as_str()];
 
     let (count, nar) = nar_mib(&large);
-    let nix_copy = time_nix_copy(&large, &dir.path().join("nix-copy"), &key);
-    let yeet = time_publish(&server, "bench-1", &large, &signed);
+    let nix_copy = time_nix_copy(&large, &dir.path().join("nix-copy"), &key, None);
+    let yeet = time_publish(&server, "bench-1", &large, &signed, None);
     println!(
         "generated closure: {count} paths, {nar:.0} MiB of NARs ({generated:.1} s to generate or find)"
     );
@@ -182,9 +206,9 @@ pub fn publish(mib: u64, paths: usize, small: usize) {
     println!("ratio yeet/nix-copy: {:.2}", yeet / nix_copy);
 
     let (small_count, _) = nar_mib(&small_top);
-    let first = time_publish(&server, "bench-2", &small_top, &signed);
-    let unchanged = time_publish(&server, "bench-2", &small_top, &signed);
-    let forced = time_publish(&server, "bench-3", &small_top, &signed);
+    let first = time_publish(&server, "bench-2", &small_top, &signed, None);
+    let unchanged = time_publish(&server, "bench-2", &small_top, &signed, None);
+    let forced = time_publish(&server, "bench-3", &small_top, &signed, None);
     println!("closure of {small_count} small paths:");
     println!("  first publish:                                  {first:>9.3} s");
     println!("  unchanged re-publish (no host changes):         {unchanged:>9.3} s");
@@ -211,9 +235,20 @@ fn signing_server(dir: &Path) -> (PathBuf, fleet_sim::Server) {
 /// The fixed cost of a publish, with data no compressor shrinks: for each size, `paths`
 /// paths of it published to a fresh embedded cache against `nix copy` of the same closure
 /// to a fresh `file://` cache (zstd, signed); medians of 3 rounds, each on a new closure.
-pub fn publish_random(paths: usize, sizes: Vec<f64>) {
+/// With `split`, the server runs on CPU 1 and the publisher (or `nix copy`) on CPU 0, as if
+/// they were two machines: what a publish costs the machine that runs it.
+pub fn publish_random(paths: usize, sizes: Vec<f64>, split: bool) {
     let dir = tempfile::tempdir().unwrap();
     let (key, server) = signing_server(dir.path());
+    let client_core = split.then_some(0);
+    if split {
+        // -a: every thread the server has; those it starts later inherit the CPU.
+        run_ok(
+            Command::new("taskset")
+                .args(["-a", "-p", "-c", "1"])
+                .arg(server.proc.child.id().to_string()),
+        );
+    }
     let hosts: Vec<String> = (0..sizes.len() * 3).map(|i| format!("bench-{i}")).collect();
     for host in &hosts {
         server.approved_host(host);
@@ -231,13 +266,14 @@ pub fn publish_random(paths: usize, sizes: Vec<f64>) {
                 dir.path(),
             );
             let target = dir.path().join(format!("copy-{mib}-{round}"));
-            copies.push(time_nix_copy(&top, &target, &key));
+            copies.push(time_nix_copy(&top, &target, &key, client_core));
             let host = hosts.next().unwrap();
             publishes.push(time_publish(
                 &server,
                 host,
                 &top,
                 &["--signing-key", &key_arg],
+                client_core,
             ));
         }
         let median = |v: &mut Vec<f64>| {
@@ -245,8 +281,13 @@ pub fn publish_random(paths: usize, sizes: Vec<f64>) {
             v[v.len() / 2]
         };
         let (copy, publish) = (median(&mut copies), median(&mut publishes));
+        let cores = if split {
+            " (publisher on CPU 0, server on CPU 1)"
+        } else {
+            ""
+        };
         println!(
-            "{paths} paths of {mib} MiB random: nix copy {copy:.2} s, yeet publish {publish:.2} s, ratio {:.2}",
+            "{paths} paths of {mib} MiB random{cores}: nix copy {copy:.2} s, yeet publish {publish:.2} s, ratio {:.2}",
             publish / copy
         );
     }
