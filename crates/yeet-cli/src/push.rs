@@ -557,12 +557,20 @@ impl<'a> NarinfoPublisher<'a> {
     }
 
     /// The compressed bytes published; an error if a narinfo could not go up (a reference
-    /// never uploaded, which a Nix store's closure cannot cause).
+    /// never uploaded, which a Nix store's closure cannot cause) or a path never came.
     fn finish(&self) -> Result<u64> {
         let state = self.lock()?;
         if let Some(stuck) = state.uploaded.keys().next() {
             bail!(
                 "the narinfo of {stuck} was not published: a path it references was not uploaded"
+            );
+        }
+        // Every path, or an error: a release must never name a closure half uploaded.
+        if let Some(never) = state.needs.keys().find(|h| !state.published.contains(*h)) {
+            bail!(
+                "{never} was never uploaded ({} of {} paths were); run the publish again",
+                state.published.len(),
+                state.needs.len()
             );
         }
         Ok(state.published_bytes)
