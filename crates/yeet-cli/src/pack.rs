@@ -261,7 +261,7 @@ fn unpack_export<R: std::io::Read>(
     // the largest, plus zstd's framing of incompressible data, is reserved for each. Pages
     // never written are never allocated.
     let largest = wanted.values().map(|i| i.nar_size).max().unwrap_or(0);
-    let largest = largest + largest / 1024 + 1024;
+    let largest = largest.saturating_add(largest / 1024).saturating_add(1024);
     loop {
         let mut sink = NarSink {
             len: 0,
