@@ -292,15 +292,15 @@ impl Service {
             .collect())
     }
 
-    /// How many hosts would still hold `name` after revoking it from `host_ids` and from
+    /// Whether any host would still hold `name` after revoking it from `host_ids` and from
     /// `tags`: a host keeps a direct grant it is not revoked from, and a grant by any tag it
     /// carries that stays granted.
-    async fn holders_after_revoke(
+    async fn held_after_revoke(
         &self,
         name: &str,
         host_ids: &[i64],
         tags: &BTreeSet<String>,
-    ) -> Result<usize> {
+    ) -> Result<bool> {
         let kept_tags: BTreeSet<String> = self
             .store
             .list_tag_grants()
@@ -327,11 +327,10 @@ impl Service {
             .await?
             .iter()
             .filter(|g| g.secret == name)
-            .filter(|g| {
+            .any(|g| {
                 (g.via_tag.is_empty() && !host_ids.contains(&g.host_id))
                     || carries_kept_tag.contains(&g.host_id)
-            })
-            .count())
+            }))
     }
 
     /// May a scoped admin change this secret? Only when it is theirs: granted to at least
@@ -483,16 +482,16 @@ impl Service {
         }
         self.require_own_secret(scope, name).await?;
         let host_ids = self.host_ids(scope, &req.hosts).await?;
-        if !grant && scope != Scope::Fleet {
-            let left = self.holders_after_revoke(name, &host_ids, &tags).await?;
-            if left == 0 {
-                return Err(ServiceError::refused(
-                    ErrorCode::UngrantedSecret,
-                    format!(
-                        "that would leave {name} granted to no host, which in a scope is nobody's secret; remove it instead (`yeet secret rm {name}`)"
-                    ),
-                ));
-            }
+        if !grant
+            && scope != Scope::Fleet
+            && !self.held_after_revoke(name, &host_ids, &tags).await?
+        {
+            return Err(ServiceError::refused(
+                ErrorCode::UngrantedSecret,
+                format!(
+                    "that would leave {name} granted to no host, which in a scope is nobody's secret; remove it instead (`yeet secret rm {name}`)"
+                ),
+            ));
         }
         let action = if grant { "granted" } else { "revoked" };
         let tags: Vec<String> = tags.into_iter().collect();
