@@ -157,19 +157,24 @@ mod tests {
 
     #[test]
     fn darwin_systems_are_applied_as_darwin_rebuild_does() {
-        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let sys = dir.path().join("darwin-system");
         std::fs::create_dir_all(&sys).unwrap();
         let trace = dir.path().join("trace");
         for script in ["activate-user", "activate"] {
-            let p = sys.join(script);
-            std::fs::write(
-                &p,
-                format!("#!/bin/sh\necho {script} >> {}\n", trace.display()),
-            )
-            .unwrap();
-            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+            // A child shell writes the script, so this process never holds it open for
+            // writing: a sibling test forking meanwhile would inherit that descriptor
+            // until its exec, and running the script would fail with "Text file busy".
+            let written = Command::new("/bin/sh")
+                .arg("-c")
+                .arg(r#"printf '#!/bin/sh\necho %s >> %s\n' "$2" "$3" > "$1" && chmod 755 "$1""#)
+                .arg("sh")
+                .arg(sys.join(script))
+                .arg(script)
+                .arg(&trace)
+                .status()
+                .unwrap();
+            assert!(written.success());
         }
         let path = sys.to_str().unwrap();
         let log = File::create(dir.path().join("log")).unwrap();
