@@ -15,7 +15,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 
 use commands::{
     Connection, Json, approve, audit, cache, diff, host, key, log, osquery, pending, publish,
-    releases, secret, status, user, vm, wait, whoami,
+    releases, rollout, secret, status, user, vm, wait, whoami,
 };
 
 #[derive(Parser)]
@@ -69,8 +69,15 @@ enum Command {
     /// Show one release: hosts, systems, author, message.
     #[command(subcommand)]
     Release(releases::ReleaseCommand),
-    /// Point hosts back at their previous systems, as a new release.
+    /// Point hosts back at their previous systems, as a new release (at once, whatever
+    /// the rollout policy).
     Rollback(releases::RollbackArgs),
+    /// Staged rollouts: policies (waves, bake, failure threshold), status, pause, resume,
+    /// abort, promote.
+    #[command(subcommand)]
+    Rollout(rollout::RolloutCommand),
+    /// List rollouts, newest first.
+    Rollouts(rollout::RolloutsArgs),
     /// Offer hosts their desired system once more, after fixing why they failed or refused it.
     Retry(releases::RetryArgs),
     /// Package-level difference between a host's current and desired systems
@@ -175,6 +182,8 @@ fn dispatch(cli: &Cli) -> Result<()> {
         Command::Release(command) => releases::show(command, c),
         Command::Rollback(args) => releases::rollback(args, c),
         Command::Retry(args) => releases::retry(args, c),
+        Command::Rollout(command) => rollout::run(command, c),
+        Command::Rollouts(args) => rollout::list(args, c),
         Command::Diff(args) => diff::run(args, c),
         Command::Cache(command) => cache::run(command, c),
         Command::Secret(command) => secret::run(command, c),

@@ -23,6 +23,9 @@ use yeet_proto::osquery::{
     Campaign, CarveInfo, LogFilter, OsqueryLogPage, OsqueryNode, OsqueryOption, ScheduledQuery,
     SetOption, StartCarve, StartQuery,
 };
+use yeet_proto::rollout::{
+    NamedPolicy, Rollout, RolloutControl, RolloutPolicy, StartRolloutRequest,
+};
 
 use crate::{Client, ClientError};
 
@@ -190,6 +193,39 @@ impl Client {
 
     pub fn create_release(&self, req: &CreateReleaseRequest) -> Result<Release> {
         self.post(paths::RELEASES, req)
+    }
+
+    pub fn rollout_policies(&self) -> Result<Vec<NamedPolicy>> {
+        self.get(paths::ROLLOUT_POLICIES)
+    }
+
+    pub fn set_rollout_policy(&self, name: &str, policy: &RolloutPolicy) -> Result<NamedPolicy> {
+        self.put(&paths::rollout_policy(&paths::segment(name)), policy)
+    }
+
+    pub fn remove_rollout_policy(&self, name: &str) -> Result<()> {
+        self.delete::<Done>(&paths::rollout_policy(&paths::segment(name)))
+            .map(drop)
+    }
+
+    pub fn rollouts(&self, limit: Limit) -> Result<Vec<Rollout>> {
+        self.get(&paths::rollouts(&limit))
+    }
+
+    pub fn rollout(&self, id: i64) -> Result<Rollout> {
+        self.get(&paths::rollout(&id.to_string()))
+    }
+
+    pub fn start_rollout(&self, req: &StartRolloutRequest) -> Result<Release> {
+        self.post(paths::ROLLOUTS, req)
+    }
+
+    /// Pause, resume, abort or promote a rollout; answers it as it is after.
+    pub fn control_rollout(&self, id: i64, control: RolloutControl) -> Result<Rollout> {
+        self.post(
+            &paths::rollout_control(&id.to_string(), control.as_str()),
+            &serde_json::json!({}),
+        )
     }
 
     pub fn rollback(&self, req: &RollbackRequest) -> Result<Release> {

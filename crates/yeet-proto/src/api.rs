@@ -29,6 +29,23 @@ pub mod paths {
     pub const USERS: &str = "/v1/users";
     /// The audit log (`yeet audit`).
     pub const AUDIT: &str = "/v1/audit";
+    pub const ROLLOUT_POLICIES: &str = "/v1/rollout-policies";
+    pub const ROLLOUTS: &str = "/v1/rollouts";
+
+    /// `/v1/rollout-policies/{name}`
+    pub fn rollout_policy(name: &str) -> String {
+        format!("{ROLLOUT_POLICIES}/{name}")
+    }
+
+    /// `/v1/rollouts/{id}`
+    pub fn rollout(id: &str) -> String {
+        format!("{ROLLOUTS}/{id}")
+    }
+
+    /// `/v1/rollouts/{id}/{action}`: pause, resume, abort, promote.
+    pub fn rollout_control(id: &str, action: &str) -> String {
+        format!("{ROLLOUTS}/{id}/{action}")
+    }
 
     /// `/v1/users/{name}`
     pub fn user(name: &str) -> String {
@@ -153,6 +170,11 @@ pub mod paths {
                 ("limit", filter.limit.map(|l| l.to_string())),
             ],
         )
+    }
+
+    /// `GET /v1/rollouts` with its limit.
+    pub fn rollouts(limit: &super::Limit) -> String {
+        with_query(ROLLOUTS, &[("limit", limit.limit.map(|l| l.to_string()))])
     }
 
     /// `GET /v1/hosts/{name}/activations` with its limit (`name` is encoded here).
@@ -586,7 +608,7 @@ pub struct RenameRequest {
     pub new_name: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct CreateReleaseRequest {
     /// Host name → store path.
     pub hosts: BTreeMap<String, String>,
@@ -602,6 +624,13 @@ pub struct CreateReleaseRequest {
     /// The source tree had uncommitted changes.
     #[serde(default)]
     pub dirty: bool,
+    /// Apply the release in waves, by this rollout policy (`yeet rollout policy set`);
+    /// `None`: the server's default policy, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<String>,
+    /// Reach every host at once, whatever the default policy (an emergency fix).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub now: bool,
 }
 
 /// Points hosts back at their previous systems: either the named hosts (before their newest
@@ -683,30 +712,6 @@ pub struct Release {
     #[serde(default)]
     pub dirty: bool,
     pub hosts: BTreeMap<String, String>,
-}
-
-/// Gives an enum its wire names once: `as_str` and `FromStr` agree with each other and with
-/// the kebab-case serde names, and the database stores the same strings.
-macro_rules! wire_names {
-    ($ty:ident, $what:literal { $($variant:ident => $name:literal),+ $(,)? }) => {
-        impl $ty {
-            pub fn as_str(self) -> &'static str {
-                match self {
-                    $($ty::$variant => $name),+
-                }
-            }
-        }
-
-        impl std::str::FromStr for $ty {
-            type Err = String;
-            fn from_str(s: &str) -> Result<Self, String> {
-                match s {
-                    $($name => Ok($ty::$variant),)+
-                    other => Err(format!(concat!("unknown ", $what, " {:?} (expected one of: {})"), other, [$($name),+].join(", "))),
-                }
-            }
-        }
-    };
 }
 
 wire_names!(AgentState, "agent state" { Standby => "standby", Updating => "updating", RolledBack => "rolled-back", RebootRequired => "reboot-required" });

@@ -16,6 +16,21 @@ pub const CHECKPOINT: &str = "audit.checkpoint";
 /// reads that are answered are not recorded.
 pub const READ_REFUSED: &str = "read";
 
+/// The actor of what the server does by itself: a rollout's automatic transitions.
+pub const SERVER_ACTOR: &str = "server";
+
+/// A rollout's transitions, each recorded with its cause in `details`. Operators' actions
+/// on rollouts (`rollout.pause`, ...) are recorded as their routes are.
+pub const ROLLOUT_SUPERSEDED: &str = "rollout.superseded";
+pub const ROLLOUT_WAVE_OPENED: &str = "rollout.wave-opened";
+/// Every online host of the open wave confirmed: its bake began.
+pub const ROLLOUT_BAKE_STARTED: &str = "rollout.bake-started";
+pub const ROLLOUT_WAVE_PASSED: &str = "rollout.wave-passed";
+pub const ROLLOUT_HALTED: &str = "rollout.halted";
+pub const ROLLOUT_COMPLETED: &str = "rollout.completed";
+/// Hosts deferred by their wave (offline then) were given the release on their return.
+pub const ROLLOUT_DEFERRED_OPENED: &str = "rollout.deferred-opened";
+
 /// The `outcome` of an action that was carried out; a refused one holds the error code.
 pub const DONE: &str = "done";
 

@@ -106,6 +106,11 @@ error_codes! {
     LogTooLarge => "log_too_large", 422, "The activation log is larger than the server keeps.";
     DetachRefused => "detach_refused", 403, "The host's policy does not let it detach; an admin can allow it with `yeet host policy HOST --allow-detach`.";
     NotDetached => "not_detached", 409, "The host is not detached.";
+    // Rollouts.
+    UnknownPolicy => "unknown_policy", 404, "No rollout policy has this name; `yeet rollout policy list` shows them.";
+    InvalidPolicy => "invalid_policy", 422, "The rollout policy or its name is malformed (waves, bake, thresholds), or a release names a policy that does not exist.";
+    UnknownRollout => "unknown_rollout", 404, "No rollout has this id.";
+    RolloutConflict => "rollout_conflict", 409, "The rollout cannot do that in its state (a halted rollout cannot resume; a finished one cannot pause).";
     // Binary caches.
     NoEmbeddedCache => "no_embedded_cache", 404, "This server's embedded cache is disabled.";
     NotACacheFile => "not_a_cache_file", 404, "The upload's path is not a narinfo or NAR file name.";

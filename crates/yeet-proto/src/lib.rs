@@ -3,6 +3,30 @@
 //! but for `clock`: callers bring randomness and files, so both server and clients share
 //! exactly one definition.
 
+/// Gives an enum its wire names once: `as_str` and `FromStr` agree with each other and with
+/// the kebab-case serde names, and the database stores the same strings.
+macro_rules! wire_names {
+    ($ty:ident, $what:literal { $($variant:ident => $name:literal),+ $(,)? }) => {
+        impl $ty {
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($ty::$variant => $name),+
+                }
+            }
+        }
+
+        impl std::str::FromStr for $ty {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                match s {
+                    $($name => Ok($ty::$variant),)+
+                    other => Err(format!(concat!("unknown ", $what, " {:?} (expected one of: {})"), other, [$($name),+].join(", "))),
+                }
+            }
+        }
+    };
+}
+
 pub mod api;
 pub mod audit;
 #[cfg(feature = "cli-check")]
@@ -13,6 +37,7 @@ pub mod fields;
 pub mod identity;
 pub mod names;
 pub mod osquery;
+pub mod rollout;
 pub mod secrets;
 pub mod signing;
 pub mod text;

@@ -26,9 +26,79 @@ pub fn clean_line(text: &str, max_chars: usize) -> String {
     clean(text, max_chars, false)
 }
 
+/// A duration as people write it: `90s`, `10m`, `1h30m`.
+pub fn show_duration(d: std::time::Duration) -> String {
+    let secs = d.as_secs();
+    match (secs / 3600, secs % 3600 / 60, secs % 60) {
+        (0, 0, s) => format!("{s}s"),
+        (0, m, 0) => format!("{m}m"),
+        (0, m, s) => format!("{m}m{s}s"),
+        (h, 0, 0) => format!("{h}h"),
+        (h, m, _) => format!("{h}h{m}m"),
+    }
+}
+
+/// Parses `90`, `90s`, `10m`, `1h`, `1h30m`: whole seconds, minutes, hours.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let invalid = || format!("{text:?} is no duration; write e.g. 90s, 10m or 1h");
+    let mut total = 0u64;
+    let mut digits = String::new();
+    for c in text.trim().chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
+        }
+        let unit = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            _ => return Err(invalid()),
+        };
+        let n: u64 = digits.parse().map_err(|_| invalid())?;
+        total = n
+            .checked_mul(unit)
+            .and_then(|s| total.checked_add(s))
+            .ok_or_else(invalid)?;
+        digits.clear();
+    }
+    if !digits.is_empty() {
+        let n: u64 = digits.parse().map_err(|_| invalid())?;
+        total = total.checked_add(n).ok_or_else(invalid)?;
+    }
+    if text.trim().is_empty() {
+        return Err(invalid());
+    }
+    Ok(std::time::Duration::from_secs(total))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_read_as_people_write_them() {
+        for (text, secs) in [
+            ("90", 90),
+            ("90s", 90),
+            ("10m", 600),
+            ("1h", 3600),
+            ("1h30m", 5400),
+            ("2m5s", 125),
+        ] {
+            assert_eq!(
+                parse_duration(text),
+                Ok(std::time::Duration::from_secs(secs)),
+                "{text}"
+            );
+            assert_eq!(
+                parse_duration(&show_duration(std::time::Duration::from_secs(secs))),
+                Ok(std::time::Duration::from_secs(secs))
+            );
+        }
+        for bad in ["", "ten", "5d", "m", "99999999999999999999h", "1.5h"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
     use proptest::prelude::*;
 
     #[test]

@@ -81,6 +81,9 @@ pub struct FileConfig {
     /// Give a host the tags its agent suggests when it is approved (off: an admin accepts
     /// them with `yeet host tag HOST --accept-suggested`).
     pub accept_suggested_tags: bool,
+    /// The rollout policy of releases that name none (`yeet rollout policy set`); unset,
+    /// they reach every host at once.
+    pub default_rollout_policy: Option<String>,
     /// Serve an embedded binary cache under /cache.
     pub embedded_cache: bool,
     /// Largest NAR accepted by the embedded cache.
@@ -130,6 +133,7 @@ impl Default for FileConfig {
             trusted_cache_keys: Vec::new(),
             last_seen_flush_ms: 2000,
             accept_suggested_tags: false,
+            default_rollout_policy: None,
             embedded_cache: true,
             max_upload_bytes: 8 << 30,
             max_connections: 16_384,
@@ -167,6 +171,7 @@ impl FileConfig {
             trusted_cache_keys,
             accept_suggested_tags: self.accept_suggested_tags,
             osquery: self.osquery.clone(),
+            default_rollout_policy: self.default_rollout_policy.clone(),
         }
     }
 }

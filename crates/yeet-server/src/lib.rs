@@ -132,6 +132,24 @@ fn spawn_flusher(
     })
 }
 
+/// Drives the rollouts: judges their gates every tick, when woken (a rollout started, a
+/// host reported), and at the end of a bake. Every replica runs one; the database makes
+/// each step once (see `service::rollouts`).
+fn spawn_rollout_driver(service: Arc<Service>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let next_bake_end = match service.drive_rollouts().await {
+                Ok(end) => end,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not drive rollouts; will retry");
+                    None
+                }
+            };
+            service.rollout_wakeup(next_bake_end).await;
+        }
+    })
+}
+
 /// How long a database writer connection may stay out of its pool before the log says so.
 const WRITER_HELD_WARNING: Duration = Duration::from_secs(30);
 
@@ -182,6 +200,7 @@ pub async fn serve(
         .clone()
         .map(|path| audit_file::spawn(service.clone(), path, Duration::from_secs(1)));
     let events = spawn_event_listener(service.clone()).await?;
+    let rollout_driver = spawn_rollout_driver(service.clone());
     // Held check-ins must answer before a graceful shutdown can finish.
     let shutdown = {
         let service = service.clone();
@@ -215,6 +234,7 @@ pub async fn serve(
     )
     .await?;
     flusher.abort();
+    rollout_driver.abort();
     if let Some(audit_file) = audit_file {
         audit_file.abort();
     }

@@ -175,6 +175,7 @@ async fn replicas_share_releases_and_key_removals() {
         cache: None,
         revision: None,
         dirty: false,
+        ..Default::default()
     };
     a.create_release(&admin, release).await.unwrap();
     let (resp, waited) = tokio::time::timeout(Duration::from_secs(20), waiter)

@@ -675,6 +675,7 @@ async fn releases_and_desired_state(db: &TestDb) {
         revision: revision.map(Into::into),
         dirty,
         rollback: false,
+        rollout: None,
     };
     let r1 = s
         .insert_release(

@@ -42,7 +42,7 @@ pub struct ListArgs {
     #[arg(long)]
     pub action: Option<String>,
     /// Only events of the last DURATION: 90s, 30m, 2h, 168h.
-    #[arg(long, value_name = "DURATION", value_parser = super::wait::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = yeet_proto::text::parse_duration)]
     pub since: Option<std::time::Duration>,
     /// The newest N events (at most 1000).
     #[arg(long, default_value_t = 50)]

@@ -12,6 +12,7 @@ pub mod osquery;
 pub mod pending;
 pub mod publish;
 pub mod releases;
+pub mod rollout;
 pub mod secret;
 pub mod status;
 pub mod user;

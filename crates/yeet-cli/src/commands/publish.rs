@@ -49,6 +49,14 @@ pub struct PublishArgs {
     /// file, else zstd.
     #[arg(long, value_enum, env = "YEET_COMPRESSION")]
     pub compression: Option<Compression>,
+    /// Apply the release in waves, by this rollout policy (`yeet rollout policy list`).
+    /// Default: the server's `default_rollout_policy`, if it has one.
+    #[arg(long, value_name = "POLICY", conflicts_with = "now")]
+    pub rollout: Option<String>,
+    /// Reach every host at once, whatever the server's default rollout policy (an
+    /// emergency fix).
+    #[arg(long)]
+    pub now: bool,
     /// Create a release even when no host's system changes.
     #[arg(long)]
     pub allow_empty: bool,
@@ -139,6 +147,8 @@ pub fn run(args: &PublishArgs, connection: &Connection) -> Result<()> {
         cache: signature_cache(args.cache.as_deref().or(args.cache_url.as_deref())),
         revision: systems.revision,
         dirty: systems.dirty,
+        rollout: args.rollout.clone(),
+        now: args.now,
     })?;
     if args.wait {
         // Only the hosts this release changes have something to do; the others run it

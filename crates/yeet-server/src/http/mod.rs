@@ -31,6 +31,9 @@ use crate::service::{Principal, Service};
 use error::ApiError;
 use yeet_proto::ErrorCode;
 use yeet_proto::osquery as oq;
+use yeet_proto::rollout::{
+    NamedPolicy, Rollout, RolloutControl, RolloutPolicy, StartRolloutRequest,
+};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -223,6 +226,16 @@ pub fn routes() -> Vec<Route> {
         route(Method::GET, &paths::release("{id}"), R(Role::Viewer), "One release.", show_release).scoped(Scoped::TheirHosts),
         route(Method::POST, paths::ROLLBACK, R(Role::Publisher), "Point hosts back at their previous systems, as a new release.", rollback).scoped(Scoped::TheirHosts).audited("release.rollback"),
         route(Method::POST, paths::RETRY, R(Role::Publisher), "Offer hosts their desired system once more, although they tried it.", retry).scoped(Scoped::TheirHosts).audited("release.retry"),
+        route(Method::GET, paths::ROLLOUT_POLICIES, R(Role::Viewer), "Rollout policies: waves, bake, failure threshold, action on failure, health.", list_policies).scoped(Scoped::NoHostData),
+        route(Method::PUT, &paths::rollout_policy("{name}"), R(Role::Admin), "Set a rollout policy (replacing one of that name); running rollouts keep theirs.", set_policy).audited("rollout.policy.set"),
+        route(Method::DELETE, &paths::rollout_policy("{name}"), R(Role::Admin), "Remove a rollout policy.", remove_policy).audited("rollout.policy.remove"),
+        route(Method::GET, paths::ROLLOUTS, R(Role::Viewer), "Rollouts, newest first (`?limit=`), each with its waves and every host's state and reason.", list_rollouts).scoped(Scoped::TheirHosts),
+        route(Method::POST, paths::ROLLOUTS, R(Role::Publisher), "Roll a release's systems out again in waves, by a policy: a new release whose hosts wait for their waves.", start_rollout).scoped(Scoped::TheirHosts).audited("release.create"),
+        route(Method::GET, &paths::rollout("{id}"), R(Role::Viewer), "One rollout (its id is its release's).", show_rollout).scoped(Scoped::TheirHosts),
+        route(Method::POST, &paths::rollout_control("{id}", "pause"), R(Role::Publisher), "Pause a running rollout: no wave opens until it resumes.", pause_rollout).scoped(Scoped::TheirHosts).audited("rollout.pause"),
+        route(Method::POST, &paths::rollout_control("{id}", "resume"), R(Role::Publisher), "Resume a paused rollout.", resume_rollout).scoped(Scoped::TheirHosts).audited("rollout.resume"),
+        route(Method::POST, &paths::rollout_control("{id}", "abort"), R(Role::Publisher), "Stop a rollout for good; hosts keep what they were given.", abort_rollout).scoped(Scoped::TheirHosts).audited("rollout.abort"),
+        route(Method::POST, &paths::rollout_control("{id}", "promote"), R(Role::Publisher), "Open a rollout's next wave now, skipping the rest of the current wave's gate and bake.", promote_rollout).scoped(Scoped::TheirHosts).audited("rollout.promote"),
         route(Method::POST, paths::CACHE_GC, R(Role::Admin), "Garbage-collect the embedded cache.", cache_gc).audited("cache.gc"),
         route(Method::POST, paths::CACHE_MISSING, R(Role::Publisher), "Which of these store paths the embedded cache lacks, and the keys uploads must be signed by.", cache_missing).scoped(Scoped::NoHostData).unrecorded("a question (which paths the cache lacks); changes nothing"),
         route(Method::GET, paths::SECRETS_RECIPIENT, R(Role::Viewer), "The age recipient secrets are encrypted to.", secret_recipient).scoped(Scoped::NoHostData),
@@ -571,6 +584,100 @@ async fn create_release(
     ApiJson(req): ApiJson<CreateReleaseRequest>,
 ) -> ApiResult<Release> {
     Ok(Json(app.service.create_release(&p, req).await?))
+}
+
+async fn list_policies(State(app): State<AppState>, p: Principal) -> ApiResult<Vec<NamedPolicy>> {
+    Ok(Json(app.service.list_policies(&p).await?))
+}
+
+async fn set_policy(
+    State(app): State<AppState>,
+    p: Principal,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(req): ApiJson<RolloutPolicy>,
+) -> ApiResult<NamedPolicy> {
+    Ok(Json(app.service.set_policy(&p, &name, req).await?))
+}
+
+async fn remove_policy(
+    State(app): State<AppState>,
+    p: Principal,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<serde_json::Value> {
+    app.service.remove_policy(&p, &name).await?;
+    Ok(Json(serde_json::json!({})))
+}
+
+async fn list_rollouts(
+    State(app): State<AppState>,
+    p: Principal,
+    ApiQuery(q): ApiQuery<Limit>,
+) -> ApiResult<Vec<Rollout>> {
+    Ok(Json(app.service.list_rollouts(&p, q.limit).await?))
+}
+
+async fn start_rollout(
+    State(app): State<AppState>,
+    p: Principal,
+    ApiJson(req): ApiJson<StartRolloutRequest>,
+) -> ApiResult<Release> {
+    Ok(Json(app.service.start_rollout(&p, req).await?))
+}
+
+async fn show_rollout(
+    State(app): State<AppState>,
+    p: Principal,
+    ApiPath(id): ApiPath<i64>,
+) -> ApiResult<Rollout> {
+    Ok(Json(app.service.show_rollout(&p, id).await?))
+}
+
+async fn pause_rollout(
+    State(app): State<AppState>,
+    p: Principal,
+    ApiPath(id): ApiPath<i64>,
+) -> ApiResult<Rollout> {
+    Ok(Json(
+        app.service
+            .control_rollout(&p, id, RolloutControl::Pause)
+            .await?,
+    ))
+}
+
+async fn resume_rollout(
+    State(app): State<AppState>,
+    p: Principal,
+    ApiPath(id): ApiPath<i64>,
+) -> ApiResult<Rollout> {
+    Ok(Json(
+        app.service
+            .control_rollout(&p, id, RolloutControl::Resume)
+            .await?,
+    ))
+}
+
+async fn abort_rollout(
+    State(app): State<AppState>,
+    p: Principal,
+    ApiPath(id): ApiPath<i64>,
+) -> ApiResult<Rollout> {
+    Ok(Json(
+        app.service
+            .control_rollout(&p, id, RolloutControl::Abort)
+            .await?,
+    ))
+}
+
+async fn promote_rollout(
+    State(app): State<AppState>,
+    p: Principal,
+    ApiPath(id): ApiPath<i64>,
+) -> ApiResult<Rollout> {
+    Ok(Json(
+        app.service
+            .control_rollout(&p, id, RolloutControl::Promote)
+            .await?,
+    ))
 }
 
 async fn show_release(

@@ -85,6 +85,8 @@ impl Service {
         };
         let id = self.store.record_activation(&row, &log_gzip).await?;
         self.note_fleet_change();
+        // A result may pass or fail a rollout's gate.
+        self.wake_rollouts();
         tracing::info!(host = host_name, result = row.result.0.as_str(), reason = %row.reason, "activation reported");
         Ok(to_api(ActivationRow { id, ..row }))
     }

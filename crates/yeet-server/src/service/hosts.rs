@@ -103,7 +103,7 @@ impl Service {
     /// connection closed without an answer: the machine went down or off the network)
     /// unless it checked in since. An agent that merely restarted checks in again within
     /// seconds.
-    fn offline_at(&self, host_id: i64, last_seen: Option<i64>) -> Option<i64> {
+    pub(super) fn offline_at(&self, host_id: i64, last_seen: Option<i64>) -> Option<i64> {
         let seen = last_seen?;
         let quiet = seen + self.config.offline_after_secs + 1;
         let abandoned = lock(&self.abandoned_holds)

@@ -18,11 +18,13 @@ mod nonces;
 pub mod osquery;
 mod rate;
 mod releases;
+mod rollouts;
 pub mod secrets;
 pub mod users;
 
 pub use auth::{Principal, SignedRequest, fleet_wide_refusal};
 pub use enrollment::{normalize_code, source_of};
+pub use rollouts::DRIVER_TICK;
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -69,6 +71,8 @@ pub struct ServiceConfig {
     pub accept_suggested_tags: bool,
     /// The osquery remote API's limits and retention.
     pub osquery: osquery::OsquerySettings,
+    /// The rollout policy of releases that name none; `None`: they reach every host at once.
+    pub default_rollout_policy: Option<String>,
 }
 
 #[derive(Debug, Error)]
@@ -215,6 +219,8 @@ pub struct Service {
     detached: RwLock<HashMap<i64, yeet_proto::api::Detachment>>,
     /// The osquery remote API's nodes, limits and campaign deadline.
     osquery: osquery::OsqueryState,
+    /// Wakes the rollout driver of this process (a rollout started, a host reported).
+    rollouts_changed: tokio::sync::Notify,
 }
 
 pub use yeet_proto::clock::{unix_now as now, unix_now_ms as now_ms};
@@ -282,6 +288,7 @@ impl Service {
             secret_digests: RwLock::new(secret_digests),
             detached: RwLock::new(detached),
             osquery,
+            rollouts_changed: tokio::sync::Notify::new(),
         })
     }
 

@@ -100,7 +100,11 @@ impl Service {
             .iter()
             .map(|(h, p)| (known[h], h.clone(), p.clone()))
             .collect();
+        let rollout = self
+            .rollout_for(req.rollout.as_deref(), req.now, &entries)
+            .await?;
         let provenance = NewRelease {
+            rollout,
             author: author.to_owned(),
             // Shown in operators' terminals and browsers: no escape sequences or overrides.
             message: clean(&req.message, MAX_MESSAGE_CHARS, true),
@@ -113,7 +117,7 @@ impl Service {
 
     /// Writes a validated release, updates the desired state and wakes every waiting host
     /// (here and, through the database, on other replicas).
-    async fn commit_release(
+    pub(super) async fn commit_release(
         &self,
         principal: &Principal,
         release: NewRelease,
@@ -136,13 +140,18 @@ impl Service {
                     .iter()
                     .map(|(_, name, path)| (name.clone(), path.clone()))
                     .collect::<std::collections::BTreeMap<_, _>>(),
+                "rollout": release.rollout.as_ref().map(|r| r.policy_name.clone()),
             }),
         );
         let id = self
             .store
             .insert_release(&release, created_at, &entries, &audit)
             .await?;
-        {
+        if release.rollout.is_some() {
+            // Its entries wait for their waves: the driver opens the first at once.
+            self.note_fleet_change();
+            self.wake_rollouts();
+        } else {
             let mut desired = self.desired.write().await;
             for (host_id, _, path) in &entries {
                 desired.insert(
@@ -183,7 +192,7 @@ impl Service {
         Ok(to_api(self.release_in_scope(scope, id).await?))
     }
 
-    async fn release_in_scope(&self, scope: Scope<'_>, id: i64) -> Result<ReleaseRow> {
+    pub(super) async fn release_in_scope(&self, scope: Scope<'_>, id: i64) -> Result<ReleaseRow> {
         let visible = self.host_ids_in_scope(scope).await?;
         self.store
             .release_by_id(id)

@@ -34,8 +34,8 @@ impl Store {
     ) -> Result<i64, StoreError> {
         let mut tx = self.writer.begin().await?;
         let id: i64 = sqlx::query(
-            "INSERT INTO activations (host_id, host_name, store_path, release_id, result, reason, started_at, finished_at, reboot_required, log_gzip)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
+            "INSERT INTO activations (host_id, host_name, store_path, release_id, result, reason, started_at, finished_at, reboot_required, log_gzip, reported_at_ms)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
         )
         .bind(a.host_id)
         .bind(&a.host_name)
@@ -47,6 +47,9 @@ impl Store {
         .bind(a.finished_at)
         .bind(a.reboot_required)
         .bind(log_gzip)
+        // The server's clock: rollouts count only results reported after they gave the
+        // host its system, whatever the host's clock says.
+        .bind(yeet_proto::clock::unix_now_ms())
         .fetch_one(&mut *tx)
         .await?
         .try_get("id")?;

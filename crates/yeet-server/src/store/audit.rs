@@ -6,9 +6,7 @@
 use sqlx::Row;
 use yeet_proto::audit::{AuditEvent, AuditFilter, GENESIS, event_hash};
 
-use super::{Backend, Store, StoreError};
-
-type Tx<'c> = sqlx::Transaction<'c, sqlx::Any>;
+use super::{Backend, Store, StoreError, Tx};
 
 /// The advisory lock that serialises appends on PostgreSQL ("yeetau").
 const AUDIT_LOCK: i64 = 0x7965_6574_6175;

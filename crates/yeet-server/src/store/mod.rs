@@ -20,6 +20,7 @@ mod osquery_data;
 mod osquery_nodes;
 mod registrations;
 mod releases;
+mod rollouts;
 mod secrets;
 mod users;
 
@@ -34,6 +35,7 @@ pub use osquery_data::{
 pub use osquery_nodes::{Enrolled, NodeEnrollment, NodeRow, OptionRow, ScheduledQueryRow};
 pub use registrations::RegistrationRow;
 pub use releases::{DesiredRow, NewRelease, ReleaseRow};
+pub use rollouts::{NewRollout, RollbackRelease, RolloutHostRow, RolloutRow, Transition};
 pub use secrets::{Change, ChangeRow, GrantRow, SecretRow, TagGrantRow};
 pub use users::{UserChange, UserKeyRow, UserRefusal, UserRow};
 
@@ -66,6 +68,10 @@ pub enum StoreError {
         "the database's {0} setting holds {1:?}, which is not a number; delete that row from the settings table and restart the servers"
     )]
     CorruptSetting(&'static str, String),
+    #[error(
+        "the rollout policy {name:?} in the database cannot be read ({why}); set it again with `yeet rollout policy set`"
+    )]
+    CorruptPolicy { name: String, why: String },
 }
 
 impl StoreError {
@@ -97,6 +103,9 @@ impl StoreError {
         matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
     }
 }
+
+/// A transaction on either backend, for writes that several tables make together.
+pub(super) type Tx<'c> = sqlx::Transaction<'c, sqlx::Any>;
 
 /// Ids spliced into an `IN (...)` list: they are integers, so nothing else can get in. An
 /// empty list matches nothing.

@@ -44,6 +44,8 @@ pub struct NewRelease {
     pub dirty: bool,
     /// A rollback: its systems are not new to its hosts, and rollbacks walk past it.
     pub rollback: bool,
+    /// Applied in waves: its entries reach their hosts as their waves open.
+    pub rollout: Option<super::NewRollout>,
 }
 
 pub(super) const RELEASE_SELECT: &str = "SELECT r.id, r.author, r.message, r.created_at, r.revision, r.dirty, rh.host_name, rh.store_path, rh.host_id
@@ -85,7 +87,9 @@ pub struct DesiredRow {
 }
 
 impl Store {
-    /// Inserts a release with its (host id, host name, store path) entries atomically.
+    /// Inserts a release with its (host id, host name, store path) entries atomically. An
+    /// ordinary release's entries are opened at once; a rollout's wait for their waves,
+    /// and the rollout supersedes older active rollouts of any of its hosts.
     pub async fn insert_release(
         &self,
         release: &NewRelease,
@@ -94,6 +98,22 @@ impl Store {
         audit: &super::AuditEntry,
     ) -> Result<i64, StoreError> {
         let mut tx = self.writer.begin().await?;
+        let id = self
+            .insert_release_in(&mut tx, release, now, entries, audit)
+            .await?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    /// `insert_release` inside a transaction of the caller's.
+    pub(super) async fn insert_release_in(
+        &self,
+        tx: &mut super::Tx<'_>,
+        release: &NewRelease,
+        now: i64,
+        entries: &[(i64, String, String)],
+        audit: &super::AuditEntry,
+    ) -> Result<i64, StoreError> {
         let id: i64 = sqlx::query("INSERT INTO releases (author, message, created_at, revision, dirty, rollback) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id")
             .bind(&release.author)
             .bind(&release.message)
@@ -101,16 +121,27 @@ impl Store {
             .bind(&release.revision)
             .bind(i64::from(release.dirty))
             .bind(i64::from(release.rollback))
-            .fetch_one(&mut *tx)
+            .fetch_one(&mut **tx)
             .await?
             .try_get("id")?;
-        for (host_id, host_name, path) in entries {
-            sqlx::query("INSERT INTO release_hosts (release_id, host_id, host_name, store_path) VALUES ($1, $2, $3, $4)")
+        // The waves hash the release id, so they are assigned once it is known.
+        let waves = release
+            .rollout
+            .as_ref()
+            .map(|r| yeet_proto::rollout::assign_waves(&r.policy, id, &r.hosts));
+        for (i, (host_id, host_name, path)) in entries.iter().enumerate() {
+            let (wave, opened_at) = match waves.as_ref().and_then(|w| w.get(i)) {
+                Some(w) => (Some(*w as i64), None),
+                None => (None, Some(now * 1000)),
+            };
+            sqlx::query("INSERT INTO release_hosts (release_id, host_id, host_name, store_path, wave, opened_at_ms) VALUES ($1, $2, $3, $4, $5, $6)")
                 .bind(id)
                 .bind(*host_id)
                 .bind(host_name)
                 .bind(path)
-                .execute(&mut *tx)
+                .bind(wave)
+                .bind(opened_at)
+                .execute(&mut **tx)
                 .await?;
         }
         // The event names the release it created.
@@ -118,8 +149,12 @@ impl Store {
         if let Some(details) = audit.details.as_object_mut() {
             details.insert("release".into(), id.into());
         }
-        self.append_audit(&mut tx, &audit).await?;
-        tx.commit().await?;
+        self.append_audit(tx, &audit).await?;
+        if let Some(rollout) = &release.rollout {
+            let host_ids: Vec<i64> = entries.iter().map(|(h, _, _)| *h).collect();
+            self.start_rollout_in(tx, id, rollout, now, &host_ids, &audit)
+                .await?;
+        }
         Ok(id)
     }
 
@@ -192,7 +227,7 @@ impl Store {
         from_release: i64,
     ) -> Result<Option<String>, StoreError> {
         let from: Option<String> = sqlx::query_scalar(
-            "SELECT store_path FROM release_hosts WHERE host_id = $1 AND release_id = $2",
+            "SELECT store_path FROM release_hosts WHERE host_id = $1 AND release_id = $2 AND opened_at_ms IS NOT NULL",
         )
         .bind(host_id)
         .bind(from_release)
@@ -203,7 +238,8 @@ impl Store {
         };
         let given_in: Option<i64> = sqlx::query_scalar(
             "SELECT MAX(rh.release_id) FROM release_hosts rh JOIN releases r ON r.id = rh.release_id
-             WHERE rh.host_id = $1 AND rh.store_path = $2 AND rh.release_id <= $3 AND r.rollback = 0",
+             WHERE rh.host_id = $1 AND rh.store_path = $2 AND rh.release_id <= $3 AND r.rollback = 0
+               AND rh.opened_at_ms IS NOT NULL",
         )
         .bind(host_id)
         .bind(&from)
@@ -213,6 +249,7 @@ impl Store {
         let target = sqlx::query_scalar(
             "SELECT rh.store_path FROM release_hosts rh JOIN releases r ON r.id = rh.release_id
              WHERE rh.host_id = $1 AND rh.release_id < $2 AND r.rollback = 0 AND rh.store_path <> $3
+               AND rh.opened_at_ms IS NOT NULL
                AND EXISTS (SELECT 1 FROM activations a WHERE a.host_id = rh.host_id
                            AND a.store_path = rh.store_path AND a.result = 'confirmed')
              ORDER BY rh.release_id DESC LIMIT 1",
@@ -225,11 +262,12 @@ impl Store {
         Ok(target)
     }
 
-    /// Every host's newest release entry: the desired state of the whole fleet.
+    /// Every host's newest opened release entry: the desired state of the whole fleet.
     pub async fn desired_systems(&self) -> Result<Vec<DesiredRow>, StoreError> {
         let rows = sqlx::query(
             "SELECT rh.host_id, rh.release_id, rh.store_path FROM release_hosts rh
-             WHERE rh.release_id = (SELECT MAX(r2.release_id) FROM release_hosts r2 WHERE r2.host_id = rh.host_id)",
+             WHERE rh.release_id = (SELECT MAX(r2.release_id) FROM release_hosts r2
+                                    WHERE r2.host_id = rh.host_id AND r2.opened_at_ms IS NOT NULL)",
         )
         .fetch_all(&self.reader)
         .await?;

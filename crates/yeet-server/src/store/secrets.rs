@@ -3,7 +3,7 @@
 
 use sqlx::Row;
 
-use super::{Store, StoreError, conflict};
+use super::{Store, StoreError, Tx, conflict};
 
 /// A secret's row without its ciphertext (listings never load content).
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -59,8 +59,6 @@ pub struct Change<'a> {
 }
 
 const SECRET_COLUMNS: &str = "name, version, created_at, created_by, updated_at, updated_by";
-
-type Tx<'c> = sqlx::Transaction<'c, sqlx::Any>;
 
 impl Store {
     /// Records a change in the secret's history and, with its audit event, in the audit log.

@@ -179,6 +179,42 @@ fn sample(method: &Method, template: &str) -> Option<Sample> {
             },
             ok,
         ),
+        ("GET", paths::ROLLOUT_POLICIES | paths::ROLLOUTS) => s(template, empty, ok),
+        ("PUT", "/v1/rollout-policies/{name}") => s(
+            &paths::rollout_policy("matrix"),
+            |_| json_bytes(json!({"waves": ["tag:canary", "100%"], "bake_secs": 60})),
+            ok,
+        ),
+        // Removals, starts and controls reach their handlers and find nothing to act on.
+        ("DELETE", "/v1/rollout-policies/{name}") => {
+            s(&paths::rollout_policy("nope"), empty, StatusCode::NOT_FOUND)
+        }
+        ("POST", paths::ROLLOUTS) => s(
+            template,
+            |_| json_bytes(json!({"release": 999, "policy": "matrix"})),
+            StatusCode::NOT_FOUND,
+        ),
+        ("GET", "/v1/rollouts/{id}") => s(&paths::rollout("999"), empty, StatusCode::NOT_FOUND),
+        ("POST", "/v1/rollouts/{id}/pause") => s(
+            &paths::rollout_control("999", "pause"),
+            empty,
+            StatusCode::NOT_FOUND,
+        ),
+        ("POST", "/v1/rollouts/{id}/resume") => s(
+            &paths::rollout_control("999", "resume"),
+            empty,
+            StatusCode::NOT_FOUND,
+        ),
+        ("POST", "/v1/rollouts/{id}/abort") => s(
+            &paths::rollout_control("999", "abort"),
+            empty,
+            StatusCode::NOT_FOUND,
+        ),
+        ("POST", "/v1/rollouts/{id}/promote") => s(
+            &paths::rollout_control("999", "promote"),
+            empty,
+            StatusCode::NOT_FOUND,
+        ),
         ("GET", oq::NODES | oq::SCHEDULE | oq::OPTIONS | oq::LOGS | oq::CARVES) => {
             s(template, empty, ok)
         }

@@ -18,6 +18,7 @@ mod harness;
 mod input;
 mod osquery;
 mod releases;
+mod rollouts;
 mod scopes;
 mod secrets;
 mod tags;

@@ -87,6 +87,7 @@ async fn run(hosts: usize, rounds: usize, postgres: bool) {
             cache: None,
             revision: None,
             dirty: false,
+            ..Default::default()
         };
         let started = Instant::now();
         service.create_release(&admin, req).await.unwrap();

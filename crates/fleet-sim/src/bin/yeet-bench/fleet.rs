@@ -65,6 +65,7 @@ pub fn fleet(n: usize, replicas: usize) {
             cache: None,
             revision: None,
             dirty: false,
+            ..Default::default()
         })
         .unwrap();
     let request_ms = yeet_proto::clock::unix_now_ms() - released;

@@ -1,0 +1,612 @@
+//! Staged rollouts through the API, on a real store: waves open one after another, a
+//! failing wave halts and rolls back, the bake holds the next wave and survives a restart,
+//! operators pause, resume, promote, abort and supersede, offline hosts are deferred, and
+//! hosts cannot pass a gate by claiming success. The driver is stepped by hand
+//! (`drive_rollouts`), as the server's task would every tick.
+
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use yeet_proto::Identity;
+use yeet_proto::api::paths;
+use yeet_server::service::{Service, ServiceConfig};
+
+use super::harness::*;
+
+fn sys(n: u8) -> String {
+    format!("/nix/store/q322pzff5rm7kwfwfbhcza6wr2b84wlm-system-{n}")
+}
+
+/// A fleet of named hosts (with tags) on top of the harness's own.
+struct Fleet {
+    api: Api,
+    hosts: Vec<(String, Identity)>,
+}
+
+impl Fleet {
+    async fn new(config: ServiceConfig, hosts: &[(&str, &[&str])]) -> Fleet {
+        let api = Api::new(config).await;
+        let mut out = Vec::new();
+        for (name, tags) in hosts {
+            let id = identity();
+            let code = api.register(&id).await;
+            let body =
+                serde_json::to_vec(&json!({"code": code, "name": name, "tags": tags})).unwrap();
+            api.ok("POST", paths::APPROVE, &body, Sign::By(&api.admin))
+                .await;
+            out.push((name.to_string(), id));
+        }
+        Fleet { api, hosts: out }
+    }
+
+    fn id(&self, name: &str) -> &Identity {
+        &self.hosts.iter().find(|(n, _)| n == name).unwrap().1
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.hosts.iter().map(|(n, _)| n.clone()).collect()
+    }
+
+    /// A check-in that reports `current` and asks for nothing to be held.
+    async fn checkin(&self, name: &str, current: Option<&str>) -> Value {
+        let body = serde_json::to_vec(&json!({"current_system": current, "wait_secs": 0,
+            "facts": {"os": "", "arch": "", "agent_version": ""}}))
+        .unwrap();
+        self.api
+            .ok("POST", paths::CHECKIN, &body, Sign::By(self.id(name)))
+            .await
+    }
+
+    async fn desired(&self, name: &str) -> Option<String> {
+        let v = self
+            .api
+            .ok("GET", &paths::host(name), b"", Sign::By(&self.api.admin))
+            .await;
+        v["desired_system"].as_str().map(str::to_owned)
+    }
+
+    /// Every host on `path`, confirmed, as after an ordinary release.
+    async fn everyone_on(&self, path: &str) {
+        let hosts: serde_json::Map<String, Value> =
+            self.names().into_iter().map(|n| (n, json!(path))).collect();
+        self.publish(json!({ "hosts": hosts })).await;
+        for name in self.names() {
+            self.api.report(self.id(&name), path, "confirmed").await;
+            self.checkin(&name, Some(path)).await;
+        }
+    }
+
+    async fn publish(&self, body: Value) -> Value {
+        let body = serde_json::to_vec(&body).unwrap();
+        self.api
+            .ok(
+                "POST",
+                paths::RELEASES,
+                &body,
+                Sign::By(&self.api.publisher),
+            )
+            .await
+    }
+
+    async fn set_policy(&self, name: &str, policy: Value) {
+        let body = serde_json::to_vec(&policy).unwrap();
+        let (s, v) = self
+            .api
+            .call(
+                "PUT",
+                &paths::rollout_policy(name),
+                &body,
+                Sign::By(&self.api.admin),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+    }
+
+    async fn rollout(&self, id: i64) -> Value {
+        self.api
+            .ok(
+                "GET",
+                &paths::rollout(&id.to_string()),
+                b"",
+                Sign::By(&self.api.viewer),
+            )
+            .await
+    }
+
+    async fn control(&self, id: i64, action: &str) -> (StatusCode, Value) {
+        self.api
+            .call(
+                "POST",
+                &paths::rollout_control(&id.to_string(), action),
+                b"{}",
+                Sign::By(&self.api.publisher),
+            )
+            .await
+    }
+
+    async fn drive(&self) {
+        self.api.service.drive_rollouts().await.unwrap();
+    }
+
+    /// The hosts of wave `wave` (0-based) in a rollout's status.
+    fn wave_hosts(rollout: &Value, wave: usize) -> Vec<String> {
+        rollout["waves"][wave]["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["name"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    fn host_state(rollout: &Value, name: &str) -> (String, String) {
+        for w in rollout["waves"].as_array().unwrap() {
+            for h in w["hosts"].as_array().unwrap() {
+                if h["name"] == name {
+                    return (
+                        h["state"].as_str().unwrap().to_owned(),
+                        h["reason"].as_str().unwrap().to_owned(),
+                    );
+                }
+            }
+        }
+        panic!("{name} is not in {rollout}");
+    }
+
+    async fn events(&self, action: &str) -> Vec<yeet_proto::audit::AuditEvent> {
+        self.api
+            .audit_events()
+            .await
+            .into_iter()
+            .filter(|e| e.action == action)
+            .collect()
+    }
+}
+
+const EIGHT: &[(&str, &[&str])] = &[
+    ("can-1", &["canary"]),
+    ("can-2", &["canary"]),
+    ("web-1", &[]),
+    ("web-2", &[]),
+    ("web-3", &[]),
+    ("web-4", &[]),
+    ("web-5", &[]),
+    ("web-6", &[]),
+];
+
+/// Four waves' worth of hosts (canaries, 50%, the rest): the canaries pass, a host of wave
+/// 2 rolls back, and the rollout halts with wave 2 pointed back at v1. No host of wave 3
+/// is ever given v2, not even one that claimed to have confirmed it before its wave.
+#[tokio::test]
+async fn a_failing_wave_halts_the_rollout_and_rolls_its_hosts_back() {
+    let f = Fleet::new(ServiceConfig::default(), EIGHT).await;
+    f.everyone_on(&sys(1)).await;
+    f.set_policy(
+        "prod",
+        json!({"waves": ["tag:canary", "50%", "100%"], "max_failures": "0", "on_failure": "rollback"}),
+    )
+    .await;
+    let release = f
+        .publish(json!({"hosts": f.names().iter().map(|n| (n.clone(), json!(sys(2)))).collect::<serde_json::Map<_, _>>(), "rollout": "prod"}))
+        .await;
+    let id = release["id"].as_i64().unwrap();
+    // Nothing is given before the driver opens the first wave.
+    for name in f.names() {
+        assert_eq!(f.desired(&name).await.as_deref(), Some(sys(1).as_str()));
+    }
+    let status = f.rollout(id).await;
+    assert_eq!(Fleet::wave_hosts(&status, 0), ["can-1", "can-2"]);
+    let (wave2, wave3) = (Fleet::wave_hosts(&status, 1), Fleet::wave_hosts(&status, 2));
+    assert_eq!((wave2.len(), wave3.len()), (3, 3), "{status}");
+    // Hostile hosts of waves 2 and 3 claim v2 confirmed before anyone was given it.
+    let (liar, early) = (wave3[0].clone(), wave2[2].clone());
+    f.api.report(f.id(&liar), &sys(2), "confirmed").await;
+    f.api.report(f.id(&early), &sys(2), "confirmed").await;
+
+    f.drive().await;
+    assert_eq!(f.desired("can-1").await.as_deref(), Some(sys(2).as_str()));
+    assert_eq!(f.desired(&wave2[0]).await.as_deref(), Some(sys(1).as_str()));
+    // The canaries are offered v2, switch and confirm; wave 2 opens (no bake).
+    for c in ["can-1", "can-2"] {
+        let v = f.checkin(c, Some(&sys(1))).await;
+        assert_eq!(v["action"]["store_path"], sys(2).as_str(), "{v}");
+        f.api.report(f.id(c), &sys(2), "confirmed").await;
+    }
+    f.drive().await;
+    for h in &wave2 {
+        assert_eq!(f.desired(h).await.as_deref(), Some(sys(2).as_str()), "{h}");
+    }
+    for h in &wave3 {
+        assert_eq!(f.desired(h).await.as_deref(), Some(sys(1).as_str()), "{h}");
+    }
+    let (state, _) = Fleet::host_state(&f.rollout(id).await, &liar);
+    assert_eq!(state, "waiting");
+    // Two of wave 2 confirm; the third's claim from before its wave opened does not
+    // count, so the gate holds.
+    f.api.report(f.id(&wave2[0]), &sys(2), "confirmed").await;
+    f.api.report(f.id(&wave2[1]), &sys(2), "confirmed").await;
+    f.drive().await;
+    let (state, _) = Fleet::host_state(&f.rollout(id).await, &early);
+    assert_eq!(
+        state, "updating",
+        "a claim made before the wave opened counted"
+    );
+    assert_eq!(f.desired(&wave3[1]).await.as_deref(), Some(sys(1).as_str()));
+    // It rolls back: more failures than the 0 allowed.
+    f.api.report(f.id(&early), &sys(2), "rolled-back").await;
+    f.drive().await;
+    let halted = f.rollout(id).await;
+    assert_eq!(halted["state"], "halted", "{halted}");
+    let reason = halted["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("1 failure(s) in wave 2 (max 0)"),
+        "{reason}"
+    );
+    // Wave 2 is pointed back at v1; wave 3 never had v2, and the canaries keep it.
+    for h in wave2.iter().chain(&wave3) {
+        assert_eq!(f.desired(h).await.as_deref(), Some(sys(1).as_str()), "{h}");
+    }
+    assert_eq!(f.desired("can-2").await.as_deref(), Some(sys(2).as_str()));
+    // Driving again changes nothing: one halt, one rollback release, two waves opened.
+    for _ in 0..3 {
+        f.drive().await;
+    }
+    assert_eq!(f.events(yeet_proto::audit::ROLLOUT_HALTED).await.len(), 1);
+    assert_eq!(
+        f.events(yeet_proto::audit::ROLLOUT_WAVE_OPENED).await.len(),
+        2
+    );
+    let rollbacks = f.events("release.rollback").await;
+    assert_eq!(rollbacks.len(), 1);
+    assert_eq!(rollbacks[0].actor, yeet_proto::audit::SERVER_ACTOR);
+    assert_eq!(f.rollout(id).await, halted);
+    // A halted rollout stays halted.
+    let (s, v) = f.control(id, "resume").await;
+    assert_error(
+        s,
+        &v,
+        StatusCode::CONFLICT,
+        "rollout_conflict",
+        "resume halted",
+    );
+}
+
+/// With a bake, the next wave opens only once the bake has run its time from the moment
+/// every host of the wave confirmed, measured by the server's own events; a server
+/// restarted mid-bake (a new service on the same database) resumes with the time left.
+#[tokio::test]
+async fn the_bake_holds_the_next_wave_and_survives_a_restart() {
+    let f = Fleet::new(
+        ServiceConfig::default(),
+        &[("can-1", &["canary"]), ("web-1", &[])],
+    )
+    .await;
+    f.everyone_on(&sys(1)).await;
+    f.set_policy(
+        "baked",
+        json!({"waves": ["tag:canary", "100%"], "bake_secs": 2}),
+    )
+    .await;
+    let id = f
+        .publish(json!({"hosts": {"can-1": sys(2), "web-1": sys(2)}, "rollout": "baked"}))
+        .await["id"]
+        .as_i64()
+        .unwrap();
+    f.drive().await;
+    f.api.report(f.id("can-1"), &sys(2), "confirmed").await;
+    f.drive().await;
+    let baking = f.rollout(id).await;
+    assert_eq!(baking["waves"][0]["state"], "baking", "{baking}");
+    let (_, why) = Fleet::host_state(&baking, "web-1");
+    assert!(why.contains("opens after the bake of wave 1"), "{why}");
+    f.drive().await;
+    assert_eq!(f.desired("web-1").await.as_deref(), Some(sys(1).as_str()));
+    // Restart: a new service takes over from the database, while the old one drives on
+    // beside it, as a second replica would: each step is still made once.
+    f.api.service.flush_last_seen().await.unwrap();
+    let restarted = Arc::new(
+        Service::new(f.api.service.store().clone(), ServiceConfig::default())
+            .await
+            .unwrap(),
+    );
+    let started = std::time::Instant::now();
+    while restarted.store().rollout(id).await.unwrap().unwrap().wave < 1 {
+        assert!(started.elapsed().as_secs() < 10, "wave 2 never opened");
+        let (a, b) = tokio::join!(restarted.drive_rollouts(), f.api.service.drive_rollouts());
+        a.unwrap();
+        b.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let bake = &f.events(yeet_proto::audit::ROLLOUT_BAKE_STARTED).await[0];
+    let opened = f.events(yeet_proto::audit::ROLLOUT_WAVE_OPENED).await;
+    assert_eq!(opened.len(), 2);
+    let waited = opened[1].at_ms - bake.at_ms;
+    assert!(
+        (2000..3000).contains(&waited),
+        "wave 2 opened {waited} ms after the bake began (bake: 2000 ms)"
+    );
+    let passed = f.events(yeet_proto::audit::ROLLOUT_WAVE_PASSED).await;
+    assert_eq!(passed[0].details["cause"], "baked", "{:?}", passed[0]);
+    restarted.reload_desired().await.unwrap();
+    f.api.service.reload_desired().await.unwrap();
+    assert_eq!(f.desired("web-1").await.as_deref(), Some(sys(2).as_str()));
+}
+
+/// Pause holds the gate, resume lets it pass, promote skips the bake, a newer rollout of
+/// the same hosts supersedes the older, and abort stops one for good.
+#[tokio::test]
+async fn operators_pause_resume_promote_abort_and_supersede() {
+    let f = Fleet::new(
+        ServiceConfig::default(),
+        &[("a", &[]), ("b", &[]), ("c", &[])],
+    )
+    .await;
+    f.everyone_on(&sys(1)).await;
+    f.set_policy(
+        "slow",
+        json!({"waves": ["host:a", "host:b", "100%"], "bake_secs": 3600}),
+    )
+    .await;
+    let all = |n: u8| json!({"hosts": {"a": sys(n), "b": sys(n), "c": sys(n)}, "rollout": "slow"});
+    let first = f.publish(all(2)).await["id"].as_i64().unwrap();
+    f.drive().await;
+    let (s, v) = f.control(first, "pause").await;
+    assert_eq!((s, v["state"].as_str()), (StatusCode::OK, Some("paused")));
+    f.api.report(f.id("a"), &sys(2), "confirmed").await;
+    f.drive().await;
+    let paused = f.rollout(first).await;
+    assert_eq!(
+        paused["waves"][0]["state"], "open",
+        "a paused gate passed: {paused}"
+    );
+    let (s, v) = f.control(first, "pause").await;
+    assert_error(
+        s,
+        &v,
+        StatusCode::CONFLICT,
+        "rollout_conflict",
+        "pause twice",
+    );
+    f.control(first, "resume").await;
+    f.drive().await;
+    assert_eq!(f.rollout(first).await["waves"][0]["state"], "baking");
+    assert_eq!(f.desired("b").await.as_deref(), Some(sys(1).as_str()));
+    let (s, v) = f.control(first, "promote").await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(f.desired("b").await.as_deref(), Some(sys(2).as_str()));
+    let passed = f.events(yeet_proto::audit::ROLLOUT_WAVE_PASSED).await;
+    assert_eq!(passed[0].details["cause"], "promoted");
+    assert_eq!(f.events("rollout.promote").await.len(), 1);
+
+    // A newer rollout of the same hosts: the older opens nothing more (c never gets v2),
+    // and b, which v2 reached, follows the newer when its wave opens.
+    let second = f.publish(all(3)).await["id"].as_i64().unwrap();
+    assert_eq!(f.rollout(first).await["state"], "superseded");
+    f.drive().await;
+    assert_eq!(f.desired("a").await.as_deref(), Some(sys(3).as_str()));
+    assert_eq!(f.desired("b").await.as_deref(), Some(sys(2).as_str()));
+    assert_eq!(f.desired("c").await.as_deref(), Some(sys(1).as_str()));
+    let (state, why) = Fleet::host_state(&f.rollout(first).await, "a");
+    assert_eq!(state, "superseded", "{why}");
+    let (s, v) = f.control(second, "abort").await;
+    assert_eq!((s, v["state"].as_str()), (StatusCode::OK, Some("aborted")));
+    f.api.report(f.id("a"), &sys(3), "confirmed").await;
+    for _ in 0..3 {
+        f.drive().await;
+    }
+    assert_eq!(f.desired("b").await.as_deref(), Some(sys(2).as_str()));
+    assert_eq!(f.desired("c").await.as_deref(), Some(sys(1).as_str()));
+    let (s, v) = f.control(second, "resume").await;
+    assert_error(
+        s,
+        &v,
+        StatusCode::CONFLICT,
+        "rollout_conflict",
+        "resume aborted",
+    );
+    let (s, v) = f.control(first, "promote").await;
+    assert_error(
+        s,
+        &v,
+        StatusCode::CONFLICT,
+        "rollout_conflict",
+        "promote superseded",
+    );
+}
+
+/// A host offline when its wave opens is deferred and does not hold the wave; it gets the
+/// release when it returns. A host that returns after its rollout halted does not.
+#[tokio::test]
+async fn offline_hosts_are_deferred_and_get_the_release_unless_it_halted() {
+    let f = Fleet::new(
+        ServiceConfig::default(),
+        &[
+            ("on-1", &["first"]),
+            ("off-1", &["first"]),
+            ("on-2", &["second"]),
+            ("off-2", &["second"]),
+        ],
+    )
+    .await;
+    f.set_policy(
+        "waves",
+        json!({"waves": ["tag:first", "tag:second"], "max_failures": "0"}),
+    )
+    .await;
+    // Only the on-* hosts have ever checked in: the off-* ones count as offline.
+    for h in ["on-1", "on-2"] {
+        f.checkin(h, None).await;
+    }
+    let hosts = |n: u8| json!({"hosts": {"on-1": sys(n), "off-1": sys(n), "on-2": sys(n), "off-2": sys(n)}, "rollout": "waves"});
+    let id = f.publish(hosts(1)).await["id"].as_i64().unwrap();
+    f.drive().await;
+    let (state, why) = Fleet::host_state(&f.rollout(id).await, "off-1");
+    assert_eq!(state, "deferred", "{why}");
+    assert!(why.contains("never checked in"), "{why}");
+    assert_eq!(f.desired("off-1").await, None);
+    f.api.report(f.id("on-1"), &sys(1), "confirmed").await;
+    f.drive().await;
+    assert_eq!(f.desired("on-2").await.as_deref(), Some(sys(1).as_str()));
+    // off-1 returns: it is given the release though its wave passed long ago.
+    f.checkin("off-1", None).await;
+    f.drive().await;
+    assert_eq!(f.desired("off-1").await.as_deref(), Some(sys(1).as_str()));
+    assert_eq!(
+        f.events(yeet_proto::audit::ROLLOUT_DEFERRED_OPENED).await[0].hosts,
+        ["off-1"]
+    );
+
+    // The second release halts in its first wave; off-2 returning gets nothing.
+    let second = f.publish(hosts(2)).await["id"].as_i64().unwrap();
+    assert_eq!(f.rollout(id).await["state"], "superseded");
+    f.drive().await;
+    f.api.report(f.id("on-1"), &sys(2), "failed").await;
+    f.drive().await;
+    assert_eq!(f.rollout(second).await["state"], "halted");
+    f.checkin("off-2", None).await;
+    for _ in 0..3 {
+        f.drive().await;
+    }
+    assert_eq!(f.desired("off-2").await, None);
+    assert_eq!(f.desired("on-2").await.as_deref(), Some(sys(1).as_str()));
+    let (state, why) = Fleet::host_state(&f.rollout(second).await, "off-2");
+    assert_eq!(state, "waiting", "{why}");
+    assert!(why.contains("halted"), "{why}");
+}
+
+/// Policies are checked; publishers cannot set them; a release naming a missing policy is
+/// refused with the way out; `--now` skips the server's default policy.
+#[tokio::test]
+async fn policies_are_checked_and_the_default_applies_unless_now() {
+    let f = Fleet::new(
+        ServiceConfig {
+            default_rollout_policy: Some("careful".into()),
+            ..Default::default()
+        },
+        &[("a", &[]), ("b", &[])],
+    )
+    .await;
+    for (policy, case) in [
+        (json!({"waves": []}), "no wave"),
+        (
+            json!({"waves": ["100%"], "bake_secs": 999_999_999}),
+            "bake over a week",
+        ),
+        (
+            json!({"waves": ["100%"], "min_online": 101}),
+            "min online over 100%",
+        ),
+    ] {
+        let (s, v) = f
+            .api
+            .call(
+                "PUT",
+                &paths::rollout_policy("bad"),
+                &serde_json::to_vec(&policy).unwrap(),
+                Sign::By(&f.api.admin),
+            )
+            .await;
+        assert_error(
+            s,
+            &v,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_policy",
+            case,
+        );
+    }
+    let (s, v) = f
+        .api
+        .call(
+            "PUT",
+            &paths::rollout_policy("bad"),
+            br#"{"waves": ["tag:Not A Tag"]}"#,
+            Sign::By(&f.api.admin),
+        )
+        .await;
+    assert_error(s, &v, StatusCode::BAD_REQUEST, "invalid_json", "bad wave");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("invalid tag"),
+        "{v}"
+    );
+    let (s, v) = f
+        .api
+        .call(
+            "PUT",
+            &paths::rollout_policy(&paths::segment("Bad Name")),
+            br#"{"waves": ["100%"]}"#,
+            Sign::By(&f.api.admin),
+        )
+        .await;
+    assert_error(
+        s,
+        &v,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_policy",
+        "name",
+    );
+    // The default policy does not exist yet: a release that would use it is refused.
+    let body = serde_json::to_vec(&json!({"hosts": {"a": sys(1)}})).unwrap();
+    let (s, v) = f
+        .api
+        .call("POST", paths::RELEASES, &body, Sign::By(&f.api.publisher))
+        .await;
+    assert_error(
+        s,
+        &v,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_policy",
+        "missing default",
+    );
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("yeet rollout policy set"),
+        "{v}"
+    );
+    f.set_policy(
+        "careful",
+        json!({"waves": ["host:a", "100%"], "bake_secs": 600}),
+    )
+    .await;
+    let rolled = f
+        .publish(json!({"hosts": {"a": sys(1), "b": sys(1)}}))
+        .await;
+    f.drive().await;
+    assert_eq!(
+        f.rollout(rolled["id"].as_i64().unwrap()).await["policy_name"],
+        "careful"
+    );
+    assert_eq!(
+        f.desired("b").await,
+        None,
+        "the default policy was not applied"
+    );
+    let now = f
+        .publish(json!({"hosts": {"a": sys(2), "b": sys(2)}, "now": true}))
+        .await;
+    assert_eq!(f.desired("b").await.as_deref(), Some(sys(2).as_str()));
+    let (s, v) = f
+        .api
+        .call(
+            "GET",
+            &paths::rollout(&now["id"].as_i64().unwrap().to_string()),
+            b"",
+            Sign::By(&f.api.viewer),
+        )
+        .await;
+    assert_error(
+        s,
+        &v,
+        StatusCode::NOT_FOUND,
+        "unknown_rollout",
+        "no rollout for --now",
+    );
+    let listed = f
+        .api
+        .ok("GET", paths::ROLLOUT_POLICIES, b"", Sign::By(&f.api.viewer))
+        .await;
+    assert_eq!(listed[0]["name"], "careful", "{listed}");
+}
