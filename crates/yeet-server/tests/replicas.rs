@@ -275,3 +275,93 @@ async fn replicas_append_to_one_audit_chain() {
     b.store().close().await;
     db.cleanup().await;
 }
+
+/// Two replicas drive one rollout at the same time while its bake ends: the next wave
+/// opens exactly once (one event), whichever replica sees the gate first. A third replica,
+/// started mid-bake after the first is gone (a server restarted), drives on from the
+/// database with the bake's remaining time.
+#[tokio::test]
+async fn replicas_open_each_wave_once_and_a_restart_resumes_the_bake() {
+    use yeet_proto::audit::{ROLLOUT_BAKE_STARTED, ROLLOUT_WAVE_OPENED};
+    let db = common::TestDb::postgres().await;
+    let (a, b) = (replica(&db).await, replica(&db).await);
+    let admin = alice();
+    let store = a.store();
+    let canary = common::host(store, "kc", "canary").await;
+    let web = common::host(store, "kw", "web").await;
+    store
+        .touch_hosts(&[(canary, now()), (web, now())])
+        .await
+        .unwrap();
+    a.set_policy(
+        &admin,
+        "baked",
+        serde_json::from_value(serde_json::json!({"waves": ["host:canary", "100%"], "bake_secs": 2}))
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    let release = a
+        .create_release(
+            &admin,
+            CreateReleaseRequest {
+                hosts: [("canary".to_string(), PATH.to_string()), ("web".to_string(), PATH.to_string())].into(),
+                rollout: Some("baked".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    b.drive_rollouts().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    store
+        .record_activation(
+            &yeet_server::store::ActivationRow {
+                id: 0,
+                host_id: canary,
+                host_name: "canary".into(),
+                store_path: PATH.into(),
+                release_id: Some(release.id),
+                result: yeet_server::store::Wire(yeet_proto::api::ActivationResult::Confirmed),
+                reason: String::new(),
+                started_at: now(),
+                finished_at: now(),
+                reboot_required: 0,
+            },
+            b"",
+        )
+        .await
+        .unwrap();
+    a.drive_rollouts().await.unwrap();
+    let row = store.rollout(release.id).await.unwrap().unwrap();
+    assert!(row.bake_started_at.is_some(), "{row:?}");
+    // Replica A goes away mid-bake; C starts, and races B to the end of the bake.
+    drop(a);
+    let c = replica(&db).await;
+    let started = Instant::now();
+    while c.store().rollout(release.id).await.unwrap().unwrap().wave < 1 {
+        assert!(started.elapsed() < Duration::from_secs(10), "wave 2 never opened");
+        let (x, y) = tokio::join!(b.drive_rollouts(), c.drive_rollouts());
+        x.unwrap();
+        y.unwrap();
+    }
+    // A few more rounds: nobody opens it again.
+    for _ in 0..5 {
+        let (x, y) = tokio::join!(b.drive_rollouts(), c.drive_rollouts());
+        x.unwrap();
+        y.unwrap();
+    }
+    let events = c.store().audit_chain().await.unwrap();
+    let of = |action: &str| events.iter().filter(|e| e.action == action).collect::<Vec<_>>();
+    let opened = of(ROLLOUT_WAVE_OPENED);
+    assert_eq!(opened.len(), 2, "{opened:?}");
+    let waited = opened[1].at_ms - of(ROLLOUT_BAKE_STARTED)[0].at_ms;
+    assert!((2000..3000).contains(&waited), "wave 2 opened {waited} ms into a 2 s bake");
+    // Both surviving replicas give web its system (the one that did not open the wave
+    // learnt of it through the database).
+    for r in [&b, &c] {
+        let web = r.show_host(&admin, "web").await.unwrap();
+        assert_eq!(web.desired_system.as_deref(), Some(PATH));
+    }
+    db.cleanup().await;
+}

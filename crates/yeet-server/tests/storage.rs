@@ -5,43 +5,13 @@
 
 mod common;
 
-use common::{TestDb, ev};
+use common::{TestDb, ev, host, registration};
 use yeet_proto::api::{ActivationResult, Role};
 use yeet_server::store::Change;
 use yeet_server::store::{
     ActivationRow, DetachmentRow, Enrolled, HostReport, LogQuery, NewLogLine, NewRelease,
-    NodeEnrollment, RegistrationRow, Store, StoreError, UserChange, UserRefusal, Wire,
+    NodeEnrollment, Store, StoreError, UserChange, UserRefusal, Wire,
 };
-
-fn registration(key: &str, code: &str, seen: i64) -> RegistrationRow {
-    RegistrationRow {
-        key_id: key.into(),
-        public_key: format!("ssh-ed25519 {key}"),
-        hostname_hint: format!("hint-{key}"),
-        os: "linux".into(),
-        arch: "x86_64".into(),
-        agent_version: "0.1.0".into(),
-        code: code.into(),
-        code_expires_at: seen + 900,
-        first_seen_ms: seen,
-        last_seen_ms: seen,
-        source: "10.0.0.1".into(),
-        suggested_tags: String::new(),
-    }
-}
-
-async fn host(store: &Store, key: &str, name: &str) -> i64 {
-    store
-        .upsert_registration(&registration(key, &format!("C{key}"), 1))
-        .await
-        .unwrap();
-    store
-        .approve_registration(key, name, "alice", &Default::default(), false, &ev())
-        .await
-        .unwrap()
-        .unwrap()
-        .id
-}
 
 async fn migrations_are_idempotent(db: &TestDb) {
     let a = db.open().await;

@@ -106,3 +106,35 @@ macro_rules! on_both_backends {
         )*
     };
 }
+
+/// A registration of key `key` with code `code`, seen at `seen` (milliseconds).
+pub fn registration(key: &str, code: &str, seen: i64) -> yeet_server::store::RegistrationRow {
+    yeet_server::store::RegistrationRow {
+        key_id: key.into(),
+        public_key: format!("ssh-ed25519 {key}"),
+        hostname_hint: format!("hint-{key}"),
+        os: "linux".into(),
+        arch: "x86_64".into(),
+        agent_version: "0.1.0".into(),
+        code: code.into(),
+        code_expires_at: seen + 900,
+        first_seen_ms: seen,
+        last_seen_ms: seen,
+        source: "10.0.0.1".into(),
+        suggested_tags: String::new(),
+    }
+}
+
+/// An approved host named `name` with key `key`; its id.
+pub async fn host(store: &Store, key: &str, name: &str) -> i64 {
+    store
+        .upsert_registration(&registration(key, &format!("C{key}"), 1))
+        .await
+        .unwrap();
+    store
+        .approve_registration(key, name, "alice", &Default::default(), false, &ev())
+        .await
+        .unwrap()
+        .unwrap()
+        .id
+}
