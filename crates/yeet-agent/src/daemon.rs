@@ -183,6 +183,26 @@ fn os_version() -> String {
         .unwrap_or_default()
 }
 
+/// How many units systemd counts as failed, where systemd is the init system; `None`
+/// elsewhere (nix-darwin, containers without systemd) or when systemctl cannot answer.
+/// Asked at each check-in: a unit may fail at any time, and a rollout's health gate
+/// watches for it during its bake.
+fn failed_units() -> Option<u32> {
+    if !std::path::Path::new("/run/systemd/system").is_dir() {
+        return None;
+    }
+    let out = std::process::Command::new("systemctl")
+        .args(["show", "--property=NFailedUnits", "--value"])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+}
+
 /// When the machine booted (Unix seconds), from the kernel's `btime` (Linux).
 fn booted_at() -> Option<i64> {
     std::fs::read_to_string("/proc/stat")
@@ -535,6 +555,7 @@ impl Agent<'_> {
             wait_secs: wait.as_secs(),
             secrets_digest: self.held_secrets_digest(),
             detached: self.shared.detached().is_some(),
+            failed_units: failed_units(),
         };
         let Some(resp) = self.held_checkin(&req)? else {
             return Ok(None);

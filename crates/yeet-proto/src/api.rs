@@ -324,6 +324,10 @@ pub struct CheckinRequest {
     /// server's record says otherwise.
     #[serde(default)]
     pub detached: bool,
+    /// How many systemd units have failed (`systemctl --failed`); `None` where the host
+    /// runs no systemd. A rollout's `failed-units=0` health gate reads it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_units: Option<u32>,
 }
 
 /// How an activation attempt ended.

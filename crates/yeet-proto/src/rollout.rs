@@ -303,7 +303,7 @@ pub enum RolloutState {
     Halted,
     /// Stopped by an operator for good.
     Aborted,
-    /// A newer rollout took over its hosts.
+    /// Newer releases name all its hosts: it decides nothing any more.
     Superseded,
     /// Every wave passed.
     Completed,

@@ -296,8 +296,10 @@ async fn replicas_open_each_wave_once_and_a_restart_resumes_the_bake() {
     a.set_policy(
         &admin,
         "baked",
-        serde_json::from_value(serde_json::json!({"waves": ["host:canary", "100%"], "bake_secs": 2}))
-            .unwrap(),
+        serde_json::from_value(
+            serde_json::json!({"waves": ["host:canary", "100%"], "bake_secs": 2}),
+        )
+        .unwrap(),
     )
     .await
     .unwrap();
@@ -305,7 +307,11 @@ async fn replicas_open_each_wave_once_and_a_restart_resumes_the_bake() {
         .create_release(
             &admin,
             CreateReleaseRequest {
-                hosts: [("canary".to_string(), PATH.to_string()), ("web".to_string(), PATH.to_string())].into(),
+                hosts: [
+                    ("canary".to_string(), PATH.to_string()),
+                    ("web".to_string(), PATH.to_string()),
+                ]
+                .into(),
                 rollout: Some("baked".into()),
                 ..Default::default()
             },
@@ -340,7 +346,10 @@ async fn replicas_open_each_wave_once_and_a_restart_resumes_the_bake() {
     let c = replica(&db).await;
     let started = Instant::now();
     while c.store().rollout(release.id).await.unwrap().unwrap().wave < 1 {
-        assert!(started.elapsed() < Duration::from_secs(10), "wave 2 never opened");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "wave 2 never opened"
+        );
         let (x, y) = tokio::join!(b.drive_rollouts(), c.drive_rollouts());
         x.unwrap();
         y.unwrap();
@@ -352,11 +361,19 @@ async fn replicas_open_each_wave_once_and_a_restart_resumes_the_bake() {
         y.unwrap();
     }
     let events = c.store().audit_chain().await.unwrap();
-    let of = |action: &str| events.iter().filter(|e| e.action == action).collect::<Vec<_>>();
+    let of = |action: &str| {
+        events
+            .iter()
+            .filter(|e| e.action == action)
+            .collect::<Vec<_>>()
+    };
     let opened = of(ROLLOUT_WAVE_OPENED);
     assert_eq!(opened.len(), 2, "{opened:?}");
     let waited = opened[1].at_ms - of(ROLLOUT_BAKE_STARTED)[0].at_ms;
-    assert!((2000..3000).contains(&waited), "wave 2 opened {waited} ms into a 2 s bake");
+    assert!(
+        (2000..3000).contains(&waited),
+        "wave 2 opened {waited} ms into a 2 s bake"
+    );
     // Both surviving replicas give web its system (the one that did not open the wave
     // learnt of it through the database).
     for r in [&b, &c] {

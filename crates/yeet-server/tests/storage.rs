@@ -584,6 +584,7 @@ async fn hosts_rename_remove_and_report(db: &TestDb) {
         kernel: "6.12.30".into(),
         booted_at: Some(40),
         suggested_tags: "eu kiosk".into(),
+        failed_units: None,
     };
     s.update_host_report(a, &report, 50).await.unwrap();
     let stored = s.host_by_name("c").await.unwrap().unwrap();

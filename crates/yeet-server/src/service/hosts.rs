@@ -410,6 +410,8 @@ impl Service {
             lock(&self.reports).insert(host_id, report);
             lock(&self.seen).remove(&host_id);
             self.note_fleet_change();
+            // A unit failing (or the host's system changing) may fail a rollout's gate.
+            self.wake_rollouts();
         } else {
             lock(&self.seen).insert(host_id, t);
         }
@@ -446,6 +448,7 @@ impl Service {
             // A boot in the future (or before 1970) is a broken clock, not a fact.
             booted_at: req.facts.booted_at.filter(|t| (0..=now()).contains(t)),
             suggested_tags: suggested_tags(&req.facts.suggested_tags),
+            failed_units: req.failed_units.map(i64::from),
         };
         // The awaits before the hold are boxed: a future is laid out for its largest await,
         // and each held poll would otherwise carry their database work's room while it waits.

@@ -11,7 +11,7 @@ use yeet_proto::ErrorCode;
 use yeet_proto::api::{ActivationResult, Role};
 use yeet_proto::audit::{
     ROLLOUT_BAKE_STARTED, ROLLOUT_COMPLETED, ROLLOUT_DEFERRED_OPENED, ROLLOUT_HALTED,
-    ROLLOUT_WAVE_OPENED, ROLLOUT_WAVE_PASSED, SERVER_ACTOR,
+    ROLLOUT_SUPERSEDED, ROLLOUT_WAVE_OPENED, ROLLOUT_WAVE_PASSED, SERVER_ACTOR,
 };
 use yeet_proto::rollout::{
     HealthCheck, NamedPolicy, OnFailure, Rollout, RolloutControl, RolloutHost, RolloutHostState,
@@ -369,10 +369,10 @@ impl Service {
                         RolloutHostState::Superseded,
                         "removed from the fleet".to_owned(),
                     )
-                } else if let Some(newer) = h.newest_opened.filter(|n| *n > row.release_id) {
+                } else if let Some(newer) = h.newest_release.filter(|n| *n > row.release_id) {
                     (
                         RolloutHostState::Superseded,
-                        format!("release {newer} gave it another system since"),
+                        format!("release {newer} names it since"),
                     )
                 } else if h.wave > row.wave {
                     let reason = if !row.state.is_active() {
@@ -527,6 +527,32 @@ impl Service {
         at_ms: i64,
     ) -> Result<Option<Transition>> {
         let judged = self.judge(row, hosts, at_ms);
+        // Newer releases name every host: this rollout decides nothing any more.
+        if judged
+            .iter()
+            .all(|j| j.state == RolloutHostState::Superseded)
+        {
+            let by = hosts.iter().filter_map(|h| h.newest_release).max();
+            return Ok(Some(Transition {
+                state: Some(RolloutState::Superseded),
+                reason: Some(match by {
+                    Some(n) => {
+                        format!("superseded: newer releases (the newest {n}) name all its hosts")
+                    }
+                    None => "superseded: its hosts were removed".to_owned(),
+                }),
+                audit: vec![self.server_event(
+                    ROLLOUT_SUPERSEDED,
+                    row,
+                    vec![],
+                    serde_json::json!({ "by": by }),
+                )],
+                ..Default::default()
+            }));
+        }
+        if row.state != RolloutState::Running {
+            return Ok(None);
+        }
         let waves = row.policy.waves.len() as i64;
         if row.wave < 0 {
             return Ok(Some(self.open_wave(row, &judged, 0, at_ms)));
@@ -714,7 +740,8 @@ impl Service {
         let mut next_bake_end: Option<i64> = None;
         for mut row in self.store.active_rollouts().await? {
             for _ in 0..STEPS_PER_TICK {
-                if row.state != RolloutState::Running {
+                // A paused rollout is looked at only to see whether it was superseded.
+                if !row.state.is_active() {
                     break;
                 }
                 let hosts = self.store.rollout_hosts(row.release_id).await?;

@@ -70,6 +70,8 @@ pub struct HostReport {
     pub booted_at: Option<i64>,
     /// Stored as `join_tags` writes them.
     pub suggested_tags: String,
+    /// Failed systemd units; `None` where the host runs no systemd.
+    pub failed_units: Option<i64>,
 }
 
 pub(super) const HOST_COLUMNS: &str = "id, name, key_id, public_key, approved_at, approved_by, last_seen, current_system, booted_system, state, os, arch, agent_version, last_result, last_result_path, allow_detach, hardware_uuid, os_version, kernel, booted_at, tags, suggested_tags";
@@ -301,6 +303,7 @@ impl Store {
         // untrusted attempt is forgotten in the same statement, so it is offered again.
         sqlx::query(
             "UPDATE hosts SET current_system = $1, booted_system = $2, state = $3, os = $4, arch = $5, agent_version = $6, last_seen = $7, hardware_uuid = $9, os_version = $11, kernel = $12, booted_at = $13, suggested_tags = $14,
+                failed_units = $15,
                 last_result_path = CASE WHEN trust_digest <> $10 AND last_result = 'untrusted' THEN NULL ELSE last_result_path END,
                 trust_digest = $10
              WHERE id = $8",
@@ -319,6 +322,7 @@ impl Store {
         .bind(&report.kernel)
         .bind(report.booted_at)
         .bind(&report.suggested_tags)
+        .bind(report.failed_units)
         .execute(&self.writer)
         .await?;
         Ok(())

@@ -88,8 +88,7 @@ pub struct DesiredRow {
 
 impl Store {
     /// Inserts a release with its (host id, host name, store path) entries atomically. An
-    /// ordinary release's entries are opened at once; a rollout's wait for their waves,
-    /// and the rollout supersedes older active rollouts of any of its hosts.
+    /// ordinary release's entries are opened at once; a rollout's wait for their waves.
     pub async fn insert_release(
         &self,
         release: &NewRelease,
@@ -151,9 +150,7 @@ impl Store {
         }
         self.append_audit(tx, &audit).await?;
         if let Some(rollout) = &release.rollout {
-            let host_ids: Vec<i64> = entries.iter().map(|(h, _, _)| *h).collect();
-            self.start_rollout_in(tx, id, rollout, now, &host_ids, &audit)
-                .await?;
+            self.start_rollout_in(tx, id, rollout, now).await?;
         }
         Ok(id)
     }

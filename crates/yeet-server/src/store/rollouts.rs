@@ -51,9 +51,9 @@ pub struct RolloutHostRow {
     pub wave: i64,
     /// When its entry was opened (given to the host), in milliseconds; `None` while held.
     pub opened_at_ms: Option<i64>,
-    /// The newest release that gave the host a system: newer than this rollout's, and the
-    /// host no longer follows it.
-    pub newest_opened: Option<i64>,
+    /// The newest release naming the host: when newer than this rollout's, the host
+    /// follows that one, and this rollout no longer decides what it runs.
+    pub newest_release: Option<i64>,
     pub last_seen: Option<i64>,
     pub failed_units: Option<i64>,
     /// How the host's newest attempt at this release's system ended, counting only reports
@@ -120,40 +120,14 @@ fn rollout_from_row(row: &sqlx::any::AnyRow) -> Result<RolloutRow, StoreError> {
 const ACTIVE_STATES: &str = "('running', 'paused')";
 
 impl Store {
-    /// Starts the rollout of release `release_id` (in the transaction that writes it), and
-    /// supersedes the older active rollouts of any of its hosts: they open nothing more,
-    /// and their hosts follow this one.
+    /// Starts the rollout of release `release_id`, in the transaction that writes it.
     pub(super) async fn start_rollout_in(
         &self,
         tx: &mut Tx<'_>,
         release_id: i64,
         rollout: &NewRollout,
         now: i64,
-        host_ids: &[i64],
-        audit: &AuditEntry,
     ) -> Result<(), StoreError> {
-        let older: Vec<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
-            "SELECT DISTINCT ro.release_id FROM rollouts ro JOIN release_hosts rh ON rh.release_id = ro.release_id
-             WHERE ro.state IN {ACTIVE_STATES} AND rh.host_id IN ({})",
-            id_list(host_ids)
-        )))
-        .fetch_all(&mut **tx)
-        .await?;
-        for old in older {
-            sqlx::query(
-                "UPDATE rollouts SET state = $1, reason = $2, step = step + 1, updated_at = $3 WHERE release_id = $4",
-            )
-            .bind(RolloutState::Superseded.as_str())
-            .bind(format!("superseded by rollout {release_id}"))
-            .bind(now)
-            .bind(old)
-            .execute(&mut **tx)
-            .await?;
-            let mut event = audit.clone();
-            event.action = yeet_proto::audit::ROLLOUT_SUPERSEDED.into();
-            event.details = serde_json::json!({ "rollout": old, "by": release_id });
-            self.append_audit(tx, &event).await?;
-        }
         let policy =
             serde_json::to_string(&rollout.policy).map_err(|e| StoreError::CorruptPolicy {
                 name: rollout.policy_name.clone(),
@@ -282,7 +256,7 @@ impl Store {
             "SELECT rh.host_id, rh.host_name, h.name AS current_name, rh.store_path, rh.wave, rh.opened_at_ms,
                     h.last_seen, h.failed_units,
                     (SELECT MAX(o.release_id) FROM release_hosts o
-                      WHERE o.host_id = rh.host_id AND o.opened_at_ms IS NOT NULL) AS newest_opened,
+                      WHERE o.host_id = rh.host_id) AS newest_release,
                     (SELECT a.result FROM activations a
                       WHERE a.host_id = rh.host_id AND a.store_path = rh.store_path
                         AND rh.opened_at_ms IS NOT NULL AND a.reported_at_ms > rh.opened_at_ms
@@ -307,7 +281,7 @@ impl Store {
                     store_path: r.try_get("store_path")?,
                     wave: r.try_get::<Option<i64>, _>("wave")?.unwrap_or(0),
                     opened_at_ms: r.try_get("opened_at_ms")?,
-                    newest_opened: r.try_get("newest_opened")?,
+                    newest_release: r.try_get("newest_release")?,
                     last_seen: r.try_get("last_seen")?,
                     failed_units: r.try_get("failed_units")?,
                     result: r

@@ -49,7 +49,18 @@ impl Fleet {
 
     /// A check-in that reports `current` and asks for nothing to be held.
     async fn checkin(&self, name: &str, current: Option<&str>) -> Value {
+        self.checkin_with_units(name, current, None).await
+    }
+
+    /// A check-in that also reports how many systemd units have failed.
+    async fn checkin_with_units(
+        &self,
+        name: &str,
+        current: Option<&str>,
+        failed_units: Option<u32>,
+    ) -> Value {
         let body = serde_json::to_vec(&json!({"current_system": current, "wait_secs": 0,
+            "failed_units": failed_units,
             "facts": {"os": "", "arch": "", "agent_version": ""}}))
         .unwrap();
         self.api
@@ -380,8 +391,8 @@ async fn operators_pause_resume_promote_abort_and_supersede() {
     // A newer rollout of the same hosts: the older opens nothing more (c never gets v2),
     // and b, which v2 reached, follows the newer when its wave opens.
     let second = f.publish(all(3)).await["id"].as_i64().unwrap();
-    assert_eq!(f.rollout(first).await["state"], "superseded");
     f.drive().await;
+    assert_eq!(f.rollout(first).await["state"], "superseded");
     assert_eq!(f.desired("a").await.as_deref(), Some(sys(3).as_str()));
     assert_eq!(f.desired("b").await.as_deref(), Some(sys(2).as_str()));
     assert_eq!(f.desired("c").await.as_deref(), Some(sys(1).as_str()));
@@ -457,8 +468,8 @@ async fn offline_hosts_are_deferred_and_get_the_release_unless_it_halted() {
 
     // The second release halts in its first wave; off-2 returning gets nothing.
     let second = f.publish(hosts(2)).await["id"].as_i64().unwrap();
-    assert_eq!(f.rollout(id).await["state"], "superseded");
     f.drive().await;
+    assert_eq!(f.rollout(id).await["state"], "superseded");
     f.api.report(f.id("on-1"), &sys(2), "failed").await;
     f.drive().await;
     assert_eq!(f.rollout(second).await["state"], "halted");
@@ -609,4 +620,94 @@ async fn policies_are_checked_and_the_default_applies_unless_now() {
         .ok("GET", paths::ROLLOUT_POLICIES, b"", Sign::By(&f.api.viewer))
         .await;
     assert_eq!(listed[0]["name"], "careful", "{listed}");
+}
+
+/// `failed-units=0`: a host that confirmed but then reports a failed systemd unit during
+/// the bake fails its wave, and the rollout halts before the next wave opens. Without the
+/// health check, the same report is not a failure.
+#[tokio::test]
+async fn a_failed_unit_during_the_bake_halts_a_rollout_with_the_health_gate() {
+    let f = Fleet::new(ServiceConfig::default(), &[("a", &[]), ("b", &[])]).await;
+    f.everyone_on(&sys(1)).await;
+    for (name, health) in [("healthy", json!(["failed-units=0"])), ("lax", json!([]))] {
+        f.set_policy(
+            name,
+            json!({"waves": ["host:a", "100%"], "bake_secs": 600, "health": health}),
+        )
+        .await;
+    }
+    let id = f
+        .publish(json!({"hosts": {"a": sys(2), "b": sys(2)}, "rollout": "lax"}))
+        .await["id"]
+        .as_i64()
+        .unwrap();
+    f.drive().await;
+    f.api.report(f.id("a"), &sys(2), "confirmed").await;
+    f.checkin_with_units("a", Some(&sys(2)), Some(2)).await;
+    f.drive().await;
+    f.drive().await;
+    let lax = f.rollout(id).await;
+    assert_eq!(lax["waves"][0]["state"], "baking", "{lax}");
+
+    let id = f
+        .publish(json!({"hosts": {"a": sys(3), "b": sys(3)}, "rollout": "healthy"}))
+        .await["id"]
+        .as_i64()
+        .unwrap();
+    f.drive().await;
+    f.checkin_with_units("a", Some(&sys(2)), Some(0)).await;
+    f.api.report(f.id("a"), &sys(3), "confirmed").await;
+    f.checkin_with_units("a", Some(&sys(3)), Some(0)).await;
+    f.drive().await;
+    assert_eq!(f.rollout(id).await["waves"][0]["state"], "baking");
+    // A unit fails during the bake.
+    f.checkin_with_units("a", Some(&sys(3)), Some(1)).await;
+    f.drive().await;
+    let halted = f.rollout(id).await;
+    assert_eq!(halted["state"], "halted", "{halted}");
+    let (state, why) = Fleet::host_state(&halted, "a");
+    assert_eq!(
+        (state.as_str(), why.as_str()),
+        ("failed", "unhealthy: 1 failed systemd unit(s)")
+    );
+    // b never got v3; nor v2, whose rollout the newer one superseded while it baked.
+    assert_eq!(f.desired("b").await.as_deref(), Some(sys(1).as_str()));
+}
+
+/// A newer release that names only some of a rollout's hosts takes just those: the
+/// rollout goes on for the others and completes, never handing the taken host its older
+/// system.
+#[tokio::test]
+async fn a_newer_release_of_some_hosts_supersedes_only_those() {
+    let f = Fleet::new(
+        ServiceConfig::default(),
+        &[("a", &[]), ("b", &[]), ("c", &[])],
+    )
+    .await;
+    f.everyone_on(&sys(1)).await;
+    f.set_policy("two", json!({"waves": ["host:a", "100%"]}))
+        .await;
+    let id = f
+        .publish(json!({"hosts": {"a": sys(2), "b": sys(2), "c": sys(2)}, "rollout": "two"}))
+        .await["id"]
+        .as_i64()
+        .unwrap();
+    f.drive().await;
+    // A hotfix for c alone, all at once.
+    f.publish(json!({"hosts": {"c": sys(9)}})).await;
+    f.api.report(f.id("a"), &sys(2), "confirmed").await;
+    f.drive().await;
+    assert_eq!(f.desired("b").await.as_deref(), Some(sys(2).as_str()));
+    assert_eq!(f.desired("c").await.as_deref(), Some(sys(9).as_str()));
+    let (state, why) = Fleet::host_state(&f.rollout(id).await, "c");
+    assert_eq!(state, "superseded", "{why}");
+    f.api.report(f.id("b"), &sys(2), "confirmed").await;
+    f.drive().await;
+    let done = f.rollout(id).await;
+    assert_eq!(done["state"], "completed", "{done}");
+    assert_eq!(f.desired("c").await.as_deref(), Some(sys(9).as_str()));
+    assert_eq!(
+        f.events(yeet_proto::audit::ROLLOUT_COMPLETED).await.len(),
+        1
+    );
 }

@@ -578,3 +578,116 @@ async fn a_scoped_admin_keeps_to_their_secrets() {
     api.ok("DELETE", &paths::secret("kiosk-wifi"), b"", Sign::By(&sam))
         .await;
 }
+
+/// Rollouts under scopes: a scoped publisher cannot start one that touches a host outside
+/// their scope (it is unknown to them), sees only their hosts in a rollout, cannot steer
+/// one that also moves other teams' hosts, and a rollout of only other teams' hosts is
+/// unknown to them.
+#[tokio::test]
+async fn scoped_publishers_roll_out_only_their_hosts() {
+    let api = Api::new(ServiceConfig::default()).await;
+    tag(&api, "host-a", "team-a").await;
+    tag(&api, "host-b", "team-b").await;
+    let pat = scoped_user(&api, "pat", Role::Publisher, &["team-a"]).await;
+    let body = serde_json::to_vec(&json!({"waves": ["100%"]})).unwrap();
+    api.ok(
+        "PUT",
+        &paths::rollout_policy("all"),
+        &body,
+        Sign::By(&api.admin),
+    )
+    .await;
+    let path = "/nix/store/q322pzff5rm7kwfwfbhcza6wr2b84wlm-system-1";
+    let release =
+        |hosts: Value| serde_json::to_vec(&json!({"hosts": hosts, "rollout": "all"})).unwrap();
+    let (s, v) = api
+        .call(
+            "POST",
+            paths::RELEASES,
+            &release(json!({"host-a": path, "host-b": path})),
+            Sign::By(&pat),
+        )
+        .await;
+    assert_error(
+        s,
+        &v,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "unknown_host",
+        "out of scope",
+    );
+    // An unscoped publisher rolls out to both teams; pat sees only host-a, steers nothing.
+    let both = api
+        .ok(
+            "POST",
+            paths::RELEASES,
+            &release(json!({"host-a": path, "host-b": path})),
+            Sign::By(&api.publisher),
+        )
+        .await["id"]
+        .as_i64()
+        .unwrap();
+    let seen = api
+        .ok(
+            "GET",
+            &paths::rollout(&both.to_string()),
+            b"",
+            Sign::By(&pat),
+        )
+        .await;
+    assert_eq!(names(&seen["waves"][0]["hosts"]), ["host-a"], "{seen}");
+    let (s, v) = api
+        .call(
+            "POST",
+            &paths::rollout_control(&both.to_string(), "abort"),
+            b"{}",
+            Sign::By(&pat),
+        )
+        .await;
+    assert_error(
+        s,
+        &v,
+        StatusCode::CONFLICT,
+        "rollout_conflict",
+        "steer a shared rollout",
+    );
+    // A rollout of team-b alone does not exist for pat.
+    let other = api
+        .ok(
+            "POST",
+            paths::RELEASES,
+            &release(json!({"host-b": path})),
+            Sign::By(&api.publisher),
+        )
+        .await["id"]
+        .as_i64()
+        .unwrap();
+    for (method, path) in [
+        ("GET", paths::rollout(&other.to_string())),
+        ("POST", paths::rollout_control(&other.to_string(), "pause")),
+    ] {
+        let (s, v) = api.call(method, &path, b"{}", Sign::By(&pat)).await;
+        assert_error(s, &v, StatusCode::NOT_FOUND, "unknown_rollout", &path);
+    }
+    let listed = api.ok("GET", paths::ROLLOUTS, b"", Sign::By(&pat)).await;
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    // Their own rollout they steer.
+    let own = api
+        .ok(
+            "POST",
+            paths::RELEASES,
+            &release(json!({"host-a": path})),
+            Sign::By(&pat),
+        )
+        .await["id"]
+        .as_i64()
+        .unwrap();
+    let v = api
+        .ok(
+            "POST",
+            &paths::rollout_control(&own.to_string(), "pause"),
+            b"{}",
+            Sign::By(&pat),
+        )
+        .await;
+    assert_eq!(v["state"], "paused", "{v}");
+}
