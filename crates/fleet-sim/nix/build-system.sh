@@ -33,6 +33,11 @@ case "\$1" in
       echo "error: the web service demo-web failed to start (exit 4)" >&2
       exit 4
     fi
+    if [ "$variant" = failed-unit ] && [ -d /run/systemd/system ]; then
+      # A service that fails after the switch succeeded: NixOS reports such units and
+      # goes on; the unit stays failed until reset.
+      systemd-run --unit=demo-broken --quiet /bin/false || true
+    fi
     if [ -d /run/systemd/system ]; then
       [ "\$changed" = yes ] && systemctl restart yeet-agent.service
     else

@@ -108,6 +108,9 @@ pub enum Variant {
     MissingKey,
     /// `switch-to-configuration` takes 8 seconds (an activation that is still running).
     Slow,
+    /// Switches and confirms, but starts a service that fails (systemd hosts): the
+    /// host's count of failed units goes up.
+    FailedUnit,
 }
 
 impl Variant {
@@ -119,6 +122,7 @@ impl Variant {
             Variant::Unhealthy => "unhealthy",
             Variant::MissingKey => "missing-key",
             Variant::Slow => "slow",
+            Variant::FailedUnit => "failed-unit",
         }
     }
 }

@@ -95,3 +95,83 @@ fn an_agent_upgraded_by_a_switch_runs_the_new_binary_and_confirms() {
     let reported = log.rfind("activation reported").unwrap();
     assert!(restarted < reported, "{log}");
 }
+
+/// `--health failed-units=0` on hosts that boot real systemd: the canary's new system
+/// switches and confirms, but leaves a failed unit, which its agent reports from
+/// `systemctl`; the rollout halts during the canary wave's bake, and the other host never
+/// gets the release. Without the health gate the wave would bake on for ten minutes.
+#[test]
+fn a_failed_unit_halts_a_rollout_during_its_bake() {
+    use common::{CONVERGE, converged};
+    use fleet_sim::sim::{Variant, wait_until};
+    let fleet = Fleet::of(HostKind::Systemd, &["canary-1", "web-1"], 30);
+    let v1 = fleet.build("system-v1", Variant::Good, "6.1");
+    fleet.publish(&[("canary-1", &v1), ("web-1", &v1)], "v1");
+    wait_until(CONVERGE, "both hosts on v1", || converged(&fleet, &v1));
+    let failed_units = |host: usize| {
+        let out =
+            fleet.hosts[host].exec(&["systemctl", "show", "--property=NFailedUnits", "--value"]);
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    assert_eq!(
+        failed_units(0),
+        "0",
+        "the base system already has failed units"
+    );
+    fleet.server.yeet(&["host", "tag", "canary-1", "+canary"]);
+    fleet.server.yeet(&[
+        "rollout",
+        "policy",
+        "set",
+        "healthy",
+        "--wave",
+        "tag:canary",
+        "--wave",
+        "100%",
+        "--bake",
+        "10m",
+        "--health",
+        "failed-units=0",
+        "--max-failures",
+        "0",
+    ]);
+    let broken = fleet.build("system-v2-broken-unit", Variant::FailedUnit, "6.1");
+    let good = fleet.build("system-v2", Variant::Good, "6.1");
+    let key = fleet.cache.secret_key.display().to_string();
+    fleet.publish_with(
+        &[("canary-1", &broken), ("web-1", &good)],
+        "v2",
+        &["--signing-key", &key, "--rollout", "healthy"],
+    );
+    let status = || -> serde_json::Value { fleet.server.yeet_json(&["rollout", "status"]) };
+    wait_until(CONVERGE, "the rollout to halt", || {
+        status()["state"] == "halted"
+    });
+    let halted = status();
+    let canary = &halted["waves"][0]["hosts"][0];
+    assert_eq!(canary["state"], "failed", "{halted}");
+    assert!(
+        canary["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("unhealthy: "),
+        "{halted}"
+    );
+    assert_ne!(failed_units(0), "0");
+    // The canary's own activation confirmed: only the health gate saw the failure.
+    let a = &fleet.history("canary-1")[0];
+    assert_eq!(
+        (a["store_path"].as_str(), a["result"].as_str()),
+        (Some(broken.as_str()), Some("confirmed")),
+        "{a}"
+    );
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let web = &fleet.status()["web-1"];
+    assert_eq!(web["desired_system"], v1.as_str(), "{web}");
+    assert!(
+        fleet
+            .history("web-1")
+            .iter()
+            .all(|a| a["store_path"] != good.as_str())
+    );
+}

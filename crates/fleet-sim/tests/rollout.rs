@@ -1,0 +1,147 @@
+//! Staged rollouts on the real-Nix fleet: real agents on namespace hosts fetch, switch,
+//! confirm or roll back real systems, and the server's rollout driver opens waves from
+//! what they report. Driven entirely through the `yeet` CLI, as an operator would.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{CONVERGE, converged};
+use fleet_sim::sim::{Fleet, Variant, wait_until};
+use serde_json::Value;
+use std::time::Duration;
+
+/// The names of the hosts of wave `wave` (0-based) in `yeet rollout status --json`.
+fn wave_hosts(rollout: &Value, wave: usize) -> Vec<String> {
+    rollout["waves"][wave]["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Four waves over 20 hosts (the two canaries, 10%, 50%, the rest), and one canary's new
+/// system fails its switch: the rollout halts after wave 1, the other canary (which had
+/// confirmed) is rolled back to v1 by the server, and no host of waves 2-4 is ever given
+/// the release, watched for several driver ticks past the halt.
+#[test]
+fn a_failing_canary_halts_a_four_wave_rollout_and_its_wave_rolls_back() {
+    let names: Vec<String> = (1..=2)
+        .map(|i| format!("canary-{i}"))
+        .chain((1..=18).map(|i| format!("web-{i:02}")))
+        .collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let fleet = Fleet::new(&names, 15);
+    let v1 = fleet.build("system-v1", Variant::Good, "6.1");
+    let pairs: Vec<(&str, &str)> = names.iter().map(|n| (*n, v1.as_str())).collect();
+    fleet.publish(&pairs, "v1 everywhere");
+    wait_until(CONVERGE, "every host on v1", || converged(&fleet, &v1));
+
+    for canary in ["canary-1", "canary-2"] {
+        fleet.server.yeet(&["host", "tag", canary, "+canary"]);
+    }
+    let set = fleet.server.yeet(&[
+        "rollout",
+        "policy",
+        "set",
+        "prod",
+        "--wave",
+        "tag:canary",
+        "--wave",
+        "10%",
+        "--wave",
+        "50%",
+        "--wave",
+        "100%",
+        "--max-failures",
+        "0",
+        "--on-failure",
+        "rollback",
+    ]);
+    assert!(set.contains("tag:canary → 10% → 50% → 100%"), "{set}");
+    // canary-1's new system fails its switch; everyone else's is good.
+    let bad = fleet.build("system-v2-bad", Variant::Fail, "6.1");
+    let good = fleet.build("system-v2", Variant::Good, "6.1");
+    let v2: Vec<(&str, &str)> = names
+        .iter()
+        .map(|n| {
+            (
+                *n,
+                if *n == "canary-1" {
+                    bad.as_str()
+                } else {
+                    good.as_str()
+                },
+            )
+        })
+        .collect();
+    let key = fleet.cache.secret_key.display().to_string();
+    fleet.publish_with(&v2, "v2", &["--signing-key", &key, "--rollout", "prod"]);
+
+    let status = |id: Option<&str>| -> Value {
+        let mut args = vec!["rollout", "status"];
+        args.extend(id);
+        fleet.server.yeet_json(&args)
+    };
+    let first = status(None);
+    let id = first["release"].as_i64().unwrap().to_string();
+    let later: Vec<String> = (1..4).flat_map(|w| wave_hosts(&first, w)).collect();
+    assert_eq!(wave_hosts(&first, 0), ["canary-1", "canary-2"]);
+    assert_eq!(later.len(), 18, "{first}");
+    wait_until(CONVERGE, "the rollout to halt", || {
+        status(Some(&id))["state"] == "halted"
+    });
+    let halted = status(Some(&id));
+    let reason = halted["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("1 failure(s) in wave 1 (max 0)"),
+        "{reason}"
+    );
+    // The canaries end on v1: canary-1 rolled itself back, canary-2 by the server's
+    // rollback release.
+    wait_until(CONVERGE, "the canaries back on v1, standing by", || {
+        let s = fleet.status();
+        ["canary-1", "canary-2"].iter().all(|c| {
+            s[*c]["current_system"] == v1.as_str()
+                && s[*c]["desired_system"] == v1.as_str()
+                && s[*c]["state"] == "standby"
+        })
+    });
+    let canary2 = fleet.history("canary-2");
+    assert_eq!(
+        (
+            canary2[0]["store_path"].as_str(),
+            canary2[0]["result"].as_str()
+        ),
+        (Some(v1.as_str()), Some("confirmed")),
+        "{canary2:?}"
+    );
+    assert_eq!(canary2[1]["store_path"], good.as_str());
+    let canary1 = fleet.history("canary-1");
+    assert_eq!(
+        (
+            canary1[0]["store_path"].as_str(),
+            canary1[0]["result"].as_str()
+        ),
+        (Some(bad.as_str()), Some("rolled-back")),
+        "{canary1:?}"
+    );
+    // Past the halt by several driver ticks: no later wave opened, and no host of waves
+    // 2-4 ever tried v2.
+    std::thread::sleep(Duration::from_secs(4));
+    let opened: Value = fleet
+        .server
+        .yeet_json(&["audit", "--action", "rollout.wave-opened"]);
+    assert_eq!(opened.as_array().unwrap().len(), 1, "{opened}");
+    let s = fleet.status();
+    for h in &later {
+        assert_eq!(s[h]["desired_system"], v1.as_str(), "{h}");
+        assert_eq!(s[h]["current_system"], v1.as_str(), "{h}");
+        let tried_v2 = fleet
+            .history(h)
+            .iter()
+            .any(|a| a["store_path"] == good.as_str());
+        assert!(!tried_v2, "{h} was given v2 after the halt");
+    }
+}
