@@ -15,7 +15,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 
 use commands::{
     Connection, Json, approve, audit, cache, diff, host, key, log, osquery, pending, publish,
-    releases, rollout, secret, status, user, vm, wait, whoami,
+    releases, rollout, secret, status, user, vm, wait, whoami, window,
 };
 
 #[derive(Parser)]
@@ -78,6 +78,9 @@ enum Command {
     Rollout(rollout::RolloutCommand),
     /// List rollouts, newest first.
     Rollouts(rollout::RolloutsArgs),
+    /// Maintenance windows: when hosts carrying their tags may start an activation.
+    #[command(subcommand)]
+    Window(window::WindowCommand),
     /// Offer hosts their desired system once more, after fixing why they failed or refused it.
     Retry(releases::RetryArgs),
     /// Package-level difference between a host's current and desired systems
@@ -184,6 +187,7 @@ fn dispatch(cli: &Cli) -> Result<()> {
         Command::Retry(args) => releases::retry(args, c),
         Command::Rollout(command) => rollout::run(command, c),
         Command::Rollouts(args) => rollout::list(args, c),
+        Command::Window(command) => window::run(command, c),
         Command::Diff(args) => diff::run(args, c),
         Command::Cache(command) => cache::run(command, c),
         Command::Secret(command) => secret::run(command, c),

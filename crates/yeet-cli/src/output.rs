@@ -45,6 +45,13 @@ pub fn host_detail(h: &yeet_proto::api::HostInfo) -> Table {
         ("current system", or_dash(h.current_system.clone())),
         ("desired system", or_dash(h.desired_system.clone())),
         (
+            "switch waits for",
+            h.window_wait.as_ref().map_or_else(
+                || "-".to_owned(),
+                |w| format!("maintenance window {} ({})", w.window, w.opens),
+            ),
+        ),
+        (
             "desired release",
             or_dash(h.desired_release.map(|r| r.to_string())),
         ),

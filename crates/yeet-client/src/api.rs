@@ -26,6 +26,7 @@ use yeet_proto::osquery::{
 use yeet_proto::rollout::{
     NamedPolicy, Rollout, RolloutControl, RolloutPolicy, StartRolloutRequest,
 };
+use yeet_proto::windows::{MaintenanceWindow, NamedWindow};
 
 use crate::{Client, ClientError};
 
@@ -205,6 +206,19 @@ impl Client {
 
     pub fn remove_rollout_policy(&self, name: &str) -> Result<()> {
         self.delete::<Done>(&paths::rollout_policy(&paths::segment(name)))
+            .map(drop)
+    }
+
+    pub fn windows(&self) -> Result<Vec<NamedWindow>> {
+        self.get(paths::WINDOWS)
+    }
+
+    pub fn set_window(&self, name: &str, window: &MaintenanceWindow) -> Result<NamedWindow> {
+        self.put(&paths::window(&paths::segment(name)), window)
+    }
+
+    pub fn remove_window(&self, name: &str) -> Result<()> {
+        self.delete::<Done>(&paths::window(&paths::segment(name)))
             .map(drop)
     }
 

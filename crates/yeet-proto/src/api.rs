@@ -31,6 +31,12 @@ pub mod paths {
     pub const AUDIT: &str = "/v1/audit";
     pub const ROLLOUT_POLICIES: &str = "/v1/rollout-policies";
     pub const ROLLOUTS: &str = "/v1/rollouts";
+    pub const WINDOWS: &str = "/v1/windows";
+
+    /// `/v1/windows/{name}`
+    pub fn window(name: &str) -> String {
+        format!("{WINDOWS}/{name}")
+    }
 
     /// `/v1/rollout-policies/{name}`
     pub fn rollout_policy(name: &str) -> String {
@@ -605,6 +611,9 @@ pub struct HostInfo {
     /// The host's detachment, while it lasts.
     #[serde(default)]
     pub detached: Option<Detachment>,
+    /// The host's switch to its desired system waits for this maintenance window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_wait: Option<crate::windows::WindowWait>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -111,6 +111,8 @@ error_codes! {
     InvalidPolicy => "invalid_policy", 422, "The rollout policy or its name is malformed (waves, bake, thresholds), or a release names a policy that does not exist.";
     UnknownRollout => "unknown_rollout", 404, "No rollout has this id.";
     RolloutConflict => "rollout_conflict", 409, "The rollout cannot do that in its state (a halted rollout cannot resume; a finished one cannot pause).";
+    UnknownWindow => "unknown_window", 404, "No maintenance window has this name; `yeet window list` shows them.";
+    InvalidWindow => "invalid_window", 422, "The maintenance window or its name is malformed (tags, days, times, time zone).";
     // Binary caches.
     NoEmbeddedCache => "no_embedded_cache", 404, "This server's embedded cache is disabled.";
     NotACacheFile => "not_a_cache_file", 404, "The upload's path is not a narinfo or NAR file name.";

@@ -41,6 +41,7 @@ pub mod rollout;
 pub mod secrets;
 pub mod signing;
 pub mod text;
+pub mod windows;
 
 pub use error_code::ErrorCode;
 pub use identity::{Identity, IdentityError, PublicIdentity};

@@ -19,6 +19,7 @@ pub mod user;
 pub mod vm;
 pub mod wait;
 pub mod whoami;
+pub mod window;
 
 use anyhow::{Context, Result};
 use std::path::PathBuf;

@@ -130,9 +130,14 @@ fn fleet_table(hosts: &[HostInfo], pending: &[PendingRegistration]) -> comfy_tab
             (Some(d), Some(c)) if d == c => "= current".to_owned(),
             (d, _) => output::short_path(d.as_deref()),
         };
+        // A switch held for a maintenance window says so where the state is.
+        let state = match &h.window_wait {
+            Some(w) => format!("{} (window {}: {})", h.state.as_str(), w.window, w.opens),
+            None => h.state.as_str().to_owned(),
+        };
         let mut row = vec![
             h.name.clone(),
-            h.state.as_str().to_owned(),
+            state,
             output::short_path(h.current_system.as_deref()),
             desired,
             h.last_result.map(|r| r.as_str()).unwrap_or("-").to_owned(),

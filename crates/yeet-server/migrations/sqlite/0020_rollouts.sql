@@ -11,7 +11,7 @@ UPDATE release_hosts SET opened_at_ms = 1000 * (SELECT created_at FROM releases 
 -- Named policies (their JSON is yeet_proto::rollout::RolloutPolicy).
 CREATE TABLE rollout_policies (
     name TEXT PRIMARY KEY,
-    policy TEXT NOT NULL,
+    spec TEXT NOT NULL,
     updated_at BIGINT NOT NULL,
     updated_by TEXT NOT NULL
 );
@@ -42,3 +42,11 @@ UPDATE activations SET reported_at_ms = 1000 * finished_at;
 
 -- The failed systemd units a host last reported (NULL: it does not report them).
 ALTER TABLE hosts ADD COLUMN failed_units BIGINT;
+
+-- Maintenance windows (their JSON is yeet_proto::windows::MaintenanceWindow).
+CREATE TABLE maintenance_windows (
+    name TEXT PRIMARY KEY,
+    spec TEXT NOT NULL,
+    updated_at BIGINT NOT NULL,
+    updated_by TEXT NOT NULL
+);

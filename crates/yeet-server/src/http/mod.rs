@@ -34,6 +34,7 @@ use yeet_proto::osquery as oq;
 use yeet_proto::rollout::{
     NamedPolicy, Rollout, RolloutControl, RolloutPolicy, StartRolloutRequest,
 };
+use yeet_proto::windows::{MaintenanceWindow, NamedWindow};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -236,6 +237,9 @@ pub fn routes() -> Vec<Route> {
         route(Method::POST, &paths::rollout_control("{id}", "resume"), R(Role::Publisher), "Resume a paused rollout.", resume_rollout).scoped(Scoped::TheirHosts).audited("rollout.resume"),
         route(Method::POST, &paths::rollout_control("{id}", "abort"), R(Role::Publisher), "Stop a rollout for good; hosts keep what they were given.", abort_rollout).scoped(Scoped::TheirHosts).audited("rollout.abort"),
         route(Method::POST, &paths::rollout_control("{id}", "promote"), R(Role::Publisher), "Open a rollout's next wave now, skipping the rest of the current wave's gate and bake.", promote_rollout).scoped(Scoped::TheirHosts).audited("rollout.promote"),
+        route(Method::GET, paths::WINDOWS, R(Role::Viewer), "Maintenance windows: the hours in which hosts carrying their tags may start an activation.", list_windows).scoped(Scoped::NoHostData),
+        route(Method::PUT, &paths::window("{name}"), R(Role::Admin), "Set a maintenance window (`tags`, `days`, `from`, `to`, `tz`), replacing one of that name.", set_window).audited("window.set"),
+        route(Method::DELETE, &paths::window("{name}"), R(Role::Admin), "Remove a maintenance window; switches it held go ahead.", remove_window).audited("window.remove"),
         route(Method::POST, paths::CACHE_GC, R(Role::Admin), "Garbage-collect the embedded cache.", cache_gc).audited("cache.gc"),
         route(Method::POST, paths::CACHE_MISSING, R(Role::Publisher), "Which of these store paths the embedded cache lacks, and the keys uploads must be signed by.", cache_missing).scoped(Scoped::NoHostData).unrecorded("a question (which paths the cache lacks); changes nothing"),
         route(Method::GET, paths::SECRETS_RECIPIENT, R(Role::Viewer), "The age recipient secrets are encrypted to.", secret_recipient).scoped(Scoped::NoHostData),
@@ -584,6 +588,28 @@ async fn create_release(
     ApiJson(req): ApiJson<CreateReleaseRequest>,
 ) -> ApiResult<Release> {
     Ok(Json(app.service.create_release(&p, req).await?))
+}
+
+async fn list_windows(State(app): State<AppState>, p: Principal) -> ApiResult<Vec<NamedWindow>> {
+    Ok(Json(app.service.list_windows(&p).await?))
+}
+
+async fn set_window(
+    State(app): State<AppState>,
+    p: Principal,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(req): ApiJson<MaintenanceWindow>,
+) -> ApiResult<NamedWindow> {
+    Ok(Json(app.service.set_window(&p, &name, req).await?))
+}
+
+async fn remove_window(
+    State(app): State<AppState>,
+    p: Principal,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<serde_json::Value> {
+    app.service.remove_window(&p, &name).await?;
+    Ok(Json(serde_json::json!({})))
 }
 
 async fn list_policies(State(app): State<AppState>, p: Principal) -> ApiResult<Vec<NamedPolicy>> {

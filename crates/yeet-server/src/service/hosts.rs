@@ -62,7 +62,15 @@ impl Service {
         let offline = self
             .offline_at(row.id, last_seen)
             .is_some_and(|at| now() >= at);
+        let tags = crate::store::split_tags(&row.tags);
+        // A switch it has to make, held back until a maintenance window opens.
+        let window_wait = desired
+            .as_ref()
+            .filter(|d| row.current_system.as_deref() != Some(d.store_path.as_str()))
+            .filter(|_| detached.is_none())
+            .and_then(|_| self.window_wait(&tags, now()));
         HostInfo {
+            window_wait,
             state: host_state(
                 &row,
                 desired.as_ref().map(|d| d.store_path.as_str()),
@@ -83,7 +91,7 @@ impl Service {
             desired_release: desired.map(|d| d.release_id),
             last_seen,
             approved_at: row.approved_at,
-            tags: crate::store::split_tags(&row.tags),
+            tags,
             facts: Facts {
                 os: row.os,
                 arch: row.arch,
@@ -375,27 +383,42 @@ impl Service {
     }
 
     /// What to tell a host running `current` to do: switch to its desired system, unless it
-    /// runs it already, is detached (it runs what it chose; releases wait for it), or has
-    /// tried it already.
+    /// runs it already, is detached (it runs what it chose; releases wait for it), has
+    /// tried it already, or must wait for a maintenance window (then also when that opens,
+    /// in Unix seconds).
     async fn offer(
         &self,
         host_id: i64,
         current: Option<&str>,
         desired: Option<&Desired>,
         detached: &Option<Detachment>,
-    ) -> Result<Action> {
+    ) -> Result<(Action, Option<i64>)> {
         let candidate = desired
             .filter(|d| current != Some(d.store_path.as_str()))
             .filter(|_| detached.is_none());
-        Ok(match candidate {
-            Some(d) if !self.already_attempted(host_id, &d.store_path).await? => Action::Switch {
+        let Some(d) = candidate else {
+            return Ok((Action::None, None));
+        };
+        if self.already_attempted(host_id, &d.store_path).await? {
+            return Ok((Action::None, None));
+        }
+        // Only fleets with windows pay for reading the host's tags, and only on the
+        // check-ins that would start a switch.
+        if !self.windows().is_empty()
+            && let Some(host) = self.store.host_by_id(host_id).await?
+            && let Some(wait) = self.window_wait(&split_tags(&host.tags), now())
+        {
+            return Ok((Action::None, Some(wait.opens_at)));
+        }
+        Ok((
+            Action::Switch {
                 store_path: d.store_path.clone(),
                 release_id: d.release_id,
                 caches: self.config.caches.clone(),
                 embedded_cache: self.cache.is_some(),
             },
-            _ => Action::None,
-        })
+            None,
+        ))
     }
 
     /// Writes a host's report when it changed; otherwise only notes the time, for the
@@ -466,13 +489,22 @@ impl Service {
             loop {
                 let desired = self.desired.read().await.get(&host_id).cloned();
                 let detached = self.detachment(host_id).await;
-                let action = Box::pin(self.offer(
+                let (action, window_opens) = Box::pin(self.offer(
                     host_id,
                     req.current_system.as_deref(),
                     desired.as_ref(),
                     &detached,
                 ))
                 .await?;
+                // A switch held for a window: the held check-in answers when it opens, so
+                // that the host asks again and starts then.
+                let deadline = match window_opens {
+                    Some(at) => deadline.min(
+                        tokio::time::Instant::now()
+                            + Duration::from_secs((at - now()).max(0) as u64),
+                    ),
+                    None => deadline,
+                };
                 let secrets_digest = self.secrets_digest(host_id).await;
                 // A host that holds secrets answers at once when its granted versions moved.
                 let secrets_moved = req

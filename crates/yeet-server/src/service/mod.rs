@@ -21,6 +21,7 @@ mod releases;
 mod rollouts;
 pub mod secrets;
 pub mod users;
+mod windows;
 
 pub use auth::{Principal, SignedRequest, fleet_wide_refusal};
 pub use enrollment::{normalize_code, source_of};
@@ -221,6 +222,8 @@ pub struct Service {
     osquery: osquery::OsqueryState,
     /// Wakes the rollout driver of this process (a rollout started, a host reported).
     rollouts_changed: tokio::sync::Notify,
+    /// The maintenance windows, checked (read on every switch a check-in would start).
+    windows: std::sync::RwLock<windows::Windows>,
 }
 
 pub use yeet_proto::clock::{unix_now as now, unix_now_ms as now_ms};
@@ -250,6 +253,7 @@ impl Service {
         let desired = load_desired(&store).await?;
         let secret_digests = secrets::load_digests(&store).await?;
         let detached = detach::load_detachments(&store).await?;
+        let windows = windows::load_windows(&store).await?;
         let osquery = osquery::OsqueryState::new(
             config.osquery.clone(),
             config.registration_burst,
@@ -289,6 +293,7 @@ impl Service {
             detached: RwLock::new(detached),
             osquery,
             rollouts_changed: tokio::sync::Notify::new(),
+            windows: std::sync::RwLock::new(windows),
         })
     }
 
@@ -322,6 +327,7 @@ impl Service {
         match event {
             Some(e) if e.starts_with(EVENT_RELEASE) => self.reload_desired().await,
             Some(e) if e.starts_with(EVENT_SECRETS) => self.reload_secret_digests().await,
+            Some(e) if e.starts_with(windows::EVENT_WINDOWS) => self.reload_windows().await,
             Some(e) if e.starts_with(EVENT_DETACH) => match e[EVENT_DETACH.len()..].parse() {
                 Ok(host_id) => self.reload_detachment(host_id).await,
                 Err(_) => self.reload_detachments().await,
@@ -350,6 +356,7 @@ impl Service {
                 self.note_campaign_deadline(self.store.latest_campaign_deadline().await?);
                 self.reload_secret_digests().await?;
                 self.reload_detachments().await?;
+                self.reload_windows().await?;
                 self.reload_desired().await
             }
         }
@@ -407,6 +414,16 @@ impl Service {
         }
         Ok(())
     }
+}
+
+/// Reads a std RwLock, recovering the data if a panicking thread poisoned it (as `lock`).
+fn read<T>(l: &std::sync::RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Writes a std RwLock, recovering the data if a panicking thread poisoned it.
+fn write<T>(l: &std::sync::RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Locks a std mutex, recovering the data if a panicking thread poisoned it: every map

@@ -40,7 +40,9 @@ struct Judged<'a> {
     row: &'a RolloutHostRow,
     state: RolloutHostState,
     reason: String,
-    online: bool,
+    /// Online, and inside a maintenance window if one covers it: it may be given the
+    /// release now.
+    eligible: bool,
 }
 
 /// The rollout's state of one wave's hosts: failed, still updating, confirmed, and how
@@ -364,6 +366,7 @@ impl Service {
             .iter()
             .map(|h| {
                 let online = h.exists && self.online(h, at);
+                let window = self.window_wait(&h.tags, at);
                 let (state, reason) = if !h.exists {
                     (
                         RolloutHostState::Superseded,
@@ -399,6 +402,11 @@ impl Service {
                 } else if h.opened_at_ms.is_none() {
                     let reason = if !row.state.is_active() && row.state != RolloutState::Completed {
                         format!("not given: the rollout is {}", row.state.as_str())
+                    } else if let Some(w) = window.as_ref().filter(|_| online) {
+                        format!(
+                            "deferred: outside maintenance window `{}` until {}",
+                            w.window, w.opens
+                        )
                     } else if online {
                         "deferred: given the release at the next tick".to_owned()
                     } else {
@@ -441,14 +449,15 @@ impl Service {
                     row: h,
                     state,
                     reason,
-                    online,
+                    eligible: online && window.is_none(),
                 }
             })
             .collect()
     }
 
-    /// The step that opens wave `wave`: its hosts that are online now get the release;
-    /// the others are deferred until they return.
+    /// The step that opens wave `wave`: its hosts that are online now (and inside their
+    /// maintenance windows, if any covers them) get the release; the others are deferred
+    /// until they return or their window opens.
     fn open_wave(
         &self,
         row: &RolloutRow,
@@ -462,7 +471,7 @@ impl Service {
             if j.state == RolloutHostState::Superseded {
                 continue;
             }
-            if j.online {
+            if j.eligible {
                 opened.push(j.row.name.clone());
                 open_ids.push(j.row.host_id);
             } else {
@@ -557,10 +566,11 @@ impl Service {
         if row.wave < 0 {
             return Ok(Some(self.open_wave(row, &judged, 0, at_ms)));
         }
-        // Deferred hosts of open or passed waves that came back get the release.
+        // Deferred hosts of open or passed waves that came back (or whose window opened)
+        // get the release.
         let back: Vec<&Judged<'_>> = judged
             .iter()
-            .filter(|j| j.state == RolloutHostState::Deferred && j.online)
+            .filter(|j| j.state == RolloutHostState::Deferred && j.eligible)
             .collect();
         if row.wave >= waves {
             if !back.is_empty() {
@@ -651,7 +661,7 @@ impl Service {
                 ROLLOUT_DEFERRED_OPENED,
                 row,
                 names,
-                serde_json::json!({ "cause": "back online" }),
+                serde_json::json!({ "cause": "online again, and inside any window that covers it" }),
             )],
             ..Default::default()
         }

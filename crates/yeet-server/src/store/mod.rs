@@ -15,6 +15,7 @@ mod audit;
 mod detachments;
 mod events;
 mod hosts;
+mod named;
 mod nonces;
 mod osquery_data;
 mod osquery_nodes;
@@ -29,6 +30,7 @@ pub use audit::{AuditEntry, REQUEST, RequestOrigin};
 pub use detachments::{DetachmentRow, EndedDetachment};
 pub use events::{EVENTS_CHANNEL, EventStream};
 pub use hosts::{HostReport, HostRow, join_tags, split_tags};
+pub use named::NamedSpec;
 pub use osquery_data::{
     CampaignRow, CarveRow, LogQuery, LogRow, NewLogLine, TargetAnswer, TargetRow,
 };
@@ -69,9 +71,14 @@ pub enum StoreError {
     )]
     CorruptSetting(&'static str, String),
     #[error(
-        "the rollout policy {name:?} in the database cannot be read ({why}); set it again with `yeet rollout policy set`"
+        "the {what} {name:?} in the database cannot be read ({why}); set it again with `{fix}`"
     )]
-    CorruptPolicy { name: String, why: String },
+    CorruptSpec {
+        what: &'static str,
+        fix: &'static str,
+        name: String,
+        why: String,
+    },
 }
 
 impl StoreError {

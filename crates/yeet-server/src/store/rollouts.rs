@@ -8,6 +8,7 @@ use sqlx::{AssertSqlSafe, Row};
 use yeet_proto::api::ActivationResult;
 use yeet_proto::rollout::{NamedPolicy, RolloutPolicy, RolloutState, WaveCandidate};
 
+use super::named::Named;
 use super::{AuditEntry, NewRelease, Store, StoreError, Tx, Wire, id_list};
 
 /// The rollout a release about to be written starts.
@@ -56,6 +57,8 @@ pub struct RolloutHostRow {
     pub newest_release: Option<i64>,
     pub last_seen: Option<i64>,
     pub failed_units: Option<i64>,
+    /// Its tags now (maintenance windows select hosts by them).
+    pub tags: Vec<String>,
     /// How the host's newest attempt at this release's system ended, counting only reports
     /// the server received after it opened the entry: a host cannot pass a gate by
     /// reporting success for a system it was never given.
@@ -91,10 +94,7 @@ const ROLLOUT_SELECT: &str = "SELECT ro.release_id, ro.policy_name, ro.policy, r
      FROM rollouts ro JOIN releases r ON r.id = ro.release_id";
 
 fn parse_policy(name: &str, json: &str) -> Result<RolloutPolicy, StoreError> {
-    serde_json::from_str(json).map_err(|e| StoreError::CorruptPolicy {
-        name: name.to_owned(),
-        why: e.to_string(),
-    })
+    super::named::parse(Named::RolloutPolicies, name, json)
 }
 
 fn rollout_from_row(row: &sqlx::any::AnyRow) -> Result<RolloutRow, StoreError> {
@@ -128,11 +128,11 @@ impl Store {
         rollout: &NewRollout,
         now: i64,
     ) -> Result<(), StoreError> {
-        let policy =
-            serde_json::to_string(&rollout.policy).map_err(|e| StoreError::CorruptPolicy {
-                name: rollout.policy_name.clone(),
-                why: e.to_string(),
-            })?;
+        let policy = super::named::to_json(
+            Named::RolloutPolicies,
+            &rollout.policy_name,
+            &rollout.policy,
+        )?;
         sqlx::query("INSERT INTO rollouts (release_id, policy_name, policy, state, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $5)")
             .bind(release_id)
             .bind(&rollout.policy_name)
@@ -144,7 +144,6 @@ impl Store {
         Ok(())
     }
 
-    /// Stores a policy under `name`, replacing one of that name.
     pub async fn set_policy(
         &self,
         name: &str,
@@ -153,70 +152,31 @@ impl Store {
         by: &str,
         audit: &AuditEntry,
     ) -> Result<(), StoreError> {
-        let json = serde_json::to_string(policy).map_err(|e| StoreError::CorruptPolicy {
-            name: name.to_owned(),
-            why: e.to_string(),
-        })?;
-        let mut tx = self.writer.begin().await?;
-        sqlx::query("DELETE FROM rollout_policies WHERE name = $1")
-            .bind(name)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("INSERT INTO rollout_policies (name, policy, updated_at, updated_by) VALUES ($1, $2, $3, $4)")
-            .bind(name)
-            .bind(json)
-            .bind(now)
-            .bind(by)
-            .execute(&mut *tx)
-            .await?;
-        self.append_audit(&mut tx, audit).await?;
-        tx.commit().await?;
-        Ok(())
+        self.set_named(Named::RolloutPolicies, name, policy, now, by, audit)
+            .await
     }
 
     /// Removes a policy; false when there was none of that name.
     pub async fn remove_policy(&self, name: &str, audit: &AuditEntry) -> Result<bool, StoreError> {
-        let mut tx = self.writer.begin().await?;
-        let gone = sqlx::query("DELETE FROM rollout_policies WHERE name = $1")
-            .bind(name)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
-            > 0;
-        if gone {
-            self.append_audit(&mut tx, audit).await?;
-            tx.commit().await?;
-        }
-        Ok(gone)
+        self.remove_named(Named::RolloutPolicies, name, audit).await
     }
 
     pub async fn list_policies(&self) -> Result<Vec<NamedPolicy>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT name, policy, updated_at, updated_by FROM rollout_policies ORDER BY name",
-        )
-        .fetch_all(&self.reader)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                let name: String = r.try_get("name")?;
-                let policy: String = r.try_get("policy")?;
-                Ok(NamedPolicy {
-                    policy: parse_policy(&name, &policy)?,
-                    name,
-                    updated_at: r.try_get("updated_at")?,
-                    updated_by: r.try_get("updated_by")?,
-                })
+        Ok(self
+            .list_named::<RolloutPolicy>(Named::RolloutPolicies)
+            .await?
+            .into_iter()
+            .map(|n| NamedPolicy {
+                name: n.name,
+                policy: n.spec,
+                updated_at: n.updated_at,
+                updated_by: n.updated_by,
             })
-            .collect()
+            .collect())
     }
 
     pub async fn policy(&self, name: &str) -> Result<Option<RolloutPolicy>, StoreError> {
-        let json: Option<String> =
-            sqlx::query_scalar("SELECT policy FROM rollout_policies WHERE name = $1")
-                .bind(name)
-                .fetch_optional(&self.reader)
-                .await?;
-        json.map(|j| parse_policy(name, &j)).transpose()
+        self.named(Named::RolloutPolicies, name).await
     }
 
     /// Rollouts that may still open entries: running or paused, oldest first.
@@ -254,7 +214,7 @@ impl Store {
     pub async fn rollout_hosts(&self, release_id: i64) -> Result<Vec<RolloutHostRow>, StoreError> {
         let rows = sqlx::query(
             "SELECT rh.host_id, rh.host_name, h.name AS current_name, rh.store_path, rh.wave, rh.opened_at_ms,
-                    h.last_seen, h.failed_units,
+                    h.last_seen, h.failed_units, h.tags,
                     (SELECT MAX(o.release_id) FROM release_hosts o
                       WHERE o.host_id = rh.host_id) AS newest_release,
                     (SELECT a.result FROM activations a
@@ -284,6 +244,9 @@ impl Store {
                     newest_release: r.try_get("newest_release")?,
                     last_seen: r.try_get("last_seen")?,
                     failed_units: r.try_get("failed_units")?,
+                    tags: super::split_tags(
+                        &r.try_get::<Option<String>, _>("tags")?.unwrap_or_default(),
+                    ),
                     result: r
                         .try_get::<Option<Wire<ActivationResult>>, _>("result")?
                         .map(|w| w.0),

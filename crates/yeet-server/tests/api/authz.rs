@@ -179,7 +179,19 @@ fn sample(method: &Method, template: &str) -> Option<Sample> {
             },
             ok,
         ),
-        ("GET", paths::ROLLOUT_POLICIES | paths::ROLLOUTS) => s(template, empty, ok),
+        ("GET", paths::ROLLOUT_POLICIES | paths::ROLLOUTS | paths::WINDOWS) => {
+            s(template, empty, ok)
+        }
+        ("PUT", "/v1/windows/{name}") => s(
+            &paths::window("matrix"),
+            |_| {
+                json_bytes(
+                    json!({"tags": ["prod"], "days": "mon-fri", "from": "02:00", "to": "04:00", "tz": "Europe/Zurich"}),
+                )
+            },
+            ok,
+        ),
+        ("DELETE", "/v1/windows/{name}") => s(&paths::window("nope"), empty, StatusCode::NOT_FOUND),
         ("PUT", "/v1/rollout-policies/{name}") => s(
             &paths::rollout_policy("matrix"),
             |_| json_bytes(json!({"waves": ["tag:canary", "100%"], "bake_secs": 60})),

@@ -711,3 +711,117 @@ async fn a_newer_release_of_some_hosts_supersedes_only_those() {
         1
     );
 }
+
+/// A window that opens `in_secs` from now (UTC, daily, for an hour), covering `tag`.
+fn window_opening_in(tag: &str, in_secs: i64) -> (Value, i64) {
+    let opens = yeet_proto::clock::unix_now() + in_secs;
+    let hms = |t: i64| {
+        let s = t.rem_euclid(86_400);
+        format!("{:02}:{:02}:{:02}", s / 3600, s % 3600 / 60, s % 60)
+    };
+    (
+        json!({"tags": [tag], "days": "daily", "from": hms(opens), "to": hms(opens + 3600), "tz": "UTC"}),
+        opens,
+    )
+}
+
+/// A host covered by a maintenance window is not offered its switch until the window
+/// opens: its held check-in answers then, with the switch, and not before; `yeet status`
+/// says why it waits. A host no window covers switches at once. A rollout defers a host
+/// outside its window and gives it the release when the window opens.
+#[tokio::test]
+async fn a_window_holds_switches_until_it_opens() {
+    let f = Fleet::new(
+        ServiceConfig::default(),
+        &[("db-1", &["prod"]), ("dev-1", &[]), ("db-2", &["prod"])],
+    )
+    .await;
+    for h in ["db-1", "dev-1", "db-2"] {
+        f.checkin(h, None).await;
+    }
+    let (window, opens) = window_opening_in("prod", 4);
+    let body = serde_json::to_vec(&window).unwrap();
+    f.api
+        .ok(
+            "PUT",
+            &paths::window("nights"),
+            &body,
+            Sign::By(&f.api.admin),
+        )
+        .await;
+    f.publish(json!({"hosts": {"db-1": sys(1), "dev-1": sys(1)}}))
+        .await;
+    let dev = f.checkin("dev-1", None).await;
+    assert_eq!(dev["action"]["store_path"], sys(1).as_str(), "{dev}");
+    let held = f.checkin("db-1", None).await;
+    assert_eq!(held["action"]["type"], "none", "{held}");
+    let shown = f
+        .api
+        .ok("GET", &paths::host("db-1"), b"", Sign::By(&f.api.viewer))
+        .await;
+    assert_eq!(shown["window_wait"]["window"], "nights", "{shown}");
+    assert_eq!(shown["window_wait"]["opens_at"], opens, "{shown}");
+    // A rollout over db-2 defers it: online, but outside its window.
+    f.set_policy("all", json!({"waves": ["100%"]})).await;
+    let rollout = f
+        .publish(json!({"hosts": {"db-2": sys(1)}, "rollout": "all"}))
+        .await["id"]
+        .as_i64()
+        .unwrap();
+    f.drive().await;
+    let (state, why) = Fleet::host_state(&f.rollout(rollout).await, "db-2");
+    assert_eq!(state, "deferred", "{why}");
+    assert!(
+        why.contains("outside maintenance window `nights` until"),
+        "{why}"
+    );
+    // db-1 long-polls: answered with its switch once the window opens, not before.
+    let body = serde_json::to_vec(&json!({"current_system": null, "wait_secs": 30,
+        "facts": {"os": "", "arch": "", "agent_version": ""}}))
+    .unwrap();
+    let answer = f
+        .api
+        .ok("POST", paths::CHECKIN, &body, Sign::By(f.id("db-1")))
+        .await;
+    let answered = yeet_proto::clock::unix_now_ms();
+    assert_eq!(answer["action"]["store_path"], sys(1).as_str(), "{answer}");
+    assert!(
+        answered >= opens * 1000,
+        "answered {} ms before the window opened",
+        opens * 1000 - answered
+    );
+    assert!(
+        answered < opens * 1000 + 3000,
+        "answered {} ms late",
+        answered - opens * 1000
+    );
+    f.checkin("db-2", None).await;
+    f.drive().await;
+    assert_eq!(f.desired("db-2").await.as_deref(), Some(sys(1).as_str()));
+    let (state, _) = Fleet::host_state(&f.rollout(rollout).await, "db-2");
+    assert_eq!(state, "updating");
+    // Bad windows are explained.
+    let (s, v) = f
+        .api
+        .call(
+            "PUT",
+            &paths::window("mars"),
+            br#"{"tags": ["prod"], "days": "mon", "from": "02:00", "to": "03:00", "tz": "Mars/Olympus"}"#,
+            Sign::By(&f.api.admin),
+        )
+        .await;
+    assert_error(
+        s,
+        &v,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_window",
+        "bad zone",
+    );
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("tz database"),
+        "{v}"
+    );
+}
