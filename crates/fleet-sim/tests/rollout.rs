@@ -98,6 +98,44 @@ fn a_failing_canary_halts_a_four_wave_rollout_and_its_wave_rolls_back() {
         reason.contains("1 failure(s) in wave 1 (max 0)"),
         "{reason}"
     );
+    // CI following the release (`yeet wait`, as `publish --wait`) learns that it will not
+    // land, and why, instead of waiting out its timeout for waves that never open.
+    let started = std::time::Instant::now();
+    let out =
+        fleet_sim::run(
+            fleet
+                .server
+                .yeet_cmd()
+                .args(["wait", &id, "--timeout", "5m", "--json"]),
+        );
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        started.elapsed()
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let outcome = |host: &str| {
+        report["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["host"] == host)
+            .map(|h| (h["outcome"].clone(), h["reason"].clone()))
+            .unwrap()
+    };
+    // The canaries: superseded by the rollback release, canary-1 with its switch's error.
+    let (canary1, why) = outcome("canary-1");
+    assert_eq!(canary1, "superseded", "{report}");
+    assert!(why.as_str().unwrap().contains("switch failed"), "{report}");
+    let (not_reached, why) = outcome(&later[0]);
+    assert_eq!(not_reached, "not-reached", "{report}");
+    assert!(why.as_str().unwrap().contains("halted"), "{report}");
     // The canaries end on v1: canary-1 rolled itself back, canary-2 by the server's
     // rollback release.
     wait_until(CONVERGE, "the canaries back on v1, standing by", || {

@@ -9,7 +9,9 @@ use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 use yeet_client::Client;
+use yeet_proto::ErrorCode;
 use yeet_proto::api::{ActivationResult, HostInfo, HostState, Limit, MAX_WATCH_SECS, Release};
+use yeet_proto::rollout::{Rollout, RolloutHostState, RolloutState};
 use yeet_proto::text::{parse_duration, show_duration};
 
 use super::{Connection, Json};
@@ -20,6 +22,8 @@ use crate::output;
 pub const EXIT_FAILED: i32 = 3;
 /// Exit code when no host failed but some had not finished when the timeout ran out.
 pub const EXIT_TIMED_OUT: i32 = 4;
+/// How often a followed rollout is read while it runs.
+const ROLLOUT_LOOK_SECS: u64 = 3;
 
 #[derive(clap::Args)]
 pub struct WaitArgs {
@@ -73,6 +77,8 @@ pub enum Outcome {
     Detached,
     /// The host was removed from the fleet.
     Removed,
+    /// The release's rollout stopped (halted, aborted) before its wave reached the host.
+    NotReached,
     Offline,
     Updating,
     /// Online, and has not started on it yet.
@@ -91,6 +97,7 @@ impl Outcome {
             Outcome::Superseded => "superseded",
             Outcome::Detached => "detached",
             Outcome::Removed => "removed",
+            Outcome::NotReached => "not-reached",
             Outcome::Offline => "offline",
             Outcome::Updating => "updating",
             Outcome::Waiting => "waiting",
@@ -192,15 +199,32 @@ pub fn follow(
     let progress = Progress::new(release.hosts.len(), json);
     let mut seen_tag: Option<String> = None;
     let mut outcomes: BTreeMap<String, Outcome> = BTreeMap::new();
+    // A release applied in waves: followed wave by wave, and over once its rollout stops.
+    let mut rollout = match client.rollout(release.id) {
+        Ok(r) => Some(r),
+        Err(e) if e.api_code() == Some(ErrorCode::UnknownRollout) => None,
+        Err(e) => return Err(e.into()),
+    };
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         // Whole seconds, at least one: the last wait may end up to a second after the
         // deadline, rather than ask again and again in its final second.
-        let wait = left.as_secs().clamp(1, MAX_WATCH_SECS);
+        let mut wait = left.as_secs().clamp(1, MAX_WATCH_SECS);
+        if rollout.as_ref().is_some_and(|r| r.state.is_active()) {
+            // A rollout may halt without any host changing: look at it every few seconds.
+            wait = wait.min(ROLLOUT_LOOK_SECS);
+        }
         if let Some((hosts, tag)) = client.watch_hosts(seen_tag.as_deref(), wait)? {
             seen_tag = Some(tag);
+            if rollout.as_ref().is_some_and(|r| r.state.is_active()) {
+                rollout = Some(client.rollout(release.id)?);
+            }
             for (name, system) in &release.hosts {
-                let now = outcome(release.id, system, hosts.iter().find(|h| &h.name == name));
+                let mut now = outcome(release.id, system, hosts.iter().find(|h| &h.name == name));
+                if now == Outcome::Waiting && rollout.as_ref().is_some_and(|r| not_reached(r, name))
+                {
+                    now = Outcome::NotReached;
+                }
                 if outcomes.insert(name.clone(), now) != Some(now) && now.finished() {
                     progress.finished(name, now);
                 }
@@ -215,9 +239,12 @@ pub fn follow(
     let mut hosts = Vec::new();
     for (name, system) in &release.hosts {
         let outcome = outcomes.get(name).copied().unwrap_or(Outcome::Waiting);
-        let reason = (outcome.finished() && !outcome.landed())
-            .then(|| failure_reason(client, name, system))
-            .flatten();
+        let reason = match (outcome, &rollout) {
+            (Outcome::NotReached, Some(r)) => Some(format!("rollout {}", r.reason)),
+            _ => (outcome.finished() && !outcome.landed())
+                .then(|| failure_reason(client, name, system))
+                .flatten(),
+        };
         hosts.push(HostOutcome {
             host: name.clone(),
             system: system.clone(),
@@ -327,6 +354,19 @@ fn summary(
         ""
     };
     format!("release {release} {}{hint}", parts.join("; "))
+}
+
+/// True when `host` will not get the release from its stopped rollout: its wave never
+/// opened for it (not reached, or deferred) and the rollout halted or was aborted.
+fn not_reached(rollout: &Rollout, host: &str) -> bool {
+    matches!(rollout.state, RolloutState::Halted | RolloutState::Aborted)
+        && rollout.waves.iter().flat_map(|w| &w.hosts).any(|h| {
+            h.name == host
+                && matches!(
+                    h.state,
+                    RolloutHostState::Waiting | RolloutHostState::Deferred
+                )
+        })
 }
 
 /// Why the host's newest attempt at `system` failed, from its activation history.
