@@ -94,6 +94,19 @@ fn realnix() {
 }
 
 #[test]
+fn realnix_rollout() {
+    smoke(
+        &["realnix", "4", "rollout"],
+        &[
+            "converged",
+            "waves (hosts): [1, 1, 1, 1]",
+            "wave 4: opened",
+            "all      p50",
+        ],
+    );
+}
+
+#[test]
 fn hold() {
     smoke(&["hold", "20"], &["per held poll:", "should be 0): 0"]);
 }
@@ -101,6 +114,14 @@ fn hold() {
 #[test]
 fn fleet() {
     smoke(&["fleet", "20", "2"], &["release-to-wake: 20 of 20 woken"]);
+}
+
+#[test]
+fn fleet_rollout() {
+    smoke(
+        &["fleet", "30", "2", "rollout"],
+        &["wave 1 (10)", "wave 2 (10)", "wave 3 (10)"],
+    );
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! Benchmarks that print figures, never assert them:
-//! - `realnix [N]`: N real-Nix simulated hosts converging on one release, with the time of
-//!   each phase (wake, fetch, switch, confirm, report; see `realnix.rs`) and the transient
-//!   errors it met on the way (counted, not fatal);
+//! - `realnix [N] [rollout]`: N real-Nix simulated hosts converging on one release, with the
+//!   time of each phase (wake, fetch, switch, confirm, report; see `realnix.rs`) and the
+//!   transient errors it met on the way (counted, not fatal); with `rollout`, by a
+//!   four-wave rollout, and the delay from each wave's gate to its hosts waking;
 //! - `idle [SECONDS]`: one approved agent left idle (default 600 s): its RSS and CPU use;
 //! - `publish [MIB] [PATHS] [SMALL]`: `yeet publish` of a generated closure against
 //!   `nix copy` with the same compression, and re-publishes of a closure of SMALL paths
@@ -11,8 +12,9 @@
 //!   as 0.01 measure the per-path cost alone), `yeet publish` against `nix copy`, the
 //!   median of 3 rounds each; with `split`, the server on one CPU and the publisher on the
 //!   other, as on two machines;
-//! - `fleet [N] [REPLICAS]`: release-to-wake latency of N protocol-level agents over
-//!   replicas on PostgreSQL (see `fleet.rs`);
+//! - `fleet [N] [REPLICAS] [rollout]`: release-to-wake latency of N protocol-level agents
+//!   over replicas on PostgreSQL; with `rollout`, per wave of a three-wave rollout, each
+//!   opened by `yeet rollout promote` (see `fleet.rs`);
 //! - `hold [N]`: the server's RSS with N held long-polls, per held poll (see `hold.rs`);
 //! - `checkins [SECONDS] [CLIENTS] [postgres]`: signed check-ins per second (each
 //!   verified, its nonce written to the fleet's nonce log) from CLIENTS keep-alive
@@ -374,11 +376,15 @@ fn main() {
     fleet_sim::set_quiet(true);
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
-        Some("realnix") => realnix::realnix(args.get(1).and_then(|a| a.parse().ok()).unwrap_or(50)),
+        Some("realnix") => realnix::realnix(
+            args.get(1).and_then(|a| a.parse().ok()).unwrap_or(50),
+            args.iter().any(|a| a == "rollout"),
+        ),
         Some("idle") => idle(args.get(1).and_then(|a| a.parse().ok()).unwrap_or(600)),
         Some("fleet") => fleet::fleet(
             args.get(1).and_then(|a| a.parse().ok()).unwrap_or(10_000),
             args.get(2).and_then(|a| a.parse().ok()).unwrap_or(3),
+            args.iter().any(|a| a == "rollout"),
         ),
         Some("bare-server") => bare::bare_server(),
         Some("hold") => hold::hold(args.get(1).and_then(|a| a.parse().ok()).unwrap_or(10_000)),
@@ -422,7 +428,7 @@ fn main() {
             args.get(2).and_then(|a| a.parse().ok()).unwrap_or(4),
         ),
         _ => eprintln!(
-            "usage: yeet-bench realnix [N] | hold [N] | fleet [N] [REPLICAS] | idle [SECONDS] | publish [MIB] [PATHS] [SMALL] | publish-random [PATHS] [MIB_PER_PATH...] [split] | checkins [SECONDS] [CLIENTS] [postgres] | secrets [SECRETS] [ROUNDS] | secret-latency [ROUNDS] [INTERVAL] | osquery-logs [BATCHES] [NODES] | audit [HOSTS] [ROUNDS] [postgres]"
+            "usage: yeet-bench realnix [N] [rollout] | hold [N] | fleet [N] [REPLICAS] [rollout] | idle [SECONDS] | publish [MIB] [PATHS] [SMALL] | publish-random [PATHS] [MIB_PER_PATH...] [split] | checkins [SECONDS] [CLIENTS] [postgres] | secrets [SECRETS] [ROUNDS] | secret-latency [ROUNDS] [INTERVAL] | osquery-logs [BATCHES] [NODES] | audit [HOSTS] [ROUNDS] [postgres]"
         ),
     }
 }

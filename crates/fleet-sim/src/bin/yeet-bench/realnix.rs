@@ -6,6 +6,12 @@
 //! restarted agent confirms), report (until the agent has reported to the server). Phase
 //! boundaries come from the activation log's time stamps and the agent's `at_ms` fields.
 //! Also the server's share of the CPU time the whole machine spent converging.
+//!
+//! `realnix N rollout` publishes by a four-wave rollout policy (10%, 25%, 50%, the rest; no
+//! bake) instead of to every host at once, and also prints, for each wave after the
+//! first, the delay from its gate passing (the last host of the wave before reporting its
+//! confirmation, by the agents' own logs) to the server opening the wave (its audit
+//! event) and to each of the wave's hosts starting its activation.
 
 use std::time::{Duration, Instant};
 
@@ -66,7 +72,80 @@ fn summary(name: &str, mut ms: Vec<i64>) {
     );
 }
 
-pub fn realnix(n: usize) {
+/// The waves of `yeet rollout status --json`: each wave's host names.
+fn rollout_waves(fleet: &Fleet) -> Vec<Vec<String>> {
+    let status: serde_json::Value = fleet.server.yeet_json(&["rollout", "status"]);
+    status["waves"]
+        .as_array()
+        .map(|waves| {
+            waves
+                .iter()
+                .map(|w| {
+                    w["hosts"]
+                        .as_array()
+                        .map(|hs| {
+                            hs.iter()
+                                .filter_map(|h| h["name"].as_str().map(str::to_owned))
+                                .collect()
+                        })
+                        .unwrap_or_default()
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// For each wave after the first: gate (the wave before's last confirmation report) to
+/// the wave-opened event, and gate to each of its hosts starting to activate.
+fn wave_delays(fleet: &Fleet) {
+    let waves = rollout_waves(fleet);
+    let events: serde_json::Value =
+        fleet
+            .server
+            .yeet_json(&["audit", "--action", "rollout.wave-opened", "--limit", "100"]);
+    let mut opened: Vec<i64> = events
+        .as_array()
+        .map(|es| es.iter().filter_map(|e| e["at_ms"].as_i64()).collect())
+        .unwrap_or_default();
+    opened.sort_unstable();
+    let at = |name: &str, message: &str| {
+        fleet
+            .hosts
+            .iter()
+            .find(|h| h.name == name)
+            .and_then(|h| h.logged_at_ms(message, ""))
+    };
+    let mut all = Vec::new();
+    println!(
+        "waves (hosts): {:?}",
+        waves.iter().map(Vec::len).collect::<Vec<_>>()
+    );
+    for w in 1..waves.len() {
+        let Some(gate) = waves[w - 1]
+            .iter()
+            .filter_map(|h| at(h, "activation reported"))
+            .max()
+        else {
+            continue;
+        };
+        let opened_after = opened.get(w).map(|o| o - gate);
+        let wakes: Vec<i64> = waves[w]
+            .iter()
+            .filter_map(|h| at(h, "activating a new system"))
+            .map(|t| t - gate)
+            .collect();
+        all.extend(&wakes);
+        print!(
+            "  wave {}: opened {} ms after the gate;",
+            w + 1,
+            opened_after.map_or("?".into(), |d| d.to_string())
+        );
+        summary("wake", wakes);
+    }
+    summary("all", all);
+}
+
+pub fn realnix(n: usize, rollout: bool) {
     let names: Vec<String> = (1..=n).map(|i| format!("real-{i:04}")).collect();
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     let booting = Instant::now();
@@ -86,9 +165,20 @@ pub fn realnix(n: usize) {
     let server_pid = fleet.server.proc.child.id();
     let (server_ticks, _) = proc_stat(server_pid);
     let machine_ticks = machine_busy_ticks();
+    if rollout {
+        fleet.server.yeet(&[
+            "rollout", "policy", "set", "bench", "--wave", "10%", "--wave", "25%", "--wave", "50%",
+            "--wave", "100%",
+        ]);
+    }
     let published = yeet_proto::clock::unix_now_ms();
     let started = Instant::now();
-    fleet.publish(&pairs, "realnix");
+    let key = fleet.cache.secret_key.display().to_string();
+    let mut extra = vec!["--signing-key", key.as_str()];
+    if rollout {
+        extra.extend(["--rollout", "bench"]);
+    }
+    fleet.publish_with(&pairs, "realnix", &extra);
     let publish_s = started.elapsed().as_secs_f64();
     // A loaded server may answer a poll late or `busy`: that is a figure, not the end of the
     // benchmark.
@@ -160,6 +250,10 @@ pub fn realnix(n: usize) {
         "server's share of the machine's busy CPU time while converging: {:.1} %",
         100.0 * server_share
     );
+    if rollout {
+        println!("a four-wave rollout (10%, 25%, 50%, the rest; no bake); from each gate:");
+        wave_delays(&fleet);
+    }
     // Dropping the fleet powers its hosts off in parallel.
     drop(fleet);
 }
