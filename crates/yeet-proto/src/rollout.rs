@@ -64,19 +64,6 @@ impl FromStr for WaveSelector {
     }
 }
 
-impl TryFrom<String> for WaveSelector {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        s.parse()
-    }
-}
-
-impl From<WaveSelector> for String {
-    fn from(w: WaveSelector) -> String {
-        w.to_string()
-    }
-}
-
 /// How many failures a wave (and the whole rollout) tolerates before it halts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -126,18 +113,26 @@ impl FromStr for Threshold {
     }
 }
 
-impl TryFrom<String> for Threshold {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        s.parse()
-    }
+/// Serde reads and writes these types as their strings (`tag:canary`, `10%`), through
+/// `FromStr` and `Display`, so that the JSON holds what operators type.
+macro_rules! as_string {
+    ($($ty:ty),+) => {$(
+        impl TryFrom<String> for $ty {
+            type Error = String;
+            fn try_from(s: String) -> Result<Self, String> {
+                s.parse()
+            }
+        }
+
+        impl From<$ty> for String {
+            fn from(v: $ty) -> String {
+                v.to_string()
+            }
+        }
+    )+};
 }
 
-impl From<Threshold> for String {
-    fn from(t: Threshold) -> String {
-        t.to_string()
-    }
-}
+as_string!(WaveSelector, Threshold);
 
 /// What a rollout does when a wave has more failures than allowed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

@@ -254,7 +254,8 @@ pub fn wait_for_window<'a>(
 mod tests {
     use super::*;
 
-    fn window(days: &str, from: &str, to: &str, tz: &str) -> Schedule {
+    /// A window over the tag `prod`, as written.
+    fn spec(days: &str, from: &str, to: &str, tz: &str) -> MaintenanceWindow {
         MaintenanceWindow {
             tags: vec!["prod".into()],
             days: days.into(),
@@ -262,8 +263,10 @@ mod tests {
             to: to.into(),
             tz: tz.into(),
         }
-        .schedule()
-        .unwrap()
+    }
+
+    fn window(days: &str, from: &str, to: &str, tz: &str) -> Schedule {
+        spec(days, from, to, tz).schedule().unwrap()
     }
 
     /// Unix seconds of a wall-clock time in a zone.
@@ -322,15 +325,7 @@ mod tests {
             ("mon", "02:00:60", "04:00", "UTC", "HH:MM"),
             ("mon", "02:00", "04:00", "Mars/Olympus", "tz database"),
         ] {
-            let err = MaintenanceWindow {
-                tags: vec!["prod".into()],
-                days: days.into(),
-                from: from.into(),
-                to: to.into(),
-                tz: tz.into(),
-            }
-            .schedule()
-            .unwrap_err();
+            let err = spec(days, from, to, tz).schedule().unwrap_err();
             assert!(err.contains(why), "{err}");
         }
     }
