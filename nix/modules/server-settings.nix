@@ -41,7 +41,11 @@ rec {
       public_urls = cfg.publicUrls;
       # [osquery]: limits and retention of the osquery remote API.
       osquery = cfg.osquery or { };
+      # Declared rollout policies and maintenance windows, set at every start.
+      rollout_policies = cfg.rolloutPolicies or { };
+      maintenance_windows = cfg.maintenanceWindows or { };
     }
+    // optional "default_rollout_policy" (cfg.defaultRolloutPolicy or null)
     // optional "database" cfg.database
     // optional "tls_cert" cfg.tls.certificate
     // optional "tls_key" cfg.tls.key

@@ -126,6 +126,41 @@ in
       '';
     };
 
+    defaultRolloutPolicy = lib.mkOption {
+      type = lib.types.nullOr lib.types.str;
+      default = null;
+      example = "prod";
+      description = ''
+        The rollout policy of releases that name none (`yeet publish --rollout`); null:
+        they reach every host at once. `yeet publish --now` always does.
+      '';
+    };
+    rolloutPolicies = lib.mkOption {
+      type = lib.types.attrsOf toml.type;
+      default = { };
+      example = {
+        prod = { waves = [ "tag:canary" "10%" "50%" "100%" ]; bake_secs = 900; max_failures = "1"; on_failure = "rollback"; health = [ "failed-units=0" ]; };
+      };
+      description = ''
+        Rollout policies (server.toml's [rollout_policies.NAME]; the fields of `yeet rollout
+        policy set`: waves, bake_secs, max_failures, on_failure, health, min_online), set at
+        every start of the server, so that the fleet's flake carries them. The build's
+        config check rejects a malformed one.
+      '';
+    };
+    maintenanceWindows = lib.mkOption {
+      type = lib.types.attrsOf toml.type;
+      default = { };
+      example = {
+        nights = { tags = [ "prod" ]; days = "mon-fri"; from = "02:00"; to = "04:00"; tz = "Europe/Zurich"; };
+      };
+      description = ''
+        Maintenance windows (server.toml's [maintenance_windows.NAME]; the fields of `yeet
+        window set`: tags, days, from, to, tz): hosts carrying a window's tags start
+        activations only inside it. Set at every start of the server.
+      '';
+    };
+
     settings = lib.mkOption {
       type = toml.type;
       default = { };

@@ -197,6 +197,9 @@ fn server_settings(overrides: &str) -> serde_json::Value {
           publicUrls = [ "https://yeet.example.org" ];
           osquery = {{ log_retention_days = 90; max_open_carves = 2; }};
           auditLogFile = "/var/log/yeet-server/audit.jsonl";
+          defaultRolloutPolicy = "prod";
+          rolloutPolicies = {{ prod = {{ waves = [ "tag:canary" "10%" "100%" ]; bake_secs = 900; max_failures = "1"; on_failure = "rollback"; health = [ "failed-units=0" ]; }}; }};
+          maintenanceWindows = {{ nights = {{ tags = [ "prod" ]; days = "mon-fri"; from = "02:00"; to = "04:00"; tz = "Europe/Zurich"; }}; }};
           settings = {{ }};
         }} // tuning // {overrides})"#,
         file.display()
@@ -230,6 +233,19 @@ fn every_server_setting_the_module_writes_is_accepted_and_typos_fail_the_build()
         &server_settings(r#"{ publicUrls = [ "yeet.example.org" ]; }"#),
     );
     assert!(!ok && text.contains("public_urls"), "{text}");
+    // A malformed policy or window fails the build, naming it.
+    let (ok, text) = check_config(
+        "yeet-server",
+        &server_settings(r#"{ rolloutPolicies = { prod = { waves = [ "canary" ]; }; }; }"#),
+    );
+    assert!(!ok && text.contains("tag:TAG"), "{text}");
+    let (ok, text) = check_config(
+        "yeet-server",
+        &server_settings(
+            r#"{ maintenanceWindows = { nights = { tags = [ "prod" ]; days = "mon-fri"; from = "2am"; to = "04:00"; tz = "UTC"; }; }; }"#,
+        ),
+    );
+    assert!(!ok && text.contains("maintenance_windows.nights"), "{text}");
     // Reachable from other machines, it must know its URLs.
     let (ok, text) = check_config("yeet-server", &server_settings("{ publicUrls = [ ]; }"));
     assert!(!ok && text.contains("set public_urls"), "{text}");

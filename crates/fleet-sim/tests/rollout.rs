@@ -183,3 +183,42 @@ fn a_failing_canary_halts_a_four_wave_rollout_and_its_wave_rolls_back() {
         assert!(!tried_v2, "{h} was given v2 after the halt");
     }
 }
+
+/// Policies and windows declared in the server's config file (as the NixOS module writes
+/// them) are set when the server starts, with an audit event each; a second server on the
+/// same database and file (a replica, or the next start) finds them set and records
+/// nothing more.
+#[test]
+fn policies_and_windows_declared_in_the_config_are_set_at_start_once() {
+    let server = fleet_sim::Server::start(fleet_sim::ServerOptions {
+        config: r#"
+default_rollout_policy = "prod"
+[rollout_policies.prod]
+waves = ["tag:canary", "100%"]
+bake_secs = 600
+[maintenance_windows.nights]
+tags = ["prod"]
+days = "mon-fri"
+from = "02:00"
+to = "04:00"
+tz = "Europe/Zurich"
+"#
+        .into(),
+        database: Some(fleet_sim::fresh_postgres_database()),
+        ..Default::default()
+    });
+    let policies: Value = server.yeet_json(&["rollout", "policy", "list"]);
+    assert_eq!(
+        (&policies[0]["name"], &policies[0]["updated_by"]),
+        (&Value::from("prod"), &Value::from("config file")),
+        "{policies}"
+    );
+    assert_eq!(policies[0]["policy"]["bake_secs"], 600);
+    let windows: Value = server.yeet_json(&["window", "list"]);
+    assert_eq!(windows[0]["window"]["tz"], "Europe/Zurich", "{windows}");
+    let _replica = server.replica();
+    for action in ["rollout.policy.set", "window.set"] {
+        let events: Value = server.yeet_json(&["audit", "--action", action]);
+        assert_eq!(events.as_array().unwrap().len(), 1, "{action}: {events}");
+    }
+}

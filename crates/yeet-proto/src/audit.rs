@@ -16,8 +16,9 @@ pub const CHECKPOINT: &str = "audit.checkpoint";
 /// reads that are answered are not recorded.
 pub const READ_REFUSED: &str = "read";
 
-/// The actor of what the server does by itself: a rollout's automatic transitions.
-pub const SERVER_ACTOR: &str = "server";
+/// The actor of what the server does by itself: a rollout's automatic transitions, audit
+/// retention's checkpoints.
+pub const SERVER_ACTOR: &str = "yeet-server";
 
 /// A rollout's transitions, each recorded with its cause in `details`. Operators' actions
 /// on rollouts (`rollout.pause`, ...) are recorded as their routes are.

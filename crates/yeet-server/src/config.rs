@@ -84,6 +84,12 @@ pub struct FileConfig {
     /// The rollout policy of releases that name none (`yeet rollout policy set`); unset,
     /// they reach every host at once.
     pub default_rollout_policy: Option<String>,
+    /// Rollout policies declared here (`[rollout_policies.NAME]`), set at every start as
+    /// `yeet rollout policy set` would: a fleet's flake can carry them.
+    pub rollout_policies: std::collections::BTreeMap<String, yeet_proto::rollout::RolloutPolicy>,
+    /// Maintenance windows declared here (`[maintenance_windows.NAME]`), likewise.
+    pub maintenance_windows:
+        std::collections::BTreeMap<String, yeet_proto::windows::MaintenanceWindow>,
     /// Serve an embedded binary cache under /cache.
     pub embedded_cache: bool,
     /// Largest NAR accepted by the embedded cache.
@@ -134,6 +140,8 @@ impl Default for FileConfig {
             last_seen_flush_ms: 2000,
             accept_suggested_tags: false,
             default_rollout_policy: None,
+            rollout_policies: Default::default(),
+            maintenance_windows: Default::default(),
             embedded_cache: true,
             max_upload_bytes: 8 << 30,
             max_connections: 16_384,
@@ -278,6 +286,10 @@ pub struct Config {
     pub audit_log_file: Option<PathBuf>,
     /// 0: forever.
     pub audit_retention_days: u32,
+    /// Declared in the config file, checked; set in the database at start.
+    pub rollout_policies: std::collections::BTreeMap<String, yeet_proto::rollout::RolloutPolicy>,
+    pub maintenance_windows:
+        std::collections::BTreeMap<String, yeet_proto::windows::MaintenanceWindow>,
 }
 
 impl Config {
@@ -371,6 +383,16 @@ impl Config {
                 "listen = {listen:?} can be reached from other machines, so the server must know the URLs clients use (a request signed for another server that shares an operator key is refused only then): set public_urls = [\"https://yeet.example.org:8470\"] in the config file, --public-url, or YEET_SERVER_PUBLIC_URLS (NixOS: services.yeet-server.publicUrls)"
             )));
         }
+        for (name, policy) in &file.rollout_policies {
+            yeet_proto::rollout::validate_policy_name(name)
+                .and_then(|()| policy.check())
+                .map_err(|e| ConfigError::Invalid(format!("rollout_policies.{name}: {e}")))?;
+        }
+        for (name, window) in &file.maintenance_windows {
+            yeet_proto::rollout::validate_policy_name(name)
+                .and_then(|()| window.schedule().map(drop))
+                .map_err(|e| ConfigError::Invalid(format!("maintenance_windows.{name}: {e}")))?;
+        }
         if file.database_max_connections == Some(0) {
             return Err(ConfigError::Invalid(
                 "database_max_connections must be at least 1; leave it out for the default".into(),
@@ -395,6 +417,8 @@ impl Config {
             body_timeout: Duration::from_secs(file.body_timeout_secs.max(1)),
             audit_log_file: file.audit_log_file,
             audit_retention_days: file.audit_retention_days,
+            rollout_policies: file.rollout_policies,
+            maintenance_windows: file.maintenance_windows,
             service,
         })
     }
@@ -488,6 +512,53 @@ mod tests {
         );
         let err = merged("database_max_connections = 0").unwrap_err();
         assert!(err.to_string().contains("at least 1"), "{err}");
+    }
+
+    #[test]
+    fn declared_policies_and_windows_are_read_and_checked() {
+        let merged =
+            |text: &str| Config::merge(toml::from_str(text).unwrap(), &ServerArgs::default());
+        let config = merged(
+            r#"
+            default_rollout_policy = "prod"
+            [rollout_policies.prod]
+            waves = ["tag:canary", "10%", "100%"]
+            bake_secs = 900
+            max_failures = "1"
+            on_failure = "rollback"
+            health = ["failed-units=0"]
+            [maintenance_windows.nights]
+            tags = ["prod"]
+            days = "mon-fri"
+            from = "02:00"
+            to = "04:00"
+            tz = "Europe/Zurich"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.rollout_policies["prod"].waves.len(), 3);
+        assert_eq!(config.maintenance_windows["nights"].tz, "Europe/Zurich");
+        let err = merged(
+            "[rollout_policies.empty]
+waves = []",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("rollout_policies.empty"), "{err}");
+        let err = merged(
+            "[maintenance_windows.w]
+tags = [\"prod\"]
+days = \"mon\"
+from = \"02:00\"
+to = \"03:00\"
+tz = \"Mars/Olympus\"",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("maintenance_windows.w"), "{err}");
+        let bad: Result<FileConfig, _> = toml::from_str(
+            "[rollout_policies.p]
+waves = [\"nope\"]",
+        );
+        assert!(bad.unwrap_err().to_string().contains("tag:TAG"));
     }
 
     /// Every replica's skew is recorded as the fleet's nonce horizon, which never shrinks by

@@ -182,6 +182,9 @@ pub async fn serve(
         service = service.with_embedded_cache(cache);
     }
     let service = Arc::new(service);
+    service
+        .apply_declared(&config.rollout_policies, &config.maintenance_windows)
+        .await?;
     let app = http::router(http::AppState {
         service: service.clone(),
         max_body_bytes: config.max_body_bytes,

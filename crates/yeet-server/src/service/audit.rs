@@ -37,9 +37,6 @@ fn actor_of(principal: &Principal) -> (String, String) {
     }
 }
 
-/// The actor of what the server does by itself (retention).
-pub const SERVER_ACTOR: &str = "yeet-server";
-
 /// The event of a `yeet-server admin` command, run on the server host: its actor is
 /// `local:` and the Unix user who ran it (`SUDO_USER` before `USER`).
 pub fn local_entry(action: &str, details: serde_json::Value) -> AuditEntry {
@@ -178,7 +175,7 @@ impl Service {
             yeet_proto::audit::CHECKPOINT,
             serde_json::json!({ "retention_days": days }),
         );
-        checkpoint.actor = SERVER_ACTOR.to_owned();
+        checkpoint.actor = yeet_proto::audit::SERVER_ACTOR.to_owned();
         Ok(self
             .store
             .drop_audit_before(cutoff_ms, &checkpoint)

@@ -2,15 +2,20 @@
 //! memory, and withholds the switch of a host that a window covers until one of its
 //! windows is open; rollouts defer such hosts the same way.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use yeet_proto::ErrorCode;
 use yeet_proto::api::Role;
-use yeet_proto::rollout::validate_policy_name;
+use yeet_proto::rollout::{RolloutPolicy, validate_policy_name};
 use yeet_proto::windows::{MaintenanceWindow, NamedWindow, Schedule, WindowWait, wait_for_window};
 
+use super::audit::local_entry;
 use super::auth::{require_role, require_role_in_scope};
 use super::{Principal, Result, Service, ServiceError, now};
 use crate::store::{Store, StoreError};
+
+/// Who set a policy or window the config file declares.
+const DECLARED_BY: &str = "config file";
 
 /// Event payload on the replica channel: the windows changed.
 pub(super) const EVENT_WINDOWS: &str = "windows:";
@@ -34,6 +39,48 @@ pub(super) async fn load_windows(store: &Store) -> Result<Windows, StoreError> {
 }
 
 impl Service {
+    /// Sets the policies and windows the config file declares, where the database holds
+    /// another version (or none), each with an audit event naming the config file as its
+    /// cause. Called at start: a fleet's flake (the NixOS module) carries them. Policies
+    /// and windows not declared are left alone.
+    pub async fn apply_declared(
+        &self,
+        policies: &BTreeMap<String, RolloutPolicy>,
+        windows: &BTreeMap<String, MaintenanceWindow>,
+    ) -> Result<(), StoreError> {
+        let at = now();
+        for (name, policy) in policies {
+            if self.store.policy(name).await?.as_ref() != Some(policy) {
+                let audit = local_entry(
+                    "rollout.policy.set",
+                    serde_json::json!({ "policy": name, "spec": policy, "cause": "declared in the config file" }),
+                );
+                self.store
+                    .set_policy(name, policy, at, DECLARED_BY, &audit)
+                    .await?;
+            }
+        }
+        let stored: BTreeMap<String, MaintenanceWindow> = self
+            .store
+            .list_windows()
+            .await?
+            .into_iter()
+            .map(|w| (w.name, w.spec))
+            .collect();
+        for (name, window) in windows {
+            if stored.get(name) != Some(window) {
+                let audit = local_entry(
+                    "window.set",
+                    serde_json::json!({ "window": name, "spec": window, "cause": "declared in the config file" }),
+                );
+                self.store
+                    .set_window(name, window, at, DECLARED_BY, &audit)
+                    .await?;
+            }
+        }
+        self.reload_windows().await
+    }
+
     /// Whether a host with `tags` must wait for a window at `at` (Unix seconds).
     pub(crate) fn window_wait(&self, tags: &[String], at: i64) -> Option<WindowWait> {
         let windows = self.windows();
