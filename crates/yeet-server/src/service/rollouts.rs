@@ -313,7 +313,8 @@ impl Service {
                         return Err(conflict("its last wave is open already"));
                     }
                     let judged = self.judge(&row, &hosts, at);
-                    self.open_wave(&row, &judged, row.wave + 1, at)
+                    let cause = format!("promoted by {}", principal.display_name());
+                    self.open_wave(&row, &judged, row.wave + 1, at, &cause)
                 }
                 (RolloutControl::Pause | RolloutControl::Resume, _)
                 | (RolloutControl::Abort | RolloutControl::Promote, _) => {
@@ -324,14 +325,17 @@ impl Service {
                     }));
                 }
             };
+            // The event names the rollout, not its hosts: a promote's wave-opened event, in
+            // the same transaction, names the hosts it moves and who promoted them (a
+            // rollout of 20,000 hosts would otherwise link them all to every event).
             t.audit.push(self.audit_entry(
                 principal,
                 &format!("rollout.{}", control.as_str()),
-                hosts.iter().map(|h| h.name.clone()).collect(),
-                serde_json::json!({ "rollout": id, "wave": row.wave }),
+                vec![],
+                serde_json::json!({ "rollout": id, "wave": row.wave + 1 }),
             ));
             if self.store.advance_rollout(id, row.step, at, &t).await? {
-                self.after_step(&t).await;
+                self.after_step(id, &t).await;
                 let (row, hosts, _) = self.rollout_in_scope(scope, id).await?;
                 return Ok(self.rollout_view(&row, &hosts, now_ms()));
             }
@@ -464,6 +468,7 @@ impl Service {
         judged: &[Judged<'_>],
         wave: i64,
         at_ms: i64,
+        cause: &str,
     ) -> Transition {
         let (mut opened, mut deferred) = (Vec::new(), Vec::new());
         let mut open_ids = Vec::new();
@@ -484,14 +489,16 @@ impl Service {
                 ROLLOUT_WAVE_PASSED,
                 row,
                 vec![],
-                serde_json::json!({ "wave": row.wave + 1, "cause": if row.bake_started_at.is_some_and(|b| at_ms >= b + row.policy.bake_secs as i64 * 1000) { "baked" } else { "promoted" } }),
+                serde_json::json!({ "wave": row.wave + 1, "cause": cause }),
             ));
         }
+        // The hosts opened are the event's hosts; the deferred ones (offline, outside a
+        // window: usually few) are named in its details.
         audit.push(self.server_event(
             ROLLOUT_WAVE_OPENED,
             row,
-            opened.clone(),
-            serde_json::json!({ "wave": wave + 1, "opened": opened, "deferred": deferred }),
+            opened,
+            serde_json::json!({ "wave": wave + 1, "deferred": deferred, "cause": cause }),
         ));
         Transition {
             wave: Some(wave),
@@ -564,7 +571,13 @@ impl Service {
         }
         let waves = row.policy.waves.len() as i64;
         if row.wave < 0 {
-            return Ok(Some(self.open_wave(row, &judged, 0, at_ms)));
+            return Ok(Some(self.open_wave(
+                row,
+                &judged,
+                0,
+                at_ms,
+                "rollout started",
+            )));
         }
         // Deferred hosts of open or passed waves that came back (or whose window opened)
         // get the release.
@@ -637,8 +650,13 @@ impl Service {
     /// The open wave passed: open the next, or note that every wave has.
     fn pass_wave(&self, row: &RolloutRow, judged: &[Judged<'_>], at_ms: i64) -> Transition {
         let waves = row.policy.waves.len() as i64;
+        let cause = if row.policy.bake_secs == 0 {
+            "confirmed"
+        } else {
+            "baked"
+        };
         if row.wave + 1 < waves {
-            return self.open_wave(row, judged, row.wave + 1, at_ms);
+            return self.open_wave(row, judged, row.wave + 1, at_ms, cause);
         }
         Transition {
             wave: Some(waves),
@@ -647,7 +665,7 @@ impl Service {
                 ROLLOUT_WAVE_PASSED,
                 row,
                 vec![],
-                serde_json::json!({ "wave": row.wave + 1, "cause": if row.policy.bake_secs == 0 { "confirmed" } else { "baked" } }),
+                serde_json::json!({ "wave": row.wave + 1, "cause": cause }),
             )],
             ..Default::default()
         }
@@ -769,7 +787,7 @@ impl Service {
                     .await?;
                 if made {
                     tracing::info!(rollout = row.release_id, events = ?t.audit.iter().map(|a| a.action.as_str()).collect::<Vec<_>>(), "rollout step");
-                    self.after_step(&t).await;
+                    self.after_step(row.release_id, &t).await;
                 }
                 // Made here or by another replica: read what it left and judge again.
                 match self.store.rollout(row.release_id).await? {
@@ -783,20 +801,24 @@ impl Service {
 
     /// After a step: hosts whose entries opened (or were rolled back) learn of it here
     /// and on every replica; fleet watches see the change.
-    async fn after_step(&self, t: &Transition) {
-        if t.open_hosts.is_empty() && t.rollback.is_none() {
-            self.note_fleet_change();
-            return;
-        }
-        if let Err(e) = self.reload_desired().await {
-            tracing::warn!(error = %e, "could not reload desired systems after a rollout step");
-        }
+    async fn after_step(&self, release_id: i64, t: &Transition) {
         self.note_fleet_change();
-        if let Err(e) = self
-            .store
-            .notify(&format!("{}rollout", super::EVENT_RELEASE))
-            .await
-        {
+        // Which releases' entries changed: the rollout's (opened ones), or, with a rollback,
+        // a new release whose id the step does not know (everything is read again).
+        let event = if t.rollback.is_some() {
+            if let Err(e) = self.reload_desired().await {
+                tracing::warn!(error = %e, "could not reload desired systems after a rollout step");
+            }
+            format!("{}rollback", super::EVENT_RELEASE)
+        } else if !t.open_hosts.is_empty() {
+            if let Err(e) = self.apply_opened_entries(release_id).await {
+                tracing::warn!(error = %e, "could not load the entries a rollout step opened");
+            }
+            format!("{}{release_id}", super::EVENT_RELEASE)
+        } else {
+            return;
+        };
+        if let Err(e) = self.store.notify(&event).await {
             tracing::warn!(error = %e, "could not tell other replicas of a rollout step");
         }
     }

@@ -78,6 +78,15 @@ pub(super) fn group_releases(rows: Vec<AnyRow>) -> Result<Vec<ReleaseRow>, sqlx:
     Ok(out)
 }
 
+/// A `DesiredRow` from a row with its three columns.
+fn desired_row(r: &AnyRow) -> Result<DesiredRow, StoreError> {
+    Ok(DesiredRow {
+        host_id: r.try_get("host_id")?,
+        release_id: r.try_get("release_id")?,
+        store_path: r.try_get("store_path")?,
+    })
+}
+
 /// The newest release entry for one host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DesiredRow {
@@ -259,6 +268,19 @@ impl Store {
         Ok(target)
     }
 
+    /// The opened entries of one release whose hosts still exist.
+    pub async fn opened_entries(&self, release_id: i64) -> Result<Vec<DesiredRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT rh.host_id, rh.release_id, rh.store_path FROM release_hosts rh
+             JOIN hosts h ON h.id = rh.host_id
+             WHERE rh.release_id = $1 AND rh.opened_at_ms IS NOT NULL",
+        )
+        .bind(release_id)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(desired_row).collect()
+    }
+
     /// Every host's newest opened release entry: the desired state of the whole fleet.
     pub async fn desired_systems(&self) -> Result<Vec<DesiredRow>, StoreError> {
         let rows = sqlx::query(
@@ -268,14 +290,6 @@ impl Store {
         )
         .fetch_all(&self.reader)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(DesiredRow {
-                    host_id: r.try_get("host_id")?,
-                    release_id: r.try_get("release_id")?,
-                    store_path: r.try_get("store_path")?,
-                })
-            })
-            .collect()
+        rows.iter().map(desired_row).collect()
     }
 }

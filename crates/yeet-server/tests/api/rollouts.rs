@@ -262,10 +262,14 @@ async fn a_failing_wave_halts_the_rollout_and_rolls_its_hosts_back() {
         f.drive().await;
     }
     assert_eq!(f.events(yeet_proto::audit::ROLLOUT_HALTED).await.len(), 1);
+    let opened = f.events(yeet_proto::audit::ROLLOUT_WAVE_OPENED).await;
+    assert_eq!(opened.len(), 2);
     assert_eq!(
-        f.events(yeet_proto::audit::ROLLOUT_WAVE_OPENED).await.len(),
-        2
+        opened[1].hosts, wave2,
+        "the event names the hosts it opened"
     );
+    let passed = f.events(yeet_proto::audit::ROLLOUT_WAVE_PASSED).await;
+    assert_eq!(passed[0].details["cause"], "confirmed", "{:?}", passed[0]);
     let rollbacks = f.events("release.rollback").await;
     assert_eq!(rollbacks.len(), 1);
     assert_eq!(rollbacks[0].actor, yeet_proto::audit::SERVER_ACTOR);
@@ -385,7 +389,7 @@ async fn operators_pause_resume_promote_abort_and_supersede() {
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(f.desired("b").await.as_deref(), Some(sys(2).as_str()));
     let passed = f.events(yeet_proto::audit::ROLLOUT_WAVE_PASSED).await;
-    assert_eq!(passed[0].details["cause"], "promoted");
+    assert_eq!(passed[0].details["cause"], "promoted by ci");
     assert_eq!(f.events("rollout.promote").await.len(), 1);
 
     // A newer rollout of the same hosts: the older opens nothing more (c never gets v2),

@@ -106,6 +106,10 @@ pub fn fleet(n: usize, replicas: usize, rollout: bool) {
                     .client()
                     .control_rollout(release.id, yeet_proto::rollout::RolloutControl::Promote)
                     .unwrap();
+                println!(
+                    "promote request (opens wave {wave}): {} ms",
+                    yeet_proto::clock::unix_now_ms() - opened_at
+                );
             }
             // Every host of the waves opened so far, as the server splits them.
             let expected: usize = first
