@@ -204,6 +204,9 @@ impl RolloutPolicy {
         if self.waves.len() > MAX_WAVES {
             return Err(format!("at most {MAX_WAVES} waves"));
         }
+        if self.health.len() > 4 {
+            return Err("name each health check once".into());
+        }
         if self.bake_secs > MAX_BAKE_SECS {
             return Err("a bake is at most a week (168h)".into());
         }

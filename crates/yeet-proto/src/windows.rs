@@ -118,6 +118,12 @@ impl MaintenanceWindow {
         if self.tags.is_empty() {
             return Err("a window covers hosts by tag: give at least one --tag".into());
         }
+        if self.tags.len() > crate::names::MAX_TAGS {
+            return Err(format!(
+                "a window names at most {} tags",
+                crate::names::MAX_TAGS
+            ));
+        }
         for t in &self.tags {
             validate_tag(t).map_err(|e| e.to_string())?;
         }

@@ -829,3 +829,89 @@ async fn a_window_holds_switches_until_it_opens() {
         "{v}"
     );
 }
+
+/// Hostile input to the policy and window endpoints: the most waves or tags a body may
+/// carry, names that try to escape their path segment, and operators below admin. Each is
+/// refused whole, and nothing is stored.
+#[tokio::test]
+async fn oversized_or_escaped_policies_and_windows_are_refused_whole() {
+    let f = Fleet::new(ServiceConfig::default(), &[]).await;
+    let put = |path: String, body: Vec<u8>, who: &'static str| {
+        let api = &f.api;
+        async move {
+            let id = match who {
+                "publisher" => &api.publisher,
+                _ => &api.admin,
+            };
+            api.call("PUT", &path, &body, Sign::By(id)).await
+        }
+    };
+    // As many waves as the 64 KiB body holds.
+    let waves: Vec<String> = (0..9000).map(|_| "10%".to_owned()).collect();
+    let (s, v) = put(
+        paths::rollout_policy("huge"),
+        serde_json::to_vec(&json!({ "waves": waves })).unwrap(),
+        "admin",
+    )
+    .await;
+    assert_error(
+        s,
+        &v,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_policy",
+        "9000 waves",
+    );
+    let tags: Vec<String> = (0..2000).map(|i| format!("t{i}")).collect();
+    let (s, v) = put(
+        paths::window("huge"),
+        serde_json::to_vec(
+            &json!({"tags": tags, "days": "daily", "from": "01:00", "to": "02:00", "tz": "UTC"}),
+        )
+        .unwrap(),
+        "admin",
+    )
+    .await;
+    assert_error(
+        s,
+        &v,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_window",
+        "2000 tags",
+    );
+    for name in ["..", "a/b", "\u{202e}evil", "x".repeat(64).as_str()] {
+        let (s, v) = put(
+            paths::rollout_policy(&paths::segment(name)),
+            br#"{"waves": ["100%"]}"#.to_vec(),
+            "admin",
+        )
+        .await;
+        assert!(
+            s == StatusCode::UNPROCESSABLE_ENTITY || s == StatusCode::NOT_FOUND,
+            "{name:?}: {s} {v}"
+        );
+    }
+    let (s, v) = put(
+        paths::window("nights"),
+        br#"{"tags": ["prod"], "days": "daily", "from": "01:00", "to": "02:00", "tz": "UTC"}"#
+            .to_vec(),
+        "publisher",
+    )
+    .await;
+    assert_error(
+        s,
+        &v,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        "publisher sets a window",
+    );
+    let listed = f
+        .api
+        .ok("GET", paths::ROLLOUT_POLICIES, b"", Sign::By(&f.api.viewer))
+        .await;
+    assert_eq!(listed, json!([]));
+    let listed = f
+        .api
+        .ok("GET", paths::WINDOWS, b"", Sign::By(&f.api.viewer))
+        .await;
+    assert_eq!(listed, json!([]));
+}
