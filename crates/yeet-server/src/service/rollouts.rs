@@ -548,12 +548,18 @@ impl Service {
             .iter()
             .all(|j| j.state == RolloutHostState::Superseded)
         {
-            let by = hosts.iter().filter_map(|h| h.newest_release).max();
+            let by = hosts
+                .iter()
+                .filter_map(|h| h.newest_release)
+                .filter(|n| *n > row.release_id)
+                .max();
             return Ok(Some(Transition {
                 state: Some(RolloutState::Superseded),
                 reason: Some(match by {
                     Some(n) => {
-                        format!("superseded: newer releases (the newest {n}) name all its hosts")
+                        format!(
+                            "superseded: newer releases (the newest {n}) name all its hosts that remain"
+                        )
                     }
                     None => "superseded: its hosts were removed".to_owned(),
                 }),
@@ -610,8 +616,13 @@ impl Service {
         let allowed_overall = row.policy.max_failures.allowed(so_far.hosts);
         if wave.failed > allowed || so_far.failed > allowed_overall {
             return Ok(Some(
-                self.halt(row, &judged, wave.failed, allowed, so_far.failed)
-                    .await?,
+                self.halt(
+                    row,
+                    &judged,
+                    (wave.failed, allowed),
+                    (so_far.failed, allowed_overall),
+                )
+                .await?,
             ));
         }
         if !back.is_empty() {
@@ -691,9 +702,8 @@ impl Service {
         &self,
         row: &RolloutRow,
         judged: &[Judged<'_>],
-        failed: usize,
-        allowed: usize,
-        failed_overall: usize,
+        (failed, allowed): (usize, usize),
+        (failed_overall, allowed_overall): (usize, usize),
     ) -> Result<Transition> {
         let failed_hosts: Vec<String> = judged
             .iter()
@@ -706,7 +716,7 @@ impl Service {
                 row.wave + 1
             )
         } else {
-            format!("halted: {failed_overall} failure(s) so far (max {allowed})")
+            format!("halted: {failed_overall} failure(s) so far (max {allowed_overall})")
         };
         let mut rollback = None;
         let mut rolled_back = Vec::new();

@@ -915,3 +915,51 @@ async fn oversized_or_escaped_policies_and_windows_are_refused_whole() {
         .await;
     assert_eq!(listed, json!([]));
 }
+
+/// `--max-failures` holds for each wave and for the rollout so far: one failure in each of
+/// two waves passes each wave's threshold of 1, but not the rollout's.
+#[tokio::test]
+async fn failures_add_up_across_waves() {
+    let f = Fleet::new(
+        ServiceConfig::default(),
+        &[
+            ("a1", &["one"]),
+            ("a2", &["one"]),
+            ("b1", &["two"]),
+            ("b2", &["two"]),
+            ("c1", &[]),
+        ],
+    )
+    .await;
+    f.everyone_on(&sys(1)).await;
+    f.set_policy(
+        "tolerant",
+        json!({"waves": ["tag:one", "tag:two", "100%"], "max_failures": "1"}),
+    )
+    .await;
+    let hosts: serde_json::Map<String, Value> =
+        f.names().into_iter().map(|n| (n, json!(sys(2)))).collect();
+    let id = f
+        .publish(json!({"hosts": hosts, "rollout": "tolerant"}))
+        .await["id"]
+        .as_i64()
+        .unwrap();
+    f.drive().await;
+    f.api.report(f.id("a1"), &sys(2), "failed").await;
+    f.api.report(f.id("a2"), &sys(2), "confirmed").await;
+    f.drive().await;
+    assert_eq!(
+        f.desired("b1").await.as_deref(),
+        Some(sys(2).as_str()),
+        "wave 2 opened"
+    );
+    f.api.report(f.id("b1"), &sys(2), "rolled-back").await;
+    f.drive().await;
+    let halted = f.rollout(id).await;
+    assert_eq!(halted["state"], "halted", "{halted}");
+    assert_eq!(
+        halted["reason"], "halted: 2 failure(s) so far (max 1)",
+        "{halted}"
+    );
+    assert_eq!(f.desired("c1").await.as_deref(), Some(sys(1).as_str()));
+}
