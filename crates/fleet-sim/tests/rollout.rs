@@ -98,6 +98,21 @@ fn a_failing_canary_halts_a_four_wave_rollout_and_its_wave_rolls_back() {
         reason.contains("1 failure(s) in wave 1 (max 0)"),
         "{reason}"
     );
+    // The listing and a watch agree; a watch of a stopped rollout prints it and ends.
+    let listed: Value = fleet.server.yeet_json(&["rollouts"]);
+    assert_eq!(listed[0]["release"].to_string(), id, "{listed}");
+    assert_eq!(listed[0]["state"], "halted", "{listed}");
+    let watched = fleet_sim::run(
+        fleet
+            .server
+            .yeet_cmd()
+            .args(["rollout", "status", &id, "--watch"]),
+    );
+    let text = String::from_utf8_lossy(&watched.stdout);
+    assert!(
+        watched.status.success() && text.contains("halted"),
+        "{text}"
+    );
     // CI following the release (`yeet wait`, as `publish --wait`) learns that it will not
     // land, and why, instead of waiting out its timeout for waves that never open.
     let started = std::time::Instant::now();

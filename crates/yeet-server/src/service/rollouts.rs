@@ -5,6 +5,7 @@
 //! step is made once however many see its gate pass, and a restarted server goes on
 //! where the database says, with the bake's remaining time.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use yeet_proto::ErrorCode;
@@ -155,18 +156,22 @@ impl Service {
                 format!("no rollout policy named {name:?}; `yeet rollout policy list` shows them, `yeet rollout policy set` adds one"),
             )
         })?;
-        let mut hosts = Vec::with_capacity(entries.len());
-        for (id, name, _) in entries {
-            let tags = match self.store.host_by_id(*id).await? {
-                Some(h) => split_tags(&h.tags),
-                None => vec![],
-            };
-            hosts.push(WaveCandidate {
+        // One read of the fleet for every host's tags, not one per host.
+        let tags: HashMap<i64, String> = self
+            .store
+            .list_hosts()
+            .await?
+            .into_iter()
+            .map(|h| (h.id, h.tags))
+            .collect();
+        let hosts = entries
+            .iter()
+            .map(|(id, name, _)| WaveCandidate {
                 id: *id,
                 name: name.clone(),
-                tags,
-            });
-        }
+                tags: tags.get(id).map(|t| split_tags(t)).unwrap_or_default(),
+            })
+            .collect();
         Ok(Some(NewRollout {
             policy_name: name.to_owned(),
             policy,
@@ -183,14 +188,23 @@ impl Service {
     ) -> Result<yeet_proto::api::Release> {
         let (author, scope) = require_role_in_scope(principal, Role::Publisher)?;
         let release = self.release_in_scope(scope, req.release).await?;
-        let mut entries = Vec::new();
-        for (host_id, (_, path)) in release.host_ids.iter().zip(&release.entries) {
-            if let Some(h) = self.store.host_by_id(*host_id).await?
-                && scope.covers(&split_tags(&h.tags))
-            {
-                entries.push((h.id, h.name, path.clone()));
-            }
-        }
+        // By host id (names change), the hosts that still exist and are in scope.
+        let hosts: HashMap<i64, crate::store::HostRow> = self
+            .store
+            .list_hosts()
+            .await?
+            .into_iter()
+            .filter(|h| scope.covers(&split_tags(&h.tags)))
+            .map(|h| (h.id, h))
+            .collect();
+        let entries: Vec<(i64, String, String)> = release
+            .host_ids
+            .iter()
+            .zip(&release.entries)
+            .filter_map(|(id, (_, path))| {
+                hosts.get(id).map(|h| (h.id, h.name.clone(), path.clone()))
+            })
+            .collect();
         if entries.is_empty() {
             return Err(ServiceError::refused(
                 ErrorCode::EmptyRelease,

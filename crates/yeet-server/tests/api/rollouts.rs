@@ -963,3 +963,67 @@ async fn failures_add_up_across_waves() {
     );
     assert_eq!(f.desired("c1").await.as_deref(), Some(sys(1).as_str()));
 }
+
+/// `yeet rollout start RELEASE --policy P`: an ordinary release's systems again, as a new
+/// release whose hosts wait for their waves; a missing policy or release is refused.
+#[tokio::test]
+async fn an_existing_release_is_rolled_out_again_in_waves() {
+    let f = Fleet::new(ServiceConfig::default(), &[("a", &["canary"]), ("b", &[])]).await;
+    f.everyone_on(&sys(1)).await;
+    let plain = f
+        .publish(json!({"hosts": {"a": sys(2), "b": sys(2)}, "now": true}))
+        .await["id"]
+        .as_i64()
+        .unwrap();
+    // Pointed back at v1 by hand, then v2 again, in waves this time.
+    f.publish(json!({"hosts": {"a": sys(1), "b": sys(1)}}))
+        .await;
+    f.set_policy(
+        "canary-first",
+        json!({"waves": ["tag:canary", "100%"], "bake_secs": 600}),
+    )
+    .await;
+    let start = |body: Value| {
+        let api = &f.api;
+        async move {
+            api.call(
+                "POST",
+                paths::ROLLOUTS,
+                &serde_json::to_vec(&body).unwrap(),
+                Sign::By(&api.publisher),
+            )
+            .await
+        }
+    };
+    let (s, v) = start(json!({"release": plain, "policy": "nope"})).await;
+    assert_error(
+        s,
+        &v,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_policy",
+        "no policy",
+    );
+    let (s, v) = start(json!({"release": 999, "policy": "canary-first"})).await;
+    assert_error(
+        s,
+        &v,
+        StatusCode::NOT_FOUND,
+        "unknown_release",
+        "no release",
+    );
+    let (s, again) = start(json!({"release": plain, "policy": "canary-first"})).await;
+    assert_eq!(s, StatusCode::OK, "{again}");
+    let id = again["id"].as_i64().unwrap();
+    assert!(id > plain);
+    assert_eq!(again["hosts"]["b"], sys(2).as_str(), "{again}");
+    f.drive().await;
+    assert_eq!(f.desired("a").await.as_deref(), Some(sys(2).as_str()));
+    assert_eq!(
+        f.desired("b").await.as_deref(),
+        Some(sys(1).as_str()),
+        "b before its wave"
+    );
+    let status = f.rollout(id).await;
+    assert_eq!(status["policy_name"], "canary-first", "{status}");
+    assert_eq!(Fleet::wave_hosts(&status, 1), ["b"]);
+}
