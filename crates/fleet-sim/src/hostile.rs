@@ -26,6 +26,8 @@ struct Script {
     reports: Vec<Value>,
     /// Every check-in body received.
     checkins: Vec<Value>,
+    /// Every check-in answer also orders a reboot.
+    order_reboots: bool,
 }
 
 pub struct HostileServer {
@@ -103,6 +105,11 @@ impl HostileServer {
             .push_back((action, next_checkin_secs));
     }
 
+    /// From now on, every check-in answer orders the host to reboot.
+    pub fn order_reboots(&self) {
+        self.script.lock().unwrap().order_reboots = true;
+    }
+
     /// Queues a `switch` to `store_path` from `caches`.
     pub fn offer_switch(&self, store_path: &str, caches: &[&str]) {
         self.offer(
@@ -113,6 +120,11 @@ impl HostileServer {
 
     pub fn reports(&self) -> Vec<Value> {
         self.script.lock().unwrap().reports.clone()
+    }
+
+    /// The `i`th check-in body received.
+    pub fn checkin(&self, i: usize) -> Value {
+        self.script.lock().unwrap().checkins[i].clone()
     }
 
     pub fn checkins(&self) -> usize {
@@ -170,10 +182,11 @@ fn answer(conn: TcpStream, script: &Mutex<Script>) -> std::io::Result<()> {
                 Some(offer) => offer,
                 None => (json!({"type": "none"}), IDLE_NEXT_SECS),
             };
-            (
-                "200 OK",
-                json!({"host": "victim", "action": action, "next_checkin_secs": next}),
-            )
+            let mut reply = json!({"host": "victim", "action": action, "next_checkin_secs": next});
+            if s.order_reboots {
+                reply["reboot"] = json!({"reason": "because I say so", "release_id": 666});
+            }
+            ("200 OK", reply)
         }
         // Secrets for every name asked, and one more that would land outside the
         // secrets directory, all validly encrypted to the request's recipient.

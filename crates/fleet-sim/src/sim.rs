@@ -609,6 +609,14 @@ impl SimHost {
         self.start(cache, base);
     }
 
+    /// Whether the host still runs: false once a systemd host's container went down (a
+    /// reboot inside it ends systemd-nspawn, as the machine's reset would end its boot).
+    pub fn is_up(&mut self) -> bool {
+        self.proc
+            .as_mut()
+            .is_some_and(|p| p.child.try_wait().ok().flatten().is_none())
+    }
+
     /// Runs a command on a running systemd host (in all its namespaces, as `machinectl
     /// shell` would); returns its output.
     pub fn exec(&self, args: &[&str]) -> std::process::Output {
@@ -1217,6 +1225,20 @@ impl Fleet {
     pub fn reboot(&mut self, name: &str) {
         let i = self.hosts.iter().position(|h| h.name == name).unwrap();
         self.hosts[i].reboot(&self.cache, &self.base);
+    }
+
+    /// Waits up to `timeout` for a systemd host to reboot by itself (its container goes
+    /// down), then boots it again, as the machine's firmware would; returns when it went
+    /// down (a reboot that never comes fails the test).
+    pub fn follow_reboot(&mut self, name: &str, timeout: Duration) -> Instant {
+        let i = self.hosts.iter().position(|h| h.name == name).unwrap();
+        wait_until(timeout, &format!("{name} to reboot by itself"), || {
+            !self.hosts[i].is_up()
+        });
+        let went_down = Instant::now();
+        self.hosts[i].power_off();
+        self.hosts[i].start(&self.cache, &self.base);
+        went_down
     }
 
     /// A host, to look at or run commands on (`host` when it is to be powered off or on).

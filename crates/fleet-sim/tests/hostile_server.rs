@@ -13,6 +13,7 @@ use fleet_sim::run;
 use fleet_sim::sim::{
     Cache, HostKind, Platform, SimHost, SystemSpec, Variant, build_system, wait_until,
 };
+use serde_json::Value;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -416,5 +417,56 @@ fn a_server_that_never_holds_cannot_make_the_agent_spin() {
     let asked = server.checkins() - before;
     // At its 5 s interval that is about 2; spinning every 250 ms, about 40.
     assert!(asked <= 6, "{asked} check-ins in 10 s");
+    host.power_off();
+}
+
+/// A server that orders a reboot in every answer cannot reboot a host that needs none. The
+/// host boots real systemd, where `systemctl reboot` would take its container down: it
+/// keeps checking in (after the first orders, at its interval), reports nothing, and stays
+/// up through a dozen orders.
+#[test]
+fn a_server_cannot_reboot_a_host_that_needs_no_reboot() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = HostileServer::start();
+    let cache = Cache::new(&dir.path().join("fleet-keys"), "fleet-1");
+    let salt = dir.path().display().to_string();
+    let base = build_system(&SystemSpec {
+        name: "base",
+        platform: Platform::NixOS,
+        variant: Variant::Good,
+        kernel: "6.1",
+        server: &server.url,
+        trusted_key: &cache.public_key,
+        confirm_timeout: 20,
+        salt: &salt,
+        extra_agent_config: "max_checkin_interval_secs = 1\nreboot = \"in-window\"",
+        agent_package: fleet_sim::sim::SYSTEMD_HOST_AGENT_PACKAGE,
+        secrets: "",
+    });
+    cache.push(&base);
+    server.order_reboots();
+    let mut host = SimHost::new(dir.path(), "victim", HostKind::Systemd);
+    host.start(&cache, &base);
+    wait_until(WAIT, "the victim to check in", || server.checkins() > 0);
+    let first = server.checkins();
+    wait_until(WAIT, "a dozen more check-ins", || {
+        server.checkins() >= first + 12
+    });
+    assert!(host.is_up(), "the host went down: {}", host.agent_log());
+    let checkins = server.checkins();
+    let states: Vec<Value> = (0..checkins)
+        .map(|i| server.checkin(i)["state"].clone())
+        .collect();
+    assert!(
+        states.iter().all(|s| s == "standby"),
+        "the host did not say it needs no reboot: {states:?}"
+    );
+    assert!(server.reports().is_empty(), "{:?}", server.reports());
+    assert!(
+        !host.agent_log().contains("rebooting"),
+        "{}",
+        host.agent_log()
+    );
+    assert!(!host.root.join("var-lib-yeet/reboot.json").exists());
     host.power_off();
 }

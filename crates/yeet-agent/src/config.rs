@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use thiserror::Error;
+use yeet_proto::api::RebootPolicy;
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/yeet/agent.toml";
 /// The host's SSH key doubles as its yeet identity (and, later, its age recipient).
@@ -96,6 +97,10 @@ pub struct FileConfig {
     pub admin_group: String,
     /// Tags this host suggests for itself; an operator decides (see `Facts`).
     pub suggest_tags: Vec<String>,
+    /// Whether the host reboots by itself when an activation needs a reboot: "in-window"
+    /// (inside its maintenance window) or "never". Unset: as its policy on the server says
+    /// (`yeet host policy HOST --reboot`); set, it overrides that policy.
+    pub reboot: Option<RebootPolicy>,
 }
 
 impl Default for FileConfig {
@@ -119,6 +124,7 @@ impl Default for FileConfig {
             socket_group: "yeet".into(),
             admin_group: "yeet-admin".into(),
             suggest_tags: Vec::new(),
+            reboot: None,
         }
     }
 }
@@ -151,6 +157,11 @@ pub struct AgentArgs {
     /// switch (activate now) or boot (next boot).
     #[arg(long, env = "YEET_AGENT_ACTIVATION_MODE")]
     pub activation_mode: Option<ActivationMode>,
+    /// in-window (reboot by itself inside its maintenance window when an activation needs
+    /// a reboot) or never; overrides the host's policy on the server. Default: as that
+    /// policy says.
+    #[arg(long, env = "YEET_AGENT_REBOOT", value_name = "in-window|never")]
+    pub reboot: Option<RebootPolicy>,
     /// A Nix signing key (`name:base64`, or a file holding one) whose signature makes a
     /// closure trusted, as `trusted_keys` of the config file, which it replaces
     /// (repeatable, or comma-separated in the variable). nix.conf's keys count too.
@@ -185,6 +196,8 @@ pub struct Config {
     pub admin_group: String,
     /// Sorted, checked against the tag alphabet.
     pub suggested_tags: Vec<String>,
+    /// The reboot policy this host declares, if any (it overrides the server's).
+    pub reboot: Option<RebootPolicy>,
 }
 
 impl Config {
@@ -251,6 +264,7 @@ impl Config {
             suggested_tags: yeet_proto::names::tag_set(&file.suggest_tags)?
                 .into_iter()
                 .collect(),
+            reboot: args.reboot.or(file.reboot),
         })
     }
 }

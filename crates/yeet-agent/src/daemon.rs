@@ -16,8 +16,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 use yeet_client::{Client, ClientError};
 use yeet_proto::api::{
-    Action, ActivationReport, AgentState, CheckinRequest, CheckinResponse, Facts, RegisterRequest,
-    RegisterResponse,
+    Action, ActivationReport, ActivationResult, AgentState, CheckinRequest, CheckinResponse, Facts,
+    RebootOrder, RebootPolicy, RegisterRequest, RegisterResponse,
 };
 use yeet_proto::{ErrorCode, Identity};
 
@@ -26,6 +26,7 @@ use crate::config::{
     BOOTED_SYSTEM, CURRENT_SYSTEM, Config, GENERATED_KEY, RUN_DIR, SSH_HOST_KEY, STATE_DIR,
 };
 use crate::launch::{LaunchError, Launcher, lock};
+use crate::reboot::{RebootFiles, RebootOutcome, RebootRecord, RebootStatus};
 use crate::secrets::{self, Held, SecretStore, SecretsError};
 use crate::state::{ActivationState, Origin, Phase, ServerAccess, StateDir};
 use crate::system::{self, system_link};
@@ -556,6 +557,7 @@ impl Agent<'_> {
             secrets_digest: self.held_secrets_digest(),
             detached: self.shared.detached().is_some(),
             failed_units: failed_units(),
+            reboot_policy: self.config.reboot,
         };
         let Some(resp) = self.held_checkin(&req)? else {
             return Ok(None);
@@ -604,6 +606,11 @@ impl Agent<'_> {
 
     /// No activation in progress: hold a long-poll and start one when told to.
     fn idle_checkin(&mut self) -> Result<Duration, ClientError> {
+        // A reboot this agent started comes first: the machine is going down, or it came
+        // up and what it runs is reported.
+        if let Some(wait) = self.tend_reboot()? {
+            return Ok(wait);
+        }
         let current = system_link(CURRENT_SYSTEM);
         // A kernel that differs from the booted one, or a profile whose default is not the
         // running system (a `boot`-mode activation), takes a reboot to apply.
@@ -634,6 +641,12 @@ impl Agent<'_> {
         // The server's word is bounded: a huge interval must not silence the host.
         let next =
             Duration::from_secs(resp.next_checkin_secs).min(self.config.max_checkin_interval);
+        // Only a host that needs a reboot takes one: a server cannot reboot hosts at will.
+        if let (Action::None, Some(order), AgentState::RebootRequired) =
+            (&resp.action, &resp.reboot, state)
+        {
+            return self.reboot(order, resp.desired_system.as_deref(), next);
+        }
         match resp.action {
             Action::Switch {
                 store_path,
@@ -778,6 +791,141 @@ impl Agent<'_> {
             .collect();
         tracing::info!(secrets = ?versions, missing = ?fresh.missing, at_ms = yeet_proto::clock::unix_now_ms(), "secrets updated");
         secrets::restart_units(&units);
+        Ok(())
+    }
+
+    /// The server's order to reboot now: record what the boot should bring up, then
+    /// `systemctl reboot`. Refused when this host's config says `reboot = "never"`, when
+    /// the profile has no valid default, and when a reboot into the same system already
+    /// failed (people look at it first); each refusal waits `next` before asking again.
+    fn reboot(
+        &mut self,
+        order: &RebootOrder,
+        desired: Option<&str>,
+        next: Duration,
+    ) -> Result<Duration, ClientError> {
+        let refuse = |agent: &mut Self, why: String| {
+            tracing::warn!(reason = %order.reason, "not rebooting: {why}");
+            agent.status.last_error = Some(format!("not rebooting: {why}"));
+            Ok(next)
+        };
+        if self.config.reboot == Some(RebootPolicy::Never) {
+            return refuse(self, "this host's config says `reboot = \"never\"`".into());
+        }
+        let Some(expected) = system::profile_system() else {
+            return refuse(self, "the system profile has no valid default".into());
+        };
+        let files = RebootFiles::system();
+        if files.load().is_some_and(|r| r.failed_into(&expected)) {
+            return refuse(
+                self,
+                format!(
+                    "a reboot into {expected} did not come up on it; reboot by hand once it is fixed"
+                ),
+            );
+        }
+        let mut record = RebootRecord {
+            // The report after the boot counts for the release only if it names this system.
+            release_id: order
+                .release_id
+                .filter(|_| desired == Some(expected.as_str())),
+            expected_system: expected,
+            previous_system: system_link(CURRENT_SYSTEM),
+            requested_at: now(),
+            reason: order.reason.clone(),
+            outcome: None,
+            reported: false,
+        };
+        if let Err(e) = files.save(&record, true) {
+            files.clear();
+            return refuse(self, format!("cannot record the reboot: {e}"));
+        }
+        tracing::warn!(reason = %order.reason, system = %record.expected_system, at_ms = yeet_proto::clock::unix_now_ms(), "rebooting");
+        self.status.state = "rebooting".into();
+        self.publish_status();
+        let ran = std::process::Command::new("systemctl")
+            .arg("reboot")
+            .stdin(std::process::Stdio::null())
+            .output();
+        match ran {
+            Ok(out) if out.status.success() => Ok(Duration::from_secs(5)),
+            other => {
+                let why = match other {
+                    Ok(out) => String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+                    Err(e) => e.to_string(),
+                };
+                record.outcome = Some(RebootOutcome {
+                    result: ActivationResult::Failed,
+                    reason: format!(
+                        "asked to reboot ({}), but `systemctl reboot` failed: {why}",
+                        order.reason
+                    ),
+                    finished_at: now(),
+                });
+                files.clear();
+                self.report_reboot(record)?;
+                Ok(next)
+            }
+        }
+    }
+
+    /// A reboot this agent recorded: `Some(wait)` while the machine is going down;
+    /// otherwise reports, once, what came up (or that it never went down).
+    fn tend_reboot(&mut self) -> Result<Option<Duration>, ClientError> {
+        let files = RebootFiles::system();
+        let Some(mut record) = files.load().filter(|r| !r.reported) else {
+            return Ok(None);
+        };
+        if record.outcome.is_none() {
+            let booted = system_link(BOOTED_SYSTEM);
+            let (result, reason) = match files.status(&record, booted.as_deref(), now()) {
+                RebootStatus::Going => return Ok(Some(Duration::from_secs(5))),
+                RebootStatus::Booted { result, reason } => (result, reason),
+                RebootStatus::DidNotHappen { reason } => (ActivationResult::Failed, reason),
+            };
+            record.outcome = Some(RebootOutcome {
+                result,
+                reason,
+                finished_at: now(),
+            });
+            // Decided once, before the report (which may have to wait for the server).
+            files.clear();
+            if let Err(e) = files.save(&record, false) {
+                tracing::error!(error = %e, "cannot record the reboot's outcome");
+            }
+        }
+        self.report_reboot(record)?;
+        Ok(None)
+    }
+
+    /// Reports a decided reboot as an activation of the system it was for. A confirmed
+    /// one is then forgotten; a failed one stays, so that the host does not reboot into
+    /// that system again.
+    fn report_reboot(&mut self, mut record: RebootRecord) -> Result<(), ClientError> {
+        let Some(outcome) = record.outcome.clone() else {
+            return Ok(());
+        };
+        let report = ActivationReport {
+            store_path: record.expected_system.clone(),
+            release_id: record.release_id,
+            result: outcome.result,
+            reason: outcome.reason.clone(),
+            started_at: record.requested_at,
+            finished_at: outcome.finished_at,
+            reboot_required: false,
+            log_gzip_base64: pack_log(&format!("{}\n", outcome.reason)),
+        };
+        self.client.report(&report)?;
+        tracing::info!(result = outcome.result.as_str(), reason = %outcome.reason, at_ms = yeet_proto::clock::unix_now_ms(), "reboot reported");
+        let files = RebootFiles::system();
+        if outcome.result == ActivationResult::Confirmed {
+            files.clear();
+        } else {
+            record.reported = true;
+            if let Err(e) = files.save(&record, false) {
+                tracing::error!(error = %e, "cannot record that the reboot was reported");
+            }
+        }
         Ok(())
     }
 

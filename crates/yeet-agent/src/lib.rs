@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod fetch;
 pub mod launch;
 pub mod local_client;
+pub mod reboot;
 pub mod secrets;
 pub mod state;
 pub mod system;

@@ -2,6 +2,7 @@
 
 use comfy_table::{ContentArrangement, Table, presets};
 use serde::Serialize;
+use yeet_proto::api::{HostPolicy, RebootPolicy};
 
 pub use yeet_proto::clock::ago;
 
@@ -29,6 +30,27 @@ pub fn tag_list(tags: &[String]) -> String {
         "-".to_owned()
     } else {
         tags.join(", ")
+    }
+}
+
+/// What a host may do on its own, in a sentence (`yeet host policy`).
+pub fn host_policy(p: &HostPolicy) -> String {
+    let may = if p.allow_detach { "may" } else { "may not" };
+    format!(
+        "people at the host {may} detach it; it reboots by itself: {}",
+        reboot_policy(p)
+    )
+}
+
+/// When a host reboots by itself, and whose word that is.
+pub fn reboot_policy(p: &HostPolicy) -> String {
+    let when = match p.effective_reboot() {
+        RebootPolicy::Never => "never",
+        RebootPolicy::InWindow => "inside its maintenance window",
+    };
+    match p.declared_reboot {
+        Some(_) => format!("{when} (declared by the host's agent config)"),
+        None => when.to_owned(),
     }
 }
 
@@ -73,6 +95,7 @@ pub fn host_detail(h: &yeet_proto::api::HostInfo) -> Table {
             "may detach",
             if h.policy.allow_detach { "yes" } else { "no" }.to_owned(),
         ),
+        ("reboots", reboot_policy(&h.policy)),
         ("approved", ago(Some(h.approved_at))),
         ("os/arch", format!("{}/{}", h.facts.os, h.facts.arch)),
         (

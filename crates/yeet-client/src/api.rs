@@ -5,7 +5,7 @@
 use yeet_proto::api::{
     Activation, ActivationLog, ActivationReport, ApproveRequest, CacheGcReport, CacheGcRequest,
     CacheMissingRequest, CacheMissingResponse, CheckinRequest, CheckinResponse,
-    CreateReleaseRequest, DetachRequest, Detachment, HostInfo, HostPolicy, Limit,
+    CreateReleaseRequest, DetachRequest, Detachment, HostInfo, HostPolicyChange, Limit,
     PendingRegistration, RegisterRequest, RegisterResponse, RejectRequest, Release, ReleaseFilter,
     RenameRequest, RollbackRequest, TagHostRequest, WhoAmI, paths,
 };
@@ -151,7 +151,7 @@ impl Client {
         self.post(&paths::host_tags(&paths::segment(name)), req)
     }
 
-    pub fn set_host_policy(&self, name: &str, policy: &HostPolicy) -> Result<HostInfo> {
+    pub fn set_host_policy(&self, name: &str, policy: &HostPolicyChange) -> Result<HostInfo> {
         self.put(&paths::host_policy(&paths::segment(name)), policy)
     }
 

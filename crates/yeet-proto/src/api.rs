@@ -334,6 +334,10 @@ pub struct CheckinRequest {
     /// runs no systemd. A rollout's `failed-units=0` health gate reads it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failed_units: Option<u32>,
+    /// The reboot policy the host's own configuration declares, if it declares one; it
+    /// overrides the policy set on the server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reboot_policy: Option<RebootPolicy>,
 }
 
 /// How an activation attempt ended.
@@ -423,6 +427,10 @@ pub struct CheckinResponse {
     /// answer asks for it (for the host's local status).
     #[serde(default)]
     pub desired_system: Option<String>,
+    /// Reboot now: the host reported `reboot-required`, its reboot policy is `in-window`,
+    /// and it is inside its maintenance window (or none covers it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reboot: Option<RebootOrder>,
 }
 
 /// A host's request to run a locally chosen system for a while (`POST /v1/agent/detach`).
@@ -452,6 +460,54 @@ pub struct HostPolicy {
     /// People at the machine may detach it and run a locally chosen system.
     #[serde(default)]
     pub allow_detach: bool,
+    /// Whether the host reboots by itself when its activation needs a reboot, as set here.
+    #[serde(default)]
+    pub reboot: RebootPolicy,
+    /// The reboot policy the host's own agent declares (its `reboot` setting); when set,
+    /// it is the one that holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub declared_reboot: Option<RebootPolicy>,
+}
+
+impl HostPolicy {
+    /// The reboot policy that holds: the host's own declaration, else the server's.
+    pub fn effective_reboot(&self) -> RebootPolicy {
+        self.declared_reboot.unwrap_or(self.reboot)
+    }
+}
+
+/// A change to a host's policy: the fields given are set, the others kept
+/// (`PUT /v1/hosts/{name}/policy`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct HostPolicyChange {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_detach: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reboot: Option<RebootPolicy>,
+}
+
+/// Whether a host whose activation ends `reboot-required` (a `boot`-mode activation, or a
+/// new kernel) reboots by itself.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default, Hash)]
+#[serde(rename_all = "kebab-case")]
+pub enum RebootPolicy {
+    /// Never: people reboot it.
+    #[default]
+    Never,
+    /// Inside the host's maintenance window (at once, where no window covers the host).
+    InWindow,
+}
+
+/// The server's word to a host that needs a reboot and may take one now.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RebootOrder {
+    /// Why now, in words (for the host's log and its report).
+    pub reason: String,
+    /// The release that names the host's desired system, when it is the system the
+    /// reboot is for: the report after the boot counts for it.
+    #[serde(default)]
+    pub release_id: Option<i64>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -729,6 +785,7 @@ pub struct Release {
 
 wire_names!(AgentState, "agent state" { Standby => "standby", Updating => "updating", RolledBack => "rolled-back", RebootRequired => "reboot-required" });
 wire_names!(ActivationResult, "activation result" { Confirmed => "confirmed", Failed => "failed", RolledBack => "rolled-back", Untrusted => "untrusted" });
+wire_names!(RebootPolicy, "reboot policy" { Never => "never", InWindow => "in-window" });
 wire_names!(Role, "role" { Viewer => "viewer", Publisher => "publisher", Admin => "admin" });
 wire_names!(HostState, "host state" {
     New => "new", Standby => "standby", Updating => "updating", RolledBack => "rolled-back", Failed => "failed", Untrusted => "untrusted", RebootRequired => "reboot-required", Offline => "offline", Detached => "detached",

@@ -6,7 +6,7 @@
 mod common;
 
 use common::{TestDb, ev, host, registration};
-use yeet_proto::api::{ActivationResult, Role};
+use yeet_proto::api::{ActivationResult, HostPolicyChange, RebootPolicy, Role};
 use yeet_server::store::Change;
 use yeet_server::store::{
     ActivationRow, DetachmentRow, Enrolled, HostReport, LogQuery, NewLogLine, NewRelease,
@@ -585,10 +585,16 @@ async fn hosts_rename_remove_and_report(db: &TestDb) {
         booted_at: Some(40),
         suggested_tags: "eu kiosk".into(),
         failed_units: None,
+        declared_reboot: Some(yeet_proto::api::RebootPolicy::InWindow),
     };
     s.update_host_report(a, &report, 50).await.unwrap();
     let stored = s.host_by_name("c").await.unwrap().unwrap();
     assert_eq!(stored.suggested_tags, "eu kiosk");
+    assert_eq!(
+        stored.policy().effective_reboot(),
+        RebootPolicy::InWindow,
+        "the agent's declaration holds"
+    );
     assert_eq!(
         (
             stored.os_version.as_str(),
@@ -752,9 +758,24 @@ async fn one_open_detachment_per_host(db: &TestDb) {
     let s = db.open().await;
     let a = host(&s, "ka", "a").await;
     assert_eq!(s.host_by_id(a).await.unwrap().unwrap().allow_detach, 0);
-    assert!(s.set_allow_detach(a, true, &ev()).await.unwrap());
+    let detach = HostPolicyChange {
+        allow_detach: Some(true),
+        ..Default::default()
+    };
+    assert!(s.set_host_policy(a, &detach, &ev()).await.unwrap());
     assert_eq!(s.host_by_id(a).await.unwrap().unwrap().allow_detach, 1);
-    assert!(!s.set_allow_detach(9999, true, &ev()).await.unwrap());
+    assert!(!s.set_host_policy(9999, &detach, &ev()).await.unwrap());
+    // A change of one field keeps the other.
+    let reboot = HostPolicyChange {
+        reboot: Some(RebootPolicy::InWindow),
+        ..Default::default()
+    };
+    assert!(s.set_host_policy(a, &reboot, &ev()).await.unwrap());
+    let policy = s.host_by_id(a).await.unwrap().unwrap().policy();
+    assert_eq!(
+        (policy.allow_detach, policy.reboot, policy.declared_reboot),
+        (true, RebootPolicy::InWindow, None)
+    );
     let first = DetachmentRow {
         host_id: a,
         since: 100,

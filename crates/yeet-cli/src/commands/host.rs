@@ -2,7 +2,7 @@
 
 use anyhow::{Result, bail};
 use clap::Subcommand;
-use yeet_proto::api::{HostInfo, HostPolicy, TagHostRequest};
+use yeet_proto::api::{HostInfo, HostPolicyChange, RebootPolicy, TagHostRequest};
 
 use super::{Connection, Json};
 use crate::output;
@@ -47,12 +47,17 @@ Examples:
         #[arg(allow_hyphen_values = true, value_name = "[+|-]TAG")]
         changes: Vec<String>,
     },
-    /// Show or set what people at the host may do on their own. Without a flag, shows it.
+    /// Show or set what a host may do on its own. Without a flag, shows it.
     #[command(after_help = "\
 A host allowed to detach may run a locally chosen (and still trusted) system, asked for
 on the host with `yeet-agent detach` and `yeet-agent switch PATH`. Releases published
 meanwhile are recorded and applied once it attaches again (`yeet-agent attach` there, or
-`yeet attach HOST` here). Denying detachment does not end an open one: `yeet attach` does.")]
+`yeet attach HOST` here). Denying detachment does not end an open one: `yeet attach` does.
+
+With `--reboot in-window`, a host whose activation ends `reboot-required` (boot mode, or a
+new kernel) reboots by itself inside its maintenance window (at once where no window covers
+it); what it boots is checked and reported like any activation. A host whose agent config
+sets `reboot` follows that instead. Flags left out keep their setting.")]
     Policy {
         #[arg(add = crate::completion::host_arg())]
         name: String,
@@ -62,6 +67,9 @@ meanwhile are recorded and applied once it attaches again (`yeet-agent attach` t
         /// Refuse detach requests from the host from now on.
         #[arg(long)]
         deny_detach: bool,
+        /// Whether the host reboots by itself when an activation needs a reboot.
+        #[arg(long, value_name = "in-window|never")]
+        reboot: Option<RebootPolicy>,
         #[command(flatten)]
         json: Json,
     },
@@ -139,27 +147,25 @@ pub fn run(command: &HostCommand, connection: &Connection) -> Result<()> {
             name,
             allow_detach,
             deny_detach,
+            reboot,
             json,
         } => {
-            let h = if *allow_detach || *deny_detach {
-                let policy = HostPolicy {
-                    allow_detach: *allow_detach,
-                };
-                client.set_host_policy(name, &policy)?
-            } else {
+            let change = HostPolicyChange {
+                allow_detach: (*allow_detach || *deny_detach).then_some(*allow_detach),
+                reboot: *reboot,
+            };
+            let h = if change == HostPolicyChange::default() {
                 client.host(name)?
+            } else {
+                client.set_host_policy(name, &change)?
             };
             if json.json {
                 return output::json(&h.policy);
             }
-            let may = if h.policy.allow_detach {
-                "may"
-            } else {
-                "may not"
-            };
             output::print_clean(format_args!(
-                "{}: people at the host {may} detach it",
-                h.name
+                "{}: {}",
+                h.name,
+                output::host_policy(&h.policy)
             ));
         }
         HostCommand::Rename { old, new } => {

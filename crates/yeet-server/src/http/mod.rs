@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 use std::sync::Arc;
 use yeet_proto::api::{
     Activation, ActivationLog, ActivationReport, ApproveRequest, CheckinRequest, CheckinResponse,
-    CreateReleaseRequest, DetachRequest, Detachment, HostInfo, HostPolicy, HostsWatch, Limit,
+    CreateReleaseRequest, DetachRequest, Detachment, HostInfo, HostPolicyChange, HostsWatch, Limit,
     PendingRegistration, RegisterRequest, RegisterResponse, RejectRequest, Release, ReleaseFilter,
     RenameRequest, Role, TagHostRequest, WhoAmI, paths,
 };
@@ -218,7 +218,7 @@ pub fn routes() -> Vec<Route> {
         route(Method::DELETE, &paths::host("{name}"), R(Role::Admin), "Remove a host; its key stops working at once.", remove_host).scoped(Scoped::TheirHosts).audited("host.remove"),
         route(Method::POST, &paths::host_rename("{name}"), R(Role::Admin), "Rename a host.", rename_host).scoped(Scoped::TheirHosts).audited("host.rename"),
         route(Method::POST, &paths::host_tags("{name}"), R(Role::Admin), "Add and remove a host's tags (`add`, `remove`, `accept_suggested`); answers the host.", tag_host).audited("host.tag"),
-        route(Method::PUT, &paths::host_policy("{name}"), R(Role::Admin), "Set what a host may do on its own (`allow_detach`).", set_host_policy).scoped(Scoped::TheirHosts).audited("host.policy"),
+        route(Method::PUT, &paths::host_policy("{name}"), R(Role::Admin), "Set what a host may do on its own (`allow_detach`, `reboot`); fields left out are kept.", set_host_policy).scoped(Scoped::TheirHosts).audited("host.policy"),
         route(Method::POST, &paths::host_attach("{name}"), R(Role::Admin), "End a host's detachment; it returns to its desired system.", attach_host).scoped(Scoped::TheirHosts).audited("host.attach"),
         route(Method::GET, &paths::host_activations("{name}"), R(Role::Viewer), "A host's past activations, newest first (`?limit=`).", list_activations).scoped(Scoped::TheirHosts),
         route(Method::GET, &paths::host_log("{name}"), R(Role::Viewer), "A host's latest activation with its log.", latest_log).scoped(Scoped::TheirHosts),
@@ -818,7 +818,7 @@ async fn set_host_policy(
     State(app): State<AppState>,
     p: Principal,
     ApiPath(name): ApiPath<String>,
-    ApiJson(req): ApiJson<HostPolicy>,
+    ApiJson(req): ApiJson<HostPolicyChange>,
 ) -> ApiResult<HostInfo> {
     Ok(Json(app.service.set_host_policy(&p, &name, req).await?))
 }

@@ -4,11 +4,11 @@
 
 use std::collections::HashMap;
 use yeet_proto::ErrorCode;
-use yeet_proto::api::{DetachRequest, Detachment, HostInfo, HostPolicy, Role};
+use yeet_proto::api::{DetachRequest, Detachment, HostInfo, HostPolicyChange, RebootPolicy, Role};
 use yeet_proto::text::clean_line;
 
 use super::auth::{require_host, require_role_in_scope};
-use super::{EVENT_DETACH, Principal, Result, Service, ServiceError, now};
+use super::{EVENT_DETACH, EVENT_POLICY, Principal, Result, Service, ServiceError, now};
 use crate::store::{DetachmentRow, Store, StoreError};
 
 /// The longest reason and user name kept; the host sends free text.
@@ -60,13 +60,18 @@ impl Service {
             Some(d) => self.detached.write().await.insert(host_id, d),
             None => self.detached.write().await.remove(&host_id),
         };
-        if before != open
-            && let Some(held) = super::lock(&self.held_polls).get(&host_id)
-        {
+        if before != open {
+            self.wake_held_poll(host_id);
+        }
+        Ok(())
+    }
+
+    /// Answers the host's held check-in, if any, at once, so that it asks again.
+    pub(super) fn wake_held_poll(&self, host_id: i64) {
+        if let Some(held) = super::lock(&self.held_polls).get(&host_id) {
             // Stored as a permit if the check-in is between waits.
             held.notify_one();
         }
-        Ok(())
     }
 
     /// Applies a change of one host's detachment here and tells the other replicas.
@@ -162,13 +167,14 @@ impl Service {
         Ok(self.host_info(row).await)
     }
 
-    /// Sets what the host may do on its own. Denying detachment does not end one that is
-    /// open: `yeet attach HOST` does, so that the two decisions stay separate.
+    /// Sets what the host may do on its own (the fields given). Denying detachment does
+    /// not end one that is open: `yeet attach HOST` does, so that the two decisions stay
+    /// separate.
     pub async fn set_host_policy(
         &self,
         principal: &Principal,
         name: &str,
-        policy: HostPolicy,
+        change: HostPolicyChange,
     ) -> Result<HostInfo> {
         let (admin, scope) = require_role_in_scope(principal, Role::Admin)?;
         let row = self.host_in_scope(scope, name).await?;
@@ -176,21 +182,31 @@ impl Service {
             principal,
             "host.policy",
             vec![name.to_owned()],
-            serde_json::json!({ "allow_detach": policy.allow_detach }),
+            serde_json::to_value(change).unwrap_or_default(),
         );
-        if !self
-            .store
-            .set_allow_detach(row.id, policy.allow_detach, &audit)
-            .await?
-        {
+        if change == HostPolicyChange::default() {
+            return Ok(self.host_info(row).await);
+        }
+        if !self.store.set_host_policy(row.id, &change, &audit).await? {
             return Err(self.host_named(name).await.err().unwrap_or_else(|| {
                 ServiceError::refused(ErrorCode::UnknownHost, name.to_owned())
             }));
         }
         self.note_fleet_change();
+        // A host waiting with a reboot it may now take hears of it at once, wherever its
+        // check-in is held.
+        self.wake_held_poll(row.id);
+        if let Err(e) = self
+            .store
+            .notify(&format!("{EVENT_POLICY}{}", row.id))
+            .await
+        {
+            tracing::warn!(error = %e, "could not notify other replicas of a host policy");
+        }
         tracing::info!(
             host = name,
-            allow_detach = policy.allow_detach,
+            allow_detach = ?change.allow_detach,
+            reboot = ?change.reboot.map(RebootPolicy::as_str),
             by = admin,
             "host policy set"
         );

@@ -8,7 +8,7 @@ use yeet_proto::ErrorCode;
 use yeet_proto::api::TagHostRequest;
 use yeet_proto::api::{
     Action, ActivationResult, AgentState, CheckinRequest, CheckinResponse, Detachment, Facts,
-    HostInfo, HostState, MAX_WATCH_SECS, Role,
+    HostInfo, HostState, MAX_WATCH_SECS, RebootOrder, RebootPolicy, Role,
 };
 use yeet_proto::names::{MAX_TAGS, tag_set, validate_host_name};
 use yeet_proto::text::clean_line;
@@ -63,12 +63,16 @@ impl Service {
             .offline_at(row.id, last_seen)
             .is_some_and(|at| now() >= at);
         let tags = crate::store::split_tags(&row.tags);
-        // A switch it has to make, held back until a maintenance window opens.
-        let window_wait = desired
+        // A switch it has to make, or a reboot it may take by itself, held back until a
+        // maintenance window opens.
+        let switch_pending = desired
             .as_ref()
-            .filter(|d| row.current_system.as_deref() != Some(d.store_path.as_str()))
-            .filter(|_| detached.is_none())
-            .and_then(|_| self.window_wait(&tags, now()));
+            .is_some_and(|d| row.current_system.as_deref() != Some(d.store_path.as_str()));
+        let reboot_pending = row.state.0 == AgentState::RebootRequired
+            && row.policy().effective_reboot() == RebootPolicy::InWindow;
+        let window_wait = ((switch_pending || reboot_pending) && detached.is_none())
+            .then(|| self.window_wait(&tags, now()))
+            .flatten();
         HostInfo {
             window_wait,
             state: host_state(
@@ -80,9 +84,7 @@ impl Service {
             ),
             last_result: row.last_result.map(|r| r.0),
             last_result_system: row.last_result_path.clone(),
-            policy: yeet_proto::api::HostPolicy {
-                allow_detach: row.allow_detach != 0,
-            },
+            policy: row.policy(),
             detached,
             name: row.name,
             key_id: row.key_id,
@@ -421,6 +423,33 @@ impl Service {
         ))
     }
 
+    /// For a host that reported `reboot-required`: the order to reboot now, when its
+    /// reboot policy (its own declaration, else the admin's) is `in-window` and it is
+    /// inside its window; or when its window opens (Unix seconds).
+    async fn reboot_order(
+        &self,
+        host_id: i64,
+        declared: Option<RebootPolicy>,
+        desired: Option<&Desired>,
+    ) -> Result<(Option<RebootOrder>, Option<i64>)> {
+        let Some(host) = self.store.host_by_id(host_id).await? else {
+            return Ok((None, None));
+        };
+        if declared.unwrap_or(host.reboot_policy.0) != RebootPolicy::InWindow {
+            return Ok((None, None));
+        }
+        Ok(match self.reboot_permit(&split_tags(&host.tags), now()) {
+            Ok(reason) => (
+                Some(RebootOrder {
+                    reason,
+                    release_id: desired.map(|d| d.release_id),
+                }),
+                None,
+            ),
+            Err(wait) => (None, Some(wait.opens_at)),
+        })
+    }
+
     /// Writes a host's report when it changed; otherwise only notes the time, for the
     /// batched last-seen flush (most check-ins write nothing).
     async fn record_report(&self, host_id: i64, report: HostReport) -> Result<()> {
@@ -472,6 +501,7 @@ impl Service {
             booted_at: req.facts.booted_at.filter(|t| (0..=now()).contains(t)),
             suggested_tags: suggested_tags(&req.facts.suggested_tags),
             failed_units: req.failed_units.map(i64::from),
+            declared_reboot: req.reboot_policy,
         };
         // The awaits before the hold are boxed: a future is laid out for its largest await,
         // and each held poll would otherwise carry their database work's room while it waits.
@@ -496,9 +526,19 @@ impl Service {
                     &detached,
                 ))
                 .await?;
-                // A switch held for a window: the held check-in answers when it opens, so
-                // that the host asks again and starts then.
-                let deadline = match window_opens {
+                // A host that needs a reboot, with nothing else to do, may be told to take it.
+                let (reboot, reboot_opens) = if action == Action::None
+                    && detached.is_none()
+                    && req.state == AgentState::RebootRequired
+                {
+                    Box::pin(self.reboot_order(host_id, req.reboot_policy, desired.as_ref()))
+                        .await?
+                } else {
+                    (None, None)
+                };
+                // A switch (or reboot) held for a window: the held check-in answers when it
+                // opens, so that the host asks again and starts then.
+                let deadline = match window_opens.into_iter().chain(reboot_opens).min() {
                     Some(at) => deadline.min(
                         tokio::time::Instant::now()
                             + Duration::from_secs((at - now()).max(0) as u64),
@@ -514,6 +554,7 @@ impl Service {
                 // A host that believes otherwise learns of its detachment's start or end at once.
                 let detachment_moved = req.detached != detached.is_some();
                 let done = action != Action::None
+                    || reboot.is_some()
                     || secrets_moved
                     || detachment_moved
                     || tokio::time::Instant::now() >= deadline
@@ -527,6 +568,7 @@ impl Service {
                         secrets_digest,
                         detached,
                         desired_system: desired.map(|d| d.store_path),
+                        reboot,
                     });
                 }
                 tokio::select! {

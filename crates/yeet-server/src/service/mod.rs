@@ -156,6 +156,8 @@ const EVENT_KEY: &str = "key:";
 const EVENT_SECRETS: &str = "secrets:";
 /// A host detached or attached (`detach:<host id>`): reload its detachment.
 const EVENT_DETACH: &str = "detach:";
+/// A host's policy changed (`policy:<host id>`): answer its held check-in.
+const EVENT_POLICY: &str = "policy:";
 
 /// A host's newest desired system.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -364,6 +366,12 @@ impl Service {
                 Ok(host_id) => self.reload_detachment(host_id).await,
                 Err(_) => self.reload_detachments().await,
             },
+            Some(e) if e.starts_with(EVENT_POLICY) => {
+                if let Ok(host_id) = e[EVENT_POLICY.len()..].parse() {
+                    self.wake_held_poll(host_id);
+                }
+                Ok(())
+            }
             Some(e) if e.starts_with(osquery::EVENT_NODE) => {
                 self.forget_node_key(&e[osquery::EVENT_NODE.len()..]).await;
                 Ok(())

@@ -90,6 +90,28 @@ impl Service {
         wait_for_window(windows.iter().map(|(n, s)| (n.as_str(), s)), tags, at)
     }
 
+    /// Whether a host with `tags` may reboot at `at`: why it may (for the reboot order),
+    /// or the window it waits for.
+    pub(crate) fn reboot_permit(
+        &self,
+        tags: &[String],
+        at: i64,
+    ) -> std::result::Result<String, WindowWait> {
+        if let Some(wait) = self.window_wait(tags, at) {
+            return Err(wait);
+        }
+        let windows = self.windows();
+        Ok(
+            match windows
+                .iter()
+                .find(|(_, s)| s.covers(tags) && s.is_open(at))
+            {
+                Some((name, _)) => format!("inside maintenance window `{name}`"),
+                None => "no maintenance window covers the host".to_owned(),
+            },
+        )
+    }
+
     pub(super) fn windows(&self) -> Windows {
         super::read(&self.windows).clone()
     }

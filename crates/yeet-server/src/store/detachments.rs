@@ -2,6 +2,7 @@
 //! system with the server's permission, who asked, why, and who ended it.
 
 use super::{AuditEntry, Store, StoreError, conflict};
+use yeet_proto::api::{HostPolicyChange, RebootPolicy};
 
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct DetachmentRow {
@@ -25,19 +26,25 @@ pub struct EndedDetachment {
 const DETACHMENT_COLUMNS: &str = "host_id, since, requested_by, reason";
 
 impl Store {
-    /// Sets whether people at the host may detach it; false when there is no such host.
-    pub async fn set_allow_detach(
+    /// Sets what the host may do on its own (the fields given; the others are kept);
+    /// false when there is no such host.
+    pub async fn set_host_policy(
         &self,
         host_id: i64,
-        allow: bool,
+        change: &HostPolicyChange,
         audit: &AuditEntry,
     ) -> Result<bool, StoreError> {
         let mut tx = self.writer.begin().await?;
-        let done = sqlx::query("UPDATE hosts SET allow_detach = $1 WHERE id = $2")
-            .bind(i64::from(allow))
-            .bind(host_id)
-            .execute(&mut *tx)
-            .await?;
+        let done = sqlx::query(
+            "UPDATE hosts SET allow_detach = COALESCE($1, allow_detach),
+                 reboot_policy = COALESCE($2, reboot_policy)
+             WHERE id = $3",
+        )
+        .bind(change.allow_detach.map(i64::from))
+        .bind(change.reboot.map(RebootPolicy::as_str))
+        .bind(host_id)
+        .execute(&mut *tx)
+        .await?;
         if done.rows_affected() == 0 {
             return Ok(false);
         }

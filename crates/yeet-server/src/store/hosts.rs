@@ -4,7 +4,7 @@ use sqlx::{AssertSqlSafe, Row};
 
 use super::registrations::{REGISTRATION_COLUMNS, RegistrationRow};
 use super::{AuditEntry, Store, StoreError, Wire, conflict};
-use yeet_proto::api::{ActivationResult, AgentState};
+use yeet_proto::api::{ActivationResult, AgentState, HostPolicy, RebootPolicy};
 
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct HostRow {
@@ -38,6 +38,20 @@ pub struct HostRow {
     pub tags: String,
     /// What the host's agent suggests, validated (space-separated, sorted).
     pub suggested_tags: String,
+    /// The reboot policy an admin set, and the one the host's agent declares (which holds).
+    pub reboot_policy: Wire<RebootPolicy>,
+    pub declared_reboot: Option<Wire<RebootPolicy>>,
+}
+
+impl HostRow {
+    /// What the host may do on its own, as the API shows it.
+    pub fn policy(&self) -> HostPolicy {
+        HostPolicy {
+            allow_detach: self.allow_detach != 0,
+            reboot: self.reboot_policy.0,
+            declared_reboot: self.declared_reboot.map(|w| w.0),
+        }
+    }
 }
 
 /// A stored tag list (space-separated; the tag alphabet has no space) as tags.
@@ -72,9 +86,11 @@ pub struct HostReport {
     pub suggested_tags: String,
     /// Failed systemd units; `None` where the host runs no systemd.
     pub failed_units: Option<i64>,
+    /// The reboot policy the host's agent declares, if any.
+    pub declared_reboot: Option<RebootPolicy>,
 }
 
-pub(super) const HOST_COLUMNS: &str = "id, name, key_id, public_key, approved_at, approved_by, last_seen, current_system, booted_system, state, os, arch, agent_version, last_result, last_result_path, allow_detach, hardware_uuid, os_version, kernel, booted_at, tags, suggested_tags";
+pub(super) const HOST_COLUMNS: &str = "id, name, key_id, public_key, approved_at, approved_by, last_seen, current_system, booted_system, state, os, arch, agent_version, last_result, last_result_path, allow_detach, hardware_uuid, os_version, kernel, booted_at, tags, suggested_tags, reboot_policy, declared_reboot";
 
 impl Store {
     pub async fn host_by_key(&self, key_id: &str) -> Result<Option<HostRow>, StoreError> {
@@ -303,7 +319,7 @@ impl Store {
         // untrusted attempt is forgotten in the same statement, so it is offered again.
         sqlx::query(
             "UPDATE hosts SET current_system = $1, booted_system = $2, state = $3, os = $4, arch = $5, agent_version = $6, last_seen = $7, hardware_uuid = $9, os_version = $11, kernel = $12, booted_at = $13, suggested_tags = $14,
-                failed_units = $15,
+                failed_units = $15, declared_reboot = $16,
                 last_result_path = CASE WHEN trust_digest <> $10 AND last_result = 'untrusted' THEN NULL ELSE last_result_path END,
                 trust_digest = $10
              WHERE id = $8",
@@ -323,6 +339,7 @@ impl Store {
         .bind(report.booted_at)
         .bind(&report.suggested_tags)
         .bind(report.failed_units)
+        .bind(report.declared_reboot.map(RebootPolicy::as_str))
         .execute(&self.writer)
         .await?;
         Ok(())

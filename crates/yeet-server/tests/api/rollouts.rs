@@ -1027,3 +1027,145 @@ async fn an_existing_release_is_rolled_out_again_in_waves() {
     assert_eq!(status["policy_name"], "canary-first", "{status}");
     assert_eq!(Fleet::wave_hosts(&status, 1), ["b"]);
 }
+
+/// A host that reports `reboot-required` is told to reboot only when its reboot policy is
+/// `in-window` and its window is open (at once where no window covers it): never under
+/// the default policy, nor when its own agent declares `never` (the declaration holds over
+/// the admin's), nor when it needs no reboot. A held check-in outside the window is
+/// answered with the order when the window opens, not before; one held when an admin
+/// allows reboots is answered at once.
+#[tokio::test]
+async fn reboots_are_ordered_inside_the_window_as_the_host_policy_says() {
+    let f = Fleet::new(
+        ServiceConfig::default(),
+        &[("db-1", &["prod"]), ("dev-1", &[])],
+    )
+    .await;
+    let release = f
+        .publish(json!({"hosts": {"db-1": sys(1), "dev-1": sys(1)}}))
+        .await["id"]
+        .as_i64()
+        .unwrap();
+    let checkin =
+        |name: &'static str, state: &'static str, declared: Option<&'static str>, wait: u64| {
+            let body = serde_json::to_vec(&json!({"current_system": sys(1), "wait_secs": wait,
+            "state": state, "reboot_policy": declared,
+            "facts": {"os": "", "arch": "", "agent_version": ""}}))
+            .unwrap();
+            let f = &f;
+            async move {
+                f.api
+                    .ok("POST", paths::CHECKIN, &body, Sign::By(f.id(name)))
+                    .await
+            }
+        };
+    let set_reboot = |name: &'static str, policy: &'static str| {
+        let body = serde_json::to_vec(&json!({ "reboot": policy })).unwrap();
+        let f = &f;
+        async move {
+            f.api
+                .ok(
+                    "PUT",
+                    &paths::host_policy(name),
+                    &body,
+                    Sign::By(&f.api.admin),
+                )
+                .await
+        }
+    };
+    // The default policy: never.
+    let a = checkin("dev-1", "reboot-required", None, 0).await;
+    assert_eq!(a.get("reboot"), None, "{a}");
+    // Allowed while the host's check-in is held: answered at once, with the order.
+    let started = std::time::Instant::now();
+    let (held, policy) = tokio::join!(checkin("dev-1", "reboot-required", None, 30), async {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        set_reboot("dev-1", "in-window").await
+    });
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    assert_eq!(policy["policy"]["reboot"], "in-window", "{policy}");
+    assert_eq!(policy["policy"]["allow_detach"], false, "{policy}");
+    assert_eq!(
+        held["reboot"]["reason"], "no maintenance window covers the host",
+        "{held}"
+    );
+    assert_eq!(held["reboot"]["release_id"], release, "{held}");
+    // Not to a host that needs no reboot, nor to one whose agent declares `never`.
+    let a = checkin("dev-1", "standby", None, 0).await;
+    assert_eq!(a.get("reboot"), None, "{a}");
+    let a = checkin("dev-1", "reboot-required", Some("never"), 0).await;
+    assert_eq!(a.get("reboot"), None, "{a}");
+    let shown = f
+        .api
+        .ok("GET", &paths::host("dev-1"), b"", Sign::By(&f.api.viewer))
+        .await;
+    assert_eq!(shown["policy"]["declared_reboot"], "never", "{shown}");
+    // A host whose agent declares `in-window` is ordered whatever the admin set.
+    let a = checkin("db-1", "reboot-required", Some("in-window"), 0).await;
+    assert!(a["reboot"].is_object(), "{a}");
+    // db-1's window opens in 4 s: its held check-in is answered with the order then.
+    let (window, opens) = window_opening_in("prod", 4);
+    f.api
+        .ok(
+            "PUT",
+            &paths::window("nights"),
+            &serde_json::to_vec(&window).unwrap(),
+            Sign::By(&f.api.admin),
+        )
+        .await;
+    set_reboot("db-1", "in-window").await;
+    let a = checkin("db-1", "reboot-required", None, 0).await;
+    assert_eq!(a.get("reboot"), None, "{a}");
+    let shown = f
+        .api
+        .ok("GET", &paths::host("db-1"), b"", Sign::By(&f.api.viewer))
+        .await;
+    assert_eq!(shown["window_wait"]["window"], "nights", "{shown}");
+    let answer = checkin("db-1", "reboot-required", None, 30).await;
+    let answered = yeet_proto::clock::unix_now_ms();
+    assert_eq!(
+        answer["reboot"]["reason"], "inside maintenance window `nights`",
+        "{answer}"
+    );
+    assert!(
+        answered >= opens * 1000,
+        "ordered {} ms before the window opened",
+        opens * 1000 - answered
+    );
+    // Policies are checked: an unknown one is refused whole, and a change of one field
+    // keeps the other.
+    let (s, v) = f
+        .api
+        .call(
+            "PUT",
+            &paths::host_policy("db-1"),
+            br#"{"reboot": "whenever"}"#,
+            Sign::By(&f.api.admin),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    let (s, v) = f
+        .api
+        .call(
+            "PUT",
+            &paths::host_policy("db-1"),
+            br#"{"allow_detach": true, "reboots": "never"}"#,
+            Sign::By(&f.api.admin),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    let v = f
+        .api
+        .ok(
+            "PUT",
+            &paths::host_policy("db-1"),
+            br#"{"allow_detach": true}"#,
+            Sign::By(&f.api.admin),
+        )
+        .await;
+    assert_eq!(
+        (&v["policy"]["allow_detach"], &v["policy"]["reboot"]),
+        (&json!(true), &json!("in-window")),
+        "{v}"
+    );
+}

@@ -16,6 +16,7 @@ async fn checkin(Json(req): Json<CheckinRequest>) -> Json<CheckinResponse> {
         secrets_digest: String::new(),
         detached: None,
         desired_system: req.current_system,
+        reboot: None,
     })
 }
 
