@@ -87,6 +87,19 @@ in
     default = "switch";
     description = "Activate new systems now (switch, then confirm or roll back) or at the next boot (boot).";
   };
+  reboot = mkOption {
+    type = types.nullOr (types.enum [ "in-window" "never" ]);
+    default = null;
+    example = "in-window";
+    description = ''
+      Whether the host reboots by itself when an activation needs a reboot (activationMode
+      "boot", or a new kernel or initrd): "in-window" reboots inside the host's maintenance
+      window (at once where no window covers it); "never" leaves it to people. The agent
+      checks what came up after the boot and reports it like any activation. Null follows
+      the host's policy on the server (`yeet host policy HOST --reboot`); set, it holds
+      over that policy.
+    '';
+  };
   allowedCacheSchemes = tuning (types.listOf types.str) "http https file s3 ssh"
     "URL schemes of the binary caches the server may name.";
   socketGroup = mkOption {

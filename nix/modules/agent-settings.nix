@@ -22,5 +22,6 @@ in
 // optional "health_check" cfg.healthCheck
 // optional "allowed_cache_schemes" cfg.allowedCacheSchemes
 // optional "max_checkin_interval_secs" cfg.maxCheckinInterval
+// optional "reboot" cfg.reboot
 // (if cfg.suggestTags == [ ] then { } else { suggest_tags = cfg.suggestTags; })
 // cfg.settings

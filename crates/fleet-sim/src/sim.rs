@@ -1229,13 +1229,13 @@ impl Fleet {
 
     /// Waits up to `timeout` for a systemd host to reboot by itself (its container goes
     /// down), then boots it again, as the machine's firmware would; returns when it went
-    /// down (a reboot that never comes fails the test).
-    pub fn follow_reboot(&mut self, name: &str, timeout: Duration) -> Instant {
+    /// down, in Unix milliseconds (a reboot that never comes fails the test).
+    pub fn follow_reboot(&mut self, name: &str, timeout: Duration) -> i64 {
         let i = self.hosts.iter().position(|h| h.name == name).unwrap();
         wait_until(timeout, &format!("{name} to reboot by itself"), || {
             !self.hosts[i].is_up()
         });
-        let went_down = Instant::now();
+        let went_down = yeet_proto::clock::unix_now_ms();
         self.hosts[i].power_off();
         self.hosts[i].start(&self.cache, &self.base);
         went_down

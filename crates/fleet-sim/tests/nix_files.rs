@@ -130,6 +130,7 @@ fn agent_settings(overrides: &str) -> serde_json::Value {
           socketGroup = "yeet";
           adminGroup = "wheel";
           suggestTags = [ "kiosk" "eu" ];
+          reboot = "in-window";
           settings = {{ }};
         }} // {overrides})"#,
         file.display()
@@ -166,6 +167,9 @@ fn every_agent_setting_the_module_writes_is_accepted_and_typos_fail_the_build() 
     // A value of the wrong type.
     let (ok, text) = check_config("yeet-agent", &agent_settings(r#"{ longPoll = "soon"; }"#));
     assert!(!ok && text.contains("long_poll_secs"), "{text}");
+    // A reboot policy the agent does not know.
+    let (ok, text) = check_config("yeet-agent", &agent_settings(r#"{ reboot = "always"; }"#));
+    assert!(!ok && text.contains("reboot"), "{text}");
     // A tag outside the alphabet is named at build time, not dropped at run time.
     let (ok, text) = check_config(
         "yeet-agent",

@@ -175,3 +175,95 @@ fn a_failed_unit_halts_a_rollout_during_its_bake() {
             .all(|a| a["store_path"] != good.as_str())
     );
 }
+
+/// A boot-mode release on a host whose policy is `--reboot in-window`, on hosts that boot
+/// real systemd. Under the default policy the host waits, `reboot-required`, and stays up.
+/// Once reboots are allowed, it still waits for its maintenance window (opening a few
+/// seconds later); inside it, the agent reboots the machine by itself (`systemctl reboot`
+/// ends the container, which the test boots again as firmware would), and after the boot
+/// checks and reports that the new system came up, as an activation of the release.
+#[test]
+fn a_boot_mode_release_reboots_the_host_inside_its_window() {
+    use common::{CONVERGE, converged};
+    use fleet_sim::sim::{FleetOptions, Variant, wait_until};
+    use std::time::Duration;
+    let mut fleet = Fleet::with(
+        &["db-1"],
+        FleetOptions {
+            kind: HostKind::Systemd,
+            agent_config: "activation_mode = \"boot\"".into(),
+            ..Default::default()
+        },
+    );
+    fleet.server.yeet(&["host", "tag", "db-1", "+prod"]);
+    let v1 = fleet.build("system-v1", Variant::Good, "6.1");
+    fleet.publish(&[("db-1", &v1)], "v1 at the next boot");
+    let a = fleet.wait_for_activation("db-1", 1, CONVERGE);
+    assert_eq!(a["result"], "confirmed", "{a}");
+    let release = a["release_id"].clone();
+    wait_until(CONVERGE, "status reboot-required", || {
+        fleet.status()["db-1"]["state"] == "reboot-required"
+    });
+    // The default policy: no reboot, however long it waits.
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(
+        fleet.host("db-1").is_up(),
+        "rebooted under the default policy"
+    );
+    // A window that opens 15 s from now, then reboots allowed inside it.
+    let opens = yeet_proto::clock::unix_now() + 15;
+    let hms = |t: i64| {
+        let s = t.rem_euclid(86_400);
+        format!("{:02}:{:02}:{:02}", s / 3600, s % 3600 / 60, s % 60)
+    };
+    fleet.server.yeet(&[
+        "window",
+        "set",
+        "nights",
+        "--tag",
+        "prod",
+        "--days",
+        "daily",
+        "--from",
+        &hms(opens),
+        "--to",
+        &hms(opens + 3600),
+        "--tz",
+        "UTC",
+    ]);
+    fleet
+        .server
+        .yeet(&["host", "policy", "db-1", "--reboot", "in-window"]);
+    let shown: serde_json::Value = fleet.server.yeet_json(&["host", "show", "db-1"]);
+    assert_eq!(shown["window_wait"]["window"], "nights", "{shown}");
+    let went_down = fleet.follow_reboot("db-1", Duration::from_secs(120));
+    eprintln!(
+        "db-1 went down {} ms after its window opened",
+        went_down - opens * 1000
+    );
+    assert!(
+        went_down >= opens * 1000,
+        "db-1 rebooted {} ms before its window opened",
+        opens * 1000 - went_down
+    );
+    assert_eq!(fleet.find_host("db-1").booted_system(), Some(v1.clone()));
+    let a = fleet.wait_for_activation("db-1", 2, CONVERGE);
+    assert_eq!(
+        (a["result"].as_str(), a["store_path"].as_str()),
+        (Some("confirmed"), Some(v1.as_str())),
+        "{a}"
+    );
+    assert_eq!(a["release_id"], release, "{a}");
+    let reason = a["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("rebooted (inside maintenance window `nights`)"),
+        "{reason}"
+    );
+    wait_until(CONVERGE, "db-1 on v1 after the reboot", || {
+        converged(&fleet, &v1) && fleet.status()["db-1"]["state"] == "standby"
+    });
+    // Nothing asks for another reboot: the machine stays up.
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(fleet.host("db-1").is_up(), "rebooted again");
+    assert_eq!(fleet.history("db-1").len(), 2);
+}

@@ -843,8 +843,14 @@ impl Agent<'_> {
         tracing::warn!(reason = %order.reason, system = %record.expected_system, at_ms = yeet_proto::clock::unix_now_ms(), "rebooting");
         self.status.state = "rebooting".into();
         self.publish_status();
-        let ran = std::process::Command::new("systemctl")
-            .arg("reboot")
+        // systemd's clean reboot where systemd runs; elsewhere (nix-darwin) `shutdown -r`.
+        let command: &[&str] = if Path::new("/run/systemd/system").is_dir() {
+            &["systemctl", "reboot"]
+        } else {
+            &["shutdown", "-r", "now"]
+        };
+        let ran = std::process::Command::new(command[0])
+            .args(&command[1..])
             .stdin(std::process::Stdio::null())
             .output();
         match ran {
@@ -857,8 +863,9 @@ impl Agent<'_> {
                 record.outcome = Some(RebootOutcome {
                     result: ActivationResult::Failed,
                     reason: format!(
-                        "asked to reboot ({}), but `systemctl reboot` failed: {why}",
-                        order.reason
+                        "asked to reboot ({}), but `{}` failed: {why}",
+                        order.reason,
+                        command.join(" ")
                     ),
                     finished_at: now(),
                 });

@@ -138,7 +138,7 @@ impl RebootFiles {
             if now - record.requested_at > REBOOT_GRACE_SECS {
                 return RebootStatus::DidNotHappen {
                     reason: format!(
-                        "asked to reboot ({}), but the machine did not go down within {} minutes: check `systemctl reboot` on the host",
+                        "asked to reboot ({}), but the machine did not go down within {} minutes: look at the host's shutdown",
                         record.reason,
                         REBOOT_GRACE_SECS / 60
                     ),
