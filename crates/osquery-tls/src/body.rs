@@ -25,6 +25,23 @@ pub enum BodyError {
     Malformed(String),
 }
 
+/// How a body is encoded, from its `Content-Encoding`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    Identity,
+    Gzip,
+}
+
+/// The encoding `content_encoding` names; anything but identity and gzip is refused.
+pub fn encoding(content_encoding: Option<&str>) -> Result<Encoding, BodyError> {
+    let encoding = content_encoding.map(|e| e.trim().to_ascii_lowercase());
+    match encoding.as_deref() {
+        None | Some("") | Some("identity") => Ok(Encoding::Identity),
+        Some("gzip") | Some("x-gzip") => Ok(Encoding::Gzip),
+        Some(other) => Err(BodyError::UnsupportedEncoding(other.to_owned())),
+    }
+}
+
 /// The body as its sender meant it: inflated if `content_encoding` says gzip, and never more
 /// than `limit` bytes either way. A plain body is not copied.
 pub fn decode<'b>(
@@ -32,34 +49,48 @@ pub fn decode<'b>(
     content_encoding: Option<&str>,
     limit: usize,
 ) -> Result<Cow<'b, [u8]>, BodyError> {
-    let encoding = content_encoding.map(|e| e.trim().to_ascii_lowercase());
-    match encoding.as_deref() {
-        None | Some("") | Some("identity") => {
+    match encoding(content_encoding)? {
+        Encoding::Identity => {
             if body.len() > limit {
                 return Err(BodyError::TooLarge { limit });
             }
             Ok(Cow::Borrowed(body))
         }
-        Some("gzip") | Some("x-gzip") => inflate(body, limit).map(Cow::Owned),
-        Some(other) => Err(BodyError::UnsupportedEncoding(other.to_owned())),
+        Encoding::Gzip => {
+            // Room for the whole limit at once: the buffer never moves (a move holds the old
+            // and the new copy at once) and never grows past the limit by doubling. Pages
+            // that inflating does not write are never resident, so a small body costs little.
+            let mut out = Vec::with_capacity(limit.saturating_add(1));
+            flate2::read::MultiGzDecoder::new(body)
+                .take(limit as u64 + 1)
+                .read_to_end(&mut out)
+                .map_err(|e| BodyError::CorruptGzip(e.to_string()))?;
+            if out.len() > limit {
+                return Err(BodyError::TooLarge { limit });
+            }
+            Ok(Cow::Owned(out))
+        }
     }
 }
 
-/// Inflates gzip, reading at most one byte past the limit to tell "exactly at" from "over".
-fn inflate(body: &[u8], limit: usize) -> Result<Vec<u8>, BodyError> {
-    let decoder = flate2::read::MultiGzDecoder::new(body);
-    // Room for the whole limit at once: the buffer never moves (a move holds the old and the
-    // new copy at once) and never grows past the limit by doubling. Pages that inflating
-    // does not write are never resident, so a small body costs little.
-    let mut out = Vec::with_capacity(limit.saturating_add(1));
-    decoder
-        .take(limit as u64 + 1)
-        .read_to_end(&mut out)
-        .map_err(|e| BodyError::CorruptGzip(e.to_string()))?;
-    if out.len() > limit {
-        return Err(BodyError::TooLarge { limit });
+/// Inflates gzip `body` into `out`, whose length is the limit plus one byte (to tell
+/// "exactly at" from "over"); returns the inflated length. The caller picks the memory:
+/// a server may map it, so that it goes back to the system the moment it is dropped.
+pub fn inflate_into(body: &[u8], out: &mut [u8]) -> Result<usize, BodyError> {
+    let limit = out.len().saturating_sub(1);
+    let mut decoder = flate2::read::MultiGzDecoder::new(body);
+    let mut len = 0;
+    loop {
+        if len == out.len() {
+            return Err(BodyError::TooLarge { limit });
+        }
+        match decoder.read(&mut out[len..]) {
+            Ok(0) => return Ok(len),
+            Ok(n) => len += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(BodyError::CorruptGzip(e.to_string())),
+        }
     }
-    Ok(out)
 }
 
 /// The string member `field` of the body's top-level object, read without keeping anything
@@ -199,6 +230,40 @@ mod tests {
         assert_eq!(*decode(body, None, 1024).unwrap(), *body);
         assert_eq!(*decode(&gzip(body), Some("gzip"), 1024).unwrap(), *body);
         assert_eq!(*decode(&gzip(body), Some(" GZIP "), 1024).unwrap(), *body);
+    }
+
+    /// Inflating into a caller's buffer gives what `decode` gives: exactly at the limit is
+    /// fine, one byte over is refused, concatenated members are one stream, and a corrupt
+    /// body is named.
+    #[test]
+    fn inflating_into_a_buffer_keeps_the_limit_and_the_stream() {
+        let mut at = vec![0u8; 4097];
+        assert_eq!(inflate_into(&gzip(&[7u8; 4096]), &mut at), Ok(4096));
+        assert!(at[..4096].iter().all(|b| *b == 7));
+        assert_eq!(
+            inflate_into(&gzip(&[7u8; 4097]), &mut at),
+            Err(BodyError::TooLarge { limit: 4096 })
+        );
+        let bomb = gzip(&vec![0u8; 64 << 20]);
+        assert_eq!(
+            inflate_into(&bomb, &mut vec![0u8; (1 << 20) + 1]),
+            Err(BodyError::TooLarge { limit: 1 << 20 })
+        );
+        let mut two = gzip(b"{\"a\":");
+        two.extend(gzip(b"1}"));
+        let mut out = vec![0u8; 64];
+        let len = inflate_into(&two, &mut out).unwrap();
+        assert_eq!(&out[..len], b"{\"a\":1}");
+        assert_eq!(*decode(&two, Some("gzip"), 63).unwrap(), out[..len]);
+        assert!(matches!(
+            inflate_into(b"\x1f\x8bnot gzip", &mut out),
+            Err(BodyError::CorruptGzip(_))
+        ));
+        assert_eq!(encoding(Some(" X-GZIP ")), Ok(Encoding::Gzip));
+        assert_eq!(
+            encoding(Some("br")),
+            Err(BodyError::UnsupportedEncoding("br".into()))
+        );
     }
 
     #[test]

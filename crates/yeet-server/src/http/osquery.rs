@@ -136,17 +136,35 @@ impl<'a> NodeBody<'a> {
     }
 
     /// The body as sent: inflated within its limit (a plain body is shared, not copied).
+    ///
+    /// A gzip body inflates into memory mapped for it alone, which goes back to the system
+    /// the moment the request is done. From the heap, the C allocator keeps such buffers
+    /// once freed, in one pool per thread that inflated one: the server's memory then grew
+    /// with the number of blocking threads, not with the parse turns that bound it.
     async fn inflate(&self) -> Result<Bytes, OsqueryError> {
         let (raw, encoding, limit) = (self.raw.clone(), self.encoding.clone(), self.limit);
         tokio::task::spawn_blocking(move || {
-            match osquery_tls::body::decode(&raw, encoding.as_deref(), limit)? {
-                std::borrow::Cow::Borrowed(_) => Ok(raw.clone()),
-                std::borrow::Cow::Owned(inflated) => Ok(Bytes::from(inflated)),
+            match osquery_tls::body::encoding(encoding.as_deref()).map_err(body_error)? {
+                osquery_tls::body::Encoding::Identity if raw.len() > limit => {
+                    Err(body_error(osquery_tls::body::BodyError::TooLarge { limit }))
+                }
+                osquery_tls::body::Encoding::Identity => Ok(raw),
+                osquery_tls::body::Encoding::Gzip => {
+                    let mut out =
+                        memmap2::MmapMut::map_anon(limit.saturating_add(1)).map_err(|e| {
+                            ServiceError::System(format!("cannot map memory for a body: {e}"))
+                        })?;
+                    let len =
+                        osquery_tls::body::inflate_into(&raw, &mut out).map_err(body_error)?;
+                    let out = out.make_read_only().map_err(|e| {
+                        ServiceError::System(format!("cannot map memory for a body: {e}"))
+                    })?;
+                    Ok(Bytes::from_owner(out).slice(..len))
+                }
             }
         })
         .await
         .map_err(|e| ServiceError::System(format!("a body inflate failed: {e}")))?
-        .map_err(body_error)
     }
 }
 
