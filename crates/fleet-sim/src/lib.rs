@@ -202,6 +202,9 @@ pub struct Server {
     /// Whether dropping this server drops its PostgreSQL database (not for replicas, which
     /// share the first server's).
     owns_database: bool,
+    /// What a restart starts it with again.
+    tls: Option<(PathBuf, PathBuf)>,
+    config: PathBuf,
 }
 
 impl Server {
@@ -297,12 +300,30 @@ impl Server {
         admin_key: PathBuf,
         owns_database: bool,
     ) -> Server {
+        let (proc, url) = Server::spawn(dir.path(), config, &opts);
+        let client = admin_client(&url, &admin_key, opts.ca_cert.as_deref());
+        Server {
+            proc,
+            url,
+            dir,
+            admin_key,
+            client,
+            owns_database,
+            database: opts.database.clone(),
+            ca_cert: opts.ca_cert.clone(),
+            tls: opts.tls,
+            config: config.to_owned(),
+        }
+    }
+
+    /// The server process on `dir`'s state directory, and the URL it listens on.
+    fn spawn(dir: &Path, config: &Path, opts: &ServerOptions) -> (Proc, String) {
         let mut serve = Command::new(bin("yeet-server"));
         serve
             .arg("--config")
             .arg(config)
             .arg("--state-dir")
-            .arg(dir.path().join("state"));
+            .arg(dir.join("state"));
         if let Some(db) = &opts.database {
             serve.arg("--database").arg(db);
         }
@@ -317,17 +338,25 @@ impl Server {
                 l.strip_prefix("yeet-server listening on ")
                     .map(str::to_owned)
             });
-        let client = admin_client(&url, &admin_key, opts.ca_cert.as_deref());
-        Server {
-            proc,
-            database: opts.database,
-            url,
-            dir,
-            admin_key,
-            ca_cert: opts.ca_cert,
-            client,
-            owns_database,
-        }
+        (proc, url)
+    }
+
+    /// Kills the server with SIGKILL (nothing of it runs on: no flush, no clean close),
+    /// then starts it again on the same state directory, database and config. It listens
+    /// on a new port: clients made before (`host_client`) must be made again.
+    pub fn kill_and_restart(&mut self) {
+        let _ = self.proc.child.kill();
+        let _ = self.proc.child.wait();
+        let opts = ServerOptions {
+            database: self.database.clone(),
+            tls: self.tls.clone(),
+            ca_cert: self.ca_cert.clone(),
+            ..Default::default()
+        };
+        let (proc, url) = Server::spawn(self.dir.path(), &self.config, &opts);
+        self.client = admin_client(&url, &self.admin_key, self.ca_cert.as_deref());
+        self.proc = proc;
+        self.url = url;
     }
 
     /// Another server process on this one's database and config, with its own state

@@ -237,3 +237,109 @@ tz = "Europe/Zurich"
         assert_eq!(events.as_array().unwrap().len(), 1, "{action}: {events}");
     }
 }
+
+/// The server process killed with SIGKILL in the middle of a bake, and started again on
+/// its state directory and database: the rollout goes on with the bake's time left. From
+/// the audit log's events: wave 2 opens once, no sooner than the bake's 6 s after it
+/// began, and well before a bake restarted by the new process would have ended.
+#[test]
+fn a_server_killed_mid_bake_resumes_the_bake_after_a_restart() {
+    use fleet_sim::{Server, ServerOptions};
+    use yeet_proto::api::{
+        ActivationReport, ActivationResult, CheckinRequest, CreateReleaseRequest,
+    };
+    const SYSTEM: &str = "/nix/store/q322pzff5rm7kwfwfbhcza6wr2b84wlm-system-baked";
+    let mut server = Server::start(ServerOptions::default());
+    let seeds = [
+        ("canary-1", server.approved_host_seed("canary-1")),
+        ("web-1", server.approved_host_seed("web-1")),
+    ];
+    let client = |server: &Server, name: &str| {
+        let seed = seeds.iter().find(|(n, _)| *n == name).unwrap().1;
+        server.host_client(&seed, Duration::from_secs(30))
+    };
+    let online = |server: &Server| {
+        for (name, _) in &seeds {
+            client(server, name)
+                .checkin(&CheckinRequest::default())
+                .unwrap();
+        }
+    };
+    server.yeet(&["host", "tag", "canary-1", "+canary"]);
+    server.yeet(&[
+        "rollout",
+        "policy",
+        "set",
+        "baked",
+        "--wave",
+        "tag:canary",
+        "--wave",
+        "100%",
+        "--bake",
+        "6s",
+    ]);
+    online(&server);
+    let release = server
+        .client()
+        .create_release(&CreateReleaseRequest {
+            hosts: [
+                ("canary-1".to_string(), SYSTEM.to_string()),
+                ("web-1".to_string(), SYSTEM.to_string()),
+            ]
+            .into(),
+            rollout: Some("baked".into()),
+            ..Default::default()
+        })
+        .unwrap();
+    let id = release.id.to_string();
+    let status = |server: &Server| -> Value { server.yeet_json(&["rollout", "status", &id]) };
+    wait_until(CONVERGE, "wave 1 to open", || status(&server)["wave"] == 0);
+    let now = yeet_proto::clock::unix_now();
+    client(&server, "canary-1")
+        .report(&ActivationReport {
+            store_path: SYSTEM.into(),
+            release_id: Some(release.id),
+            result: ActivationResult::Confirmed,
+            reason: "switched and confirmed".into(),
+            started_at: now,
+            finished_at: now,
+            reboot_required: false,
+            log_gzip_base64: String::new(),
+        })
+        .unwrap();
+    let events = |server: &Server, action: &str| -> Vec<Value> {
+        server.yeet_json(&["audit", "--action", action])
+    };
+    wait_until(CONVERGE, "the bake to start", || {
+        !events(&server, "rollout.bake-started").is_empty()
+    });
+    let baking = events(&server, "rollout.bake-started")[0]["at_ms"]
+        .as_i64()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    server.kill_and_restart();
+    let restarted = yeet_proto::clock::unix_now_ms();
+    online(&server);
+    wait_until(CONVERGE, "wave 2 to open", || status(&server)["wave"] == 1);
+    let opened: Vec<Value> = events(&server, "rollout.wave-opened");
+    assert_eq!(opened.len(), 2, "{opened:?}");
+    let second = opened
+        .iter()
+        .map(|e| e["at_ms"].as_i64().unwrap())
+        .max()
+        .unwrap();
+    let waited = second - baking;
+    eprintln!(
+        "wave 2 opened {waited} ms after the bake began (6000 ms bake; the server was killed and restarted {} ms in)",
+        restarted - baking
+    );
+    assert!(waited >= 6000, "wave 2 opened {waited} ms into a 6 s bake");
+    // A bake begun again by the new process would end 6 s after it started.
+    assert!(
+        second < restarted + 6000,
+        "wave 2 opened {} ms after the restart: the bake started over",
+        second - restarted
+    );
+    let web = &server.yeet_json::<Value>(&["host", "show", "web-1"]);
+    assert_eq!(web["desired_system"], SYSTEM, "{web}");
+}

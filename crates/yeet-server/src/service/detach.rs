@@ -61,17 +61,9 @@ impl Service {
             None => self.detached.write().await.remove(&host_id),
         };
         if before != open {
-            self.wake_held_poll(host_id);
+            self.wake_held_polls(&[host_id]);
         }
         Ok(())
-    }
-
-    /// Answers the host's held check-in, if any, at once, so that it asks again.
-    pub(super) fn wake_held_poll(&self, host_id: i64) {
-        if let Some(held) = super::lock(&self.held_polls).get(&host_id) {
-            // Stored as a permit if the check-in is between waits.
-            held.notify_one();
-        }
     }
 
     /// Applies a change of one host's detachment here and tells the other replicas.
@@ -195,7 +187,7 @@ impl Service {
         self.note_fleet_change();
         // A host waiting with a reboot it may now take hears of it at once, wherever its
         // check-in is held.
-        self.wake_held_poll(row.id);
+        self.wake_held_polls(&[row.id]);
         if let Err(e) = self
             .store
             .notify(&format!("{EVENT_POLICY}{}", row.id))

@@ -325,11 +325,13 @@ impl Service {
     }
 
     /// Takes the opened entries of release `release_id` as the desired systems of their
-    /// hosts, unless a host already follows a newer release, and wakes long-polls. Entries
-    /// are only ever opened, never closed again, so this is the whole change a release or
-    /// a rollout's step makes: cheaper than reading the fleet's desired state anew.
+    /// hosts, unless a host already follows a newer release, and answers those hosts' held
+    /// check-ins. Entries are only ever opened, never closed again, so this is the whole
+    /// change a release or a rollout's step makes: cheaper than reading the fleet's desired
+    /// state anew.
     pub(crate) async fn apply_opened_entries(&self, release_id: i64) -> Result<(), StoreError> {
         let rows = self.store.opened_entries(release_id).await?;
+        let mut changed = Vec::with_capacity(rows.len());
         {
             let mut desired = self.desired.write().await;
             for d in rows {
@@ -337,6 +339,7 @@ impl Service {
                     .get(&d.host_id)
                     .is_none_or(|now| now.release_id <= d.release_id)
                 {
+                    changed.push(d.host_id);
                     desired.insert(
                         d.host_id,
                         Desired {
@@ -347,8 +350,28 @@ impl Service {
                 }
             }
         }
-        self.desired_changed.send_modify(|v| *v += 1);
+        self.desired_changed_for(&changed);
         Ok(())
+    }
+
+    /// After the desired systems of `hosts` changed: answers their held check-ins, and
+    /// only theirs. Waking every held check-in for a wave of a third of 20,000 hosts cost
+    /// the other two thirds a look each, on the same cores that answer the wave.
+    pub(crate) fn desired_changed_for(&self, hosts: &[i64]) {
+        self.wake_held_polls(hosts);
+        // Fleet watches show desired systems too.
+        self.note_fleet_change();
+    }
+
+    /// Answers the held check-ins of `hosts` at once, so that they ask again.
+    pub(crate) fn wake_held_polls(&self, hosts: &[i64]) {
+        let held = lock(&self.held_polls);
+        for host_id in hosts {
+            if let Some(poll) = held.get(host_id) {
+                // Stored as a permit if the check-in is between waits.
+                poll.notify_one();
+            }
+        }
     }
 
     /// Applies an event from another replica (or `None`: events may have been missed).
@@ -368,7 +391,7 @@ impl Service {
             },
             Some(e) if e.starts_with(EVENT_POLICY) => {
                 if let Ok(host_id) = e[EVENT_POLICY.len()..].parse() {
-                    self.wake_held_poll(host_id);
+                    self.wake_held_polls(&[host_id]);
                 }
                 Ok(())
             }

@@ -152,18 +152,21 @@ impl Service {
             self.note_fleet_change();
             self.wake_rollouts();
         } else {
-            let mut desired = self.desired.write().await;
-            for (host_id, _, path) in &entries {
-                desired.insert(
-                    *host_id,
-                    Desired {
-                        release_id: id,
-                        store_path: path.clone(),
-                    },
-                );
+            {
+                let mut desired = self.desired.write().await;
+                for (host_id, _, path) in &entries {
+                    desired.insert(
+                        *host_id,
+                        Desired {
+                            release_id: id,
+                            store_path: path.clone(),
+                        },
+                    );
+                }
             }
+            let hosts: Vec<i64> = entries.iter().map(|(host_id, _, _)| *host_id).collect();
+            self.desired_changed_for(&hosts);
         }
-        self.desired_changed.send_modify(|v| *v += 1);
         if let Err(e) = self
             .store
             .notify(&format!("{}{id}", super::EVENT_RELEASE))

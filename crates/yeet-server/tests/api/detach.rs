@@ -62,7 +62,10 @@ async fn detach_follows_policy_and_either_side_ends_it() {
     );
 
     let info = api.allow_detach("host-a").await;
-    assert_eq!(info["policy"], json!({"allow_detach": true}));
+    assert_eq!(
+        info["policy"],
+        json!({"allow_detach": true, "reboot": "never"})
+    );
     let detachment = api.ok("POST", paths::AGENT_DETACH, &request, host_a).await;
     // Free text from the host is kept printable.
     assert_eq!(detachment["reason"], "try a kernel[2J");
