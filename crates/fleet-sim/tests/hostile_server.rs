@@ -381,11 +381,9 @@ fn a_malicious_server_cannot_drive_the_operators_terminal() {
     assert_eq!(hosts[0]["facts"]["os"], HOSTILE_TEXT);
 }
 
-/// A server that answers every held check-in at once with nothing to run (it does not hold
-/// them) cannot make the agent spin: after a few quick answers the agent asks at its
-/// interval, not every 250 ms as it does after a real wake.
-#[test]
-fn a_server_that_never_holds_cannot_make_the_agent_spin() {
+/// A hostile server, the fleet's cache and a base system for a victim host whose agent
+/// config has `extra_agent_config`, pushed to the cache.
+fn victim_setup(extra_agent_config: &str) -> (tempfile::TempDir, HostileServer, Cache, String) {
     let dir = tempfile::tempdir().unwrap();
     let server = HostileServer::start();
     let cache = Cache::new(&dir.path().join("fleet-keys"), "fleet-1");
@@ -399,11 +397,20 @@ fn a_server_that_never_holds_cannot_make_the_agent_spin() {
         trusted_key: &cache.public_key,
         confirm_timeout: 20,
         salt: &salt,
-        extra_agent_config: "max_checkin_interval_secs = 5",
+        extra_agent_config,
         agent_package: fleet_sim::sim::SYSTEMD_HOST_AGENT_PACKAGE,
         secrets: "",
     });
     cache.push(&base);
+    (dir, server, cache, base)
+}
+
+/// A server that answers every held check-in at once with nothing to run (it does not hold
+/// them) cannot make the agent spin: after a few quick answers the agent asks at its
+/// interval, not every 250 ms as it does after a real wake.
+#[test]
+fn a_server_that_never_holds_cannot_make_the_agent_spin() {
+    let (dir, server, cache, base) = victim_setup("max_checkin_interval_secs = 5");
     // Nothing to run, come back in 5 s: every answer, at once.
     for _ in 0..200 {
         server.offer(serde_json::json!({"type": "none"}), 5);
@@ -426,24 +433,8 @@ fn a_server_that_never_holds_cannot_make_the_agent_spin() {
 /// up through a dozen orders.
 #[test]
 fn a_server_cannot_reboot_a_host_that_needs_no_reboot() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = HostileServer::start();
-    let cache = Cache::new(&dir.path().join("fleet-keys"), "fleet-1");
-    let salt = dir.path().display().to_string();
-    let base = build_system(&SystemSpec {
-        name: "base",
-        platform: Platform::NixOS,
-        variant: Variant::Good,
-        kernel: "6.1",
-        server: &server.url,
-        trusted_key: &cache.public_key,
-        confirm_timeout: 20,
-        salt: &salt,
-        extra_agent_config: "max_checkin_interval_secs = 1\nreboot = \"in-window\"",
-        agent_package: fleet_sim::sim::SYSTEMD_HOST_AGENT_PACKAGE,
-        secrets: "",
-    });
-    cache.push(&base);
+    let (dir, server, cache, base) =
+        victim_setup("max_checkin_interval_secs = 1\nreboot = \"in-window\"");
     server.order_reboots();
     let mut host = SimHost::new(dir.path(), "victim", HostKind::Systemd);
     host.start(&cache, &base);

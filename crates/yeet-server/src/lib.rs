@@ -133,11 +133,12 @@ fn spawn_flusher(
 }
 
 /// Drives the rollouts: judges their gates every tick, when woken (a rollout started, a
-/// host reported), and at the end of a bake. Every replica runs one; the database makes
-/// each step once (see `service::rollouts`).
-fn spawn_rollout_driver(service: Arc<Service>) -> tokio::task::JoinHandle<()> {
+/// host reported), and at the end of a bake, but never twice within `DRIVER_MIN_SPACING`.
+/// Every replica runs one; the database makes each step once (see `service::rollouts`).
+pub fn spawn_rollout_driver(service: Arc<Service>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
+            let started = tokio::time::Instant::now();
             let next_bake_end = match service.drive_rollouts().await {
                 Ok(end) => end,
                 Err(e) => {
@@ -146,6 +147,7 @@ fn spawn_rollout_driver(service: Arc<Service>) -> tokio::task::JoinHandle<()> {
                 }
             };
             service.rollout_wakeup(next_bake_end).await;
+            tokio::time::sleep_until(started + service::DRIVER_MIN_SPACING).await;
         }
     })
 }

@@ -25,7 +25,7 @@ mod windows;
 
 pub use auth::{Principal, SignedRequest, fleet_wide_refusal};
 pub use enrollment::{normalize_code, source_of};
-pub use rollouts::DRIVER_TICK;
+pub use rollouts::{DRIVER_MIN_SPACING, DRIVER_TICK};
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -224,6 +224,8 @@ pub struct Service {
     osquery: osquery::OsqueryState,
     /// Wakes the rollout driver of this process (a rollout started, a host reported).
     rollouts_changed: tokio::sync::Notify,
+    /// How many times this process's driver judged the active rollouts.
+    rollout_drives: std::sync::atomic::AtomicU64,
     /// The maintenance windows, checked (read on every switch a check-in would start).
     windows: std::sync::RwLock<windows::Windows>,
 }
@@ -295,6 +297,7 @@ impl Service {
             detached: RwLock::new(detached),
             osquery,
             rollouts_changed: tokio::sync::Notify::new(),
+            rollout_drives: std::sync::atomic::AtomicU64::new(0),
             windows: std::sync::RwLock::new(windows),
         })
     }

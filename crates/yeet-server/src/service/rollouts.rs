@@ -32,6 +32,11 @@ const DEFAULT_ROLLOUT_LIMIT: i64 = 50;
 /// The longest the driver sleeps: a gate that depends on a host's report or on a host
 /// coming back online is judged at least this often.
 pub const DRIVER_TICK: Duration = Duration::from_secs(1);
+/// The shortest time between two runs of the driver. Reports wake it, and a host can send
+/// a changed report (a failed-unit count going up and down) as often as it checks in: each
+/// wake would judge every active rollout anew. 100 ms keeps gates reacting at once, to a
+/// person, and bounds a flood of reports to ten runs a second.
+pub const DRIVER_MIN_SPACING: Duration = Duration::from_millis(100);
 /// Steps one rollout may make in one tick (open wave 0, its hosts confirm at once, ...):
 /// bounded, so that a rollout cannot keep the driver from the others.
 const STEPS_PER_TICK: usize = 8;
@@ -789,6 +794,8 @@ impl Service {
     /// Makes every active rollout's due steps. Returns when the driver should look again
     /// at the latest (the nearest end of a bake), besides its tick.
     pub async fn drive_rollouts(&self) -> Result<Option<i64>> {
+        self.rollout_drives
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut next_bake_end: Option<i64> = None;
         for mut row in self.store.active_rollouts().await? {
             for _ in 0..STEPS_PER_TICK {
@@ -850,6 +857,12 @@ impl Service {
     /// Wakes this replica's driver now (a rollout started, a host reported).
     pub(crate) fn wake_rollouts(&self) {
         self.rollouts_changed.notify_one();
+    }
+
+    /// How many times the driver judged the active rollouts (for flood tests and metrics).
+    pub fn rollout_drives(&self) -> u64 {
+        self.rollout_drives
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Waits until the driver is woken, the tick passes, or `until_ms` (a bake's end).

@@ -1169,3 +1169,41 @@ async fn reboots_are_ordered_inside_the_window_as_the_host_policy_says() {
         "{v}"
     );
 }
+
+/// A host whose report changes at every check-in (its failed-unit count going up and down)
+/// wakes the rollout driver each time; the driver still judges the rollouts at most about
+/// ten times a second, not once per report.
+#[tokio::test]
+async fn a_flood_of_changing_reports_drives_the_rollouts_at_most_ten_times_a_second() {
+    use std::time::{Duration, Instant};
+    let f = Fleet::new(ServiceConfig::default(), &[("a", &[]), ("b", &[])]).await;
+    for h in ["a", "b"] {
+        f.checkin(h, None).await;
+    }
+    f.set_policy(
+        "slow",
+        json!({"waves": ["host:a", "100%"], "bake_secs": 3600}),
+    )
+    .await;
+    f.publish(json!({"hosts": {"a": sys(1), "b": sys(1)}, "rollout": "slow"}))
+        .await;
+    let driver = yeet_server::spawn_rollout_driver(f.api.service.clone());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = f.api.service.rollout_drives();
+    let started = Instant::now();
+    let mut sent = 0u32;
+    while started.elapsed() < Duration::from_secs(2) {
+        f.checkin_with_units("b", None, Some(sent % 2)).await;
+        sent += 1;
+    }
+    let elapsed = started.elapsed();
+    let drives = f.api.service.rollout_drives() - before;
+    driver.abort();
+    eprintln!("{sent} changing reports in {elapsed:?} drove the rollouts {drives} times");
+    assert!(sent >= 100, "too few reports to tell: {sent}");
+    let bound = (elapsed.as_millis() / 100) as u64 + 2;
+    assert!(
+        drives <= bound,
+        "{drives} runs of the driver for {sent} reports in {elapsed:?}"
+    );
+}
