@@ -269,6 +269,26 @@ fn backoff(attempt: u32, base: Duration) -> Duration {
     exp.mul_f64(0.75 + jitter * 0.5)
 }
 
+/// Settles how a reboot ended, once: stored (and this boot's marker dropped) before the
+/// report, which may have to wait for the server, so that a retried report says the same
+/// and a failed reboot is not tried again meanwhile.
+fn decide(
+    files: &RebootFiles,
+    record: &mut RebootRecord,
+    result: ActivationResult,
+    reason: String,
+) {
+    record.outcome = Some(RebootOutcome {
+        result,
+        reason,
+        finished_at: now(),
+    });
+    files.clear();
+    if let Err(e) = files.save(record, false) {
+        tracing::error!(error = %e, "cannot record the reboot's outcome");
+    }
+}
+
 /// Gzips and base64-encodes a log for the report.
 fn pack_log(text: &str) -> String {
     let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
@@ -860,16 +880,12 @@ impl Agent<'_> {
                     Ok(out) => String::from_utf8_lossy(&out.stderr).trim().to_owned(),
                     Err(e) => e.to_string(),
                 };
-                record.outcome = Some(RebootOutcome {
-                    result: ActivationResult::Failed,
-                    reason: format!(
-                        "asked to reboot ({}), but `{}` failed: {why}",
-                        order.reason,
-                        command.join(" ")
-                    ),
-                    finished_at: now(),
-                });
-                files.clear();
+                let reason = format!(
+                    "asked to reboot ({}), but `{}` failed: {why}",
+                    order.reason,
+                    command.join(" ")
+                );
+                decide(&files, &mut record, ActivationResult::Failed, reason);
                 self.report_reboot(record)?;
                 Ok(next)
             }
@@ -890,16 +906,7 @@ impl Agent<'_> {
                 RebootStatus::Booted { result, reason } => (result, reason),
                 RebootStatus::DidNotHappen { reason } => (ActivationResult::Failed, reason),
             };
-            record.outcome = Some(RebootOutcome {
-                result,
-                reason,
-                finished_at: now(),
-            });
-            // Decided once, before the report (which may have to wait for the server).
-            files.clear();
-            if let Err(e) = files.save(&record, false) {
-                tracing::error!(error = %e, "cannot record the reboot's outcome");
-            }
+            decide(&files, &mut record, result, reason);
         }
         self.report_reboot(record)?;
         Ok(None)

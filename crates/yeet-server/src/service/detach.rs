@@ -170,15 +170,15 @@ impl Service {
     ) -> Result<HostInfo> {
         let (admin, scope) = require_role_in_scope(principal, Role::Admin)?;
         let row = self.host_in_scope(scope, name).await?;
+        if change == HostPolicyChange::default() {
+            return Ok(self.host_info(row).await);
+        }
         let audit = self.audit_entry(
             principal,
             "host.policy",
             vec![name.to_owned()],
             serde_json::to_value(change).unwrap_or_default(),
         );
-        if change == HostPolicyChange::default() {
-            return Ok(self.host_info(row).await);
-        }
         if !self.store.set_host_policy(row.id, &change, &audit).await? {
             return Err(self.host_named(name).await.err().unwrap_or_else(|| {
                 ServiceError::refused(ErrorCode::UnknownHost, name.to_owned())
