@@ -256,3 +256,112 @@ fn a_host_gone_mid_poll_is_offline_within_a_poll_interval() {
         state(&fleet, "web-1") == "standby"
     });
 }
+
+/// `yeet status` opens with one line of counts by state (and what waits for approval), and
+/// `yeet status --problems` lists only the hosts that need people, each with why: a failed
+/// activation, a reboot it will not take by itself, a host approved but never seen. A host
+/// in standby is not listed.
+#[test]
+fn status_summarises_the_fleet_and_lists_the_problems_with_why() {
+    use fleet_sim::{Server, ServerOptions};
+    use yeet_proto::api::{
+        ActivationReport, ActivationResult, AgentState, CheckinRequest, CreateReleaseRequest,
+        RegisterRequest,
+    };
+    const SYSTEM: &str = "/nix/store/q322pzff5rm7kwfwfbhcza6wr2b84wlm-system-problems";
+    let server = Server::start(ServerOptions::default());
+    let ok = server.approved_host("ok-1");
+    let reboot = server.approved_host("reboot-1");
+    let failed = server.approved_host("failed-1");
+    server.approved_host("new-1");
+    let checkin = |client: &yeet_client::Client, state: AgentState| {
+        client
+            .checkin(&CheckinRequest {
+                current_system: Some(SYSTEM.into()),
+                state,
+                ..Default::default()
+            })
+            .unwrap();
+    };
+    checkin(&ok, AgentState::Standby);
+    checkin(&reboot, AgentState::RebootRequired);
+    checkin(&failed, AgentState::Standby);
+    let next = SYSTEM.replace("problems", "next");
+    let release = server
+        .client()
+        .create_release(&CreateReleaseRequest {
+            hosts: [("failed-1".to_string(), next.clone())].into(),
+            ..Default::default()
+        })
+        .unwrap();
+    failed
+        .report(&ActivationReport {
+            store_path: next.clone(),
+            release_id: Some(release.id),
+            result: ActivationResult::Failed,
+            reason: "cannot fetch".into(),
+            started_at: yeet_proto::clock::unix_now(),
+            finished_at: yeet_proto::clock::unix_now(),
+            reboot_required: false,
+            log_gzip_base64: String::new(),
+        })
+        .unwrap();
+    // A machine waiting for approval.
+    let waiting = yeet_proto::Identity::from_seed(&[7u8; 32]);
+    let public_key = waiting.public().to_openssh();
+    yeet_client::Client::new(&server.url, waiting, None, Duration::from_secs(30))
+        .unwrap()
+        .register(&RegisterRequest {
+            public_key,
+            hostname_hint: "later-1".into(),
+            facts: Default::default(),
+            wait_secs: 0,
+        })
+        .unwrap();
+
+    let table = server.yeet(&["status"]);
+    let first = table.lines().next().unwrap();
+    assert_eq!(
+        first,
+        "4 hosts: 1 failed, 1 new, 1 reboot-required, 1 standby, 1 pending approval; 3 need attention: `yeet status --problems`",
+        "{table}"
+    );
+    let problems: Vec<Value> = server.yeet_json(&["status", "--problems"]);
+    let listed: Vec<(&str, &str)> = problems
+        .iter()
+        .map(|p| (p["host"].as_str().unwrap(), p["state"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("failed-1", "failed"),
+            ("new-1", "new"),
+            ("reboot-1", "reboot-required")
+        ],
+        "{problems:?}"
+    );
+    let why = |host: &str| {
+        problems.iter().find(|p| p["host"] == host).unwrap()["why"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert!(
+        why("failed-1").contains("`yeet log failed-1`"),
+        "{problems:?}"
+    );
+    assert!(why("reboot-1").contains("--reboot"), "{problems:?}");
+    let text = server.yeet(&["status", "--problems"]);
+    assert!(
+        text.contains("failed-1") && !text.contains("ok-1"),
+        "{text}"
+    );
+    // Once the host may reboot by itself, it is still listed, with when.
+    server.yeet(&["host", "policy", "reboot-1", "--reboot", "in-window"]);
+    let problems: Vec<Value> = server.yeet_json(&["status", "--problems"]);
+    let reboot_why = problems.iter().find(|p| p["host"] == "reboot-1").unwrap()["why"].clone();
+    assert_eq!(
+        reboot_why, "needs a reboot; it reboots by itself now",
+        "{problems:?}"
+    );
+}

@@ -1,8 +1,9 @@
 //! `yeet status [HOST]`: the fleet at a glance, or one host in detail.
 
 use anyhow::Result;
+use serde::Serialize;
 use std::io::{IsTerminal, Write};
-use yeet_proto::api::{HostInfo, MAX_WATCH_SECS, PendingRegistration};
+use yeet_proto::api::{HostInfo, HostState, MAX_WATCH_SECS, PendingRegistration};
 
 use super::{Connection, Json};
 use crate::output;
@@ -16,6 +17,10 @@ pub struct StatusArgs {
     /// until something changes). With --json: one JSON line per change.
     #[arg(long, short = 'w')]
     pub watch: bool,
+    /// Only the hosts that need attention (failed, rolled back, refused, offline, waiting
+    /// for a reboot, never seen), each with why. With --json: a list of {host, state, why}.
+    #[arg(long, conflicts_with_all = ["watch", "host"])]
+    pub problems: bool,
     #[command(flatten)]
     pub tags: super::host::TagFilter,
     #[command(flatten)]
@@ -35,6 +40,22 @@ pub fn run(args: &StatusArgs, connection: &Connection) -> Result<()> {
             args.tags.keep(hosts)
         }
     };
+    if args.problems {
+        let problems: Vec<Problem> = hosts.iter().filter_map(problem).collect();
+        if args.json.json {
+            return output::json(&problems);
+        }
+        if problems.is_empty() {
+            output::print_clean(format_args!("no host needs attention"));
+            return Ok(());
+        }
+        let mut t = output::table(["HOST", "STATE", "WHY"]);
+        for p in &problems {
+            t.add_row([p.host.as_str(), p.state.as_str(), p.why.as_str()]);
+        }
+        output::print_clean(format_args!("{t}"));
+        return Ok(());
+    }
     if args.json.json {
         return output::json(&hosts);
     }
@@ -53,8 +74,85 @@ pub fn run(args: &StatusArgs, connection: &Connection) -> Result<()> {
         output::print_clean(format_args!("{}", args.tags.nothing_found()));
         return Ok(());
     }
-    output::print_clean(format_args!("{}", fleet_table(&hosts, &pending)));
+    output::print_clean(format_args!(
+        "{}\n{}",
+        summary(&hosts, &pending),
+        fleet_table(&hosts, &pending)
+    ));
     Ok(())
+}
+
+/// A host that needs attention, and why (`yeet status --problems`).
+#[derive(Serialize)]
+struct Problem {
+    host: String,
+    state: HostState,
+    why: String,
+}
+
+/// Why `h` needs attention, if it does: its state says something went wrong or waits for
+/// people. Hosts that are converging (updating, or held for a window) do not.
+fn problem(h: &HostInfo) -> Option<Problem> {
+    let system = || output::short_path(h.last_result_system.as_deref());
+    let why = match h.state {
+        HostState::Failed => format!(
+            "its activation of {} failed: `yeet log {}`",
+            system(),
+            h.name
+        ),
+        HostState::RolledBack => format!("{} was rolled back: `yeet log {}`", system(), h.name),
+        HostState::Untrusted => format!(
+            "refused {}: not signed by a key it trusts (its trusted_keys)",
+            system()
+        ),
+        HostState::Offline => format!("not seen since {}", output::ago(h.last_seen)),
+        HostState::RebootRequired => match h.policy.effective_reboot() {
+            yeet_proto::api::RebootPolicy::Never => {
+                "needs a reboot; it does not reboot by itself (`yeet host policy --reboot`)".into()
+            }
+            yeet_proto::api::RebootPolicy::InWindow => match &h.window_wait {
+                Some(w) => format!("reboots in window {} ({})", w.window, w.opens),
+                None => "needs a reboot; it reboots by itself now".into(),
+            },
+        },
+        HostState::New => "approved, never checked in: is its agent running?".into(),
+        HostState::Standby | HostState::Updating | HostState::Detached => return None,
+    };
+    Some(Problem {
+        host: h.name.clone(),
+        state: h.state,
+        why,
+    })
+}
+
+/// One line over the table: how many hosts are in each state, and what waits for people.
+fn summary(hosts: &[HostInfo], pending: &[PendingRegistration]) -> String {
+    let mut counts: Vec<(HostState, usize)> = Vec::new();
+    for h in hosts {
+        match counts.iter_mut().find(|(s, _)| *s == h.state) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((h.state, 1)),
+        }
+    }
+    counts.sort_by_key(|(s, _)| s.as_str());
+    let mut parts: Vec<String> = counts
+        .iter()
+        .map(|(s, n)| format!("{n} {}", s.as_str()))
+        .collect();
+    if !pending.is_empty() {
+        parts.push(format!("{} pending approval", pending.len()));
+    }
+    let problems = hosts.iter().filter(|h| problem(h).is_some()).count();
+    let attention = match problems {
+        0 => String::new(),
+        n => format!("; {n} need attention: `yeet status --problems`"),
+    };
+    format!(
+        "{} host{}: {}{attention}",
+        hosts.len(),
+        if hosts.len() == 1 { "" } else { "s" },
+        parts.join(", ")
+    )
 }
 
 /// Draws the fleet (or one host) each time it changes; on a terminal in place, otherwise one
@@ -86,8 +184,17 @@ fn watch(args: &StatusArgs, client: &yeet_client::Client) -> Result<()> {
         let drawing = match (&args.host, shown.as_slice()) {
             (Some(name), []) => format!("no host named {name}; see `yeet status` for the fleet"),
             (Some(_), [h]) => output::host_detail(h).to_string(),
-            _ if args.tags.is_set() => fleet_table(&shown, &[]).to_string(),
-            _ => fleet_table(&shown, &client.pending()?).to_string(),
+            _ if args.tags.is_set() => {
+                format!("{}\n{}", summary(&shown, &[]), fleet_table(&shown, &[]))
+            }
+            _ => {
+                let pending = client.pending()?;
+                format!(
+                    "{}\n{}",
+                    summary(&shown, &pending),
+                    fleet_table(&shown, &pending)
+                )
+            }
         };
         // Home and clear first on a terminal: no scrolling history of old tables.
         let clear = if in_place { "\x1b[H\x1b[2J" } else { "" };
