@@ -824,8 +824,11 @@ impl Agent<'_> {
         desired: Option<&str>,
         next: Duration,
     ) -> Result<Duration, ClientError> {
+        // The server's words reach the log, the local status and the report: short and
+        // printable, whatever it sends.
+        let order_reason = yeet_proto::text::clean_line(&order.reason, 200);
         let refuse = |agent: &mut Self, why: String| {
-            tracing::warn!(reason = %order.reason, "not rebooting: {why}");
+            tracing::warn!(reason = %order_reason, "not rebooting: {why}");
             agent.status.last_error = Some(format!("not rebooting: {why}"));
             Ok(next)
         };
@@ -852,7 +855,7 @@ impl Agent<'_> {
             expected_system: expected,
             previous_system: system_link(CURRENT_SYSTEM),
             requested_at: now(),
-            reason: order.reason.clone(),
+            reason: order_reason.clone(),
             outcome: None,
             reported: false,
         };
@@ -860,7 +863,7 @@ impl Agent<'_> {
             files.clear();
             return refuse(self, format!("cannot record the reboot: {e}"));
         }
-        tracing::warn!(reason = %order.reason, system = %record.expected_system, at_ms = yeet_proto::clock::unix_now_ms(), "rebooting");
+        tracing::warn!(reason = %order_reason, system = %record.expected_system, at_ms = yeet_proto::clock::unix_now_ms(), "rebooting");
         self.status.state = "rebooting".into();
         self.publish_status();
         // systemd's clean reboot where systemd runs; elsewhere (nix-darwin) `shutdown -r`.
@@ -882,7 +885,7 @@ impl Agent<'_> {
                 };
                 let reason = format!(
                     "asked to reboot ({}), but `{}` failed: {why}",
-                    order.reason,
+                    order_reason,
                     command.join(" ")
                 );
                 decide(&files, &mut record, ActivationResult::Failed, reason);

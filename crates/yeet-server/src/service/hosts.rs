@@ -432,6 +432,10 @@ impl Service {
         declared: Option<RebootPolicy>,
         desired: Option<&Desired>,
     ) -> Result<(Option<RebootOrder>, Option<i64>)> {
+        // A host that declares `never` costs no read (boot-mode fleets sit reboot-required).
+        if declared == Some(RebootPolicy::Never) {
+            return Ok((None, None));
+        }
         let Some(host) = self.store.host_by_id(host_id).await? else {
             return Ok((None, None));
         };

@@ -97,10 +97,11 @@ impl Service {
         tags: &[String],
         at: i64,
     ) -> std::result::Result<String, WindowWait> {
-        if let Some(wait) = self.window_wait(tags, at) {
+        let windows = self.windows();
+        if let Some(wait) = wait_for_window(windows.iter().map(|(n, s)| (n.as_str(), s)), tags, at)
+        {
             return Err(wait);
         }
-        let windows = self.windows();
         Ok(
             match windows
                 .iter()
